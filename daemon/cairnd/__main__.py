@@ -1,0 +1,3 @@
+from cairnd.cli import main
+
+raise SystemExit(main())

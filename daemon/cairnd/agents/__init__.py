@@ -1,0 +1,1 @@
+"""ACP agents shipped with cairnd."""

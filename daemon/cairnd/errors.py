@@ -1,0 +1,43 @@
+"""The one error type of cairnd: a code (as written in result files) and a message."""
+
+from __future__ import annotations
+
+# Every code a result file may carry (SPEC section 7).
+CODES: frozenset[str] = frozenset(
+    {
+        "bad_json",
+        "bad_request",
+        "bad_name",
+        "too_large",
+        "not_a_file",
+        "duplicate_id",
+        "unknown_session",
+        "session_deleted",
+        "fork_out_of_range",
+        "fork_in_sub_session",
+        "repo_not_found",
+        "not_a_git_repo",
+        "bad_ref",
+        "commit_missing",
+        "agent_unknown",
+        "agent_failed",
+        "turn_interrupted",
+        "git_failed",
+        "internal",
+    }
+)
+
+
+class CairnError(Exception):
+    """A failure a user can act on: `code` goes into the result file, `message` says
+    what was wrong with which value."""
+
+    def __init__(self, code: str, message: str) -> None:
+        if code not in CODES:
+            raise ValueError(f"unknown error code {code!r}")
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+    def as_dict(self) -> dict[str, str]:
+        return {"code": self.code, "message": self.message}
