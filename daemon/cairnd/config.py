@@ -1,0 +1,203 @@
+"""Configuration (SPEC section 9) and the layout of the state directory (SPEC section 2)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cairnd.errors import CairnError
+
+PERMISSION_POLICIES = ("allow_once", "reject_once")
+SYSTEM_CONFIG = Path("/etc/cairnd/cairnd.toml")
+
+
+@dataclass(frozen=True)
+class AgentProfile:
+    """How to start one ACP agent: argv, extra environment, answer to permission requests."""
+
+    name: str
+    command: tuple[str, ...]
+    env: dict[str, str] = field(default_factory=dict)
+    permission: str = "allow_once"
+
+
+def reference_profile() -> AgentProfile:
+    # Run by the interpreter running cairnd, so it works inside any venv.
+    return AgentProfile("reference", (sys.executable, "-m", "cairnd.agents.reference"))
+
+
+@dataclass(frozen=True)
+class Config:
+    state_dir: Path
+    max_parallel_turns: int = 4
+    max_parallel_forks: int = 2
+    default_agent: str = "reference"
+    snapshot_max_file_mib: int = 64
+    rescan_seconds: float = 30.0
+    idle_agent_seconds: float = 600.0
+    stop_timeout_seconds: float = 20.0
+    watchdog_seconds: float | None = None
+    agents: dict[str, AgentProfile] = field(default_factory=lambda: {"reference": reference_profile()})
+    source: Path | None = None
+
+    @property
+    def layout(self) -> StateLayout:
+        return StateLayout(self.state_dir)
+
+    @property
+    def snapshot_max_file_bytes(self) -> int:
+        return self.snapshot_max_file_mib * 1024 * 1024
+
+    def agent(self, name: str | None) -> AgentProfile:
+        name = name or self.default_agent
+        try:
+            return self.agents[name]
+        except KeyError:
+            known = ", ".join(sorted(self.agents))
+            raise CairnError("agent_unknown", f"agent {name!r} is not configured (known: {known})") from None
+
+
+@dataclass(frozen=True)
+class StateLayout:
+    """Where everything lives under the state directory."""
+
+    root: Path
+
+    @property
+    def spool(self) -> Path:
+        return self.root / "spool"
+
+    @property
+    def sessions(self) -> Path:
+        return self.root / "sessions"
+
+    @property
+    def worktrees(self) -> Path:
+        return self.root / "worktrees"
+
+    @property
+    def db(self) -> Path:
+        return self.root / "cairnd.db"
+
+    def session_dir(self, session_id: str) -> Path:
+        return self.sessions / session_id
+
+    def log_path(self, session_id: str) -> Path:
+        return self.sessions / session_id / "log.ndjson"
+
+    def worktree_parent(self, session_id: str) -> Path:
+        return self.worktrees / session_id
+
+    def create(self) -> None:
+        for sub in ("tmp", "new", "cur", "done", "failed"):
+            (self.spool / sub).mkdir(parents=True, exist_ok=True)
+        self.sessions.mkdir(parents=True, exist_ok=True)
+        self.worktrees.mkdir(parents=True, exist_ok=True)
+
+
+def default_state_dir(environ: dict[str, str] | os._Environ[str] = os.environ) -> Path:
+    if environ.get("CAIRND_STATE_DIR"):
+        return Path(environ["CAIRND_STATE_DIR"])
+    if environ.get("STATE_DIRECTORY"):
+        # systemd may pass several, colon-separated; the first is ours.
+        return Path(environ["STATE_DIRECTORY"].split(":")[0])
+    if environ.get("XDG_STATE_HOME"):
+        return Path(environ["XDG_STATE_HOME"]) / "cairnd"
+    return Path.home() / ".local" / "state" / "cairnd"
+
+
+def config_path(explicit: str | Path | None, environ: dict[str, str] | os._Environ[str] = os.environ) -> Path | None:
+    if explicit:
+        return Path(explicit)
+    if environ.get("CAIRND_CONFIG"):
+        return Path(environ["CAIRND_CONFIG"])
+    if SYSTEM_CONFIG.is_file():
+        return SYSTEM_CONFIG
+    return None
+
+
+class ConfigError(Exception):
+    """The configuration file is unreadable or wrong: a usage error (exit 2)."""
+
+
+_TOP_KEYS = {
+    "state_dir": str,
+    "max_parallel_turns": int,
+    "max_parallel_forks": int,
+    "default_agent": str,
+    "snapshot_max_file_mib": int,
+    "rescan_seconds": (int, float),
+    "idle_agent_seconds": (int, float),
+    "stop_timeout_seconds": (int, float),
+    "watchdog_seconds": (int, float),
+    "agents": dict,
+}
+
+
+def parse_config(data: dict[str, Any], source: Path | None = None,
+                 environ: dict[str, str] | os._Environ[str] = os.environ) -> Config:
+    """Turn parsed TOML into a Config, rejecting unknown keys and wrong types by name."""
+    where = str(source) if source else "config"
+    for key, value in data.items():
+        if key not in _TOP_KEYS:
+            raise ConfigError(f"{where}: unknown key {key!r}")
+        expected = _TOP_KEYS[key]
+        if isinstance(value, bool) or not isinstance(value, expected):
+            raise ConfigError(f"{where}: {key} = {value!r} has the wrong type")
+    for key in ("max_parallel_turns", "max_parallel_forks", "snapshot_max_file_mib"):
+        if key in data and data[key] < 1:
+            raise ConfigError(f"{where}: {key} = {data[key]!r} must be at least 1")
+    for key in ("rescan_seconds", "idle_agent_seconds", "stop_timeout_seconds", "watchdog_seconds"):
+        if key in data and data[key] <= 0:
+            raise ConfigError(f"{where}: {key} = {data[key]!r} must be positive")
+    agents = {"reference": reference_profile()}
+    for name, table in data.get("agents", {}).items():
+        agents[name] = _parse_agent(name, table, agents.get(name), where)
+    state_dir = Path(data["state_dir"]).expanduser() if "state_dir" in data else default_state_dir(environ)
+    config = Config(
+        state_dir=state_dir,
+        agents=agents,
+        source=source,
+        **{k: data[k] for k in _TOP_KEYS if k in data and k not in ("state_dir", "agents")},
+    )
+    if config.default_agent not in agents:
+        raise ConfigError(f"{where}: default_agent {config.default_agent!r} is not a configured agent")
+    return config
+
+
+def _parse_agent(name: str, table: Any, base: AgentProfile | None, where: str) -> AgentProfile:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: [agents.{name}] must be a table")
+    unknown = set(table) - {"command", "env", "permission"}
+    if unknown:
+        raise ConfigError(f"{where}: [agents.{name}] unknown key {sorted(unknown)[0]!r}")
+    command = table.get("command", list(base.command) if base else None)
+    if (not isinstance(command, list) or not command
+            or not all(isinstance(part, str) and part for part in command)):
+        raise ConfigError(f"{where}: [agents.{name}] command must be a non-empty list of strings")
+    env = table.get("env", {})
+    if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+        raise ConfigError(f"{where}: [agents.{name}] env must map strings to strings")
+    permission = table.get("permission", "allow_once")
+    if permission not in PERMISSION_POLICIES:
+        raise ConfigError(f"{where}: [agents.{name}] permission {permission!r} is not one of {PERMISSION_POLICIES}")
+    return AgentProfile(name, tuple(command), dict(env), permission)
+
+
+def load_config(explicit: str | Path | None = None,
+                environ: dict[str, str] | os._Environ[str] = os.environ) -> Config:
+    path = config_path(explicit, environ)
+    if path is None:
+        return parse_config({}, None, environ)
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config {path} is not valid TOML: {exc}") from None
+    return parse_config(data, path, environ)
