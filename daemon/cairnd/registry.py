@@ -1,0 +1,214 @@
+"""The registry: sessions and fork lineage in SQLite (`<state>/cairnd.db`).
+
+A session row is written *before* anything else of the session exists, in state
+`creating`, and flipped to `ready` as the last step of creation. That row is the
+journal that makes creation atomic: whatever a crash or a failure leaves behind
+for a `creating` row (worktree, log, refs) is removed and the row with it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS sessions (
+    id            TEXT PRIMARY KEY,
+    state         TEXT NOT NULL CHECK (state IN ('creating', 'ready', 'deleted')),
+    title         TEXT NOT NULL,
+    repo          TEXT NOT NULL,
+    worktree      TEXT NOT NULL,
+    in_place      INTEGER NOT NULL DEFAULT 0,
+    agent         TEXT NOT NULL,
+    parent_id     TEXT,
+    root_id       TEXT NOT NULL,
+    turns         INTEGER NOT NULL DEFAULT 0,
+    request_id    TEXT,
+    result        BLOB,
+    created_at    REAL NOT NULL,
+    updated_at    REAL NOT NULL,
+    deleted_at    REAL
+);
+CREATE INDEX IF NOT EXISTS sessions_request ON sessions(request_id);
+CREATE TABLE IF NOT EXISTS forks (
+    id                 TEXT PRIMARY KEY,
+    parent_id          TEXT NOT NULL,
+    parent_title       TEXT NOT NULL,
+    root_id            TEXT NOT NULL,
+    user_message_index INTEGER NOT NULL,
+    head_sha           TEXT NOT NULL,
+    worktree_sha       TEXT,
+    created_at         REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS forks_root ON forks(root_id);
+"""
+
+
+@dataclass(frozen=True)
+class SessionRow:
+    id: str
+    state: str
+    title: str
+    repo: Path
+    worktree: Path
+    in_place: bool
+    agent: str
+    parent_id: str | None
+    root_id: str
+    turns: int
+    request_id: str | None
+    result: dict[str, Any] | None
+    created_at: float
+    updated_at: float
+    deleted_at: float | None
+
+
+@dataclass(frozen=True)
+class ForkRow:
+    id: str
+    parent_id: str
+    parent_title: str
+    root_id: str
+    user_message_index: int
+    head_sha: str
+    worktree_sha: str | None
+    created_at: float
+
+
+def _session(row: sqlite3.Row) -> SessionRow:
+    return SessionRow(
+        id=row["id"], state=row["state"], title=row["title"], repo=Path(row["repo"]),
+        worktree=Path(row["worktree"]), in_place=bool(row["in_place"]), agent=row["agent"],
+        parent_id=row["parent_id"], root_id=row["root_id"], turns=row["turns"],
+        request_id=row["request_id"], result=orjson.loads(row["result"]) if row["result"] else None,
+        created_at=row["created_at"], updated_at=row["updated_at"], deleted_at=row["deleted_at"],
+    )
+
+
+def _fork(row: sqlite3.Row) -> ForkRow:
+    return ForkRow(**{key: row[key] for key in row.keys()})
+
+
+class Registry:
+    """Short-lived connections per call: safe from any thread, and nothing held open
+    while the daemon idles."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        with self._connect() as db:
+            db.executescript(SCHEMA)
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        try:
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA busy_timeout=30000")
+            yield db
+        finally:
+            db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    # -- sessions ---------------------------------------------------------------
+
+    def begin_session(self, *, id: str, title: str, repo: Path, worktree: Path, in_place: bool,
+                      agent: str, parent_id: str | None, root_id: str, turns: int,
+                      request_id: str | None) -> None:
+        now = time.time()
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO sessions (id, state, title, repo, worktree, in_place, agent, parent_id,"
+                " root_id, turns, request_id, created_at, updated_at)"
+                " VALUES (?, 'creating', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (id, title, str(repo), str(worktree), int(in_place), agent, parent_id, root_id,
+                 turns, request_id, now, now),
+            )
+
+    def commit_session(self, id: str, result: dict[str, Any], fork: ForkRow | None = None) -> None:
+        """The commit point of creation: the row turns `ready` (and the lineage row
+        appears) in one transaction."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE sessions SET state = 'ready', result = ?, updated_at = ? WHERE id = ? AND state = 'creating'",
+                (orjson.dumps(result), time.time(), id),
+            )
+            if fork is not None:
+                db.execute(
+                    "INSERT INTO forks (id, parent_id, parent_title, root_id, user_message_index,"
+                    " head_sha, worktree_sha, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (fork.id, fork.parent_id, fork.parent_title, fork.root_id,
+                     fork.user_message_index, fork.head_sha, fork.worktree_sha, fork.created_at),
+                )
+
+    def forget_creating(self, id: str) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM sessions WHERE id = ? AND state = 'creating'", (id,))
+
+    def get(self, id: str) -> SessionRow | None:
+        with self._connect() as db:
+            row = db.execute("SELECT * FROM sessions WHERE id = ?", (id,)).fetchone()
+        return _session(row) if row else None
+
+    def by_request(self, request_id: str) -> SessionRow | None:
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT * FROM sessions WHERE request_id = ? AND state != 'creating' ORDER BY created_at LIMIT 1",
+                (request_id,),
+            ).fetchone()
+        return _session(row) if row else None
+
+    def sessions(self, states: tuple[str, ...] = ("ready",)) -> list[SessionRow]:
+        marks = ",".join("?" * len(states))
+        with self._connect() as db:
+            rows = db.execute(f"SELECT * FROM sessions WHERE state IN ({marks}) ORDER BY id", states).fetchall()
+        return [_session(r) for r in rows]
+
+    def set_turns(self, id: str, turns: int) -> None:
+        with self._transaction() as db:
+            db.execute("UPDATE sessions SET turns = ?, updated_at = ? WHERE id = ?", (turns, time.time(), id))
+
+    def mark_deleted(self, id: str) -> None:
+        now = time.time()
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE sessions SET state = 'deleted', deleted_at = ?, updated_at = ? WHERE id = ?",
+                (now, now, id),
+            )
+
+    # -- lineage -----------------------------------------------------------------
+
+    def fork_of(self, id: str) -> ForkRow | None:
+        with self._connect() as db:
+            row = db.execute("SELECT * FROM forks WHERE id = ?", (id,)).fetchone()
+        return _fork(row) if row else None
+
+    def forks(self) -> list[ForkRow]:
+        with self._connect() as db:
+            rows = db.execute("SELECT * FROM forks ORDER BY created_at, id").fetchall()
+        return [_fork(r) for r in rows]
+
+    def titles_in_root(self, root_id: str) -> list[str]:
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT title FROM sessions WHERE root_id = ? AND state != 'creating'", (root_id,)
+            ).fetchall()
+        return [r["title"] for r in rows]

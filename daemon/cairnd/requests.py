@@ -1,0 +1,217 @@
+"""Request files (SPEC section 7): bytes in, a typed request out, or a CairnError.
+
+Pure: no I/O. The spool hands over the file's name and bytes; everything a writer
+can get wrong is named here, with the value that was wrong.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Union
+
+import orjson
+
+from cairnd.errors import CairnError
+from cairnd.ids import SESSION_ID_RE, is_request_id, is_session_id
+
+MAX_REQUEST_BYTES = 1024 * 1024
+MAX_TEXT_CHARS = 512 * 1024
+MAX_TITLE_CHARS = 200
+MAX_PATH_CHARS = 4096
+
+
+@dataclass(frozen=True)
+class NewRequest:
+    repo: str
+    ref: str = "HEAD"
+    title: str | None = None
+    agent: str | None = None
+    in_place: bool = False
+    prompt: str | None = None
+    kind: str = "new"
+
+
+@dataclass(frozen=True)
+class PromptRequest:
+    session: str
+    text: str
+    kind: str = "prompt"
+
+
+@dataclass(frozen=True)
+class ForkRequest:
+    session: str
+    user_message_index: int
+    title: str | None = None
+    prompt: str | None = None
+    kind: str = "fork"
+
+
+@dataclass(frozen=True)
+class CancelRequest:
+    session: str
+    kind: str = "cancel"
+
+
+@dataclass(frozen=True)
+class DeleteRequest:
+    session: str
+    keep_worktree: bool = False
+    kind: str = "delete"
+
+
+Request = Union[NewRequest, PromptRequest, ForkRequest, CancelRequest, DeleteRequest]
+
+# kind -> (class, required fields, optional fields)
+_KINDS: dict[str, tuple[type, tuple[str, ...], tuple[str, ...]]] = {
+    "new": (NewRequest, ("repo",), ("ref", "title", "agent", "in_place", "prompt")),
+    "prompt": (PromptRequest, ("session", "text"), ()),
+    "fork": (ForkRequest, ("session", "user_message_index"), ("title", "prompt")),
+    "cancel": (CancelRequest, ("session",), ()),
+    "delete": (DeleteRequest, ("session",), ("keep_worktree",)),
+}
+
+
+def request_id_of(file_name: str) -> str:
+    """The request id a file in `new/` stands for, or `bad_name`."""
+    if not file_name.endswith(".json") or not is_request_id(file_name[: -len(".json")]):
+        raise CairnError(
+            "bad_name",
+            f"file name {file_name!r} is not <request-id>.json with an id matching [A-Za-z0-9][A-Za-z0-9._-]{{0,127}}",
+        )
+    return file_name[: -len(".json")]
+
+
+def decode_json(data: bytes) -> Any:
+    """Parse request bytes. orjson first (fast, strict UTF-8); the standard library only
+    to tell a huge integer (valid JSON orjson refuses) from broken JSON."""
+    if len(data) > MAX_REQUEST_BYTES:
+        raise CairnError("too_large", f"request is {len(data)} bytes; the limit is {MAX_REQUEST_BYTES} (1 MiB)")
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        reason = str(exc)
+    try:
+        return json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise CairnError("bad_json", f"request is not UTF-8 (byte {exc.start}); write it as UTF-8 JSON") from None
+    except (ValueError, RecursionError):
+        raise CairnError("bad_json", f"request is not valid JSON: {reason}") from None
+
+
+def _describe(value: Any) -> str:
+    text = orjson.dumps(value).decode() if _dumpable(value) else repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _dumpable(value: Any) -> bool:
+    try:
+        orjson.dumps(value)
+    except TypeError:
+        return False
+    return True
+
+
+def _string(fields: dict[str, Any], name: str, *, max_chars: int, allow_empty: bool = False) -> str:
+    value = fields[name]
+    if not isinstance(value, str):
+        raise CairnError("bad_request", f"{name} must be a string, not {_describe(value)}")
+    if not value and not allow_empty:
+        raise CairnError("bad_request", f"{name} must not be empty")
+    if len(value) > max_chars:
+        raise CairnError("bad_request", f"{name} is {len(value)} characters; the limit is {max_chars}")
+    if "\x00" in value:
+        raise CairnError("bad_request", f"{name} {_describe(value)} contains a NUL character")
+    return value
+
+
+def _boolean(fields: dict[str, Any], name: str) -> bool:
+    value = fields[name]
+    if not isinstance(value, bool):
+        raise CairnError("bad_request", f"{name} must be true or false, not {_describe(value)}")
+    return value
+
+
+def _session_id(fields: dict[str, Any]) -> str:
+    value = fields["session"]
+    if not is_session_id(value):
+        raise CairnError(
+            "bad_request", f"session {_describe(value)} is not a session id (pattern {SESSION_ID_RE.pattern})"
+        )
+    return value
+
+
+def _index(fields: dict[str, Any], name: str) -> int:
+    value = fields[name]
+    # orjson reads integers beyond 64 bits as floats: still integers to the writer,
+    # and far out of any session's range.
+    if isinstance(value, float) and value.is_integer() and abs(value) >= 2**63:
+        raise CairnError("fork_out_of_range", f"{name} {value:.0f} is out of range")
+    # bool is an int in Python and 1.0 is a float: neither is an index.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise CairnError("bad_request", f"{name} must be an integer, not {_describe(value)}")
+    return value
+
+
+def _title(fields: dict[str, Any]) -> str | None:
+    if "title" not in fields or fields["title"] is None:
+        return None
+    title = _string(fields, "title", max_chars=MAX_TITLE_CHARS)
+    if any(ord(ch) < 32 for ch in title):
+        raise CairnError("bad_request", f"title {_describe(title)} contains control characters")
+    return title
+
+
+def validate_request(obj: Any) -> Request:
+    """A decoded JSON value in, a typed request out."""
+    if not isinstance(obj, dict):
+        raise CairnError("bad_request", f"a request is a JSON object with \"kind\", not {_describe(obj)}")
+    kind = obj.get("kind")
+    if kind not in _KINDS:
+        known = ", ".join(_KINDS)
+        raise CairnError("bad_request", f"kind {_describe(kind)} is not one of: {known}")
+    cls, required, optional = _KINDS[kind]
+    fields = {k: v for k, v in obj.items() if k != "kind"}
+    unknown = sorted(set(fields) - set(required) - set(optional))
+    if unknown:
+        allowed = ", ".join(("kind", *required, *optional))
+        raise CairnError("bad_request", f"unknown field {unknown[0]!r} in a {kind} request (allowed: {allowed})")
+    missing = [name for name in required if name not in fields]
+    if missing:
+        raise CairnError("bad_request", f"a {kind} request needs {missing[0]!r}")
+
+    if kind == "new":
+        repo = _string(fields, "repo", max_chars=MAX_PATH_CHARS)
+        if not repo.startswith("/"):
+            raise CairnError("bad_request", f"repo {_describe(repo)} must be an absolute path")
+        ref = _string(fields, "ref", max_chars=1024) if "ref" in fields else "HEAD"
+        if ref.startswith("-") or any(ord(ch) < 32 for ch in ref):
+            raise CairnError("bad_request", f"ref {_describe(ref)} is not a git revision")
+        agent = _string(fields, "agent", max_chars=128) if "agent" in fields else None
+        return NewRequest(
+            repo=repo, ref=ref, title=_title(fields), agent=agent,
+            in_place=_boolean(fields, "in_place") if "in_place" in fields else False,
+            prompt=_string(fields, "prompt", max_chars=MAX_TEXT_CHARS) if "prompt" in fields else None,
+        )
+    session = _session_id(fields)
+    if kind == "prompt":
+        return PromptRequest(session=session, text=_string(fields, "text", max_chars=MAX_TEXT_CHARS))
+    if kind == "fork":
+        return ForkRequest(
+            session=session, user_message_index=_index(fields, "user_message_index"), title=_title(fields),
+            prompt=_string(fields, "prompt", max_chars=MAX_TEXT_CHARS) if "prompt" in fields else None,
+        )
+    if kind == "cancel":
+        return CancelRequest(session=session)
+    return DeleteRequest(
+        session=session, keep_worktree=_boolean(fields, "keep_worktree") if "keep_worktree" in fields else False
+    )
+
+
+def parse_request(data: bytes) -> tuple[Any, Request]:
+    """Bytes of a request file in: (the decoded JSON, the typed request). The decoded
+    value is returned too so a result can carry the request even when validation fails
+    (see `decode_json` then `validate_request`)."""
+    obj = decode_json(data)
+    return obj, validate_request(obj)
