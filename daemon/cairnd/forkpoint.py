@@ -1,0 +1,245 @@
+"""The fork rule (SPEC 4 and 5) as pure functions: log lines in, the cut out.
+
+Input everywhere is an iterable of `(offset, line)` pairs, exactly what
+`cairnd.log.iter_lines` yields; nothing here does I/O.
+
+What counts as one user message (SPEC 4):
+
+- a `session/prompt` request: one **top-level** message however many content blocks
+  it has; its text is the concatenation of its `text` blocks;
+- a `session/update` `user_message_chunk` whose `update._meta.cairnd.subSession` is a
+  non-empty string: a **sub-session** message. Chunks carrying a message id (in
+  `update.messageId` or `update._meta.cairnd.messageId`) continue the open message when
+  they have its sub-session and id, whatever non-message lines came between them.
+  Chunks without an id form one message while they come in a run: the run ends at any
+  other user message, at a chunk of another sub-session or with an id, at any line of
+  the same sub-session that is not a user chunk (the sub-agent answered: the next user
+  chunk is a new message), and at a turn boundary (`_posthog/turn_complete`). Lines of
+  other sessions and unrelated entries in between (the parent's tool calls, usage
+  updates) do not end it.
+
+Unmarked `user_message_chunk`s (an agent echoing the prompt, a history replay) never
+count. A message is counted at its first line: that line is the cut when forking at it.
+
+Speed: a fork of a long log must not parse every line. A line can matter only if it
+contains one of a few byte strings (`session/prompt`, `user_message_chunk`,
+`agent_checkpoint`, and while an id-less run is open `subSession` / `turn_complete`);
+every other line is passed over after a substring test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
+from typing import Any
+
+from cairnd.errors import CairnError
+from cairnd.log import method_of, parse_message
+
+Lines = Iterable[tuple[int, bytes]]
+
+CHECKPOINT_METHOD = "_posthog/agent_checkpoint"
+TURN_COMPLETE_METHOD = "_posthog/turn_complete"
+PROMPT_METHOD = "session/prompt"
+UPDATE_METHOD = "session/update"
+
+# A line without any of these cannot start, continue or end a message, nor be a checkpoint.
+_PROMPT_MARK = b"session/prompt"
+_USER_CHUNK_MARK = b"user_message_chunk"
+_CHECKPOINT_MARK = b"agent_checkpoint"
+# Only needed while a run of id-less sub-session chunks is open.
+_SUB_SESSION_MARK = b"subSession"
+_TURN_COMPLETE_MARK = b"turn_complete"
+
+
+@dataclass(frozen=True)
+class UserMessage:
+    """One user message of a log, as counted by SPEC 4."""
+
+    ordinal: int  # the user_message_index a fork would name it by
+    line_index: int  # index of its first line
+    offset: int  # byte offset of its first line
+    top_level: bool
+    sub_session: str | None  # None for top-level messages
+    text: str
+
+
+@dataclass(frozen=True)
+class ForkPoint:
+    """Where a fork at `user_message_index` cuts a log."""
+
+    user_message_index: int
+    line_index: int  # lines kept: index of the cut line
+    offset: int  # bytes kept: byte offset of the cut line
+    checkpoint: dict[str, Any] | None  # params of the last agent_checkpoint before the cut
+    prefill: str  # the text of the targeted message, for the client's input box
+
+
+@dataclass(frozen=True)
+class _Checkpoint:
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _MoreText:
+    """More text for the message last started (a later chunk of it)."""
+
+    text: str
+
+
+_Event = UserMessage | _Checkpoint | _MoreText
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def prompt_text(params: Any) -> str:
+    """The text of a `session/prompt` request: its `text` blocks, concatenated."""
+    blocks = _dict(params).get("prompt")
+    if not isinstance(blocks, list):
+        return ""
+    return "".join(
+        block["text"]
+        for block in blocks
+        if isinstance(block, dict)
+        and block.get("type") == "text"
+        and isinstance(block.get("text"), str)
+    )
+
+
+def is_prompt_request(message: dict[str, Any]) -> bool:
+    """A `session/prompt` request (not a notification, not a response)."""
+    return message.get("method") == PROMPT_METHOD and "id" in message
+
+
+@dataclass(frozen=True)
+class _SubChunk:
+    sub_session: str
+    message_id: str | None
+    text: str
+
+
+def _sub_session_of(update: dict[str, Any]) -> str | None:
+    sub = _dict(_dict(_dict(update.get("_meta")).get("cairnd"))).get("subSession")
+    return sub if isinstance(sub, str) and sub else None
+
+
+def _sub_chunk(message: dict[str, Any]) -> _SubChunk | None:
+    """The sub-session user chunk this message is, if it is one."""
+    if message.get("method") != UPDATE_METHOD:
+        return None
+    update = _dict(_dict(message.get("params")).get("update"))
+    if update.get("sessionUpdate") != "user_message_chunk":
+        return None
+    sub = _sub_session_of(update)
+    if sub is None:
+        return None
+    message_id = update.get("messageId")
+    if not isinstance(message_id, str) or not message_id:
+        message_id = _dict(_dict(update.get("_meta")).get("cairnd")).get("messageId")
+    if not isinstance(message_id, str) or not message_id:
+        message_id = None
+    content = _dict(update.get("content"))
+    text = content.get("text") if content.get("type") == "text" else None
+    return _SubChunk(sub, message_id, text if isinstance(text, str) else "")
+
+
+def _ends_run(message: dict[str, Any], sub_session: str) -> bool:
+    """Whether this non-message line closes an open run of id-less chunks of
+    `sub_session`: the sub-agent spoke, or the turn ended."""
+    if method_of(message) == TURN_COMPLETE_METHOD:
+        return True
+    if message.get("method") != UPDATE_METHOD:
+        return False
+    update = _dict(_dict(message.get("params")).get("update"))
+    return _sub_session_of(update) == sub_session
+
+
+def _events(lines: Lines) -> Iterator[_Event]:
+    """The log's user messages (at their first line), their later text, and its
+    checkpoints, in log order. Lazy: a consumer that stops reads no further."""
+    ordinal = 0
+    # The message a next sub-session chunk may continue: (sub-session, message id).
+    open_sub: tuple[str, str | None] | None = None
+    for line_index, (offset, line) in enumerate(lines):
+        is_candidate = (
+            _PROMPT_MARK in line or _USER_CHUNK_MARK in line or _CHECKPOINT_MARK in line
+        )
+        if not is_candidate:
+            if open_sub is None or open_sub[1] is not None:
+                continue
+            if _SUB_SESSION_MARK not in line and _TURN_COMPLETE_MARK not in line:
+                continue
+        message = parse_message(line)
+        if message is None:
+            continue
+        if is_prompt_request(message):
+            open_sub = None
+            yield UserMessage(
+                ordinal, line_index, offset, True, None, prompt_text(message.get("params"))
+            )
+            ordinal += 1
+            continue
+        chunk = _sub_chunk(message)
+        if chunk is not None:
+            key = (chunk.sub_session, chunk.message_id)
+            if open_sub == key:
+                yield _MoreText(chunk.text)
+            else:
+                open_sub = key
+                yield UserMessage(
+                    ordinal, line_index, offset, False, chunk.sub_session, chunk.text
+                )
+                ordinal += 1
+            continue
+        if method_of(message) == CHECKPOINT_METHOD:
+            params = message.get("params")
+            if isinstance(params, dict):
+                yield _Checkpoint(params)
+        if open_sub is not None and open_sub[1] is None and _ends_run(message, open_sub[0]):
+            open_sub = None
+
+
+def count_user_messages(lines: Lines) -> list[UserMessage]:
+    """Every user message of the log, in order, with its whole text."""
+    messages: list[UserMessage] = []
+    for event in _events(lines):
+        if isinstance(event, UserMessage):
+            messages.append(event)
+        elif isinstance(event, _MoreText) and messages:
+            messages[-1] = replace(messages[-1], text=messages[-1].text + event.text)
+    return messages
+
+
+def _plural(count: int) -> str:
+    return f"{count} user message" + ("" if count == 1 else "s")
+
+
+def find_fork_point(lines: Lines, k: int, session_id: str) -> ForkPoint:
+    """Where a fork of `session_id` at user message `k` cuts its log (SPEC 5).
+
+    Reads only up to the cut when `k` is in range. Raises CairnError
+    `fork_out_of_range` (k < 0 or k >= the number of user messages) or
+    `fork_in_sub_session` (the k-th message was typed by an agent to a sub-agent).
+    """
+    checkpoint: dict[str, Any] | None = None
+    count = 0
+    for event in _events(lines):
+        if isinstance(event, _Checkpoint):
+            checkpoint = event.params
+        elif isinstance(event, UserMessage):
+            if event.ordinal == k:
+                if not event.top_level:
+                    raise CairnError(
+                        "fork_in_sub_session",
+                        f"user_message_index {k}: message {k} of session {session_id} "
+                        f"is in sub-session {event.sub_session!r} (an agent prompting "
+                        "a sub-agent); fork at a top-level user message",
+                    )
+                return ForkPoint(k, event.line_index, event.offset, checkpoint, event.text)
+            count = event.ordinal + 1
+    raise CairnError(
+        "fork_out_of_range",
+        f"user_message_index {k}: session {session_id} has {_plural(count)}",
+    )

@@ -1,0 +1,325 @@
+"""The session log (SPEC 3): the envelope, whole-line appends with torn-tail repair,
+and a streaming reader.
+
+A log is `log.ndjson`: one envelope per line,
+`{"type":"notification","timestamp":...,"notification":<JSON-RPC message>}`, the format
+PostHog Code uses. The writer side is `SessionLog`; readers use `iter_lines` and
+`parse_message`, which never trust the file: a torn last line is not there, a line that
+is not an envelope is skipped by whoever reads it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import orjson
+
+ENVELOPE_TYPE = "notification"
+INVALID_FRAME_METHOD = "_cairnd/invalid_frame"
+
+# Readers must accept the SDK's double underscore (SPEC 3).
+_POSTHOG_QUIRK = "__posthog/"
+_POSTHOG = "_posthog/"
+
+_READ_CHUNK = 1 << 20  # bounded memory for readers, whatever the log's size
+_COPY_CHUNK = 1 << 24
+
+
+def now_timestamp() -> str:
+    """The current UTC time as the envelope wants it: `2026-11-22T10:00:00.123Z`."""
+    now = datetime.now(timezone.utc)
+    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+
+
+def _envelope_head(timestamp: str | None) -> bytes:
+    stamp = orjson.dumps(timestamp if timestamp is not None else now_timestamp())
+    return b'{"type":"notification","timestamp":' + stamp + b',"notification":'
+
+
+def envelope_line(message: dict[str, Any], timestamp: str | None = None) -> bytes:
+    """One complete log line (with its `\\n`) holding `message`."""
+    return _envelope_head(timestamp) + orjson.dumps(message) + b"}\n"
+
+
+def cairnd_entry(method: str, params: dict[str, Any]) -> dict[str, Any]:
+    """One of cairnd's own entries: an ACP extension notification."""
+    return {"jsonrpc": "2.0", "method": method, "params": params}
+
+
+def envelope_raw_line(raw: bytes, timestamp: str | None = None) -> bytes:
+    """One log line holding a JSON-RPC frame exactly as it crossed the wire.
+
+    The frame's bytes are spliced into the envelope, not re-serialised, so the log keeps
+    what the agent really sent (key order, number spelling, unknown fields). A frame
+    that is not one JSON object (garbage on the agent's stdout) is logged as a
+    `_cairnd/invalid_frame` entry instead, so every line of the log stays parseable.
+    """
+    frame = raw.strip(b" \t\r\n")
+    try:
+        parsed = orjson.loads(frame)
+    except orjson.JSONDecodeError:
+        parsed = None
+    if not isinstance(parsed, dict):
+        text = raw.decode("utf-8", errors="replace")
+        return envelope_line(
+            cairnd_entry(INVALID_FRAME_METHOD, {"raw": text}), timestamp
+        )
+    if b"\n" in frame:
+        # Pretty-printed JSON (newlines between tokens: a string cannot hold a raw
+        # newline) would break the one-line-per-entry rule; only here is it re-serialised.
+        frame = orjson.dumps(parsed)
+    return _envelope_head(timestamp) + frame + b"}\n"
+
+
+def parse_message(line: bytes) -> dict[str, Any] | None:
+    """The JSON-RPC message of one envelope line, or None when the line is not a
+    valid envelope (bad JSON, invalid UTF-8, not an object, no message). Never raises."""
+    try:
+        envelope = orjson.loads(line)
+    except (orjson.JSONDecodeError, TypeError):
+        return None
+    if not isinstance(envelope, dict):
+        return None
+    message = envelope.get("notification")
+    return message if isinstance(message, dict) else None
+
+
+def method_of(message: dict[str, Any]) -> str | None:
+    """The message's method, with the `__posthog/` spelling read as `_posthog/`;
+    None for responses and for messages whose method is not a string."""
+    method = message.get("method")
+    if not isinstance(method, str):
+        return None
+    if method.startswith(_POSTHOG_QUIRK):
+        return _POSTHOG + method[len(_POSTHOG_QUIRK) :]
+    return method
+
+
+def iter_lines(path: Path | str, start: int = 0) -> Iterator[tuple[int, bytes]]:
+    """Every complete line of the file from byte `start` (a line boundary), as
+    `(offset, line)` with the line's `\\n`. A last line without `\\n` was cut by a crash
+    and is not yielded. Memory is bounded by the read buffer and the longest line."""
+    with open(path, "rb", buffering=_READ_CHUNK) as f:
+        if start:
+            f.seek(start)
+        offset = start
+        # The buffered reader's C readline is several times faster than splitting in
+        # Python, and finds the torn tail for free (its last line lacks "\n").
+        for line in f:
+            if line[-1:] != b"\n":
+                return
+            yield offset, line
+            offset += len(line)
+
+
+def _complete_length(fd: int, size: int) -> int:
+    """Bytes up to and including the last `\\n` of the first `size` bytes of `fd`."""
+    end = size
+    while end > 0:
+        begin = max(0, end - _READ_CHUNK)
+        block = os.pread(fd, end - begin, begin)
+        newline = block.rfind(b"\n")
+        if newline >= 0:
+            return begin + newline + 1
+        end = begin
+    return 0
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+class SessionLog:
+    """The one writer of a session log: opens it for appending (creating it and its
+    directories), cuts a torn last line away, then appends whole lines only.
+
+    Each append is one `os.write` of the whole line (looping only on a short write), so
+    a reader sees complete lines or a torn tail that the next open repairs. Not
+    thread-safe: one writer per session, calls in order.
+    """
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        created = not self.path.exists()
+        self._fd: int | None = os.open(
+            self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644
+        )
+        try:
+            self._size = os.fstat(self._fd).st_size
+            complete = _complete_length(self._fd, self._size)
+            if complete != self._size:
+                os.ftruncate(self._fd, complete)
+                os.fsync(self._fd)
+                self._size = complete
+            if created:
+                _fsync_dir(self.path.parent)
+        except BaseException:
+            os.close(self._fd)
+            self._fd = None
+            raise
+
+    @property
+    def size(self) -> int:
+        """Bytes of complete lines in the log (the offset the next line will have)."""
+        return self._size
+
+    def append(self, message: dict[str, Any], timestamp: str | None = None) -> None:
+        """Append `message` in a fresh envelope."""
+        self.append_line(envelope_line(message, timestamp))
+
+    def append_raw(self, raw: bytes, timestamp: str | None = None) -> None:
+        """Append a wire frame verbatim (see `envelope_raw_line`)."""
+        self.append_line(envelope_raw_line(raw, timestamp))
+
+    def append_line(self, line: bytes) -> None:
+        """Append one complete line: it must end with its only `\\n`."""
+        if not line.endswith(b"\n") or line.find(b"\n") != len(line) - 1:
+            raise ValueError("a log line must be exactly one line ending with \\n")
+        fd = self._require_open()
+        try:
+            _write_all(fd, line)
+        except BaseException:
+            # A failed write (disk full...) may have left part of the line: cut it now
+            # rather than leave a torn line in the middle of the log.
+            os.ftruncate(fd, self._size)
+            raise
+        self._size += len(line)
+
+    def sync(self) -> None:
+        """Make every appended line durable."""
+        os.fsync(self._require_open())
+
+    def close(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+
+    def _require_open(self) -> int:
+        if self._fd is None:
+            raise ValueError(f"session log {self.path} is closed")
+        return self._fd
+
+    def __enter__(self) -> SessionLog:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# Errors after which a faster copy call is given up for the next one down the ladder
+# (another filesystem, an O_APPEND target, an old kernel, a sandbox that forbids it).
+_COPY_UNSUPPORTED = frozenset(
+    {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF, errno.EPERM}
+)
+
+
+def copy_prefix(src: Path | str, dst: int | Path | str, length: int) -> None:
+    """Copy the first `length` bytes of `src` to `dst` byte for byte.
+
+    `dst` is an open file descriptor (written at its current position) or a path
+    (created or truncated). Uses the kernel's copy (copy_file_range, then sendfile)
+    and falls back to read/write. Raises ValueError when `src` is shorter than `length`.
+    """
+    if length < 0:
+        raise ValueError(f"cannot copy a negative length ({length})")
+    if isinstance(dst, int):
+        _copy_fd_prefix(src, dst, length)
+        return
+    dst_fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        _copy_fd_prefix(src, dst_fd, length)
+    finally:
+        os.close(dst_fd)
+
+
+def _copy_fd_prefix(src: Path | str, dst_fd: int, length: int) -> None:
+    src_fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        size = os.fstat(src_fd).st_size
+        if size < length:
+            raise ValueError(f"{src} has {size} bytes, fewer than the {length} to copy")
+        done = 0
+        for method in (_copy_range, _copy_sendfile, _copy_readwrite):
+            try:
+                done = method(src_fd, dst_fd, done, length)
+                break
+            except _PartialCopy as partial:
+                done = partial.done
+        if done < length:
+            raise ValueError(f"{src} ended after {done} bytes, {length} to copy")
+    finally:
+        os.close(src_fd)
+
+
+class _PartialCopy(Exception):
+    """A copy method gave up after `done` bytes; the next one carries on from there."""
+
+    def __init__(self, done: int) -> None:
+        super().__init__(done)
+        self.done = done
+
+
+def _copy_range(src_fd: int, dst_fd: int, done: int, length: int) -> int:
+    if not hasattr(os, "copy_file_range"):
+        raise _PartialCopy(done)
+    while done < length:
+        try:
+            n = os.copy_file_range(
+                src_fd, dst_fd, min(length - done, _COPY_CHUNK), offset_src=done
+            )
+        except OSError as e:
+            if e.errno in _COPY_UNSUPPORTED:
+                raise _PartialCopy(done) from e
+            raise
+        if n == 0:
+            # Some filesystems report 0 instead of an error: let the next method try.
+            raise _PartialCopy(done)
+        done += n
+    return done
+
+
+def _copy_sendfile(src_fd: int, dst_fd: int, done: int, length: int) -> int:
+    while done < length:
+        try:
+            n = os.sendfile(dst_fd, src_fd, done, min(length - done, _COPY_CHUNK))
+        except OSError as e:
+            if e.errno in _COPY_UNSUPPORTED:
+                raise _PartialCopy(done) from e
+            raise
+        if n == 0:
+            raise _PartialCopy(done)
+        done += n
+    return done
+
+
+def _copy_readwrite(src_fd: int, dst_fd: int, done: int, length: int) -> int:
+    while done < length:
+        block = os.pread(src_fd, min(length - done, _READ_CHUNK), done)
+        if not block:
+            break
+        _write_all(dst_fd, block)
+        done += len(block)
+    return done

@@ -1,0 +1,225 @@
+"""What a session log says about its session, as pure functions over log lines.
+
+The runner reads it to restart an agent (which agent session to resume, whether a turn
+was cut by a crash) or to seed a fork's agent with the kept conversation; the CLI reads
+it to show turns. Input is an iterable of `(offset, line)` pairs as
+`cairnd.log.iter_lines` yields them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from cairnd.forkpoint import is_prompt_request, prompt_text
+from cairnd.log import method_of, parse_message
+
+Lines = Iterable[tuple[int, bytes]]
+
+SDK_SESSION_METHOD = "_posthog/sdk_session"
+CHECKPOINT_METHOD = "_posthog/agent_checkpoint"
+TURN_COMPLETE_METHOD = "_posthog/turn_complete"
+FORK_META_METHOD = "_posthog/fork_session_meta"
+
+# Methods an agent calls on its client: their ids live in the agent's id space and may
+# equal a pending session/prompt's id, so a response to one must not end the turn.
+_AGENT_TO_CLIENT_PREFIXES = ("fs/", "terminal/", "session/request_permission")
+
+# A line that has none of these is nothing session_state needs (most lines of a long
+# log are agent updates that are none of its business).
+_MARKS = (b"session/prompt", b"_posthog/", b"agent_message_chunk", b'"id"')
+
+REPLAY_TITLE = "The conversation so far, replayed by cairnd"
+REPLAY_URI = "cairnd://replay"
+_REPLAY_COUNT = re.compile(
+    re.escape(REPLAY_TITLE) + r"[^\n]*?\n[^\n]*?It holds (\d+) earlier user messages?\b"
+)
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One top-level turn: the user's prompt and what the agent answered."""
+
+    user_text: str
+    agent_text: str  # top-level agent_message_chunk text; sub-session chunks excluded
+    stop_reason: str | None  # from turn_complete, else the prompt's response; None if cut
+    checkpoint: dict[str, Any] | None  # last agent_checkpoint after it, before the next prompt
+
+
+@dataclass(frozen=True)
+class SessionState:
+    turns: int  # _posthog/turn_complete entries
+    open_turn: bool  # a prompt after the last turn_complete has none of its own: a crash cut it
+    sdk_session_id: str | None  # the agent's own session to resume (this session's, not a parent's)
+    adapter: str | None  # the agent profile that session belongs to
+    last_checkpoint: dict[str, Any] | None
+    fork_meta: dict[str, Any] | None  # params of the last fork_session_meta: the log is a fork's
+    conversation: list[Turn] = field(default_factory=list)
+
+    @property
+    def user_messages(self) -> int:
+        """Top-level user messages in the log."""
+        return len(self.conversation)
+
+
+@dataclass
+class _TurnBuilder:
+    user_text: str
+    prompt_id: Any
+    agent_parts: list[str] = field(default_factory=list)
+    stop_reason: str | None = None
+    checkpoint: dict[str, Any] | None = None
+    closed: bool = False
+
+    def build(self) -> Turn:
+        return Turn(self.user_text, "".join(self.agent_parts), self.stop_reason, self.checkpoint)
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _id_key(value: Any) -> tuple[str, Any]:
+    # JSON-RPC ids 1 and "1" are different requests; True is not an id of 1.
+    return (type(value).__name__, value)
+
+
+def _top_level_agent_text(message: dict[str, Any]) -> str | None:
+    if message.get("method") != "session/update":
+        return None
+    update = _dict(_dict(message.get("params")).get("update"))
+    if update.get("sessionUpdate") != "agent_message_chunk":
+        return None
+    if _dict(_dict(update.get("_meta")).get("cairnd")).get("subSession"):
+        return None
+    content = _dict(update.get("content"))
+    text = content.get("text")
+    return text if content.get("type") == "text" and isinstance(text, str) else None
+
+
+def session_state(lines: Lines) -> SessionState:
+    """Read a whole log into the facts the runner and the CLI need (see SessionState).
+
+    Attribution rules: agent text belongs to the turn whose prompt is pending (after its
+    response or turn_complete, chunks are a history replay and are ignored); a
+    fork_session_meta line starts the fork's own identity, so sdk_session entries before
+    it (the parent's) are forgotten and a turn the parent had open is not the fork's to
+    interrupt.
+    """
+    turns = 0
+    open_turn = False
+    sdk_session: dict[str, Any] | None = None
+    last_checkpoint: dict[str, Any] | None = None
+    fork_meta: dict[str, Any] | None = None
+    conversation: list[_TurnBuilder] = []
+    agent_requests: set[tuple[str, Any]] = set()  # pending agent-to-client request ids
+
+    for _offset, line in lines:
+        if not any(mark in line for mark in _MARKS):
+            continue
+        message = parse_message(line)
+        if message is None:
+            continue
+        current = conversation[-1] if conversation else None
+        method = method_of(message)
+
+        if is_prompt_request(message):
+            if current is not None:
+                current.closed = True
+            conversation.append(_TurnBuilder(prompt_text(message.get("params")), message["id"]))
+            open_turn = True
+            continue
+        if method is None:
+            if "id" in message and ("result" in message or "error" in message):
+                key = _id_key(message["id"])
+                if key in agent_requests:
+                    agent_requests.discard(key)
+                elif current is not None and not current.closed and key == _id_key(current.prompt_id):
+                    stop = _dict(message.get("result")).get("stopReason")
+                    if isinstance(stop, str) and current.stop_reason is None:
+                        current.stop_reason = stop
+                    current.closed = True
+            continue
+        if "id" in message and method.startswith(_AGENT_TO_CLIENT_PREFIXES):
+            agent_requests.add(_id_key(message["id"]))
+            continue
+
+        params = _dict(message.get("params"))
+        if method == "session/update":
+            text = _top_level_agent_text(message)
+            if text is not None and current is not None and not current.closed:
+                current.agent_parts.append(text)
+        elif method == TURN_COMPLETE_METHOD:
+            turns += 1
+            open_turn = False
+            if current is not None and not current.closed:
+                stop = params.get("stopReason")
+                if isinstance(stop, str):
+                    current.stop_reason = stop
+                current.closed = True
+        elif method == CHECKPOINT_METHOD:
+            last_checkpoint = params
+            if current is not None:
+                current.checkpoint = params
+        elif method == SDK_SESSION_METHOD:
+            sdk_session = params
+        elif method == FORK_META_METHOD:
+            fork_meta = params
+            sdk_session = None
+            open_turn = False
+            if current is not None:
+                current.closed = True
+
+    sdk_session_id = sdk_session.get("sdkSessionId") if sdk_session else None
+    adapter = sdk_session.get("adapter") if sdk_session else None
+    return SessionState(
+        turns=turns,
+        open_turn=open_turn,
+        sdk_session_id=sdk_session_id if isinstance(sdk_session_id, str) else None,
+        adapter=adapter if isinstance(adapter, str) else None,
+        last_checkpoint=last_checkpoint,
+        fork_meta=fork_meta,
+        conversation=[turn.build() for turn in conversation],
+    )
+
+
+def render_replay(conversation: list[Turn]) -> str:
+    """The kept conversation as plain text, for an agent that cannot load a session
+    natively (sent as an ACP `resource` block ahead of its first prompt).
+
+    Its second line states the number of earlier user messages (see
+    `replayed_user_messages`), so a reader need not count blocks whose text may itself
+    contain "User:" lines.
+    """
+    count = len(conversation)
+    noun = "message" if count == 1 else "messages"
+    parts = [
+        f"{REPLAY_TITLE}: this session continues an earlier one whose history the agent "
+        "could not load natively.\n"
+        f"It holds {count} earlier user {noun}. Read it as context only: everything in "
+        "it was already done, do not carry it out again.\n"
+    ]
+    for turn in conversation:
+        parts.append(f"User:\n{turn.user_text or '(no text)'}\n")
+        answer = turn.agent_text or "(no reply)"
+        if turn.stop_reason not in (None, "end_turn"):
+            answer += f"\n[turn ended: {turn.stop_reason}]"
+        elif turn.stop_reason is None:
+            answer += "\n[turn cut short]"
+        parts.append(f"Assistant:\n{answer}\n")
+    parts.append("End of the replayed conversation.\n")
+    return "\n".join(parts)
+
+
+def replayed_user_messages(text: str) -> int | None:
+    """How many earlier user messages a `render_replay` text holds; None when the text
+    is not one."""
+    found = _REPLAY_COUNT.match(text)
+    return int(found.group(1)) if found else None
+
+
+def replay_block(text: str, uri: str = REPLAY_URI) -> dict[str, Any]:
+    """An ACP embedded `resource` content block carrying a replay text."""
+    return {"type": "resource", "resource": {"uri": uri, "mimeType": "text/plain", "text": text}}
