@@ -1,0 +1,430 @@
+"""The daemon (`cairnd serve`): spool intake, per-session queues, limits, signals,
+sd_notify and the watchdog, in one anyio task group.
+
+Data flows one way: spool -> requests -> sessions (runner, forker) -> result file.
+Every claimed request ends in exactly one `Spool.publish`, whatever happens to it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import signal
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import orjson
+import watchfiles
+
+from cairnd import journal
+from cairnd.config import Config, load_config
+from cairnd.durable import write_atomic
+from cairnd.errors import CairnError
+from cairnd.journal import event
+from cairnd.log import now_timestamp
+from cairnd.requests import (
+    CancelRequest,
+    DeleteRequest,
+    ForkRequest,
+    NewRequest,
+    PromptRequest,
+    Request,
+    decode_json,
+    validate_request,
+)
+from cairnd.sdnotify import Notifier, watchdog_interval
+from cairnd.sessions import Sessions
+from cairnd.spool import Claimed, Spool
+
+LOCK_NAME = "cairnd.lock"
+STATUS_NAME = "status.json"
+
+
+class AlreadyRunning(Exception):
+    pass
+
+
+@dataclass
+class Work:
+    claimed: Claimed
+    request: Request
+    raw: Any
+
+
+@dataclass
+class SessionQueue:
+    """Requests that change one session run one at a time, in arrival order."""
+
+    items: deque[Work] = field(default_factory=deque)
+    running: bool = False
+    forks_in_flight: int = 0
+    forks_done: anyio.Event = field(default_factory=anyio.Event)
+
+
+def acquire_state_lock(state_dir: Path) -> int:
+    """One daemon per state directory: two would each claim requests and break
+    exactly-once. The lock dies with the process, so kill -9 never leaves it stale."""
+    fd = os.open(state_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise AlreadyRunning(f"another cairnd is already serving {state_dir}") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def daemon_pid(state_dir: Path) -> int | None:
+    """The pid of the daemon serving state_dir, or None if none is running."""
+    try:
+        fd = os.open(state_dir / LOCK_NAME, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = os.read(fd, 64).decode(errors="replace").strip()
+            return int(text) if text.isdigit() else -1
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+class Daemon:
+    def __init__(self, config: Config, notifier: Notifier | None = None,
+                 config_loader: Callable[[], Config] | None = None) -> None:
+        self.config = config
+        self.layout = config.layout
+        self.spool = Spool(self.layout.spool)
+        self.notifier = notifier or Notifier()
+        self.config_loader = config_loader
+        self.sessions: Sessions | None = None
+        self.queues: dict[str, SessionQueue] = {}
+        self.fork_limiter = anyio.CapacityLimiter(config.max_parallel_forks)
+        self.claim_lock = anyio.Lock()
+        self.in_flight = 0
+        self.idle = anyio.Event()
+        self.idle.set()
+        self.stopping = False
+        self.started_at = now_timestamp()
+        self._status_written = 0.0
+        self._lock_fd: int | None = None
+        self._work: anyio.abc.TaskGroup | None = None
+
+    # -- life cycle -----------------------------------------------------------------
+
+    async def run(self) -> int:
+        self.layout.create()
+        self._lock_fd = acquire_state_lock(self.layout.root)
+        try:
+            self.sessions = Sessions(self.config)
+            await self.sessions.recover()
+            async with anyio.create_task_group() as work:
+                self._work = work
+                async with anyio.create_task_group() as intake:
+                    intake.start_soon(self._handle_signals, intake.cancel_scope)
+                    watching = anyio.Event()
+                    intake.start_soon(self._watch, watching)
+                    with anyio.move_on_after(5):
+                        await watching.wait()
+                    if not watching.is_set():
+                        event(logging.WARNING, "inotify did not confirm the watch in 5 s; relying on rescans")
+                    await self._recover_in_progress()
+                    await self.scan()
+                    intake.start_soon(self._rescan_loop)
+                    intake.start_soon(self._watchdog_loop)
+                    self.notifier.notify(READY=1, STATUS=self._status_line())
+                    event(logging.INFO, f"cairnd ready: serving {self.layout.root} (pid {os.getpid()})")
+                    await self._write_status(force=True)
+                # Intake is stopped: nothing new is claimed. Let work finish, within a bound.
+                self.stopping = True
+                self.notifier.notify(STOPPING=1, STATUS="stopping: finishing work in flight")
+                event(logging.INFO, f"stopping: {self.in_flight} request(s) in flight, "
+                                    f"waiting up to {self.config.stop_timeout_seconds:g} s")
+                with anyio.move_on_after(self.config.stop_timeout_seconds):
+                    await self.idle.wait()
+                if self.in_flight:
+                    event(logging.WARNING, f"stop timeout: recording {self.in_flight} request(s) as interrupted")
+                work.cancel_scope.cancel()
+            with anyio.CancelScope(shield=True):
+                await self.sessions.close()
+            event(logging.INFO, "cairnd stopped")
+            return 0
+        finally:
+            status = self.layout.root / STATUS_NAME
+            status.unlink(missing_ok=True)
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+
+    async def _handle_signals(self, intake_scope: anyio.CancelScope) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    self._reload()
+                    continue
+                event(logging.INFO, f"received {signal.Signals(signum).name}")
+                intake_scope.cancel()
+                return
+
+    def _reload(self) -> None:
+        if self.config_loader is None or self.sessions is None:
+            return
+        try:
+            fresh = self.config_loader()
+        except Exception as exc:  # a broken file must not stop a running daemon
+            event(logging.ERROR, f"SIGHUP: configuration not reloaded: {exc}")
+            return
+        self.sessions.reload_agents(fresh.agents, fresh.default_agent)
+        event(logging.INFO, f"SIGHUP: agent profiles reloaded ({', '.join(sorted(fresh.agents))})")
+
+    # -- intake ---------------------------------------------------------------------
+
+    async def _watch(self, watching: anyio.Event) -> None:
+        probe = self.spool.new / f".cairnd-probe-{os.getpid()}"
+
+        async def send_probe() -> None:
+            # A dot name: ignored by the spool, but it proves inotify sees new/.
+            await anyio.sleep(0.02)
+            while not watching.is_set():
+                probe.write_bytes(b"")
+                probe.unlink(missing_ok=True)
+                await anyio.sleep(0.2)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(send_probe)
+            # watchfiles batches for 1.6 s by default; a spool wants milliseconds.
+            async for _changes in watchfiles.awatch(
+                self.spool.new, watch_filter=None, debounce=50, step=1, recursive=False,
+                ignore_permission_denied=True,
+            ):
+                if not watching.is_set():
+                    watching.set()
+                await self.scan()
+
+    async def _rescan_loop(self) -> None:
+        # inotify drops events silently when its queue overflows: scan on a timer too.
+        while True:
+            await anyio.sleep(self.config.rescan_seconds)
+            await self.scan()
+            await self._write_status()
+
+    async def _watchdog_loop(self) -> None:
+        interval = self.config.watchdog_seconds or watchdog_interval()
+        if interval is None:
+            return
+        while True:
+            # Sent from the event loop itself: if the loop is stuck, systemd notices.
+            self.notifier.notify(WATCHDOG=1)
+            await anyio.sleep(interval)
+
+    async def scan(self) -> None:
+        async with self.claim_lock:
+            names = await anyio.to_thread.run_sync(self.spool.pending)
+            for name in names:
+                if self.stopping:
+                    return
+                claimed = await anyio.to_thread.run_sync(self.spool.claim, name)
+                if claimed is not None:
+                    self._dispatch(claimed)
+        await self._write_status()
+
+    async def _recover_in_progress(self) -> None:
+        for name in await anyio.to_thread.run_sync(self.spool.in_progress):
+            if self.spool.has_result(name):
+                self.spool.forget_answered(name)
+                continue
+            claimed = await anyio.to_thread.run_sync(self.spool.reclaim, name)
+            event(logging.INFO, f"recovering {name} left in cur/ by a stop", request=claimed.request_id)
+            self._dispatch(claimed)
+
+    # -- dispatch -------------------------------------------------------------------
+
+    def _dispatch(self, claimed: Claimed) -> None:
+        assert self._work is not None
+        self._begin()
+        raw: Any = None
+        try:
+            if claimed.problem is not None:
+                raise claimed.problem
+            assert claimed.data is not None
+            raw = decode_json(claimed.data)
+            request = validate_request(raw)
+        except CairnError as exc:
+            self._work.start_soon(self._publish_error, claimed, raw, exc)
+            return
+        work = Work(claimed, request, raw)
+        event(logging.INFO, f"{request.kind} request received", request=claimed.request_id,
+              session=getattr(request, "session", None))
+        if isinstance(request, CancelRequest):
+            self._work.start_soon(self._run, work, self._sessions.cancel)
+        elif isinstance(request, NewRequest):
+            self._work.start_soon(self._run, work, self._sessions.new)
+        elif isinstance(request, ForkRequest):
+            queue = self.queues.setdefault(request.session, SessionQueue())
+            queue.forks_in_flight += 1
+            self._work.start_soon(self._run_fork, work, queue)
+        else:
+            queue = self.queues.setdefault(request.session, SessionQueue())
+            queue.items.append(work)
+            if not queue.running:
+                queue.running = True
+                self._work.start_soon(self._drain_session, request.session, queue)
+
+    @property
+    def _sessions(self) -> Sessions:
+        assert self.sessions is not None
+        return self.sessions
+
+    async def _drain_session(self, session_id: str, queue: SessionQueue) -> None:
+        try:
+            while queue.items:
+                work = queue.items.popleft()
+                if isinstance(work.request, DeleteRequest):
+                    # A fork that arrived before the delete still sees its parent.
+                    while queue.forks_in_flight:
+                        await queue.forks_done.wait()
+                    await self._run(work, self._sessions.delete)
+                else:
+                    await self._run(work, self._sessions.prompt)
+        finally:
+            queue.running = False
+            if not queue.items and not queue.forks_in_flight:
+                self.queues.pop(session_id, None)
+
+    async def _run_fork(self, work: Work, queue: SessionQueue) -> None:
+        try:
+            await self._run(work, self._sessions.fork, limiter=self.fork_limiter)
+        finally:
+            queue.forks_in_flight -= 1
+            if not queue.forks_in_flight:
+                queue.forks_done.set()
+                queue.forks_done = anyio.Event()
+
+    async def _run(self, work: Work, handler: Callable[..., Awaitable[dict[str, Any]]],
+                   limiter: anyio.CapacityLimiter | None = None) -> None:
+        claimed = work.claimed
+        try:
+            try:
+                if limiter is not None:
+                    async with limiter:
+                        result = await handler(work.request, claimed)
+                else:
+                    result = await handler(work.request, claimed)
+            except CairnError as exc:
+                with anyio.CancelScope(shield=True):
+                    await self._publish(claimed, work.raw, work.request.kind, error=exc)
+                return
+            except anyio.get_cancelled_exc_class():
+                # The daemon is stopping past its bound: the handler has recorded what
+                # it could; the request stays in cur/ only if it never started a turn.
+                raise
+            except Exception as exc:
+                event(logging.ERROR, f"internal error in {work.request.kind}: {exc!r}",
+                      request=claimed.request_id, session=getattr(work.request, "session", None), exc_info=True)
+                with anyio.CancelScope(shield=True):
+                    await self._publish(claimed, work.raw, work.request.kind,
+                                        error=CairnError("internal", f"{type(exc).__name__}: {exc}"))
+                return
+            with anyio.CancelScope(shield=True):
+                await self._publish(claimed, work.raw, work.request.kind, result=result)
+        finally:
+            self._end()
+
+    async def _publish_error(self, claimed: Claimed, raw: Any, error: CairnError) -> None:
+        try:
+            kind = raw.get("kind") if isinstance(raw, dict) and isinstance(raw.get("kind"), str) else None
+            await self._publish(claimed, raw, kind, error=error)
+        finally:
+            self._end()
+
+    async def _publish(self, claimed: Claimed, raw: Any, kind: str | None, *,
+                       result: dict[str, Any] | None = None, error: CairnError | None = None) -> None:
+        body: dict[str, Any] = {
+            "id": claimed.request_id,
+            "kind": kind,
+            "status": "ok" if error is None else "error",
+            "request": raw,
+        }
+        if error is None:
+            body["result"] = result
+        else:
+            body["error"] = error.as_dict()
+        body["received_at"] = claimed.received_at
+        body["finished_at"] = now_timestamp()
+        # The request's bytes travel in the result when they are JSON; otherwise the
+        # entry itself is kept beside the result as <name>.raw.
+        keep_raw = raw is None
+        delay = 0.05
+        while True:
+            try:
+                await anyio.to_thread.run_sync(lambda: self.spool.publish(claimed, body, keep_raw=keep_raw))
+                break
+            except OSError as exc:
+                # A full disk or an unwritable done/: the request stays in cur/ and we
+                # retry; it is answered once the trouble clears, never dropped.
+                event(logging.ERROR, f"cannot publish the result of {claimed.name}: {exc}; retrying",
+                      request=claimed.request_id)
+                with anyio.CancelScope(shield=False):
+                    await anyio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        level = logging.INFO if error is None else logging.WARNING
+        what = "ok" if error is None else f"failed: {error.code}: {error.message}"
+        session = (result or {}).get("session") if result else (raw.get("session") if isinstance(raw, dict) else None)
+        event(level, f"{kind or 'request'} {what}", request=claimed.request_id,
+              session=session if isinstance(session, str) else None)
+
+    def _begin(self) -> None:
+        self.in_flight += 1
+        if self.idle.is_set():
+            self.idle = anyio.Event()
+
+    def _end(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self.idle.set()
+
+    # -- status -------------------------------------------------------------------------
+
+    def _status_line(self) -> str:
+        depths = self.spool.depths()
+        turns = self.sessions.turns_in_flight if self.sessions else 0
+        return f"queue: {depths['new']} new, {depths['cur']} in progress; {turns} turn(s) running"
+
+    async def _write_status(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._status_written < 1.0:
+            return
+        self._status_written = now
+        line = self._status_line()
+        self.notifier.notify(STATUS=line)
+        status = {
+            "pid": os.getpid(),
+            "started_at": self.started_at,
+            "updated_at": now_timestamp(),
+            "in_flight": self.in_flight,
+            "turns_in_flight": self.sessions.turns_in_flight if self.sessions else 0,
+            "active_agents": self.sessions.active_agents if self.sessions else 0,
+            "stopping": self.stopping,
+        }
+        path = self.layout.root / STATUS_NAME
+        await anyio.to_thread.run_sync(lambda: write_atomic(path, orjson.dumps(status), sync_dir=False))
+
+
+def serve(config_file: str | None = None, verbose: bool = False) -> int:
+    journal.setup(logging.DEBUG if verbose else logging.INFO)
+    config = load_config(config_file)
+    daemon = Daemon(config, config_loader=lambda: load_config(config_file))
+    try:
+        return anyio.run(daemon.run)
+    except AlreadyRunning as exc:
+        event(logging.ERROR, str(exc))
+        return 1

@@ -1,0 +1,265 @@
+"""The request spool (SPEC section 6), maildir-style:
+
+    tmp/  writers create files here       new/  writers rename finished requests here
+    cur/  cairnd works on them here       done/ failed/  one result per request
+
+Ownership moves by `rename`, so at every instant a request is in exactly one place,
+and a crash anywhere leaves it either in `new/` (not yet claimed), in `cur/` (claimed,
+to be finished on restart) or answered. Nothing is deleted until its result is durable.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from cairnd.durable import fsync_dir, write_atomic
+from cairnd.errors import CairnError
+from cairnd.log import now_timestamp
+from cairnd.requests import MAX_REQUEST_BYTES, request_id_of
+
+SUBDIRS = ("tmp", "new", "cur", "done", "failed")
+_DUP_RE = re.compile(r"^(?P<id>.+)\.dup-(?P<n>[0-9]+)\.json$")
+NAME_MAX = 255
+
+
+@dataclass
+class Claimed:
+    """A request that cairnd owns: its file sits in `cur/<name>`."""
+
+    name: str                       # the file name in cur/, and the result's name
+    request_id: str | None          # None when the name is not a valid <id>.json
+    received_at: str
+    data: bytes | None = None       # the bytes, when the entry is a readable regular file within the cap
+    problem: CairnError | None = None  # a failure found before parsing (bad_name, not_a_file, too_large, duplicate_id)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def _raw_name(name: str) -> str:
+    raw = f"{name}.raw"
+    if len(os.fsencode(raw)) <= NAME_MAX:
+        return raw
+    return f"{os.fsencode(name)[: NAME_MAX - 8].decode('utf-8', 'ignore')}....raw"
+
+
+class Spool:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.tmp, self.new, self.cur, self.done, self.failed = (root / sub for sub in SUBDIRS)
+
+    def create(self) -> None:
+        for sub in SUBDIRS:
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+
+    # -- daemon side -----------------------------------------------------------------
+
+    def pending(self) -> list[str]:
+        """Names waiting in new/, oldest first (rename sets ctime: arrival order)."""
+        entries = []
+        with os.scandir(self.new) as it:
+            for entry in it:
+                if entry.name.startswith("."):
+                    continue
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                entries.append((st.st_ctime_ns, entry.name))
+        entries.sort()
+        return [name for _, name in entries]
+
+    def in_progress(self) -> list[str]:
+        """Names left in cur/ (by a crash), oldest first."""
+        entries = []
+        with os.scandir(self.cur) as it:
+            for entry in it:
+                if entry.name.startswith("."):
+                    continue
+                try:
+                    entries.append((entry.stat(follow_symlinks=False).st_ctime_ns, entry.name))
+                except FileNotFoundError:
+                    continue
+        entries.sort()
+        return [name for _, name in entries]
+
+    def has_result(self, name: str) -> bool:
+        return (self.done / name).exists() or (self.failed / name).exists()
+
+    def _taken(self, name: str) -> bool:
+        return self.has_result(name) or os.path.lexists(self.cur / name)
+
+    def _dup_name(self, name: str) -> str:
+        """The first free `<id>.dup-<n>.json` (or `<name>.dup-<n>` for a bad name)."""
+        stem, ext = (name[: -len(".json")], ".json") if name.endswith(".json") else (name, "")
+        n = 1
+        while self._taken(f"{stem}.dup-{n}{ext}"):
+            n += 1
+        return f"{stem}.dup-{n}{ext}"
+
+    def claim(self, name: str) -> Claimed | None:
+        """Move new/<name> into cur/ and read it. None if it vanished meanwhile (a
+        writer took it back, or another scan claimed it)."""
+        received = now_timestamp()
+        request_id: str | None
+        problem: CairnError | None = None
+        try:
+            request_id = request_id_of(name)
+        except CairnError as exc:
+            request_id, problem = None, exc
+        target = name
+        if self._taken(name):
+            # The first result stays; the newcomer is answered under a name of its own.
+            target = self._dup_name(name)
+            if request_id is not None:
+                problem = CairnError(
+                    "duplicate_id", f"request id {request_id!r} was already used; the first request's result stays"
+                )
+        try:
+            os.rename(self.new / name, self.cur / target)
+        except FileNotFoundError:
+            return None
+        claimed = Claimed(name=target, request_id=request_id, received_at=received, problem=problem)
+        self.read(claimed)
+        return claimed
+
+    def read(self, claimed: Claimed) -> None:
+        """Fill in the bytes of cur/<name>, refusing anything but a regular file within
+        the size cap, without following links or blocking on a fifo."""
+        path = self.cur / claimed.name
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.EMLINK):
+                kind = "a symbolic link"
+                try:
+                    kind += f" to {os.readlink(path)!r}"
+                except OSError:
+                    pass
+                claimed.problem = claimed.problem or CairnError("not_a_file", f"{claimed.name} is {kind}; write a regular file")
+                claimed.meta["entry"] = "symlink"
+                return
+            if exc.errno == errno.ENOENT:
+                claimed.problem = claimed.problem or CairnError("internal", f"{claimed.name} disappeared from cur/")
+                return
+            claimed.problem = claimed.problem or CairnError("not_a_file", f"{claimed.name} cannot be opened: {exc.strerror}")
+            return
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                kind = {stat.S_IFDIR: "directory", stat.S_IFIFO: "fifo", stat.S_IFSOCK: "socket",
+                        stat.S_IFCHR: "character device", stat.S_IFBLK: "block device"}.get(
+                            stat.S_IFMT(st.st_mode), "special file")
+                claimed.problem = claimed.problem or CairnError("not_a_file", f"{claimed.name} is a {kind}; write a regular file")
+                claimed.meta["entry"] = kind
+                return
+            if st.st_size > MAX_REQUEST_BYTES:
+                claimed.problem = claimed.problem or CairnError(
+                    "too_large", f"{claimed.name} is {st.st_size} bytes; the limit is {MAX_REQUEST_BYTES} (1 MiB)")
+                return
+            chunks, total = [], 0
+            while total <= MAX_REQUEST_BYTES:
+                chunk = os.read(fd, MAX_REQUEST_BYTES + 1 - total)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                total += len(chunk)
+            data = b"".join(chunks)
+            if len(data) > MAX_REQUEST_BYTES:
+                claimed.problem = claimed.problem or CairnError(
+                    "too_large", f"{claimed.name} grew past the limit of {MAX_REQUEST_BYTES} bytes while being read")
+                return
+            claimed.data = data
+        finally:
+            os.close(fd)
+
+    def publish(self, claimed: Claimed, result: dict[str, Any], *, keep_raw: bool) -> Path:
+        """Write the one result of a claimed request, then let go of cur/<name>.
+
+        keep_raw: the request's bytes could not be carried in the result as JSON
+        (not JSON, too large, not a file), so the entry itself moves to
+        failed/<name>.raw: kept, not copied, not lost."""
+        ok = result.get("status") == "ok"
+        folder = self.done if ok else self.failed
+        target = folder / claimed.name
+        if keep_raw:
+            try:
+                os.rename(self.cur / claimed.name, self.failed / _raw_name(claimed.name))
+            except FileNotFoundError:
+                pass
+        write_atomic(target, orjson.dumps(result, option=orjson.OPT_APPEND_NEWLINE), sync_dir=True)
+        try:
+            os.unlink(self.cur / claimed.name)
+        except FileNotFoundError:
+            pass
+        except IsADirectoryError:
+            os.rename(self.cur / claimed.name, self.failed / _raw_name(claimed.name))
+        return target
+
+    def forget_answered(self, name: str) -> None:
+        """A cur/ entry whose result was published before a crash stopped us removing it."""
+        path = self.cur / name
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except IsADirectoryError:
+            os.rename(path, self.failed / _raw_name(name))
+
+    def reclaim(self, name: str) -> Claimed:
+        """A request found in cur/ at start: read it again to finish it."""
+        request_id: str | None
+        problem: CairnError | None = None
+        match = _DUP_RE.match(name)
+        if match and self.has_result(f"{match['id']}.json"):
+            request_id = match["id"]
+            problem = CairnError("duplicate_id", f"request id {request_id!r} was already used; the first request's result stays")
+        else:
+            try:
+                request_id = request_id_of(name)
+            except CairnError as exc:
+                request_id, problem = None, exc
+        claimed = Claimed(name=name, request_id=request_id, received_at=now_timestamp(), problem=problem)
+        claimed.meta["recovered"] = True
+        self.read(claimed)
+        return claimed
+
+    def depths(self) -> dict[str, int]:
+        counts = {}
+        for sub in ("new", "cur"):
+            with os.scandir(self.root / sub) as it:
+                counts[sub] = sum(1 for entry in it if not entry.name.startswith("."))
+        return counts
+
+    # -- client side -----------------------------------------------------------------
+
+    def submit(self, request_id: str, request: dict[str, Any]) -> Path:
+        """What any writer does: tmp/<id>.json, fsync, rename into new/."""
+        name = f"{request_id}.json"
+        tmp = self.tmp / name
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            data = orjson.dumps(request)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, self.new / name)
+        fsync_dir(self.new)
+        return self.new / name
+
+    def result_of(self, request_id: str) -> dict[str, Any] | None:
+        for folder in (self.done, self.failed):
+            try:
+                return orjson.loads((folder / f"{request_id}.json").read_bytes())
+            except FileNotFoundError:
+                continue
+        return None
