@@ -22,9 +22,11 @@ Unmarked `user_message_chunk`s (an agent echoing the prompt, a history replay) n
 count. A message is counted at its first line: that line is the cut when forking at it.
 
 Speed: a fork of a long log must not parse every line. A line can matter only if it
-contains one of a few byte strings (`session/prompt`, `user_message_chunk`,
+contains one of a few byte strings (`session/prompt"`, `user_message_chunk`,
 `agent_checkpoint`, and while an id-less run is open `subSession` / `turn_complete`);
-every other line is passed over after a substring test.
+every other line is passed over after a substring test. This assumes those names are
+written plainly, as every JSON serialiser of ACP frames writes them (a writer that
+escaped the slash of session/prompt would go unseen).
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ PROMPT_METHOD = "session/prompt"
 UPDATE_METHOD = "session/update"
 
 # A line without any of these cannot start, continue or end a message, nor be a checkpoint.
-_PROMPT_MARK = b"session/prompt"
+_PROMPT_MARK = b'session/prompt"'  # a method value is always followed by its quote
 _USER_CHUNK_MARK = b"user_message_chunk"
 _CHECKPOINT_MARK = b"agent_checkpoint"
 # Only needed while a run of id-less sub-session chunks is open.

@@ -117,7 +117,9 @@ def session_state(lines: Lines) -> SessionState:
     agent_requests: set[tuple[str, Any]] = set()  # pending agent-to-client request ids
 
     for _offset, line in lines:
-        if not any(mark in line for mark in _MARKS):
+        if not (
+            _MARKS[0] in line or _MARKS[1] in line or _MARKS[2] in line or _MARKS[3] in line
+        ):
             continue
         message = parse_message(line)
         if message is None:

@@ -1,0 +1,256 @@
+"""The session log (SPEC 3): envelope, whole-line appends, torn tails, streaming reads."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cairnd.log import (
+    INVALID_FRAME_METHOD,
+    SessionLog,
+    cairnd_entry,
+    copy_prefix,
+    envelope_line,
+    envelope_raw_line,
+    iter_lines,
+    method_of,
+    now_timestamp,
+    parse_message,
+)
+from logsamples import TIMESTAMP, agent_chunk, prompt_request
+
+# --- the envelope -------------------------------------------------------------------
+
+
+def test_timestamps_are_utc_with_milliseconds() -> None:
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", now_timestamp())
+
+
+def test_an_envelope_line_is_posthog_codes_shape() -> None:
+    message = {"jsonrpc": "2.0", "method": "session/prompt", "id": 3, "params": {"x": "é"}}
+    line = envelope_line(message, TIMESTAMP)
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    assert orjson.loads(line) == {"type": "notification", "timestamp": TIMESTAMP, "notification": message}
+    assert line.startswith(b'{"type":"notification","timestamp":"2026-11-22T10:00:00.123Z","notification":')
+    assert parse_message(line) == message
+
+
+def test_cairnd_entries_are_extension_notifications() -> None:
+    assert cairnd_entry("_posthog/turn_complete", {"stopReason": "end_turn"}) == {
+        "jsonrpc": "2.0",
+        "method": "_posthog/turn_complete",
+        "params": {"stopReason": "end_turn"},
+    }
+
+
+def test_a_raw_frame_is_kept_byte_for_byte() -> None:
+    # Key order, spacing, number spelling and unknown fields: exactly what crossed the wire.
+    raw = b'{"params": {"z": 1.50, "a": [1,2]}, "method":"session/update" ,"jsonrpc":"2.0","extra":null}'
+    line = envelope_raw_line(raw + b"\r\n", TIMESTAMP)
+    assert line == (
+        b'{"type":"notification","timestamp":"2026-11-22T10:00:00.123Z","notification":' + raw + b"}\n"
+    )
+    assert parse_message(line) == orjson.loads(raw)
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [b"Traceback (most recent call last):", b"[1, 2]", b'"a string"', b"{bad json", b"\xff\xfe{}", b"", b"{\"a\":1}{"],
+)
+def test_a_frame_that_is_not_a_json_object_is_logged_as_invalid_frame(garbage: bytes) -> None:
+    line = envelope_raw_line(garbage, TIMESTAMP)
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    message = parse_message(line)
+    assert message is not None
+    assert method_of(message) == INVALID_FRAME_METHOD
+    assert message["params"]["raw"] == garbage.decode("utf-8", errors="replace")
+
+
+def test_a_pretty_printed_frame_still_makes_one_line() -> None:
+    line = envelope_raw_line(b'{\n  "jsonrpc": "2.0",\n  "method": "x"\n}', TIMESTAMP)
+    assert line.count(b"\n") == 1
+    assert parse_message(line) == {"jsonrpc": "2.0", "method": "x"}
+
+
+@given(st.binary(max_size=300))
+def test_envelope_raw_line_always_makes_one_parseable_line(raw: bytes) -> None:
+    line = envelope_raw_line(raw, TIMESTAMP)
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    assert parse_message(line) is not None
+
+
+def test_the_posthog_double_underscore_is_read_as_one() -> None:
+    assert method_of({"method": "__posthog/agent_checkpoint"}) == "_posthog/agent_checkpoint"
+    assert method_of({"method": "_posthog/turn_complete"}) == "_posthog/turn_complete"
+    assert method_of({"method": "session/update"}) == "session/update"
+    assert method_of({"id": 1, "result": {}}) is None
+    assert method_of({"method": 7}) is None
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"",
+        b"\n",
+        b"null\n",
+        b"[]\n",
+        b'{"type":"notification"}\n',
+        b'{"type":"notification","notification":"text"}\n',
+        b'{"notification":{"a":1}\n',
+        b'{"notification":{"a":"\xff"}}\n',
+        b"\xef\xbb\xbf{}\n",
+        b"[" * 5000 + b"]" * 5000 + b"\n",
+    ],
+)
+def test_parse_message_returns_none_for_anything_but_an_envelope(line: bytes) -> None:
+    assert parse_message(line) is None
+
+
+# --- appends and torn tails ---------------------------------------------------------
+
+
+def test_appends_are_whole_lines_in_order(tmp_path: Path) -> None:
+    path = tmp_path / "sessions" / "s1" / "log.ndjson"
+    with SessionLog(path) as log:
+        log.append(cairnd_entry("_posthog/sdk_session", {"sdkSessionId": "x"}))
+        log.append_raw(b'{"jsonrpc":"2.0","id":1,"method":"session/prompt","params":{}}')
+        log.append_line(agent_chunk("hi"))
+        log.sync()
+        assert log.size == path.stat().st_size
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    assert lines[-1] == b"" and len(lines) == 4
+    assert [method_of(parse_message(line) or {}) for line in lines[:3]] == [
+        "_posthog/sdk_session",
+        "session/prompt",
+        "session/update",
+    ]
+
+
+def test_append_line_refuses_anything_but_one_line(tmp_path: Path) -> None:
+    with SessionLog(tmp_path / "log.ndjson") as log:
+        for bad in (b"", b"{}", b"{}\n{}\n", b"{}\n\n"):
+            with pytest.raises(ValueError):
+                log.append_line(bad)
+    assert (tmp_path / "log.ndjson").read_bytes() == b""
+
+
+def test_reopening_appends_after_what_is_there(tmp_path: Path) -> None:
+    path = tmp_path / "log.ndjson"
+    with SessionLog(path) as log:
+        log.append_line(prompt_request(1, "a"))
+    with SessionLog(path) as log:
+        log.append_line(prompt_request(2, "b"))
+    assert path.read_bytes() == prompt_request(1, "a") + prompt_request(2, "b")
+
+
+def test_a_torn_tail_is_not_read_and_the_next_writer_cuts_it(tmp_path: Path) -> None:
+    path = tmp_path / "log.ndjson"
+    whole = prompt_request(1, "a") + agent_chunk("b")
+    torn = agent_chunk("cut by a crash")[:-7]
+    path.write_bytes(whole + torn)
+    assert [line for _offset, line in iter_lines(path)] == [prompt_request(1, "a"), agent_chunk("b")]
+    with SessionLog(path) as log:
+        assert path.read_bytes() == whole
+        log.append_line(agent_chunk("c"))
+    assert path.read_bytes() == whole + agent_chunk("c")
+
+
+def test_a_log_that_is_only_a_torn_line_becomes_empty(tmp_path: Path) -> None:
+    path = tmp_path / "log.ndjson"
+    path.write_bytes(b'{"type":"notif' + b"x" * (3 << 20))  # longer than one read chunk
+    with SessionLog(path) as log:
+        assert log.size == 0
+    assert path.read_bytes() == b""
+
+
+def test_a_closed_log_refuses_appends(tmp_path: Path) -> None:
+    log = SessionLog(tmp_path / "log.ndjson")
+    log.close()
+    log.close()
+    with pytest.raises(ValueError):
+        log.append(cairnd_entry("_x", {}))
+
+
+# --- streaming reads -------------------------------------------------------------
+
+
+def test_iter_lines_yields_offsets_and_whole_lines(tmp_path: Path) -> None:
+    path = tmp_path / "log.ndjson"
+    entries = [prompt_request(1, "a"), b"\n", b"garbage\n", agent_chunk("b")]
+    path.write_bytes(b"".join(entries))
+    pairs = list(iter_lines(path))
+    offsets = [sum(len(e) for e in entries[:i]) for i in range(len(entries))]
+    assert pairs == list(zip(offsets, entries))
+    assert list(iter_lines(path, start=offsets[2])) == pairs[2:]
+    assert list(iter_lines(path, start=path.stat().st_size)) == []
+
+
+def test_iter_lines_handles_a_line_bigger_than_its_buffer(tmp_path: Path) -> None:
+    path = tmp_path / "log.ndjson"
+    huge = agent_chunk("x" * (5 << 20))
+    path.write_bytes(prompt_request(1, "a") + huge + agent_chunk("after"))
+    assert [line for _o, line in iter_lines(path)] == [prompt_request(1, "a"), huge, agent_chunk("after")]
+
+
+line_pieces = st.one_of(
+    st.binary(max_size=50),
+    st.just(b"\n"),
+    st.just(b"\xff\xfe\xfd"),
+    st.just(prompt_request(1, "a")),
+    st.just(b'{"type":"notification","notification":{"method":"__posthog/x"}}'),
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(line_pieces, max_size=30))
+def test_reading_any_bytes_never_raises(tmp_path: Path, pieces: list[bytes]) -> None:
+    data = b"".join(pieces)
+    path = tmp_path / "fuzz.ndjson"
+    path.write_bytes(data)
+    pairs = list(iter_lines(path))
+    complete = data[: data.rfind(b"\n") + 1]
+    assert b"".join(line for _o, line in pairs) == complete
+    for offset, line in pairs:
+        assert data[offset : offset + len(line)] == line and line.endswith(b"\n")
+        message = parse_message(line)
+        assert message is None or isinstance(message, dict)
+        if message is not None:
+            method_of(message)
+
+
+# --- copying a prefix --------------------------------------------------------------
+
+
+def test_copy_prefix_to_a_path_and_to_an_open_descriptor(tmp_path: Path) -> None:
+    src = tmp_path / "src.ndjson"
+    data = os.urandom(3 << 20) + b"tail"
+    src.write_bytes(data)
+    copy_prefix(src, tmp_path / "a", 2_000_001)
+    assert (tmp_path / "a").read_bytes() == data[:2_000_001]
+    copy_prefix(src, tmp_path / "empty", 0)
+    assert (tmp_path / "empty").read_bytes() == b""
+    for flags in (os.O_WRONLY, os.O_WRONLY | os.O_APPEND):  # O_APPEND defeats copy_file_range
+        target = tmp_path / f"fd{flags}"
+        target.write_bytes(b"head:")
+        fd = os.open(target, flags)
+        try:
+            os.lseek(fd, 0, os.SEEK_END)
+            copy_prefix(src, fd, 1000)
+            os.write(fd, b":end")
+        finally:
+            os.close(fd)
+        assert target.read_bytes() == b"head:" + data[:1000] + b":end"
+
+
+def test_copy_prefix_refuses_to_copy_more_than_there_is(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.write_bytes(b"short\n")
+    with pytest.raises(ValueError):
+        copy_prefix(src, tmp_path / "dst", 7)

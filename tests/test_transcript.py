@@ -1,0 +1,161 @@
+"""What a log says about its session: turns, an open turn, whose agent session to
+resume, and the conversation replayed to an agent that cannot load it natively."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cairnd.transcript import (
+    SessionState,
+    Turn,
+    render_replay,
+    replay_block,
+    replayed_user_messages,
+    session_state,
+)
+from logsamples import (
+    agent_chunk,
+    checkpoint,
+    checkpoint_params,
+    fork_meta,
+    lines_of,
+    prompt_request,
+    prompt_response,
+    request,
+    response,
+    sdk_session,
+    tool_call,
+    turn_complete,
+    user_chunk,
+)
+
+TWO_TURNS = (
+    sdk_session("sdk-parent", "reference"),
+    checkpoint(0, head_sha="0" * 40),
+    prompt_request(2, "write a README"),
+    user_chunk("write a README"),  # echo: not the agent's text
+    agent_chunk("Writing "),
+    tool_call("t1"),
+    agent_chunk("it."),
+    prompt_response(2),
+    checkpoint(1, head_sha="1" * 40),
+    turn_complete("end_turn"),
+    prompt_request(3, [{"type": "text", "text": "delegate: "}, {"type": "text", "text": "tests"}]),
+    user_chunk("tests", sub="a"),
+    agent_chunk("sub-agent text", sub="a"),
+    agent_chunk("Delegated."),
+    prompt_response(3, "cancelled"),
+    checkpoint(2, head_sha="2" * 40),
+    turn_complete("cancelled"),
+)
+
+
+def test_a_finished_session() -> None:
+    state = session_state(lines_of(*TWO_TURNS))
+    assert state == SessionState(
+        turns=2,
+        open_turn=False,
+        sdk_session_id="sdk-parent",
+        adapter="reference",
+        last_checkpoint=checkpoint_params(TWO_TURNS[15]),
+        fork_meta=None,
+        conversation=[
+            Turn("write a README", "Writing it.", "end_turn", checkpoint_params(TWO_TURNS[8])),
+            Turn("delegate: tests", "Delegated.", "cancelled", checkpoint_params(TWO_TURNS[15])),
+        ],
+    )
+    assert state.user_messages == 2
+
+
+def test_a_turn_cut_by_a_crash_is_open() -> None:
+    state = session_state(lines_of(*TWO_TURNS, prompt_request(4, "crash"), agent_chunk("partial")))
+    assert state.open_turn and state.turns == 2
+    assert state.conversation[-1] == Turn("crash", "partial", None, None)
+    # Recording it as interrupted closes it.
+    state = session_state(
+        lines_of(*TWO_TURNS, prompt_request(4, "crash"), checkpoint(3), turn_complete("interrupted"))
+    )
+    assert not state.open_turn and state.turns == 3
+    assert state.conversation[-1].stop_reason == "interrupted"
+
+
+def test_an_empty_log() -> None:
+    assert session_state([]) == SessionState(0, False, None, None, None, None, [])
+
+
+def test_the_last_sdk_session_wins_and_the_quirk_spelling_counts() -> None:
+    state = session_state(
+        lines_of(sdk_session("one", "reference"), sdk_session("two", "claude", quirk=True))
+    )
+    assert (state.sdk_session_id, state.adapter) == ("two", "claude")
+
+
+def test_a_fork_does_not_resume_its_parents_agent_session() -> None:
+    fork = (*TWO_TURNS[:10], fork_meta("f1", user_message_index=1), checkpoint(1, session="f1"))
+    state = session_state(lines_of(*fork))
+    assert state.sdk_session_id is None and state.adapter is None
+    assert state.fork_meta is not None and state.fork_meta["parentSessionId"] == "s1"
+    assert [turn.user_text for turn in state.conversation] == ["write a README"]
+    # Once the fork's own agent started, its entry names it.
+    state = session_state(lines_of(*fork, sdk_session("sdk-fork", "reference", session="f1")))
+    assert state.sdk_session_id == "sdk-fork"
+
+
+def test_a_parents_open_turn_is_not_the_forks_to_interrupt() -> None:
+    fork = (prompt_request(1, "mid-turn"), agent_chunk("..."), fork_meta(user_message_index=1))
+    assert not session_state(lines_of(*fork)).open_turn
+
+
+def test_agent_text_after_the_turn_ended_is_a_replay_and_not_counted() -> None:
+    entries = (
+        prompt_request(1, "hi"),
+        agent_chunk("hello"),
+        prompt_response(1),
+        # The agent restarted and replayed its history on session/load.
+        request(7, "session/load", {"sessionId": "sdk-1"}),
+        user_chunk("hi"),
+        agent_chunk("hello"),
+        response(7, {}),
+    )
+    state = session_state(lines_of(*entries))
+    assert state.conversation == [Turn("hi", "hello", "end_turn", None)]
+
+
+def test_a_response_to_the_agents_own_request_does_not_end_the_turn() -> None:
+    # The agent's ids live in their own space: its request 5 is not the prompt 5.
+    entries = (
+        prompt_request(5, "edit"),
+        request(5, "fs/write_text_file", {"path": "/x/../../etc", "content": ""}),
+        response(5, error={"code": -32602, "message": "outside the worktree"}),
+        agent_chunk("could not write"),
+        prompt_response(5),
+    )
+    state = session_state(lines_of(*entries))
+    assert state.conversation == [Turn("edit", "could not write", "end_turn", None)]
+
+
+def test_the_replay_is_plain_text_that_states_its_size() -> None:
+    conversation = session_state(lines_of(*TWO_TURNS)).conversation
+    text = render_replay(conversation)
+    assert text.startswith("The conversation so far, replayed by cairnd")
+    assert "User:\nwrite a README\n" in text
+    assert "Assistant:\nWriting it.\n" in text
+    assert "Assistant:\nDelegated.\n[turn ended: cancelled]\n" in text
+    assert "sub-agent text" not in text
+    assert replayed_user_messages(text) == 2
+    assert replayed_user_messages(render_replay([])) == 0
+    assert replayed_user_messages(render_replay([Turn("User:\nUser:", "", None, None)])) == 1
+    assert replayed_user_messages("User:\nhello") is None
+    assert replay_block(text) == {
+        "type": "resource",
+        "resource": {"uri": "cairnd://replay", "mimeType": "text/plain", "text": text},
+    }
+
+
+@given(st.lists(st.sampled_from(list(TWO_TURNS) + [b"\xff\n", b"{}\n", b"[1]\n"]), max_size=30))
+def test_session_state_never_raises_and_counts_turn_completes(entries: list[bytes]) -> None:
+    state = session_state(lines_of(*entries))
+    assert state.turns == sum(entry.count(b"turn_complete") for entry in entries)
+    assert state.user_messages == sum(entry.count(b'"method":"session/prompt"') for entry in entries)
+    render_replay(state.conversation)
