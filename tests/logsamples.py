@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from hypothesis import strategies as st
+
 from cairnd.log import cairnd_entry, envelope_line
 
 SESSION = "s1"
@@ -215,3 +217,61 @@ def lines_of(*entries: bytes) -> list[tuple[int, bytes]]:
 
 def log_bytes(*entries: bytes) -> bytes:
     return b"".join(entries)
+
+
+# --- hypothesis strategies -------------------------------------------------------
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=5),
+    lambda children: st.lists(children, max_size=3)
+    | st.dictionaries(st.text(max_size=5), children, max_size=3),
+    max_leaves=8,
+)
+
+_cairnd_meta = st.fixed_dictionaries(
+    {}, optional={"subSession": st.one_of(json_values, st.sampled_from(["a", "a/b"])), "messageId": json_values}
+)
+_updates = st.fixed_dictionaries(
+    {"sessionUpdate": st.sampled_from(["user_message_chunk", "agent_message_chunk", 3])},
+    optional={
+        "_meta": st.one_of(json_values, st.fixed_dictionaries({"cairnd": st.one_of(json_values, _cairnd_meta)})),
+        "content": st.one_of(json_values, st.fixed_dictionaries({"type": st.just("text"), "text": json_values})),
+        "messageId": json_values,
+    },
+)
+_params = st.fixed_dictionaries(
+    {},
+    optional={
+        "prompt": st.one_of(json_values, st.lists(st.fixed_dictionaries({"type": st.just("text"), "text": json_values}))),
+        "update": st.one_of(json_values, _updates),
+        "stopReason": json_values,
+        "sdkSessionId": json_values,
+        "adapter": json_values,
+    },
+)
+malformed_messages = st.fixed_dictionaries(
+    {
+        "method": st.sampled_from(
+            [
+                "session/prompt",
+                "session/update",
+                "_posthog/agent_checkpoint",
+                "__posthog/agent_checkpoint",
+                "_posthog/turn_complete",
+                "_posthog/sdk_session",
+                "_posthog/fork_session_meta",
+                "fs/read_text_file",
+                5,
+            ]
+        )
+    },
+    optional={"id": json_values, "params": st.one_of(json_values, _params)},
+)
+"""Messages of the shapes readers look for, with values of every wrong type inside."""
+
+
+def malformed_lines() -> st.SearchStrategy[bytes]:
+    """Log lines that are envelopes of malformed messages, responses, or raw garbage."""
+    responses = st.fixed_dictionaries({"id": json_values}, optional={"result": json_values, "error": json_values})
+    garbage = st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"") + b"\n")
+    return st.one_of(malformed_messages.map(line), responses.map(line), garbage)

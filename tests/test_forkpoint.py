@@ -17,6 +17,7 @@ from logsamples import (
     checkpoint_params,
     line,
     lines_of,
+    malformed_lines,
     prompt_request,
     prompt_response,
     request,
@@ -436,10 +437,18 @@ def model_messages(entries: list[tuple[str, bytes]]) -> list[tuple[int, bool]]:
 
 
 @settings(max_examples=300, deadline=None)
-@given(log_entries(), st.integers(min_value=-3, max_value=45))
-def test_fork_point_properties(entries: list[tuple[str, bytes]], k: int) -> None:
+@given(log_entries(), st.data())
+def test_fork_point_properties(entries: list[tuple[str, bytes]], data: st.DataObject) -> None:
     pairs = lines_of(*(entry for _kind, entry in entries))
     expected = model_messages(entries)
+    top_level = [k for k, (_index, top) in enumerate(expected) if top]
+    k = data.draw(
+        st.one_of(
+            st.sampled_from(top_level) if top_level else st.just(0),
+            st.integers(min_value=-3, max_value=len(expected) + 3),
+        ),
+        label="k",
+    )
     counted = count_user_messages(pairs)
     assert [(m.line_index, m.top_level) for m in counted] == expected
     try:
@@ -464,3 +473,15 @@ def test_fork_point_properties(entries: list[tuple[str, bytes]], k: int) -> None
     checkpoints = [entry for kind, entry in entries[: point.line_index] if kind == "checkpoint"]
     assert point.checkpoint == (parse_message(checkpoints[-1])["params"] if checkpoints else None)
     assert point.prefill == f"p{point.line_index}"
+
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(malformed_lines(), max_size=20), st.integers(-2, 22))
+def test_malformed_entries_never_raise_anything_but_the_two_errors(entries: list[bytes], k: int) -> None:
+    pairs = lines_of(*entries)
+    count_user_messages(pairs)
+    try:
+        find_fork_point(pairs, k, "s1")
+    except CairnError as error:
+        assert error.code in ("fork_out_of_range", "fork_in_sub_session")

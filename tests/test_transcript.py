@@ -20,6 +20,7 @@ from logsamples import (
     checkpoint_params,
     fork_meta,
     lines_of,
+    malformed_lines,
     prompt_request,
     prompt_response,
     request,
@@ -159,3 +160,10 @@ def test_session_state_never_raises_and_counts_turn_completes(entries: list[byte
     assert state.turns == sum(entry.count(b"turn_complete") for entry in entries)
     assert state.user_messages == sum(entry.count(b'"method":"session/prompt"') for entry in entries)
     render_replay(state.conversation)
+
+
+@given(st.lists(st.one_of(malformed_lines(), st.sampled_from(TWO_TURNS)), max_size=25))
+def test_malformed_entries_never_make_session_state_raise(entries: list[bytes]) -> None:
+    state = session_state(lines_of(*entries))
+    render_replay(state.conversation)
+    assert state.sdk_session_id is None or isinstance(state.sdk_session_id, str)

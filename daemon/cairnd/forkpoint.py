@@ -122,7 +122,8 @@ class _SubChunk:
     text: str
 
 
-def _sub_session_of(update: dict[str, Any]) -> str | None:
+def sub_session_of(update: dict[str, Any]) -> str | None:
+    """The sub-session a `session/update`'s `update` is marked with, if any."""
     sub = _dict(_dict(_dict(update.get("_meta")).get("cairnd"))).get("subSession")
     return sub if isinstance(sub, str) and sub else None
 
@@ -134,7 +135,7 @@ def _sub_chunk(message: dict[str, Any]) -> _SubChunk | None:
     update = _dict(_dict(message.get("params")).get("update"))
     if update.get("sessionUpdate") != "user_message_chunk":
         return None
-    sub = _sub_session_of(update)
+    sub = sub_session_of(update)
     if sub is None:
         return None
     message_id = update.get("messageId")
@@ -155,7 +156,7 @@ def _ends_run(message: dict[str, Any], sub_session: str) -> bool:
     if message.get("method") != UPDATE_METHOD:
         return False
     update = _dict(_dict(message.get("params")).get("update"))
-    return _sub_session_of(update) == sub_session
+    return sub_session_of(update) == sub_session
 
 
 def _events(lines: Lines) -> Iterator[_Event]:
@@ -206,12 +207,14 @@ def _events(lines: Lines) -> Iterator[_Event]:
 def count_user_messages(lines: Lines) -> list[UserMessage]:
     """Every user message of the log, in order, with its whole text."""
     messages: list[UserMessage] = []
+    texts: list[list[str]] = []
     for event in _events(lines):
         if isinstance(event, UserMessage):
             messages.append(event)
-        elif isinstance(event, _MoreText) and messages:
-            messages[-1] = replace(messages[-1], text=messages[-1].text + event.text)
-    return messages
+            texts.append([event.text])
+        elif isinstance(event, _MoreText) and texts:
+            texts[-1].append(event.text)
+    return [replace(message, text="".join(parts)) for message, parts in zip(messages, texts)]
 
 
 def _plural(count: int) -> str:

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from cairnd.forkpoint import is_prompt_request, prompt_text
+from cairnd.forkpoint import is_prompt_request, prompt_text, sub_session_of
 from cairnd.log import method_of, parse_message
 
 Lines = Iterable[tuple[int, bytes]]
@@ -81,9 +81,12 @@ def _dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _id_key(value: Any) -> tuple[str, Any]:
-    # JSON-RPC ids 1 and "1" are different requests; True is not an id of 1.
-    return (type(value).__name__, value)
+def _id_key(value: Any) -> tuple[str, Any] | None:
+    """A JSON-RPC id as a set key (None for a value that cannot be an id): 1 and "1"
+    are different requests, and True is not an id of 1."""
+    if isinstance(value, (str, int, float)):
+        return (type(value).__name__, value)
+    return None
 
 
 def _top_level_agent_text(message: dict[str, Any]) -> str | None:
@@ -92,7 +95,7 @@ def _top_level_agent_text(message: dict[str, Any]) -> str | None:
     update = _dict(_dict(message.get("params")).get("update"))
     if update.get("sessionUpdate") != "agent_message_chunk":
         return None
-    if _dict(_dict(update.get("_meta")).get("cairnd")).get("subSession"):
+    if sub_session_of(update) is not None:
         return None
     content = _dict(update.get("content"))
     text = content.get("text")
@@ -136,6 +139,8 @@ def session_state(lines: Lines) -> SessionState:
         if method is None:
             if "id" in message and ("result" in message or "error" in message):
                 key = _id_key(message["id"])
+                if key is None:
+                    continue
                 if key in agent_requests:
                     agent_requests.discard(key)
                 elif current is not None and not current.closed and key == _id_key(current.prompt_id):
@@ -145,7 +150,9 @@ def session_state(lines: Lines) -> SessionState:
                     current.closed = True
             continue
         if "id" in message and method.startswith(_AGENT_TO_CLIENT_PREFIXES):
-            agent_requests.add(_id_key(message["id"]))
+            key = _id_key(message["id"])
+            if key is not None:
+                agent_requests.add(key)
             continue
 
         params = _dict(message.get("params"))
