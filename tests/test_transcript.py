@@ -69,6 +69,21 @@ def test_a_finished_session() -> None:
     assert state.user_messages == 2
 
 
+def test_without_agent_text_everything_else_is_the_same() -> None:
+    full = session_state(lines_of(*TWO_TURNS))
+    fast = session_state(lines_of(*TWO_TURNS), agent_text=False)
+    assert [turn.agent_text for turn in fast.conversation] == ["", ""]
+    assert fast.conversation == [
+        Turn(turn.user_text, "", turn.stop_reason, turn.checkpoint) for turn in full.conversation
+    ]
+    assert (fast.turns, fast.open_turn, fast.sdk_session_id, fast.last_checkpoint) == (
+        full.turns,
+        full.open_turn,
+        full.sdk_session_id,
+        full.last_checkpoint,
+    )
+
+
 def test_a_turn_cut_by_a_crash_is_open() -> None:
     state = session_state(lines_of(*TWO_TURNS, prompt_request(4, "crash"), agent_chunk("partial")))
     assert state.open_turn and state.turns == 2
@@ -79,6 +94,14 @@ def test_a_turn_cut_by_a_crash_is_open() -> None:
     )
     assert not state.open_turn and state.turns == 3
     assert state.conversation[-1].stop_reason == "interrupted"
+
+
+def test_turn_complete_has_the_last_word_on_the_stop_reason() -> None:
+    entries = (prompt_request(1, "x"), prompt_response(1, "end_turn"), turn_complete("agent_exited"))
+    assert session_state(lines_of(*entries)).conversation[0].stop_reason == "agent_exited"
+    # Without turn_complete (PostHog Code run locally), the prompt's response tells.
+    entries = (prompt_request(1, "x"), prompt_response(1, "max_tokens"))
+    assert session_state(lines_of(*entries)).conversation[0].stop_reason == "max_tokens"
 
 
 def test_an_empty_log() -> None:

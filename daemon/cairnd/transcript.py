@@ -29,7 +29,10 @@ _AGENT_TO_CLIENT_PREFIXES = ("fs/", "terminal/", "session/request_permission")
 
 # A line that has none of these is nothing session_state needs (most lines of a long
 # log are agent updates that are none of its business).
-_MARKS = (b"session/prompt", b"_posthog/", b"agent_message_chunk", b'"id"')
+_PROMPT_MARK = b'session/prompt"'
+_POSTHOG_MARK = b"_posthog/"
+_ID_MARK = b'"id"'  # requests and responses
+_AGENT_TEXT_MARK = b"agent_message_chunk"
 
 REPLAY_TITLE = "The conversation so far, replayed by cairnd"
 REPLAY_URI = "cairnd://replay"
@@ -71,7 +74,8 @@ class _TurnBuilder:
     agent_parts: list[str] = field(default_factory=list)
     stop_reason: str | None = None
     checkpoint: dict[str, Any] | None = None
-    closed: bool = False
+    closed: bool = False  # later agent text is not this turn's
+    completed: bool = False  # its turn_complete was seen
 
     def build(self) -> Turn:
         return Turn(self.user_text, "".join(self.agent_parts), self.stop_reason, self.checkpoint)
@@ -102,8 +106,12 @@ def _top_level_agent_text(message: dict[str, Any]) -> str | None:
     return text if content.get("type") == "text" and isinstance(text, str) else None
 
 
-def session_state(lines: Lines) -> SessionState:
+def session_state(lines: Lines, agent_text: bool = True) -> SessionState:
     """Read a whole log into the facts the runner and the CLI need (see SessionState).
+
+    `agent_text=False` leaves every Turn's `agent_text` empty and is several times
+    faster on a long log (agent chunks are most of its lines): for callers that need
+    only the counts, the agent session or the checkpoints.
 
     Attribution rules: agent text belongs to the turn whose prompt is pending (after its
     response or turn_complete, chunks are a history replay and are ignored); a
@@ -121,7 +129,10 @@ def session_state(lines: Lines) -> SessionState:
 
     for _offset, line in lines:
         if not (
-            _MARKS[0] in line or _MARKS[1] in line or _MARKS[2] in line or _MARKS[3] in line
+            _PROMPT_MARK in line
+            or _POSTHOG_MARK in line
+            or _ID_MARK in line
+            or (agent_text and _AGENT_TEXT_MARK in line)
         ):
             continue
         message = parse_message(line)
@@ -157,17 +168,19 @@ def session_state(lines: Lines) -> SessionState:
 
         params = _dict(message.get("params"))
         if method == "session/update":
-            text = _top_level_agent_text(message)
+            text = _top_level_agent_text(message) if agent_text else None
             if text is not None and current is not None and not current.closed:
                 current.agent_parts.append(text)
         elif method == TURN_COMPLETE_METHOD:
             turns += 1
             open_turn = False
-            if current is not None and not current.closed:
+            if current is not None and not current.completed:
+                # cairnd's own record wins over the agent's response: it also knows
+                # `interrupted` and `agent_exited`.
                 stop = params.get("stopReason")
                 if isinstance(stop, str):
                     current.stop_reason = stop
-                current.closed = True
+                current.completed = current.closed = True
         elif method == CHECKPOINT_METHOD:
             last_checkpoint = params
             if current is not None:
@@ -179,7 +192,7 @@ def session_state(lines: Lines) -> SessionState:
             sdk_session = None
             open_turn = False
             if current is not None:
-                current.closed = True
+                current.closed = current.completed = True
 
     sdk_session_id = sdk_session.get("sdkSessionId") if sdk_session else None
     adapter = sdk_session.get("adapter") if sdk_session else None
