@@ -9,9 +9,10 @@
 The tap: the SDK never touches the agent's pipes. A pump reads the agent's stdout, logs
 each line verbatim, then feeds it to the StreamReader the SDK reads; the SDK writes into
 a transport that logs each line, then writes it to the agent's stdin. So the log holds
-what crossed the wire, in order, including frames the SDK's schema rejects (those only
-lose their handler; the turn goes on, and the prompt's stop reason is read from the
-raw response, not from the SDK's model of it).
+what crossed the wire, in order, including frames the SDK's schema rejects: session
+updates are not handed to the SDK at all (the log is all cairnd does with them), and
+the prompt's stop reason is read from the raw response, not from the SDK's model of
+it, so no frame an agent sends can break a turn.
 
 History: when an agent session is opened for a log that already holds conversation,
 the agent gets it natively through `session/load` (if it advertised `loadSession` and
@@ -159,8 +160,8 @@ def exit_story(name: str, returncode: int | None, stderr_tail: str) -> str:
 
 class WorktreeClient:
     """What cairnd answers an agent: `fs/*` confined to the worktree, permission
-    requests per the profile's policy, no terminals. Session updates need no handling
-    here: the tap has already logged them."""
+    requests per the profile's policy, no terminals. Session updates never reach it:
+    the tap logs them and keeps them from the SDK (see Tap.incoming)."""
 
     def __init__(self, worktree: Path, permission: str, limiter: anyio.CapacityLimiter | None) -> None:
         self.worktree = worktree
@@ -259,14 +260,23 @@ class Tap:
                 self.prompt_id = message["id"]
                 self.prompt_sent.set()
 
-    def incoming(self, frame: bytes) -> None:
+    def incoming(self, frame: bytes) -> bool:
+        """Log a frame from the agent; whether the SDK needs to see it. Session updates
+        it does not: the log is all cairnd does with them, and the SDK's model of each
+        streaming chunk would only cost time and log noise for every chunk that does not
+        validate (claude-agent-acp's `usage_update` with `used: null`)."""
         if not frame.strip():
-            return
+            return False
         self.log.append_raw(frame)
+        if b'"session/update"' in frame:
+            message = _json_object(frame)
+            if message and message.get("method") == "session/update" and "id" not in message:
+                return False
         if self.prompt_id is not None and self.prompt_response is None and b'"id"' in frame:
             message = _json_object(frame)
             if message and "method" not in message and message.get("id") == self.prompt_id:
                 self.prompt_response = message
+        return True
 
 
 def _json_object(frame: bytes) -> dict[str, Any] | None:
@@ -562,15 +572,16 @@ class AgentRunner:
         """Turns completed so far, from the log the first time (closing a turn that a
         crash of cairnd left open), then counted here: the runner is the log's writer."""
         if self._turns is None:
-            state = await self._read_state()
+            state = await self._read_state(agent_text=False)
             self._turns = state.turns
             if state.open_turn:
                 with anyio.CancelScope(shield=True):
                     await self._end_turn(state.turns, "interrupted")
         return self._turns
 
-    async def _read_state(self) -> SessionState:
-        return await anyio.to_thread.run_sync(_read_session_state, self.log_path, limiter=self.limiter)
+    async def _read_state(self, agent_text: bool = True) -> SessionState:
+        return await anyio.to_thread.run_sync(_read_session_state, self.log_path, agent_text,
+                                              limiter=self.limiter)
 
     # -- the agent process ------------------------------------------------------------
 
@@ -686,10 +697,9 @@ class AgentRunner:
                     line = bytes(pending[:end + 1])
                     del pending[:end + 1]
                     scan_from = 0
-                    tap.incoming(line)
-                    reader.feed_data(line)
-            if pending:  # a last frame without its newline
-                tap.incoming(bytes(pending))
+                    if tap.incoming(line):
+                        reader.feed_data(line)
+            if pending and tap.incoming(bytes(pending)):  # a last frame without its newline
                 reader.feed_data(bytes(pending) + b"\n")
         except OSError:
             pass  # the log could not be written: treat it as the end of the agent
@@ -827,10 +837,10 @@ def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def _read_session_state(log_path: Path) -> SessionState:
+def _read_session_state(log_path: Path, agent_text: bool = True) -> SessionState:
     if not log_path.exists():
         return session_state([])
-    return session_state(iter_lines(log_path))
+    return session_state(iter_lines(log_path), agent_text)
 
 
 # -- outside a runner ---------------------------------------------------------------------
@@ -842,7 +852,7 @@ async def write_baseline(session_id: str, worktree: Path, log_path: Path, *, max
     for a new session, else the turns its log already holds (a fork's kept turns) when
     not given. Returns the checkpoint params."""
     if turns is None:
-        turns = (await anyio.to_thread.run_sync(_read_session_state, Path(log_path), limiter=limiter)).turns
+        turns = (await anyio.to_thread.run_sync(_read_session_state, Path(log_path), False, limiter=limiter)).turns
     params = await anyio.to_thread.run_sync(
         functools.partial(take_checkpoint, session_id, Path(worktree), turns, max_file_bytes), limiter=limiter)
     with SessionLog(log_path) as log:
@@ -856,7 +866,7 @@ async def close_interrupted_turn(session_id: str, worktree: Path, log_path: Path
     """After a crash of cairnd: if the log ends inside a turn, record it as ended
     (`turn_complete` with stopReason `interrupted`) with a checkpoint of the state it
     left, and return that checkpoint; None when no turn was open."""
-    state = await anyio.to_thread.run_sync(_read_session_state, Path(log_path), limiter=limiter)
+    state = await anyio.to_thread.run_sync(_read_session_state, Path(log_path), False, limiter=limiter)
     if not state.open_turn:
         return None
     params = await anyio.to_thread.run_sync(

@@ -16,7 +16,8 @@ It reads each prompt's text line by line and acts on it:
 Every action is reported as a `tool_call` / `tool_call_update` pair; a failed action is a
 failed update and the turn goes on. The turn ends with an agent message holding `history=N`:
 the earlier top-level user messages of the session it knows of, counted from the prompts
-it received plus those a replayed transcript declared (see `cairnd.runner.replay_block`).
+it received plus those a replayed transcript declared (`_meta.cairnd.userMessages` on a
+`resource` block; see `cairnd.runner.replay_prompt_block`). It has no `session/load`.
 """
 
 from __future__ import annotations
