@@ -245,3 +245,52 @@ def replayed_user_messages(text: str) -> int | None:
 def replay_block(text: str, uri: str = REPLAY_URI) -> dict[str, Any]:
     """An ACP embedded `resource` content block carrying a replay text."""
     return {"type": "resource", "resource": {"uri": uri, "mimeType": "text/plain", "text": text}}
+
+
+TURN_START_METHOD = "_cairnd/turn_start"
+
+
+def turn_of_request(lines: Lines, request_id: str) -> dict[str, Any] | None:
+    """What became of the turn a spool request started, for answering it after a crash.
+
+    The runner writes `_cairnd/turn_start {requestId, turn}` before it sends the
+    prompt, so a request whose id is not in the log never reached its agent (None: run
+    it). Otherwise: `{"turn", "open": True}` when no turn_complete followed (the crash
+    cut it), or the turn's result as a prompt request returns it, with `stopReason`."""
+    needle = request_id.encode()
+    found: dict[str, Any] | None = None
+    for _offset, line in lines:
+        if found is None:
+            if needle not in line or b"turn_start" not in line:
+                continue
+            message = parse_message(line)
+            if message is None or method_of(message) != TURN_START_METHOD:
+                continue
+            params = _dict(message.get("params"))
+            if params.get("requestId") != request_id:
+                continue
+            found = {"session": params.get("sessionId"), "turn": params.get("turn"), "open": True}
+            continue
+        if _POSTHOG_MARK not in line:
+            continue
+        message = parse_message(line)
+        if message is None:
+            continue
+        method = method_of(message)
+        params = _dict(message.get("params"))
+        if method == TURN_COMPLETE_METHOD and found["open"] and "stopReason" not in found:
+            found["stopReason"] = params.get("stopReason")
+        elif method == CHECKPOINT_METHOD and "stopReason" in found:
+            found["open"] = False
+            found["checkpoint"] = params
+            break
+    if found is None:
+        return None
+    if not found["open"]:
+        found["result"] = {
+            "session": found["session"],
+            "turn": found["turn"],
+            "stopReason": found["stopReason"],
+            "checkpoint": found["checkpoint"],
+        }
+    return found

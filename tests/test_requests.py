@@ -1,0 +1,138 @@
+"""SPEC 7: request files are validated strictly; every mistake is named with its value."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cairnd.errors import CODES, CairnError
+from cairnd.requests import (
+    CancelRequest,
+    DeleteRequest,
+    ForkRequest,
+    NewRequest,
+    PromptRequest,
+    decode_json,
+    parse_request,
+    request_id_of,
+    validate_request,
+)
+
+
+def code_of(obj) -> str:
+    with pytest.raises(CairnError) as info:
+        validate_request(obj)
+    return info.value.code
+
+
+def test_valid_requests_of_every_kind():
+    assert validate_request({"kind": "new", "repo": "/r"}) == NewRequest(repo="/r")
+    assert validate_request({"kind": "new", "repo": "/r", "ref": "main", "title": "t", "agent": "a",
+                             "in_place": True, "prompt": "p"}) == NewRequest("/r", "main", "t", "a", True, "p")
+    assert validate_request({"kind": "prompt", "session": "s1", "text": "hi"}) == PromptRequest("s1", "hi")
+    assert validate_request({"kind": "fork", "session": "s1", "user_message_index": 0}) == ForkRequest("s1", 0)
+    assert validate_request({"kind": "cancel", "session": "s1"}) == CancelRequest("s1")
+    assert validate_request({"kind": "delete", "session": "s1", "keep_worktree": True}) == DeleteRequest("s1", True)
+
+
+@pytest.mark.parametrize("obj, code", [
+    ([], "bad_request"),
+    ("fork", "bad_request"),
+    ({}, "bad_request"),
+    ({"kind": "explode"}, "bad_request"),
+    ({"kind": 7}, "bad_request"),
+    ({"kind": "cancel", "session": "s1", "sesion": "s1"}, "bad_request"),
+    ({"kind": "cancel"}, "bad_request"),
+    ({"kind": "fork", "session": "s1", "user_message_index": True}, "bad_request"),
+    ({"kind": "fork", "session": "s1", "user_message_index": 1.0}, "bad_request"),
+    ({"kind": "fork", "session": "s1", "user_message_index": "1"}, "bad_request"),
+    ({"kind": "fork", "session": "s1", "user_message_index": None}, "bad_request"),
+    ({"kind": "fork", "session": "s1", "user_message_index": 1e30}, "fork_out_of_range"),
+    ({"kind": "fork", "session": "../s1", "user_message_index": 0}, "bad_request"),
+    ({"kind": "fork", "session": "s/1", "user_message_index": 0}, "bad_request"),
+    ({"kind": "fork", "session": "s" * 65, "user_message_index": 0}, "bad_request"),
+    ({"kind": "fork", "session": "", "user_message_index": 0}, "bad_request"),
+    ({"kind": "fork", "session": 12, "user_message_index": 0}, "bad_request"),
+    ({"kind": "fork", "session": "s1", "user_message_index": 0, "title": 5}, "bad_request"),
+    ({"kind": "fork", "session": "s1", "user_message_index": 0, "title": "a\nb"}, "bad_request"),
+    ({"kind": "new", "repo": "relative/path"}, "bad_request"),
+    ({"kind": "new", "repo": "/a\x00b"}, "bad_request"),
+    ({"kind": "new", "repo": "/r", "ref": "--output=/tmp/x"}, "bad_request"),
+    ({"kind": "new", "repo": "/r", "in_place": "yes"}, "bad_request"),
+    ({"kind": "new", "repo": "/r", "in_place": 1}, "bad_request"),
+    ({"kind": "prompt", "session": "s1", "text": ""}, "bad_request"),
+    ({"kind": "prompt", "session": "s1", "text": ["a"]}, "bad_request"),
+    ({"kind": "delete", "session": "s1", "keep_worktree": 0}, "bad_request"),
+])
+def test_bad_requests_get_their_code(obj, code):
+    assert code_of(obj) == code
+
+
+def test_messages_name_the_field_and_the_value():
+    with pytest.raises(CairnError) as info:
+        validate_request({"kind": "fork", "session": "s1", "user_message_index": True})
+    assert "user_message_index" in info.value.message and "true" in info.value.message
+    with pytest.raises(CairnError) as info:
+        validate_request({"kind": "cancel", "session": "s1", "sesion": "x"})
+    assert "'sesion'" in info.value.message
+
+
+@pytest.mark.parametrize("name", ["a.json", "A-1_b.c.json", "x" * 128 + ".json"])
+def test_good_file_names(name):
+    assert request_id_of(name) == name[:-5]
+
+
+@pytest.mark.parametrize("name", ["a.txt", ".json", "-a.json", "x" * 129 + ".json", "a b.json", "a\nb.json", "ü.json"])
+def test_bad_file_names(name):
+    with pytest.raises(CairnError) as info:
+        request_id_of(name)
+    assert info.value.code == "bad_name"
+
+
+@pytest.mark.parametrize("data, code", [
+    (b"", "bad_json"),
+    (b"{", "bad_json"),
+    (b"\xff\xfe{\x00}\x00", "bad_json"),
+    (b"[" * 100000, "bad_json"),
+    (b" " * (1024 * 1024 + 1), "too_large"),
+])
+def test_undecodable_bytes(data, code):
+    with pytest.raises(CairnError) as info:
+        decode_json(data)
+    assert info.value.code == code
+
+
+def test_huge_integers_are_json_but_out_of_range():
+    with pytest.raises(CairnError) as info:
+        parse_request(b'{"kind":"fork","session":"s1","user_message_index":123456789012345678901234567890}')
+    assert info.value.code == "fork_out_of_range"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_random_bytes_only_ever_raise_documented_errors(data):
+    try:
+        parse_request(data)
+    except CairnError as exc:
+        assert exc.code in CODES
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=5),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.fixed_dictionaries({"kind": st.sampled_from(["new", "prompt", "fork", "cancel", "delete", "x"])},
+                             optional={"session": json_values | st.text(max_size=70), "repo": json_values,
+                                       "text": json_values, "user_message_index": json_values,
+                                       "title": json_values, "keep_worktree": json_values,
+                                       "in_place": json_values, "ref": json_values, "extra": json_values}))
+def test_random_request_objects_only_ever_raise_documented_errors(obj):
+    try:
+        validate_request(obj)
+    except CairnError as exc:
+        assert exc.code in CODES
