@@ -21,8 +21,8 @@ import pytest
 
 from cairnd.config import AgentProfile, reference_profile
 from cairnd.errors import CairnError
-from cairnd.forkpoint import count_user_messages
-from cairnd.log import iter_lines, method_of, parse_message
+from cairnd.forkpoint import count_user_messages, find_fork_point
+from cairnd.log import SessionLog, cairnd_entry, copy_prefix, iter_lines, method_of, parse_message
 from cairnd.runner import (
     STDERR_FILE,
     TURN_START_METHOD,
@@ -205,6 +205,15 @@ async def test_three_turns_are_logged_frame_by_frame_and_checkpointed(repo: Path
     assert history_in(last_reply(log_path)) == 2
 
 
+async def test_frames_larger_than_a_pipe_buffer_cross_whole(repo: Path, log_path: Path) -> None:
+    big = "x" * 300_000
+    async with runner_for(repo, log_path) as runner:
+        await runner.prompt(f"write big.txt: {big}\nappend big.txt: tail")
+    assert (repo / "big.txt").read_text() == f"{big}\ntail\n"
+    reads = [m for m in messages(log_path) if "result" in m and "content" in (m["result"] or {})]
+    assert [len(m["result"]["content"]) for m in reads] == [len(big) + 1]
+
+
 async def test_cancel_ends_a_sleeping_turn_cancelled_and_checkpointed(repo: Path, log_path: Path) -> None:
     outcomes: list[dict[str, Any]] = []
     async with runner_for(repo, log_path) as runner:
@@ -332,6 +341,31 @@ async def test_an_agent_with_load_session_is_restarted_natively(repo: Path, log_
     assert all(block["type"] == "text" for prompt in prompts for block in prompt)  # no replay needed
     assert history_in(last_reply(log_path)) == 3
     assert count_user_messages(iter_lines(log_path))[-1].text == "fourth"  # loaded history is not counted
+
+
+async def test_a_fork_gets_its_kept_history_replayed_not_its_parents_agent_session(
+        repo: Path, log_path: Path, tmp_path: Path) -> None:
+    profile = plain_profile(tmp_path)  # it could load the parent's session: it must not
+    async with runner_for(repo, log_path, profile) as runner:
+        await runner.prompt("first")
+        await runner.prompt("second")
+    point = find_fork_point(iter_lines(log_path), 1, SESSION)
+    fork_log = tmp_path / "state" / "sessions" / "fork" / "log.ndjson"
+    fork_log.parent.mkdir(parents=True)
+    copy_prefix(log_path, fork_log, point.offset)
+    with SessionLog(fork_log) as log:
+        log.append(cairnd_entry("_posthog/fork_session_meta", {
+            "sessionId": "fork", "parentSessionId": SESSION, "userMessageIndex": 1, "sdkSessionId": None}))
+    await write_baseline("fork", repo, fork_log, max_file_bytes=MAX_FILE_BYTES)
+    async with AgentRunner("fork", repo, fork_log, profile, max_file_bytes=MAX_FILE_BYTES) as runner:
+        result = await runner.prompt("second, edited")
+    assert result["turn"] == 1
+    opened = [m for m in messages(fork_log) if m.get("method") in ("session/new", "session/load")]
+    assert [m["method"] for m in opened] == ["session/new", "session/new"]  # the parent's, then the fork's
+    prompt = [m for m in messages(fork_log) if m.get("method") == "session/prompt"][-1]["params"]["prompt"]
+    assert prompt[0]["_meta"] == {"cairnd": {"userMessages": 1}} and "first" in prompt[0]["resource"]["text"]
+    assert "second" not in prompt[0]["resource"]["text"]
+    assert history_in(last_reply(fork_log)) == 1
 
 
 async def test_frames_that_do_not_validate_are_logged_verbatim_and_do_not_break_the_turn(
