@@ -25,7 +25,6 @@ from cairnd.forkpoint import count_user_messages, find_fork_point
 from cairnd.log import SessionLog, cairnd_entry, copy_prefix, iter_lines, method_of, parse_message
 from cairnd.runner import (
     STDERR_FILE,
-    TURN_START_METHOD,
     AgentRunner,
     PathRefused,
     choose_permission_option,
@@ -34,7 +33,7 @@ from cairnd.runner import (
     select_lines,
     write_baseline,
 )
-from cairnd.transcript import session_state
+from cairnd.transcript import TURN_START_METHOD, session_state, turn_of_request
 from gitrepos import git, make_repo, tree_state
 
 pytestmark = pytest.mark.anyio
@@ -183,6 +182,7 @@ async def test_three_turns_are_logged_frame_by_frame_and_checkpointed(repo: Path
 
     assert [t["stopReason"] for t in entries(log_path, "_posthog/turn_complete")] == ["end_turn"] * 3
     assert [t["requestId"] for t in entries(log_path, TURN_START_METHOD)] == ["r0", "r1", "r2"]
+    assert turn_of_request(iter_lines(log_path), "r1")["result"] == results[1]  # what recovery answers
     [opened] = entries(log_path, "_posthog/sdk_session")
     assert opened["sessionId"] == SESSION and opened["adapter"] == "reference" and opened["sdkSessionId"]
 

@@ -69,6 +69,7 @@ from cairnd.transcript import (
     REPLAY_URI,
     SDK_SESSION_METHOD,
     TURN_COMPLETE_METHOD,
+    TURN_START_METHOD,
     SessionState,
     Turn,
     render_replay,
@@ -76,9 +77,6 @@ from cairnd.transcript import (
     session_state,
 )
 
-# cairnd's own entry ahead of each prompt: which spool request the turn runs (readers
-# that do not know it ignore it, SPEC 3).
-TURN_START_METHOD = "_cairnd/turn_start"
 STDERR_FILE = "agent.stderr"  # beside the log: everything the agent wrote to stderr
 STDERR_TAIL_LINES = 20  # how many of its last stderr lines explain a failure
 STDOUT_GRACE_SECONDS = 1.0  # after the agent exits, how long its stdout may still drain
