@@ -126,37 +126,10 @@ class Daemon:
         self.layout.create()
         self._lock_fd = acquire_state_lock(self.layout.root)
         try:
-            self.sessions = Sessions(self.config)
-            await self.sessions.recover()
-            async with anyio.create_task_group() as work:
-                self._work = work
-                async with anyio.create_task_group() as intake:
-                    intake.start_soon(self._handle_signals, intake.cancel_scope)
-                    watching = anyio.Event()
-                    intake.start_soon(self._watch, watching)
-                    with anyio.move_on_after(5):
-                        await watching.wait()
-                    if not watching.is_set():
-                        event(logging.WARNING, "inotify did not confirm the watch in 5 s; relying on rescans")
-                    await self._recover_in_progress()
-                    await self.scan()
-                    intake.start_soon(self._rescan_loop)
-                    intake.start_soon(self._watchdog_loop)
-                    self.notifier.notify(READY=1, STATUS=self._status_line())
-                    event(logging.INFO, f"cairnd ready: serving {self.layout.root} (pid {os.getpid()})")
-                    await self._write_status(force=True)
-                # Intake is stopped: nothing new is claimed. Let work finish, within a bound.
-                self.stopping = True
-                self.notifier.notify(STOPPING=1, STATUS="stopping: finishing work in flight")
-                event(logging.INFO, f"stopping: {self.in_flight} request(s) in flight, "
-                                    f"waiting up to {self.config.stop_timeout_seconds:g} s")
-                with anyio.move_on_after(self.config.stop_timeout_seconds):
-                    await self.idle.wait()
-                if self.in_flight:
-                    event(logging.WARNING, f"stop timeout: recording {self.in_flight} request(s) as interrupted")
-                work.cancel_scope.cancel()
-            with anyio.CancelScope(shield=True):
-                await self.sessions.close()
+            async with Sessions(self.config) as sessions:
+                self.sessions = sessions
+                await sessions.recover()
+                await self._serve()
             event(logging.INFO, "cairnd stopped")
             return 0
         finally:
@@ -164,6 +137,35 @@ class Daemon:
             status.unlink(missing_ok=True)
             if self._lock_fd is not None:
                 os.close(self._lock_fd)
+
+    async def _serve(self) -> None:
+        async with anyio.create_task_group() as work:
+            self._work = work
+            async with anyio.create_task_group() as intake:
+                intake.start_soon(self._handle_signals, intake.cancel_scope)
+                watching = anyio.Event()
+                intake.start_soon(self._watch, watching)
+                with anyio.move_on_after(5):
+                    await watching.wait()
+                if not watching.is_set():
+                    event(logging.WARNING, "inotify did not confirm the watch in 5 s; relying on rescans")
+                await self._recover_in_progress()
+                await self.scan()
+                intake.start_soon(self._rescan_loop)
+                intake.start_soon(self._watchdog_loop)
+                self.notifier.notify(READY=1, STATUS=self._status_line())
+                event(logging.INFO, f"cairnd ready: serving {self.layout.root} (pid {os.getpid()})")
+                await self._write_status(force=True)
+            # Intake is stopped: nothing new is claimed. Let work finish, within a bound.
+            self.stopping = True
+            self.notifier.notify(STOPPING=1, STATUS="stopping: finishing work in flight")
+            event(logging.INFO, f"stopping: {self.in_flight} request(s) in flight, "
+                                f"waiting up to {self.config.stop_timeout_seconds:g} s")
+            with anyio.move_on_after(self.config.stop_timeout_seconds):
+                await self.idle.wait()
+            if self.in_flight:
+                event(logging.WARNING, f"stop timeout: recording {self.in_flight} request(s) as interrupted")
+            work.cancel_scope.cancel()
 
     async def _handle_signals(self, intake_scope: anyio.CancelScope) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:

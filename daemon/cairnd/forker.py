@@ -1,0 +1,182 @@
+"""The fork pipeline (SPEC section 5), atomic as a whole.
+
+    source log --find_fork_point--> cut + checkpoint
+               --git--> new worktree with the files and index of that checkpoint
+               --copy--> new log: kept bytes, fork_session_meta, baseline checkpoint
+               --registry--> lineage row; the session turns `ready`: the commit point
+
+Before the first step the registry holds a `creating` row for the fork; any failure,
+and on restart any crash, rolls every step back through `discard_partial`, so a fork
+is either whole or leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cairnd import git
+from cairnd.checkpoint import take_checkpoint
+from cairnd.config import StateLayout
+from cairnd.durable import fsync_dir, write_all
+from cairnd.errors import CairnError
+from cairnd.forkpoint import ForkPoint, find_fork_point
+from cairnd.ids import new_session_id
+from cairnd.log import cairnd_entry, copy_prefix, envelope_line, iter_lines
+from cairnd.registry import ForkRow, Registry, SessionRow
+from cairnd.transcript import session_state
+
+FORK_META = "_posthog/fork_session_meta"
+CHECKPOINT = "_posthog/agent_checkpoint"
+_FORK_SUFFIX = re.compile(r"\s*\(fork (\d+)\)\s*$")
+
+
+def fork_title(parent_title: str, titles_in_root: Iterable[str]) -> str:
+    """`<parent title> (fork N)`: N one more than the highest `(fork N)` among the titles
+    of the same root, after stripping the parent's own suffix (docker-agent's rule), so
+    forks of forks read `Plan (fork 3)`, not `Plan (fork 1) (fork 1)`."""
+    base = _FORK_SUFFIX.sub("", parent_title)
+    highest = 0
+    for title in titles_in_root:
+        match = _FORK_SUFFIX.search(title)
+        if match:
+            highest = max(highest, int(match.group(1)))
+    return f"{base} (fork {highest + 1})"
+
+
+@dataclass(frozen=True)
+class ForkState:
+    """The git state a fork starts from."""
+
+    head_sha: str
+    worktree_sha: str | None
+    index_tree: str | None
+    state: str  # "checkpoint" or "current_head"
+
+
+def state_at_cut(point: ForkPoint, repo: Path, source_worktree: Path) -> ForkState:
+    checkpoint = point.checkpoint or {}
+    head = checkpoint.get("headSha")
+    if isinstance(head, str) and head:
+        worktree_sha = checkpoint.get("worktreeSha")
+        index_tree = checkpoint.get("indexTree")
+        for name, sha in (("headSha", head), ("worktreeSha", worktree_sha)):
+            if isinstance(sha, str) and not git.commit_exists(repo, sha):
+                raise CairnError(
+                    "commit_missing",
+                    f"checkpoint {name} {sha} before user message {point.user_message_index} is not in {repo}"
+                    " (garbage-collected or from another repository)",
+                )
+        return ForkState(
+            head_sha=head,
+            worktree_sha=worktree_sha if isinstance(worktree_sha, str) else None,
+            index_tree=index_tree if isinstance(index_tree, str) else None,
+            state="checkpoint",
+        )
+    # A log from an older tool: nothing recorded the files, so the best we have is
+    # the source's HEAD now, and the result says so.
+    head, _branch = git.head_state(source_worktree if source_worktree.exists() else repo)
+    return ForkState(head_sha=head, worktree_sha=None, index_tree=None, state="current_head")
+
+
+def kept_turns(point: ForkPoint, log_path: Path) -> int:
+    turns = (point.checkpoint or {}).get("turns")
+    if isinstance(turns, int) and not isinstance(turns, bool):
+        return turns
+    # No cairnd checkpoint to read it from: count the kept turn_complete entries.
+    return session_state(line for line in iter_lines(log_path) if line[0] < point.offset).turns
+
+
+def discard_partial(layout: StateLayout, registry: Registry, row: SessionRow) -> None:
+    """Remove everything a session in `creating` may have made, then its row. Safe to
+    run on any prefix of creation, and again after a crash part-way through itself."""
+    if not row.in_place:
+        git.remove_worktree(row.repo, row.worktree)
+        shutil.rmtree(layout.worktree_parent(row.id), ignore_errors=True)
+    git.delete_refs(row.repo, f"refs/cairnd/{row.id}/")
+    shutil.rmtree(layout.session_dir(row.id), ignore_errors=True)
+    registry.forget_creating(row.id)
+
+
+def fork_session(layout: StateLayout, registry: Registry, parent: SessionRow, k: int, *,
+                 title: str | None, request_id: str | None, max_file_bytes: int) -> dict[str, Any]:
+    """Fork `parent` at user message k. Synchronous: run it in a worker thread."""
+    parent_log = layout.log_path(parent.id)
+    point = find_fork_point(iter_lines(parent_log), k, parent.id)
+    start = state_at_cut(point, parent.repo, parent.worktree)
+    turns = kept_turns(point, parent_log)
+
+    fork_id = new_session_id()
+    fork_title_ = title or fork_title(parent.title, registry.titles_in_root(parent.root_id))
+    worktree = layout.worktree_parent(fork_id) / parent.repo.name
+    registry.begin_session(
+        id=fork_id, title=fork_title_, repo=parent.repo, worktree=worktree, in_place=False,
+        agent=parent.agent, parent_id=parent.id, root_id=parent.root_id, turns=turns,
+        request_id=request_id,
+    )
+    row = registry.get(fork_id)
+    assert row is not None
+    try:
+        worktree.parent.mkdir(parents=True, exist_ok=True)
+        git.create_fork_worktree(parent.repo, worktree, start.head_sha, start.worktree_sha, start.index_tree)
+        meta = {
+            "sessionId": fork_id,
+            "parentSessionId": parent.id,
+            "userMessageIndex": k,
+            "headSha": start.head_sha,
+            "worktreeSha": start.worktree_sha,
+            "sdkSessionId": None,
+        }
+        baseline = take_checkpoint(fork_id, worktree, turns, max_file_bytes)
+        log_path = write_fork_log(layout, fork_id, parent_log, point.offset, [
+            cairnd_entry(FORK_META, meta),
+            cairnd_entry(CHECKPOINT, baseline),
+        ])
+        result = {
+            "session": fork_id,
+            "parent": parent.id,
+            "user_message_index": k,
+            "title": fork_title_,
+            "worktree": str(worktree),
+            "headSha": start.head_sha,
+            "worktreeSha": start.worktree_sha,
+            "state": start.state,
+            "prefill": point.prefill,
+            "log": str(log_path),
+        }
+        registry.commit_session(fork_id, result, ForkRow(
+            id=fork_id, parent_id=parent.id, parent_title=parent.title, root_id=parent.root_id,
+            user_message_index=k, head_sha=start.head_sha, worktree_sha=start.worktree_sha,
+            created_at=time.time(),
+        ))
+    except BaseException:
+        discard_partial(layout, registry, row)
+        raise
+    return result
+
+
+def write_fork_log(layout: StateLayout, session_id: str, source: Path | None, keep_bytes: int,
+                   entries: list[dict[str, Any]]) -> Path:
+    """The first copy of a session's log: kept bytes of `source` exactly as they are,
+    then `entries`; written under a temporary name, fsynced and renamed into place."""
+    directory = layout.session_dir(session_id)
+    directory.mkdir(parents=True, exist_ok=True)
+    final = layout.log_path(session_id)
+    tmp = directory / ".log.ndjson.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        if source is not None and keep_bytes:
+            copy_prefix(source, fd, keep_bytes)
+        write_all(fd, b"".join(envelope_line(entry) for entry in entries))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, final)
+    fsync_dir(directory)
+    return final

@@ -1,0 +1,247 @@
+"""Sessions as the daemon uses them: new, prompt, fork, cancel, delete, and recovery
+after a crash. Validated requests in, result dicts (SPEC 7) or CairnError out.
+
+Blocking work (git, SQLite, log scans) runs in worker threads; agent processes are
+owned by one AgentRunner per active session.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from contextlib import AsyncExitStack
+from types import TracebackType
+from typing import Any
+
+import anyio
+
+from cairnd import git
+from cairnd.checkpoint import take_checkpoint
+from cairnd.config import AgentProfile, Config
+from cairnd.errors import CairnError
+from cairnd.forker import discard_partial, fork_session, write_fork_log
+from cairnd.ids import new_session_id
+from cairnd.journal import event
+from cairnd.log import cairnd_entry, iter_lines
+from cairnd.registry import Registry, SessionRow
+from cairnd.requests import CancelRequest, DeleteRequest, ForkRequest, NewRequest, PromptRequest
+from cairnd.runner import AgentRunner, close_interrupted_turn
+from cairnd.spool import Claimed
+from cairnd.transcript import CHECKPOINT_METHOD, turn_of_request
+
+
+class Sessions:
+    """Use as `async with Sessions(config) as sessions:`: its task group hosts the agent
+    processes, and leaving it stops every agent (always reaped)."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.layout = config.layout
+        self.registry = Registry(self.layout.db)
+        self.agents: dict[str, AgentProfile] = dict(config.agents)
+        self.default_agent = config.default_agent
+        self.runners: dict[str, AgentRunner] = {}
+        self.turn_limiter = anyio.CapacityLimiter(config.max_parallel_turns)
+        # git and SQLite calls are short; more threads than cores only adds contention.
+        self.io_limiter = anyio.CapacityLimiter(8)
+        self.turns_in_flight = 0
+        self._stack = AsyncExitStack()
+        self._tg: anyio.abc.TaskGroup | None = None
+
+    async def __aenter__(self) -> Sessions:
+        self._tg = await self._stack.enter_async_context(anyio.create_task_group())
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        try:
+            with anyio.CancelScope(shield=True):
+                await self.close()
+        finally:
+            await self._stack.__aexit__(exc_type, exc, tb)
+
+    @property
+    def active_agents(self) -> int:
+        return sum(1 for runner in self.runners.values() if runner.running)
+
+    def reload_agents(self, agents: dict[str, AgentProfile], default_agent: str) -> None:
+        # Running agents keep the profile they started with; the next start uses the new one.
+        self.agents = dict(agents)
+        self.default_agent = default_agent
+
+    def profile(self, name: str | None) -> AgentProfile:
+        name = name or self.default_agent
+        try:
+            return self.agents[name]
+        except KeyError:
+            known = ", ".join(sorted(self.agents))
+            raise CairnError("agent_unknown", f"agent {name!r} is not configured (known: {known})") from None
+
+    async def _thread(self, fn, *args, **kwargs):
+        return await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs), limiter=self.io_limiter)
+
+    # -- lookups ----------------------------------------------------------------------
+
+    async def live(self, session_id: str) -> SessionRow:
+        row = await self._thread(self.registry.get, session_id)
+        if row is None or row.state == "creating":
+            raise CairnError("unknown_session", f"session {session_id!r} does not exist")
+        if row.state == "deleted":
+            raise CairnError("session_deleted", f"session {session_id!r} was deleted")
+        return row
+
+    def runner(self, row: SessionRow) -> AgentRunner:
+        runner = self.runners.get(row.id)
+        if runner is None:
+            runner = AgentRunner(
+                row.id, row.worktree, self.layout.log_path(row.id), self.profile(row.agent),
+                max_file_bytes=self.config.snapshot_max_file_bytes,
+                idle_seconds=self.config.idle_agent_seconds, limiter=self.io_limiter,
+                task_group=self._tg,
+            )
+            self.runners[row.id] = runner
+        return runner
+
+    # -- requests -----------------------------------------------------------------------
+
+    async def new(self, request: NewRequest, claimed: Claimed) -> dict[str, Any]:
+        if claimed.request_id and (done := await self._thread(self.registry.by_request, claimed.request_id)):
+            # Created before a crash stopped us publishing: answer, don't create twice.
+            return await self._with_turn(done, request.prompt, claimed)
+        profile = self.profile(request.agent)
+        repo = await self._thread(git.resolve_repo, request.repo)
+        commit = await self._thread(git.resolve_commit, repo, request.ref)
+        session_id = new_session_id()
+        worktree = repo if request.in_place else self.layout.worktree_parent(session_id) / repo.name
+        title = request.title or repo.name
+        await self._thread(
+            self.registry.begin_session, id=session_id, title=title, repo=repo, worktree=worktree,
+            in_place=request.in_place, agent=profile.name, parent_id=None, root_id=session_id,
+            turns=0, request_id=claimed.request_id,
+        )
+        row = await self._thread(self.registry.get, session_id)
+        try:
+            result = await self._thread(self._create, row, commit)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._thread(discard_partial, self.layout, self.registry, row)
+            raise
+        row = await self._thread(self.registry.get, session_id)
+        return await self._with_turn(row, request.prompt, claimed)
+
+    def _create(self, row: SessionRow, commit: str) -> dict[str, Any]:
+        if not row.in_place:
+            row.worktree.parent.mkdir(parents=True, exist_ok=True)
+            git.add_worktree_detached(row.repo, row.worktree, commit)
+        baseline = take_checkpoint(row.id, row.worktree, 0, self.config.snapshot_max_file_bytes)
+        log_path = write_fork_log(self.layout, row.id, None, 0, [cairnd_entry(CHECKPOINT_METHOD, baseline)])
+        result = {
+            "session": row.id,
+            "title": row.title,
+            "worktree": str(row.worktree),
+            "headSha": baseline["headSha"],
+            "log": str(log_path),
+        }
+        self.registry.commit_session(row.id, result)
+        return result
+
+    async def fork(self, request: ForkRequest, claimed: Claimed) -> dict[str, Any]:
+        if claimed.request_id and (done := await self._thread(self.registry.by_request, claimed.request_id)):
+            return await self._with_turn(done, request.prompt, claimed)
+        parent = await self.live(request.session)
+        result = await self._thread(
+            fork_session, self.layout, self.registry, parent, request.user_message_index,
+            title=request.title, request_id=claimed.request_id,
+            max_file_bytes=self.config.snapshot_max_file_bytes,
+        )
+        row = await self._thread(self.registry.get, result["session"])
+        return await self._with_turn(row, request.prompt, claimed)
+
+    async def _with_turn(self, row: SessionRow, prompt: str | None, claimed: Claimed) -> dict[str, Any]:
+        result = dict(row.result or {})
+        if prompt is None:
+            return result
+        if row.state != "ready":
+            raise CairnError("session_deleted", f"session {row.id!r} was deleted before its first turn")
+        try:
+            result.update(await self._turn(row, prompt, claimed))
+        except CairnError as exc:
+            # The session exists: say so, or the writer cannot find what it made.
+            raise CairnError(exc.code, f"{exc.message} (session {row.id} was created)") from None
+        return result
+
+    async def prompt(self, request: PromptRequest, claimed: Claimed) -> dict[str, Any]:
+        row = await self.live(request.session)
+        return await self._turn(row, request.text, claimed)
+
+    async def _turn(self, row: SessionRow, text: str, claimed: Claimed) -> dict[str, Any]:
+        if claimed.meta.get("recovered") and claimed.request_id:
+            # Did this request's turn start before the crash? Then it is not run again.
+            record = await self._thread(self._turn_record, row.id, claimed.request_id)
+            if record is not None:
+                if record.get("stopReason") == "interrupted" or record.get("open"):
+                    raise CairnError("turn_interrupted",
+                                     f"turn {record.get('turn')} of session {row.id} was cut by a stop of cairnd")
+                return record["result"]
+        async with self.turn_limiter:
+            self.turns_in_flight += 1
+            try:
+                result = await self.runner(row).prompt(text, request_id=claimed.request_id)
+            except anyio.get_cancelled_exc_class():
+                with anyio.CancelScope(shield=True):
+                    await self.runner(row).interrupt()
+                raise
+            finally:
+                self.turns_in_flight -= 1
+        await self._thread(self.registry.set_turns, row.id, result["turn"] + 1)
+        return result
+
+    def _turn_record(self, session_id: str, request_id: str) -> dict[str, Any] | None:
+        return turn_of_request(iter_lines(self.layout.log_path(session_id)), request_id)
+
+    async def cancel(self, request: CancelRequest, claimed: Claimed) -> dict[str, Any]:
+        row = await self.live(request.session)
+        runner = self.runners.get(row.id)
+        cancelled = await runner.cancel() if runner is not None else False
+        return {"session": row.id, "cancelled": cancelled}
+
+    async def delete(self, request: DeleteRequest, claimed: Claimed) -> dict[str, Any]:
+        row = await self.live(request.session)
+        runner = self.runners.pop(row.id, None)
+        if runner is not None:
+            await runner.close()
+        await self._thread(self._delete, row, request.keep_worktree)
+        return {"session": row.id, "worktree_kept": request.keep_worktree or row.in_place}
+
+    def _delete(self, row: SessionRow, keep_worktree: bool) -> None:
+        # The log stays in sessions/<id>/: nothing is ever lost, and lineage keeps the title.
+        if not keep_worktree and not row.in_place:
+            git.remove_worktree(row.repo, row.worktree)
+            shutil.rmtree(self.layout.worktree_parent(row.id), ignore_errors=True)
+        git.delete_refs(row.repo, f"refs/cairnd/{row.id}/")
+        self.registry.mark_deleted(row.id)
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    async def recover(self) -> None:
+        """After a crash: roll back half-made sessions, and close turns the crash cut
+        (turn_complete `interrupted` and a checkpoint of what they left)."""
+        for row in await self._thread(self.registry.sessions, ("creating",)):
+            event(logging.WARNING, "removing a session whose creation a stop cut short", session=row.id)
+            await self._thread(discard_partial, self.layout, self.registry, row)
+        for row in await self._thread(self.registry.sessions, ("ready",)):
+            if not self.layout.log_path(row.id).exists() or not row.worktree.exists():
+                continue
+            closed = await close_interrupted_turn(
+                row.id, row.worktree, self.layout.log_path(row.id),
+                max_file_bytes=self.config.snapshot_max_file_bytes, limiter=self.io_limiter)
+            if closed is not None:
+                event(logging.WARNING, f"turn {closed['turns'] - 1} was cut by a stop: recorded as interrupted",
+                      session=row.id)
+                await self._thread(self.registry.set_turns, row.id, closed["turns"])
+
+    async def close(self) -> None:
+        runners, self.runners = list(self.runners.values()), {}
+        async with anyio.create_task_group() as tg:
+            for runner in runners:
+                tg.start_soon(runner.close)

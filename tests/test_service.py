@@ -1,0 +1,168 @@
+"""SPEC 6 and 7 through the real daemon: a subprocess on a temp state dir, driven only
+by dropping files into its spool."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from daemonproc import Daemon
+from gitrepos import git_text, make_repo, tree_state
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    return make_repo(tmp_path / "project", {"README.md": "hello\n", "src/app.py": "print('hi')\n"})
+
+
+@pytest.fixture
+def daemon(tmp_path: Path):
+    d = Daemon(tmp_path / "state").start()
+    yield d
+    if d.proc and d.proc.poll() is None:
+        assert d.stop() == 0
+
+
+def test_new_prompt_fork_cancel_delete(daemon: Daemon, repo: Path):
+    new = daemon.ok({"kind": "new", "repo": str(repo), "title": "demo"})
+    session, worktree = new["session"], Path(new["worktree"])
+    assert worktree.is_dir() and (worktree / "README.md").read_text() == "hello\n"
+    assert new["headSha"] == git_text(repo, "rev-parse", "HEAD")
+
+    first = daemon.ok({"kind": "prompt", "session": session, "text": "write a.txt: one\ncommit: add a"})
+    assert first["turn"] == 0 and first["stopReason"] == "end_turn"
+    second = daemon.ok({"kind": "prompt", "session": session, "text": "write b.txt: two\nwrite a.txt: changed"})
+    assert second["turn"] == 1 and second["checkpoint"]["dirty"] is True
+    daemon.ok({"kind": "prompt", "session": session, "text": "delete b.txt"})
+
+    fork = daemon.ok({"kind": "fork", "session": session, "user_message_index": 2})
+    assert fork["parent"] == session and fork["state"] == "checkpoint"
+    assert fork["prefill"] == "delete b.txt"
+    fork_tree = Path(fork["worktree"])
+    assert (fork_tree / "b.txt").read_text() == "two\n"
+    assert (fork_tree / "a.txt").read_text() == "changed\n"
+    assert not (worktree / "b.txt").exists()
+    assert fork["title"] == "demo (fork 1)"
+
+    answer = daemon.ok({"kind": "prompt", "session": fork["session"], "text": "hello"})
+    assert answer["turn"] == 2
+
+    assert daemon.ok({"kind": "cancel", "session": session}) == {"session": session, "cancelled": False}
+    deleted = daemon.ok({"kind": "delete", "session": session})
+    assert deleted["session"] == session and not worktree.exists()
+    gone = daemon.request({"kind": "prompt", "session": session, "text": "x"})
+    assert gone["status"] == "error" and gone["error"]["code"] == "session_deleted"
+    # The fork lives on without its parent.
+    assert daemon.ok({"kind": "prompt", "session": fork["session"], "text": "still here"})["turn"] == 3
+
+
+def test_fork_with_prompt_runs_the_first_turn(daemon: Daemon, repo: Path):
+    session = daemon.ok({"kind": "new", "repo": str(repo), "prompt": "write x.txt: 1"})["session"]
+    daemon.ok({"kind": "prompt", "session": session, "text": "write x.txt: 2"})
+    fork = daemon.ok({"kind": "fork", "session": session, "user_message_index": 1, "prompt": "append x.txt: 3"})
+    assert fork["stopReason"] == "end_turn" and fork["turn"] == 1
+    assert (Path(fork["worktree"]) / "x.txt").read_text() == "1\n3\n"
+    assert "history=1" in (Path(fork["log"]).read_text())
+
+
+def test_cancel_acts_on_the_turn_in_flight(daemon: Daemon, repo: Path):
+    session = daemon.ok({"kind": "new", "repo": str(repo)})["session"]
+    slow = daemon.drop({"kind": "prompt", "session": session, "text": "sleep: 60"})
+    deadline = time.monotonic() + 30
+    while True:
+        cancel = daemon.ok({"kind": "cancel", "session": session})
+        if cancel["cancelled"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert cancel["cancelled"] is True
+    result = daemon.wait(slow, timeout=30)
+    assert result["status"] == "ok" and result["result"]["stopReason"] == "cancelled"
+
+
+@pytest.mark.parametrize("k, code", [(-1, "fork_out_of_range"), (2, "fork_out_of_range"),
+                                     (10**6, "fork_out_of_range"), (1, "fork_in_sub_session")])
+def test_fork_errors(daemon: Daemon, repo: Path, k: int, code: str):
+    session = daemon.ok({"kind": "new", "repo": str(repo), "prompt": "delegate: look around"})["session"]
+    result = daemon.request({"kind": "fork", "session": session, "user_message_index": k})
+    assert result["status"] == "error" and result["error"]["code"] == code, result
+    assert str(k) in result["error"]["message"]
+
+
+def test_fork_of_unknown_and_deleted_sessions(daemon: Daemon, repo: Path):
+    result = daemon.request({"kind": "fork", "session": "nope", "user_message_index": 0})
+    assert result["error"]["code"] == "unknown_session"
+    session = daemon.ok({"kind": "new", "repo": str(repo)})["session"]
+    daemon.ok({"kind": "delete", "session": session})
+    result = daemon.request({"kind": "fork", "session": session, "user_message_index": 0})
+    assert result["error"]["code"] == "session_deleted"
+
+
+def test_fork_with_a_collected_commit_is_commit_missing(daemon: Daemon, repo: Path, tmp_path: Path):
+    session = daemon.ok({"kind": "new", "repo": str(repo), "prompt": "write a: 1"})["session"]
+    daemon.ok({"kind": "prompt", "session": session, "text": "write a: 2"})
+    log = daemon.state / "sessions" / session / "log.ndjson"
+    text = log.read_text()
+    head = git_text(repo, "rev-parse", "HEAD")
+    log.write_text(text.replace(head, "0" * 40))
+    result = daemon.request({"kind": "fork", "session": session, "user_message_index": 1})
+    assert result["error"]["code"] == "commit_missing", result
+
+
+def test_new_errors(daemon: Daemon, repo: Path, tmp_path: Path):
+    (tmp_path / "plain").mkdir()
+    cases = [
+        ({"kind": "new", "repo": str(tmp_path / "missing")}, "repo_not_found"),
+        ({"kind": "new", "repo": str(tmp_path / "plain")}, "not_a_git_repo"),
+        ({"kind": "new", "repo": str(repo), "ref": "no-such-branch"}, "bad_ref"),
+        ({"kind": "new", "repo": str(repo), "agent": "nobody"}, "agent_unknown"),
+        ({"kind": "new", "repo": "relative"}, "bad_request"),
+    ]
+    for request, code in cases:
+        result = daemon.request(request)
+        assert result["status"] == "error" and result["error"]["code"] == code, (request, result)
+
+
+def test_crashing_agent_is_agent_failed_and_the_session_goes_on(daemon: Daemon, repo: Path):
+    session = daemon.ok({"kind": "new", "repo": str(repo), "prompt": "write a: 1"})["session"]
+    result = daemon.request({"kind": "prompt", "session": session, "text": "write b: 2\ncrash"})
+    assert result["error"]["code"] == "agent_failed"
+    again = daemon.ok({"kind": "prompt", "session": session, "text": "hello"})
+    assert again["turn"] == 2
+
+
+def test_requests_of_one_session_run_in_arrival_order(daemon: Daemon, repo: Path):
+    new = daemon.ok({"kind": "new", "repo": str(repo)})
+    ids = [daemon.drop({"kind": "prompt", "session": new["session"], "text": f"append log.txt: {n}"})
+           for n in range(5)]
+    turns = [daemon.wait(i)["result"]["turn"] for i in ids]
+    assert turns == [0, 1, 2, 3, 4]
+    assert (Path(new["worktree"]) / "log.txt").read_text() == "0\n1\n2\n3\n4\n"
+
+
+def test_duplicate_ids_keep_the_first_result(daemon: Daemon, repo: Path):
+    first = daemon.drop({"kind": "cancel", "session": "abc"}, request_id="same")
+    assert daemon.wait(first)["error"]["code"] == "unknown_session"
+    daemon.drop({"kind": "new", "repo": str(repo)}, request_id="same")
+    dup = daemon.wait("same", name="same.dup-1.json")
+    assert dup["error"]["code"] == "duplicate_id" and dup["request"]["kind"] == "new"
+    assert daemon.result("same.json")["error"]["code"] == "unknown_session"
+
+
+def test_requests_dropped_while_down_are_picked_up(tmp_path: Path, repo: Path):
+    daemon = Daemon(tmp_path / "state")
+    (daemon.spool / "tmp").mkdir(parents=True)
+    (daemon.spool / "new").mkdir(parents=True)
+    rid = daemon.drop({"kind": "new", "repo": str(repo)})
+    daemon.start()
+    try:
+        assert daemon.wait(rid)["status"] == "ok"
+    finally:
+        assert daemon.stop() == 0
+
+
+def test_sigterm_exits_zero_and_says_stopping(daemon: Daemon):
+    assert daemon.stop() == 0
+    assert "STOPPING=1" in daemon.notifications or any("STOPPING=1" in n for n in daemon.read_notifications(1))
