@@ -1,0 +1,231 @@
+"""Helpers for driving real third-party ACP agents offline (no conftest magic).
+
+Tests import this module directly. It knows where the npm-installed agents
+live, installs them from the lock file when missing, builds the environment
+they need, and offers a plain ACP client that records every raw frame and
+answers permission requests the way cairnd does by default (`allow_once`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import orjson
+from acp import RequestPermissionResponse
+from acp.connection import StreamDirection, StreamEvent
+from acp.schema import AllowedOutcome, DeniedOutcome, ReadTextFileResponse, WriteTextFileResponse
+
+REALAGENTS_DIR = Path(__file__).resolve().parent
+NODE_BIN = REALAGENTS_DIR / "node_modules" / ".bin"
+
+# Variables that must not reach a real agent: as root, IS_SANDBOX makes
+# claude-agent-acp ask Claude Code to allow skipping permissions, and the
+# CLI then refuses to start at all.
+FORBIDDEN_AGENT_ENV = ("IS_SANDBOX",)
+
+
+def agent_bin(name: str) -> Path:
+    return NODE_BIN / name
+
+
+def claude_agent_bin() -> Path:
+    return agent_bin("claude-agent-acp")
+
+
+def npm_ci(timeout: float = 300.0) -> subprocess.CompletedProcess[str]:
+    """Install the pinned agents from package-lock.json (a few seconds with a warm cache)."""
+    npm = shutil.which("npm")
+    if npm is None:
+        raise FileNotFoundError("npm is not on PATH")
+    return subprocess.run(
+        [npm, "ci", "--no-audit", "--no-fund"],
+        cwd=REALAGENTS_DIR,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def ensure_agents_installed() -> str | None:
+    """Install node_modules when missing. Returns why real agents can't run, or None."""
+    if claude_agent_bin().exists():
+        return None
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        return "node/npm not installed"
+    result = npm_ci()
+    if result.returncode != 0 or not claude_agent_bin().exists():
+        return f"npm ci failed: {result.stderr.strip()[-500:]}"
+    return None
+
+
+def agent_env(extra: Mapping[str, str], base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The full environment for an agent process: ours, minus traps, plus `extra`.
+
+    Pass the result as `env=` to spawn_agent_process: without it the ACP SDK
+    passes only a short safe list and the model URL and key never arrive.
+    """
+    env = {k: v for k, v in (os.environ if base is None else base).items() if k not in FORBIDDEN_AGENT_ENV}
+    env.update(extra)
+    return env
+
+
+def prepare_claude_home(home: Path) -> Path:
+    """A writable HOME for Claude Code that keeps it off the network.
+
+    Claude Code fetches a plugin blocklist from raw.githubusercontent.com at
+    start unless its cached copy is under an hour old, and no environment
+    variable short of bare mode (which changes the agent) turns that off; a
+    fresh cache makes it skip the lookup.
+    """
+    plugins = home / ".claude" / "plugins"
+    plugins.mkdir(parents=True, exist_ok=True)
+    fetched_at = datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+    (plugins / "blocklist.json").write_bytes(orjson.dumps({"fetchedAt": fetched_at, "plugins": []}))
+    return home
+
+
+def claude_agent_env(model_env: Mapping[str, str], home: Path) -> dict[str, str]:
+    """Full environment for claude-agent-acp: ours minus traps, the stub's model
+    settings (`AnthropicStub.agent_env`), and a prepared HOME."""
+    prepare_claude_home(home)
+    return agent_env({**model_env, "HOME": str(home)})
+
+
+def make_git_repo(path: Path, files: Mapping[str, str] | None = None) -> Path:
+    """A fresh repository with one commit, and a local identity so commits work anywhere."""
+    path.mkdir(parents=True, exist_ok=True)
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", *args], cwd=path, check=True, capture_output=True)
+
+    git("init", "-q", "-b", "main")
+    git("config", "user.email", "agent@cairnd.invalid")
+    git("config", "user.name", "cairnd test")
+    for name, content in (files or {"README.md": "# demo\n"}).items():
+        target = path / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(content)
+    git("add", "-A")
+    git("commit", "-q", "-m", "initial")
+    return path
+
+
+def git_status(path: Path) -> str:
+    return subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=all"],
+        cwd=path,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+
+
+# --- an ACP client ----------------------------------------------------------------
+
+
+@dataclass
+class Frame:
+    direction: str  # "in" (agent -> us) | "out" (us -> agent)
+    message: dict[str, Any]
+
+
+@dataclass
+class RecordingClient:
+    """ACP client side: records frames, allows tools once, serves fs inside `root`.
+
+    `permission` is the ACP option kind to pick ("allow_once" like cairnd's
+    default, or "reject_once"); `on_frame` sees every frame as it crosses.
+    """
+
+    root: Path
+    permission: str = "allow_once"
+    on_frame: Callable[[Frame], None] | None = None
+    frames: list[Frame] = field(default_factory=list)
+    permission_requests: list[dict[str, Any]] = field(default_factory=list)
+    invalid_updates: list[str] = field(default_factory=list)
+
+    def observe(self, event: StreamEvent) -> None:
+        direction = "in" if event.direction == StreamDirection.INCOMING else "out"
+        frame = Frame(direction, event.message)
+        self.frames.append(frame)
+        if self.on_frame is not None:
+            self.on_frame(frame)
+
+    def updates(self, kind: str | None = None) -> list[dict[str, Any]]:
+        """Raw `session/update` params seen so far, optionally of one `sessionUpdate` kind."""
+        found = []
+        for frame in self.frames:
+            if frame.direction != "in" or frame.message.get("method") != "session/update":
+                continue
+            params = frame.message.get("params") or {}
+            if kind is None or (params.get("update") or {}).get("sessionUpdate") == kind:
+                found.append(params)
+        return found
+
+    def agent_text(self) -> str:
+        return "".join(
+            ((p["update"].get("content") or {}).get("text") or "") for p in self.updates("agent_message_chunk")
+        )
+
+    # -- Client protocol
+
+    async def request_permission(
+        self, options: list[Any], session_id: str, tool_call: Any, **kwargs: Any
+    ) -> RequestPermissionResponse:
+        self.permission_requests.append(
+            {"options": [o.model_dump(by_alias=True) for o in options], "toolCall": tool_call.model_dump(by_alias=True)}
+        )
+        chosen = next((o for o in options if o.kind == self.permission), None)
+        if chosen is None:
+            return RequestPermissionResponse(outcome=DeniedOutcome(outcome="cancelled"))
+        return RequestPermissionResponse(outcome=AllowedOutcome(outcome="selected", option_id=chosen.option_id))
+
+    async def session_update(self, session_id: str, update: Any, **kwargs: Any) -> None:
+        # The raw frame is already recorded by observe(); nothing else to do.
+        return None
+
+    async def write_text_file(self, content: str, path: str, session_id: str, **kwargs: Any) -> WriteTextFileResponse:
+        target = self._inside(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(content)
+        return WriteTextFileResponse()
+
+    async def read_text_file(
+        self, path: str, session_id: str, limit: int | None = None, line: int | None = None, **kwargs: Any
+    ) -> ReadTextFileResponse:
+        lines = self._inside(path).read_text().splitlines(keepends=True)
+        start = (line or 1) - 1
+        end = None if limit is None else start + limit
+        return ReadTextFileResponse(content="".join(lines[start:end]))
+
+    async def ext_method(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        return {}
+
+    async def ext_notification(self, method: str, params: dict[str, Any]) -> None:
+        return None
+
+    def _inside(self, path: str) -> Path:
+        target = Path(path).resolve()
+        if not target.is_relative_to(self.root.resolve()):
+            raise PermissionError(f"{path}: outside {self.root}")
+        return target
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
+    """Poll `predicate` until true or `timeout` seconds pass."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() >= deadline:
+            return False
+        await asyncio.sleep(interval)
+    return True
