@@ -35,9 +35,9 @@ import orjson
 from acp import PROTOCOL_VERSION, spawn_agent_process, text_block
 from acp.schema import ClientCapabilities, FileSystemCapabilities, Implementation
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from anthropic_stub import (  # noqa: E402
+from realagents.anthropic_stub import (  # noqa: E402
     AnthropicStub,
     bash,
     edit_file,
@@ -47,7 +47,7 @@ from anthropic_stub import (  # noqa: E402
     tool_results,
     write_file,
 )
-from harness import (  # noqa: E402
+from realagents.harness import (  # noqa: E402
     Frame,
     RecordingClient,
     claude_agent_bin,

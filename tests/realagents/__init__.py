@@ -1,0 +1,1 @@
+"""Driving real third-party ACP agents offline: scripted model stubs and helpers (see NOTES.md)."""
