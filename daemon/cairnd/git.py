@@ -1,0 +1,533 @@
+"""Every git operation cairnd needs, and the only module that runs git.
+
+git runs as short-lived `git` processes with a clean environment: no inherited
+`GIT_*` variable (a `GIT_DIR` or `GIT_INDEX_FILE` leaking in from a hook would
+point git at the wrong repository or index), `LC_ALL=C` so messages are stable,
+no terminal prompts, and a fixed identity for the commits cairnd makes, so the
+user's git identity is never needed. Hooks never run: snapshots use plumbing,
+and worktrees are populated with `read-tree` instead of `checkout`.
+
+All functions are synchronous (callers run them in worker threads) and raise
+`CairnError` with code `repo_not_found`, `not_a_git_repo`, `bad_ref`,
+`commit_missing` or `git_failed` (git's stderr in the message).
+
+Paths given to git come back as bytes and go in as bytes: file names may hold
+spaces, newlines or bytes that are not UTF-8.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import stat
+import subprocess
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from cairnd.errors import CairnError
+
+IDENTITY_NAME = "cairnd"
+IDENTITY_EMAIL = "cairnd@localhost"
+REF_NAMESPACE = "refs/cairnd/"
+SNAPSHOT_MESSAGE = "cairnd snapshot"
+
+_HEX_ID = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
+
+
+# --------------------------------------------------------------------------- running git
+
+
+def git_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """cairnd's environment minus every GIT_* variable, plus what makes git predictable."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    env.update(
+        LC_ALL="C",
+        GIT_TERMINAL_PROMPT="0",
+        GIT_AUTHOR_NAME=IDENTITY_NAME,
+        GIT_AUTHOR_EMAIL=IDENTITY_EMAIL,
+        GIT_COMMITTER_NAME=IDENTITY_NAME,
+        GIT_COMMITTER_EMAIL=IDENTITY_EMAIL,
+    )
+    if extra:
+        env.update(extra)
+    return env
+
+
+def _run(cwd: Path, args: Sequence[str | bytes], *, env: Mapping[str, str] | None = None,
+         input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    """Run git in `cwd`; return the finished process whatever its exit status."""
+    try:
+        return subprocess.run(
+            ["git", *args], cwd=cwd, env=git_env(env), input=input,
+            stdin=None if input is not None else subprocess.DEVNULL,
+            capture_output=True, check=False,
+        )
+    except OSError as exc:
+        raise _spawn_failure(cwd, exc) from None
+
+
+def _spawn_failure(cwd: Path, exc: OSError) -> CairnError:
+    if not Path(cwd).exists():
+        return CairnError("repo_not_found", f"{cwd} does not exist")
+    if not Path(cwd).is_dir():
+        return CairnError("not_a_git_repo", f"{cwd} is not a directory")
+    return CairnError("git_failed", f"cannot run git in {cwd}: {exc}")
+
+
+def _spawn(cwd: Path, args: Sequence[str], env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """Start git without waiting; the caller must `_reap` it whatever happens."""
+    try:
+        return subprocess.Popen(["git", *args], cwd=cwd, env=git_env(env), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    except OSError as exc:
+        raise _spawn_failure(cwd, exc) from None
+
+
+def _reap(proc: subprocess.Popen[bytes]) -> subprocess.CompletedProcess[bytes]:
+    try:
+        out, err = proc.communicate()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            proc.wait()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def _failure(cwd: Path, args: Sequence[str | bytes], proc: subprocess.CompletedProcess[bytes]) -> CairnError:
+    stderr = proc.stderr.decode("utf-8", "replace").strip() or f"exit status {proc.returncode}"
+    if "not a git repository" in stderr:
+        return CairnError("not_a_git_repo", f"{cwd} is not inside a git repository")
+    command = args[0] if isinstance(args[0], str) else args[0].decode()
+    return CairnError("git_failed", f"git {command} failed in {cwd}: {stderr}")
+
+
+def _git(cwd: Path, *args: str | bytes, env: Mapping[str, str] | None = None,
+         input: bytes | None = None) -> bytes:
+    """Run git and return its stdout, or raise git_failed with its stderr."""
+    proc = _run(cwd, args, env=env, input=input)
+    if proc.returncode != 0:
+        raise _failure(cwd, args, proc)
+    return proc.stdout
+
+
+def _line(out: bytes) -> str:
+    return out.decode("utf-8", "surrogateescape").strip()
+
+
+# --------------------------------------------------------------------------- repositories and commits
+
+
+def resolve_repo(path: str) -> Path:
+    """The repository `path` names: the top level of its working tree, or, for a bare
+    repository, its git directory (which can hold worktrees but not run in place).
+
+    A path inside a working tree resolves to that tree's top level; a linked
+    worktree resolves to itself (git shares refs and objects among them)."""
+    if not path or not os.path.isabs(path):
+        raise CairnError("bad_request", f"repo {path!r} must be an absolute path")
+    where = Path(path)
+    if not where.exists():
+        raise CairnError("repo_not_found", f"repo {path} does not exist")
+    if not where.is_dir():
+        raise CairnError("not_a_git_repo", f"repo {path} is not a directory")
+    proc = _run(where, ["rev-parse", "--is-bare-repository", "--absolute-git-dir"])
+    if proc.returncode != 0:
+        if b"not a git repository" in proc.stderr:
+            raise CairnError("not_a_git_repo", f"repo {path} is not a git repository")
+        raise _failure(where, ["rev-parse"], proc)
+    bare, git_dir = _line(proc.stdout).split("\n")
+    if bare == "true":
+        return Path(git_dir)
+    proc = _run(where, ["rev-parse", "--show-toplevel"])
+    if proc.returncode != 0:
+        # Inside the .git directory of a repository with a working tree.
+        raise CairnError("not_a_git_repo", f"repo {path} is inside a git directory, not a working tree")
+    return Path(_line(proc.stdout))
+
+
+def resolve_commit(repo: Path, ref: str) -> str:
+    """The full id of the commit `ref` names (a branch, tag, id, `HEAD~2`, ...)."""
+    if not ref or ref.startswith("-") or "\0" in ref or "\n" in ref:
+        raise CairnError("bad_ref", f"ref {ref!r} is not a valid revision")
+    proc = _run(repo, ["rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}"])
+    if proc.returncode != 0:
+        if b"not a git repository" in proc.stderr:
+            raise _failure(repo, ["rev-parse"], proc)
+        raise CairnError("bad_ref", f"ref {ref!r} does not name a commit in {repo}")
+    return _line(proc.stdout)
+
+
+def is_object_id(value: object) -> bool:
+    """Whether `value` is a full SHA-1 or SHA-256 object id in lower-case hex."""
+    return isinstance(value, str) and bool(_HEX_ID.match(value))
+
+
+def commit_exists(repo: Path, sha: str) -> bool:
+    """Whether `sha` (a full object id) is a commit present in `repo`."""
+    if not is_object_id(sha):
+        return False
+    return _run(repo, ["cat-file", "-e", f"{sha}^{{commit}}"]).returncode == 0
+
+
+def _object_types(repo: Path, specs: Sequence[str]) -> list[tuple[str, str] | None]:
+    """(id, type) of each object spec, or None where it is missing: one git call."""
+    out = _git(repo, "cat-file", "--batch-check", input="".join(f"{s}\n" for s in specs).encode())
+    answers: list[tuple[str, str] | None] = []
+    for line in out.decode().splitlines():
+        fields = line.split(" ")
+        answers.append((fields[0], fields[1]) if len(fields) == 3 else None)
+    return answers
+
+
+def head_state(worktree: Path) -> tuple[str, str | None]:
+    """(HEAD's commit id, its branch name or None when detached)."""
+    # "--" so that a file named HEAD cannot make the argument ambiguous.
+    proc = _run(worktree, ["rev-parse", "HEAD", "--symbolic-full-name", "HEAD", "--"])
+    if proc.returncode != 0:
+        if b"not a git repository" in proc.stderr:
+            raise _failure(worktree, ["rev-parse"], proc)
+        raise CairnError("bad_ref", f"HEAD of {worktree} does not name a commit (no commit yet?)")
+    head, name = _line(proc.stdout).split("\n")[:2]
+    return head, _branch_name(name)
+
+
+def _branch_name(symbolic: str) -> str | None:
+    if symbolic.startswith("refs/heads/"):
+        return symbolic[len("refs/heads/"):]
+    return None
+
+
+# --------------------------------------------------------------------------- snapshots
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The git state of a working tree, written as objects without touching it."""
+
+    head_sha: str
+    branch: str | None
+    index_tree: str  # tree of the index (the staged state)
+    worktree_sha: str  # commit, parent head_sha, whose tree is the whole working tree
+    dirty: bool  # working tree or index differ from HEAD
+    skipped: tuple[str, ...]  # paths left out of worktree_sha: over the size cap, or nested repositories
+
+
+@dataclass(frozen=True)
+class StatusScan:
+    """What one `git status --porcelain=v2 -z --branch` says, reduced to what a snapshot needs."""
+
+    head_sha: str | None  # None: unborn branch
+    branch: str | None
+    changed: bool  # anything differs from HEAD, in the index or the working tree
+    worktree_paths: tuple[bytes, ...]  # paths whose working-tree state differs from the index
+    nested_repos: tuple[bytes, ...]  # untracked directories git shows whole: other repositories
+
+
+def parse_status(raw: bytes) -> StatusScan:
+    """Parse `git status --porcelain=v2 -z --branch --untracked-files=all`."""
+    head: str | None = None
+    branch: str | None = None
+    changed = False
+    paths: list[bytes] = []
+    nested: list[bytes] = []
+    records = iter(raw.split(b"\0"))
+    for record in records:
+        kind = record[:1]
+        if not record or kind == b"!":  # ignored files are never asked for
+            continue
+        if kind == b"#":
+            key, _, value = record[2:].decode("utf-8", "surrogateescape").partition(" ")
+            if key == "branch.oid":
+                head = None if value == "(initial)" else value
+            elif key == "branch.head":
+                branch = None if value == "(detached)" else value
+            continue
+        changed = True
+        if kind == b"?":
+            path = record[2:]
+            if path.endswith(b"/"):
+                nested.append(path[:-1])
+            else:
+                paths.append(path)
+        elif kind == b"1":
+            fields = record.split(b" ", 8)
+            if fields[1][1:2] != b".":
+                paths.append(fields[8])
+        elif kind == b"2":
+            fields = record.split(b" ", 9)
+            next(records, None)  # the original path, in a record of its own
+            if fields[1][1:2] != b".":
+                paths.append(fields[9])
+        elif kind == b"u":
+            paths.append(record.split(b" ", 10)[10])
+    return StatusScan(head, branch, changed, tuple(paths), tuple(nested))
+
+
+def _display(path: bytes) -> str:
+    # For messages and JSON: orjson refuses lone surrogates, so undecodable bytes are escaped.
+    return path.decode("utf-8", "backslashreplace")
+
+
+def oversized(worktree: Path, paths: Iterable[bytes], max_file_bytes: int) -> list[bytes]:
+    """The paths that are regular files larger than the cap (gone or special files are not)."""
+    big = []
+    root = os.fsencode(worktree)
+    for path in paths:
+        try:
+            st = os.lstat(os.path.join(root, path))
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode) and st.st_size > max_file_bytes:
+            big.append(path)
+    return big
+
+
+def _index_file(worktree: Path) -> Path:
+    """The worktree's index file, found without running git when its `.git` is ordinary."""
+    dot_git = worktree / ".git"
+    if dot_git.is_dir():
+        return dot_git / "index"
+    if dot_git.is_file():
+        text = dot_git.read_text("utf-8", "surrogateescape").strip()
+        if text.startswith("gitdir: "):
+            git_dir = Path(text[len("gitdir: "):])
+            return (git_dir if git_dir.is_absolute() else worktree / git_dir) / "index"
+    out = _git(worktree, "rev-parse", "--path-format=absolute", "--git-path", "index")
+    return Path(_line(out))
+
+
+def snapshot(worktree: Path, max_file_bytes: int, message: str = SNAPSHOT_MESSAGE) -> Snapshot:
+    """Write the whole state of `worktree` (its top level) as git objects.
+
+    The session's index, HEAD, branches and files are never touched: all work
+    happens in a copy of the index in a temporary directory. Files larger than
+    `max_file_bytes` whose content is not already in the index (untracked, or
+    modified since staged) keep their indexed version in the snapshot (none if
+    untracked) and are listed in `skipped`, as are untracked nested repositories.
+    A conflicted index is recorded with its conflicted paths resolved to their
+    working-tree content. Raises bad_ref when HEAD has no commit yet.
+    """
+    worktree = Path(worktree)
+    if not worktree.is_dir():
+        raise CairnError("repo_not_found", f"worktree {worktree} does not exist")
+    with _index_copy(_index_file(worktree)) as index_copy:
+        env = {"GIT_INDEX_FILE": str(index_copy)}
+        # write-tree and status run at once on the same copy: status only reads it,
+        # and write-tree replaces it by rename (keeping every entry), so status sees
+        # one whole index either way.
+        staged_proc = _spawn(worktree, ["write-tree"], env)
+        try:
+            # One status gives HEAD, the branch, whether anything differs from HEAD,
+            # and the paths to add: no rev-parse, no diff-index on the hot path.
+            scan = parse_status(_git(
+                worktree, "--no-optional-locks", "status", "--porcelain=v2", "-z", "--branch",
+                "--untracked-files=all", "--no-renames", "--ignore-submodules=dirty", env=env,
+            ))
+        finally:
+            staged = _reap(staged_proc)
+        index_tree = _index_tree(worktree, staged, env)
+        if scan.head_sha is None:
+            raise CairnError("bad_ref", f"HEAD of {worktree} has no commit yet (unborn branch {scan.branch})")
+        skipped = [*oversized(worktree, scan.worktree_paths, max_file_bytes), *scan.nested_repos]
+        left_out = set(skipped)
+        updates = [p for p in scan.worktree_paths if p not in left_out]
+        if updates:
+            _update_index(worktree, updates, env)
+            tree = _line(_git(worktree, "write-tree", env=env))
+        else:
+            tree = index_tree
+        worktree_sha = _line(_git(worktree, "commit-tree", "--no-gpg-sign", tree, "-p", scan.head_sha,
+                                  "-m", message))
+    return Snapshot(
+        head_sha=scan.head_sha,
+        branch=scan.branch,
+        index_tree=index_tree,
+        worktree_sha=worktree_sha,
+        dirty=scan.changed,
+        skipped=tuple(sorted(_display(p) for p in skipped)),
+    )
+
+
+@contextmanager
+def _index_copy(index_file: Path) -> Iterator[Path]:
+    """A private copy of an index file (empty if there is none), removed afterwards.
+
+    copy2 keeps the mtime, so git's racy-clean checks stay exactly as strict on
+    the copy as on the real index."""
+    fd, name = tempfile.mkstemp(prefix="cairnd-index-")
+    os.close(fd)
+    copy = Path(name)
+    try:
+        if index_file.exists():
+            shutil.copy2(index_file, copy)
+        else:
+            copy.unlink()  # git treats a missing index as empty, not a zero-byte file
+        yield copy
+    finally:
+        copy.unlink(missing_ok=True)
+        Path(f"{copy}.lock").unlink(missing_ok=True)
+
+
+def _update_index(worktree: Path, paths: Sequence[bytes], env: Mapping[str, str]) -> None:
+    # --add/--remove make each path match the working tree (new, changed, gone);
+    # --replace lets a file become a directory or the reverse.
+    _git(worktree, "update-index", "--add", "--remove", "--replace", "-z", "--stdin",
+         env=env, input=b"".join(p + b"\0" for p in paths))
+
+
+def _index_tree(worktree: Path, proc: subprocess.CompletedProcess[bytes], env: Mapping[str, str]) -> str:
+    """The tree of the index copy, from a finished `write-tree`; a conflicted index gets
+    its conflicted paths resolved to their working-tree content first."""
+    if proc.returncode == 0:
+        return _line(proc.stdout)
+    if b"unmerged" not in proc.stderr:
+        raise _failure(worktree, ["write-tree"], proc)
+    conflicted = {line.split(b"\t", 1)[1] for line in
+                  _git(worktree, "ls-files", "-u", "-z", env=env).split(b"\0") if line}
+    _update_index(worktree, sorted(conflicted), env)
+    return _line(_git(worktree, "write-tree", env=env))
+
+
+# --------------------------------------------------------------------------- refs
+
+
+def _check_ref_name(name: str) -> None:
+    if not name.startswith(REF_NAMESPACE) or name.endswith("/") or ".." in name:
+        raise CairnError("bad_ref", f"ref {name!r} is not under {REF_NAMESPACE}")
+
+
+def pin(repo: Path, ref_name: str, sha: str) -> None:
+    """Point `ref_name` (under refs/cairnd/) at `sha`, keeping it alive against gc.
+
+    `repo` may be any worktree of the repository: refs are shared among them."""
+    _check_ref_name(ref_name)
+    if not is_object_id(sha):
+        raise CairnError("commit_missing", f"{sha!r} is not an object id")
+    proc = _run(repo, ["update-ref", ref_name, sha])
+    if proc.returncode != 0:
+        if b"nonexistent object" in proc.stderr:
+            raise CairnError("commit_missing", f"{sha} is not in {repo}")
+        raise _failure(repo, ["update-ref"], proc)
+
+
+def list_refs(repo: Path, prefix: str) -> dict[str, str]:
+    """Refs under `prefix` (a refs/cairnd/ path), name -> object id."""
+    _check_ref_name(prefix.rstrip("/") + "/x")
+    out = _git(repo, "for-each-ref", "--format=%(objectname) %(refname)", prefix.rstrip("/"))
+    refs = {}
+    for line in out.decode("utf-8", "surrogateescape").splitlines():
+        sha, _, name = line.partition(" ")
+        refs[name] = sha
+    return refs
+
+
+def delete_refs(repo: Path, prefix: str) -> list[str]:
+    """Delete every ref under `prefix` (a refs/cairnd/ path); return their names."""
+    names = sorted(list_refs(repo, prefix))
+    if names:
+        _git(repo, "update-ref", "--stdin", "-z",
+             input=b"".join(b"delete " + n.encode("utf-8", "surrogateescape") + b"\0\0" for n in names))
+    return names
+
+
+# --------------------------------------------------------------------------- worktrees
+
+
+def add_worktree_at(repo: Path, path: Path, commit: str) -> None:
+    """A new linked worktree at `path`, detached at `commit`, checked out (no hooks run)."""
+    create_fork_worktree(repo, path, commit)
+
+
+def add_worktree_detached(repo: Path, path: Path, head_sha: str) -> None:
+    """A new linked worktree at `path` with HEAD detached at `head_sha` and NO files or
+    index yet: `restore` fills it. `path` must not exist or be an empty directory."""
+    if not is_object_id(head_sha):
+        raise CairnError("commit_missing", f"{head_sha!r} is not a commit id")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    proc = _run(repo, ["worktree", "add", "--no-checkout", "--detach", str(path), head_sha])
+    if proc.returncode != 0:
+        if b"invalid reference" in proc.stderr:
+            raise CairnError("commit_missing", f"commit {head_sha} is not in {repo}")
+        raise _failure(repo, ["worktree"], proc)
+
+
+def restore(worktree: Path, worktree_sha: str, index_tree: str | None) -> None:
+    """Make the files of `worktree` equal to the tree of commit `worktree_sha` and its index
+    equal to tree `index_tree` (None: HEAD's tree, for checkpoints that record only HEAD).
+
+    Meant for a worktree made by `add_worktree_detached`: files the index does not know
+    of are left where they are. HEAD is not moved."""
+    worktree_tree, index_tree = _restore_trees(worktree, "HEAD", worktree_sha, index_tree)
+    _restore(worktree, worktree_sha, worktree_tree, index_tree)
+
+
+def _restore_trees(repo: Path, head: str, worktree_sha: str,
+                   index_tree: str | None) -> tuple[str, str]:
+    """Check the objects to restore exist, in one git call; return (worktree tree, index tree)."""
+    for label, value in (("worktreeSha", worktree_sha), ("indexTree", index_tree)):
+        if value is not None and not is_object_id(value):
+            raise CairnError("commit_missing", f"{label} {value!r} is not an object id")
+    wanted = [("headSha commit", f"{head}^{{commit}}"), ("headSha commit", f"{head}^{{tree}}"),
+              ("worktreeSha commit", f"{worktree_sha}^{{commit}}"),
+              ("worktreeSha commit", f"{worktree_sha}^{{tree}}")]
+    if index_tree is not None:
+        wanted.append(("indexTree tree", f"{index_tree}^{{tree}}"))
+    found = _object_types(repo, [spec for _, spec in wanted])
+    missing = [f"{label} {spec.split('^')[0]}" for (label, spec), answer in zip(wanted, found) if answer is None]
+    if missing:
+        raise CairnError("commit_missing", f"not in {repo}: {', '.join(dict.fromkeys(missing))}")
+    ids = [answer[0] for answer in found if answer is not None]
+    return ids[3], ids[4] if index_tree is not None else ids[1]
+
+
+def _restore(worktree: Path, worktree_sha: str, worktree_tree: str, index_tree: str) -> None:
+    # One pass writes every file and an index whose stat data matches them.
+    _git(worktree, "read-tree", "--reset", "-u", worktree_sha)
+    if index_tree != worktree_tree:
+        # A one-tree merge without -u keeps the stat data of every entry whose content
+        # is unchanged, so `git status` stays fast; files are not touched.
+        _git(worktree, "read-tree", "-m", index_tree)
+
+
+def create_fork_worktree(repo: Path, path: Path, head_sha: str, worktree_sha: str | None = None,
+                         index_tree: str | None = None) -> None:
+    """A new worktree at `path`: HEAD detached at `head_sha`, files equal to `worktree_sha`'s
+    tree (default: `head_sha`'s), index equal to `index_tree` (default: HEAD's tree).
+
+    All or nothing: on failure the worktree is removed again. commit_missing when an
+    object is not in the repository (checked before anything is created)."""
+    if not is_object_id(head_sha):
+        raise CairnError("commit_missing", f"headSha {head_sha!r} is not a commit id")
+    worktree_sha = worktree_sha or head_sha
+    worktree_tree, index_tree = _restore_trees(repo, head_sha, worktree_sha, index_tree)
+    add_worktree_detached(repo, path, head_sha)
+    try:
+        _restore(path, worktree_sha, worktree_tree, index_tree)
+    except BaseException:
+        remove_worktree(repo, path)
+        raise
+
+
+def remove_worktree(repo: Path, path: Path) -> None:
+    """Remove the linked worktree at `path` with everything in it, even if it has changes
+    or is locked; a worktree already gone is fine. Then prune stale worktree records."""
+    proc = _run(repo, ["worktree", "remove", "--force", "--force", str(path)])
+    if proc.returncode != 0 and b"is not a working tree" not in proc.stderr:
+        raise _failure(repo, ["worktree"], proc)
+    _git(repo, "worktree", "prune")
+
+
+def list_worktrees(repo: Path) -> list[Path]:
+    """Every working tree of the repository, the main one (if not bare) first."""
+    out = _git(repo, "worktree", "list", "--porcelain", "-z")
+    trees = []
+    for block in out.split(b"\0\0"):
+        fields = [f for f in block.split(b"\0") if f]
+        if not fields or b"bare" in fields:
+            continue
+        trees.append(Path(os.fsdecode(fields[0][len(b"worktree "):])))
+    return trees
