@@ -21,9 +21,17 @@ the log names an agent session of the same profile), else as a replay: one embed
 of the kept turns, uri `cairnd://replay/<session>`, and `_meta.cairnd.userMessages` = the
 number of top-level user messages it holds (see `replay_prompt_block`).
 
-Lifetime: an AgentRunner is an async context manager; its task group owns one host
-task per agent process (pumps, reaping). Agents idle for `idle_seconds` are stopped
-and restarted on the next prompt; `close()` stops the agent, always reaping it.
+Log entries of cairnd's own, per turn: `_cairnd/turn_start {sessionId, turn, requestId}`
+just before the prompt (so recovery can tell whether a request's turn began), then
+after the answer `_posthog/turn_complete` (stopReason as the agent said it, or
+`agent_exited`, `interrupted`, or `error` when it answered the prompt with a JSON-RPC
+error) and `_posthog/agent_checkpoint`, fsynced before the result is returned.
+
+Lifetime: a runner's background tasks (one host task per agent process: pumps,
+reaping; the idle timer) live in a task group, the caller's (`task_group=`) or its own
+(`async with`). Agents idle for `idle_seconds` are stopped and restarted on the next
+prompt; `close()` stops the agent, always reaping it (stdin closed, then SIGTERM, then
+SIGKILL to its process group).
 """
 
 from __future__ import annotations
@@ -749,7 +757,9 @@ class AgentRunner:
                 _signal_group(process, sig)
             with anyio.move_on_after(grace if grace is not None else math.inf):
                 await _exited(process)
-                return
+                break
+        # Whatever it started and left in its process group goes with it.
+        _signal_group(process, signal.SIGTERM)
 
     def _retire(self, agent: AgentProcess) -> None:
         agent.stop()
