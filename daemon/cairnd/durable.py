@@ -6,8 +6,11 @@ goes through here, so a crash leaves either the old state or the whole new file.
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
+
+_sequence = itertools.count()
 
 
 def fsync_dir(path: Path) -> None:
@@ -28,7 +31,8 @@ def write_all(fd: int, data: bytes) -> None:
 def temp_name(path: Path) -> Path:
     # A dot name in the same directory: same file system (rename is atomic), and
     # ignored by anything scanning the directory for real entries.
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # Unique per call: two threads may write the same file at once.
+    return path.with_name(f".{path.name}.{os.getpid()}.{next(_sequence)}.tmp")
 
 
 def write_atomic(path: Path, data: bytes, *, sync_dir: bool = True) -> None:

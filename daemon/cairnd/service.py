@@ -119,6 +119,9 @@ class Daemon:
         self._status_written = 0.0
         self._lock_fd: int | None = None
         self._work: anyio.abc.TaskGroup | None = None
+        # watchfiles' watch thread only looks at this event (it cannot be cancelled):
+        # set it before cancelling intake, or stopping waits for its timeout.
+        self._stop_watching = anyio.Event()
 
     # -- life cycle -----------------------------------------------------------------
 
@@ -139,43 +142,58 @@ class Daemon:
                 os.close(self._lock_fd)
 
     async def _serve(self) -> None:
-        async with anyio.create_task_group() as work:
-            self._work = work
-            async with anyio.create_task_group() as intake:
-                intake.start_soon(self._handle_signals, intake.cancel_scope)
-                watching = anyio.Event()
-                intake.start_soon(self._watch, watching)
-                with anyio.move_on_after(5):
-                    await watching.wait()
-                if not watching.is_set():
-                    event(logging.WARNING, "inotify did not confirm the watch in 5 s; relying on rescans")
-                await self._recover_in_progress()
-                await self.scan()
-                intake.start_soon(self._rescan_loop)
-                intake.start_soon(self._watchdog_loop)
-                self.notifier.notify(READY=1, STATUS=self._status_line())
-                event(logging.INFO, f"cairnd ready: serving {self.layout.root} (pid {os.getpid()})")
-                await self._write_status(force=True)
-            # Intake is stopped: nothing new is claimed. Let work finish, within a bound.
-            self.stopping = True
-            self.notifier.notify(STOPPING=1, STATUS="stopping: finishing work in flight")
-            event(logging.INFO, f"stopping: {self.in_flight} request(s) in flight, "
-                                f"waiting up to {self.config.stop_timeout_seconds:g} s")
-            with anyio.move_on_after(self.config.stop_timeout_seconds):
-                await self.idle.wait()
-            if self.in_flight:
-                event(logging.WARNING, f"stop timeout: recording {self.in_flight} request(s) as interrupted")
-            work.cancel_scope.cancel()
+        async with anyio.create_task_group() as signals:
+            intake_scope = anyio.CancelScope()
+            grace_scope = anyio.CancelScope()
+            signals.start_soon(self._handle_signals, intake_scope, grace_scope)
+            async with anyio.create_task_group() as work:
+                self._work = work
+                with intake_scope:
+                    await self._intake()
+                # Intake is stopped: nothing new is claimed. Let work finish, within a bound.
+                self.stopping = True
+                self.notifier.notify(STOPPING=1, STATUS="stopping: finishing work in flight")
+                event(logging.INFO, f"stopping: {self.in_flight} request(s) in flight, "
+                                    f"waiting up to {self.config.stop_timeout_seconds:g} s")
+                with grace_scope, anyio.move_on_after(self.config.stop_timeout_seconds):
+                    await self.idle.wait()
+                if self.in_flight:
+                    event(logging.WARNING, f"recording {self.in_flight} request(s) in flight as interrupted")
+                work.cancel_scope.cancel()
+            signals.cancel_scope.cancel()
 
-    async def _handle_signals(self, intake_scope: anyio.CancelScope) -> None:
+    async def _intake(self) -> None:
+        async with anyio.create_task_group() as intake:
+            watching = anyio.Event()
+            intake.start_soon(self._watch, watching)
+            with anyio.move_on_after(5):
+                await watching.wait()
+            if not watching.is_set():
+                event(logging.WARNING, "inotify did not confirm the watch in 5 s; relying on rescans")
+            await self._recover_in_progress()
+            await self.scan()
+            intake.start_soon(self._rescan_loop)
+            intake.start_soon(self._watchdog_loop)
+            self.notifier.notify(READY=1, STATUS=self._status_line())
+            event(logging.INFO, f"cairnd ready: serving {self.layout.root} (pid {os.getpid()})")
+            await self._write_status(force=True)
+
+    async def _handle_signals(self, intake_scope: anyio.CancelScope, grace_scope: anyio.CancelScope) -> None:
+        """SIGTERM/SIGINT: stop intake and let work finish within stop_timeout_seconds;
+        a second one stops waiting. SIGHUP: reload agent profiles."""
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     self._reload()
                     continue
-                event(logging.INFO, f"received {signal.Signals(signum).name}")
-                intake_scope.cancel()
-                return
+                name = signal.Signals(signum).name
+                if not intake_scope.cancel_called:
+                    event(logging.INFO, f"received {name}")
+                    self._stop_watching.set()
+                    intake_scope.cancel()
+                else:
+                    event(logging.INFO, f"received {name} again: not waiting for work in flight")
+                    grace_scope.cancel()
 
     def _reload(self) -> None:
         if self.config_loader is None or self.sessions is None:
@@ -206,7 +224,7 @@ class Daemon:
             # watchfiles batches for 1.6 s by default; a spool wants milliseconds.
             async for _changes in watchfiles.awatch(
                 self.spool.new, watch_filter=None, debounce=50, step=1, recursive=False,
-                ignore_permission_denied=True,
+                ignore_permission_denied=True, stop_event=self._stop_watching, rust_timeout=1000,
             ):
                 if not watching.is_set():
                     watching.set()
@@ -255,10 +273,16 @@ class Daemon:
         self._begin()
         raw: Any = None
         try:
+            if claimed.data is not None:
+                # Decoded even when the request is refused for its name or as a
+                # duplicate, so its result carries the request's own bytes.
+                try:
+                    raw = decode_json(claimed.data)
+                except CairnError:
+                    if claimed.problem is None:
+                        raise
             if claimed.problem is not None:
                 raise claimed.problem
-            assert claimed.data is not None
-            raw = decode_json(claimed.data)
             request = validate_request(raw)
         except CairnError as exc:
             self._work.start_soon(self._publish_error, claimed, raw, exc)

@@ -132,7 +132,7 @@ class Sessions:
     def _create(self, row: SessionRow, commit: str) -> dict[str, Any]:
         if not row.in_place:
             row.worktree.parent.mkdir(parents=True, exist_ok=True)
-            git.add_worktree_detached(row.repo, row.worktree, commit)
+            git.add_worktree_at(row.repo, row.worktree, commit)
         baseline = take_checkpoint(row.id, row.worktree, 0, self.config.snapshot_max_file_bytes)
         log_path = write_fork_log(self.layout, row.id, None, 0, [cairnd_entry(CHECKPOINT_METHOD, baseline)])
         result = {
