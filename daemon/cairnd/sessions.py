@@ -97,7 +97,7 @@ class Sessions:
                 row.id, row.worktree, self.layout.log_path(row.id), self.profile(row.agent),
                 max_file_bytes=self.config.snapshot_max_file_bytes,
                 idle_seconds=self.config.idle_agent_seconds, limiter=self.io_limiter,
-                task_group=self._tg,
+                task_group=self._tg, stop_timeout=min(10.0, self.config.stop_timeout_seconds),
             )
             self.runners[row.id] = runner
         return runner
@@ -187,10 +187,6 @@ class Sessions:
             self.turns_in_flight += 1
             try:
                 result = await self.runner(row).prompt(text, request_id=claimed.request_id)
-            except anyio.get_cancelled_exc_class():
-                with anyio.CancelScope(shield=True):
-                    await self.runner(row).interrupt()
-                raise
             finally:
                 self.turns_in_flight -= 1
         await self._thread(self.registry.set_turns, row.id, result["turn"] + 1)
