@@ -12,6 +12,7 @@ is either whole or leaves nothing behind.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import shutil
@@ -30,10 +31,8 @@ from cairnd.forkpoint import ForkPoint, find_fork_point
 from cairnd.ids import new_session_id
 from cairnd.log import cairnd_entry, copy_prefix, envelope_line, iter_lines
 from cairnd.registry import ForkRow, Registry, SessionRow
-from cairnd.transcript import session_state
+from cairnd.transcript import CHECKPOINT_METHOD, FORK_META_METHOD, session_state
 
-FORK_META = "_posthog/fork_session_meta"
-CHECKPOINT = "_posthog/agent_checkpoint"
 _FORK_SUFFIX = re.compile(r"\s*\(fork (\d+)\)\s*$")
 
 
@@ -90,7 +89,8 @@ def kept_turns(point: ForkPoint, log_path: Path) -> int:
     if isinstance(turns, int) and not isinstance(turns, bool):
         return turns
     # No cairnd checkpoint to read it from: count the kept turn_complete entries.
-    return session_state(line for line in iter_lines(log_path) if line[0] < point.offset).turns
+    kept = itertools.takewhile(lambda line: line[0] < point.offset, iter_lines(log_path))
+    return session_state(kept, agent_text=False).turns
 
 
 def discard_partial(layout: StateLayout, registry: Registry, row: SessionRow) -> None:
@@ -135,8 +135,8 @@ def fork_session(layout: StateLayout, registry: Registry, parent: SessionRow, k:
         }
         baseline = take_checkpoint(fork_id, worktree, turns, max_file_bytes)
         log_path = write_fork_log(layout, fork_id, parent_log, point.offset, [
-            cairnd_entry(FORK_META, meta),
-            cairnd_entry(CHECKPOINT, baseline),
+            cairnd_entry(FORK_META_METHOD, meta),
+            cairnd_entry(CHECKPOINT_METHOD, baseline),
         ])
         result = {
             "session": fork_id,
