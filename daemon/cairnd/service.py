@@ -109,7 +109,6 @@ class Daemon:
         self.config_loader = config_loader
         self.sessions: Sessions | None = None
         self.queues: dict[str, SessionQueue] = {}
-        self.fork_limiter = anyio.CapacityLimiter(config.max_parallel_forks)
         self.claim_lock = anyio.Lock()
         self.in_flight = 0
         self.idle = anyio.Event()
@@ -328,23 +327,18 @@ class Daemon:
 
     async def _run_fork(self, work: Work, queue: SessionQueue) -> None:
         try:
-            await self._run(work, self._sessions.fork, limiter=self.fork_limiter)
+            await self._run(work, self._sessions.fork)
         finally:
             queue.forks_in_flight -= 1
             if not queue.forks_in_flight:
                 queue.forks_done.set()
                 queue.forks_done = anyio.Event()
 
-    async def _run(self, work: Work, handler: Callable[..., Awaitable[dict[str, Any]]],
-                   limiter: anyio.CapacityLimiter | None = None) -> None:
+    async def _run(self, work: Work, handler: Callable[..., Awaitable[dict[str, Any]]]) -> None:
         claimed = work.claimed
         try:
             try:
-                if limiter is not None:
-                    async with limiter:
-                        result = await handler(work.request, claimed)
-                else:
-                    result = await handler(work.request, claimed)
+                result = await handler(work.request, claimed)
             except CairnError as exc:
                 with anyio.CancelScope(shield=True):
                     await self._publish(claimed, work.raw, work.request.kind, error=exc)
@@ -396,11 +390,14 @@ class Daemon:
                 break
             except OSError as exc:
                 # A full disk or an unwritable done/: the request stays in cur/ and we
-                # retry; it is answered once the trouble clears, never dropped.
-                event(logging.ERROR, f"cannot publish the result of {claimed.name}: {exc}; retrying",
+                # retry; it is answered once the trouble clears, never dropped. When
+                # stopping, cur/ keeps it for the next start to answer.
+                event(logging.ERROR, f"cannot publish the result of {claimed.name}: {exc}; "
+                                     + ("leaving it in cur/ for the next start" if self.stopping else "retrying"),
                       request=claimed.request_id)
-                with anyio.CancelScope(shield=False):
-                    await anyio.sleep(delay)
+                if self.stopping:
+                    return
+                await anyio.sleep(delay)
                 delay = min(delay * 2, 5.0)
         level = logging.INFO if error is None else logging.WARNING
         what = "ok" if error is None else f"failed: {error.code}: {error.message}"

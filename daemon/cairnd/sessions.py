@@ -42,6 +42,7 @@ class Sessions:
         self.default_agent = config.default_agent
         self.runners: dict[str, AgentRunner] = {}
         self.turn_limiter = anyio.CapacityLimiter(config.max_parallel_turns)
+        self.fork_limiter = anyio.CapacityLimiter(config.max_parallel_forks)
         # git and SQLite calls are short; more threads than cores only adds contention.
         self.io_limiter = anyio.CapacityLimiter(8)
         self.turns_in_flight = 0
@@ -149,11 +150,13 @@ class Sessions:
         if claimed.request_id and (done := await self._thread(self.registry.by_request, claimed.request_id)):
             return await self._with_turn(done, request.prompt, claimed)
         parent = await self.live(request.session)
-        result = await self._thread(
-            fork_session, self.layout, self.registry, parent, request.user_message_index,
-            title=request.title, request_id=claimed.request_id,
-            max_file_bytes=self.config.snapshot_max_file_bytes,
-        )
+        # The limit covers making the fork, not its first turn (that is a turn like any).
+        async with self.fork_limiter:
+            result = await anyio.to_thread.run_sync(lambda: fork_session(
+                self.layout, self.registry, parent, request.user_message_index,
+                title=request.title, request_id=claimed.request_id,
+                max_file_bytes=self.config.snapshot_max_file_bytes,
+            ))
         row = await self._thread(self.registry.get, result["session"])
         return await self._with_turn(row, request.prompt, claimed)
 
