@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import orjson
@@ -254,3 +256,90 @@ def test_copy_prefix_refuses_to_copy_more_than_there_is(tmp_path: Path) -> None:
     src.write_bytes(b"short\n")
     with pytest.raises(ValueError):
         copy_prefix(src, tmp_path / "dst", 7)
+
+
+# --- finding marked lines fast ------------------------------------------------------
+
+MARKS = (b'session/prompt"', b"user_message_chunk", b"agent_checkpoint")
+
+marked_pieces = st.one_of(
+    st.binary(max_size=30),
+    st.just(b"\n"),
+    st.sampled_from(MARKS),
+    st.just(b"user_message_chunk agent_checkpoint"),  # two marks in one line
+    st.just(prompt_request(1, "a")),
+    st.just(agent_chunk("b" * 40)),
+)
+
+
+@contextmanager
+def scan_tuning(chunk: int, parallel_min: int, count_piece: int, memmem: bool) -> Iterator[None]:
+    """Shrink the scan's chunks so small logs cross many chunk boundaries."""
+    import cairnd.log as log_module
+
+    saved = {name: getattr(log_module, name) for name in ("_SCAN_CHUNK", "_SCAN_PARALLEL_MIN", "_COUNT_PIECE", "_MEMMEM")}
+    log_module._SCAN_CHUNK = chunk
+    log_module._SCAN_PARALLEL_MIN = parallel_min
+    log_module._COUNT_PIECE = count_piece
+    if not memmem:
+        log_module._MEMMEM = None
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(log_module, name, value)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    st.lists(marked_pieces, max_size=40),
+    st.integers(1, 300),
+    st.sampled_from([1, 10**9]),
+    st.integers(1, 50),
+    st.booleans(),
+    st.data(),
+)
+def test_marked_lines_are_exactly_the_lines_holding_a_mark(
+    tmp_path: Path, pieces: list[bytes], chunk: int, parallel_min: int, count_piece: int,
+    memmem: bool, data: st.DataObject,
+) -> None:
+    path = tmp_path / "marked.ndjson"
+    path.write_bytes(b"".join(pieces))
+    boundaries = [0] + [offset + len(line) for offset, line in iter_lines(path)]
+    start = data.draw(st.sampled_from(boundaries), label="start")
+    expected = [
+        (index, offset, line)
+        for index, (offset, line) in enumerate(iter_lines(path, start))
+        if any(mark in line for mark in MARKS)
+    ]
+    with scan_tuning(chunk, parallel_min, count_piece, memmem):
+        assert list(iter_lines(path, start).marked(MARKS)) == expected
+
+
+def test_marked_lines_of_a_big_log_in_two_threads(tmp_path: Path) -> None:
+    path = tmp_path / "big.ndjson"
+    lines = [prompt_request(i, "x" * (i % 97)) if i % 50 == 0 else agent_chunk("y" * (i % 300)) for i in range(20_000)]
+    path.write_bytes(b"".join(lines) + b"torn user_message_chunk")
+    expected = [(i, o, line) for i, (o, line) in enumerate(iter_lines(path)) if MARKS[0] in line]
+    with scan_tuning(4096, 2, 1 << 16, True):
+        assert list(iter_lines(path).marked(MARKS)) == expected
+    assert list(iter_lines(path).marked(MARKS)) == expected
+
+
+def test_marked_refuses_marks_it_cannot_find(tmp_path: Path) -> None:
+    path = tmp_path / "log.ndjson"
+    path.write_bytes(b"")
+    for bad in ([b""], [b"a\nb"]):
+        with pytest.raises(ValueError):
+            list(iter_lines(path).marked(bad))
+
+
+def test_iter_lines_is_still_a_plain_iterator(tmp_path: Path) -> None:
+    path = tmp_path / "log.ndjson"
+    path.write_bytes(prompt_request(1, "a") + agent_chunk("b"))
+    lines = iter_lines(path)
+    assert iter(lines) is lines and not lines.started
+    assert next(lines) == (0, prompt_request(1, "a"))
+    assert lines.started
+    lines.close()
+    assert list(lines) == []

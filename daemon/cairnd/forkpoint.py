@@ -1,7 +1,8 @@
 """The fork rule (SPEC 4 and 5) as pure functions: log lines in, the cut out.
 
 Input everywhere is an iterable of `(offset, line)` pairs, exactly what
-`cairnd.log.iter_lines` yields; nothing here does I/O.
+`cairnd.log.iter_lines` yields; nothing here does I/O of its own (given the iterator
+`iter_lines` returns, it asks it for the marked lines instead of iterating, below).
 
 What counts as one user message (SPEC 4):
 
@@ -24,7 +25,11 @@ count. A message is counted at its first line: that line is the cut when forking
 Speed: a fork of a long log must not parse every line. A line can matter only if it
 contains one of a few byte strings (`session/prompt"`, `user_message_chunk`,
 `agent_checkpoint`, and while an id-less run is open `subSession` / `turn_complete`);
-every other line is passed over after a substring test. This assumes those names are
+every other line is passed over after a substring test. Given a fresh
+`cairnd.log.LogLines` (what `iter_lines` returns), not even that: the file is searched
+for the first three in big chunks and only the lines holding them (and, while an
+id-less run is open, the lines up to the next such line) reach Python; both paths
+feed the same `_Counter`, so they agree line for line. This assumes those names are
 written plainly, as every JSON serialiser of ACP frames writes them (a writer that
 escaped the slash of session/prompt would go unseen).
 """
@@ -32,11 +37,12 @@ escaped the slash of session/prompt would go unseen).
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from contextlib import closing
 from dataclasses import dataclass, replace
 from typing import Any
 
 from cairnd.errors import CairnError
-from cairnd.log import method_of, parse_message
+from cairnd.log import LogLines, method_of, parse_message
 
 Lines = Iterable[tuple[int, bytes]]
 
@@ -49,6 +55,7 @@ UPDATE_METHOD = "session/update"
 _PROMPT_MARK = b'session/prompt"'  # a method value is always followed by its quote
 _USER_CHUNK_MARK = b"user_message_chunk"
 _CHECKPOINT_MARK = b"agent_checkpoint"
+_PRIMARY_MARKS = (_PROMPT_MARK, _USER_CHUNK_MARK, _CHECKPOINT_MARK)
 # Only needed while a run of id-less sub-session chunks is open.
 _SUB_SESSION_MARK = b"subSession"
 _TURN_COMPLETE_MARK = b"turn_complete"
@@ -159,49 +166,100 @@ def _ends_run(message: dict[str, Any], sub_session: str) -> bool:
     return sub_session_of(update) == sub_session
 
 
-def _events(lines: Lines) -> Iterator[_Event]:
-    """The log's user messages (at their first line), their later text, and its
-    checkpoints, in log order. Lazy: a consumer that stops reads no further."""
-    ordinal = 0
-    # The message a next sub-session chunk may continue: (sub-session, message id).
-    open_sub: tuple[str, str | None] | None = None
-    for line_index, (offset, line) in enumerate(lines):
-        is_candidate = (
-            _PROMPT_MARK in line or _USER_CHUNK_MARK in line or _CHECKPOINT_MARK in line
-        )
-        if not is_candidate:
-            if open_sub is None or open_sub[1] is not None:
-                continue
-            if _SUB_SESSION_MARK not in line and _TURN_COMPLETE_MARK not in line:
-                continue
+class _Counter:
+    """The SPEC 4 count as a state machine over log lines, fed in log order: the plain
+    path feeds it every line, the fast path only the lines that can matter to it."""
+
+    def __init__(self) -> None:
+        self.ordinal = 0
+        # The message a next sub-session chunk may continue: (sub-session, message id).
+        self.open_sub: tuple[str, str | None] | None = None
+
+    @property
+    def run_open(self) -> bool:
+        """Whether a run of id-less sub-session chunks is open: then lines without a
+        primary mark may matter too (they may end the run)."""
+        return self.open_sub is not None and self.open_sub[1] is None
+
+    def wants(self, line: bytes) -> bool:
+        """Whether this line can start, continue or end a message, or be a checkpoint
+        (a cheap substring test that lets nearly every line go unparsed)."""
+        if any(mark in line for mark in _PRIMARY_MARKS):
+            return True
+        return self.run_open and (_SUB_SESSION_MARK in line or _TURN_COMPLETE_MARK in line)
+
+    def feed(self, line_index: int, offset: int, line: bytes) -> Iterator[_Event]:
+        """The events of one line that `wants` accepted."""
         message = parse_message(line)
         if message is None:
-            continue
+            return
         if is_prompt_request(message):
-            open_sub = None
+            self.open_sub = None
             yield UserMessage(
-                ordinal, line_index, offset, True, None, prompt_text(message.get("params"))
+                self.ordinal, line_index, offset, True, None, prompt_text(message.get("params"))
             )
-            ordinal += 1
-            continue
+            self.ordinal += 1
+            return
         chunk = _sub_chunk(message)
         if chunk is not None:
             key = (chunk.sub_session, chunk.message_id)
-            if open_sub == key:
+            if self.open_sub == key:
                 yield _MoreText(chunk.text)
             else:
-                open_sub = key
+                self.open_sub = key
                 yield UserMessage(
-                    ordinal, line_index, offset, False, chunk.sub_session, chunk.text
+                    self.ordinal, line_index, offset, False, chunk.sub_session, chunk.text
                 )
-                ordinal += 1
-            continue
+                self.ordinal += 1
+            return
         if method_of(message) == CHECKPOINT_METHOD:
             params = message.get("params")
             if isinstance(params, dict):
                 yield _Checkpoint(params)
-        if open_sub is not None and open_sub[1] is None and _ends_run(message, open_sub[0]):
-            open_sub = None
+        if self.run_open and _ends_run(message, self.open_sub[0]):  # type: ignore[index]
+            self.open_sub = None
+
+
+def _events(lines: Lines) -> Iterator[_Event]:
+    """The log's user messages (at their first line), their later text, and its
+    checkpoints, in log order. Lazy: a consumer that stops reads no further."""
+    if isinstance(lines, LogLines) and not lines.started:
+        yield from _marked_events(lines)
+        return
+    counter = _Counter()
+    for line_index, (offset, line) in enumerate(lines):
+        if counter.wants(line):
+            yield from counter.feed(line_index, offset, line)
+
+
+def _marked_events(log: LogLines) -> Iterator[_Event]:
+    """`_events` of a log file, without handing every line to Python.
+
+    The file is searched for the primary marks; lines between two hits are read only
+    while a run of id-less sub-session chunks is open (any of them may end it), so
+    the counter sees exactly the lines the plain path would give it."""
+    counter = _Counter()
+    next_index, next_offset = 0, log.start  # the first line not yet given to the counter
+    for line_index, offset, line in log.marked(_PRIMARY_MARKS):
+        if counter.run_open and next_offset < offset:
+            yield from _lines_between(counter, log, next_index, next_offset, offset)
+        yield from counter.feed(line_index, offset, line)
+        next_index, next_offset = line_index + 1, offset + len(line)
+    if counter.run_open:
+        yield from _lines_between(counter, log, next_index, next_offset, None)
+
+
+def _lines_between(
+    counter: _Counter, log: LogLines, line_index: int, begin: int, end: int | None
+) -> Iterator[_Event]:
+    """Feed the counter the lines in [begin, end) (to the end of the log when `end` is
+    None) that it wants, while its run stays open."""
+    with closing(log.lines_from(begin)) as lines:
+        for index, (offset, line) in enumerate(lines, line_index):
+            if (end is not None and offset >= end) or not counter.run_open:
+                return
+            if counter.wants(line):
+                yield from counter.feed(index, offset, line)
 
 
 def count_user_messages(lines: Lines) -> list[UserMessage]:

@@ -10,9 +10,15 @@ is not an envelope is skipped by whoever reads it.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
-from collections.abc import Iterator
+import threading
+from collections import deque
+from collections.abc import Generator, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
+from itertools import islice
 from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
@@ -101,10 +107,17 @@ def method_of(message: dict[str, Any]) -> str | None:
     return method
 
 
-def iter_lines(path: Path | str, start: int = 0) -> Iterator[tuple[int, bytes]]:
+def iter_lines(path: Path | str, start: int = 0) -> LogLines:
     """Every complete line of the file from byte `start` (a line boundary), as
     `(offset, line)` with the line's `\\n`. A last line without `\\n` was cut by a crash
-    and is not yielded. Memory is bounded by the read buffer and the longest line."""
+    and is not yielded. Memory is bounded by the read buffer and the longest line.
+
+    The iterator it returns can also hand out only the lines holding some rare byte
+    strings (`LogLines.marked`), at a fraction of the cost of iterating every line."""
+    return LogLines(path, start)
+
+
+def _read_lines(path: Path | str, start: int) -> Generator[tuple[int, bytes], None, None]:
     with open(path, "rb", buffering=_READ_CHUNK) as f:
         if start:
             f.seek(start)
@@ -116,6 +129,232 @@ def iter_lines(path: Path | str, start: int = 0) -> Iterator[tuple[int, bytes]]:
                 return
             yield offset, line
             offset += len(line)
+
+
+class LogLines(Iterator[tuple[int, bytes]]):
+    """The complete lines of a log from byte `start`, as `(offset, line)` pairs (what
+    `iter_lines` returns).
+
+    Besides plain iteration, `marked` yields only the lines that hold one of a few
+    byte strings, without handing every line to Python: a fork of a gigabyte log
+    needs a few thousand of its million lines. Once iteration has begun, `marked` and
+    `lines_from` still read the file from the start they are given, not from where
+    iteration stopped (`started` tells).
+    """
+
+    def __init__(self, path: Path | str, start: int = 0) -> None:
+        self.path = path
+        self.start = start
+        self._lines: Generator[tuple[int, bytes], None, None] | None = None
+
+    @property
+    def started(self) -> bool:
+        """Whether plain iteration has begun (then `marked` would not follow on)."""
+        return self._lines is not None
+
+    def __iter__(self) -> LogLines:
+        return self
+
+    def __next__(self) -> tuple[int, bytes]:
+        if self._lines is None:
+            self._lines = _read_lines(self.path, self.start)
+        return next(self._lines)
+
+    def close(self) -> None:
+        """Release the file now rather than when the iterator is collected."""
+        if self._lines is not None:
+            self._lines.close()
+
+    def lines_from(self, offset: int) -> Generator[tuple[int, bytes], None, None]:
+        """A fresh iteration of the complete lines from `offset` (a line boundary)."""
+        return _read_lines(self.path, offset)
+
+    def marked(self, marks: Sequence[bytes]) -> Iterator[tuple[int, int, bytes]]:
+        """`(line_index, offset, line)` of every complete line from `start` that holds
+        any of `marks` (none of which may contain `\\n`), in file order; `line_index`
+        counts the lines from `start`, as `enumerate` over this iterator would.
+
+        The file is read in cache-sized chunks (in two threads on big files); each
+        chunk is searched for every mark and its newlines are counted, so Python only
+        sees the lines that hold a mark. Lines appended while it runs may be missed.
+        """
+        if any(b"\n" in mark or not mark for mark in marks):
+            raise ValueError("marks must be non-empty and hold no newline")
+        fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            end = os.fstat(fd).st_size
+            lines_before = 0  # complete lines between `start` and the current chunk
+            passed = self.start  # every line before this offset was yielded or has no mark
+            with closing(_scan_chunks(fd, self.start, end, tuple(marks))) as chunks:
+                for newlines, hits in chunks:
+                    for hit, newlines_before in hits:
+                        if hit < passed:
+                            continue  # another mark of a line already yielded
+                        found = _line_around(fd, hit, self.start, end)
+                        if found is None:
+                            return  # the torn tail: not written yet
+                        offset, line = found
+                        yield lines_before + newlines_before, offset, line
+                        passed = offset + len(line)
+                    lines_before += newlines
+        finally:
+            os.close(fd)
+
+
+# Chunks of the marked-line scan: small enough that the several passes over one
+# (a search per mark, a newline count) run in a core's L2 cache, big enough that
+# Python's overhead per chunk is noise.
+_SCAN_CHUNK = 1 << 19
+_SCAN_THREADS = min(2, os.cpu_count() or 1)
+_SCAN_AHEAD = 4  # chunks in flight: bounds the memory of a threaded scan
+_SCAN_PARALLEL_MIN = 16  # fewer chunks than this are scanned inline
+_COUNT_PIECE = 1 << 16
+
+
+def _load_memmem() -> Any:
+    """libc's memmem through ctypes, or None where there is none.
+
+    On the short, fixed needles of a log scan it runs about three times as fast as
+    `bytes.find`, and like every ctypes call it releases the GIL, so two threads
+    search two chunks at once."""
+    try:
+        memmem = ctypes.CDLL(None).memmem
+    except (OSError, AttributeError):
+        return None
+    memmem.restype = ctypes.c_void_p
+    memmem.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t]
+    return memmem
+
+
+_MEMMEM = _load_memmem()
+
+
+class _ChunkBuffer(threading.local):
+    """One read buffer per scanning thread, reused from chunk to chunk."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.address = 0
+
+    def at_least(self, size: int) -> tuple[bytearray, int]:
+        if len(self.data) < size:
+            self.data = bytearray(size)
+            # Never resized afterwards, so the address stays valid for memmem.
+            self.address = ctypes.addressof(ctypes.c_char.from_buffer(self.data))
+        return self.data, self.address
+
+
+_buffers = _ChunkBuffer()
+
+
+def _count_newlines(data: bytearray, begin: int, end: int) -> int:
+    # bytes.replace finds newlines with memchr: several times as fast as bytes.count,
+    # whose byte loop is not vectorised. In pieces, because copies of half a megabyte
+    # made and freed in turn make malloc hand pages back to the kernel and fault them
+    # in again, which costs more than the counting.
+    count = 0
+    for piece in range(begin, end, _COUNT_PIECE):
+        stop = min(end, piece + _COUNT_PIECE)
+        count += (stop - piece) - len(data[piece:stop].replace(b"\n", b""))
+    return count
+
+
+def _scan_chunk(fd: int, begin: int, end: int, marks: tuple[bytes, ...]) -> tuple[int, list[tuple[int, int]]]:
+    """The newlines in bytes [begin, end) of `fd`, and every mark occurrence starting
+    there (the first of each line) as `(offset, newlines in [begin, offset))`."""
+    # A mark that starts in this chunk may end in the next one: read that far.
+    reach = end - begin + max(len(mark) for mark in marks) - 1
+    data, address = _buffers.at_least(reach)
+    view = memoryview(data)
+    got = 0
+    while got < reach:
+        n = os.preadv(fd, [view[got:reach]], begin + got)
+        if n == 0:
+            break
+        got += n
+    size = min(got, end - begin)
+    starts: list[int] = []
+    for mark in marks:
+        pos = 0
+        while pos < size:
+            if _MEMMEM is not None:
+                found = _MEMMEM(address + pos, got - pos, mark, len(mark))
+                hit = found - address if found else -1
+            else:
+                hit = data.find(mark, pos, got)
+            if hit < 0 or hit >= size:
+                break
+            starts.append(hit)
+            line_end = data.find(b"\n", hit, got)  # more of this mark in the line add nothing
+            if line_end < 0:
+                break
+            pos = line_end + 1
+    starts.sort()
+    hits: list[tuple[int, int]] = []
+    counted = newlines = 0
+    for hit in starts:
+        newlines += _count_newlines(data, counted, hit)
+        counted = hit
+        hits.append((begin + hit, newlines))
+    newlines += _count_newlines(data, counted, size)
+    return newlines, hits
+
+
+def _scan_chunks(fd: int, start: int, end: int, marks: tuple[bytes, ...]) -> Iterator[tuple[int, list[tuple[int, int]]]]:
+    """`_scan_chunk` over [start, end) in order, two chunks at a time on big files."""
+    spans = [(begin, min(begin + _SCAN_CHUNK, end)) for begin in range(start, end, _SCAN_CHUNK)]
+    if len(spans) < _SCAN_PARALLEL_MIN or _SCAN_THREADS < 2 or _MEMMEM is None:
+        for begin, stop in spans:
+            yield _scan_chunk(fd, begin, stop, marks)
+        return
+    # Closing this generator waits for the chunks being read, so `fd` outlives them.
+    with ThreadPoolExecutor(_SCAN_THREADS, thread_name_prefix="cairnd-scan") as pool:
+        pending: deque[Future[tuple[int, list[tuple[int, int]]]]] = deque()
+        todo = iter(spans)
+        try:
+            for begin, stop in islice(todo, _SCAN_AHEAD):
+                pending.append(pool.submit(_scan_chunk, fd, begin, stop, marks))
+            while pending:
+                done = pending.popleft().result()
+                following = next(todo, None)
+                if following is not None:
+                    pending.append(pool.submit(_scan_chunk, fd, *following, marks))
+                yield done
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+def _line_around(fd: int, pos: int, start: int, end: int) -> tuple[int, bytes] | None:
+    """The complete line of `fd` holding byte `pos` as `(offset, line)`, looking no
+    earlier than `start` (a line boundary) and no later than `end`; None when the
+    line has no `\\n` before `end` (a torn tail)."""
+    block = 4096
+    line_start = start
+    scan_end = pos
+    while scan_end > start:
+        scan_begin = max(start, scan_end - block)
+        newline = os.pread(fd, scan_end - scan_begin, scan_begin).rfind(b"\n")
+        if newline >= 0:
+            line_start = scan_begin + newline + 1
+            break
+        scan_end = scan_begin
+        block *= 2
+    parts = [os.pread(fd, pos - line_start, line_start)] if pos > line_start else []
+    block = 4096
+    at = pos
+    while at < end:
+        piece = os.pread(fd, min(block, end - at), at)
+        if not piece:
+            return None
+        newline = piece.find(b"\n")
+        if newline >= 0:
+            parts.append(piece[: newline + 1])
+            return line_start, b"".join(parts)
+        parts.append(piece)
+        at += len(piece)
+        block *= 2
+    return None
 
 
 def _complete_length(fd: int, size: int) -> int:
