@@ -21,6 +21,7 @@ from typing import Any
 import anyio
 import orjson
 import watchfiles
+from watchfiles._rust_notify import WatchfilesRustInternalError
 
 from cairnd import journal
 from cairnd.config import Config, load_config
@@ -220,14 +221,25 @@ class Daemon:
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(send_probe)
-            # watchfiles batches for 1.6 s by default; a spool wants milliseconds.
-            async for _changes in watchfiles.awatch(
-                self.spool.new, watch_filter=None, debounce=50, step=1, recursive=False,
-                ignore_permission_denied=True, stop_event=self._stop_watching, rust_timeout=1000,
-            ):
-                if not watching.is_set():
-                    watching.set()
-                await self.scan()
+            while not self._stop_watching.is_set():
+                restart = False
+                try:
+                    # watchfiles batches for 1.6 s by default; a spool wants milliseconds.
+                    async for _changes in watchfiles.awatch(
+                        self.spool.new, watch_filter=None, debounce=50, step=1, recursive=False,
+                        ignore_permission_denied=True, stop_event=self._stop_watching, rust_timeout=1000,
+                    ):
+                        if not watching.is_set():
+                            watching.set()
+                        await self.scan()
+                except* WatchfilesRustInternalError as group:
+                    # A name it cannot decode (not UTF-8) ends its watch. Only the wake-up
+                    # matters, never the names: watch again, and scan for what it missed.
+                    event(logging.WARNING, f"watch of {self.spool.new} restarted: {group.exceptions[0]}")
+                    restart = True
+                if restart:
+                    await anyio.sleep(0.05)
+                    await self.scan()
 
     async def _rescan_loop(self) -> None:
         # inotify drops events silently when its queue overflows: scan on a timer too.
