@@ -37,6 +37,7 @@ SIGKILL to its process group).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import math
 import os
@@ -665,7 +666,8 @@ class AgentRunner:
                     pumps.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
-                await agent.conn.close()
+                with contextlib.suppress(ConnectionError, OSError):
+                    await agent.conn.close()
                 if process.returncode is None:  # we were cancelled mid-way: do not leave it behind
                     _signal_group(process, signal.SIGKILL)
                     await _exited(process)
@@ -744,7 +746,8 @@ class AgentRunner:
         if agent.stop_requested:
             # Nothing more goes out, and a prompt in flight is answered "connection
             # closed". Bounded: a sender blocked on a stdin nobody reads must not hang us.
-            with anyio.move_on_after(self.stop_timeout):
+            with anyio.move_on_after(self.stop_timeout), contextlib.suppress(ConnectionError, OSError):
+                # The SDK's sender re-raises the pipe error of an agent already gone.
                 await agent.conn.close()
         if process.stdin is not None and not process.stdin.is_closing():
             try:
