@@ -1,25 +1,645 @@
-"""The command line (SPEC section 8). Minimal for now: `serve`."""
+"""The command line (SPEC section 8).
+
+Request commands (`new`, `prompt`, `fork`, `cancel`, `rm`) are spool clients: they
+write a request file and wait for its result like any other writer, so they work with
+the daemon stopped (`--no-wait`). Read commands (`ls`, `show`, `tree`, `status`) read
+the state directory directly. Exit status: 0 ok, 1 the request failed (its code on
+stderr), 2 usage, 3 no result in time.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
 
-from cairnd.config import ConfigError
+import orjson
+
+from cairnd import __version__
+from cairnd.client import LogActivity, locate, result_json, submit, wait_for_result
+from cairnd.config import Config, ConfigError, load_config
+from cairnd.errors import CairnError
+from cairnd.log import iter_lines
+from cairnd.transcript import session_state
+from cairnd.views import (
+    LineageNode,
+    daemon_pid,
+    daemon_status,
+    find_root,
+    read_forest,
+    resolve_session,
+    session_rows,
+    session_summary,
+    show_session,
+)
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 3
+EXIT_INTERRUPTED = 130
+DEFAULT_TIMEOUT = 600.0
+REQUEST_COMMANDS = ("new", "prompt", "fork", "cancel", "rm")
+SESSION_HELP = "a session id, or a unique prefix of one"
+
+
+class UsageError(Exception):
+    """Something the user must fix in the command line or the set-up: exit 2."""
+
+
+# --------------------------------------------------------------------------- the parser
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=30)
+
+
+def _timeout(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if value < 0 or value != value:
+        raise argparse.ArgumentTypeError(f"{text!r}: the timeout cannot be negative")
+    return value
+
+
+def _common(suppress: bool) -> argparse.ArgumentParser:
+    # Given both before and after the command; SUPPRESS keeps a subcommand's default
+    # from overwriting a value given before it.
+    default: Any = argparse.SUPPRESS if suppress else None
+    common = argparse.ArgumentParser(add_help=False)
+    group = common.add_argument_group("common options")
+    group.add_argument("-c", "--config", metavar="FILE", default=default,
+                       help="configuration file (default: $CAIRND_CONFIG, else /etc/cairnd/cairnd.toml if present)")
+    group.add_argument("--json", action="store_true", default=argparse.SUPPRESS if suppress else False,
+                       help="print machine-readable JSON on stdout")
+    return common
+
+
+def _waiting() -> argparse.ArgumentParser:
+    waiting = argparse.ArgumentParser(add_help=False)
+    group = waiting.add_argument_group("waiting")
+    group.add_argument("--no-wait", action="store_true",
+                       help="queue the request, print its id and exit (works with the daemon stopped)")
+    group.add_argument("--timeout", type=_timeout, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                       help=f"give up waiting after SECONDS, exit 3 (default {DEFAULT_TIMEOUT:g}; 0: wait forever)")
+    return waiting
+
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    # name: (one line, examples)
+    "serve": ("run the daemon in the foreground (what systemd runs)",
+              "cairnd serve\n  cairnd -c ~/.config/cairnd/cairnd.toml serve -v"),
+    "demo": ("a self-contained tour on the built-in reference agent: turns, a fork, side by side",
+             "cairnd demo\n  cairnd demo --dir /tmp/tour"),
+    "new": ("start a session on a git repository, in a new worktree (or in place)",
+            "cairnd new . --title 'fix the parser'\n"
+            "  cairnd new ~/src/app --ref main -m 'write notes.md: hello'"),
+    "prompt": ("run one turn: send TEXT to the session's agent and wait for the answer",
+               "cairnd prompt 01jb7 'add a README'\n  echo 'commit: wip' | cairnd prompt 01jb7 -"),
+    "fork": ("fork a session at a user message: new worktree with the files of that moment",
+             "cairnd fork 01jb7 --at 2\n  cairnd fork 01jb7 --at 1 -m 'try it the other way' --json"),
+    "cancel": ("cancel the turn a session is running",
+               "cairnd cancel 01jb7"),
+    "rm": ("delete a session: its worktree, refs and agent (the log and lineage stay)",
+           "cairnd rm 01jb7\n  cairnd rm 01jb7 --keep-worktree"),
+    "ls": ("list sessions: id, title, turns, state, parent",
+           "cairnd ls\n  cairnd ls --all --json"),
+    "show": ("a session's turns with their checkpoints and the files each turn changed",
+             "cairnd show 01jb7\n  cairnd show 01jb7 --json | jq '.turns[].changes'"),
+    "tree": ("fork lineage as a tree, with the message each fork was cut at",
+             "cairnd tree\n  cairnd tree 01jb7"),
+    "status": ("the daemon: running?, queue depths, turns in flight",
+               "cairnd status\n  cairnd status --json"),
+    "completion": ("print a shell completion script for bash or zsh",
+                   "source <(cairnd completion bash)\n  cairnd completion zsh > ~/.zfunc/_cairnd"),
+}
+
+MAIN_EPILOG = """\
+examples:
+  cairnd demo                               the tour: no network, no API key
+  cairnd new . -m 'write notes.md: hello'   start a session here, run a turn
+  cairnd fork 01jb7 --at 1                  fork before its second user message
+  cairnd show 01jb7                         its turns, checkpoints, changed files
+  cairnd status                             is the daemon running? what is queued?
+
+SESSION may be any unique prefix of a session id.
+exit status: 0 ok, 1 the request failed (its code on stderr), 2 usage, 3 no result in time.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cairnd", parents=[_common(suppress=False)], formatter_class=_Formatter,
+        description="cairnd runs ACP coding agents, checkpoints the git state after every turn,\n"
+                    "and forks any session at any user message: conversation and files,\n"
+                    "uncommitted and untracked ones included.",
+        epilog=MAIN_EPILOG,
+    )
+    parser.add_argument("--version", action="version", version=f"cairnd {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    common = _common(suppress=True)
+    waiting = _waiting()
+
+    def command(name: str, *, request: bool = False) -> argparse.ArgumentParser:
+        line, examples = COMMANDS[name]
+        return sub.add_parser(
+            name, help=line, description=line[0].upper() + line[1:] + ".",
+            epilog="examples:\n  " + examples, formatter_class=_Formatter,
+            parents=[common, waiting] if request else [common],
+        )
+
+    serve = command("serve")
+    serve.add_argument("-v", "--verbose", action="store_true", help="log debug messages too")
+
+    demo = command("demo")
+    demo.add_argument("--dir", metavar="DIR", help="where to put the demo's files (default: a new temp dir)")
+
+    new = command("new", request=True)
+    new.add_argument("repo", metavar="REPO", help="path to a git repository (relative paths are made absolute)")
+    new.add_argument("--ref", metavar="R", help="commit to start from (default HEAD)")
+    new.add_argument("--title", metavar="T", help="a title (default: the repository's name)")
+    new.add_argument("--agent", metavar="A", help="agent profile (default: the configuration's default_agent)")
+    new.add_argument("--in-place", action="store_true", help="work in the repository's own tree, not a new worktree")
+    new.add_argument("-m", "--message", metavar="TEXT", help="run TEXT as the first turn ('-': read stdin)")
+
+    prompt = command("prompt", request=True)
+    prompt.add_argument("session", metavar="SESSION", help=SESSION_HELP)
+    prompt.add_argument("text", metavar="TEXT", help="the prompt ('-': read stdin)")
+
+    fork = command("fork", request=True)
+    fork.add_argument("session", metavar="SESSION", help=SESSION_HELP)
+    fork.add_argument("--at", type=int, required=True, metavar="K",
+                      help="0-based user message to cut at: the fork keeps the K messages before it")
+    fork.add_argument("--title", metavar="T", help="a title (default: '<parent title> (fork N)')")
+    fork.add_argument("-m", "--message", metavar="TEXT", help="run TEXT as the fork's first turn ('-': read stdin)")
+
+    cancel = command("cancel", request=True)
+    cancel.add_argument("session", metavar="SESSION", help=SESSION_HELP)
+
+    rm = command("rm", request=True)
+    rm.add_argument("session", metavar="SESSION", help=SESSION_HELP)
+    rm.add_argument("--keep-worktree", action="store_true", help="leave the worktree's files on disk")
+
+    ls = command("ls")
+    ls.add_argument("-a", "--all", action="store_true", help="include deleted sessions")
+    ls.add_argument("-q", "--quiet", action="store_true", help="print only the ids")
+
+    show = command("show")
+    show.add_argument("session", metavar="SESSION", help=SESSION_HELP)
+
+    tree = command("tree")
+    tree.add_argument("session", metavar="SESSION", nargs="?", help="show only the tree holding this session")
+    tree.add_argument("-a", "--all", action="store_true", help="include trees whose sessions are all deleted")
+
+    command("status")
+
+    completion = command("completion")
+    completion.add_argument("shell", choices=("bash", "zsh"))
+    return parser
+
+
+# --------------------------------------------------------------------------- main
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="cairnd")
-    parser.add_argument("-c", "--config")
-    sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve")
-    serve.add_argument("-v", "--verbose", action="store_true")
+    parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return _dispatch(args)
+    except UsageError as exc:
+        print(f"cairnd: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ConfigError as exc:
+        print(f"cairnd: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except CairnError as exc:
+        print(f"cairnd: {exc.code}: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE if exc.code == "bad_request" else EXIT_FAILED
+    except BrokenPipeError:
+        # `cairnd ls | head`: the reader left; not an error of ours.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "serve":
-        from cairnd.service import serve as run_serve
+        from cairnd.service import serve as run_serve  # the daemon's imports are heavy
+        return run_serve(args.config, verbose=args.verbose)
+    if args.command == "completion":
+        from cairnd.completion import completion_script
+        sys.stdout.write(completion_script(args.shell, build_parser()))
+        return EXIT_OK
+    if args.command == "demo":
+        from cairnd.demo import run_demo
+        return run_demo(Path(args.dir) if args.dir else None, as_json=args.json)
+    config = load_config(args.config)
+    if args.command in REQUEST_COMMANDS:
+        return _request_command(args, config)
+    return {"ls": _ls, "show": _show, "tree": _tree, "status": _status}[args.command](args, config)
+
+
+# --------------------------------------------------------------------------- request commands
+
+
+def _text(value: str) -> str:
+    return sys.stdin.read() if value == "-" else value
+
+
+def build_request(args: argparse.Namespace, config: Config) -> dict[str, Any]:
+    """The request file's object for a request command's arguments."""
+    if args.command == "new":
+        request: dict[str, Any] = {"kind": "new", "repo": os.path.abspath(os.path.expanduser(args.repo))}
+        for key, value in (("ref", args.ref), ("title", args.title), ("agent", args.agent)):
+            if value is not None:
+                request[key] = value
+        if args.in_place:
+            request["in_place"] = True
+        if args.message is not None:
+            request["prompt"] = _text(args.message)
+        return request
+    session = resolve_session(config.layout, args.session)
+    if args.command == "prompt":
+        return {"kind": "prompt", "session": session, "text": _text(args.text)}
+    if args.command == "fork":
+        request = {"kind": "fork", "session": session, "user_message_index": args.at}
+        if args.title is not None:
+            request["title"] = args.title
+        if args.message is not None:
+            request["prompt"] = _text(args.message)
+        return request
+    if args.command == "cancel":
+        return {"kind": "cancel", "session": session}
+    request = {"kind": "delete", "session": session}
+    if args.keep_worktree:
+        request["keep_worktree"] = True
+    return request
+
+
+def _request_command(args: argparse.Namespace, config: Config) -> int:
+    request = build_request(args, config)
+    layout = config.layout
+    try:
+        request_id = submit(layout.spool, request)
+    except OSError as exc:
+        raise UsageError(f"cannot write the request into {layout.spool}: {exc.strerror or exc}") from None
+    if args.no_wait:
+        if args.json:
+            sys.stdout.buffer.write(result_json({"id": request_id, "status": "queued",
+                                                 "path": str(layout.spool / "new" / f"{request_id}.json")}))
+        else:
+            print(request_id)
+        return EXIT_OK
+    timeout = args.timeout or None
+    progress = Progress(sys.stderr, _describe_request(request))
+    activity = LogActivity(layout.log_path(request["session"])) if request["kind"] == "prompt" else None
+    running = _DaemonWatch(layout.root)
+    try:
+        result = wait_for_result(layout.spool, request_id, timeout,
+                                 on_tick=lambda place, elapsed: progress.show(
+                                     _phase(place, running.pid(), activity), elapsed))
+    except KeyboardInterrupt:
+        progress.clear()
+        print(f"cairnd: stopped waiting; request {request_id} stays in the spool and its result will appear in "
+              f"{layout.spool}/done/ or failed/ as {request_id}.json", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        progress.clear()
+    if result is None:
+        return _timed_out(config, request_id, args.timeout)
+    return report_result(result, config, as_json=args.json)
+
+
+def _describe_request(request: dict[str, Any]) -> str:
+    kind = request["kind"]
+    if kind == "new":
+        return f"new session on {request['repo']}"
+    if kind == "fork":
+        return f"fork {request['session']} at message {request['user_message_index']}"
+    if kind == "delete":
+        return f"rm {request['session']}"
+    return f"{kind} {request['session']}"
+
+
+def _phase(place: str, pid: int | None, activity: LogActivity | None) -> str:
+    if place == "new":
+        if pid is None:
+            return "queued; the daemon is not running (start it: cairnd serve)"
+        return "queued"
+    if place == "cur":
+        doing = activity.poll() if activity is not None else None
+        return f"working: {doing}" if doing else "working"
+    return place
+
+
+class _DaemonWatch:
+    """Whether the daemon runs, looked up at most once a second while waiting."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self._checked = 0.0
+        self._pid: int | None = None
+
+    def pid(self) -> int | None:
+        now = time.monotonic()
+        if now - self._checked >= 1.0:
+            self._pid = daemon_pid(self.state_dir)
+            self._checked = now
+        return self._pid
+
+
+class Progress:
+    """A one-line spinner on a terminal; nothing at all when the stream is not one."""
+
+    FRAMES = "|/-\\"
+
+    def __init__(self, stream: TextIO, label: str) -> None:
+        self.stream = stream
+        self.label = label
+        self.enabled = stream.isatty()
+        self._frame = 0
+        self._drawn = 0.0
+        self._visible = False
+
+    def show(self, phase: str, elapsed: float) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if now - self._drawn < 0.1:
+            return
+        self._drawn = now
+        self._frame = (self._frame + 1) % len(self.FRAMES)
         try:
-            return run_serve(args.config, verbose=args.verbose)
-        except ConfigError as exc:
-            print(f"cairnd: {exc}", file=sys.stderr)
-            return 2
-    return 2
+            width = os.get_terminal_size(self.stream.fileno()).columns or 80
+        except OSError:
+            width = 80
+        line = f"{self.FRAMES[self._frame]} {self.label}: {phase} ({elapsed:.1f} s)"
+        self.stream.write("\r\x1b[K" + line[: max(10, width - 1)])
+        self.stream.flush()
+        self._visible = True
+
+    def clear(self) -> None:
+        if self._visible:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+            self._visible = False
+
+
+def _timed_out(config: Config, request_id: str, timeout: float) -> int:
+    layout = config.layout
+    where = locate(layout.spool, request_id).place
+    pid = daemon_pid(layout.root)
+    if pid is None:
+        daemon = f"the daemon is not running on {layout.root} (start it: cairnd serve)"
+    else:
+        daemon = f"the daemon is running (pid {pid})" if pid > 0 else "the daemon is running"
+    place = {"new": "still queued in new/", "cur": "being worked on (in cur/)"}.get(where, f"in {where}")
+    print(f"cairnd: no result for request {request_id} within {timeout:g} s; {daemon}; the request is {place}; "
+          f"its result will appear in {layout.spool}/done/ or failed/ as {request_id}.json", file=sys.stderr)
+    return EXIT_TIMEOUT
+
+
+def report_result(result: dict[str, Any], config: Config, *, as_json: bool) -> int:
+    """Print a result file: whole as JSON, or a short summary; the exit status."""
+    if as_json:
+        sys.stdout.buffer.write(result_json(result))
+        sys.stdout.flush()
+    if result.get("status") != "ok":
+        error = result.get("error") or {}
+        print(f"cairnd: {error.get('code', 'internal')}: {error.get('message', '')}", file=sys.stderr)
+        return EXIT_FAILED
+    if not as_json:
+        sys.stdout.write(summarize(result.get("kind") or "", result.get("result") or {}, config))
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- summaries
+
+
+def short_sha(sha: Any) -> str:
+    return sha[:7] if isinstance(sha, str) else "-"
+
+
+def shorten(text: str, width: int = 72) -> str:
+    """One line: line breaks shown as ' / ', cut with '...' past width."""
+    flat = " / ".join(part.strip() for part in text.strip().splitlines() if part.strip())
+    return flat if len(flat) <= width else flat[: width - 3] + "..."
+
+
+def agent_answer(config: Config, session: str, turn: int) -> str | None:
+    """The agent's text in the given turn of a session, read from its log."""
+    path = config.layout.log_path(session)
+    if not path.exists():
+        return None
+    conversation = session_state(iter_lines(path)).conversation
+    if not conversation:
+        return None
+    chosen = conversation[turn] if 0 <= turn < len(conversation) else conversation[-1]
+    return chosen.agent_text
+
+
+def _turn_lines(result: dict[str, Any], config: Config) -> list[str]:
+    if "turn" not in result:
+        return []
+    checkpoint = result.get("checkpoint") or {}
+    dirty = "uncommitted changes" if checkpoint.get("dirty") else "clean"
+    lines = [f"turn {result['turn']}: {result.get('stopReason')}; "
+             f"checkpoint {short_sha(checkpoint.get('headSha'))} ({dirty})"]
+    answer = agent_answer(config, result["session"], result["turn"])
+    if answer:
+        lines.append(answer.rstrip("\n"))
+    return lines
+
+
+def summarize(kind: str, result: dict[str, Any], config: Config) -> str:
+    lines: list[str]
+    if kind == "new":
+        lines = [f"session {result.get('session')} ({result.get('title')})",
+                 f"  worktree  {result.get('worktree')}",
+                 f"  head      {short_sha(result.get('headSha'))}"]
+        lines += _turn_lines(result, config)
+    elif kind == "prompt":
+        turn = _turn_lines(result, config) or ["(no turn)"]
+        lines = [f"session {result.get('session')} {turn[0]}", *turn[1:]]
+    elif kind == "fork":
+        lines = [f"session {result.get('session')} ({result.get('title')}): fork of {result.get('parent')} "
+                 f"at message {result.get('user_message_index')}",
+                 f"  worktree  {result.get('worktree')}",
+                 f"  head      {short_sha(result.get('headSha'))}, files from "
+                 + ("the checkpoint before that message" if result.get("state") == "checkpoint"
+                    else "the parent's current HEAD (its log has no checkpoint there)")]
+        if result.get("prefill"):
+            lines.append(f"  prefill   {shorten(result['prefill'])}")
+        lines += _turn_lines(result, config)
+    elif kind == "cancel":
+        lines = [f"session {result.get('session')}: "
+                 + ("cancelled the running turn" if result.get("cancelled") else "no turn was running")]
+    elif kind == "delete":
+        kept = result.get("worktree_kept")
+        lines = [f"session {result.get('session')} deleted" + (" (worktree kept)" if kept else "")]
+    else:
+        lines = [orjson.dumps(result).decode()]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- read commands
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.buffer.write(orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE))
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() + "\n" for row in rows
+    )
+
+
+def _ls(args: argparse.Namespace, config: Config) -> int:
+    rows = session_rows(config.layout, all_states=args.all)
+    if args.json:
+        _print_json([session_summary(row) for row in rows])
+    elif args.quiet:
+        sys.stdout.write("".join(f"{row.id}\n" for row in rows))
+    elif not rows:
+        print(f"no sessions in {config.layout.root}", file=sys.stderr)
+    else:
+        table = [["ID", "TITLE", "TURNS", "STATE", "PARENT"]]
+        table += [[row.id, shorten(row.title, 40), str(row.turns), row.state, row.parent_id or "-"] for row in rows]
+        sys.stdout.write(_table(table))
+    return EXIT_OK
+
+
+def _show(args: argparse.Namespace, config: Config) -> int:
+    shown = show_session(config.layout, resolve_session(config.layout, args.session))
+    if args.json:
+        _print_json(shown)
+        return EXIT_OK
+    sys.stdout.write(format_show(shown))
+    return EXIT_OK
+
+
+def format_show(shown: dict[str, Any]) -> str:
+    s = shown["session"]
+    turns = shown["turns"]
+    lines = [f"session {s['id']} ({s['title']}): {s['state']}, {s['turns']} turn{'s' if s['turns'] != 1 else ''}, "
+             f"agent {s['agent']}",
+             f"  repo      {s['repo']}",
+             f"  worktree  {s['worktree']}" + (" (in place)" if s["in_place"] else ""),
+             f"  log       {s['log']}"]
+    fork = s.get("fork_of")
+    if fork:
+        gone = "" if fork["parent_exists"] else " (deleted)"
+        lines.append(f"  fork of   {fork['parent']} ({fork['parent_title']}){gone} at message "
+                     f"{fork['user_message_index']}")
+    if not turns:
+        lines.append("no turns yet")
+    for turn in turns:
+        dirty = {True: "dirty", False: "clean", None: "no checkpoint"}[turn["dirty"]]
+        inherited = "  (kept from the parent)" if turn["inherited"] else ""
+        lines.append("")
+        lines.append(f"turn {turn['turn']}  {turn['stopReason'] or 'unfinished'}  head {short_sha(turn['headSha'])}  "
+                     f"{dirty}{inherited}")
+        lines.append(f"  > {shorten(turn['prompt'] or '(no text)')}")
+        changes = turn["changes"]
+        if changes is None:
+            if turn["worktreeSha"]:
+                lines.append("  changes unknown (the commits are gone from the repository)")
+        elif not changes:
+            lines.append("  no file changed")
+        else:
+            lines.extend(f"  {change['status']} {change['path']}" for change in changes)
+    return "\n".join(lines) + "\n"
+
+
+def _tree(args: argparse.Namespace, config: Config) -> int:
+    forest = read_forest(config.layout)
+    marked = None
+    if args.session:
+        marked = resolve_session(config.layout, args.session)
+        root = find_root(forest, marked)
+        if root is None:
+            raise CairnError("unknown_session", f"session {args.session!r} does not exist in {config.layout.root}")
+        forest = [root]
+    elif not args.all:
+        forest = [root for root in forest if root.alive()]
+    if args.json:
+        _print_json([root.as_dict() for root in forest])
+    elif not forest:
+        print(f"no sessions in {config.layout.root}", file=sys.stderr)
+    else:
+        sys.stdout.write(format_tree(forest, marked))
+    return EXIT_OK
+
+
+def _node_line(node: LineageNode, marked: str | None) -> str:
+    parts = [node.id, node.title]
+    if node.user_message_index is not None:
+        parts.append(f"cut at message {node.user_message_index}")
+    if node.turns is not None:
+        parts.append(f"{node.turns} turn{'s' if node.turns != 1 else ''}")
+    if node.state != "ready":
+        parts.append("[deleted]" if node.state == "deleted" else "[gone]")
+    elif node.parent is not None and node.parent_exists is False:
+        parts.append("[parent deleted]")
+    line = "  ".join(parts)
+    return line + "  <" if marked == node.id else line
+
+
+def format_tree(forest: list[LineageNode], marked: str | None = None) -> str:
+    lines: list[str] = []
+
+    def walk(node: LineageNode, prefix: str, last: bool, top: bool) -> None:
+        if top:
+            lines.append(_node_line(node, marked))
+            child_prefix = ""
+        else:
+            lines.append(prefix + ("`-- " if last else "|-- ") + _node_line(node, marked))
+            child_prefix = prefix + ("    " if last else "|   ")
+        for i, child in enumerate(node.children):
+            walk(child, child_prefix, i == len(node.children) - 1, False)
+
+    for root in forest:
+        walk(root, "", True, True)
+    return "\n".join(lines) + "\n"
+
+
+def _status(args: argparse.Namespace, config: Config) -> int:
+    status = daemon_status(config)
+    if args.json:
+        _print_json(status)
+        return EXIT_OK
+    sys.stdout.write(format_status(status))
+    return EXIT_OK
+
+
+def format_status(status: dict[str, Any]) -> str:
+    spool = status["spool"]
+    if status["running"]:
+        since = f", since {status['started_at']}" if status.get("started_at") else ""
+        head = f"cairnd is running (pid {status['pid'] or '?'}{since})"
+        if status.get("stopping"):
+            head += ", stopping"
+    else:
+        head = "cairnd is not running"
+    lines = [head,
+             f"  state dir  {status['state_dir']}",
+             f"  config     {status['config'] or '(none: defaults)'}",
+             f"  spool      {spool['new']} new, {spool['cur']} in progress, {spool['done']} done, "
+             f"{spool['failed']} failed"]
+    if status["running"]:
+        lines.append(f"  work       {status['turns_in_flight']} turn(s) in flight, {status['in_flight']} request(s) "
+                     f"in flight, {status['active_agents']} agent(s) running")
+    elif spool["new"]:
+        lines.append(f"  {spool['new']} request(s) wait in new/ for the daemon (start it: cairnd serve)")
+    sessions = status["sessions"]
+    lines.append(f"  sessions   {sessions['ready']} ({sessions['deleted']} deleted)")
+    return "\n".join(lines) + "\n"
+

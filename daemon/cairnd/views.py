@@ -1,0 +1,354 @@
+"""What `cairnd ls`, `show`, `tree` and `status` show, read straight from the state
+directory (SQLite, session logs, the spool), with no daemon involved.
+
+Pure functions shape plain data (`session_turns`, `lineage_forest`); the functions
+around them do the reading. Nothing here writes to the state directory.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from cairnd.config import Config, StateLayout
+from cairnd.errors import CairnError
+from cairnd.forkpoint import is_prompt_request
+from cairnd.git import git_env, is_object_id
+from cairnd.log import iter_lines, method_of, parse_message
+from cairnd.registry import ForkRow, Registry, SessionRow
+from cairnd.transcript import CHECKPOINT_METHOD, FORK_META_METHOD, Turn, session_state
+
+# The daemon's lock and status files (cairnd.service.LOCK_NAME / STATUS_NAME). Read
+# here rather than imported: importing the daemon pulls in the ACP SDK, which costs
+# the CLI most of a second on every `ls`.
+LOCK_NAME = "cairnd.lock"
+STATUS_NAME = "status.json"
+
+Lines = Iterable[tuple[int, bytes]]
+
+# Lines without these are agent chatter `session_turns` has no use for.
+_PROMPT_MARK = b'session/prompt"'
+_POSTHOG_MARK = b"posthog/"
+
+
+# --------------------------------------------------------------------------- the daemon
+
+
+def daemon_pid(state_dir: Path) -> int | None:
+    """The pid of the daemon serving state_dir (-1 when running but unknown), or None.
+
+    Same protocol as `cairnd.service.daemon_pid`: the daemon holds an exclusive flock
+    on <state>/cairnd.lock for its whole life and writes its pid into it."""
+    try:
+        fd = os.open(state_dir / LOCK_NAME, os.O_RDONLY | os.O_CLOEXEC)
+    except (FileNotFoundError, PermissionError, NotADirectoryError):
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = os.read(fd, 64).decode(errors="replace").strip()
+            return int(text) if text.isdigit() else -1
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def spool_depths(spool_root: Path) -> dict[str, int]:
+    """Requests waiting (new), being worked on (cur), and results (done, failed)."""
+    depths: dict[str, int] = {}
+    for sub in ("new", "cur", "done", "failed"):
+        try:
+            with os.scandir(spool_root / sub) as it:
+                names = [entry.name for entry in it if not entry.name.startswith(".")]
+        except FileNotFoundError:
+            names = []
+        if sub in ("done", "failed"):
+            # failed/ also keeps the raw bytes of unreadable requests as <name>.raw.
+            names = [name for name in names if name.endswith(".json")]
+        depths[sub] = len(names)
+    return depths
+
+
+def daemon_status(config: Config) -> dict[str, Any]:
+    layout = config.layout
+    pid = daemon_pid(layout.root)
+    status: dict[str, Any] = {
+        "running": pid is not None,
+        "pid": pid if pid and pid > 0 else None,
+        "state_dir": str(layout.root),
+        "config": str(config.source) if config.source else None,
+        "spool": spool_depths(layout.spool),
+        "started_at": None,
+        "updated_at": None,
+        "in_flight": 0,
+        "turns_in_flight": 0,
+        "active_agents": 0,
+        "stopping": False,
+    }
+    if pid is not None:
+        try:
+            written = orjson.loads((layout.root / STATUS_NAME).read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            written = None
+        # A kill -9 leaves the file behind: trust it only when it is the live daemon's.
+        if isinstance(written, dict) and written.get("pid") == pid:
+            for key in ("started_at", "updated_at", "in_flight", "turns_in_flight", "active_agents", "stopping"):
+                if key in written:
+                    status[key] = written[key]
+    rows = session_rows(layout, all_states=True)
+    status["sessions"] = {
+        "ready": sum(1 for row in rows if row.state == "ready"),
+        "deleted": sum(1 for row in rows if row.state == "deleted"),
+    }
+    return status
+
+
+# --------------------------------------------------------------------------- sessions
+
+
+def open_registry(layout: StateLayout) -> Registry | None:
+    """The registry, or None when no daemon has made one yet (reading must not create it)."""
+    if not layout.db.exists():
+        return None
+    return Registry(layout.db)
+
+
+def session_rows(layout: StateLayout, all_states: bool = False) -> list[SessionRow]:
+    registry = open_registry(layout)
+    if registry is None:
+        return []
+    return registry.sessions(("ready", "deleted") if all_states else ("ready",))
+
+
+def resolve_session(layout: StateLayout, text: str) -> str:
+    """A session id from what a user typed: the id itself, or a prefix of exactly one
+    session's id. Unknown text is returned as it is, for the daemon to judge."""
+    rows = session_rows(layout, all_states=True)
+    ids = [row.id for row in rows]
+    if text in ids or not text:
+        return text
+    matches = [i for i in ids if i.startswith(text)]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        shown = ", ".join(matches[:5]) + (", ..." if len(matches) > 5 else "")
+        raise CairnError("bad_request", f"session {text!r} is ambiguous: it begins {len(matches)} ids ({shown})")
+    return text
+
+
+def session_summary(row: SessionRow) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "title": row.title,
+        "turns": row.turns,
+        "state": row.state,
+        "parent": row.parent_id,
+        "agent": row.agent,
+        "repo": str(row.repo),
+        "worktree": str(row.worktree),
+        "in_place": row.in_place,
+        "created_at": row.created_at,
+    }
+
+
+@dataclass(frozen=True)
+class TurnView:
+    """One top-level turn as `show` lists it."""
+
+    index: int
+    prompt: str
+    stop_reason: str | None
+    checkpoint: dict[str, Any] | None  # the state the turn left
+    previous: dict[str, Any] | None  # the checkpoint before its prompt: what it started from
+    inherited: bool  # kept from a parent by a fork
+
+
+def session_turns(conversation: Sequence[Turn], lines: Lines) -> list[TurnView]:
+    """Each top-level turn of a log with the checkpoint it left and the one before it.
+
+    `conversation` is `session_state(...).conversation` of the same log. A turn's own
+    checkpoint is the last one after its prompt and before the next prompt or
+    fork_session_meta line: the checkpoint a fork writes after that line is the fork's
+    baseline, the `previous` of the fork's first turn, not part of the parent's turn."""
+    prompts: list[dict[str, Any]] = []  # per prompt: previous, own checkpoint, forks before it
+    last_checkpoint: dict[str, Any] | None = None
+    fork_metas = 0
+    owner: dict[str, Any] | None = None  # the prompt whose checkpoint is being looked for
+    for _offset, line in lines:
+        if _PROMPT_MARK not in line and _POSTHOG_MARK not in line:
+            continue
+        message = parse_message(line)
+        if message is None:
+            continue
+        if is_prompt_request(message):
+            owner = {"previous": last_checkpoint, "checkpoint": None, "forks_before": fork_metas}
+            prompts.append(owner)
+            continue
+        method = method_of(message)
+        if method == CHECKPOINT_METHOD:
+            params = message.get("params")
+            if isinstance(params, dict):
+                last_checkpoint = params
+                if owner is not None:
+                    owner["checkpoint"] = params
+        elif method == FORK_META_METHOD:
+            fork_metas += 1
+            owner = None
+    return [
+        TurnView(index=index, prompt=turn.user_text, stop_reason=turn.stop_reason,
+                 checkpoint=found["checkpoint"], previous=found["previous"],
+                 inherited=found["forks_before"] < fork_metas)
+        for index, (turn, found) in enumerate(zip(conversation, prompts))
+    ]
+
+
+def changed_files(cwd: Path, old_sha: str, new_sha: str) -> list[tuple[str, str]] | None:
+    """`git diff-tree --name-status` between two snapshot commits: (status letter, path)
+    per changed file; None when git cannot tell (objects gone, repository removed).
+
+    The only git call outside cairnd.git: a read-only plumbing command for display."""
+    if not (is_object_id(old_sha) and is_object_id(new_sha)):
+        return None
+    if old_sha == new_sha:
+        return []
+    try:
+        proc = subprocess.run(
+            ["git", "diff-tree", "-r", "-z", "--name-status", "--no-renames", old_sha, new_sha],
+            cwd=cwd, env=git_env(), stdin=subprocess.DEVNULL, capture_output=True, check=False,
+        )
+    except OSError:
+        return None
+    if proc.returncode != 0:
+        return None
+    fields = proc.stdout.split(b"\0")
+    changes = []
+    for status, path in zip(fields[0::2], fields[1::2]):
+        if status:
+            changes.append((status.decode(), os.fsdecode(path)))
+    return changes
+
+
+def show_session(layout: StateLayout, session_id: str) -> dict[str, Any]:
+    """A session and its turns with their checkpoints and the files each turn changed."""
+    registry = open_registry(layout)
+    row = registry.get(session_id) if registry else None
+    if row is None or row.state == "creating":
+        raise CairnError("unknown_session", f"session {session_id!r} does not exist in {layout.root}")
+    log = layout.log_path(row.id)
+    turns = (session_turns(session_state(iter_lines(log), agent_text=False).conversation, iter_lines(log))
+             if log.exists() else [])
+    fork = registry.fork_of(row.id) if registry else None
+    cwd = row.worktree if row.worktree.is_dir() else row.repo
+    shown = []
+    for turn in turns:
+        after = (turn.checkpoint or {}).get("worktreeSha")
+        before = (turn.previous or {}).get("worktreeSha")
+        changes = changed_files(cwd, before, after) if cwd.is_dir() and before and after else None
+        shown.append({
+            "turn": turn.index,
+            "prompt": turn.prompt,
+            "stopReason": turn.stop_reason,
+            "headSha": (turn.checkpoint or {}).get("headSha"),
+            "worktreeSha": after,
+            "dirty": (turn.checkpoint or {}).get("dirty"),
+            "inherited": turn.inherited,
+            "changes": None if changes is None else [{"status": s, "path": p} for s, p in changes],
+        })
+    summary = session_summary(row)
+    summary["log"] = str(log)
+    summary["fork_of"] = None if fork is None else {
+        "parent": fork.parent_id,
+        "parent_title": fork.parent_title,
+        "parent_exists": _exists(registry, fork.parent_id),
+        "user_message_index": fork.user_message_index,
+        "headSha": fork.head_sha,
+        "worktreeSha": fork.worktree_sha,
+    }
+    return {"session": summary, "turns": shown}
+
+
+def _exists(registry: Registry | None, session_id: str) -> bool:
+    row = registry.get(session_id) if registry else None
+    return row is not None and row.state == "ready"
+
+
+# --------------------------------------------------------------------------- lineage
+
+
+@dataclass
+class LineageNode:
+    id: str
+    title: str
+    state: str  # ready, deleted, or gone (only its lineage row remembers it)
+    turns: int | None
+    user_message_index: int | None  # where it was cut from its parent; None for a root
+    parent: str | None
+    parent_exists: bool | None  # None for a root
+    created_at: float
+    children: list[LineageNode] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "title": self.title, "state": self.state, "turns": self.turns,
+            "user_message_index": self.user_message_index, "parent": self.parent,
+            "parent_exists": self.parent_exists,
+            "children": [child.as_dict() for child in self.children],
+        }
+
+    def alive(self) -> bool:
+        return self.state == "ready" or any(child.alive() for child in self.children)
+
+
+def lineage_forest(sessions: Iterable[SessionRow], forks: Iterable[ForkRow]) -> list[LineageNode]:
+    """Fork lineage as trees, roots and children oldest first. A parent known only from
+    a lineage row (its session row gone) appears under the title the row kept."""
+    nodes: dict[str, LineageNode] = {}
+    for row in sessions:
+        if row.state == "creating":
+            continue
+        nodes[row.id] = LineageNode(row.id, row.title, row.state, row.turns, None, row.parent_id, None,
+                                    row.created_at)
+    fork_rows = list(forks)
+    for fork in fork_rows:
+        if fork.parent_id not in nodes:
+            nodes[fork.parent_id] = LineageNode(fork.parent_id, fork.parent_title, "gone", None, None, None,
+                                                None, fork.created_at)
+    for fork in fork_rows:
+        node = nodes.get(fork.id)
+        if node is None:
+            continue
+        node.parent = fork.parent_id
+        node.user_message_index = fork.user_message_index
+    roots = []
+    for node in sorted(nodes.values(), key=lambda n: (n.created_at, n.id)):
+        parent = nodes.get(node.parent) if node.parent else None
+        if parent is None:
+            node.parent_exists = None if node.parent is None else False
+            roots.append(node)
+        else:
+            node.parent_exists = parent.state == "ready"
+            parent.children.append(node)
+    return roots
+
+
+def find_root(forest: list[LineageNode], session_id: str) -> LineageNode | None:
+    """The tree of the forest that holds session_id."""
+    def holds(node: LineageNode) -> bool:
+        return node.id == session_id or any(holds(child) for child in node.children)
+    return next((root for root in forest if holds(root)), None)
+
+
+def read_forest(layout: StateLayout) -> list[LineageNode]:
+    registry = open_registry(layout)
+    if registry is None:
+        return []
+    return lineage_forest(registry.sessions(("ready", "deleted")), registry.forks())
