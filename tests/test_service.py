@@ -168,3 +168,43 @@ def test_sigterm_exits_zero_and_says_stopping(daemon: Daemon):
     daemon.proc.terminate()
     daemon.wait_for("STOPPING=1")
     assert daemon.stop() == 0
+
+
+def test_sighup_reloads_agent_profiles(tmp_path: Path, repo: Path):
+    import signal as signals
+    import sys
+
+    from daemonproc import write_config
+
+    daemon = Daemon(tmp_path / "state").start()
+    try:
+        before = daemon.request({"kind": "new", "repo": str(repo), "agent": "second"})
+        assert before["error"]["code"] == "agent_unknown"
+        write_config(daemon.config, {**daemon.settings, "agents": {
+            "second": {"command": [sys.executable, "-m", "cairnd.agents.reference"]}}})
+        daemon.proc.send_signal(signals.SIGHUP)
+        deadline = time.monotonic() + 10
+        while "agent profiles reloaded" not in daemon.stderr() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        after = daemon.ok({"kind": "new", "repo": str(repo), "agent": "second", "prompt": "hello"})
+        assert after["stopReason"] == "end_turn"
+        log = Path(after["log"]).read_text()
+        assert '"adapter":"second"' in log
+    finally:
+        assert daemon.stop() == 0
+
+
+def test_daemon_log_lines_carry_priority_and_ids(daemon: Daemon, repo: Path):
+    rid = daemon.drop({"kind": "new", "repo": str(repo)})
+    session = daemon.wait(rid)["result"]["session"]
+    lines = daemon.stderr().splitlines()
+    assert all(line.startswith("<") and line[1].isdigit() and line[2] == ">" for line in lines), lines
+    assert any(f"request={rid}" in line and f"session={session}" in line for line in lines)
+
+
+def test_a_second_daemon_on_the_same_state_dir_refuses(daemon: Daemon):
+    second = Daemon(daemon.state)
+    second.config = daemon.config
+    second.start(wait_ready=False)
+    assert second.proc.wait(30) == 1
+    assert "already serving" in second.stderr()
