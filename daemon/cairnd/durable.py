@@ -31,8 +31,10 @@ def write_all(fd: int, data: bytes) -> None:
 def temp_name(path: Path) -> Path:
     # A dot name in the same directory: same file system (rename is atomic), and
     # ignored by anything scanning the directory for real entries.
-    # Unique per call: two threads may write the same file at once.
-    return path.with_name(f".{path.name}.{os.getpid()}.{next(_sequence)}.tmp")
+    # Unique per call: two threads may write the same file at once. The name is cut
+    # so the temporary one fits where the final one does (NAME_MAX, 255 bytes).
+    stem = os.fsdecode(os.fsencode(path.name)[:200])
+    return path.with_name(f".{stem}.{os.getpid()}.{next(_sequence)}.tmp")
 
 
 def write_atomic(path: Path, data: bytes, *, sync_dir: bool = True) -> None:
