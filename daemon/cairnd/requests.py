@@ -7,6 +7,7 @@ can get wrong is named here, with the value that was wrong.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any, Union
 
@@ -93,11 +94,37 @@ def decode_json(data: bytes) -> Any:
     except orjson.JSONDecodeError as exc:
         reason = str(exc)
     try:
-        return json.loads(data.decode("utf-8"))
+        value = json.loads(data.decode("utf-8"), parse_int=_parse_int, parse_constant=_refuse_constant)
     except UnicodeDecodeError as exc:
         raise CairnError("bad_json", f"request is not UTF-8 (byte {exc.start}); write it as UTF-8 JSON") from None
+    except _NotJSON as exc:
+        raise CairnError("bad_json", f"request is not valid JSON: {exc}") from None
     except (ValueError, RecursionError):
         raise CairnError("bad_json", f"request is not valid JSON: {reason}") from None
+    try:
+        # An escaped lone surrogate (\ud800) is JSON syntax but no text: nothing can write it out again.
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise CairnError("bad_json", f"request holds an escaped lone surrogate (\\u{ord(exc.object[exc.start]):04x}), "
+                                     "which is not text; write UTF-8 JSON") from None
+    except RecursionError:
+        pass
+    return value
+
+
+class _NotJSON(ValueError):
+    pass
+
+
+def _refuse_constant(name: str) -> Any:
+    # The standard library reads NaN and Infinity; JSON has no such numbers.
+    raise _NotJSON(f"{name} is not a JSON number")
+
+
+def _parse_int(text: str) -> int | float:
+    # As orjson does: an integer beyond 64 bits becomes a float (inf past 1e308), so
+    # a huge index is out of range rather than a number too long to convert.
+    return int(text) if len(text) <= 19 else float(text)
 
 
 def _describe(value: Any) -> str:
@@ -146,7 +173,7 @@ def _index(fields: dict[str, Any], name: str) -> int:
     value = fields[name]
     # orjson reads integers beyond 64 bits as floats: still integers to the writer,
     # and far out of any session's range.
-    if isinstance(value, float) and value.is_integer() and abs(value) >= 2**63:
+    if isinstance(value, float) and (value.is_integer() or math.isinf(value)) and abs(value) >= 2**63:
         raise CairnError("fork_out_of_range", f"{name} {value:.0f} is out of range")
     # bool is an int in Python and 1.0 is a float: neither is an index.
     if isinstance(value, bool) or not isinstance(value, int):
