@@ -68,6 +68,14 @@ class SessionQueue:
     forks_done: anyio.Event = field(default_factory=anyio.Event)
 
 
+def round_trips(value: Any) -> bool:
+    """Whether orjson writes `value` back as the same JSON value."""
+    try:
+        return bool(orjson.loads(orjson.dumps(value)) == value)
+    except (TypeError, orjson.JSONDecodeError):
+        return False
+
+
 def acquire_state_lock(state_dir: Path) -> int:
     """One daemon per state directory: two would each claim requests and break
     exactly-once. The lock dies with the process, so kill -9 never leaves it stale."""
@@ -380,6 +388,11 @@ class Daemon:
 
     async def _publish(self, claimed: Claimed, raw: Any, kind: str | None, *,
                        result: dict[str, Any] | None = None, error: CairnError | None = None) -> None:
+        # The request's bytes travel in the result when they are JSON that orjson writes
+        # back as it was (not so: nesting past its depth limit, integers beyond 64 bits);
+        # otherwise the entry itself is kept beside the result as <name>.raw.
+        if raw is not None and not round_trips(raw):
+            raw = None
         body: dict[str, Any] = {
             "id": claimed.request_id,
             "kind": kind,
@@ -392,8 +405,13 @@ class Daemon:
             body["error"] = error.as_dict()
         body["received_at"] = claimed.received_at
         body["finished_at"] = now_timestamp()
-        # The request's bytes travel in the result when they are JSON; otherwise the
-        # entry itself is kept beside the result as <name>.raw.
+        try:
+            orjson.dumps(body)
+        except TypeError as exc:
+            # Still exactly one result: one that says why the real one could not be written.
+            body.pop("result", None)
+            body["status"] = "error"
+            body["error"] = CairnError("internal", f"the result could not be written as JSON: {exc}").as_dict()
         keep_raw = raw is None
         delay = 0.05
         while True:
