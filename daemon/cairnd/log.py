@@ -434,6 +434,18 @@ class SessionLog:
             raise
         self._size += len(line)
 
+    def append_entries(self, messages: list[dict[str, Any]]) -> None:
+        """Append several entries in one write, so a crash keeps all of them or none
+        (a turn_complete without its checkpoint would record a turn whose state is lost)."""
+        data = b"".join(envelope_line(message) for message in messages)
+        fd = self._require_open()
+        try:
+            _write_all(fd, data)
+        except BaseException:
+            os.ftruncate(fd, self._size)
+            raise
+        self._size += len(data)
+
     def sync(self) -> None:
         """Make every appended line durable."""
         os.fsync(self._require_open())

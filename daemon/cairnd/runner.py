@@ -527,12 +527,15 @@ class AgentRunner:
         return {"session": self.session_id, "turn": turn, "stopReason": stop_reason, "checkpoint": checkpoint}
 
     async def _end_turn(self, turn: int, stop_reason: str) -> dict[str, Any]:
-        """turn_complete, then the checkpoint of what the turn left, then fsync."""
+        """turn_complete, then the checkpoint of what the turn left, in one write, then
+        fsync: a crash leaves both or neither, so an ended turn always has its state."""
         log = self._open_log()
-        log.append(cairnd_entry(TURN_COMPLETE_METHOD, {"sessionId": self.session_id, "stopReason": stop_reason}))
-        self._turns = turn + 1
         checkpoint = await self._checkpoint(turn + 1)
-        log.append(cairnd_entry(CHECKPOINT_METHOD, checkpoint))
+        log.append_entries([
+            cairnd_entry(TURN_COMPLETE_METHOD, {"sessionId": self.session_id, "stopReason": stop_reason}),
+            cairnd_entry(CHECKPOINT_METHOD, checkpoint),
+        ])
+        self._turns = turn + 1
         log.sync()
         return checkpoint
 
@@ -884,7 +887,9 @@ async def close_interrupted_turn(session_id: str, worktree: Path, log_path: Path
         functools.partial(take_checkpoint, session_id, Path(worktree), state.turns + 1, max_file_bytes),
         limiter=limiter)
     with SessionLog(log_path) as log:
-        log.append(cairnd_entry(TURN_COMPLETE_METHOD, {"sessionId": session_id, "stopReason": "interrupted"}))
-        log.append(cairnd_entry(CHECKPOINT_METHOD, params))
+        log.append_entries([
+            cairnd_entry(TURN_COMPLETE_METHOD, {"sessionId": session_id, "stopReason": "interrupted"}),
+            cairnd_entry(CHECKPOINT_METHOD, params),
+        ])
         log.sync()
     return params
