@@ -184,33 +184,36 @@ class Spool:
 
         keep_raw: the request's bytes could not be carried in the result as JSON
         (not JSON, too large, not a file), so the entry itself moves to
-        failed/<name>.raw: kept, not copied, not lost."""
+        failed/<name>.raw: kept, not copied, not lost. It moves after the result is
+        durable: until then a crash leaves it in cur/, to be answered on restart."""
         ok = result.get("status") == "ok"
         folder = self.done if ok else self.failed
         target = folder / claimed.name
-        if keep_raw:
-            try:
-                os.rename(self.cur / claimed.name, self.failed / _raw_name(claimed.name))
-            except FileNotFoundError:
-                pass
         write_atomic(target, orjson.dumps(result, option=orjson.OPT_APPEND_NEWLINE), sync_dir=True)
-        try:
-            os.unlink(self.cur / claimed.name)
-        except FileNotFoundError:
-            pass
-        except IsADirectoryError:
-            os.rename(self.cur / claimed.name, self.failed / _raw_name(claimed.name))
+        self._let_go(claimed.name, keep_raw)
         return target
 
-    def forget_answered(self, name: str) -> None:
-        """A cur/ entry whose result was published before a crash stopped us removing it."""
+    def _let_go(self, name: str, keep_raw: bool) -> None:
         path = self.cur / name
         try:
-            os.unlink(path)
+            if keep_raw:
+                os.rename(path, self.failed / _raw_name(name))
+            else:
+                os.unlink(path)
         except FileNotFoundError:
             pass
         except IsADirectoryError:
             os.rename(path, self.failed / _raw_name(name))
+
+    def forget_answered(self, name: str) -> None:
+        """A cur/ entry whose result was published before a crash stopped us removing it
+        (or moving it beside a result that does not carry the request)."""
+        try:
+            answer = orjson.loads((self.failed / name).read_bytes())
+        except (FileNotFoundError, orjson.JSONDecodeError):
+            answer = {}
+        keep_raw = isinstance(answer, dict) and "request" in answer and answer["request"] is None
+        self._let_go(name, keep_raw and not os.path.lexists(self.failed / _raw_name(name)))
 
     def reclaim(self, name: str) -> Claimed:
         """A request found in cur/ at start: read it again to finish it."""
