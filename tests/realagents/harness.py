@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from acp import RequestPermissionResponse
+from acp import RequestError, RequestPermissionResponse
 from acp.connection import StreamDirection, StreamEvent
 from acp.schema import AllowedOutcome, DeniedOutcome, ReadTextFileResponse, WriteTextFileResponse
 
@@ -40,13 +40,19 @@ def claude_agent_bin() -> Path:
     return agent_bin("claude-agent-acp")
 
 
+def gemini_agent_command() -> list[str]:
+    """Gemini CLI speaks ACP with --acp (--experimental-acp is the deprecated spelling)."""
+    return [str(agent_bin("gemini")), "--acp"]
+
+
 def npm_ci(timeout: float = 300.0) -> subprocess.CompletedProcess[str]:
     """Install the pinned agents from package-lock.json (a few seconds with a warm cache)."""
     npm = shutil.which("npm")
     if npm is None:
         raise FileNotFoundError("npm is not on PATH")
     return subprocess.run(
-        [npm, "ci", "--no-audit", "--no-fund"],
+        # no install scripts: node-pty/keytar would try node-gyp, and the agents don't need them
+        [npm, "ci", "--no-audit", "--no-fund", "--ignore-scripts"],
         cwd=REALAGENTS_DIR,
         capture_output=True,
         text=True,
@@ -57,12 +63,12 @@ def npm_ci(timeout: float = 300.0) -> subprocess.CompletedProcess[str]:
 
 def ensure_agents_installed() -> str | None:
     """Install node_modules when missing. Returns why real agents can't run, or None."""
-    if claude_agent_bin().exists():
+    if claude_agent_bin().exists() and agent_bin("gemini").exists():
         return None
     if shutil.which("node") is None or shutil.which("npm") is None:
         return "node/npm not installed"
     result = npm_ci()
-    if result.returncode != 0 or not claude_agent_bin().exists():
+    if result.returncode != 0 or not claude_agent_bin().exists() or not agent_bin("gemini").exists():
         return f"npm ci failed: {result.stderr.strip()[-500:]}"
     return None
 
@@ -97,6 +103,34 @@ def claude_agent_env(model_env: Mapping[str, str], home: Path) -> dict[str, str]
     """Full environment for claude-agent-acp: ours minus traps, the stub's model
     settings (`AnthropicStub.agent_env`), and a prepared HOME."""
     prepare_claude_home(home)
+    return agent_env({**model_env, "HOME": str(home)})
+
+
+def prepare_gemini_home(home: Path) -> Path:
+    """A writable HOME for Gemini CLI that keeps it off the network.
+
+    Usage statistics (Clearcut, play.googleapis.com) are the only call Gemini
+    CLI 0.61 makes besides the model; they are a setting, not a variable.
+    """
+    settings = home / ".gemini" / "settings.json"
+    settings.parent.mkdir(parents=True, exist_ok=True)
+    settings.write_bytes(
+        orjson.dumps(
+            {
+                "privacy": {"usageStatisticsEnabled": False},
+                "general": {"disableAutoUpdate": True, "disableUpdateNag": True},
+                "telemetry": {"enabled": False},
+            },
+            option=orjson.OPT_INDENT_2,
+        )
+    )
+    return home
+
+
+def gemini_agent_env(model_env: Mapping[str, str], home: Path) -> dict[str, str]:
+    """Full environment for `gemini --acp`: ours minus traps, the stub's variables
+    (`GeminiStub.agent_env`), and a prepared HOME."""
+    prepare_gemini_home(home)
     return agent_env({**model_env, "HOME": str(home)})
 
 
@@ -202,7 +236,11 @@ class RecordingClient:
     async def read_text_file(
         self, path: str, session_id: str, limit: int | None = None, line: int | None = None, **kwargs: Any
     ) -> ReadTextFileResponse:
-        lines = self._inside(path).read_text().splitlines(keepends=True)
+        target = self._inside(path)
+        if not target.is_file():
+            # Gemini CLI tells "new file" from "failure" by this message (see NOTES.md)
+            raise RequestError.resource_not_found(path)
+        lines = target.read_text().splitlines(keepends=True)
         start = (line or 1) - 1
         end = None if limit is None else start + limit
         return ReadTextFileResponse(content="".join(lines[start:end]))
@@ -216,7 +254,7 @@ class RecordingClient:
     def _inside(self, path: str) -> Path:
         target = Path(path).resolve()
         if not target.is_relative_to(self.root.resolve()):
-            raise PermissionError(f"{path}: outside {self.root}")
+            raise RequestError.invalid_params({"path": path, "reason": f"outside {self.root}"})
         return target
 
 

@@ -3,7 +3,7 @@
 Not a pytest file: run it by hand to see every raw ACP frame and every model
 call:
 
-    cd /work/main && .venv/bin/python tests/realagents/smoke_claude.py [--quiet] [--keep] [--dump DIR]
+    cd /work/main && .venv/bin/python tests/realagents/smoke_claude.py [--quiet] [--keep] [--dump DIR] [--isolated]
 
 It starts the scripted Anthropic stub, makes a temp HOME and a temp git repo,
 spawns node_modules/.bin/claude-agent-acp there and runs, each as its own
@@ -19,21 +19,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import orjson
-from acp import PROTOCOL_VERSION, spawn_agent_process, text_block
-from acp.schema import ClientCapabilities, FileSystemCapabilities, Implementation
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -48,93 +41,13 @@ from realagents.anthropic_stub import (  # noqa: E402
     write_file,
 )
 from realagents.harness import (  # noqa: E402
-    Frame,
-    RecordingClient,
     claude_agent_bin,
     claude_agent_env,
     ensure_agents_installed,
     git_status,
     make_git_repo,
 )
-
-T0 = time.monotonic()
-
-
-def say(line: str) -> None:
-    print(f"[{time.monotonic() - T0:7.2f}] {line}", flush=True)
-
-
-@dataclass
-class Smoke:
-    work: Path
-    home: Path
-    repo: Path
-    stub: AnthropicStub
-    quiet: bool
-    failures: list[str] = field(default_factory=list)
-
-    def check(self, ok: bool, what: str) -> None:
-        say(("ok   " if ok else "FAIL ") + what)
-        if not ok:
-            self.failures.append(what)
-
-    def seen(self, what: str) -> None:
-        say("seen " + what)
-
-    def client(self, root: Path | None = None) -> RecordingClient:
-        return RecordingClient(root=root or self.repo, on_frame=self.print_frame)
-
-    def print_frame(self, frame: Frame) -> None:
-        raw = orjson.dumps(frame.message).decode()
-        if self.quiet and len(raw) > 300:
-            raw = raw[:300] + "..."
-        say(("<- " if frame.direction == "in" else "-> ") + raw)
-
-    @contextlib.asynccontextmanager
-    async def agent(self, client: RecordingClient, cwd: Path, label: str) -> AsyncIterator[tuple[Any, Any]]:
-        """A fresh claude-agent-acp process, initialized; stderr goes to a file."""
-        stderr_path = self.work / f"agent-{label}.stderr"
-        with stderr_path.open("wb") as stderr:
-            async with spawn_agent_process(
-                client,
-                str(claude_agent_bin()),
-                env=claude_agent_env(self.stub.agent_env(str(self.home)), self.home),
-                cwd=cwd,
-                observers=[client.observe],
-                # the SDK's default is a pipe nobody reads: a chatty agent would block on it
-                transport_kwargs={"stderr": stderr},
-            ) as (conn, proc):
-                started = time.monotonic()
-                init = await conn.initialize(
-                    protocol_version=PROTOCOL_VERSION,
-                    client_capabilities=ClientCapabilities(
-                        fs=FileSystemCapabilities(read_text_file=True, write_text_file=True), terminal=False
-                    ),
-                    client_info=Implementation(name="cairnd-smoke", version="0"),
-                )
-                say(f"initialize took {time.monotonic() - started:.2f}s; loadSession={init.agent_capabilities.load_session}")
-                yield conn, proc
-                closing = time.monotonic()
-            say(f"agent {label} gone {time.monotonic() - closing:.2f}s after stdin closed (exit {proc.returncode})")
-        tail = stderr_path.read_text(errors="replace").strip()
-        if tail:
-            say(f"agent {label} stderr (last 800 chars): {tail[-800:]}")
-
-    async def new_session(self, conn: Any, cwd: Path) -> str:
-        started = time.monotonic()
-        session = await conn.new_session(cwd=str(cwd), mcp_servers=[])
-        say(f"session/new took {time.monotonic() - started:.2f}s: {session.session_id}")
-        return session.session_id
-
-    async def prompt(self, conn: Any, session_id: str, words: str) -> Any:
-        say(f"=== prompt: {words}")
-        started = time.monotonic()
-        response = await conn.prompt(session_id=session_id, prompt=[text_block(words)])
-        say(f"=== stopReason={response.stop_reason} after {time.monotonic() - started:.2f}s")
-        return response
-
-    def model_saw_since(self, count_before: int) -> list[list[str]]:
-        return [prompt_texts(body) for body in self.stub.main_requests()[count_before:]]
+from realagents.smokekit import Smoke, git, reexec_isolated, say  # noqa: E402
 
 
 async def tools_cancel_and_after(s: Smoke) -> str:
@@ -158,7 +71,7 @@ async def tools_cancel_and_after(s: Smoke) -> str:
         await s.prompt(conn, sid, "Make a directory and commit everything.")
         s.check((s.repo / "made" / "by" / "bash").exists(), "Bash made a directory")
         s.check(git_status(s.repo) == "", "Bash committed everything")
-        say("git log:\n" + _git(s.repo, "log", "--oneline", "--stat"))
+        say("git log:\n" + git(s.repo, "log", "--oneline", "--stat"))
         s.check(
             prompt_texts(s.stub.main_requests()[-1])
             == ["Create hello.txt saying hello.", "Change hello to goodbye in hello.txt.", "Make a directory and commit everything."],
@@ -189,12 +102,7 @@ async def tools_cancel_and_after(s: Smoke) -> str:
             first_frame = len(client.frames)
             response = await s.prompt(conn, sid, words)
             await asyncio.sleep(1.0)  # let a model call that outlives the response show up
-            texts = [
-                (f.message["params"]["update"].get("content") or {}).get("text")
-                for f in client.frames[first_frame:]
-                if f.message.get("method") == "session/update"
-                and f.message["params"]["update"].get("sessionUpdate") == "agent_message_chunk"
-            ]
+            texts = s.agent_texts_since(client, first_frame)
             s.seen(f"{words!r}: stopReason={response.stop_reason} usage={response.usage} agent text={texts}")
         s.seen(f"model calls after the cancel: {[r.reply for r in s.stub.requests() if r.kind == 'main'][-2:]}")
         s.seen(f"usage_update frames (used=null fails SDK validation): {len(client.updates('usage_update'))}")
@@ -206,12 +114,7 @@ async def tools_cancel_and_after(s: Smoke) -> str:
         s.stub.push(text("Answer to C."))
         first_frame = len(client.frames)
         await s.prompt(conn, sid, "Turn C after close+resume.")
-        texts = [
-            (f.message["params"]["update"].get("content") or {}).get("text")
-            for f in client.frames[first_frame:]
-            if f.message.get("method") == "session/update"
-            and f.message["params"]["update"].get("sessionUpdate") == "agent_message_chunk"
-        ]
+        texts = s.agent_texts_since(client, first_frame)
         s.check("Answer to C." in texts, f"after close+resume a turn carries its own answer again ({texts})")
         s.check(proc.returncode is None, "agent still alive after all that")
     return sid
@@ -238,7 +141,7 @@ async def load_in_fresh_process(s: Smoke, sid: str) -> None:
 
 async def load_from_other_worktree(s: Smoke, sid: str) -> None:
     other = s.work / "other-worktree"
-    _git(s.repo, "worktree", "add", "-q", "--detach", str(other), "HEAD")
+    git(s.repo, "worktree", "add", "-q", "--detach", str(other), "HEAD")
     client = s.client(other)
     async with s.agent(client, other, "load-elsewhere") as (conn, _proc):
         try:
@@ -289,7 +192,7 @@ def copy_transcript(home: Path, sid: str, cwd: Path) -> Path:
 
 async def fork_natively(s: Smoke, sid: str) -> None:
     fork_dir = s.work / "fork-worktree"
-    _git(s.repo, "worktree", "add", "-q", "--detach", str(fork_dir), "HEAD")
+    git(s.repo, "worktree", "add", "-q", "--detach", str(fork_dir), "HEAD")
     client = s.client(fork_dir)
     async with s.agent(client, fork_dir, "fork") as (conn, _proc):
         try:
@@ -361,32 +264,23 @@ async def main(quiet: bool, keep: bool, dump: Path | None) -> int:
     repo = make_git_repo(work / "repo", {"README.md": "# demo\n", "notes.txt": "alpha\nbeta\n"})
     say(f"work dir {work}")
     with AnthropicStub(log=say) as stub:
-        s = Smoke(work=work, home=home, repo=repo, stub=stub, quiet=quiet)
+        s = Smoke(
+            work=work,
+            home=home,
+            repo=repo,
+            stub=stub,
+            command=[str(claude_agent_bin())],
+            env=lambda: claude_agent_env(stub.agent_env(str(home)), home),
+            prompt_texts=prompt_texts,
+            quiet=quiet,
+        )
         sid = await tools_cancel_and_after(s)
         await load_in_fresh_process(s, sid)
         await load_from_other_worktree(s, sid)
         await fork_natively(s, sid)
         await kill_mid_turn(s)
 
-        say("stub requests:")
-        for rec in stub.requests():
-            body = rec.body or {}
-            say(
-                f"  #{rec.seq} {rec.method} {rec.path} {rec.query} kind={rec.kind} model={body.get('model')} "
-                f"stream={body.get('stream')} tools={len(body.get('tools') or [])} -> {rec.reply}"
-                f"{' (aborted by client)' if rec.aborted_by_client else ''}"
-            )
-        say(f"unscripted main calls: {stub.unscripted}")
-        if dump is not None:
-            dump.mkdir(parents=True, exist_ok=True)
-            for rec in stub.requests():
-                (dump / f"{rec.seq:03d}-{rec.kind}.json").write_bytes(
-                    orjson.dumps(
-                        {"method": rec.method, "path": rec.path, "query": rec.query, "headers": rec.headers, "body": rec.body},
-                        option=orjson.OPT_INDENT_2,
-                    )
-                )
-            say(f"request bodies in {dump}")
+        s.report_requests(dump)
     if keep:
         say(f"kept {work}")
     else:
@@ -395,14 +289,13 @@ async def main(quiet: bool, keep: bool, dump: Path | None) -> int:
     return 0 if not s.failures else 1
 
 
-def _git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True).stdout
-
-
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quiet", action="store_true", help="cut long frames to 300 characters")
     parser.add_argument("--keep", action="store_true", help="keep the temp HOME and repo")
     parser.add_argument("--dump", type=Path, help="write every recorded model request as JSON here")
+    parser.add_argument("--isolated", action="store_true", help="run in a network namespace with only loopback")
     args = parser.parse_args()
+    if args.isolated:
+        reexec_isolated()
     sys.exit(asyncio.run(main(args.quiet, args.keep, args.dump)))
