@@ -106,7 +106,15 @@ def tree_of(repo: Path, rev: str) -> str:
     return git_text(repo, "rev-parse", f"{rev}^{{tree}}")
 
 
+def head_and_branch(worktree: Path) -> tuple[str, str | None]:
+    """HEAD's commit and its branch (None when detached), in one git call."""
+    sha, name = git_text(worktree, "rev-parse", "HEAD", "--symbolic-full-name", "HEAD", "--").split("\n")[:2]
+    return sha, name.removeprefix("refs/heads/") if name.startswith("refs/heads/") else None
+
+
 def git_dir(worktree: Path) -> Path:
+    if (worktree / ".git").is_dir():
+        return worktree / ".git"
     return Path(git_text(worktree, "rev-parse", "--absolute-git-dir"))
 
 
@@ -176,7 +184,8 @@ def index_fingerprint(worktree: Path) -> tuple[bytes, int, bool]:
 
 
 def status(worktree: Path) -> bytes:
-    return git(worktree, "status", "--porcelain=v1", "-z", "--untracked-files=all")
+    """`git status --porcelain -z`, read-only (it does not refresh the index file)."""
+    return git(worktree, "--no-optional-locks", "status", "--porcelain=v1", "-z", "--untracked-files=all")
 
 
 def make_files(root: Path, count: int, *, per_dir: int = 100, size: int = 64) -> None:
