@@ -14,8 +14,8 @@ import random
 from pathlib import Path
 
 from cairnd.log import cairnd_entry, envelope_line
+from measure import CACHE
 
-CACHE = Path(os.environ.get("CAIRND_BENCH_CACHE", "/tmp/cairnd-bench-cache"))
 _VERSION = 2
 _SDK = "sdk-bench"
 _SESSION = "bench-session"

@@ -1,0 +1,67 @@
+"""Burst: 1000 fork requests dropped at once on one session (--quick: 100), on a
+repository of 100 files. All must succeed. The floor, timed in the same run: the same
+number of `git worktree add --detach` run by a shell loop (xargs) with the daemon's
+parallelism (max_parallel_forks), on a clone of their own.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from daemonkit import SpoolClient, start_daemon
+from measure import Row, command_of, main, ratio, target_text
+from synth import git, git_env, repo
+
+_FILES = 100
+_PARALLEL = 2  # cairnd's default max_parallel_forks, used on both sides
+
+
+def _shell_floor(source: Path, scratch: Path, count: int) -> float:
+    script = (f'seq {count} | xargs -P {_PARALLEL} -I{{}} '
+              f'git -C "$1" worktree add -q --detach "$2/wt{{}}" HEAD')
+    started = time.perf_counter()
+    subprocess.run(["sh", "-c", script, "sh", str(source), str(scratch)], check=True, env=git_env())
+    return time.perf_counter() - started
+
+
+def run(quick: bool) -> list[Row]:
+    count = 100 if quick else 1000
+    command = command_of(__file__, quick)
+    with tempfile.TemporaryDirectory(prefix="cairnd-bench-burst-") as tmp:
+        root = Path(tmp)
+        for name in ("daemon-repo", "shell-repo"):
+            git(root, "clone", "-q", "--shared", repo(_FILES), root / name)
+        (root / "shell").mkdir()
+        floor = _shell_floor(root / "shell-repo", root / "shell", count)
+        daemon = start_daemon(root / "state", max_parallel_forks=_PARALLEL)
+        client = SpoolClient(daemon.spool)
+        try:
+            session = client.ok({"kind": "new", "repo": str(root / "daemon-repo"), "title": "burst"})["session"]
+            client.ok({"kind": "prompt", "session": session, "text": "the message every fork cuts at"})
+            fork = {"kind": "fork", "session": session, "user_message_index": 0}
+            ids = [client.prepare(fork) for _ in range(count)]
+            started = time.perf_counter()
+            for request_id in ids:
+                client.release(request_id)
+            arrived = client.wait(ids, timeout=3600)
+            took = max(arrived.values()) - started
+            failed = [r for r in (client.result(i) for i in ids) if r.get("status") != "ok"]
+        finally:
+            client.close()
+            daemon.stop(timeout=300)
+    outcome = f"all {count} ok" if not failed else (
+        f"{len(failed)} of {count} FAILED, e.g. {str(failed[0].get('error'))[:160]}")
+    return [
+        Row(f"burst: {count} forks dropped at once, one session",
+            f"{took:.1f} s, {count / took:.1f} forks/s, {outcome} "
+            f"({count} git worktree add, {_PARALLEL} at a time: {floor:.1f} s)",
+            ratio(took, floor, "the shell loop"),
+            target_text("<= 1.3x, all ok", took <= 1.3 * floor and not failed), command),
+    ]
+
+
+if __name__ == "__main__":
+    main(__file__, run)

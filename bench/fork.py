@@ -1,0 +1,123 @@
+"""Fork vs raw git: a fork of a session whose working tree is dirty (about 1% of the
+files changed, some added and deleted), on synthetic repositories of 1k, 10k and 50k
+files (--quick: 1k), measured three ways, interleaved, in the same run:
+
+- floor: the same fork by hand with git's own commands: `git worktree add --detach`
+  at the checkpoint's HEAD, `git read-tree -u -m HEAD <worktreeSha>` for the files,
+  `git read-tree -m <indexTree>` for the index, `head -c` of the log prefix;
+- library: `cairnd.forker.fork_session` called directly (what the daemon runs in a
+  worker thread);
+- daemon: a `fork` request dropped in the spool, until its result file lands.
+
+The fork does one thing the floor does not: the baseline checkpoint of the new
+worktree the contract asks for (SPEC 5), a `git status` of the whole tree.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from cairnd.config import StateLayout
+from cairnd.forker import fork_session
+from cairnd.forkpoint import find_fork_point
+from cairnd.log import iter_lines
+from cairnd.registry import Registry
+from daemonkit import SpoolClient, start_daemon
+from measure import Row, command_of, main, median, ms, ratio, target_text
+from synth import dirty, git, repo
+
+_MAX_FILE = 64 << 20
+
+
+def _by_hand(repo_path: Path, target: Path, head: str, worktree_sha: str, index_tree: str,
+             log: Path, prefix: int, log_copy: Path) -> None:
+    git(repo_path, "worktree", "add", "-q", "--detach", target, head)
+    git(target, "read-tree", "-u", "-m", "HEAD", f"{worktree_sha}^{{tree}}")
+    git(target, "read-tree", "-m", index_tree)
+    with open(log_copy, "wb") as out:
+        subprocess.run(["head", "-c", str(prefix), str(log)], stdout=out, check=True)
+
+
+def _remove_worktree(repo_path: Path, path: Path) -> None:
+    git(repo_path, "worktree", "remove", "--force", "--force", path)
+
+
+def _one_size(files: int, repeat: int, root: Path, command: str) -> list[Row]:
+    source = root / f"repo-{files}"
+    git(root, "clone", "-q", "--shared", repo(files), source)
+    daemon = start_daemon(root / f"state-{files}")
+    client = SpoolClient(daemon.spool)
+    floor: list[float] = []
+    library: list[float] = []
+    through_daemon: list[float] = []
+    try:
+        made = client.ok({"kind": "new", "repo": str(source), "title": f"fork bench {files}"}, timeout=600)
+        session, worktree = made["session"], Path(made["worktree"])
+        dirty(worktree, files)
+        client.ok({"kind": "prompt", "session": session, "text": "first turn, on a dirty tree"}, timeout=600)
+        client.ok({"kind": "prompt", "session": session, "text": "second turn"}, timeout=600)
+        layout = StateLayout(root / f"state-{files}")
+        log = layout.log_path(session)
+        point = find_fork_point(iter_lines(log), 1, session)
+        assert point.checkpoint is not None and point.checkpoint["dirty"], point.checkpoint
+        head, worktree_sha, index_tree = (point.checkpoint[key] for key in ("headSha", "worktreeSha", "indexTree"))
+        registry = Registry(layout.db)
+        parent = registry.get(session)
+        assert parent is not None
+        scratch = root / f"by-hand-{files}"
+        scratch.mkdir()
+        for attempt in range(repeat + 1):  # the first round warms caches and is not counted
+            target = scratch / f"wt{attempt}"
+            started = time.perf_counter()
+            _by_hand(source, target, head, worktree_sha, index_tree, log, point.offset, scratch / f"log{attempt}")
+            took_floor = time.perf_counter() - started
+            _remove_worktree(source, target)
+
+            started = time.perf_counter()
+            forked = fork_session(layout, registry, parent, 1, title=None, request_id=None, max_file_bytes=_MAX_FILE)
+            took_library = time.perf_counter() - started
+            _remove_worktree(source, Path(forked["worktree"]))
+
+            result, took_daemon = client.request({"kind": "fork", "session": session, "user_message_index": 1},
+                                                 timeout=600)
+            if result.get("status") != "ok":
+                raise RuntimeError(f"fork failed: {result.get('error')}")
+            client.ok({"kind": "delete", "session": result["result"]["session"]}, timeout=600)
+            if attempt:
+                floor.append(took_floor)
+                library.append(took_library)
+                through_daemon.append(took_daemon)
+    finally:
+        client.close()
+        daemon.stop(timeout=120)
+    shutil.rmtree(root / f"by-hand-{files}", ignore_errors=True)
+    floor_time, library_time, daemon_time = median(floor), median(library), median(through_daemon)
+    gated = files >= 10_000
+    goal = "<= 1.2x raw git" if gated else "<= 1.2x raw git (gated at 10k and 50k)"
+    return [
+        Row(f"fork, {files} files, dirty: library (forker.fork_session)",
+            f"{ms(library_time)} (raw git by hand: {ms(floor_time)})", ratio(library_time, floor_time, "raw git"),
+            target_text(goal, library_time <= 1.2 * floor_time if gated else None), command),
+        Row(f"fork, {files} files, dirty: through the daemon (request to result)",
+            f"{ms(daemon_time)} ({ms(daemon_time - library_time)} over the library)",
+            ratio(daemon_time, floor_time, "raw git"),
+            target_text(goal, daemon_time <= 1.2 * floor_time if gated else None), command),
+    ]
+
+
+def run(quick: bool) -> list[Row]:
+    sizes = [(1_000, 1)] if quick else [(1_000, 5), (10_000, 5), (50_000, 3)]
+    command = command_of(__file__, quick)
+    rows: list[Row] = []
+    for files, repeat in sizes:
+        with tempfile.TemporaryDirectory(prefix=f"cairnd-bench-fork-{files}-") as tmp:
+            rows += _one_size(files, repeat, Path(tmp), command)
+    return rows
+
+
+if __name__ == "__main__":
+    main(__file__, run)

@@ -1,0 +1,99 @@
+"""Fork-point resolution on a big log: find the cut and copy the prefix, against raw reads.
+
+The log (bench/biglog.py: a million entries, about 1 GB, three thousand turns; --quick:
+20 thousand entries) is cut in the middle and at its last user message. The floor is
+`cat log > /dev/null` measured in the same run (the page cache's read speed: the log
+is in cache, as a log just written is), scaled to the bytes the search had to read;
+for the copy, `head -c <prefix> log > copy` in the same run. Peak memory is measured
+in a child process, over the same child doing nothing but the imports.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+from pathlib import Path
+
+from biglog import big_log
+from cairnd.forkpoint import find_fork_point
+from cairnd.log import copy_prefix, iter_lines
+from measure import (
+    Row, command_of, main, median, mib, ms, peak_rss_of_child, ratio, run_quiet, target_text, timings,
+)
+
+_SESSION = "bench-session"
+_CHILD_IMPORTS = "import sys\nfrom cairnd.forkpoint import find_fork_point\nfrom cairnd.log import copy_prefix, iter_lines\n"
+_CHILD_WORK = (
+    "point = find_fork_point(iter_lines(sys.argv[1]), int(sys.argv[2]), 's')\n"
+    "copy_prefix(sys.argv[1], sys.argv[3], point.offset)\n"
+)
+
+
+def _cat(path: Path) -> None:
+    run_quiet(["cat", path])
+
+
+def _head_copy(path: Path, length: int, target: Path) -> None:
+    with open(target, "wb") as out:
+        subprocess.run(["head", "-c", str(length), str(path)], stdout=out, check=True)
+
+
+def run(quick: bool) -> list[Row]:
+    entries, turns = (20_000, 60) if quick else (1_000_000, 3_000)
+    repeat = 3 if quick else 5
+    log = big_log(entries, turns)
+    size = log.stat().st_size
+    command = command_of(__file__, quick)
+    _cat(log)  # into the page cache, as a log being written is
+    rows: list[Row] = []
+    cat_time = median(timings(lambda: _cat(log), repeat))
+    rows.append(Row("fork point: raw read (floor)", f"cat of {mib(size)}: {ms(cat_time)} "
+                    f"({size / cat_time / 1e9:.2f} GB/s)", "1.00x", "the floor", command))
+    with tempfile.TemporaryDirectory(dir=log.parent) as tmp:
+        copy_target = Path(tmp) / "prefix.ndjson"
+        for label, k in (("middle", turns // 2), ("near the end", turns - 1)):
+            point = find_fork_point(iter_lines(log), k, _SESSION)
+            share = point.offset / size
+            floor = cat_time * share
+            find = median(timings(lambda: find_fork_point(iter_lines(log), k, _SESSION), repeat))
+            rows.append(Row(
+                f"fork point: find the cut, {label}",
+                f"{ms(find)} to read {mib(point.offset)} ({point.offset / find / 1e9:.2f} GB/s)",
+                ratio(find, floor, "cat of the same bytes"),
+                target_text("<= 3x (a third of raw read speed)", find <= 3 * floor),
+                command,
+            ))
+
+            def find_and_copy() -> None:
+                found = find_fork_point(iter_lines(log), k, _SESSION)
+                copy_prefix(log, copy_target, found.offset)
+
+            both = median(timings(find_and_copy, repeat, setup=lambda: copy_target.unlink(missing_ok=True)))
+            peer = median(timings(lambda: _head_copy(log, point.offset, copy_target), repeat,
+                                  setup=lambda: copy_target.unlink(missing_ok=True)))
+            rows.append(Row(
+                f"fork point: find and copy the prefix, {label}",
+                f"{ms(both)} (head -c of the prefix: {ms(peer)})",
+                ratio(both, floor + peer, "cat + head -c of the prefix"),
+                target_text("<= 3x", both <= 3 * (floor + peer)),
+                command,
+            ))
+        # The path every reader had before: each line handed to Python.
+        k = turns - 1
+        plain = median(timings(lambda: find_fork_point((pair for pair in iter_lines(log)), k, _SESSION),
+                               1 if not quick else 2))
+        rows.append(Row("fork point: plain line iteration, near the end (before)",
+                        ms(plain), ratio(plain, cat_time * share, "cat of the same bytes"),
+                        target_text("reference", None), command))
+        baseline = peak_rss_of_child(_CHILD_IMPORTS)
+        copy_target.unlink(missing_ok=True)
+        peak = peak_rss_of_child(_CHILD_IMPORTS + _CHILD_WORK, str(log), str(k), str(copy_target))
+        rows.append(Row("fork point: peak memory, find + copy near the end",
+                        f"{mib(peak - baseline)} over the interpreter's {mib(baseline)}",
+                        f"{(peak - baseline) / size:.4f} of the log's size",
+                        target_text("< 64 MiB over baseline", peak - baseline < 64 << 20), command))
+    return rows
+
+
+if __name__ == "__main__":
+    main(__file__, run)
