@@ -7,6 +7,7 @@ owned by one AgentRunner per active session.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 from contextlib import AsyncExitStack
@@ -38,8 +39,6 @@ class Sessions:
         self.config = config
         self.layout = config.layout
         self.registry = Registry(self.layout.db)
-        self.agents: dict[str, AgentProfile] = dict(config.agents)
-        self.default_agent = config.default_agent
         self.runners: dict[str, AgentRunner] = {}
         self.turn_limiter = anyio.CapacityLimiter(config.max_parallel_turns)
         self.fork_limiter = anyio.CapacityLimiter(config.max_parallel_forks)
@@ -67,16 +66,10 @@ class Sessions:
 
     def reload_agents(self, agents: dict[str, AgentProfile], default_agent: str) -> None:
         # Running agents keep the profile they started with; the next start uses the new one.
-        self.agents = dict(agents)
-        self.default_agent = default_agent
+        self.config = dataclasses.replace(self.config, agents=dict(agents), default_agent=default_agent)
 
     def profile(self, name: str | None) -> AgentProfile:
-        name = name or self.default_agent
-        try:
-            return self.agents[name]
-        except KeyError:
-            known = ", ".join(sorted(self.agents))
-            raise CairnError("agent_unknown", f"agent {name!r} is not configured (known: {known})") from None
+        return self.config.agent(name)
 
     async def _thread(self, fn, *args, **kwargs):
         return await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs), limiter=self.io_limiter)

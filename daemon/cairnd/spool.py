@@ -49,6 +49,21 @@ def _raw_name(name: str) -> str:
     return f"{os.fsencode(name)[: NAME_MAX - 8].decode('utf-8', 'ignore')}....raw"
 
 
+def _by_arrival(folder: Path) -> list[str]:
+    """Entries of a spool folder, oldest first, without dot names (writers' own)."""
+    entries = []
+    with os.scandir(folder) as it:
+        for entry in it:
+            if entry.name.startswith("."):
+                continue
+            try:
+                entries.append((entry.stat(follow_symlinks=False).st_ctime_ns, entry.name))
+            except FileNotFoundError:
+                continue
+    entries.sort()
+    return [name for _, name in entries]
+
+
 class Spool:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -62,32 +77,11 @@ class Spool:
 
     def pending(self) -> list[str]:
         """Names waiting in new/, oldest first (rename sets ctime: arrival order)."""
-        entries = []
-        with os.scandir(self.new) as it:
-            for entry in it:
-                if entry.name.startswith("."):
-                    continue
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    continue
-                entries.append((st.st_ctime_ns, entry.name))
-        entries.sort()
-        return [name for _, name in entries]
+        return _by_arrival(self.new)
 
     def in_progress(self) -> list[str]:
         """Names left in cur/ (by a crash), oldest first."""
-        entries = []
-        with os.scandir(self.cur) as it:
-            for entry in it:
-                if entry.name.startswith("."):
-                    continue
-                try:
-                    entries.append((entry.stat(follow_symlinks=False).st_ctime_ns, entry.name))
-                except FileNotFoundError:
-                    continue
-        entries.sort()
-        return [name for _, name in entries]
+        return _by_arrival(self.cur)
 
     def has_result(self, name: str) -> bool:
         return (self.done / name).exists() or (self.failed / name).exists()
