@@ -19,7 +19,7 @@ from typing import Any
 
 from daemonkit import SpoolClient, start_daemon
 from measure import BENCH, Row, command_of, main, median, ms, percentile, target_text
-from synth import repo
+from synth import git, repo
 
 _BLOCK = 50
 
@@ -54,12 +54,13 @@ def run(quick: bool) -> list[Row]:
     command = command_of(__file__, quick)
     with tempfile.TemporaryDirectory(prefix="cairnd-bench-pickup-") as tmp:
         root = Path(tmp)
+        git(root, "clone", "-q", "--shared", repo(10), root / "repo")
         daemon = start_daemon(root / "state")
         peer = _start_peer(root / "peer-spool")
         try:
             client = SpoolClient(daemon.spool)
             peer_client = SpoolClient(root / "peer-spool")
-            session = client.ok({"kind": "new", "repo": str(repo(10)), "title": "pickup"}, timeout=120)["session"]
+            session = client.ok({"kind": "new", "repo": str(root / "repo"), "title": "pickup"}, timeout=120)["session"]
             cancel = {"kind": "cancel", "session": session}
             _drops(client, cancel, 20)  # warm: first requests pay imports and caches
             _drops(peer_client, cancel, 20)
