@@ -247,7 +247,7 @@ CONTENTS = st.one_of(
     st.just(b"\0\1\2binary\xff\xfe"),
 )
 OPS = ["create", "create", "create", "modify", "modify", "delete", "delete", "rename", "rename", "chmod",
-       "symlink", "stage", "stage", "stage_all", "modify_staged", "modify_staged", "commit", "detach", "branch"]
+       "symlink", "stage", "stage", "stage_all", "modify_staged", "modify_staged", "commit", "detach", "branch", "track_ignored"]
 
 
 def existing(worktree: Path) -> list[str]:
@@ -311,6 +311,12 @@ def apply_op(data: st.DataObject, worktree: Path, step: int) -> str:
         write(worktree, rel, data.draw(CONTENTS, label="staged"))
         stage(worktree, rel)
         write(worktree, rel, data.draw(CONTENTS, label="then"))
+    elif op == "track_ignored":
+        rel = data.draw(st.sampled_from(["x.log", "build/out.o"]), label="path")
+        if blocked(worktree, rel):
+            return f"track_ignored {rel!r} blocked"
+        write(worktree, rel, data.draw(CONTENTS, label="content"))
+        run_git(worktree, "add", "-f", "--", rel)  # tracked now, though its name is ignored
     elif op == "commit":
         run_git(worktree, "commit", "-q", "--allow-empty", "-m", f"step {step}")
     elif op == "detach":

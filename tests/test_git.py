@@ -416,3 +416,17 @@ def test_list_worktrees_main_first(repo: Path, tmp_path: Path) -> None:
     git.add_worktree_at(repo, b, head(repo))
     assert git.list_worktrees(repo) == [repo, a, b]
     assert git.list_worktrees(a) == [repo, a, b]
+
+
+def test_snapshot_from_a_subdirectory_covers_the_whole_tree(repo: Path) -> None:
+    write(repo, "top.txt", "at the top\n")
+    write(repo, "src/inner.txt", "inside\n")
+    snap = git.snapshot(repo / "src", NO_CAP)
+    assert git_text(repo, "show", f"{snap.worktree_sha}:top.txt") == "at the top"
+    assert git_text(repo, "show", f"{snap.worktree_sha}:src/inner.txt") == "inside"
+
+
+def test_snapshot_of_a_bare_repository_is_not_a_git_repo(tmp_path: Path) -> None:
+    bare = make_bare_repo(tmp_path / "bare.git")
+    with raises("not_a_git_repo"):
+        git.snapshot(bare, NO_CAP)

@@ -287,22 +287,28 @@ def oversized(worktree: Path, paths: Iterable[bytes], max_file_bytes: int) -> li
     return big
 
 
-def _index_file(worktree: Path) -> Path:
-    """The worktree's index file, found without running git when its `.git` is ordinary."""
+def _locate(worktree: Path) -> tuple[Path, Path]:
+    """(top level of the working tree, its index file), without running git when `worktree`
+    is a top level with an ordinary `.git` directory or `gitdir:` file."""
     dot_git = worktree / ".git"
     if dot_git.is_dir():
-        return dot_git / "index"
+        return worktree, dot_git / "index"
     if dot_git.is_file():
         text = dot_git.read_text("utf-8", "surrogateescape").strip()
         if text.startswith("gitdir: "):
             git_dir = Path(text[len("gitdir: "):])
-            return (git_dir if git_dir.is_absolute() else worktree / git_dir) / "index"
-    out = _git(worktree, "rev-parse", "--path-format=absolute", "--git-path", "index")
-    return Path(_line(out))
+            return worktree, (git_dir if git_dir.is_absolute() else worktree / git_dir) / "index"
+    proc = _run(worktree, ["rev-parse", "--path-format=absolute", "--show-toplevel", "--git-path", "index"])
+    if proc.returncode != 0:
+        if b"must be run in a work tree" in proc.stderr:
+            raise CairnError("not_a_git_repo", f"{worktree} is not a working tree")
+        raise _failure(worktree, ["rev-parse"], proc)
+    top, index = _line(proc.stdout).split("\n")
+    return Path(top), Path(index)
 
 
 def snapshot(worktree: Path, max_file_bytes: int, message: str = SNAPSHOT_MESSAGE) -> Snapshot:
-    """Write the whole state of `worktree` (its top level) as git objects.
+    """Write the whole state of the working tree `worktree` is in as git objects.
 
     The session's index, HEAD, branches and files are never touched: all work
     happens in a private copy of the index (new objects go into the repository). Files larger than
@@ -312,10 +318,10 @@ def snapshot(worktree: Path, max_file_bytes: int, message: str = SNAPSHOT_MESSAG
     A conflicted index is recorded with its conflicted paths resolved to their
     working-tree content. Raises bad_ref when HEAD has no commit yet.
     """
-    worktree = Path(worktree)
-    if not worktree.is_dir():
+    if not Path(worktree).is_dir():
         raise CairnError("repo_not_found", f"worktree {worktree} does not exist")
-    with _index_copy(_index_file(worktree)) as index_copy:
+    worktree, index_file = _locate(Path(worktree))
+    with _index_copy(index_file) as index_copy:
         env = {"GIT_INDEX_FILE": str(index_copy)}
         # write-tree and status run at once on the same copy: status only reads it,
         # and write-tree replaces it by rename (keeping every entry), so status sees
@@ -530,7 +536,14 @@ def remove_worktree(repo: Path, path: Path) -> None:
 
 def list_worktrees(repo: Path) -> list[Path]:
     """Every working tree of the repository, the main one (if not bare) first."""
-    out = _git(repo, "worktree", "list", "--porcelain", "-z")
+    proc = _run(repo, ["worktree", "list", "--porcelain", "-z"])
+    if proc.returncode != 0 and b"unknown switch" in proc.stderr:
+        # git before 2.36 has no -z, and prints paths as they are, one record a line.
+        out = _git(repo, "worktree", "list", "--porcelain").replace(b"\n", b"\0")
+    elif proc.returncode != 0:
+        raise _failure(repo, ["worktree"], proc)
+    else:
+        out = proc.stdout
     trees = []
     for block in out.split(b"\0\0"):
         fields = [f for f in block.split(b"\0") if f]
