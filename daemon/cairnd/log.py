@@ -229,8 +229,9 @@ def _load_memmem() -> Any:
 _MEMMEM = _load_memmem()
 
 
-class _ChunkBuffer(threading.local):
-    """One read buffer per scanning thread, reused from chunk to chunk."""
+class _ChunkBuffers(threading.local):
+    """One read buffer per thread of one scan, reused from chunk to chunk and freed
+    with the scan (the daemon's worker threads live long: they keep nothing)."""
 
     def __init__(self) -> None:
         self.data = bytearray()
@@ -242,9 +243,6 @@ class _ChunkBuffer(threading.local):
             # Never resized afterwards, so the address stays valid for memmem.
             self.address = ctypes.addressof(ctypes.c_char.from_buffer(self.data))
         return self.data, self.address
-
-
-_buffers = _ChunkBuffer()
 
 
 def _count_newlines(data: bytearray, begin: int, end: int) -> int:
@@ -259,12 +257,13 @@ def _count_newlines(data: bytearray, begin: int, end: int) -> int:
     return count
 
 
-def _scan_chunk(fd: int, begin: int, end: int, marks: tuple[bytes, ...]) -> tuple[int, list[tuple[int, int]]]:
+def _scan_chunk(fd: int, begin: int, end: int, marks: tuple[bytes, ...],
+                buffers: _ChunkBuffers) -> tuple[int, list[tuple[int, int]]]:
     """The newlines in bytes [begin, end) of `fd`, and every mark occurrence starting
     there (the first of each line) as `(offset, newlines in [begin, offset))`."""
     # A mark that starts in this chunk may end in the next one: read that far.
     reach = end - begin + max(len(mark) for mark in marks) - 1
-    data, address = _buffers.at_least(reach)
+    data, address = buffers.at_least(reach)
     view = memoryview(data)
     got = 0
     while got < reach:
@@ -303,9 +302,10 @@ def _scan_chunk(fd: int, begin: int, end: int, marks: tuple[bytes, ...]) -> tupl
 def _scan_chunks(fd: int, start: int, end: int, marks: tuple[bytes, ...]) -> Iterator[tuple[int, list[tuple[int, int]]]]:
     """`_scan_chunk` over [start, end) in order, two chunks at a time on big files."""
     spans = [(begin, min(begin + _SCAN_CHUNK, end)) for begin in range(start, end, _SCAN_CHUNK)]
+    buffers = _ChunkBuffers()
     if len(spans) < _SCAN_PARALLEL_MIN or _SCAN_THREADS < 2 or _MEMMEM is None:
         for begin, stop in spans:
-            yield _scan_chunk(fd, begin, stop, marks)
+            yield _scan_chunk(fd, begin, stop, marks, buffers)
         return
     # Closing this generator waits for the chunks being read, so `fd` outlives them.
     with ThreadPoolExecutor(_SCAN_THREADS, thread_name_prefix="cairnd-scan") as pool:
@@ -313,12 +313,12 @@ def _scan_chunks(fd: int, start: int, end: int, marks: tuple[bytes, ...]) -> Ite
         todo = iter(spans)
         try:
             for begin, stop in islice(todo, _SCAN_AHEAD):
-                pending.append(pool.submit(_scan_chunk, fd, begin, stop, marks))
+                pending.append(pool.submit(_scan_chunk, fd, begin, stop, marks, buffers))
             while pending:
                 done = pending.popleft().result()
                 following = next(todo, None)
                 if following is not None:
-                    pending.append(pool.submit(_scan_chunk, fd, *following, marks))
+                    pending.append(pool.submit(_scan_chunk, fd, *following, marks, buffers))
                 yield done
         finally:
             for future in pending:
