@@ -8,8 +8,8 @@ answers permission requests the way cairnd does by default (`allow_once`).
 
 from __future__ import annotations
 
-import asyncio
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Callable, Mapping
@@ -134,6 +134,52 @@ def gemini_agent_env(model_env: Mapping[str, str], home: Path) -> dict[str, str]
     return agent_env({**model_env, "HOME": str(home)})
 
 
+# --- Claude Code's transcripts (for native load and fork; see NOTES.md) ----------
+
+
+def claude_project_dir(home: Path, cwd: Path) -> Path:
+    """Where Claude Code keeps the transcripts of sessions run in `cwd`.
+
+    It looks sessions up by cwd, so a session loads or forks only where this
+    directory holds its transcript. Paths over 200 characters are cut and
+    hashed by Claude Code; not reproduced here.
+    """
+    name = re.sub(r"[^a-zA-Z0-9]", "-", str(cwd))
+    if len(name) > 200:
+        raise ValueError(f"{cwd}: path too long for this helper")
+    return home / ".claude" / "projects" / name
+
+
+def claude_transcript(home: Path, session_id: str) -> Path:
+    """The transcript of a session, whichever cwd it ran in."""
+    return next((home / ".claude" / "projects").glob(f"*/{session_id}.jsonl"))
+
+
+def copy_claude_transcript(home: Path, session_id: str, cwd: Path) -> Path:
+    """Make a session loadable and forkable from another cwd (a fork's worktree)."""
+    target = claude_project_dir(home, cwd) / f"{session_id}.jsonl"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(claude_transcript(home, session_id), target)
+    return target
+
+
+def claude_assistant_entries(home: Path, session_id: str) -> list[tuple[str, str]]:
+    """(uuid, first text or tool name) of each main-thread assistant entry, in order.
+
+    A uuid here is what `_meta.claudeCode.options.resumeSessionAt` takes to
+    cut a `session/fork` after that entry.
+    """
+    found = []
+    for line in claude_transcript(home, session_id).read_bytes().splitlines():
+        entry = orjson.loads(line)
+        if entry.get("type") != "assistant" or entry.get("isSidechain"):
+            continue
+        content = (entry.get("message") or {}).get("content") or []
+        label = next((b.get("text") or b.get("name") for b in content if isinstance(b, dict)), "")
+        found.append((entry["uuid"], str(label)))
+    return found
+
+
 def make_git_repo(path: Path, files: Mapping[str, str] | None = None) -> Path:
     """A fresh repository with one commit, and a local identity so commits work anywhere."""
     path.mkdir(parents=True, exist_ok=True)
@@ -256,14 +302,3 @@ class RecordingClient:
         if not target.is_relative_to(self.root.resolve()):
             raise RequestError.invalid_params({"path": path, "reason": f"outside {self.root}"})
         return target
-
-
-async def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
-    """Poll `predicate` until true or `timeout` seconds pass."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() >= deadline:
-            return False
-        await asyncio.sleep(interval)
-    return True

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 import shutil
 import sys
 import tempfile
@@ -42,7 +41,9 @@ from realagents.anthropic_stub import (  # noqa: E402
 )
 from realagents.harness import (  # noqa: E402
     claude_agent_bin,
+    claude_assistant_entries,
     claude_agent_env,
+    copy_claude_transcript,
     ensure_agents_installed,
     git_status,
     make_git_repo,
@@ -161,35 +162,6 @@ async def load_from_other_worktree(s: Smoke, sid: str) -> None:
         s.seen(f"model saw after load elsewhere: {s.model_saw_since(before)}")
 
 
-def transcript_assistant_uuids(home: Path, sid: str) -> list[tuple[str, str]]:
-    """(uuid, first text or tool name) of each assistant entry in Claude Code's transcript."""
-    found = []
-    for path in (home / ".claude" / "projects").glob(f"*/{sid}.jsonl"):
-        for line in path.read_bytes().splitlines():
-            entry = orjson.loads(line)
-            if entry.get("isSidechain"):
-                continue
-            if entry.get("type") != "assistant":
-                continue
-            content = (entry.get("message") or {}).get("content") or []
-            label = next((b.get("text") or b.get("name") for b in content if isinstance(b, dict)), "")
-            found.append((entry["uuid"], str(label)))
-    return found
-
-
-def claude_project_dir(home: Path, cwd: Path) -> Path:
-    """Where Claude Code keeps the transcripts of sessions run in `cwd` (short paths only)."""
-    return home / ".claude" / "projects" / re.sub(r"[^a-zA-Z0-9]", "-", str(cwd))
-
-
-def copy_transcript(home: Path, sid: str, cwd: Path) -> Path:
-    source = next((home / ".claude" / "projects").glob(f"*/{sid}.jsonl"))
-    target = claude_project_dir(home, cwd) / f"{sid}.jsonl"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(source, target)
-    return target
-
-
 async def fork_natively(s: Smoke, sid: str) -> None:
     fork_dir = s.work / "fork-worktree"
     git(s.repo, "worktree", "add", "-q", "--detach", str(fork_dir), "HEAD")
@@ -200,7 +172,7 @@ async def fork_natively(s: Smoke, sid: str) -> None:
             s.seen(f"session/fork into another cwd worked: {forked.session_id}")
         except Exception as exc:
             s.seen(f"session/fork into another cwd failed: {exc!r}")
-        copied = copy_transcript(s.home, sid, fork_dir)
+        copied = copy_claude_transcript(s.home, sid, fork_dir)
         s.seen(f"copied the transcript to {copied}")
 
         forked = await conn.fork_session(session_id=sid, cwd=str(fork_dir), mcp_servers=[])
@@ -212,7 +184,7 @@ async def fork_natively(s: Smoke, sid: str) -> None:
         s.seen(f"model saw in the whole fork: {seen}")
         s.check(bool(seen) and "Create hello.txt saying hello." in seen[0], "a whole fork (other cwd, transcript copied) carries the history")
 
-        uuids = transcript_assistant_uuids(s.home, sid)
+        uuids = claude_assistant_entries(s.home, sid)
         s.seen(f"assistant entries in the transcript: {uuids}")
         cut = next((u for u, label in uuids if label == "Wrote hello.txt."), None)
         if cut is None:
