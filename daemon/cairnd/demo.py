@@ -157,6 +157,9 @@ class DemoDaemon:
             except (TimeoutError, socket.timeout):
                 continue
             if "READY=1" in data.decode(errors="replace").split("\n"):
+                # Nobody listens from here on: gone, the socket refuses the daemon's later
+                # STATUS= datagrams at once instead of queueing them until it is full.
+                self._close_socket()
                 return self.proc.pid
         raise DemoError(f"the daemon was not ready within {READY_SECONDS:g} s; see {self.log}")
 
@@ -173,10 +176,13 @@ class DemoDaemon:
                 self.proc.kill()
                 return self.proc.wait()
         finally:
-            if self._sock is not None:
-                self._sock.close()
-                self._sock = None
-            shutil.rmtree(self._sock_dir, ignore_errors=True)
+            self._close_socket()
+
+    def _close_socket(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        shutil.rmtree(self._sock_dir, ignore_errors=True)
 
 
 def _request(state: Path, request: dict[str, Any]) -> dict[str, Any]:
