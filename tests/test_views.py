@@ -1,0 +1,170 @@
+"""What ls/show/tree/status read: turns with their checkpoints (a fork's baseline is not
+its parent's), lineage trees (a deleted parent stays visible), files changed between
+snapshots, spool depths, and the daemon's lock read the way the daemon writes it."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+from gitrepos import commit_all, make_repo, write
+from logsamples import (
+    agent_chunk,
+    checkpoint,
+    fork_meta,
+    lines_of,
+    prompt_request,
+    prompt_response,
+    turn_complete,
+)
+
+from cairnd.registry import ForkRow, SessionRow
+from cairnd.transcript import session_state
+from cairnd.views import changed_files, daemon_pid, find_root, lineage_forest, session_turns, spool_depths
+
+
+def sha(ch: str) -> str:
+    return ch * 40
+
+
+def turns_of(*entries: bytes):
+    lines = lines_of(*entries)
+    return session_turns(session_state(lines).conversation, lines)
+
+
+# --------------------------------------------------------------------------- session_turns
+
+
+def test_each_turn_gets_the_checkpoint_it_left_and_the_one_before_it():
+    turns = turns_of(
+        checkpoint(0, worktree_sha=sha("0")),
+        prompt_request(1, "first"), agent_chunk("ok"), prompt_response(1), turn_complete(),
+        checkpoint(1, worktree_sha=sha("1")),
+        prompt_request(2, "second"), prompt_response(2, "cancelled"), turn_complete("cancelled"),
+        checkpoint(2, worktree_sha=sha("2")),
+    )
+    assert [(t.index, t.prompt, t.stop_reason) for t in turns] == [(0, "first", "end_turn"),
+                                                                   (1, "second", "cancelled")]
+    assert [(t.previous["worktreeSha"], t.checkpoint["worktreeSha"]) for t in turns] == [
+        (sha("0"), sha("1")), (sha("1"), sha("2"))]
+    assert not any(t.inherited for t in turns)
+
+
+def test_a_turn_cut_short_has_no_checkpoint_of_its_own():
+    turns = turns_of(checkpoint(0, worktree_sha=sha("0")), prompt_request(1, "crashed mid-way"))
+    assert turns[0].checkpoint is None and turns[0].previous["worktreeSha"] == sha("0")
+    assert turns[0].stop_reason is None
+
+
+def test_a_forks_baseline_starts_its_first_turn_and_is_not_the_parents():
+    turns = turns_of(
+        checkpoint(0, worktree_sha=sha("0")),
+        prompt_request(1, "kept"), prompt_response(1), turn_complete(),
+        checkpoint(1, worktree_sha=sha("1")),
+        fork_meta(user_message_index=1),
+        checkpoint(1, worktree_sha=sha("f"), session="f1"),
+        prompt_request(1, "the fork's own"), prompt_response(1), turn_complete(session="f1"),
+        checkpoint(2, worktree_sha=sha("2"), session="f1"),
+    )
+    assert [t.inherited for t in turns] == [True, False]
+    assert turns[0].checkpoint["worktreeSha"] == sha("1")
+    assert turns[1].previous["worktreeSha"] == sha("f") and turns[1].checkpoint["worktreeSha"] == sha("2")
+
+
+def test_a_fork_of_a_fork_inherits_everything_before_its_own_cut():
+    turns = turns_of(
+        prompt_request(1, "a"), prompt_response(1), turn_complete(), checkpoint(1),
+        fork_meta(session="f1"), checkpoint(1, session="f1"),
+        prompt_request(1, "b"), prompt_response(1), turn_complete(), checkpoint(2, session="f1"),
+        fork_meta(session="f2", parent="f1", user_message_index=2), checkpoint(2, session="f2"),
+    )
+    assert [t.inherited for t in turns] == [True, True]
+
+
+# --------------------------------------------------------------------------- lineage_forest
+
+
+def row(id: str, state: str = "ready", parent: str | None = None, created: float = 0.0,
+        title: str | None = None) -> SessionRow:
+    return SessionRow(id=id, state=state, title=title or id, repo=Path("/r"), worktree=Path("/w") / id,
+                      in_place=False, agent="reference", parent_id=parent, root_id="a", turns=1,
+                      request_id=None, result=None, created_at=created, updated_at=created, deleted_at=None)
+
+
+def fork(id: str, parent: str, k: int, created: float, parent_title: str | None = None) -> ForkRow:
+    return ForkRow(id=id, parent_id=parent, parent_title=parent_title or parent, root_id="a",
+                   user_message_index=k, head_sha=sha("a"), worktree_sha=sha("b"), created_at=created)
+
+
+def shape(nodes) -> list:
+    return [(n.id, n.state, n.user_message_index, n.parent_exists, shape(n.children)) for n in nodes]
+
+
+def test_lineage_forest_nests_forks_under_parents_oldest_first():
+    sessions = [row("a", created=1), row("b", parent="a", created=2), row("c", parent="a", created=3),
+                row("d", parent="b", created=4), row("z", created=5), row("x", state="creating", created=6)]
+    forks = [fork("b", "a", 2, 2), fork("c", "a", 0, 3), fork("d", "b", 1, 4)]
+    assert shape(lineage_forest(sessions, forks)) == [
+        ("a", "ready", None, None, [
+            ("b", "ready", 2, True, [("d", "ready", 1, True, [])]),
+            ("c", "ready", 0, True, []),
+        ]),
+        ("z", "ready", None, None, []),
+    ]
+
+
+def test_lineage_forest_keeps_a_deleted_parent_and_one_known_only_by_its_lineage_row():
+    sessions = [row("a", state="deleted", created=1), row("b", parent="a", created=2),
+                row("d", parent="gone", created=4)]
+    forks = [fork("b", "a", 1, 2), fork("d", "gone", 3, 4, parent_title="old plan")]
+    forest = lineage_forest(sessions, forks)
+    assert shape(forest) == [
+        ("a", "deleted", None, None, [("b", "ready", 1, False, [])]),
+        ("gone", "gone", None, None, [("d", "ready", 3, False, [])]),
+    ]
+    assert forest[1].title == "old plan"
+    assert all(root.alive() for root in forest)
+    assert find_root(forest, "d") is forest[1] and find_root(forest, "nope") is None
+    assert not lineage_forest([row("a", state="deleted")], [])[0].alive()
+
+
+# --------------------------------------------------------------------------- I/O
+
+
+def test_changed_files_between_snapshot_commits(tmp_path: Path):
+    repo = make_repo(tmp_path / "r", {"keep": "1\n", "edit": "1\n", "drop": "1\n"})
+    before = commit_all(repo, "same")
+    write(repo, "edit", "2\n")
+    write(repo, "new file", "x\n")
+    (repo / "drop").unlink()
+    after = commit_all(repo, "changed")
+    assert changed_files(repo, before, after) == [("D", "drop"), ("M", "edit"), ("A", "new file")]
+    assert changed_files(repo, after, after) == []
+    assert changed_files(repo, sha("e"), after) is None  # an object gone from the repository
+    assert changed_files(repo, "HEAD", after) is None  # only full ids are taken
+
+
+def test_spool_depths_count_requests_and_results(tmp_path: Path):
+    for sub, names in {"new": ["a.json", ".hidden"], "cur": ["b.json"], "done": ["c.json", "d.json"],
+                       "failed": ["e.json", "e.json.raw"]}.items():
+        (tmp_path / sub).mkdir()
+        for name in names:
+            (tmp_path / sub / name).write_text("{}")
+    assert spool_depths(tmp_path) == {"new": 1, "cur": 1, "done": 2, "failed": 1}
+    assert spool_depths(tmp_path / "missing") == {"new": 0, "cur": 0, "done": 0, "failed": 0}
+
+
+def test_daemon_pid_reads_the_lock_as_the_daemon_holds_it(tmp_path: Path):
+    assert daemon_pid(tmp_path) is None
+    lock = tmp_path / "cairnd.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT)
+    try:
+        assert daemon_pid(tmp_path) is None  # a lock file nobody holds: a stopped daemon
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.write(fd, b"4242\n")
+        # flock locks belong to the open file description: a separate open sees it held.
+        assert daemon_pid(tmp_path) == 4242
+    finally:
+        os.close(fd)
+    assert daemon_pid(tmp_path) is None
