@@ -132,6 +132,20 @@ def _walk(root: bytes, rel: bytes = b"") -> list[bytes]:
     return found
 
 
+def all_files(worktree: Path) -> list[bytes]:
+    """Every file and symlink under the worktree, ignored or not, outside .git."""
+    return _walk(os.fsencode(worktree))
+
+
+def detached_head(worktree: Path) -> str | None:
+    """The commit a linked worktree's HEAD is detached at, read from its HEAD file
+    (None when HEAD is a branch)."""
+    text = (worktree / ".git").read_text().strip()
+    head_file = Path(text.removeprefix("gitdir: ")) / "HEAD"
+    content = head_file.read_text().strip()
+    return None if content.startswith("ref: ") else content
+
+
 def ignored(worktree: Path, paths: list[bytes]) -> set[bytes]:
     """Which of these paths git ignores (tracked files never are)."""
     if not paths:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -430,3 +431,28 @@ def test_snapshot_of_a_bare_repository_is_not_a_git_repo(tmp_path: Path) -> None
     bare = make_bare_repo(tmp_path / "bare.git")
     with raises("not_a_git_repo"):
         git.snapshot(bare, NO_CAP)
+
+
+def test_worktrees_snapshots_and_refs_in_parallel_threads(repo: Path, tmp_path: Path) -> None:
+    # The daemon runs these in worker threads, several at once on one repository.
+    write(repo, "shared.txt", "base\n")
+    snap = git.snapshot(repo, NO_CAP)
+
+    def one_session(n: int) -> tuple[int, str]:
+        session = tmp_path / "worktrees" / f"s{n}" / "repo"
+        git.create_fork_worktree(repo, session, snap.head_sha, snap.worktree_sha, snap.index_tree)
+        write(session, "mine.txt", f"session {n}\n")
+        mine = git.snapshot(session, NO_CAP)
+        git.pin(session, f"refs/cairnd/s{n}/0", mine.worktree_sha)
+        return n, mine.worktree_sha
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        made = dict(pool.map(one_session, range(6)))
+    for n, sha in made.items():
+        assert git_text(repo, "show", f"{sha}:mine.txt") == f"session {n}"
+        assert git.list_refs(repo, f"refs/cairnd/s{n}/") == {f"refs/cairnd/s{n}/0": sha}
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(lambda n: git.remove_worktree(repo, tmp_path / "worktrees" / f"s{n}" / "repo"), range(6)))
+        list(pool.map(lambda n: git.delete_refs(repo, f"refs/cairnd/s{n}/"), range(6)))
+    assert git.list_worktrees(repo) == [repo]
+    assert git.list_refs(repo, "refs/cairnd/") == {}
