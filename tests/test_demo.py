@@ -50,7 +50,7 @@ def test_demo_tours_a_fork_and_names_its_worktree(tmp_path: Path):
     if not overloaded():
         assert elapsed < BUDGET_SECONDS, out
 
-    fork_tree = Path(re.search(r"^fork worktree: (/.+)$", out, re.M).group(1))
+    fork_tree = Path(re.search(r"^\s*fork worktree:\s+(/.+)$", out, re.M).group(1))
     parent_tree = Path(re.search(r"^\s*parent worktree:\s+(/.+)$", out, re.M).group(1))
     assert fork_tree.is_relative_to(tmp_path / "tour" / "state" / "worktrees")
 

@@ -76,7 +76,7 @@ def test_the_demo_command_works_in_a_fresh_clone(tmp_path: Path):
     proc = subprocess.run(["bash", "-c", command], cwd=clone, env=clean_env(), capture_output=True, text=True,
                           timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    fork_tree = Path(re.search(r"^fork worktree: (/.+)$", proc.stdout, re.M).group(1))
+    fork_tree = Path(re.search(r"^\s*fork worktree:\s+(/.+)$", proc.stdout, re.M).group(1))
     assert (fork_tree / "idea.txt").read_text() == "maybe greet in French too\nbonjour le monde\n"
     assert (clone / ".venv" / "bin" / "cairnd").exists()
     shutil.rmtree(re.search(r"^To clean up: rm -rf (/.+)$", proc.stdout, re.M).group(1))

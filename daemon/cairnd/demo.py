@@ -277,7 +277,7 @@ def run_demo(directory: Path | None = None, as_json: bool = False) -> int:
         f"   parent log:       {tour.parent['log']}",
         f"   fork log:         {tour.fork['log']}",
         f"   parent worktree:  {tour.parent['worktree']}",
-        f"fork worktree: {tour.fork['worktree']}",
+        f"   fork worktree:    {tour.fork['worktree']}",
         "",
         "Look around (these read the state directly; no daemon needed):",
         f"   cairnd -c {tour.config} tree",
