@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -226,6 +227,13 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_OK
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except (OSError, sqlite3.Error) as exc:
+        # An unreadable state directory or registry: the set-up needs fixing (wrong
+        # user, wrong state_dir), not the request.
+        print(f"cairnd: cannot read the state directory: {exc}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 def _dispatch(args: argparse.Namespace) -> int:

@@ -7,7 +7,6 @@ request written while the daemon is stopped waits in `new/` until it starts.
 
 from __future__ import annotations
 
-import os
 import secrets
 import time
 from collections.abc import Callable
@@ -148,12 +147,3 @@ def describe_entry(line: bytes) -> str | None:
 def result_json(result: dict[str, Any]) -> bytes:
     return orjson.dumps(result, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
 
-
-def process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

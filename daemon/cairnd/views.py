@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import sqlite3
 import subprocess
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -85,7 +86,7 @@ def daemon_status(config: Config) -> dict[str, Any]:
         "running": pid is not None,
         "pid": pid if pid and pid > 0 else None,
         "state_dir": str(layout.root),
-        "config": str(config.source) if config.source else None,
+        "config": str(config.source.absolute()) if config.source else None,
         "spool": spool_depths(layout.spool),
         "started_at": None,
         "updated_at": None,
@@ -132,7 +133,10 @@ def session_rows(layout: StateLayout, all_states: bool = False) -> list[SessionR
 def resolve_session(layout: StateLayout, text: str) -> str:
     """A session id from what a user typed: the id itself, or a prefix of exactly one
     session's id. Unknown text is returned as it is, for the daemon to judge."""
-    rows = session_rows(layout, all_states=True)
+    try:
+        rows = session_rows(layout, all_states=True)
+    except sqlite3.Error:
+        return text  # a registry we may not read: the daemon will judge the id
     ids = [row.id for row in rows]
     if text in ids or not text:
         return text
