@@ -12,7 +12,7 @@ All functions are synchronous (callers run them in worker threads) and raise
 `commit_missing` or `git_failed` (git's stderr in the message).
 
 Paths given to git come back as bytes and go in as bytes: file names may hold
-spaces, newlines or bytes that are not UTF-8.
+spaces, newlines or bytes that are not UTF-8. Needs git 2.31 or later.
 """
 
 from __future__ import annotations
