@@ -456,3 +456,16 @@ def test_worktrees_snapshots_and_refs_in_parallel_threads(repo: Path, tmp_path: 
         list(pool.map(lambda n: git.delete_refs(repo, f"refs/cairnd/s{n}/"), range(6)))
     assert git.list_worktrees(repo) == [repo]
     assert git.list_refs(repo, "refs/cairnd/") == {}
+
+
+def test_index_copies_left_by_a_killed_process_are_swept(tmp_path: Path) -> None:
+    stale = tmp_path / f"{git.INDEX_COPY_PREFIX}old"
+    stale.write_bytes(b"DIRC")
+    fresh = tmp_path / f"{git.INDEX_COPY_PREFIX}in-use"
+    fresh.write_bytes(b"DIRC")
+    os.utime(fresh, (0, 0))  # a copy keeps its index's (old) mtime; its ctime is what counts
+    other = tmp_path / "unrelated"
+    other.write_bytes(b"")
+    assert git.sweep_index_copies(tmp_path, older_than=3600) == 0
+    assert git.sweep_index_copies(tmp_path, older_than=-1) == 2
+    assert not stale.exists() and not fresh.exists() and other.exists()

@@ -23,6 +23,7 @@ import shutil
 import stat
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -359,13 +360,45 @@ def snapshot(worktree: Path, max_file_bytes: int, message: str = SNAPSHOT_MESSAG
     )
 
 
+INDEX_COPY_PREFIX = "cairnd-index-"
+STALE_INDEX_COPY_SECONDS = 3600.0
+_swept_index_copies = False
+
+
+def sweep_index_copies(directory: Path | None = None, older_than: float = STALE_INDEX_COPY_SECONDS) -> int:
+    """Remove index copies a killed cairnd left behind (the `finally` that removes them
+    never ran); return how many. Judged by ctime: copy2 gives a copy its index's old
+    mtime, but creating it set its ctime, so a copy in use is never old."""
+    directory = Path(directory or tempfile.gettempdir())
+    limit = time.time() - older_than
+    removed = 0
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return 0
+    for entry in entries:
+        if not entry.name.startswith(INDEX_COPY_PREFIX):
+            continue
+        try:
+            if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_ctime < limit:
+                os.unlink(entry.path)
+                removed += 1
+        except OSError:
+            continue  # another user's file, or gone already
+    return removed
+
+
 @contextmanager
 def _index_copy(index_file: Path) -> Iterator[Path]:
     """A private copy of an index file (empty if there is none), removed afterwards.
 
     copy2 keeps the mtime, so git's racy-clean checks stay exactly as strict on
     the copy as on the real index."""
-    fd, name = tempfile.mkstemp(prefix="cairnd-index-")
+    global _swept_index_copies
+    if not _swept_index_copies:
+        _swept_index_copies = True  # once per process: leftovers come from a previous one
+        sweep_index_copies()
+    fd, name = tempfile.mkstemp(prefix=INDEX_COPY_PREFIX)
     os.close(fd)
     copy = Path(name)
     try:
