@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from cairnd import git
-from cairnd.checkpoint import take_checkpoint
+from cairnd.checkpoint import session_ref_prefix, take_checkpoint
 from cairnd.config import StateLayout
 from cairnd.durable import fsync_dir, write_all
 from cairnd.errors import CairnError
@@ -99,7 +99,7 @@ def discard_partial(layout: StateLayout, registry: Registry, row: SessionRow) ->
     if not row.in_place:
         git.remove_worktree(row.repo, row.worktree)
         shutil.rmtree(layout.worktree_parent(row.id), ignore_errors=True)
-    git.delete_refs(row.repo, f"refs/cairnd/{row.id}/")
+    git.delete_refs(row.repo, session_ref_prefix(row.id))
     shutil.rmtree(layout.session_dir(row.id), ignore_errors=True)
     registry.forget_creating(row.id)
 

@@ -17,7 +17,7 @@ from typing import Any
 import anyio
 
 from cairnd import git
-from cairnd.checkpoint import take_checkpoint
+from cairnd.checkpoint import session_ref_prefix, take_checkpoint
 from cairnd.config import AgentProfile, Config
 from cairnd.errors import CairnError
 from cairnd.forker import discard_partial, fork_session, write_fork_log
@@ -210,7 +210,7 @@ class Sessions:
         if not keep_worktree and not row.in_place:
             git.remove_worktree(row.repo, row.worktree)
             shutil.rmtree(self.layout.worktree_parent(row.id), ignore_errors=True)
-        git.delete_refs(row.repo, f"refs/cairnd/{row.id}/")
+        git.delete_refs(row.repo, session_ref_prefix(row.id))
         self.registry.mark_deleted(row.id)
 
     # -- life cycle ------------------------------------------------------------------------
