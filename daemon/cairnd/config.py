@@ -1,4 +1,19 @@
-"""Configuration (SPEC section 9) and the layout of the state directory (SPEC section 2)."""
+"""Configuration (SPEC section 9) and the layout of the state directory (SPEC section 2).
+
+An agent profile, `[agents.NAME]`:
+
+    command = ["claude-agent-acp"]   # argv; run with cwd = the session's worktree
+    env = { KEY = "value" }          # added to cairnd's own environment for this agent;
+                                     # a value replaces cairnd's, "" sets it empty (there
+                                     # is no "unset": programs read an empty flag as off,
+                                     # e.g. IS_SANDBOX = "" for Claude Code run as root)
+    permission = "allow_once"        # answer to session/request_permission: allow_once | reject_once
+    fs = true                        # offer the agent ACP's fs/read_text_file and
+                                     # fs/write_text_file (confined to the worktree); false
+                                     # makes it use its own file tools in its cwd. Gemini
+                                     # CLI 0.61 needs false: through fs/* it cannot create
+                                     # a new file (google-gemini/gemini-cli#9280)
+"""
 
 from __future__ import annotations
 
@@ -17,12 +32,14 @@ SYSTEM_CONFIG = Path("/etc/cairnd/cairnd.toml")
 
 @dataclass(frozen=True)
 class AgentProfile:
-    """How to start one ACP agent: argv, extra environment, answer to permission requests."""
+    """How to start one ACP agent: argv, extra environment, answer to permission requests,
+    whether cairnd offers it fs/* (see the module docstring)."""
 
     name: str
     command: tuple[str, ...]
     env: dict[str, str] = field(default_factory=dict)
     permission: str = "allow_once"
+    fs: bool = True
 
 
 def reference_profile() -> AgentProfile:
@@ -172,7 +189,7 @@ def parse_config(data: dict[str, Any], source: Path | None = None,
 def _parse_agent(name: str, table: Any, base: AgentProfile | None, where: str) -> AgentProfile:
     if not isinstance(table, dict):
         raise ConfigError(f"{where}: [agents.{name}] must be a table")
-    unknown = set(table) - {"command", "env", "permission"}
+    unknown = set(table) - {"command", "env", "permission", "fs"}
     if unknown:
         raise ConfigError(f"{where}: [agents.{name}] unknown key {sorted(unknown)[0]!r}")
     command = table.get("command", list(base.command) if base else None)
@@ -185,7 +202,10 @@ def _parse_agent(name: str, table: Any, base: AgentProfile | None, where: str) -
     permission = table.get("permission", "allow_once")
     if permission not in PERMISSION_POLICIES:
         raise ConfigError(f"{where}: [agents.{name}] permission {permission!r} is not one of {PERMISSION_POLICIES}")
-    return AgentProfile(name, tuple(command), dict(env), permission)
+    fs = table.get("fs", base.fs if base else True)
+    if not isinstance(fs, bool):
+        raise ConfigError(f"{where}: [agents.{name}] fs = {fs!r} must be true or false")
+    return AgentProfile(name, tuple(command), dict(env), permission, fs)
 
 
 def load_config(explicit: str | Path | None = None,

@@ -27,6 +27,13 @@ after the answer `_posthog/turn_complete` (stopReason as the agent said it, or
 `agent_exited`, `interrupted`, or `error` when it answered the prompt with a JSON-RPC
 error) and `_posthog/agent_checkpoint`, fsynced before the result is returned.
 
+Cancel: a turn that ends `cancelled` retires its agent process (stdin closed, SIGTERM
+after RETIRE_GRACE_SECONDS) and the next prompt starts a fresh one, which gets the
+history like any restart: `session/load` or replay. A cancel may leave an agent's state
+out of step with its answers (claude-agent-acp 0.23.1 answers the prompt after a cancel
+at once and stays one turn behind from then on, so a checkpoint would miss that turn's
+changes); a fresh process is the cure that works for every agent, for about a second.
+
 Lifetime: a runner's background tasks (one host task per agent process: pumps,
 reaping; the idle timer) live in a task group, the caller's (`task_group=`) or its own
 (`async with`). Agents idle for `idle_seconds` are stopped and restarted on the next
@@ -90,6 +97,10 @@ STDERR_FILE = "agent.stderr"  # beside the log: everything the agent wrote to st
 STDERR_TAIL_LINES = 20  # how many of its last stderr lines explain a failure
 STDOUT_GRACE_SECONDS = 1.0  # after the agent exits, how long its stdout may still drain
 TERMINATE_GRACE_SECONDS = 2.0  # between SIGTERM and SIGKILL
+# An agent retired between turns (after a cancel) owes no work: after its stdin closes it
+# gets this long to exit before SIGTERM, not stop_timeout (claude-agent-acp never exits
+# on EOF, and the next prompt waits for it).
+RETIRE_GRACE_SECONDS = 0.5
 READ_CHUNK = 1 << 16
 SDK_READER_LIMIT = 50 * 1024 * 1024  # frames up to this size reach the SDK in one piece
 
@@ -353,11 +364,13 @@ class AgentProcess:
     replay: dict[str, Any] | None = None  # block to send ahead of the next prompt
     stderr_tail: bytes = b""
     stop_requested: bool = False
+    owes_nothing: bool = False  # stopped between turns: SIGTERM follows EOF quickly
     wake: anyio.Event = field(default_factory=anyio.Event)  # stop asked, stdout closed, or exited
     stdout_closed: anyio.Event = field(default_factory=anyio.Event)
     exited: anyio.Event = field(default_factory=anyio.Event)  # reaped; all it said is logged
 
-    def stop(self) -> None:
+    def stop(self, owes_nothing: bool = False) -> None:
+        self.owes_nothing = self.owes_nothing or owes_nothing
         self.stop_requested = True
         self.wake.set()
 
@@ -519,6 +532,8 @@ class AgentRunner:
 
         with anyio.CancelScope(shield=True):
             checkpoint = await self._end_turn(turn, stop_reason)
+        if stop_reason == "cancelled" and self._agent is agent:
+            self._retire(agent, owes_nothing=True)  # see "Cancel" in the module docstring
         if stop_reason == "interrupted":
             raise CairnError("turn_interrupted", f"session {self.session_id}: turn {turn} was cut short: "
                                                  "cairnd stopped its agent")
@@ -625,7 +640,8 @@ class AgentRunner:
         init = await agent.conn.initialize(
             protocol_version=acp.PROTOCOL_VERSION,
             client_capabilities=ClientCapabilities(
-                fs=FileSystemCapabilities(read_text_file=True, write_text_file=True), terminal=False),
+                fs=FileSystemCapabilities(read_text_file=self.profile.fs, write_text_file=self.profile.fs),
+                terminal=False),
             client_info=Implementation(name="cairnd", version=__version__),
         )
         can_load = bool(init.agent_capabilities and init.agent_capabilities.load_session)
@@ -757,7 +773,8 @@ class AgentRunner:
                 process.stdin.write_eof()
             except (OSError, RuntimeError):
                 process.stdin.close()
-        for sig, grace in ((None, self.stop_timeout), (signal.SIGTERM, TERMINATE_GRACE_SECONDS),
+        eof_grace = min(RETIRE_GRACE_SECONDS, self.stop_timeout) if agent.owes_nothing else self.stop_timeout
+        for sig, grace in ((None, eof_grace), (signal.SIGTERM, TERMINATE_GRACE_SECONDS),
                            (signal.SIGKILL, None)):
             if sig is not None:
                 _signal_group(process, sig)
@@ -767,8 +784,8 @@ class AgentRunner:
         # Whatever it started and left in its process group goes with it.
         _signal_group(process, signal.SIGTERM)
 
-    def _retire(self, agent: AgentProcess) -> None:
-        agent.stop()
+    def _retire(self, agent: AgentProcess, owes_nothing: bool = False) -> None:
+        agent.stop(owes_nothing)
         if self._agent is agent:
             self._agent = None
         self._retiring.append(agent)

@@ -1,0 +1,238 @@
+"""Real Claude Code (claude-agent-acp) through the real daemon, offline (issue 7).
+
+The daemon is `python -m cairnd serve` driven through its spool; its `claude`
+profile is only `command` and `env` (what the README tells a user to write),
+pointed at the scripted Anthropic stub on a loopback port. Claude Code runs
+its real Write, Edit and Bash tools in the session worktree; the stub decides
+which tool it calls and sees every model request, so a test can check what
+history reached the model.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from acp.schema import SessionNotification
+from pydantic import ValidationError
+
+from daemonproc import Daemon
+from gitrepos import git_text, head, tree_state
+
+from . import daemonkit
+from .anthropic_stub import AnthropicStub, bash, edit_file, stall, text, user_blocks, write_file, prompt_texts
+from .harness import ensure_agents_installed, make_git_repo
+
+pytestmark = pytest.mark.realagent
+
+TURN_TIMEOUT = 120.0  # a bound against hangs, not an expectation: turns take about a second
+
+
+@pytest.fixture(scope="module")
+def agents_installed() -> None:
+    problem = ensure_agents_installed()
+    if problem:
+        pytest.skip(f"real agents unavailable: {problem}")
+
+
+@pytest.fixture
+def stub() -> Iterator[AnthropicStub]:
+    with AnthropicStub() as running:
+        yield running
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    # with a local identity: Claude's `git commit` runs with the agent's HOME, which has none
+    return make_git_repo(tmp_path / "project", {"README.md": "# demo\n"})
+
+
+def start_daemon(tmp_path: Path, stub: AnthropicStub, wiretap: Path | None = None) -> Daemon:
+    profile = daemonkit.claude_profile(stub.agent_env(str(tmp_path / "home")), tmp_path / "home", wiretap)
+    settings = {**daemonkit.DAEMON_SETTINGS, "default_agent": "claude", "agents": {"claude": profile}}
+    return Daemon(tmp_path / "state", settings).start()
+
+
+@pytest.fixture
+def daemon_factory(tmp_path: Path) -> Iterator[Any]:
+    started: list[Daemon] = []
+
+    def make(stub: AnthropicStub, wiretap: Path | None = None) -> Daemon:
+        started.append(start_daemon(tmp_path, stub, wiretap))
+        return started[-1]
+
+    yield make
+    for daemon in started:
+        if daemon.proc is not None and daemon.proc.poll() is None:
+            assert daemon.stop() == 0, daemon.stderr()[-3000:]
+
+
+def log_path(daemon: Daemon, session: str) -> Path:
+    return daemon.state / "sessions" / session / "log.ndjson"
+
+
+def commit_files(repo: Path, sha: str) -> dict[bytes, tuple[str, bytes]]:
+    """The files of a commit, read with git itself, in tree_state's shape."""
+    files = {}
+    for record in git_text(repo, "ls-tree", "-r", "-z", sha).split("\0"):
+        if record:
+            info, _, path = record.partition("\t")
+            mode, _, oid = info.split(" ")
+            files[path.encode()] = (mode, git_blob(repo, oid))
+    return files
+
+
+def git_blob(repo: Path, oid: str) -> bytes:
+    import subprocess
+
+    return subprocess.run(["git", "cat-file", "blob", oid], cwd=repo, check=True, capture_output=True).stdout
+
+
+PROMPTS = [
+    "Create notes.txt with a first line.",
+    "Make a build directory with a log in it and commit everything.",
+    "Change the first line of notes.txt.",
+]
+
+
+def test_three_turns_write_bash_edit_then_forks_at_1_and_2(tmp_path: Path, agents_installed: None,
+                                                           stub: AnthropicStub, repo: Path,
+                                                           daemon_factory: Any) -> None:
+    wiretap = tmp_path / "wire"
+    daemon = daemon_factory(stub, wiretap)
+    new = daemon.ok({"kind": "new", "repo": str(repo), "title": "claude"})
+    session, worktree = new["session"], Path(new["worktree"])
+    notes = worktree / "notes.txt"
+
+    stub.push(write_file(str(notes), "first line\n"), text("Wrote notes.txt."),
+              bash("mkdir build && printf 'built\\n' > build/log.txt && git add -A && git commit -q -m 'notes and build'"),
+              text("Committed."),
+              edit_file(str(notes), "first line", "changed line"), text("Edited."))
+    turns = []
+    states = []  # the worktree's files and HEAD right after each turn
+    for prompt in PROMPTS:
+        turns.append(daemon.ok({"kind": "prompt", "session": session, "text": prompt}, TURN_TIMEOUT))
+        states.append((tree_state(worktree), head(worktree)))
+
+    # Claude's real tools did the work.
+    assert [t["stopReason"] for t in turns] == ["end_turn"] * 3
+    assert notes.read_text() == "changed line\n"
+    assert (worktree / "build" / "log.txt").read_text() == "built\n"
+    assert git_text(worktree, "log", "-1", "--format=%s") == "notes and build"
+    assert stub.remaining() == [] and stub.unscripted == 0
+    assert prompt_texts(stub.main_requests()[-1]) == PROMPTS  # the model saw the whole session
+
+    # Every checkpoint is the worktree as the turn left it, Bash's commit included.
+    for turn, (files, head_sha) in zip(turns, states):
+        assert commit_files(worktree, turn["checkpoint"]["worktreeSha"]) == files
+        assert turn["checkpoint"]["headSha"] == head_sha
+    assert turns[1]["checkpoint"]["headSha"] != new["headSha"]  # Claude committed in turn 1
+
+    # The log holds every frame as it crossed the pipes, byte for byte, in order.
+    frames = daemonkit.log_frames(log_path(daemon, session))
+    [(sent, received)] = daemonkit.captures_for(wiretap, worktree)
+    to_agent, from_agent = daemonkit.split_by_direction(frames, sent, received)
+    assert daemonkit.unpaired_requests(to_agent, from_agent) == []
+    assert daemonkit.unpaired_requests(from_agent, to_agent) == []
+    assert [f.method for f in to_agent if f.method] == ["initialize", "session/new"] + ["session/prompt"] * 3
+    assert len([f for f in from_agent if f.method == "session/request_permission"]) == 3
+    invalid = daemonkit.session_updates(from_agent, "usage_update")
+    assert invalid and all(f.message["params"]["update"]["used"] is None for f in invalid)
+    with pytest.raises(ValidationError):
+        SessionNotification.model_validate(invalid[0].message["params"])  # the SDK's schema rejects it
+    sdk_sessions = daemonkit.entries(frames, "_posthog/sdk_session")
+    [opened] = [f for f in from_agent if "sessionId" in (f.message.get("result") or {})]
+    opened_id = opened.message["result"]["sessionId"]  # Claude's own session id
+    assert sdk_sessions == [{"sessionId": session, "sdkSessionId": opened_id, "adapter": "claude"}]
+
+    # Forks at user message 1 and 2: the files (and HEAD) of that moment.
+    fork1 = daemon.ok({"kind": "fork", "session": session, "user_message_index": 1})
+    assert fork1["state"] == "checkpoint" and fork1["prefill"] == PROMPTS[1]
+    assert tree_state(Path(fork1["worktree"])) == states[0][0]
+    assert head(Path(fork1["worktree"])) == states[0][1] == new["headSha"]
+    assert not (Path(fork1["worktree"]) / "build").exists()
+
+    stub.push(text("Forked answer."))
+    fork2 = daemon.ok({"kind": "fork", "session": session, "user_message_index": 2,
+                       "prompt": "What did we do so far?"}, TURN_TIMEOUT)
+    fork_tree = Path(fork2["worktree"])
+    assert fork2["prefill"] == PROMPTS[2] and fork2["stopReason"] == "end_turn"
+    assert tree_state(fork_tree) == states[1][0]  # Bash's directory and commit are there
+    assert head(fork_tree) == states[1][1] == turns[1]["checkpoint"]["headSha"]
+    assert (fork_tree / "notes.txt").read_text() == "first line\n"
+
+    # The fork's first prompt reached Claude with the kept history, cut at the fork:
+    # cairnd's replay (a resource block, which claude-agent-acp turns into a link and a
+    # <context> block) holds user messages 0 and 1 and the answers, not message 2.
+    link, prompt, context = prompt_texts(stub.main_requests()[-1])
+    assert (link, prompt) == (f"cairnd://replay/{fork2['session']}", "What did we do so far?")
+    assert f"User:\n{PROMPTS[0]}\n\nAssistant:\nWrote notes.txt." in context
+    assert f"User:\n{PROMPTS[1]}\n\nAssistant:\nCommitted." in context
+    assert "It holds 2 earlier user messages" in context and PROMPTS[2] not in context
+    fork_sdk = daemonkit.entries(daemonkit.log_frames(Path(fork2["log"])), "_posthog/sdk_session")[-1]
+    assert fork_sdk["sessionId"] == fork2["session"] and fork_sdk["sdkSessionId"] != opened_id
+
+
+def test_cancel_and_kill_mid_turn_then_the_session_goes_on(tmp_path: Path, agents_installed: None,
+                                                          stub: AnthropicStub, repo: Path,
+                                                          daemon_factory: Any) -> None:
+    daemon = daemon_factory(stub)
+    new = daemon.ok({"kind": "new", "repo": str(repo)})
+    session, worktree = new["session"], Path(new["worktree"])
+    prompts = ["Create a.txt.", "Think for a long time.", "Create b.txt.", "Think again.", "Create c.txt."]
+
+    stub.push(write_file(str(worktree / "a.txt"), "a\n"), text("Wrote a.txt."), stall("Let me think"))
+    daemon.ok({"kind": "prompt", "session": session, "text": prompts[0]}, TURN_TIMEOUT)
+
+    # Cancel while the model's answer is stalled mid-stream.
+    stalled = daemon.drop({"kind": "prompt", "session": session, "text": prompts[1]})
+    assert stub.wait_stalled(TURN_TIMEOUT)
+    assert daemon.ok({"kind": "cancel", "session": session}) == {"session": session, "cancelled": True}
+    cancelled = daemon.wait(stalled, TURN_TIMEOUT)
+    assert cancelled["status"] == "ok" and cancelled["result"]["stopReason"] == "cancelled", cancelled
+    assert stub.wait_requests(lambda requests: any(r.aborted_by_client for r in requests), TURN_TIMEOUT)
+
+    # The turn after a cancel is its own (claude-agent-acp alone would be one turn
+    # behind from here on: cairnd restarts it, and it loads its session natively).
+    stub.push(write_file(str(worktree / "b.txt"), "b\n"), text("Wrote b.txt."), stall("Hmm"))
+    after_cancel = daemon.ok({"kind": "prompt", "session": session, "text": prompts[2]}, TURN_TIMEOUT)
+    assert after_cancel["stopReason"] == "end_turn"
+    assert b"b.txt" in commit_files(worktree, after_cancel["checkpoint"]["worktreeSha"])
+    assert [t.strip() for t in prompt_texts(stub.main_requests()[-1])] == [
+        prompts[0], prompts[1], "[Request interrupted by user]", prompts[2]]  # Claude's own history
+
+    # Kill the agent while the model's answer is stalled: the turn fails, recorded.
+    killed = daemon.drop({"kind": "prompt", "session": session, "text": prompts[3]})
+    assert stub.wait_stalled(TURN_TIMEOUT)
+    [agent] = daemonkit.agent_pids(daemon.proc.pid, "claude-agent-acp")
+    os.kill(agent, signal.SIGKILL)
+    failed = daemon.wait(killed, TURN_TIMEOUT)
+    assert failed["status"] == "error" and failed["error"]["code"] == "agent_failed", failed
+    assert "killed by signal 9" in failed["error"]["message"]
+
+    # ... and the next prompt works, in a new agent process that has the history.
+    stub.push(write_file(str(worktree / "c.txt"), "c\n"), text("Wrote c.txt."))
+    last = daemon.ok({"kind": "prompt", "session": session, "text": prompts[4]}, TURN_TIMEOUT)
+    assert last["stopReason"] == "end_turn" and last["turn"] == 4
+    assert tree_state(worktree).keys() >= {b"a.txt", b"b.txt", b"c.txt"}
+    assert commit_files(worktree, last["checkpoint"]["worktreeSha"]) == tree_state(worktree)
+    assert [t.strip() for t in prompt_texts(stub.main_requests()[-1]) if t.strip() in prompts] == prompts
+    assert stub.remaining() == [] and stub.unscripted == 0
+
+    frames = daemonkit.log_frames(log_path(daemon, session))
+    assert [e["stopReason"] for e in daemonkit.entries(frames, "_posthog/turn_complete")] == [
+        "end_turn", "cancelled", "end_turn", "agent_exited", "end_turn"]
+    texts = daemonkit.agent_text_by_turn(frames)
+    assert "Wrote a.txt." in texts[0] and "Wrote b.txt." in texts[2] and "Wrote c.txt." in texts[4]
+    assert "Wrote" not in texts[1] + texts[3]
+    # Three agent processes, one Claude session: restarts load it natively.
+    sdk_sessions = daemonkit.entries(frames, "_posthog/sdk_session")
+    assert len(sdk_sessions) == 3 and len({s["sdkSessionId"] for s in sdk_sessions}) == 1
+    assert [f.method for f in frames if f.method in ("session/new", "session/load")] == [
+        "session/new", "session/load", "session/load"]
