@@ -21,7 +21,9 @@ from logsamples import (
 
 from cairnd.registry import ForkRow, SessionRow
 from cairnd.transcript import session_state
-from cairnd.views import changed_files, daemon_pid, find_root, lineage_forest, session_turns, spool_depths
+from cairnd.git import changed_paths
+from cairnd.statelock import daemon_pid
+from cairnd.views import find_root, lineage_forest, session_turns, spool_depths
 
 
 def sha(ch: str) -> str:
@@ -139,10 +141,10 @@ def test_changed_files_between_snapshot_commits(tmp_path: Path):
     write(repo, "new file", "x\n")
     (repo / "drop").unlink()
     after = commit_all(repo, "changed")
-    assert changed_files(repo, before, after) == [("D", "drop"), ("M", "edit"), ("A", "new file")]
-    assert changed_files(repo, after, after) == []
-    assert changed_files(repo, sha("e"), after) is None  # an object gone from the repository
-    assert changed_files(repo, "HEAD", after) is None  # only full ids are taken
+    assert changed_paths(repo, before, after) == [("D", "drop"), ("M", "edit"), ("A", "new file")]
+    assert changed_paths(repo, after, after) == []
+    assert changed_paths(repo, sha("e"), after) is None  # an object gone from the repository
+    assert changed_paths(repo, "HEAD", after) is None  # only full ids are taken
 
 
 def test_spool_depths_count_requests_and_results(tmp_path: Path):

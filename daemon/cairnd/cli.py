@@ -25,9 +25,9 @@ from cairnd.config import Config, ConfigError, load_config
 from cairnd.errors import CairnError
 from cairnd.log import iter_lines
 from cairnd.transcript import session_state
+from cairnd.statelock import daemon_pid
 from cairnd.views import (
     LineageNode,
-    daemon_pid,
     daemon_status,
     find_root,
     read_forest,

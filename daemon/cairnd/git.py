@@ -584,3 +584,24 @@ def list_worktrees(repo: Path) -> list[Path]:
             continue
         trees.append(Path(os.fsdecode(fields[0][len(b"worktree "):])))
     return trees
+
+
+# --------------------------------------------------------------------------- history
+
+
+def changed_paths(cwd: Path, old_sha: str, new_sha: str) -> list[tuple[str, str]] | None:
+    """`git diff-tree --name-status` between two snapshot commits: (status letter, path)
+    per changed file; None when git cannot tell (objects gone, repository removed).
+    For display (`cairnd show`): never raises."""
+    if not (is_object_id(old_sha) and is_object_id(new_sha)):
+        return None
+    if old_sha == new_sha:
+        return []
+    try:
+        proc = _run(Path(cwd), ["diff-tree", "-r", "-z", "--name-status", "--no-renames", old_sha, new_sha])
+    except OSError:
+        return None
+    if proc.returncode != 0:
+        return None
+    fields = proc.stdout.split(b"\0")
+    return [(status.decode(), os.fsdecode(path)) for status, path in zip(fields[0::2], fields[1::2]) if status]

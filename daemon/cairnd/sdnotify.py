@@ -30,9 +30,11 @@ class Notifier:
             return False
         message = "\n".join(f"{key}={value}" for key, value in fields.items()).encode()
         try:
-            self._socket.sendto(message, self._address)
+            # Never block the event loop: a listener that stopped reading (its queue
+            # is ~10 datagrams) must not stop the daemon.
+            self._socket.sendto(message, socket.MSG_DONTWAIT, self._address)
         except OSError:
-            # systemd gone or socket full: never a reason to fail work.
+            # systemd gone or its queue full: never a reason to fail work.
             return False
         return True
 

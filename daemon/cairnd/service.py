@@ -7,7 +7,6 @@ Every claimed request ends in exactly one `Spool.publish`, whatever happens to i
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import signal
@@ -23,7 +22,7 @@ import orjson
 import watchfiles
 from watchfiles._rust_notify import WatchfilesRustInternalError
 
-from cairnd import journal
+from cairnd import journal, statelock
 from cairnd.config import Config, load_config
 from cairnd.durable import write_atomic
 from cairnd.errors import CairnError
@@ -42,13 +41,8 @@ from cairnd.requests import (
 from cairnd.sdnotify import Notifier, watchdog_interval
 from cairnd.sessions import Sessions
 from cairnd.spool import Claimed, Spool
+from cairnd.statelock import STATUS_NAME, AlreadyRunning, daemon_pid
 
-LOCK_NAME = "cairnd.lock"
-STATUS_NAME = "status.json"
-
-
-class AlreadyRunning(Exception):
-    pass
 
 
 @dataclass
@@ -74,38 +68,6 @@ def round_trips(value: Any) -> bool:
         return bool(orjson.loads(orjson.dumps(value)) == value)
     except (TypeError, orjson.JSONDecodeError):
         return False
-
-
-def acquire_state_lock(state_dir: Path) -> int:
-    """One daemon per state directory: two would each claim requests and break
-    exactly-once. The lock dies with the process, so kill -9 never leaves it stale."""
-    fd = os.open(state_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise AlreadyRunning(f"another cairnd is already serving {state_dir}") from None
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
-    return fd
-
-
-def daemon_pid(state_dir: Path) -> int | None:
-    """The pid of the daemon serving state_dir, or None if none is running."""
-    try:
-        fd = os.open(state_dir / LOCK_NAME, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            text = os.read(fd, 64).decode(errors="replace").strip()
-            return int(text) if text.isdigit() else -1
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    finally:
-        os.close(fd)
 
 
 class Daemon:
@@ -135,7 +97,7 @@ class Daemon:
 
     async def run(self) -> int:
         self.layout.create()
-        self._lock_fd = acquire_state_lock(self.layout.root)
+        self._lock_fd = statelock.acquire(self.layout.root)
         try:
             async with Sessions(self.config) as sessions:
                 self.sessions = sessions
@@ -444,6 +406,9 @@ class Daemon:
         self.in_flight -= 1
         if self.in_flight == 0:
             self.idle.set()
+        # Keep `cairnd status` current: throttled while busy, always once idle.
+        if self._work is not None and not self.stopping:
+            self._work.start_soon(self._write_status, self.in_flight == 0)
 
     # -- status -------------------------------------------------------------------------
 

@@ -7,10 +7,8 @@ around them do the reading. Nothing here writes to the state directory.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import sqlite3
-import subprocess
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,16 +19,11 @@ import orjson
 from cairnd.config import Config, StateLayout
 from cairnd.errors import CairnError
 from cairnd.forkpoint import is_prompt_request
-from cairnd.git import git_env, is_object_id
+from cairnd.git import changed_paths
 from cairnd.log import iter_lines, method_of, parse_message
 from cairnd.registry import ForkRow, Registry, SessionRow
+from cairnd.statelock import STATUS_NAME, daemon_pid
 from cairnd.transcript import CHECKPOINT_METHOD, FORK_META_METHOD, Turn, session_state
-
-# The daemon's lock and status files (cairnd.service.LOCK_NAME / STATUS_NAME). Read
-# here rather than imported: importing the daemon pulls in the ACP SDK, which costs
-# the CLI most of a second on every `ls`.
-LOCK_NAME = "cairnd.lock"
-STATUS_NAME = "status.json"
 
 Lines = Iterable[tuple[int, bytes]]
 
@@ -40,27 +33,6 @@ _POSTHOG_MARK = b"posthog/"
 
 
 # --------------------------------------------------------------------------- the daemon
-
-
-def daemon_pid(state_dir: Path) -> int | None:
-    """The pid of the daemon serving state_dir (-1 when running but unknown), or None.
-
-    Same protocol as `cairnd.service.daemon_pid`: the daemon holds an exclusive flock
-    on <state>/cairnd.lock for its whole life and writes its pid into it."""
-    try:
-        fd = os.open(state_dir / LOCK_NAME, os.O_RDONLY | os.O_CLOEXEC)
-    except (FileNotFoundError, PermissionError, NotADirectoryError):
-        return None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            text = os.read(fd, 64).decode(errors="replace").strip()
-            return int(text) if text.isdigit() else -1
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    finally:
-        os.close(fd)
 
 
 def spool_depths(spool_root: Path) -> dict[str, int]:
@@ -215,32 +187,6 @@ def session_turns(conversation: Sequence[Turn], lines: Lines) -> list[TurnView]:
     ]
 
 
-def changed_files(cwd: Path, old_sha: str, new_sha: str) -> list[tuple[str, str]] | None:
-    """`git diff-tree --name-status` between two snapshot commits: (status letter, path)
-    per changed file; None when git cannot tell (objects gone, repository removed).
-
-    The only git call outside cairnd.git: a read-only plumbing command for display."""
-    if not (is_object_id(old_sha) and is_object_id(new_sha)):
-        return None
-    if old_sha == new_sha:
-        return []
-    try:
-        proc = subprocess.run(
-            ["git", "diff-tree", "-r", "-z", "--name-status", "--no-renames", old_sha, new_sha],
-            cwd=cwd, env=git_env(), stdin=subprocess.DEVNULL, capture_output=True, check=False,
-        )
-    except OSError:
-        return None
-    if proc.returncode != 0:
-        return None
-    fields = proc.stdout.split(b"\0")
-    changes = []
-    for status, path in zip(fields[0::2], fields[1::2]):
-        if status:
-            changes.append((status.decode(), os.fsdecode(path)))
-    return changes
-
-
 def show_session(layout: StateLayout, session_id: str) -> dict[str, Any]:
     """A session and its turns with their checkpoints and the files each turn changed."""
     registry = open_registry(layout)
@@ -256,7 +202,7 @@ def show_session(layout: StateLayout, session_id: str) -> dict[str, Any]:
     for turn in turns:
         after = (turn.checkpoint or {}).get("worktreeSha")
         before = (turn.previous or {}).get("worktreeSha")
-        changes = changed_files(cwd, before, after) if cwd.is_dir() and before and after else None
+        changes = changed_paths(cwd, before, after) if cwd.is_dir() and before and after else None
         shown.append({
             "turn": turn.index,
             "prompt": turn.prompt,
