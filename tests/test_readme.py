@@ -51,6 +51,7 @@ def clean_env() -> dict[str, str]:
 def test_the_test_command_is_what_ci_runs():
     block = first_block_after("## Run the tests")
     assert block == ci_commands()
+    assert block.count("\n") == 1, "one command, one line"
     script = CI_RUN.read_text()
     assert script.startswith("#!/usr/bin/env bash\n") and "\nset -euo pipefail\n" in script
     assert os.access(CI_RUN, os.X_OK)
