@@ -16,8 +16,10 @@ import itertools
 import os
 import re
 import shutil
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,11 +95,29 @@ def kept_turns(point: ForkPoint, log_path: Path) -> int:
     return session_state(kept, agent_text=False).turns
 
 
+_worktree_locks: dict[str, threading.Lock] = {}
+_worktree_locks_guard = threading.Lock()
+
+
+@contextmanager
+def worktree_lock(repo: Path) -> Iterator[None]:
+    """Hold while adding or removing a worktree of `repo`. git's worktree commands read
+    the records of every worktree, and `worktree add` writes its own in steps: two at
+    once in one repository fail on each other's half-written record ("failed to read
+    .git/worktrees/<name>/commondir"). cairnd runs them one at a time per repository."""
+    key = os.path.realpath(repo)
+    with _worktree_locks_guard:
+        lock = _worktree_locks.setdefault(key, threading.Lock())
+    with lock:
+        yield
+
+
 def discard_partial(layout: StateLayout, registry: Registry, row: SessionRow) -> None:
     """Remove everything a session in `creating` may have made, then its row. Safe to
     run on any prefix of creation, and again after a crash part-way through itself."""
     if not row.in_place:
-        git.remove_worktree(row.repo, row.worktree)
+        with worktree_lock(row.repo):
+            git.remove_worktree(row.repo, row.worktree)
         shutil.rmtree(layout.worktree_parent(row.id), ignore_errors=True)
     git.delete_refs(row.repo, session_ref_prefix(row.id))
     shutil.rmtree(layout.session_dir(row.id), ignore_errors=True)
@@ -124,7 +144,8 @@ def fork_session(layout: StateLayout, registry: Registry, parent: SessionRow, k:
     assert row is not None
     try:
         worktree.parent.mkdir(parents=True, exist_ok=True)
-        git.create_fork_worktree(parent.repo, worktree, start.head_sha, start.worktree_sha, start.index_tree)
+        with worktree_lock(parent.repo):
+            git.create_fork_worktree(parent.repo, worktree, start.head_sha, start.worktree_sha, start.index_tree)
         meta = {
             "sessionId": fork_id,
             "parentSessionId": parent.id,

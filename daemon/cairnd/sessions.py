@@ -20,7 +20,7 @@ from cairnd import git
 from cairnd.checkpoint import session_ref_prefix, take_checkpoint
 from cairnd.config import AgentProfile, Config
 from cairnd.errors import CairnError
-from cairnd.forker import discard_partial, fork_session, write_fork_log
+from cairnd.forker import discard_partial, fork_session, worktree_lock, write_fork_log
 from cairnd.ids import new_session_id
 from cairnd.journal import event
 from cairnd.log import cairnd_entry, iter_lines
@@ -126,7 +126,8 @@ class Sessions:
     def _create(self, row: SessionRow, commit: str) -> dict[str, Any]:
         if not row.in_place:
             row.worktree.parent.mkdir(parents=True, exist_ok=True)
-            git.add_worktree_at(row.repo, row.worktree, commit)
+            with worktree_lock(row.repo):
+                git.add_worktree_at(row.repo, row.worktree, commit)
         baseline = take_checkpoint(row.id, row.worktree, 0, self.config.snapshot_max_file_bytes)
         log_path = write_fork_log(self.layout, row.id, None, 0, [cairnd_entry(CHECKPOINT_METHOD, baseline)])
         result = {
@@ -208,7 +209,8 @@ class Sessions:
     def _delete(self, row: SessionRow, keep_worktree: bool) -> None:
         # The log stays in sessions/<id>/: nothing is ever lost, and lineage keeps the title.
         if not keep_worktree and not row.in_place:
-            git.remove_worktree(row.repo, row.worktree)
+            with worktree_lock(row.repo):
+                git.remove_worktree(row.repo, row.worktree)
             shutil.rmtree(self.layout.worktree_parent(row.id), ignore_errors=True)
         git.delete_refs(row.repo, session_ref_prefix(row.id))
         self.registry.mark_deleted(row.id)
