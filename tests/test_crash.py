@@ -1,0 +1,521 @@
+"""SPEC 6 under `kill -9`: the daemon is killed at random moments while forks, prompts
+and new sessions are in flight, then restarted, many times over. After the last
+restart has drained the spool:
+
+- every request has exactly one result (done/ or failed/, never both, no duplicate);
+- `cur/` and `new/` are empty;
+- no session is half-made: `git worktree list`, `sessions/`, `worktrees/`, the
+  sessions table of `cairnd.db` and `refs/cairnd/*` all agree;
+- every log line parses; every turn that began ended (`turn_complete`, then a
+  checkpoint), and a turn the crash cut answered `turn_interrupted`;
+- no turn ran twice (one `_cairnd/turn_start` per request id, at most).
+
+The engine (`Torture`, `audit`) is shared with bench/torture.py, which runs the same
+for hundreds of iterations.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sqlite3
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from cairnd.log import iter_lines, method_of, parse_message
+from daemonproc import Daemon
+from gitrepos import git, git_text, make_repo
+
+TURN_START = "_cairnd/turn_start"
+TURN_COMPLETE = "_posthog/turn_complete"
+CHECKPOINT = "_posthog/agent_checkpoint"
+
+BASE_SEED = 20261122
+
+
+# -- restarting the daemon ----------------------------------------------------------------
+
+
+def restart(daemon: Daemon, timeout: float = 60) -> None:
+    """Start again and wait for this start's READY=1 (not an earlier one's)."""
+    daemon.notifications.clear()
+    daemon.start(timeout=timeout)
+
+
+def wait_all(daemon: Daemon, ids: list[str], timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    pending = list(ids)
+    while pending:
+        pending = [rid for rid in pending if daemon.result(f"{rid}.json") is None]
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{len(pending)} request(s) without a result after {timeout} s, "
+                                 f"e.g. {pending[:5]}: {daemon.stderr()[-3000:]}")
+        assert daemon.proc is not None
+        if daemon.proc.poll() is not None:
+            raise AssertionError(f"daemon exited with {daemon.proc.returncode}: {daemon.stderr()[-3000:]}")
+        time.sleep(0.05)
+
+
+def eventually(condition, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+# -- the workload -------------------------------------------------------------------------
+
+
+PROMPTS = [
+    "append log.txt: {tag}",
+    "write {tag}.txt: {tag}\ncommit: add {tag}",
+    "write notes.txt: {tag}\nsleep: 0.3\nappend notes.txt: after",
+    "delete notes.txt\nappend log.txt: {tag}",
+    "delegate: look at {tag}",
+    "sleep: 0.5",
+    "hello {tag}",
+]
+
+
+@dataclass
+class Torture:
+    """Random requests, a random delay, kill -9, restart: `iteration()` once per round."""
+
+    daemon: Daemon
+    repo: Path
+    requests: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> the request
+    sessions: list[str] = field(default_factory=list)                 # known from ok results
+    deleted: set[str] = field(default_factory=set)
+    unread: list[str] = field(default_factory=list)                   # ids whose result we have not read
+    history: list[str] = field(default_factory=list)                  # one line per iteration
+
+    def learn(self) -> None:
+        """Read the results that came since last time: sessions made, sessions deleted."""
+        still = []
+        for rid in self.unread:
+            result = self.daemon.result(f"{rid}.json")
+            if result is None:
+                still.append(rid)
+                continue
+            if result["status"] == "ok" and result["kind"] in ("new", "fork"):
+                self.sessions.append(result["result"]["session"])
+            if result["status"] == "ok" and result["kind"] == "delete":
+                self.deleted.add(result["result"]["session"])
+        self.unread = still
+
+    def pick(self, rng: random.Random, tag: str) -> dict[str, Any]:
+        live = [s for s in self.sessions if s not in self.deleted]
+        if len(live) < 2 or rng.random() < 0.12:
+            request: dict[str, Any] = {"kind": "new", "repo": str(self.repo)}
+            if rng.random() < 0.5:
+                request["prompt"] = rng.choice(PROMPTS).format(tag=tag)
+            return request
+        session = rng.choice(live)
+        roll = rng.random()
+        if roll < 0.45:
+            return {"kind": "prompt", "session": session, "text": rng.choice(PROMPTS).format(tag=tag)}
+        if roll < 0.8:
+            request = {"kind": "fork", "session": session, "user_message_index": rng.randint(0, 3)}
+            if rng.random() < 0.3:
+                request["prompt"] = rng.choice(PROMPTS).format(tag=tag)
+            return request
+        if roll < 0.92 or len(live) < 4:
+            return {"kind": "cancel", "session": session}
+        return {"kind": "delete", "session": session}
+
+    def drop(self, request: dict[str, Any], request_id: str) -> None:
+        self.daemon.drop(request, request_id=request_id)
+        self.requests[request_id] = request
+        self.unread.append(request_id)
+
+    def iteration(self, number: int, seed: int, *, min_requests: int = 2, max_requests: int = 5,
+                  max_delay: float = 0.8) -> None:
+        rng = random.Random(seed)
+        restart(self.daemon)
+        self.learn()
+        kinds = []
+        for j in range(rng.randint(min_requests, max_requests)):
+            rid = f"i{number}-{j}"
+            request = self.pick(rng, rid)
+            self.drop(request, rid)
+            kinds.append(request["kind"])
+        delay = rng.uniform(0, max_delay)
+        self.history.append(f"iteration {number} seed {seed}: {' '.join(kinds)}; kill -9 after {delay:.2f} s")
+        time.sleep(delay)
+        self.daemon.kill9()
+
+    def finish(self, timeout: float = 180) -> None:
+        """The last restart: drain everything, then a clean stop."""
+        restart(self.daemon)
+        wait_all(self.daemon, list(self.requests), timeout)
+        self.learn()
+        assert self.daemon.stop() == 0, self.daemon.stderr()[-3000:]
+
+
+# -- the audit ------------------------------------------------------------------------------
+
+
+@dataclass
+class Audit:
+    requests: int = 0
+    results: int = 0
+    lost: int = 0
+    duplicated: int = 0
+    turns: int = 0
+    interrupted: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    def figures(self) -> str:
+        return (f"requests: {self.requests}, results: {self.results}, lost: {self.lost}, "
+                f"duplicated: {self.duplicated}, turns: {self.turns}, interrupted: {self.interrupted}")
+
+
+def audit(state: Path, repo: Path, requests: dict[str, dict[str, Any]] | None) -> Audit:
+    """Check every promise of SPEC 6 on a stopped daemon's state. Read with sqlite3, git
+    and the file system directly, and the log envelope through cairnd.log. `requests`:
+    every request dropped, by id (None: the spool's results are not checked)."""
+    strict = requests is not None
+    requests = requests or {}
+    report = Audit(requests=len(requests))
+    spool = state / "spool"
+    problem = report.problems.append
+
+    # -- one result per request ---------------------------------------------------------
+    done = set(os.listdir(spool / "done"))
+    failed = set(os.listdir(spool / "failed"))
+    results: dict[str, dict[str, Any]] = {}
+    for rid in requests:
+        name = f"{rid}.json"
+        where = [folder for folder, names in (("done", done), ("failed", failed)) if name in names]
+        if not where:
+            report.lost += 1
+            problem(f"request {rid} has no result")
+            continue
+        if len(where) > 1:
+            report.duplicated += 1
+            problem(f"request {rid} has a result in both done/ and failed/")
+        results[rid] = orjson.loads((spool / where[0] / name).read_bytes())
+        report.results += 1
+    expected = {f"{rid}.json" for rid in requests}
+    for name in sorted((done | failed) - expected if strict else ()):
+        if ".dup-" in name:
+            report.duplicated += 1
+        problem(f"unexpected result file {name}")
+    for sub in ("cur", "new"):
+        left = [n for n in os.listdir(spool / sub) if not n.startswith(".")]
+        if left:
+            problem(f"{sub}/ is not empty: {left[:5]}")
+    for rid, result in results.items():
+        if result.get("status") == "ok" and result.get("request") != requests[rid]:
+            problem(f"result of {rid} does not carry its request")
+        if result.get("status") == "error" and result["error"]["code"] == "internal":
+            problem(f"request {rid} failed internally: {result['error']['message']}")
+
+    # -- sessions: database, directories, git all agree ---------------------------------
+    with sqlite3.connect(state / "cairnd.db") as db:
+        rows = {r[0]: (r[1], Path(r[2]), bool(r[3]), r[4])
+                for r in db.execute("SELECT id, state, worktree, in_place, parent_id FROM sessions")}
+        fork_rows = {r[0] for r in db.execute("SELECT id FROM forks")}
+    ready = {sid for sid, row in rows.items() if row[0] == "ready"}
+    deleted = {sid for sid, row in rows.items() if row[0] == "deleted"}
+    for sid, row in rows.items():
+        if row[0] not in ("ready", "deleted"):
+            problem(f"session {sid} is left in state {row[0]}")
+    for sid in sorted(ready):
+        _state, worktree, in_place, parent = rows[sid]
+        if not (state / "sessions" / sid / "log.ndjson").is_file():
+            problem(f"ready session {sid} has no log")
+        if not worktree.is_dir():
+            problem(f"ready session {sid} has no worktree at {worktree}")
+        if parent is not None and sid not in fork_rows:
+            problem(f"fork {sid} has no lineage row")
+    for sid in sorted(fork_rows - ready - deleted):
+        problem(f"lineage row for {sid}, which is not a session")
+    for sid in sorted(os.listdir(state / "sessions")):
+        if sid not in ready | deleted:
+            problem(f"sessions/{sid} belongs to no ready or deleted session")
+    worktrees_dir = state / "worktrees"
+    for sid in sorted(os.listdir(worktrees_dir) if worktrees_dir.exists() else []):
+        if sid not in ready:
+            problem(f"worktrees/{sid} belongs to no ready session")
+    listed = worktree_list(repo)
+    linked = {path for path, _prunable in listed if path != repo.resolve()}
+    for path, prunable in listed:
+        if prunable:
+            problem(f"git lists a stale worktree {path}")
+    wanted = {rows[sid][1].resolve() for sid in ready if not rows[sid][2]}
+    for path in sorted(linked - wanted):
+        problem(f"git worktree {path} belongs to no ready session")
+    for path in sorted(wanted - linked):
+        problem(f"ready session's worktree {path} is not in git worktree list")
+    refs = git_text(repo, "for-each-ref", "--format=%(refname)", "refs/cairnd/").split()
+    for ref in refs:
+        owner = ref.split("/")[2]
+        if owner not in ready:
+            problem(f"{ref} belongs to no ready session")
+    lock_files = [p for p in (git_common_dir(repo) / "refs").rglob("*.lock")]
+    if lock_files:
+        problem(f"ref lock files left behind: {lock_files[:3]}")
+
+    # -- logs: every line parses, every turn ends, none runs twice ---------------------
+    turn_starts: Counter[str] = Counter()
+    turn_of: dict[str, tuple[str, int, str | None]] = {}  # request id -> (session, turn, stopReason)
+    for sid in sorted(ready | deleted):
+        log = state / "sessions" / sid / "log.ndjson"
+        if not log.exists():
+            continue
+        for rid, turn, stop in walk_turns(sid, log, problem):
+            report.turns += 1
+            report.interrupted += stop == "interrupted"
+            if rid is not None:
+                turn_starts[rid] += 1
+                turn_of[rid] = (sid, turn, stop)
+    for rid, count in turn_starts.items():
+        if count > 1:
+            problem(f"the turn of request {rid} ran {count} times")
+    for rid, result in results.items():
+        kind = requests[rid]["kind"]
+        runs_turn = kind == "prompt" or (kind in ("new", "fork") and "prompt" in requests[rid])
+        if not runs_turn:
+            continue
+        if result["status"] == "ok":
+            body = result["result"]
+            if rid not in turn_of:
+                problem(f"request {rid} answered a turn the log does not hold")
+                continue
+            sid, turn, stop = turn_of[rid]
+            if (body["session"], body["turn"], body["stopReason"]) != (sid, turn, stop):
+                problem(f"request {rid}: result says turn {body['turn']} of {body['session']} "
+                        f"({body['stopReason']}), the log turn {turn} of {sid} ({stop})")
+        elif result["error"]["code"] == "turn_interrupted" and rid in turn_of:
+            if turn_of[rid][2] != "interrupted":
+                problem(f"request {rid} answered turn_interrupted, its turn ended {turn_of[rid][2]}")
+    return report
+
+
+def walk_turns(session: str, log: Path, problem) -> list[tuple[str | None, int, str | None]]:
+    """The session's own turns in its log: (request id, turn, stopReason or None when it
+    never ended). A fork's log begins with its parent's lines; only entries naming this
+    session are its own."""
+    turns: list[tuple[str | None, int, str | None]] = []
+    open_turn: tuple[str | None, int] | None = None
+    completed: str | None = None  # stopReason of a turn awaiting its checkpoint
+    expected_turn: int | None = None
+    for offset, line in iter_lines(log):
+        message = parse_message(line)
+        if message is None:
+            problem(f"{log}: line at byte {offset} does not parse: {line[:120]!r}")
+            continue
+        method = method_of(message)
+        params = message.get("params") if isinstance(message.get("params"), dict) else {}
+        if method not in (TURN_START, TURN_COMPLETE, CHECKPOINT) or params.get("sessionId") != session:
+            continue
+        if method == TURN_START:
+            if open_turn is not None:
+                problem(f"{log}: turn {params.get('turn')} starts while turn {open_turn[1]} has not ended")
+                turns.append((*open_turn, None))
+            elif completed is not None:
+                problem(f"{log}: turn {params.get('turn')} starts before the last one's checkpoint")
+            turn = params.get("turn")
+            if expected_turn is not None and turn != expected_turn:
+                problem(f"{log}: turn {turn} starts where turn {expected_turn} should")
+            open_turn = (params.get("requestId"), turn)
+            completed = None
+        elif method == TURN_COMPLETE:
+            if open_turn is None:
+                continue  # a turn the parent left open at the cut, closed by the fork's own record
+            completed = params.get("stopReason")
+            turns.append((*open_turn, completed))
+            expected_turn = open_turn[1] + 1
+            open_turn = None
+        elif method == CHECKPOINT:
+            if completed is not None:
+                expected_turn = params.get("turns")
+            completed = None
+    if open_turn is not None:
+        problem(f"{log}: turn {open_turn[1]} (request {open_turn[0]}) never ended")
+        turns.append((*open_turn, None))
+    elif completed is not None:
+        problem(f"{log}: the last turn ended ({completed}) without a checkpoint")
+    return turns
+
+
+def worktree_list(repo: Path) -> list[tuple[Path, bool]]:
+    out = git_text(repo, "worktree", "list", "--porcelain")
+    trees = []
+    for block in out.split("\n\n"):
+        lines = block.splitlines()
+        if not lines or not lines[0].startswith("worktree "):
+            continue
+        trees.append((Path(lines[0][len("worktree "):]).resolve(), any(l.startswith("prunable") for l in lines)))
+    return trees
+
+
+def git_common_dir(repo: Path) -> Path:
+    return Path(git_text(repo, "rev-parse", "--path-format=absolute", "--git-common-dir"))
+
+
+# -- the tests ---------------------------------------------------------------------------------
+
+
+def torture_repo(path: Path) -> Path:
+    return make_repo(path, {"README.md": "hello\n", "src/app.py": "print('hi')\n", "log.txt": "start\n"})
+
+
+def test_kill_9_at_random_moments_loses_nothing(tmp_path: Path):
+    repo = torture_repo(tmp_path / "project")
+    daemon = Daemon(tmp_path / "state", {"max_parallel_turns": 4, "stop_timeout_seconds": 20})
+    torture = Torture(daemon, repo)
+    iterations = 30
+    try:
+        for i in range(iterations):
+            torture.iteration(i, BASE_SEED + i, max_requests=4, max_delay=0.6)
+        torture.finish()
+    except BaseException:
+        print("\n".join(torture.history))
+        if daemon.proc is not None and daemon.proc.poll() is None:
+            daemon.kill9()
+        raise
+    report = audit(daemon.state, repo, torture.requests)
+    print(f"iterations: {iterations}, {report.figures()}")
+    assert not report.problems, "\n".join(torture.history + report.problems)
+    assert report.lost == 0 and report.duplicated == 0
+    assert report.requests >= 60 and report.turns > 0
+
+
+def test_a_crash_after_the_result_of_a_bad_request_keeps_its_bytes(tmp_path: Path):
+    """The crash window between writing a result that cannot carry the request and
+    moving the entry beside it: on restart the entry moves to <name>.raw."""
+    daemon = Daemon(tmp_path / "state")
+    spool = daemon.spool
+    for sub in ("tmp", "new", "cur", "done", "failed"):
+        (spool / sub).mkdir(parents=True)
+    (spool / "cur" / "broken.json").write_bytes(b"{not json")
+    (spool / "failed" / "broken.json").write_bytes(orjson.dumps({
+        "id": "broken", "kind": None, "status": "error", "request": None,
+        "error": {"code": "bad_json", "message": "request is not valid JSON"},
+        "received_at": "2026-11-22T10:00:00.000Z", "finished_at": "2026-11-22T10:00:00.001Z"}))
+    (spool / "cur" / "good.json").write_bytes(b'{"kind": "cancel", "session": "nosuchsession"}')
+    (spool / "failed" / "good.json").write_bytes(orjson.dumps({
+        "id": "good", "kind": "cancel", "status": "error", "request": {"kind": "cancel", "session": "nosuchsession"},
+        "error": {"code": "unknown_session", "message": "session 'nosuchsession' does not exist"},
+        "received_at": "2026-11-22T10:00:00.000Z", "finished_at": "2026-11-22T10:00:00.001Z"}))
+    daemon.start()
+    try:
+        assert os.listdir(spool / "cur") == []
+        assert (spool / "failed" / "broken.json.raw").read_bytes() == b"{not json"
+        assert sorted(os.listdir(spool / "failed")) == ["broken.json", "broken.json.raw", "good.json"]
+    finally:
+        assert daemon.stop() == 0
+
+
+def test_a_request_claimed_but_not_started_is_run_after_a_crash(tmp_path: Path):
+    repo = torture_repo(tmp_path / "project")
+    daemon = Daemon(tmp_path / "state")
+    spool = daemon.spool
+    for sub in ("tmp", "new", "cur", "done", "failed"):
+        (spool / sub).mkdir(parents=True)
+    (spool / "cur" / "claimed.json").write_bytes(orjson.dumps({"kind": "new", "repo": str(repo)}))
+    daemon.start()
+    try:
+        assert daemon.wait("claimed")["status"] == "ok"
+        eventually(lambda: os.listdir(spool / "cur") == [])  # it lets go of cur/ right after the result
+    finally:
+        assert daemon.stop() == 0
+
+
+def test_a_half_made_fork_left_by_a_crash_is_removed(tmp_path: Path):
+    """What a crash in the middle of a fork leaves (a `creating` row, its worktree, its
+    log directory, a pinned ref) is gone after the restart, and the parent is intact."""
+    repo = torture_repo(tmp_path / "project")
+    daemon = Daemon(tmp_path / "state").start()
+    parent = daemon.ok({"kind": "new", "repo": str(repo), "prompt": "write a.txt: 1"})
+    assert daemon.stop() == 0
+
+    half = "halfmadefork0001"
+    worktree = daemon.state / "worktrees" / half / repo.name
+    worktree.parent.mkdir(parents=True)
+    git(repo, "worktree", "add", "--detach", str(worktree), "HEAD")
+    (daemon.state / "sessions" / half).mkdir()
+    (daemon.state / "sessions" / half / ".log.ndjson.tmp").write_bytes(b'{"type":"notification"')
+    git(repo, "update-ref", f"refs/cairnd/{half}/0", parent["headSha"])
+    with sqlite3.connect(daemon.state / "cairnd.db") as db:
+        db.execute(
+            "INSERT INTO sessions (id, state, title, repo, worktree, in_place, agent, parent_id, root_id, turns,"
+            " request_id, created_at, updated_at) VALUES (?, 'creating', 't', ?, ?, 0, 'reference', ?, ?, 1,"
+            " 'gone', 0, 0)", (half, str(repo), str(worktree), parent["session"], parent["session"]))
+
+    restart(daemon)
+    try:
+        answer = daemon.ok({"kind": "prompt", "session": parent["session"], "text": "append a.txt: 2"})
+        assert answer["turn"] == 1
+    finally:
+        assert daemon.stop() == 0
+    report = audit(daemon.state, repo, None)
+    assert not report.problems, report.problems
+    assert not (daemon.state / "sessions" / half).exists()
+    assert not worktree.parent.exists()
+
+
+def test_a_turn_cut_by_kill_9_ends_interrupted_and_is_not_run_again(tmp_path: Path):
+    repo = torture_repo(tmp_path / "project")
+    daemon = Daemon(tmp_path / "state").start()
+    session = daemon.ok({"kind": "new", "repo": str(repo)})["session"]
+    rid = daemon.drop({"kind": "prompt", "session": session, "text": "append log.txt: once\nsleep: 30"})
+    log = daemon.state / "sessions" / session / "log.ndjson"
+    deadline = time.monotonic() + 30
+    while b"session/prompt" not in log.read_bytes():  # the prompt is on its way to the agent
+        assert time.monotonic() < deadline, daemon.stderr()[-2000:]
+        time.sleep(0.02)
+    daemon.kill9()
+    restart(daemon)
+    try:
+        result = daemon.wait(rid)
+        assert result["error"]["code"] == "turn_interrupted", result
+        after = daemon.ok({"kind": "prompt", "session": session, "text": "append log.txt: next"})
+        assert after["turn"] == 1
+    finally:
+        assert daemon.stop() == 0
+    report = audit(daemon.state, repo, None)
+    assert not report.problems, report.problems
+    assert report.interrupted == 1
+    worktree = Path(daemon.state / "worktrees" / session / repo.name)
+    assert (worktree / "log.txt").read_text().count("once") <= 1
+    assert "next" in (worktree / "log.txt").read_text()
+
+
+def test_the_audit_sees_what_it_must(tmp_path: Path):
+    """The audit is the test's eyes: a lost request, a duplicate, a stray result, a stray
+    worktree, a ref of no session, a turn run twice and an open turn are all reported."""
+    repo = torture_repo(tmp_path / "project")
+    daemon = Daemon(tmp_path / "state").start()
+    new = {"kind": "new", "repo": str(repo), "prompt": "hello"}
+    session = daemon.wait(daemon.drop(new, request_id="first"))["result"]["session"]
+    request = {"kind": "prompt", "session": session, "text": "again"}
+    daemon.wait(daemon.drop(request, request_id="twice"))
+    assert daemon.stop() == 0
+    assert not audit(daemon.state, repo, {"first": new, "twice": request}).problems
+
+    spool, log = daemon.spool, daemon.state / "sessions" / session / "log.ndjson"
+    result = (spool / "done" / "twice.json").read_bytes()
+    (spool / "failed" / "twice.json").write_bytes(result)
+    (spool / "done" / "stray.json").write_bytes(result)
+    start = next(line for line in log.read_bytes().splitlines(keepends=True)
+                 if b"turn_start" in line and b"twice" in line)
+    with open(log, "ab") as f:
+        f.write(start)
+    git(repo, "update-ref", "refs/cairnd/nobody/0", "HEAD")
+    git(repo, "worktree", "add", "--detach", str(tmp_path / "stray"), "HEAD")
+    report = audit(daemon.state, repo, {"first": new, "twice": request, "lost": {"kind": "cancel", "session": session}})
+    text = "\n".join(report.problems)
+    assert report.lost == 1 and report.duplicated == 1
+    for needle in ("request lost has no result", "unexpected result file stray.json", "refs/cairnd/nobody/0",
+                   "stray belongs to no ready session", "ran 2 times", "never ended"):
+        assert needle in text, text
