@@ -9,6 +9,7 @@ daemon's children, and read a session log back as the frames that crossed.
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -183,3 +184,20 @@ def agent_text_by_turn(frames: list[LoggedFrame]) -> list[str]:
             if update.get("sessionUpdate") == "agent_message_chunk":
                 turns[-1] += (update.get("content") or {}).get("text") or ""
     return turns
+
+
+# -- git, read with git itself ----------------------------------------------------------
+
+
+def commit_files(repo: Path, sha: str) -> dict[bytes, tuple[str, bytes]]:
+    """The files of a commit, in the shape gitrepos.tree_state gives a worktree's."""
+    def git(*args: str) -> bytes:
+        return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True).stdout
+
+    files = {}
+    for record in git("ls-tree", "-r", "-z", sha).split(b"\0"):
+        if record:
+            info, _, path = record.partition(b"\t")
+            mode, _, oid = info.split(b" ")
+            files[path] = (mode.decode(), git("cat-file", "blob", oid.decode()))
+    return files

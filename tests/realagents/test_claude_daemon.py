@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 from acp.schema import SessionNotification
 from pydantic import ValidationError
@@ -26,7 +24,7 @@ from daemonproc import Daemon
 from gitrepos import git_text, head, tree_state
 
 from . import daemonkit
-from .anthropic_stub import AnthropicStub, bash, edit_file, stall, text, user_blocks, write_file, prompt_texts
+from .anthropic_stub import AnthropicStub, bash, edit_file, prompt_texts, stall, text, write_file
 from .harness import ensure_agents_installed, make_git_repo
 
 pytestmark = pytest.mark.realagent
@@ -77,23 +75,6 @@ def log_path(daemon: Daemon, session: str) -> Path:
     return daemon.state / "sessions" / session / "log.ndjson"
 
 
-def commit_files(repo: Path, sha: str) -> dict[bytes, tuple[str, bytes]]:
-    """The files of a commit, read with git itself, in tree_state's shape."""
-    files = {}
-    for record in git_text(repo, "ls-tree", "-r", "-z", sha).split("\0"):
-        if record:
-            info, _, path = record.partition("\t")
-            mode, _, oid = info.split(" ")
-            files[path.encode()] = (mode, git_blob(repo, oid))
-    return files
-
-
-def git_blob(repo: Path, oid: str) -> bytes:
-    import subprocess
-
-    return subprocess.run(["git", "cat-file", "blob", oid], cwd=repo, check=True, capture_output=True).stdout
-
-
 PROMPTS = [
     "Create notes.txt with a first line.",
     "Make a build directory with a log in it and commit everything.",
@@ -130,7 +111,7 @@ def test_three_turns_write_bash_edit_then_forks_at_1_and_2(tmp_path: Path, agent
 
     # Every checkpoint is the worktree as the turn left it, Bash's commit included.
     for turn, (files, head_sha) in zip(turns, states):
-        assert commit_files(worktree, turn["checkpoint"]["worktreeSha"]) == files
+        assert daemonkit.commit_files(worktree, turn["checkpoint"]["worktreeSha"]) == files
         assert turn["checkpoint"]["headSha"] == head_sha
     assert turns[1]["checkpoint"]["headSha"] != new["headSha"]  # Claude committed in turn 1
 
@@ -203,7 +184,7 @@ def test_cancel_and_kill_mid_turn_then_the_session_goes_on(tmp_path: Path, agent
     stub.push(write_file(str(worktree / "b.txt"), "b\n"), text("Wrote b.txt."), stall("Hmm"))
     after_cancel = daemon.ok({"kind": "prompt", "session": session, "text": prompts[2]}, TURN_TIMEOUT)
     assert after_cancel["stopReason"] == "end_turn"
-    assert b"b.txt" in commit_files(worktree, after_cancel["checkpoint"]["worktreeSha"])
+    assert b"b.txt" in daemonkit.commit_files(worktree, after_cancel["checkpoint"]["worktreeSha"])
     assert [t.strip() for t in prompt_texts(stub.main_requests()[-1])] == [
         prompts[0], prompts[1], "[Request interrupted by user]", prompts[2]]  # Claude's own history
 
@@ -221,7 +202,7 @@ def test_cancel_and_kill_mid_turn_then_the_session_goes_on(tmp_path: Path, agent
     last = daemon.ok({"kind": "prompt", "session": session, "text": prompts[4]}, TURN_TIMEOUT)
     assert last["stopReason"] == "end_turn" and last["turn"] == 4
     assert tree_state(worktree).keys() >= {b"a.txt", b"b.txt", b"c.txt"}
-    assert commit_files(worktree, last["checkpoint"]["worktreeSha"]) == tree_state(worktree)
+    assert daemonkit.commit_files(worktree, last["checkpoint"]["worktreeSha"]) == tree_state(worktree)
     assert [t.strip() for t in prompt_texts(stub.main_requests()[-1]) if t.strip() in prompts] == prompts
     assert stub.remaining() == [] and stub.unscripted == 0
 
