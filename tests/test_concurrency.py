@@ -201,6 +201,12 @@ def test_sessions_take_turns_at_once_while_forks_are_made(tmp_path: Path):
         assert daemon.stop() == 0
     problems = load.check()
     assert not problems, "\n".join(problems)
+    made = [load.daemon.result(f"{rid}.json") for *_rest, rid in load.forks]
+    made = [r["result"] for r in made if r["status"] == "ok"]
+    assert len(made) >= 6
+    # The check has eyes: one byte changed in one fork's worktree is seen.
+    (Path(made[-1]["worktree"]) / "log.txt").write_text("tampered\n")
+    assert any("worktree differs" in p for p in load.check())
 
 
 def test_new_sessions_and_forks_of_one_repository_at_once(tmp_path: Path):
