@@ -123,6 +123,8 @@ def test_three_turns_write_bash_edit_then_forks_at_1_and_2(tmp_path: Path, agent
     assert daemonkit.unpaired_requests(from_agent, to_agent) == []
     assert [f.method for f in to_agent if f.method] == ["initialize", "session/new"] + ["session/prompt"] * 3
     assert len([f for f in from_agent if f.method == "session/request_permission"]) == 3
+    # Offered fs/* (the profile's default), Claude Code still uses its own tools.
+    assert not any((f.method or "").startswith("fs/") for f in from_agent)
     invalid = daemonkit.session_updates(from_agent, "usage_update")
     assert invalid and all(f.message["params"]["update"]["used"] is None for f in invalid)
     with pytest.raises(ValidationError):
