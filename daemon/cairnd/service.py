@@ -43,6 +43,9 @@ from cairnd.sessions import Sessions
 from cairnd.spool import Claimed, Spool
 from cairnd.statelock import STATUS_NAME, AlreadyRunning, daemon_pid
 
+# Below this many free bytes, an unexpected failure is put down to a full disk.
+FULL_DISK_BYTES = 1024 * 1024
+
 
 
 @dataclass
@@ -334,12 +337,25 @@ class Daemon:
                       request=claimed.request_id, session=getattr(work.request, "session", None), exc_info=True)
                 with anyio.CancelScope(shield=True):
                     await self._publish(claimed, work.raw, work.request.kind,
-                                        error=CairnError("internal", f"{type(exc).__name__}: {exc}"))
+                                        error=CairnError("internal", self._explain(exc)))
                 return
             with anyio.CancelScope(shield=True):
                 await self._publish(claimed, work.raw, work.request.kind, result=result)
         finally:
             self._end()
+
+    def _explain(self, exc: Exception) -> str:
+        """An unexpected failure in words: SQLite and git say only "disk I/O error" when
+        the state directory's disk is full, so say that too when it is."""
+        text = f"{type(exc).__name__}: {exc}"
+        try:
+            st = os.statvfs(self.layout.root)
+        except OSError:
+            return text
+        free = st.f_bavail * st.f_frsize
+        if free < FULL_DISK_BYTES:
+            text += f" (the disk holding {self.layout.root} is full: {free} bytes free)"
+        return text
 
     async def _publish_error(self, claimed: Claimed, raw: Any, error: CairnError) -> None:
         try:
