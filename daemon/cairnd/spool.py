@@ -177,14 +177,23 @@ class Spool:
         """Write the one result of a claimed request, then let go of cur/<name>.
 
         keep_raw: the request's bytes could not be carried in the result as JSON
-        (not JSON, too large, not a file), so the entry itself moves to
-        failed/<name>.raw: kept, not copied, not lost. It moves after the result is
-        durable: until then a crash leaves it in cur/, to be answered on restart."""
+        (not JSON, too large, not a file), so the entry itself is kept as
+        failed/<name>.raw: not copied, not lost. It is linked there before the result
+        is written (a client that sees the result finds it) and leaves cur/ only
+        after: a crash in between leaves it in cur/, to be answered on restart. A
+        directory cannot be linked; it moves after the result."""
         ok = result.get("status") == "ok"
         folder = self.done if ok else self.failed
         target = folder / claimed.name
+        if keep_raw:
+            try:
+                os.link(self.cur / claimed.name, self.failed / _raw_name(claimed.name), follow_symlinks=False)
+            except FileExistsError:
+                pass  # linked by an earlier try
+            except OSError:
+                pass  # a directory (or a folder on another mount): moved below
         write_atomic(target, orjson.dumps(result, option=orjson.OPT_APPEND_NEWLINE), sync_dir=True)
-        self._let_go(claimed.name, keep_raw)
+        self._let_go(claimed.name, keep_raw and not os.path.lexists(self.failed / _raw_name(claimed.name)))
         return target
 
     def _let_go(self, name: str, keep_raw: bool) -> None:
