@@ -147,7 +147,9 @@ def test_status_says_when_a_turn_is_running(tmp_path: Path):
         while "STATUS=queue: 0 new, 1 in progress; 1 turn(s) running" not in daemon.notifications:
             assert time.monotonic() < deadline, daemon.notifications[-10:]
             daemon.read_notifications(0.2)
-        daemon.ok({"kind": "cancel", "session": session})
+        while not daemon.ok({"kind": "cancel", "session": session})["cancelled"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
         assert daemon.wait(slow)["result"]["stopReason"] == "cancelled"
     finally:
         stop(daemon)
