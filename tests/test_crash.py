@@ -568,8 +568,6 @@ def test_the_audit_sees_what_it_must(tmp_path: Path):
         assert needle in text, text
 
 
-@pytest.mark.xfail(strict=True, reason="transcript.session_state opens a turn at session/prompt only, so "
-                   "recovery leaves a turn_start the crash cut before its prompt unended (reported)")
 def test_a_crash_right_after_turn_start_still_ends_the_turn(tmp_path: Path):
     """The runner writes `_cairnd/turn_start` just before sending the prompt. A crash
     between the two leaves a turn_start with no prompt: the request is answered

@@ -22,6 +22,7 @@ SDK_SESSION_METHOD = "_posthog/sdk_session"
 CHECKPOINT_METHOD = "_posthog/agent_checkpoint"
 TURN_COMPLETE_METHOD = "_posthog/turn_complete"
 FORK_META_METHOD = "_posthog/fork_session_meta"
+TURN_START_METHOD = "_cairnd/turn_start"
 
 # Methods an agent calls on its client: their ids live in the agent's id space and may
 # equal a pending session/prompt's id, so a response to one must not end the turn.
@@ -30,6 +31,7 @@ _AGENT_TO_CLIENT_PREFIXES = ("fs/", "terminal/", "session/request_permission")
 # A line that has none of these is nothing session_state needs (most lines of a long
 # log are agent updates that are none of its business).
 _PROMPT_MARK = b'session/prompt"'
+_TURN_START_MARK = b"_cairnd/turn_start"
 _POSTHOG_MARK = b"_posthog/"
 _ID_MARK = b'"id"'  # requests and responses
 _AGENT_TEXT_MARK = b"agent_message_chunk"
@@ -131,6 +133,7 @@ def session_state(lines: Lines, agent_text: bool = True) -> SessionState:
         if not (
             _PROMPT_MARK in line
             or _POSTHOG_MARK in line
+            or _TURN_START_MARK in line
             or _ID_MARK in line
             or (agent_text and _AGENT_TEXT_MARK in line)
         ):
@@ -187,6 +190,10 @@ def session_state(lines: Lines, agent_text: bool = True) -> SessionState:
                 current.checkpoint = params
         elif method == SDK_SESSION_METHOD:
             sdk_session = params
+        elif method == TURN_START_METHOD:
+            # cairnd begins a turn here, just before it sends the prompt: a crash in
+            # between leaves a turn that never reached the agent, still to be ended.
+            open_turn = True
         elif method == FORK_META_METHOD:
             fork_meta = params
             sdk_session = None
@@ -246,8 +253,6 @@ def replay_block(text: str, uri: str = REPLAY_URI) -> dict[str, Any]:
     """An ACP embedded `resource` content block carrying a replay text."""
     return {"type": "resource", "resource": {"uri": uri, "mimeType": "text/plain", "text": text}}
 
-
-TURN_START_METHOD = "_cairnd/turn_start"
 
 
 def turn_of_request(lines: Lines, request_id: str) -> dict[str, Any] | None:
