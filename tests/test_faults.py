@@ -284,7 +284,6 @@ def test_a_fork_whose_log_cannot_be_written_removes_its_worktree(daemon: Daemon,
     assert not audit(daemon.state, repo, None).problems
 
 
-@pytest.mark.xfail(strict=True, reason="git.remove_worktree runs a repository-wide `git worktree prune` (reported)")
 def test_deleting_a_session_keeps_the_records_of_worktrees_that_are_not_cairnds(daemon: Daemon, repo: Path,
                                                                                tmp_path: Path):
     """A worktree of the user's own on a disk that is not mounted right now is still

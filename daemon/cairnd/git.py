@@ -560,11 +560,13 @@ def create_fork_worktree(repo: Path, path: Path, head_sha: str, worktree_sha: st
 
 def remove_worktree(repo: Path, path: Path) -> None:
     """Remove the linked worktree at `path` with everything in it, even if it has changes
-    or is locked; a worktree already gone is fine. Then prune stale worktree records."""
+    or is locked; a worktree already gone is fine (git drops its record too).
+
+    No `git worktree prune`: that would also drop the records of the user's own
+    worktrees whose directories are merely out of reach (an unmounted disk)."""
     proc = _run(repo, ["worktree", "remove", "--force", "--force", str(path)])
     if proc.returncode != 0 and b"is not a working tree" not in proc.stderr:
         raise _failure(repo, ["worktree"], proc)
-    _git(repo, "worktree", "prune")
 
 
 def list_worktrees(repo: Path) -> list[Path]:
