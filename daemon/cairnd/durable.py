@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 from pathlib import Path
 
 _sequence = itertools.count()
@@ -55,3 +56,25 @@ def write_atomic(path: Path, data: bytes, *, sync_dir: bool = True) -> None:
         raise
     if sync_dir:
         fsync_dir(path.parent)
+
+
+_TEMP_NAME = re.compile(r"^\..+\.[0-9]+\.[0-9]+\.tmp$")
+
+
+def remove_stale_temps(directory: Path) -> list[str]:
+    """Remove the temporary files `write_atomic` left in `directory` when a process died
+    between writing and renaming (`kill -9`, power loss); their names. Only for a
+    directory no other process is writing to (the daemon at start, holding the lock)."""
+    removed = []
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        if _TEMP_NAME.match(entry.name) and entry.is_file(follow_symlinks=False):
+            try:
+                os.unlink(entry.path)
+            except FileNotFoundError:
+                continue
+            removed.append(entry.name)
+    return removed

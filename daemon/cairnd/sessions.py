@@ -19,6 +19,7 @@ import anyio
 from cairnd import git
 from cairnd.checkpoint import session_ref_prefix, take_checkpoint
 from cairnd.config import AgentProfile, Config
+from cairnd.durable import remove_stale_temps
 from cairnd.errors import CairnError
 from cairnd.forker import discard_partial, fork_session, worktree_lock, write_fork_log
 from cairnd.ids import new_session_id
@@ -219,7 +220,11 @@ class Sessions:
 
     async def recover(self) -> None:
         """After a crash: roll back half-made sessions, and close turns the crash cut
-        (turn_complete `interrupted` and a checkpoint of what they left)."""
+        (turn_complete `interrupted` and a checkpoint of what they left), and remove the
+        temporary files of results and status a crash left half-written."""
+        for directory in (self.layout.root, self.layout.spool / "done", self.layout.spool / "failed"):
+            for name in await self._thread(remove_stale_temps, directory):
+                event(logging.INFO, f"removed {directory / name}, left half-written by a stop")
         for row in await self._thread(self.registry.sessions, ("creating",)):
             event(logging.WARNING, "removing a session whose creation a stop cut short", session=row.id)
             await self._thread(discard_partial, self.layout, self.registry, row)
