@@ -592,3 +592,25 @@ def test_a_crash_right_after_turn_start_still_ends_the_turn(tmp_path: Path):
         assert daemon.stop() == 0
     report = audit(daemon.state, repo, None)
     assert not report.problems, report.problems
+
+
+def test_temporary_files_a_crash_left_are_removed_at_start(tmp_path: Path):
+    """A kill between writing a result (or status.json) under its temporary name and
+    renaming it leaves `.<name>.<pid>.<n>.tmp` behind; the next start removes them."""
+    daemon = Daemon(tmp_path / "state")
+    spool = daemon.spool
+    for sub in ("tmp", "new", "cur", "done", "failed"):
+        (spool / sub).mkdir(parents=True)
+    litter = [spool / "done" / ".r1.json.4242.0.tmp", spool / "failed" / ".r2.json.4242.3.tmp",
+              daemon.state / ".status.json.4242.7.tmp"]
+    for path in litter:
+        path.write_bytes(b'{"id": "r1", "sta')
+    kept = [spool / "failed" / ".notes", spool / "done" / "r3.json"]
+    for path in kept:
+        path.write_bytes(b"{}")
+    daemon.start()
+    try:
+        assert [p for p in litter if p.exists()] == []
+        assert all(p.exists() for p in kept)
+    finally:
+        assert daemon.stop() == 0
