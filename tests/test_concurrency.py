@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,19 +110,26 @@ class Load:
             result = self.daemon.result(f"{rid}.json")
             assert result is not None and result["status"] == "ok", result
             self.session_ids.append(result["result"]["session"])
-        # Every session's turns at once, forks dropped among them (some land mid-turn,
-        # where a message not yet in the log is out of range).
-        order = [(n, t) for t in range(self.turns) for n in range(self.sessions)]
-        pending_forks = [(n, f) for n in range(self.sessions) for f in range(self.forks_per_session)]
-        rng.shuffle(pending_forks)
-        every = max(1, len(order) // max(1, len(pending_forks)))
-        for i, (n, t) in enumerate(order):
-            session = self.session_ids[n]
-            rid = self.drop({"kind": "prompt", "session": session, "text": turn_text(n, t)}, f"s{n}-t{t}")
-            self.prompts.setdefault(session, []).append(rid)
-            if i % every == 0 and pending_forks:
-                fn, f = pending_forks.pop()
-                self.fork(fn, rng.randint(0, self.turns - 1), f"mid-s{fn}-f{f}")
+        # Every session's turns at once; while they run, forks at the message of the
+        # turn in flight (in the log once that turn began; out of range until then).
+        for t in range(self.turns):
+            for n in range(self.sessions):
+                session = self.session_ids[n]
+                rid = self.drop({"kind": "prompt", "session": session, "text": turn_text(n, t)}, f"s{n}-t{t}")
+                self.prompts.setdefault(session, []).append(rid)
+        triggers = [(n, f, rng.randint(0, self.turns - 1)) for n in range(self.sessions)
+                    for f in range(self.forks_per_session)]
+        while triggers:
+            waiting = []
+            for n, f, m in triggers:
+                answered = sum(1 for rid in self.prompts[self.session_ids[n]]
+                               if self.daemon.result(f"{rid}.json") is not None)
+                if answered >= m:
+                    self.fork(n, m, f"mid-s{n}-f{f}")
+                else:
+                    waiting.append((n, f, m))
+            triggers = waiting
+            time.sleep(0.02)
         wait_all(self.daemon, list(self.ids), timeout)
         # Then a fork of each at a random cut, now that every message is in the log.
         late = [self.fork(n, rng.randint(0, self.turns - 1), f"late-s{n}") for n in range(self.sessions)]
