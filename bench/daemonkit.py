@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import itertools
 import os
+import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +23,38 @@ from measure import ROOT
 sys.path.insert(0, str(ROOT / "tests"))
 from daemonproc import Daemon  # noqa: E402  (the suite's harness: one way to start cairnd)
 
-__all__ = ["Daemon", "SpoolClient", "start_daemon"]
+__all__ = ["Daemon", "SpoolClient", "running_daemon"]
 
 _ids = itertools.count(1)
 
 
-def start_daemon(state: Path, **settings: Any) -> Daemon:
-    """A daemon on `state`, ready (READY=1 seen). Rescans are left at a minute so they
-    do not add noise; every pickup measured is inotify's."""
+@contextmanager
+def running_daemon(state: Path, **settings: Any) -> Iterator[Daemon]:
+    """A daemon on `state`, ready (READY=1 seen), stopped on leaving (killed if it does
+    not stop in time: that is an error of its own, unless another is on its way).
+    Rescans are left at a minute so they add no noise: every pickup measured is
+    inotify's."""
     defaults: dict[str, Any] = {"rescan_seconds": 60, "idle_agent_seconds": 600}
-    return Daemon(state, {**defaults, **settings}).start(timeout=60)
+    daemon = Daemon(state, {**defaults, **settings})
+    try:
+        daemon.start(timeout=120)
+        yield daemon
+    except BaseException:
+        _stop(daemon, quietly=True)
+        raise
+    _stop(daemon, quietly=False)
+
+
+def _stop(daemon: Daemon, quietly: bool, timeout: float = 120) -> None:
+    if daemon.proc is None:
+        return
+    try:
+        daemon.stop(timeout)
+    except subprocess.TimeoutExpired:
+        daemon.kill9()
+        if not quietly:
+            raise RuntimeError(f"cairnd did not stop within {timeout:g} s of SIGTERM; "
+                               f"its stderr ends: {daemon.stderr()[-1500:]}") from None
 
 
 class SpoolClient:

@@ -26,7 +26,7 @@ from cairnd.forker import fork_session
 from cairnd.forkpoint import find_fork_point
 from cairnd.log import iter_lines
 from cairnd.registry import Registry
-from daemonkit import SpoolClient, start_daemon
+from daemonkit import SpoolClient, running_daemon
 from measure import Row, command_of, main, median, ms, ratio, target_text
 from synth import dirty, git, repo
 
@@ -49,12 +49,11 @@ def _remove_worktree(repo_path: Path, path: Path) -> None:
 def _one_size(files: int, repeat: int, root: Path, command: str) -> list[Row]:
     source = root / f"repo-{files}"
     git(root, "clone", "-q", "--shared", repo(files), source)
-    daemon = start_daemon(root / f"state-{files}")
-    client = SpoolClient(daemon.spool)
     floor: list[float] = []
     library: list[float] = []
     through_daemon: list[float] = []
-    try:
+    with running_daemon(root / f"state-{files}") as daemon:
+        client = SpoolClient(daemon.spool)
         made = client.ok({"kind": "new", "repo": str(source), "title": f"fork bench {files}"}, timeout=600)
         session, worktree = made["session"], Path(made["worktree"])
         dirty(worktree, files)
@@ -91,9 +90,7 @@ def _one_size(files: int, repeat: int, root: Path, command: str) -> list[Row]:
                 floor.append(took_floor)
                 library.append(took_library)
                 through_daemon.append(took_daemon)
-    finally:
         client.close()
-        daemon.stop(timeout=120)
     shutil.rmtree(root / f"by-hand-{files}", ignore_errors=True)
     floor_time, library_time, daemon_time = median(floor), median(library), median(through_daemon)
     gated = files >= 10_000

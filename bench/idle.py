@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from daemonkit import SpoolClient, start_daemon
+from daemonkit import SpoolClient, running_daemon
 from measure import Row, command_of, main, target_text
 from synth import git, repo
 
@@ -79,21 +79,15 @@ def run(quick: bool) -> list[Row]:
         root = Path(tmp)
         source = root / "repo"
         git(root, "clone", "-q", "--shared", repo(10), source)
-        maker = start_daemon(root / "state")
-        client = SpoolClient(maker.spool)
-        try:
+        with running_daemon(root / "state") as maker:
+            client = SpoolClient(maker.spool)
             for index in range(sessions):
                 client.ok({"kind": "new", "repo": str(source), "title": f"idle {index}"})
-        finally:
             client.close()
-            maker.stop()
-        daemon = start_daemon(root / "state")
-        try:
+        with running_daemon(root / "state") as daemon:
             time.sleep(2.0)  # past start-up work (recovery, the first scan)
             assert daemon.proc is not None
             cpu, rss, processes = _idle(daemon.proc.pid, seconds)
-        finally:
-            daemon.stop()
         floor_proc = subprocess.Popen([sys.executable, "-c", _IMPORTS + "\nimport time\ntime.sleep(3600)"])
         try:
             time.sleep(2.0)

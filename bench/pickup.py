@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from daemonkit import SpoolClient, start_daemon
+from daemonkit import SpoolClient, running_daemon
 from measure import BENCH, Row, command_of, main, median, ms, percentile, target_text
 from synth import git, repo
 
@@ -49,33 +49,38 @@ def _start_peer(spool: Path) -> subprocess.Popen[bytes]:
     return proc
 
 
+def _measure(root: Path, peer_spool: Path, drops: int) -> tuple[list[float], list[float]]:
+    """(daemon latencies, peer latencies), interleaved in blocks."""
+    with running_daemon(root / "state") as daemon:
+        client = SpoolClient(daemon.spool)
+        peer_client = SpoolClient(peer_spool)
+        session = client.ok({"kind": "new", "repo": str(root / "repo"), "title": "pickup"}, timeout=120)["session"]
+        cancel = {"kind": "cancel", "session": session}
+        _drops(client, cancel, 20)  # warm: first requests pay imports and caches
+        _drops(peer_client, cancel, 20)
+        ours: list[float] = []
+        floor: list[float] = []
+        while len(ours) < drops:
+            block = min(_BLOCK, drops - len(ours))
+            floor += _drops(peer_client, cancel, block)
+            ours += _drops(client, cancel, block)
+        client.close()
+        peer_client.close()
+    return ours, floor
+
+
 def run(quick: bool) -> list[Row]:
     drops = 100 if quick else 500
     command = command_of(__file__, quick)
     with tempfile.TemporaryDirectory(prefix="cairnd-bench-pickup-") as tmp:
         root = Path(tmp)
         git(root, "clone", "-q", "--shared", repo(10), root / "repo")
-        daemon = start_daemon(root / "state")
         peer = _start_peer(root / "peer-spool")
         try:
-            client = SpoolClient(daemon.spool)
-            peer_client = SpoolClient(root / "peer-spool")
-            session = client.ok({"kind": "new", "repo": str(root / "repo"), "title": "pickup"}, timeout=120)["session"]
-            cancel = {"kind": "cancel", "session": session}
-            _drops(client, cancel, 20)  # warm: first requests pay imports and caches
-            _drops(peer_client, cancel, 20)
-            ours: list[float] = []
-            floor: list[float] = []
-            while len(ours) < drops:
-                block = min(_BLOCK, drops - len(ours))
-                floor += _drops(peer_client, cancel, block)
-                ours += _drops(client, cancel, block)
-            client.close()
-            peer_client.close()
+            ours, floor = _measure(root, root / "peer-spool", drops)
         finally:
             peer.terminate()
             peer.wait(10)
-            daemon.stop()
     ours_median, ours_p99 = median(ours), percentile(ours, 0.99)
     floor_median, floor_p99 = median(floor), percentile(floor, 0.99)
     return [

@@ -23,8 +23,9 @@ from pathlib import Path
 
 import orjson
 
-from measure import BENCH, ROOT, Row, command_of, markdown
+from measure import BENCH, CACHE, ROOT, Row, command_of, markdown
 
+LOGS = CACHE / "logs"
 BENCHMARKS = ("forkpoint", "pickup", "fork", "checkpoint", "burst", "idle", "turn")
 
 
@@ -33,8 +34,13 @@ def run_one(name: str, quick: bool) -> tuple[list[Row], bool]:
     proc = subprocess.run(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     command = command_of(str(BENCH / f"{name}.py"), quick)
     if proc.returncode != 0:
-        tail = proc.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
-        return [Row(name, f"ERROR (exit {proc.returncode}): {tail[0][:200]}", "-", "-", command)], False
+        stderr = proc.stderr.decode(errors="replace")
+        LOGS.mkdir(parents=True, exist_ok=True)
+        (LOGS / f"{name}.stderr").write_text(stderr)
+        sys.stderr.write(stderr[-4000:])
+        tail = stderr.strip().splitlines()[-1:] or ["no output"]
+        return [Row(name, f"ERROR (exit {proc.returncode}): {tail[0][:200]} (whole: {LOGS / name}.stderr)",
+                    "-", "-", command)], False
     rows = orjson.loads(proc.stdout.decode().strip().splitlines()[-1])
     return [Row(**row) for row in rows], True
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from cairnd.log import SessionLog, iter_lines, parse_message
-from daemonkit import SpoolClient, start_daemon
+from daemonkit import SpoolClient, running_daemon
 from measure import Row, command_of, main, median, ms, target_text, timings
 from synth import git, repo
 
@@ -70,9 +70,8 @@ def _log_cost(log: Path, scratch: Path) -> float:
 def _one_size(files: int, turns: int, root: Path, command: str) -> list[Row]:
     source = root / f"repo-{files}"
     git(root, "clone", "-q", "--shared", repo(files), source)
-    daemon = start_daemon(root / f"state-{files}")
-    client = SpoolClient(daemon.spool)
-    try:
+    with running_daemon(root / f"state-{files}") as daemon:
+        client = SpoolClient(daemon.spool)
         made = client.ok({"kind": "new", "repo": str(source), "title": f"turn bench {files}"}, timeout=600)
         session, worktree = made["session"], Path(made["worktree"])
         client.ok({"kind": "prompt", "session": session, "text": "warm-up"}, timeout=600)  # starts the agent
@@ -91,9 +90,7 @@ def _one_size(files: int, turns: int, root: Path, command: str) -> list[Row]:
         scratch = root / f"scratch-{files}"
         scratch.mkdir()
         log_time = _log_cost(log, scratch)
-    finally:
         client.close()
-        daemon.stop()
     total = median(totals)
     agent = median([a for a, _c in parts])
     checkpoint = median([c for _a, c in parts])
