@@ -22,7 +22,7 @@ import orjson
 import watchfiles
 from watchfiles._rust_notify import WatchfilesRustInternalError
 
-from cairnd import journal, statelock
+from cairnd import inotify, journal, statelock
 from cairnd.config import Config, load_config
 from cairnd.durable import write_atomic
 from cairnd.errors import CairnError
@@ -182,6 +182,23 @@ class Daemon:
     # -- intake ---------------------------------------------------------------------
 
     async def _watch(self, watching: anyio.Event) -> None:
+        if inotify.available():
+            try:
+                watch = inotify.DirectoryWatch(self.spool.new)
+            except OSError as exc:
+                event(logging.WARNING, f"inotify unavailable ({exc}); watching with watchfiles")
+            else:
+                with watch:
+                    # The watch exists once add_watch returned: anything renamed in from
+                    # now on rings, so the caller may scan and say READY.
+                    watching.set()
+                    while True:
+                        await anyio.wait_readable(watch.fd)
+                        watch.drain()
+                        await self.scan()
+        await self._watch_portably(watching)
+
+    async def _watch_portably(self, watching: anyio.Event) -> None:
         probe = self.spool.new / f".cairnd-probe-{os.getpid()}"
 
         async def send_probe() -> None:
