@@ -515,7 +515,7 @@ def test_a_turn_cut_by_kill_9_ends_interrupted_and_is_not_run_again(tmp_path: Pa
     repo = torture_repo(tmp_path / "project")
     daemon = Daemon(tmp_path / "state").start()
     session = daemon.ok({"kind": "new", "repo": str(repo)})["session"]
-    rid = daemon.drop({"kind": "prompt", "session": session, "text": "append log.txt: once\nsleep: 30"})
+    rid = daemon.drop({"kind": "prompt", "session": session, "text": "append log.txt: once\nsleep: 10"})
     log = daemon.state / "sessions" / session / "log.ndjson"
     deadline = time.monotonic() + 30
     while b"session/prompt" not in log.read_bytes():  # the prompt is on its way to the agent
