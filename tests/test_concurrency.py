@@ -111,7 +111,8 @@ class Load:
             assert result is not None and result["status"] == "ok", result
             self.session_ids.append(result["result"]["session"])
         # Every session's turns at once; while they run, forks at the message of the
-        # turn in flight (in the log once that turn began; out of range until then).
+        # turn in flight (in the log once that turn began; out of range until then)
+        # or of the turn just answered.
         for t in range(self.turns):
             for n in range(self.sessions):
                 session = self.session_ids[n]
@@ -125,7 +126,9 @@ class Load:
                 answered = sum(1 for rid in self.prompts[self.session_ids[n]]
                                if self.daemon.result(f"{rid}.json") is not None)
                 if answered >= m:
-                    self.fork(n, m, f"mid-s{n}-f{f}")
+                    # Every other fork cuts at the last answered turn's message: in the
+                    # log for sure, while the session goes on with its next turns.
+                    self.fork(n, m if f % 2 == 0 or m == 0 else m - 1, f"mid-s{n}-f{f}")
                 else:
                     waiting.append((n, f, m))
             triggers = waiting
