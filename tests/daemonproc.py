@@ -62,6 +62,7 @@ class Daemon:
         self._sock: socket.socket | None = None
 
     def start(self, wait_ready: bool = True, timeout: float = 30) -> Daemon:
+        self.notifications = []  # a restart must wait for its own READY=1
         sock_path = Path(tempfile.mkdtemp(prefix="cairnd-notify-")) / "notify.sock"
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._sock.bind(str(sock_path))

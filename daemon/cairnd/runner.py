@@ -551,7 +551,9 @@ class AgentRunner:
             cairnd_entry(CHECKPOINT_METHOD, checkpoint),
         ])
         self._turns = turn + 1
-        log.sync()
+        # fsync can take seconds on a loaded disk: never on the event loop, which
+        # every other session's frames and the spool depend on.
+        await anyio.to_thread.run_sync(log.sync, limiter=self.limiter)
         return checkpoint
 
     async def _await_exit(self, agent: AgentProcess) -> None:
@@ -659,7 +661,7 @@ class AgentRunner:
         log = self._open_log()
         log.append(cairnd_entry(SDK_SESSION_METHOD, {
             "sessionId": self.session_id, "sdkSessionId": agent.sdk_session_id, "adapter": self.profile.name}))
-        log.sync()
+        await anyio.to_thread.run_sync(log.sync, limiter=self.limiter)
 
     async def _host(self, *, task_status: anyio.abc.TaskStatus[AgentProcess] = anyio.TASK_STATUS_IGNORED) -> None:
         """Owns one agent process: spawns it, pumps its output, reaps it when it is told
