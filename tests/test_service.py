@@ -197,6 +197,10 @@ def test_sighup_reloads_agent_profiles(tmp_path: Path, repo: Path):
 def test_daemon_log_lines_carry_priority_and_ids(daemon: Daemon, repo: Path):
     rid = daemon.drop({"kind": "new", "repo": str(repo)})
     session = daemon.wait(rid)["result"]["session"]
+    # The line about a result is written just after the result file: wait for it.
+    deadline = time.monotonic() + 30
+    while f"session={session}" not in daemon.stderr() and time.monotonic() < deadline:
+        time.sleep(0.02)
     lines = daemon.stderr().splitlines()
     assert all(line.startswith("<") and line[1].isdigit() and line[2] == ">" for line in lines), lines
     assert any(f"request={rid}" in line and f"session={session}" in line for line in lines)
