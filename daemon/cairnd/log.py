@@ -204,7 +204,7 @@ class LogLines(Iterator[tuple[int, bytes]]):
 # Chunks of the marked-line scan: small enough that the several passes over one
 # (a search per mark, a newline count) run in a core's L2 cache, big enough that
 # Python's overhead per chunk is noise.
-_SCAN_CHUNK = 1 << 19
+_SCAN_CHUNK = 1 << 20
 _SCAN_THREADS = min(2, os.cpu_count() or 1)
 _SCAN_AHEAD = 4  # chunks in flight: bounds the memory of a threaded scan
 _SCAN_PARALLEL_MIN = 16  # fewer chunks than this are scanned inline
