@@ -26,6 +26,8 @@ from typing import Any
 
 import orjson
 
+from cairnd.durable import fsync_dir, write_all
+
 ENVELOPE_TYPE = "notification"
 INVALID_FRAME_METHOD = "_cairnd/invalid_frame"
 
@@ -370,13 +372,6 @@ def _complete_length(fd: int, size: int) -> int:
     return 0
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
-
-
 class SessionLog:
     """The one writer of a session log: opens it for appending (creating it and its
     directories), cuts a torn last line away, then appends whole lines only.
@@ -401,7 +396,7 @@ class SessionLog:
                 os.fsync(self._fd)
                 self._size = complete
             if created:
-                _fsync_dir(self.path.parent)
+                fsync_dir(self.path.parent)
         except BaseException:
             os.close(self._fd)
             self._fd = None
@@ -426,7 +421,7 @@ class SessionLog:
             raise ValueError("a log line must be exactly one line ending with \\n")
         fd = self._require_open()
         try:
-            _write_all(fd, line)
+            write_all(fd, line)
         except BaseException:
             # A failed write (disk full...) may have left part of the line: cut it now
             # rather than leave a torn line in the middle of the log.
@@ -440,7 +435,7 @@ class SessionLog:
         data = b"".join(envelope_line(message) for message in messages)
         fd = self._require_open()
         try:
-            _write_all(fd, data)
+            write_all(fd, data)
         except BaseException:
             os.ftruncate(fd, self._size)
             raise
@@ -470,14 +465,6 @@ class SessionLog:
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # Errors after which a faster copy call is given up for the next one down the ladder
@@ -571,6 +558,6 @@ def _copy_readwrite(src_fd: int, dst_fd: int, done: int, length: int) -> int:
         block = os.pread(src_fd, min(length - done, _READ_CHUNK), done)
         if not block:
             break
-        _write_all(dst_fd, block)
+        write_all(dst_fd, block)
         done += len(block)
     return done

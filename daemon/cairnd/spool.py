@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from cairnd.durable import fsync_dir, write_atomic
+from cairnd.durable import fsync_dir, write_all, write_atomic
 from cairnd.errors import CairnError
 from cairnd.log import now_timestamp
 from cairnd.requests import MAX_REQUEST_BYTES, request_id_of
@@ -251,10 +251,7 @@ class Spool:
         tmp = self.tmp / name
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
-            data = orjson.dumps(request)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            write_all(fd, orjson.dumps(request))
             os.fsync(fd)
         finally:
             os.close(fd)
