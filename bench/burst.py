@@ -22,10 +22,11 @@ _PARALLEL = 2  # cairnd's default max_parallel_forks, used on both sides
 def _shell_floor(source: Path, scratch: Path, count: int) -> tuple[float, int]:
     """Seconds for `count` worktree adds, `_PARALLEL` at a time, and how many had to be
     retried: git itself races when two `worktree add` run at once in one repository
-    (one reads the other's half-made .git/worktrees entry and dies), so each add is
-    retried under a new name, up to five times."""
+    (one reads the other's half-made .git/worktrees entry and dies, leaving its own
+    half-made entry, which fails every later add until `git worktree prune`), so a
+    failed add is pruned after and retried under a new name, up to ten times."""
     add = ('n=0; until git -C "$1" worktree add -q --detach "$2/wt$3-$n" HEAD 2>>"$2/errors.txt"; '
-           'do n=$((n+1)); [ $n -ge 5 ] && exit 1; done')
+           'do git -C "$1" worktree prune 2>>"$2/errors.txt"; n=$((n+1)); [ $n -ge 10 ] && exit 1; done')
     script = f'seq {count} | xargs -P {_PARALLEL} -I{{}} sh -c \'{add}\' sh "$1" "$2" {{}}'
     started = time.perf_counter()
     proc = subprocess.run(["sh", "-c", script, "sh", str(source), str(scratch)], env=git_env())
