@@ -28,7 +28,6 @@ from cairnd import git
 from cairnd.checkpoint import session_ref_prefix, take_checkpoint
 from cairnd.config import StateLayout
 from cairnd.durable import fsync_dir, write_all
-from cairnd.errors import CairnError
 from cairnd.forkpoint import ForkPoint, find_fork_point
 from cairnd.ids import new_session_id
 from cairnd.log import cairnd_entry, copy_prefix, envelope_line, iter_lines
@@ -67,13 +66,8 @@ def state_at_cut(point: ForkPoint, repo: Path, source_worktree: Path) -> ForkSta
     if isinstance(head, str) and head:
         worktree_sha = checkpoint.get("worktreeSha")
         index_tree = checkpoint.get("indexTree")
-        for name, sha in (("headSha", head), ("worktreeSha", worktree_sha)):
-            if isinstance(sha, str) and not git.commit_exists(repo, sha):
-                raise CairnError(
-                    "commit_missing",
-                    f"checkpoint {name} {sha} before user message {point.user_message_index} is not in {repo}"
-                    " (garbage-collected or from another repository)",
-                )
+        # Whether these objects still exist is checked by git.create_fork_worktree, in
+        # one git call before it creates anything (commit_missing): not twice.
         return ForkState(
             head_sha=head,
             worktree_sha=worktree_sha if isinstance(worktree_sha, str) else None,
