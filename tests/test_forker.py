@@ -131,6 +131,10 @@ def test_lineage_and_titles(parent: Parent):
     ("Plan", ["Plan", "Plan (fork 1)", "Plan (fork 4)"], "Plan (fork 5)"),
     ("Plan (fork 2)", ["Plan", "Plan (fork 2)"], "Plan (fork 3)"),
     ("Plan (fork 2) ", ["Plan (fork 2)"], "Plan (fork 3)"),
+    # docker-agent's rows: unrelated siblings are ignored; a mid-title (fork N) is no sibling
+    ("Plan", ["Other (fork 7)"], "Plan (fork 1)"),
+    ("Plan", ["Plan (fork 1)", "Other (fork 7)", "Plan (fork 3) notes"], "Plan (fork 2)"),
+    ("Plan", ["My Plan (fork 9)", "Plan  (fork 2)"], "Plan (fork 3)"),
 ])
 def test_fork_title_rule(parent_title: str, titles: list[str], expected: str):
     assert fork_title(parent_title, titles) == expected

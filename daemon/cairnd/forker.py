@@ -38,13 +38,16 @@ _FORK_SUFFIX = re.compile(r"\s*\(fork (\d+)\)\s*$")
 
 
 def fork_title(parent_title: str, titles_in_root: Iterable[str]) -> str:
-    """`<parent title> (fork N)`: N one more than the highest `(fork N)` among the titles
-    of the same root, after stripping the parent's own suffix (docker-agent's rule), so
-    forks of forks read `Plan (fork 3)`, not `Plan (fork 1) (fork 1)`."""
+    """`<base> (fork N)`, where the base is the parent's title without its own
+    `(fork N)` suffix and N is one more than the highest `(fork N)` among the titles
+    of the same root that share that base (docker-agent's `NextForkTitle`): forks of
+    forks read `Plan (fork 3)`, not `Plan (fork 1) (fork 1)`, and an unrelated title
+    such as `Other (fork 7)` or `Plan (fork 2) notes` does not bump the count."""
     base = _FORK_SUFFIX.sub("", parent_title)
+    sibling = re.compile(re.escape(base) + r"[ \t]*\(fork (\d+)\)\s*$")
     highest = 0
     for title in titles_in_root:
-        match = _FORK_SUFFIX.search(title)
+        match = sibling.fullmatch(title)
         if match:
             highest = max(highest, int(match.group(1)))
     return f"{base} (fork {highest + 1})"
