@@ -85,9 +85,25 @@ def bash(command: str, description: str = "Run a command") -> ToolUse:
     return ToolUse("Bash", {"command": command, "description": description})
 
 
+SUGGESTION_MODE = "[SUGGESTION MODE:"
+
+
 def is_main_call(body: JsonObject | None) -> bool:
-    """The agent loop's call: streaming, with tools offered."""
-    return bool(body) and bool(body.get("stream")) and bool(body.get("tools"))
+    """The agent loop's call: streaming, with tools offered.
+
+    Claude Code 2.x also asks the model, with the same tools, what the user
+    might type next ("prompt suggestion"); those calls end with a user message
+    starting with SUGGESTION_MODE and are side calls.
+    """
+    if not (body and body.get("stream") and body.get("tools")):
+        return False
+    messages = body.get("messages") or []
+    last = messages[-1] if messages else {}
+    content = last.get("content") if isinstance(last, dict) else None
+    first = content if isinstance(content, str) else next(
+        (b.get("text", "") for b in content or [] if isinstance(b, dict) and b.get("type") == "text"), ""
+    )
+    return not first.startswith(SUGGESTION_MODE)
 
 
 def classify(method: str, path: str, body: JsonObject | None) -> str:
@@ -281,6 +297,8 @@ def claude_env(base_url: str, home: str) -> dict[str, str]:
         "DISABLE_AUTOUPDATER": "1",
         # otherwise it clones/looks up the official plugin marketplace
         "CLAUDE_CODE_DISABLE_OFFICIAL_MARKETPLACE_AUTOINSTALL": "1",
+        # otherwise Claude Code 2.x asks the model what the user may type next after every turn
+        "CLAUDE_CODE_ENABLE_PROMPT_SUGGESTION": "false",
     }
 
 

@@ -96,6 +96,12 @@ def prepare_claude_home(home: Path) -> Path:
     plugins.mkdir(parents=True, exist_ok=True)
     fetched_at = datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
     (plugins / "blocklist.json").write_bytes(orjson.dumps({"fetchedAt": fetched_at, "plugins": []}))
+    # claude-agent-acp 0.101 starts sessions in Claude Code's "auto" permission
+    # mode (a model decides, nobody is asked); "default" asks the client before
+    # Write, Edit and Bash, so the tests see cairnd answer session/request_permission.
+    settings = home / ".claude" / "settings.json"
+    if not settings.exists():
+        settings.write_bytes(orjson.dumps({"permissions": {"defaultMode": "default"}}))
     return home
 
 

@@ -18,7 +18,6 @@ from typing import Any
 
 import pytest
 from acp.schema import SessionNotification
-from pydantic import ValidationError
 
 from daemonproc import Daemon
 from gitrepos import git_text, head, tree_state
@@ -125,10 +124,11 @@ def test_three_turns_write_bash_edit_then_forks_at_1_and_2(tmp_path: Path, agent
     assert len([f for f in from_agent if f.method == "session/request_permission"]) == 3
     # Offered fs/* (the profile's default), Claude Code still uses its own tools.
     assert not any((f.method or "").startswith("fs/") for f in from_agent)
-    invalid = daemonkit.session_updates(from_agent, "usage_update")
-    assert invalid and all(f.message["params"]["update"]["used"] is None for f in invalid)
-    with pytest.raises(ValidationError):
-        SessionNotification.model_validate(invalid[0].message["params"])  # the SDK's schema rejects it
+    # claude-agent-acp 0.23.1 sent usage_update with "used": null (invalid for the SDK's schema);
+    # 0.101 sends a number. Either way the frames are in the log as they came (checked above).
+    usage = daemonkit.session_updates(from_agent, "usage_update")
+    assert usage and all(isinstance(f.message["params"]["update"]["used"], int) for f in usage)
+    SessionNotification.model_validate(usage[0].message["params"])
     sdk_sessions = daemonkit.entries(frames, "_posthog/sdk_session")
     [opened] = [f for f in from_agent if "sessionId" in (f.message.get("result") or {})]
     opened_id = opened.message["result"]["sessionId"]  # Claude's own session id

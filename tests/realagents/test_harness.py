@@ -110,7 +110,8 @@ def test_claude_agent_acp_writes_a_file_with_its_own_tool(tmp_path: Path, agents
     )
     assert stop_reason == "end_turn"
     assert (repo / "a.txt").read_text() == "made by a real agent\n"
-    assert [r["options"][1]["kind"] for r in client.permission_requests] == ["allow_once"]
+    # one question, for the Write, and it offers the once-only answer cairnd gives
+    assert ["allow_once" in {o["kind"] for o in r["options"]} for r in client.permission_requests] == [True]
     assert anthropic_stub.prompt_texts(stub.main_requests()[0]) == ["make a.txt"]
     assert stub.remaining() == [] and stub.unscripted == 0
     assert "Done." in client.agent_text()
