@@ -170,6 +170,53 @@ def test_sigterm_exits_zero_and_says_stopping(daemon: Daemon):
     assert daemon.stop() == 0
 
 
+def _agent_pids(state: Path) -> set[int]:
+    """Processes whose working directory is inside the state directory: the agents."""
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cwd = os.readlink(entry / "cwd")
+            except OSError:
+                continue
+            if cwd.startswith(str(state)):
+                pids.add(int(entry.name))
+    return pids
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_stop_signals_at_any_moment_of_a_stop_exit_zero_leaving_no_agent(
+        tmp_path: Path, repo: Path, signame: str):
+    """A second, third... stop signal while the daemon is stopping (work finishing, then
+    agents being stopped) is handled, never left to the default handler."""
+    import signal as signals
+
+    daemon = Daemon(tmp_path / "state", {"stop_timeout_seconds": 2}).start()
+    sessions = [daemon.ok({"kind": "new", "repo": str(repo), "prompt": "hello"})["session"]
+                for _ in range(3)]
+    daemon.drop({"kind": "prompt", "session": sessions[0], "text": "sleep: 30"})
+    deadline = time.monotonic() + 30
+    while len(_agent_pids(daemon.state)) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    agents = _agent_pids(daemon.state)
+    assert len(agents) >= 3
+    assert daemon.proc is not None
+    sig = getattr(signals, signame)
+    daemon.proc.send_signal(sig)
+    # Keep signalling, 50 ms apart, through every phase of the stop until it exits.
+    while daemon.proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+        try:
+            daemon.proc.send_signal(sig)
+        except ProcessLookupError:
+            break
+    assert daemon.proc.wait(30) == 0, daemon.stderr()
+    daemon.close_socket()
+    alive = {pid for pid in agents if Path(f"/proc/{pid}").exists()
+             and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()}
+    assert not alive, f"agents left running: {alive}"
+
+
 def test_sighup_reloads_agent_profiles(tmp_path: Path, repo: Path):
     import signal as signals
     import sys

@@ -102,10 +102,18 @@ class Daemon:
         self.layout.create()
         self._lock_fd = statelock.acquire(self.layout.root)
         try:
-            async with Sessions(self.config) as sessions:
-                self.sessions = sessions
-                await sessions.recover()
-                await self._serve()
+            # The signal receiver spans the whole run, agents' shutdown included: a stop
+            # signal at any moment is ours to handle, never the default handler's (which
+            # would kill the daemon and orphan agents still being stopped).
+            async with anyio.create_task_group() as signals:
+                intake_scope = anyio.CancelScope()
+                grace_scope = anyio.CancelScope()
+                signals.start_soon(self._handle_signals, intake_scope, grace_scope)
+                async with Sessions(self.config) as sessions:
+                    self.sessions = sessions
+                    await sessions.recover()
+                    await self._serve(intake_scope, grace_scope)
+                signals.cancel_scope.cancel()
             event(logging.INFO, "cairnd stopped")
             return 0
         finally:
@@ -114,26 +122,21 @@ class Daemon:
             if self._lock_fd is not None:
                 os.close(self._lock_fd)
 
-    async def _serve(self) -> None:
-        async with anyio.create_task_group() as signals:
-            intake_scope = anyio.CancelScope()
-            grace_scope = anyio.CancelScope()
-            signals.start_soon(self._handle_signals, intake_scope, grace_scope)
-            async with anyio.create_task_group() as work:
-                self._work = work
-                with intake_scope:
-                    await self._intake()
-                # Intake is stopped: nothing new is claimed. Let work finish, within a bound.
-                self.stopping = True
-                self.notifier.notify(STOPPING=1, STATUS="stopping: finishing work in flight")
-                event(logging.INFO, f"stopping: {self.in_flight} request(s) in flight, "
-                                    f"waiting up to {self.config.stop_timeout_seconds:g} s")
-                with grace_scope, anyio.move_on_after(self.config.stop_timeout_seconds):
-                    await self.idle.wait()
-                if self.in_flight:
-                    event(logging.WARNING, f"recording {self.in_flight} request(s) in flight as interrupted")
-                work.cancel_scope.cancel()
-            signals.cancel_scope.cancel()
+    async def _serve(self, intake_scope: anyio.CancelScope, grace_scope: anyio.CancelScope) -> None:
+        async with anyio.create_task_group() as work:
+            self._work = work
+            with intake_scope:
+                await self._intake()
+            # Intake is stopped: nothing new is claimed. Let work finish, within a bound.
+            self.stopping = True
+            self.notifier.notify(STOPPING=1, STATUS="stopping: finishing work in flight")
+            event(logging.INFO, f"stopping: {self.in_flight} request(s) in flight, "
+                                f"waiting up to {self.config.stop_timeout_seconds:g} s")
+            with grace_scope, anyio.move_on_after(self.config.stop_timeout_seconds):
+                await self.idle.wait()
+            if self.in_flight:
+                event(logging.WARNING, f"recording {self.in_flight} request(s) in flight as interrupted")
+            work.cancel_scope.cancel()
 
     async def _intake(self) -> None:
         async with anyio.create_task_group() as intake:
@@ -154,13 +157,27 @@ class Daemon:
     async def _handle_signals(self, intake_scope: anyio.CancelScope, grace_scope: anyio.CancelScope) -> None:
         """SIGTERM/SIGINT: stop intake and let work finish within stop_timeout_seconds;
         a second one stops waiting. SIGHUP: reload agent profiles."""
+        try:
+            await self._receive_signals(intake_scope, grace_scope)
+        finally:
+            # The receiver closes only after every agent is stopped, and closing it
+            # restored the default handlers. In the same breath (no await between),
+            # ignore later stop signals at the kernel: nothing is left to stop, and the
+            # exit status stays the one run() chose. (A Python-level handler would not
+            # do: the interpreter resets those to the default while it finalizes.)
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, signal.SIG_IGN)
+
+    async def _receive_signals(self, intake_scope: anyio.CancelScope, grace_scope: anyio.CancelScope) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     self._reload()
                     continue
                 name = signal.Signals(signum).name
-                if not intake_scope.cancel_called:
+                if self.stopping and grace_scope.cancel_called:
+                    event(logging.INFO, f"received {name} again: already stopping agents")
+                elif not intake_scope.cancel_called:
                     event(logging.INFO, f"received {name}")
                     self._stop_watching.set()
                     intake_scope.cancel()
@@ -479,3 +496,4 @@ def serve(config_file: str | None = None, verbose: bool = False) -> int:
     except AlreadyRunning as exc:
         event(logging.ERROR, str(exc))
         return 1
+
