@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cairnd.log import iter_lines, method_of, parse_message
+from cairnd.entries import method_of, parse_message
+from cairnd.log import iter_lines
 from daemonproc import Daemon
 from gitrepos import env as git_env
 from gitrepos import make_repo, tree_state

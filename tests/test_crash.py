@@ -28,7 +28,8 @@ from typing import Any
 import orjson
 import pytest
 
-from cairnd.log import iter_lines, method_of, parse_message
+from cairnd.entries import method_of, parse_message
+from cairnd.log import iter_lines
 from daemonproc import Daemon
 from gitrepos import git, git_text, make_repo
 

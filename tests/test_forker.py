@@ -17,7 +17,8 @@ from cairnd.checkpoint import take_checkpoint
 from cairnd.config import StateLayout
 from cairnd.errors import CairnError
 from cairnd.forker import discard_partial, fork_session, fork_title
-from cairnd.log import cairnd_entry, envelope_line, iter_lines, parse_message, method_of
+from cairnd.entries import cairnd_entry, envelope_line, method_of, parse_message
+from cairnd.log import iter_lines
 from cairnd.registry import Registry
 from gitrepos import commit_all, git_text, index_state, make_repo, tree_state, write
 from logsamples import agent_chunk, checkpoint, prompt_request, prompt_response, turn_complete, user_chunk

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from cairnd.errors import CairnError
 from cairnd.forkpoint import ForkPoint, count_user_messages, find_fork_point
 import cairnd.log as log_module
-from cairnd.log import iter_lines, parse_message
+from cairnd.entries import parse_message
+from cairnd.log import iter_lines
 from logsamples import (
     agent_chunk,
     checkpoint,

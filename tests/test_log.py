@@ -1,118 +1,20 @@
-"""The session log (SPEC 3): envelope, whole-line appends, torn tails, streaming reads."""
+"""The session log file (SPEC 3): whole-line appends, torn tails, streaming reads, marked
+lines, prefix copies."""
 
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cairnd.log import (
-    INVALID_FRAME_METHOD,
-    SessionLog,
-    cairnd_entry,
-    copy_prefix,
-    envelope_line,
-    envelope_raw_line,
-    iter_lines,
-    method_of,
-    now_timestamp,
-    parse_message,
-)
-from logsamples import TIMESTAMP, agent_chunk, prompt_request
-
-# --- the envelope -------------------------------------------------------------------
-
-
-def test_timestamps_are_utc_with_milliseconds() -> None:
-    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", now_timestamp())
-
-
-def test_an_envelope_line_is_posthog_codes_shape() -> None:
-    message = {"jsonrpc": "2.0", "method": "session/prompt", "id": 3, "params": {"x": "é"}}
-    line = envelope_line(message, TIMESTAMP)
-    assert line.endswith(b"\n") and line.count(b"\n") == 1
-    assert orjson.loads(line) == {"type": "notification", "timestamp": TIMESTAMP, "notification": message}
-    assert line.startswith(b'{"type":"notification","timestamp":"2026-11-22T10:00:00.123Z","notification":')
-    assert parse_message(line) == message
-
-
-def test_cairnd_entries_are_extension_notifications() -> None:
-    assert cairnd_entry("_posthog/turn_complete", {"stopReason": "end_turn"}) == {
-        "jsonrpc": "2.0",
-        "method": "_posthog/turn_complete",
-        "params": {"stopReason": "end_turn"},
-    }
-
-
-def test_a_raw_frame_is_kept_byte_for_byte() -> None:
-    # Key order, spacing, number spelling and unknown fields: exactly what crossed the wire.
-    raw = b'{"params": {"z": 1.50, "a": [1,2]}, "method":"session/update" ,"jsonrpc":"2.0","extra":null}'
-    line = envelope_raw_line(raw + b"\r\n", TIMESTAMP)
-    assert line == (
-        b'{"type":"notification","timestamp":"2026-11-22T10:00:00.123Z","notification":' + raw + b"}\n"
-    )
-    assert parse_message(line) == orjson.loads(raw)
-
-
-@pytest.mark.parametrize(
-    "garbage",
-    [b"Traceback (most recent call last):", b"[1, 2]", b'"a string"', b"{bad json", b"\xff\xfe{}", b"", b"{\"a\":1}{"],
-)
-def test_a_frame_that_is_not_a_json_object_is_logged_as_invalid_frame(garbage: bytes) -> None:
-    line = envelope_raw_line(garbage, TIMESTAMP)
-    assert line.endswith(b"\n") and line.count(b"\n") == 1
-    message = parse_message(line)
-    assert message is not None
-    assert method_of(message) == INVALID_FRAME_METHOD
-    assert message["params"]["raw"] == garbage.decode("utf-8", errors="replace")
-
-
-def test_a_pretty_printed_frame_still_makes_one_line() -> None:
-    line = envelope_raw_line(b'{\n  "jsonrpc": "2.0",\n  "method": "x"\n}', TIMESTAMP)
-    assert line.count(b"\n") == 1
-    assert parse_message(line) == {"jsonrpc": "2.0", "method": "x"}
-
-
-@given(st.binary(max_size=300))
-def test_envelope_raw_line_always_makes_one_parseable_line(raw: bytes) -> None:
-    line = envelope_raw_line(raw, TIMESTAMP)
-    assert line.endswith(b"\n") and line.count(b"\n") == 1
-    assert parse_message(line) is not None
-
-
-def test_the_posthog_double_underscore_is_read_as_one() -> None:
-    assert method_of({"method": "__posthog/agent_checkpoint"}) == "_posthog/agent_checkpoint"
-    assert method_of({"method": "_posthog/turn_complete"}) == "_posthog/turn_complete"
-    assert method_of({"method": "session/update"}) == "session/update"
-    assert method_of({"id": 1, "result": {}}) is None
-    assert method_of({"method": 7}) is None
-
-
-@pytest.mark.parametrize(
-    "line",
-    [
-        b"",
-        b"\n",
-        b"null\n",
-        b"[]\n",
-        b'{"type":"notification"}\n',
-        b'{"type":"notification","notification":"text"}\n',
-        b'{"notification":{"a":1}\n',
-        b'{"notification":{"a":"\xff"}}\n',
-        b"\xef\xbb\xbf{}\n",
-        b"[" * 5000 + b"]" * 5000 + b"\n",
-    ],
-)
-def test_parse_message_returns_none_for_anything_but_an_envelope(line: bytes) -> None:
-    assert parse_message(line) is None
-
+from cairnd.entries import cairnd_entry, method_of, parse_message
+from cairnd.log import SessionLog, copy_prefix, iter_lines
+from logsamples import agent_chunk, prompt_request
 
 # --- appends and torn tails ---------------------------------------------------------
 

@@ -20,9 +20,10 @@ import anyio
 import pytest
 
 from cairnd.config import AgentProfile, reference_profile
+from cairnd.entries import TURN_START_METHOD, cairnd_entry, method_of, parse_message
 from cairnd.errors import CairnError
 from cairnd.forkpoint import count_user_messages, find_fork_point
-from cairnd.log import SessionLog, cairnd_entry, copy_prefix, iter_lines, method_of, parse_message
+from cairnd.log import SessionLog, copy_prefix, iter_lines
 from cairnd.runner import (
     STDERR_FILE,
     AgentRunner,
@@ -33,7 +34,7 @@ from cairnd.runner import (
     select_lines,
     write_baseline,
 )
-from cairnd.transcript import TURN_START_METHOD, session_state, turn_of_request
+from cairnd.transcript import session_state, turn_of_request
 from gitrepos import git, make_repo, tree_state
 
 pytestmark = pytest.mark.anyio

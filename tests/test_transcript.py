@@ -1,5 +1,6 @@
-"""What a log says about its session: turns, an open turn, whose agent session to
-resume, and the conversation replayed to an agent that cannot load it natively."""
+"""What a log says about its session: turns with the checkpoint each left (a fork's
+baseline is not its parent's), an open turn, whose agent session to resume, and the
+conversation replayed to an agent that cannot load it natively."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from cairnd.transcript import (
     Turn,
     render_replay,
     replay_block,
-    replayed_user_messages,
+    replay_prompt_block,
     session_state,
 )
 from logsamples import (
@@ -59,14 +60,13 @@ def test_a_finished_session() -> None:
         open_turn=False,
         sdk_session_id="sdk-parent",
         adapter="reference",
-        last_checkpoint=checkpoint_params(TWO_TURNS[15]),
-        fork_meta=None,
         conversation=[
-            Turn("write a README", "Writing it.", "end_turn", checkpoint_params(TWO_TURNS[8])),
-            Turn("delegate: tests", "Delegated.", "cancelled", checkpoint_params(TWO_TURNS[15])),
+            Turn("write a README", "Writing it.", "end_turn", checkpoint_params(TWO_TURNS[8]),
+                 checkpoint_params(TWO_TURNS[1])),
+            Turn("delegate: tests", "Delegated.", "cancelled", checkpoint_params(TWO_TURNS[15]),
+                 checkpoint_params(TWO_TURNS[8])),
         ],
     )
-    assert state.user_messages == 2
 
 
 def test_without_agent_text_everything_else_is_the_same() -> None:
@@ -74,20 +74,21 @@ def test_without_agent_text_everything_else_is_the_same() -> None:
     fast = session_state(lines_of(*TWO_TURNS), agent_text=False)
     assert [turn.agent_text for turn in fast.conversation] == ["", ""]
     assert fast.conversation == [
-        Turn(turn.user_text, "", turn.stop_reason, turn.checkpoint) for turn in full.conversation
+        Turn(turn.user_text, "", turn.stop_reason, turn.checkpoint, turn.previous_checkpoint, turn.inherited)
+        for turn in full.conversation
     ]
-    assert (fast.turns, fast.open_turn, fast.sdk_session_id, fast.last_checkpoint) == (
+    assert (fast.turns, fast.open_turn, fast.sdk_session_id, fast.adapter) == (
         full.turns,
         full.open_turn,
         full.sdk_session_id,
-        full.last_checkpoint,
+        full.adapter,
     )
 
 
 def test_a_turn_cut_by_a_crash_is_open() -> None:
     state = session_state(lines_of(*TWO_TURNS, prompt_request(4, "crash"), agent_chunk("partial")))
     assert state.open_turn and state.turns == 2
-    assert state.conversation[-1] == Turn("crash", "partial", None, None)
+    assert state.conversation[-1] == Turn("crash", "partial", None, None, checkpoint_params(TWO_TURNS[15]))
     # Recording it as interrupted closes it.
     state = session_state(
         lines_of(*TWO_TURNS, prompt_request(4, "crash"), checkpoint(3), turn_complete("interrupted"))
@@ -105,7 +106,7 @@ def test_turn_complete_has_the_last_word_on_the_stop_reason() -> None:
 
 
 def test_an_empty_log() -> None:
-    assert session_state([]) == SessionState(0, False, None, None, None, None, [])
+    assert session_state([]) == SessionState(0, False, None, None, [])
 
 
 def test_the_last_sdk_session_wins_and_the_quirk_spelling_counts() -> None:
@@ -119,8 +120,7 @@ def test_a_fork_does_not_resume_its_parents_agent_session() -> None:
     fork = (*TWO_TURNS[:10], fork_meta("f1", user_message_index=1), checkpoint(1, session="f1"))
     state = session_state(lines_of(*fork))
     assert state.sdk_session_id is None and state.adapter is None
-    assert state.fork_meta is not None and state.fork_meta["parentSessionId"] == "s1"
-    assert [turn.user_text for turn in state.conversation] == ["write a README"]
+    assert [(turn.user_text, turn.inherited) for turn in state.conversation] == [("write a README", True)]
     # Once the fork's own agent started, its entry names it.
     state = session_state(lines_of(*fork, sdk_session("sdk-fork", "reference", session="f1")))
     assert state.sdk_session_id == "sdk-fork"
@@ -167,21 +167,21 @@ def test_the_replay_is_plain_text_that_states_its_size() -> None:
     assert "Assistant:\nWriting it.\n" in text
     assert "Assistant:\nDelegated.\n[turn ended: cancelled]\n" in text
     assert "sub-agent text" not in text
-    assert replayed_user_messages(text) == 2
-    assert replayed_user_messages(render_replay([])) == 0
-    assert replayed_user_messages(render_replay([Turn("User:\nUser:", "", None, None)])) == 1
-    assert replayed_user_messages("User:\nhello") is None
+    assert "It holds 2 earlier user messages." in text
+    assert "It holds 1 earlier user message." in render_replay([Turn("User:\nUser:", "", None)])
     assert replay_block(text) == {
         "type": "resource",
         "resource": {"uri": "cairnd://replay", "mimeType": "text/plain", "text": text},
     }
+    block = replay_prompt_block("s1", conversation)
+    assert block["resource"]["uri"] == "cairnd://replay/s1" and block["_meta"] == {"cairnd": {"userMessages": 2}}
 
 
 @given(st.lists(st.sampled_from(list(TWO_TURNS) + [b"\xff\n", b"{}\n", b"[1]\n"]), max_size=30))
 def test_session_state_never_raises_and_counts_turn_completes(entries: list[bytes]) -> None:
     state = session_state(lines_of(*entries))
     assert state.turns == sum(entry.count(b"turn_complete") for entry in entries)
-    assert state.user_messages == sum(entry.count(b'"method":"session/prompt"') for entry in entries)
+    assert len(state.conversation) == sum(entry.count(b'"method":"session/prompt"') for entry in entries)
     render_replay(state.conversation)
 
 
@@ -190,3 +190,69 @@ def test_malformed_entries_never_make_session_state_raise(entries: list[bytes]) 
     state = session_state(lines_of(*entries))
     render_replay(state.conversation)
     assert state.sdk_session_id is None or isinstance(state.sdk_session_id, str)
+
+
+# --- which checkpoint belongs to which turn -------------------------------------------------
+
+
+def sha(ch: str) -> str:
+    return ch * 40
+
+
+def turns_of(*entries: bytes) -> list[Turn]:
+    return session_state(lines_of(*entries), agent_text=False).conversation
+
+
+def test_each_turn_gets_the_checkpoint_it_left_and_the_one_before_it() -> None:
+    turns = turns_of(
+        checkpoint(0, worktree_sha=sha("0")),
+        prompt_request(1, "first"), agent_chunk("ok"), prompt_response(1), turn_complete(),
+        checkpoint(1, worktree_sha=sha("1")),
+        prompt_request(2, "second"), prompt_response(2, "cancelled"), turn_complete("cancelled"),
+        checkpoint(2, worktree_sha=sha("2")),
+    )
+    assert [(t.user_text, t.stop_reason) for t in turns] == [("first", "end_turn"), ("second", "cancelled")]
+    assert [(t.previous_checkpoint["worktreeSha"], t.checkpoint["worktreeSha"]) for t in turns] == [
+        (sha("0"), sha("1")), (sha("1"), sha("2"))]
+    assert not any(t.inherited for t in turns)
+
+
+def test_a_turn_cut_short_has_no_checkpoint_of_its_own() -> None:
+    turns = turns_of(checkpoint(0, worktree_sha=sha("0")), prompt_request(1, "crashed mid-way"))
+    assert turns[0].checkpoint is None and turns[0].previous_checkpoint["worktreeSha"] == sha("0")
+    assert turns[0].stop_reason is None
+
+
+def test_a_forks_baseline_starts_its_first_turn_and_is_not_the_parents() -> None:
+    turns = turns_of(
+        checkpoint(0, worktree_sha=sha("0")),
+        prompt_request(1, "kept"), prompt_response(1), turn_complete(),
+        checkpoint(1, worktree_sha=sha("1")),
+        fork_meta(user_message_index=1),
+        checkpoint(1, worktree_sha=sha("f"), session="f1"),
+        prompt_request(1, "the fork's own"), prompt_response(1), turn_complete(session="f1"),
+        checkpoint(2, worktree_sha=sha("2"), session="f1"),
+    )
+    assert [t.inherited for t in turns] == [True, False]
+    assert turns[0].checkpoint["worktreeSha"] == sha("1")
+    assert turns[1].previous_checkpoint["worktreeSha"] == sha("f")
+    assert turns[1].checkpoint["worktreeSha"] == sha("2")
+
+
+def test_a_fork_cut_inside_a_turn_gives_that_turn_no_checkpoint_of_the_fork() -> None:
+    turns = turns_of(
+        checkpoint(0, worktree_sha=sha("0")),
+        prompt_request(1, "cut mid-turn"), agent_chunk("..."),
+        fork_meta(user_message_index=1), checkpoint(0, worktree_sha=sha("f"), session="f1"),
+    )
+    assert turns[0].checkpoint is None and turns[0].inherited
+
+
+def test_a_fork_of_a_fork_inherits_everything_before_its_own_cut() -> None:
+    turns = turns_of(
+        prompt_request(1, "a"), prompt_response(1), turn_complete(), checkpoint(1),
+        fork_meta(session="f1"), checkpoint(1, session="f1"),
+        prompt_request(1, "b"), prompt_response(1), turn_complete(), checkpoint(2, session="f1"),
+        fork_meta(session="f2", parent="f1", user_message_index=2), checkpoint(2, session="f2"),
+    )
+    assert [t.inherited for t in turns] == [True, True]

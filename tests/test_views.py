@@ -1,6 +1,5 @@
-"""What ls/show/tree/status read: turns with their checkpoints (a fork's baseline is not
-its parent's), lineage trees (a deleted parent stays visible), files changed between
-snapshots, spool depths, and the daemon's lock read the way the daemon writes it."""
+"""What ls/show/tree/status read: lineage trees (a deleted parent stays visible), files
+changed between snapshots, spool depths, and the daemon's lock read the way the daemon writes it."""
 
 from __future__ import annotations
 
@@ -9,79 +8,15 @@ import os
 from pathlib import Path
 
 from gitrepos import commit_all, make_repo, write
-from logsamples import (
-    agent_chunk,
-    checkpoint,
-    fork_meta,
-    lines_of,
-    prompt_request,
-    prompt_response,
-    turn_complete,
-)
 
 from cairnd.registry import ForkRow, SessionRow
-from cairnd.transcript import session_state
 from cairnd.git import changed_paths
 from cairnd.statelock import daemon_pid
-from cairnd.views import find_root, lineage_forest, session_turns, spool_depths
+from cairnd.views import find_root, lineage_forest, spool_depths
 
 
 def sha(ch: str) -> str:
     return ch * 40
-
-
-def turns_of(*entries: bytes):
-    lines = lines_of(*entries)
-    return session_turns(session_state(lines).conversation, lines)
-
-
-# --------------------------------------------------------------------------- session_turns
-
-
-def test_each_turn_gets_the_checkpoint_it_left_and_the_one_before_it():
-    turns = turns_of(
-        checkpoint(0, worktree_sha=sha("0")),
-        prompt_request(1, "first"), agent_chunk("ok"), prompt_response(1), turn_complete(),
-        checkpoint(1, worktree_sha=sha("1")),
-        prompt_request(2, "second"), prompt_response(2, "cancelled"), turn_complete("cancelled"),
-        checkpoint(2, worktree_sha=sha("2")),
-    )
-    assert [(t.index, t.prompt, t.stop_reason) for t in turns] == [(0, "first", "end_turn"),
-                                                                   (1, "second", "cancelled")]
-    assert [(t.previous["worktreeSha"], t.checkpoint["worktreeSha"]) for t in turns] == [
-        (sha("0"), sha("1")), (sha("1"), sha("2"))]
-    assert not any(t.inherited for t in turns)
-
-
-def test_a_turn_cut_short_has_no_checkpoint_of_its_own():
-    turns = turns_of(checkpoint(0, worktree_sha=sha("0")), prompt_request(1, "crashed mid-way"))
-    assert turns[0].checkpoint is None and turns[0].previous["worktreeSha"] == sha("0")
-    assert turns[0].stop_reason is None
-
-
-def test_a_forks_baseline_starts_its_first_turn_and_is_not_the_parents():
-    turns = turns_of(
-        checkpoint(0, worktree_sha=sha("0")),
-        prompt_request(1, "kept"), prompt_response(1), turn_complete(),
-        checkpoint(1, worktree_sha=sha("1")),
-        fork_meta(user_message_index=1),
-        checkpoint(1, worktree_sha=sha("f"), session="f1"),
-        prompt_request(1, "the fork's own"), prompt_response(1), turn_complete(session="f1"),
-        checkpoint(2, worktree_sha=sha("2"), session="f1"),
-    )
-    assert [t.inherited for t in turns] == [True, False]
-    assert turns[0].checkpoint["worktreeSha"] == sha("1")
-    assert turns[1].previous["worktreeSha"] == sha("f") and turns[1].checkpoint["worktreeSha"] == sha("2")
-
-
-def test_a_fork_of_a_fork_inherits_everything_before_its_own_cut():
-    turns = turns_of(
-        prompt_request(1, "a"), prompt_response(1), turn_complete(), checkpoint(1),
-        fork_meta(session="f1"), checkpoint(1, session="f1"),
-        prompt_request(1, "b"), prompt_response(1), turn_complete(), checkpoint(2, session="f1"),
-        fork_meta(session="f2", parent="f1", user_message_index=2), checkpoint(2, session="f2"),
-    )
-    assert [t.inherited for t in turns] == [True, True]
 
 
 # --------------------------------------------------------------------------- lineage_forest

@@ -13,8 +13,6 @@ from typing import Any
 
 from cairnd import git
 
-CHECKPOINT_METHOD = "_posthog/agent_checkpoint"
-
 
 def session_ref_prefix(session_id: str) -> str:
     """Where a session's checkpoint refs live: delete them all with `git.delete_refs`."""

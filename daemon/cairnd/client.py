@@ -16,7 +16,15 @@ from typing import Any
 
 import orjson
 
-from cairnd.log import iter_lines, method_of, parse_message
+from cairnd.entries import (
+    PROMPT_METHOD,
+    SDK_SESSION_METHOD,
+    TURN_COMPLETE_METHOD,
+    method_of,
+    parse_message,
+    update_of,
+)
+from cairnd.log import iter_lines
 from cairnd.spool import Spool
 
 POLL_FAST_SECONDS = 0.01  # the first half second: most requests are answered by then
@@ -120,11 +128,8 @@ def describe_entry(line: bytes) -> str | None:
     if message is None:
         return None
     method = method_of(message)
-    if method == "session/update":
-        params = message.get("params")
-        update = params.get("update") if isinstance(params, dict) else None
-        if not isinstance(update, dict):
-            return None
+    update = update_of(message)
+    if update is not None:
         kind = update.get("sessionUpdate")
         if kind == "tool_call" and isinstance(update.get("title"), str):
             return f"tool: {update['title']}"
@@ -135,11 +140,11 @@ def describe_entry(line: bytes) -> str | None:
         if kind == "plan":
             return "agent is planning"
         return None
-    if method == "session/prompt":
+    if method == PROMPT_METHOD:
         return "the agent is on it"
-    if method == "_posthog/turn_complete":
+    if method == TURN_COMPLETE_METHOD:
         return "turn complete, taking a checkpoint"
-    if method == "_posthog/sdk_session":
+    if method == SDK_SESSION_METHOD:
         return "agent started"
     return None
 

@@ -30,9 +30,10 @@ from cairnd.config import StateLayout
 from cairnd.durable import fsync_dir, write_all
 from cairnd.forkpoint import ForkPoint, find_fork_point
 from cairnd.ids import new_session_id
-from cairnd.log import cairnd_entry, copy_prefix, envelope_line, iter_lines
+from cairnd.entries import checkpoint_entry, envelope_line, fork_meta_entry
+from cairnd.log import copy_prefix, iter_lines
 from cairnd.registry import ForkRow, Registry, SessionRow
-from cairnd.transcript import CHECKPOINT_METHOD, FORK_META_METHOD, session_state
+from cairnd.transcript import session_state
 
 _FORK_SUFFIX = re.compile(r"\s*\(fork (\d+)\)\s*$")
 
@@ -143,18 +144,10 @@ def fork_session(layout: StateLayout, registry: Registry, parent: SessionRow, k:
         worktree.parent.mkdir(parents=True, exist_ok=True)
         with worktree_lock(parent.repo):
             git.create_fork_worktree(parent.repo, worktree, start.head_sha, start.worktree_sha, start.index_tree)
-        meta = {
-            "sessionId": fork_id,
-            "parentSessionId": parent.id,
-            "userMessageIndex": k,
-            "headSha": start.head_sha,
-            "worktreeSha": start.worktree_sha,
-            "sdkSessionId": None,
-        }
         baseline = take_checkpoint(fork_id, worktree, turns, max_file_bytes)
         log_path = write_fork_log(layout, fork_id, parent_log, point.offset, [
-            cairnd_entry(FORK_META_METHOD, meta),
-            cairnd_entry(CHECKPOINT_METHOD, baseline),
+            fork_meta_entry(fork_id, parent.id, k, start.head_sha, start.worktree_sha),
+            checkpoint_entry(baseline),
         ])
         result = {
             "session": fork_id,

@@ -1,8 +1,9 @@
 """The fork rule (SPEC 4 and 5) as pure functions: log lines in, the cut out.
 
 Input everywhere is an iterable of `(offset, line)` pairs, exactly what
-`cairnd.log.iter_lines` yields; nothing here does I/O of its own (given the iterator
-`iter_lines` returns, it asks it for the marked lines instead of iterating, below).
+`cairnd.log.iter_lines` yields; nothing here does I/O of its own (given a
+`MarkedSource`, as `iter_lines` returns, it asks it for the marked lines instead of
+iterating, below).
 
 What counts as one user message (SPEC 4):
 
@@ -26,39 +27,63 @@ Speed: a fork of a long log must not parse every line. A line can matter only if
 contains one of a few byte strings (`session/prompt"`, `user_message_chunk`,
 `agent_checkpoint`, and while an id-less run is open `subSession` / `turn_complete`);
 every other line is passed over after a substring test. Given a fresh
-`cairnd.log.LogLines` (what `iter_lines` returns), not even that: the file is searched
+`MarkedSource` (what `iter_lines` returns), not even that: the file is searched
 for the first three in big chunks and only the lines holding them (and, while an
 id-less run is open, the lines up to the next such line) reach Python; both paths
-feed the same `_Counter`, so they agree line for line. This assumes those names are
+feed the same `_UserMessageCounter`, so they agree line for line. This assumes those names are
 written plainly, as every JSON serialiser of ACP frames writes them (a writer that
 escaped the slash of session/prompt would go unseen).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
+from cairnd.entries import (
+    CHECKPOINT_MARK,
+    CHECKPOINT_METHOD,
+    PROMPT_MARK,
+    SUB_SESSION_MARK,
+    TURN_COMPLETE_MARK,
+    TURN_COMPLETE_METHOD,
+    USER_CHUNK_MARK,
+    Lines,
+    is_prompt_request,
+    method_of,
+    parse_message,
+    prompt_text,
+    sub_chunk,
+    sub_session_of,
+    update_of,
+)
 from cairnd.errors import CairnError
-from cairnd.log import LogLines, method_of, parse_message
-
-Lines = Iterable[tuple[int, bytes]]
-
-CHECKPOINT_METHOD = "_posthog/agent_checkpoint"
-TURN_COMPLETE_METHOD = "_posthog/turn_complete"
-PROMPT_METHOD = "session/prompt"
-UPDATE_METHOD = "session/update"
 
 # A line without any of these cannot start, continue or end a message, nor be a checkpoint.
-_PROMPT_MARK = b'session/prompt"'  # a method value is always followed by its quote
-_USER_CHUNK_MARK = b"user_message_chunk"
-_CHECKPOINT_MARK = b"agent_checkpoint"
-_PRIMARY_MARKS = (_PROMPT_MARK, _USER_CHUNK_MARK, _CHECKPOINT_MARK)
-# Only needed while a run of id-less sub-session chunks is open.
-_SUB_SESSION_MARK = b"subSession"
-_TURN_COMPLETE_MARK = b"turn_complete"
+_PRIMARY_MARKS = (PROMPT_MARK, USER_CHUNK_MARK, CHECKPOINT_MARK)
+
+
+@runtime_checkable
+class MarkedSource(Protocol):
+    """Log lines that can also be searched for marked lines without iterating them all
+    (`cairnd.log.LogLines`, what `iter_lines` returns, is one)."""
+
+    start: int  # the line boundary its lines begin at
+
+    @property
+    def started(self) -> bool:
+        """Whether plain iteration has begun (then a scan from `start` would not follow on)."""
+        ...
+
+    def marked(self, marks: Sequence[bytes]) -> Iterator[tuple[int, int, bytes]]:
+        """`(line_index, offset, line)` of the lines holding any of `marks`, in order."""
+        ...
+
+    def lines_from(self, offset: int) -> Iterator[tuple[int, bytes]]:
+        """A fresh iteration of the complete lines from `offset` (a line boundary)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -99,74 +124,16 @@ class _MoreText:
 _Event = UserMessage | _Checkpoint | _MoreText
 
 
-def _dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def prompt_text(params: Any) -> str:
-    """The text of a `session/prompt` request: its `text` blocks, concatenated."""
-    blocks = _dict(params).get("prompt")
-    if not isinstance(blocks, list):
-        return ""
-    return "".join(
-        block["text"]
-        for block in blocks
-        if isinstance(block, dict)
-        and block.get("type") == "text"
-        and isinstance(block.get("text"), str)
-    )
-
-
-def is_prompt_request(message: dict[str, Any]) -> bool:
-    """A `session/prompt` request (not a notification, not a response)."""
-    return message.get("method") == PROMPT_METHOD and "id" in message
-
-
-@dataclass(frozen=True)
-class _SubChunk:
-    sub_session: str
-    message_id: str | None
-    text: str
-
-
-def sub_session_of(update: dict[str, Any]) -> str | None:
-    """The sub-session a `session/update`'s `update` is marked with, if any."""
-    sub = _dict(_dict(_dict(update.get("_meta")).get("cairnd"))).get("subSession")
-    return sub if isinstance(sub, str) and sub else None
-
-
-def _sub_chunk(message: dict[str, Any]) -> _SubChunk | None:
-    """The sub-session user chunk this message is, if it is one."""
-    if message.get("method") != UPDATE_METHOD:
-        return None
-    update = _dict(_dict(message.get("params")).get("update"))
-    if update.get("sessionUpdate") != "user_message_chunk":
-        return None
-    sub = sub_session_of(update)
-    if sub is None:
-        return None
-    message_id = update.get("messageId")
-    if not isinstance(message_id, str) or not message_id:
-        message_id = _dict(_dict(update.get("_meta")).get("cairnd")).get("messageId")
-    if not isinstance(message_id, str) or not message_id:
-        message_id = None
-    content = _dict(update.get("content"))
-    text = content.get("text") if content.get("type") == "text" else None
-    return _SubChunk(sub, message_id, text if isinstance(text, str) else "")
-
-
 def _ends_run(message: dict[str, Any], sub_session: str) -> bool:
     """Whether this non-message line closes an open run of id-less chunks of
     `sub_session`: the sub-agent spoke, or the turn ended."""
     if method_of(message) == TURN_COMPLETE_METHOD:
         return True
-    if message.get("method") != UPDATE_METHOD:
-        return False
-    update = _dict(_dict(message.get("params")).get("update"))
-    return sub_session_of(update) == sub_session
+    update = update_of(message)
+    return update is not None and sub_session_of(update) == sub_session
 
 
-class _Counter:
+class _UserMessageCounter:
     """The SPEC 4 count as a state machine over log lines, fed in log order: the plain
     path feeds it every line, the fast path only the lines that can matter to it."""
 
@@ -186,7 +153,7 @@ class _Counter:
         (a cheap substring test that lets nearly every line go unparsed)."""
         if any(mark in line for mark in _PRIMARY_MARKS):
             return True
-        return self.run_open and (_SUB_SESSION_MARK in line or _TURN_COMPLETE_MARK in line)
+        return self.run_open and (SUB_SESSION_MARK in line or TURN_COMPLETE_MARK in line)
 
     def feed(self, line_index: int, offset: int, line: bytes) -> Iterator[_Event]:
         """The events of one line that `wants` accepted."""
@@ -200,7 +167,7 @@ class _Counter:
             )
             self.ordinal += 1
             return
-        chunk = _sub_chunk(message)
+        chunk = sub_chunk(message)
         if chunk is not None:
             key = (chunk.sub_session, chunk.message_id)
             if self.open_sub == key:
@@ -220,25 +187,25 @@ class _Counter:
             self.open_sub = None
 
 
-def _events(lines: Lines) -> Iterator[_Event]:
+def _events(lines: Lines | MarkedSource) -> Iterator[_Event]:
     """The log's user messages (at their first line), their later text, and its
     checkpoints, in log order. Lazy: a consumer that stops reads no further."""
-    if isinstance(lines, LogLines) and not lines.started:
+    if isinstance(lines, MarkedSource) and not lines.started:
         yield from _marked_events(lines)
         return
-    counter = _Counter()
+    counter = _UserMessageCounter()
     for line_index, (offset, line) in enumerate(lines):
         if counter.wants(line):
             yield from counter.feed(line_index, offset, line)
 
 
-def _marked_events(log: LogLines) -> Iterator[_Event]:
+def _marked_events(log: MarkedSource) -> Iterator[_Event]:
     """`_events` of a log file, without handing every line to Python.
 
     The file is searched for the primary marks; lines between two hits are read only
     while a run of id-less sub-session chunks is open (any of them may end it), so
     the counter sees exactly the lines the plain path would give it."""
-    counter = _Counter()
+    counter = _UserMessageCounter()
     next_index, next_offset = 0, log.start  # the first line not yet given to the counter
     for line_index, offset, line in log.marked(_PRIMARY_MARKS):
         if counter.run_open and next_offset < offset:
@@ -250,7 +217,7 @@ def _marked_events(log: LogLines) -> Iterator[_Event]:
 
 
 def _lines_between(
-    counter: _Counter, log: LogLines, line_index: int, begin: int, end: int | None
+    counter: _UserMessageCounter, log: MarkedSource, line_index: int, begin: int, end: int | None
 ) -> Iterator[_Event]:
     """Feed the counter the lines in [begin, end) (to the end of the log when `end` is
     None) that it wants, while its run stays open."""
@@ -262,7 +229,7 @@ def _lines_between(
                 yield from counter.feed(index, offset, line)
 
 
-def count_user_messages(lines: Lines) -> list[UserMessage]:
+def count_user_messages(lines: Lines | MarkedSource) -> list[UserMessage]:
     """Every user message of the log, in order, with its whole text."""
     messages: list[UserMessage] = []
     texts: list[list[str]] = []
@@ -279,7 +246,7 @@ def _plural(count: int) -> str:
     return f"{count} user message" + ("" if count == 1 else "s")
 
 
-def find_fork_point(lines: Lines, k: int, session_id: str) -> ForkPoint:
+def find_fork_point(lines: Lines | MarkedSource, k: int, session_id: str) -> ForkPoint:
     """Where a fork of `session_id` at user message `k` cuts its log (SPEC 5).
 
     Reads only up to the cut when `k` is in range. Raises CairnError

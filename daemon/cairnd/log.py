@@ -1,11 +1,10 @@
-"""The session log (SPEC 3): the envelope, whole-line appends with torn-tail repair,
-and a streaming reader.
+"""The session log file (SPEC 3): whole-line appends with torn-tail repair, a streaming
+reader with a fast scan for marked lines, and a byte-exact prefix copy. File I/O only:
+what the lines mean is `cairnd.entries`.
 
-A log is `log.ndjson`: one envelope per line,
-`{"type":"notification","timestamp":...,"notification":<JSON-RPC message>}`, the format
-PostHog Code uses. The writer side is `SessionLog`; readers use `iter_lines` and
-`parse_message`, which never trust the file: a torn last line is not there, a line that
-is not an envelope is skipped by whoever reads it.
+A log is `log.ndjson`, one envelope per line. The writer side is `SessionLog`; readers
+use `iter_lines`, which never trusts the file: a torn last line is not there, and a
+line that is not an envelope is skipped by whoever reads it (`entries.parse_message`).
 """
 
 from __future__ import annotations
@@ -19,94 +18,15 @@ from collections.abc import Generator, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from itertools import islice
-from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import orjson
-
 from cairnd.durable import fsync_dir, write_all
-
-ENVELOPE_TYPE = "notification"
-INVALID_FRAME_METHOD = "_cairnd/invalid_frame"
-
-# Readers must accept the SDK's double underscore (SPEC 3).
-_POSTHOG_QUIRK = "__posthog/"
-_POSTHOG = "_posthog/"
+from cairnd.entries import envelope_line, envelope_raw_line
 
 _READ_CHUNK = 1 << 20  # bounded memory for readers, whatever the log's size
 _COPY_CHUNK = 1 << 24
-
-
-def now_timestamp() -> str:
-    """The current UTC time as the envelope wants it: `2026-11-22T10:00:00.123Z`."""
-    now = datetime.now(timezone.utc)
-    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
-
-
-def _envelope_head(timestamp: str | None) -> bytes:
-    stamp = orjson.dumps(timestamp if timestamp is not None else now_timestamp())
-    return b'{"type":"notification","timestamp":' + stamp + b',"notification":'
-
-
-def envelope_line(message: dict[str, Any], timestamp: str | None = None) -> bytes:
-    """One complete log line (with its `\\n`) holding `message`."""
-    return _envelope_head(timestamp) + orjson.dumps(message) + b"}\n"
-
-
-def cairnd_entry(method: str, params: dict[str, Any]) -> dict[str, Any]:
-    """One of cairnd's own entries: an ACP extension notification."""
-    return {"jsonrpc": "2.0", "method": method, "params": params}
-
-
-def envelope_raw_line(raw: bytes, timestamp: str | None = None) -> bytes:
-    """One log line holding a JSON-RPC frame exactly as it crossed the wire.
-
-    The frame's bytes are spliced into the envelope, not re-serialised, so the log keeps
-    what the agent really sent (key order, number spelling, unknown fields). A frame
-    that is not one JSON object (garbage on the agent's stdout) is logged as a
-    `_cairnd/invalid_frame` entry instead, so every line of the log stays parseable.
-    """
-    frame = raw.strip(b" \t\r\n")
-    try:
-        parsed = orjson.loads(frame)
-    except orjson.JSONDecodeError:
-        parsed = None
-    if not isinstance(parsed, dict):
-        text = raw.decode("utf-8", errors="replace")
-        return envelope_line(
-            cairnd_entry(INVALID_FRAME_METHOD, {"raw": text}), timestamp
-        )
-    if b"\n" in frame:
-        # Pretty-printed JSON (newlines between tokens: a string cannot hold a raw
-        # newline) would break the one-line-per-entry rule; only here is it re-serialised.
-        frame = orjson.dumps(parsed)
-    return _envelope_head(timestamp) + frame + b"}\n"
-
-
-def parse_message(line: bytes) -> dict[str, Any] | None:
-    """The JSON-RPC message of one envelope line, or None when the line is not a
-    valid envelope (bad JSON, invalid UTF-8, not an object, no message). Never raises."""
-    try:
-        envelope = orjson.loads(line)
-    except (orjson.JSONDecodeError, TypeError):
-        return None
-    if not isinstance(envelope, dict):
-        return None
-    message = envelope.get("notification")
-    return message if isinstance(message, dict) else None
-
-
-def method_of(message: dict[str, Any]) -> str | None:
-    """The message's method, with the `__posthog/` spelling read as `_posthog/`;
-    None for responses and for messages whose method is not a string."""
-    method = message.get("method")
-    if not isinstance(method, str):
-        return None
-    if method.startswith(_POSTHOG_QUIRK):
-        return _POSTHOG + method[len(_POSTHOG_QUIRK) :]
-    return method
 
 
 def iter_lines(path: Path | str, start: int = 0) -> LogLines:

@@ -60,7 +60,6 @@ from typing import Any
 
 import acp
 import anyio
-import orjson
 from acp.schema import (
     AllowedOutcome,
     ClientCapabilities,
@@ -79,19 +78,20 @@ from cairnd import __version__
 from cairnd.checkpoint import take_checkpoint
 from cairnd.config import AgentProfile
 from cairnd.errors import CairnError
-from cairnd.log import SessionLog, cairnd_entry, iter_lines
-from cairnd.transcript import (
-    CHECKPOINT_METHOD,
-    REPLAY_URI,
-    SDK_SESSION_METHOD,
-    TURN_COMPLETE_METHOD,
-    TURN_START_METHOD,
-    SessionState,
-    Turn,
-    render_replay,
-    replay_block,
-    session_state,
+from cairnd.entries import (
+    ID_MARK,
+    PROMPT_MARK,
+    PROMPT_METHOD,
+    UPDATE_MARK,
+    UPDATE_METHOD,
+    checkpoint_entry,
+    json_object,
+    sdk_session_entry,
+    turn_complete_entry,
+    turn_start_entry,
 )
+from cairnd.log import SessionLog, iter_lines
+from cairnd.transcript import SessionState, replay_prompt_block, session_state
 
 STDERR_FILE = "agent.stderr"  # beside the log: everything the agent wrote to stderr
 STDERR_TAIL_LINES = 20  # how many of its last stderr lines explain a failure
@@ -150,15 +150,6 @@ def select_lines(text: str, line: int | None, limit: int | None) -> str:
     start = max((line or 1) - 1, 0)
     lines = text.splitlines(keepends=True)
     return "".join(lines[start:None if limit is None else start + limit])
-
-
-def replay_prompt_block(session_id: str, conversation: list[Turn]) -> dict[str, Any]:
-    """The kept conversation as the `resource` block sent ahead of a restarted or forked
-    session's first prompt. `_meta.cairnd.userMessages` is the count of top-level user
-    messages it holds: what an agent adds to its history (the reference agent does)."""
-    block = replay_block(render_replay(conversation), uri=f"{REPLAY_URI}/{session_id}")
-    block["_meta"] = {"cairnd": {"userMessages": len(conversation)}}
-    return block
 
 
 def exit_story(name: str, returncode: int | None, stderr_tail: str) -> str:
@@ -272,9 +263,9 @@ class Tap:
         if not frame.strip():
             return
         self.log.append_raw(frame)
-        if b'"session/prompt"' in frame:
-            message = _json_object(frame)
-            if message and message.get("method") == "session/prompt" and "id" in message:
+        if PROMPT_MARK in frame:
+            message = json_object(frame)
+            if message and message.get("method") == PROMPT_METHOD and "id" in message:
                 self.prompt_id = message["id"]
                 self.prompt_sent.set()
 
@@ -286,23 +277,15 @@ class Tap:
         if not frame.strip():
             return False
         self.log.append_raw(frame)
-        if b'"session/update"' in frame:
-            message = _json_object(frame)
-            if message and message.get("method") == "session/update" and "id" not in message:
+        if UPDATE_MARK in frame:
+            message = json_object(frame)
+            if message and message.get("method") == UPDATE_METHOD and "id" not in message:
                 return False
-        if self.prompt_id is not None and self.prompt_response is None and b'"id"' in frame:
-            message = _json_object(frame)
+        if self.prompt_id is not None and self.prompt_response is None and ID_MARK in frame:
+            message = json_object(frame)
             if message and "method" not in message and message.get("id") == self.prompt_id:
                 self.prompt_response = message
         return True
-
-
-def _json_object(frame: bytes) -> dict[str, Any] | None:
-    try:
-        message = orjson.loads(frame)
-    except orjson.JSONDecodeError:
-        return None
-    return message if isinstance(message, dict) else None
 
 
 class _TapTransport(asyncio.WriteTransport):
@@ -500,8 +483,7 @@ class AgentRunner:
             blocks.append(EmbeddedResourceContentBlock.model_validate(agent.replay))
             agent.replay = None  # sent once per agent session, even if this turn fails
         blocks.append(acp.text_block(text))
-        log.append(cairnd_entry(TURN_START_METHOD, {"sessionId": self.session_id, "turn": turn,
-                                                    "requestId": request_id}))
+        log.append(turn_start_entry(self.session_id, turn, request_id))
         tap = self._require_tap()
         try:
             response = await self._request_prompt(agent, blocks)
@@ -547,8 +529,8 @@ class AgentRunner:
         log = self._open_log()
         checkpoint = await self._checkpoint(turn + 1)
         log.append_entries([
-            cairnd_entry(TURN_COMPLETE_METHOD, {"sessionId": self.session_id, "stopReason": stop_reason}),
-            cairnd_entry(CHECKPOINT_METHOD, checkpoint),
+            turn_complete_entry(self.session_id, stop_reason),
+            checkpoint_entry(checkpoint),
         ])
         self._turns = turn + 1
         # fsync can take seconds on a loaded disk: never on the event loop, which
@@ -659,8 +641,7 @@ class AgentRunner:
             if state.conversation:
                 agent.replay = replay_prompt_block(self.session_id, state.conversation)
         log = self._open_log()
-        log.append(cairnd_entry(SDK_SESSION_METHOD, {
-            "sessionId": self.session_id, "sdkSessionId": agent.sdk_session_id, "adapter": self.profile.name}))
+        log.append(sdk_session_entry(self.session_id, agent.sdk_session_id, self.profile.name))
         await anyio.to_thread.run_sync(log.sync, limiter=self.limiter)
 
     async def _host(self, *, task_status: anyio.abc.TaskStatus[AgentProcess] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -889,7 +870,7 @@ async def write_baseline(session_id: str, worktree: Path, log_path: Path, *, max
     params = await anyio.to_thread.run_sync(
         functools.partial(take_checkpoint, session_id, Path(worktree), turns, max_file_bytes), limiter=limiter)
     with SessionLog(log_path) as log:
-        log.append(cairnd_entry(CHECKPOINT_METHOD, params))
+        log.append(checkpoint_entry(params))
         log.sync()
     return params
 
@@ -907,8 +888,8 @@ async def close_interrupted_turn(session_id: str, worktree: Path, log_path: Path
         limiter=limiter)
     with SessionLog(log_path) as log:
         log.append_entries([
-            cairnd_entry(TURN_COMPLETE_METHOD, {"sessionId": session_id, "stopReason": "interrupted"}),
-            cairnd_entry(CHECKPOINT_METHOD, params),
+            turn_complete_entry(session_id, "interrupted"),
+            checkpoint_entry(params),
         ])
         log.sync()
     return params

@@ -25,9 +25,9 @@ from watchfiles._rust_notify import WatchfilesRustInternalError
 from cairnd import inotify, journal, statelock
 from cairnd.config import Config, load_config
 from cairnd.durable import write_atomic
+from cairnd.entries import now_timestamp
 from cairnd.errors import CairnError
 from cairnd.journal import event
-from cairnd.log import now_timestamp
 from cairnd.requests import (
     CancelRequest,
     DeleteRequest,

@@ -24,12 +24,13 @@ from cairnd.errors import CairnError
 from cairnd.forker import discard_partial, fork_session, worktree_lock, write_fork_log
 from cairnd.ids import new_session_id
 from cairnd.journal import event
-from cairnd.log import cairnd_entry, iter_lines
+from cairnd.entries import checkpoint_entry
+from cairnd.log import iter_lines
 from cairnd.registry import Registry, SessionRow
 from cairnd.requests import CancelRequest, DeleteRequest, ForkRequest, NewRequest, PromptRequest
 from cairnd.runner import AgentRunner, close_interrupted_turn
 from cairnd.spool import Claimed
-from cairnd.transcript import CHECKPOINT_METHOD, turn_of_request
+from cairnd.transcript import turn_of_request
 
 
 class Sessions:
@@ -130,7 +131,7 @@ class Sessions:
             with worktree_lock(row.repo):
                 git.add_worktree_at(row.repo, row.worktree, commit)
         baseline = take_checkpoint(row.id, row.worktree, 0, self.config.snapshot_max_file_bytes)
-        log_path = write_fork_log(self.layout, row.id, None, 0, [cairnd_entry(CHECKPOINT_METHOD, baseline)])
+        log_path = write_fork_log(self.layout, row.id, None, 0, [checkpoint_entry(baseline)])
         result = {
             "session": row.id,
             "title": row.title,

@@ -21,8 +21,8 @@ from typing import Any
 import orjson
 
 from cairnd.durable import fsync_dir, write_all, write_atomic
+from cairnd.entries import now_timestamp
 from cairnd.errors import CairnError
-from cairnd.log import now_timestamp
 from cairnd.requests import MAX_REQUEST_BYTES, request_id_of
 
 SUBDIRS = ("tmp", "new", "cur", "done", "failed")

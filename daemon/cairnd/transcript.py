@@ -1,56 +1,57 @@
-"""What a session log says about its session, as pure functions over log lines.
-
-The runner reads it to restart an agent (which agent session to resume, whether a turn
-was cut by a crash) or to seed a fork's agent with the kept conversation; the CLI reads
-it to show turns. Input is an iterable of `(offset, line)` pairs as
+"""What a session log says about its session, as pure functions over log lines: its
+turns (each with the checkpoint it left: the one rule for which checkpoint belongs to
+which turn), whether a crash cut a turn, which agent session to resume, the replay text
+given to an agent that cannot load the conversation natively, and what became of a
+spool request's turn. Input is an iterable of `(offset, line)` pairs as
 `cairnd.log.iter_lines` yields them.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from cairnd.forkpoint import is_prompt_request, prompt_text, sub_session_of
-from cairnd.log import method_of, parse_message
-
-Lines = Iterable[tuple[int, bytes]]
-
-SDK_SESSION_METHOD = "_posthog/sdk_session"
-CHECKPOINT_METHOD = "_posthog/agent_checkpoint"
-TURN_COMPLETE_METHOD = "_posthog/turn_complete"
-FORK_META_METHOD = "_posthog/fork_session_meta"
-TURN_START_METHOD = "_cairnd/turn_start"
+from cairnd.entries import (
+    AGENT_TEXT_MARK,
+    CHECKPOINT_METHOD,
+    FORK_META_METHOD,
+    ID_MARK,
+    POSTHOG_MARK,
+    PROMPT_MARK,
+    SDK_SESSION_METHOD,
+    TURN_COMPLETE_METHOD,
+    TURN_START_MARK,
+    TURN_START_METHOD,
+    UPDATE_METHOD,
+    Lines,
+    as_dict,
+    is_prompt_request,
+    method_of,
+    params_of,
+    parse_message,
+    prompt_text,
+    top_level_agent_text,
+)
 
 # Methods an agent calls on its client: their ids live in the agent's id space and may
 # equal a pending session/prompt's id, so a response to one must not end the turn.
 _AGENT_TO_CLIENT_PREFIXES = ("fs/", "terminal/", "session/request_permission")
 
-# A line that has none of these is nothing session_state needs (most lines of a long
-# log are agent updates that are none of its business).
-_PROMPT_MARK = b'session/prompt"'
-_TURN_START_MARK = b"_cairnd/turn_start"
-_POSTHOG_MARK = b"_posthog/"
-_ID_MARK = b'"id"'  # requests and responses
-_AGENT_TEXT_MARK = b"agent_message_chunk"
-
 REPLAY_TITLE = "The conversation so far, replayed by cairnd"
 REPLAY_URI = "cairnd://replay"
-_REPLAY_COUNT = re.compile(
-    re.escape(REPLAY_TITLE) + r"[^\n]*?\n[^\n]*?It holds (\d+) earlier user messages?\b"
-)
 
 
 @dataclass(frozen=True)
 class Turn:
-    """One top-level turn: the user's prompt and what the agent answered."""
+    """One top-level turn: the user's prompt, what the agent answered, and the state
+    around it."""
 
     user_text: str
     agent_text: str  # top-level agent_message_chunk text; sub-session chunks excluded
     stop_reason: str | None  # from turn_complete, else the prompt's response; None if cut
-    checkpoint: dict[str, Any] | None  # last agent_checkpoint after it, before the next prompt
+    checkpoint: dict[str, Any] | None = None  # the state it left (see session_state)
+    previous_checkpoint: dict[str, Any] | None = None  # the last checkpoint before its prompt
+    inherited: bool = False  # kept from a parent by a fork
 
 
 @dataclass(frozen=True)
@@ -59,32 +60,25 @@ class SessionState:
     open_turn: bool  # a prompt after the last turn_complete has none of its own: a crash cut it
     sdk_session_id: str | None  # the agent's own session to resume (this session's, not a parent's)
     adapter: str | None  # the agent profile that session belongs to
-    last_checkpoint: dict[str, Any] | None
-    fork_meta: dict[str, Any] | None  # params of the last fork_session_meta: the log is a fork's
     conversation: list[Turn] = field(default_factory=list)
-
-    @property
-    def user_messages(self) -> int:
-        """Top-level user messages in the log."""
-        return len(self.conversation)
 
 
 @dataclass
 class _TurnBuilder:
     user_text: str
     prompt_id: Any
+    previous_checkpoint: dict[str, Any] | None
+    forks_before: int  # fork_session_meta lines before its prompt
     agent_parts: list[str] = field(default_factory=list)
     stop_reason: str | None = None
     checkpoint: dict[str, Any] | None = None
     closed: bool = False  # later agent text is not this turn's
     completed: bool = False  # its turn_complete was seen
+    owns_checkpoints: bool = True  # false once a fork_session_meta line follows it
 
-    def build(self) -> Turn:
-        return Turn(self.user_text, "".join(self.agent_parts), self.stop_reason, self.checkpoint)
-
-
-def _dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
+    def build(self, forks: int) -> Turn:
+        return Turn(self.user_text, "".join(self.agent_parts), self.stop_reason, self.checkpoint,
+                    self.previous_checkpoint, self.forks_before < forks)
 
 
 def _id_key(value: Any) -> tuple[str, Any] | None:
@@ -95,19 +89,6 @@ def _id_key(value: Any) -> tuple[str, Any] | None:
     return None
 
 
-def _top_level_agent_text(message: dict[str, Any]) -> str | None:
-    if message.get("method") != "session/update":
-        return None
-    update = _dict(_dict(message.get("params")).get("update"))
-    if update.get("sessionUpdate") != "agent_message_chunk":
-        return None
-    if sub_session_of(update) is not None:
-        return None
-    content = _dict(update.get("content"))
-    text = content.get("text")
-    return text if content.get("type") == "text" and isinstance(text, str) else None
-
-
 def session_state(lines: Lines, agent_text: bool = True) -> SessionState:
     """Read a whole log into the facts the runner and the CLI need (see SessionState).
 
@@ -116,26 +97,29 @@ def session_state(lines: Lines, agent_text: bool = True) -> SessionState:
     only the counts, the agent session or the checkpoints.
 
     Attribution rules: agent text belongs to the turn whose prompt is pending (after its
-    response or turn_complete, chunks are a history replay and are ignored); a
-    fork_session_meta line starts the fork's own identity, so sdk_session entries before
-    it (the parent's) are forgotten and a turn the parent had open is not the fork's to
-    interrupt.
+    response or turn_complete, chunks are a history replay and are ignored). A turn's
+    checkpoint is the last one after its prompt and before the next prompt or
+    fork_session_meta line: the checkpoint a fork writes after that line is the fork's
+    baseline, the `previous_checkpoint` of the fork's first turn, not part of the
+    parent's turn. A fork_session_meta line also starts the fork's own identity, so
+    sdk_session entries before it (the parent's) are forgotten and a turn the parent had
+    open is not the fork's to interrupt.
     """
     turns = 0
     open_turn = False
     sdk_session: dict[str, Any] | None = None
     last_checkpoint: dict[str, Any] | None = None
-    fork_meta: dict[str, Any] | None = None
+    forks = 0
     conversation: list[_TurnBuilder] = []
     agent_requests: set[tuple[str, Any]] = set()  # pending agent-to-client request ids
 
     for _offset, line in lines:
         if not (
-            _PROMPT_MARK in line
-            or _POSTHOG_MARK in line
-            or _TURN_START_MARK in line
-            or _ID_MARK in line
-            or (agent_text and _AGENT_TEXT_MARK in line)
+            PROMPT_MARK in line
+            or POSTHOG_MARK in line
+            or TURN_START_MARK in line
+            or ID_MARK in line
+            or (agent_text and AGENT_TEXT_MARK in line)
         ):
             continue
         message = parse_message(line)
@@ -147,7 +131,8 @@ def session_state(lines: Lines, agent_text: bool = True) -> SessionState:
         if is_prompt_request(message):
             if current is not None:
                 current.closed = True
-            conversation.append(_TurnBuilder(prompt_text(message.get("params")), message["id"]))
+            conversation.append(_TurnBuilder(prompt_text(message.get("params")), message["id"],
+                                             last_checkpoint, forks))
             open_turn = True
             continue
         if method is None:
@@ -158,7 +143,7 @@ def session_state(lines: Lines, agent_text: bool = True) -> SessionState:
                 if key in agent_requests:
                     agent_requests.discard(key)
                 elif current is not None and not current.closed and key == _id_key(current.prompt_id):
-                    stop = _dict(message.get("result")).get("stopReason")
+                    stop = as_dict(message.get("result")).get("stopReason")
                     if isinstance(stop, str) and current.stop_reason is None:
                         current.stop_reason = stop
                     current.closed = True
@@ -169,9 +154,8 @@ def session_state(lines: Lines, agent_text: bool = True) -> SessionState:
                 agent_requests.add(key)
             continue
 
-        params = _dict(message.get("params"))
-        if method == "session/update":
-            text = _top_level_agent_text(message) if agent_text else None
+        if method == UPDATE_METHOD:
+            text = top_level_agent_text(message) if agent_text else None
             if text is not None and current is not None and not current.closed:
                 current.agent_parts.append(text)
         elif method == TURN_COMPLETE_METHOD:
@@ -180,26 +164,29 @@ def session_state(lines: Lines, agent_text: bool = True) -> SessionState:
             if current is not None and not current.completed:
                 # cairnd's own record wins over the agent's response: it also knows
                 # `interrupted` and `agent_exited`.
-                stop = params.get("stopReason")
+                stop = params_of(message).get("stopReason")
                 if isinstance(stop, str):
                     current.stop_reason = stop
                 current.completed = current.closed = True
         elif method == CHECKPOINT_METHOD:
-            last_checkpoint = params
-            if current is not None:
-                current.checkpoint = params
+            params = message.get("params")
+            if isinstance(params, dict):
+                last_checkpoint = params
+                if current is not None and current.owns_checkpoints:
+                    current.checkpoint = params
         elif method == SDK_SESSION_METHOD:
-            sdk_session = params
+            sdk_session = params_of(message)
         elif method == TURN_START_METHOD:
             # cairnd begins a turn here, just before it sends the prompt: a crash in
             # between leaves a turn that never reached the agent, still to be ended.
             open_turn = True
         elif method == FORK_META_METHOD:
-            fork_meta = params
+            forks += 1
             sdk_session = None
             open_turn = False
             if current is not None:
                 current.closed = current.completed = True
+                current.owns_checkpoints = False
 
     sdk_session_id = sdk_session.get("sdkSessionId") if sdk_session else None
     adapter = sdk_session.get("adapter") if sdk_session else None
@@ -208,9 +195,7 @@ def session_state(lines: Lines, agent_text: bool = True) -> SessionState:
         open_turn=open_turn,
         sdk_session_id=sdk_session_id if isinstance(sdk_session_id, str) else None,
         adapter=adapter if isinstance(adapter, str) else None,
-        last_checkpoint=last_checkpoint,
-        fork_meta=fork_meta,
-        conversation=[turn.build() for turn in conversation],
+        conversation=[turn.build(forks) for turn in conversation],
     )
 
 
@@ -218,9 +203,8 @@ def render_replay(conversation: list[Turn]) -> str:
     """The kept conversation as plain text, for an agent that cannot load a session
     natively (sent as an ACP `resource` block ahead of its first prompt).
 
-    Its second line states the number of earlier user messages (see
-    `replayed_user_messages`), so a reader need not count blocks whose text may itself
-    contain "User:" lines.
+    Its second line states the number of earlier user messages, so a reader need not
+    count blocks whose text may itself contain "User:" lines.
     """
     count = len(conversation)
     noun = "message" if count == 1 else "messages"
@@ -242,17 +226,18 @@ def render_replay(conversation: list[Turn]) -> str:
     return "\n".join(parts)
 
 
-def replayed_user_messages(text: str) -> int | None:
-    """How many earlier user messages a `render_replay` text holds; None when the text
-    is not one."""
-    found = _REPLAY_COUNT.match(text)
-    return int(found.group(1)) if found else None
-
-
 def replay_block(text: str, uri: str = REPLAY_URI) -> dict[str, Any]:
     """An ACP embedded `resource` content block carrying a replay text."""
     return {"type": "resource", "resource": {"uri": uri, "mimeType": "text/plain", "text": text}}
 
+
+def replay_prompt_block(session_id: str, conversation: list[Turn]) -> dict[str, Any]:
+    """The kept conversation as the `resource` block sent ahead of a restarted or forked
+    session's first prompt. `_meta.cairnd.userMessages` is the count of top-level user
+    messages it holds: what an agent adds to its history (the reference agent does)."""
+    block = replay_block(render_replay(conversation), uri=f"{REPLAY_URI}/{session_id}")
+    block["_meta"] = {"cairnd": {"userMessages": len(conversation)}}
+    return block
 
 
 def turn_of_request(lines: Lines, request_id: str) -> dict[str, Any] | None:
@@ -266,23 +251,23 @@ def turn_of_request(lines: Lines, request_id: str) -> dict[str, Any] | None:
     found: dict[str, Any] | None = None
     for _offset, line in lines:
         if found is None:
-            if needle not in line or b"turn_start" not in line:
+            if needle not in line or TURN_START_MARK not in line:
                 continue
             message = parse_message(line)
             if message is None or method_of(message) != TURN_START_METHOD:
                 continue
-            params = _dict(message.get("params"))
+            params = params_of(message)
             if params.get("requestId") != request_id:
                 continue
             found = {"session": params.get("sessionId"), "turn": params.get("turn"), "open": True}
             continue
-        if _POSTHOG_MARK not in line:
+        if POSTHOG_MARK not in line:
             continue
         message = parse_message(line)
         if message is None:
             continue
         method = method_of(message)
-        params = _dict(message.get("params"))
+        params = params_of(message)
         if method == TURN_COMPLETE_METHOD and found["open"] and "stopReason" not in found:
             found["stopReason"] = params.get("stopReason")
         elif method == CHECKPOINT_METHOD and "stopReason" in found:

@@ -1,15 +1,15 @@
 """What `cairnd ls`, `show`, `tree` and `status` show, read straight from the state
 directory (SQLite, session logs, the spool), with no daemon involved.
 
-Pure functions shape plain data (`session_turns`, `lineage_forest`); the functions
-around them do the reading. Nothing here writes to the state directory.
+Pure functions shape plain data (`lineage_forest`; a session's turns are
+`transcript.session_state`'s); the functions around them do the reading. Nothing here writes to the state directory.
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,18 +18,11 @@ import orjson
 
 from cairnd.config import Config, StateLayout
 from cairnd.errors import CairnError
-from cairnd.forkpoint import is_prompt_request
 from cairnd.git import changed_paths
-from cairnd.log import iter_lines, method_of, parse_message
+from cairnd.log import iter_lines
 from cairnd.registry import ForkRow, Registry, SessionRow
 from cairnd.statelock import STATUS_NAME, daemon_pid
-from cairnd.transcript import CHECKPOINT_METHOD, FORK_META_METHOD, Turn, session_state
-
-Lines = Iterable[tuple[int, bytes]]
-
-# Lines without these are agent chatter `session_turns` has no use for.
-_PROMPT_MARK = b'session/prompt"'
-_POSTHOG_MARK = b"posthog/"
+from cairnd.transcript import session_state
 
 
 # --------------------------------------------------------------------------- the daemon
@@ -136,57 +129,6 @@ def session_summary(row: SessionRow) -> dict[str, Any]:
     }
 
 
-@dataclass(frozen=True)
-class TurnView:
-    """One top-level turn as `show` lists it."""
-
-    index: int
-    prompt: str
-    stop_reason: str | None
-    checkpoint: dict[str, Any] | None  # the state the turn left
-    previous: dict[str, Any] | None  # the checkpoint before its prompt: what it started from
-    inherited: bool  # kept from a parent by a fork
-
-
-def session_turns(conversation: Sequence[Turn], lines: Lines) -> list[TurnView]:
-    """Each top-level turn of a log with the checkpoint it left and the one before it.
-
-    `conversation` is `session_state(...).conversation` of the same log. A turn's own
-    checkpoint is the last one after its prompt and before the next prompt or
-    fork_session_meta line: the checkpoint a fork writes after that line is the fork's
-    baseline, the `previous` of the fork's first turn, not part of the parent's turn."""
-    prompts: list[dict[str, Any]] = []  # per prompt: previous, own checkpoint, forks before it
-    last_checkpoint: dict[str, Any] | None = None
-    fork_metas = 0
-    owner: dict[str, Any] | None = None  # the prompt whose checkpoint is being looked for
-    for _offset, line in lines:
-        if _PROMPT_MARK not in line and _POSTHOG_MARK not in line:
-            continue
-        message = parse_message(line)
-        if message is None:
-            continue
-        if is_prompt_request(message):
-            owner = {"previous": last_checkpoint, "checkpoint": None, "forks_before": fork_metas}
-            prompts.append(owner)
-            continue
-        method = method_of(message)
-        if method == CHECKPOINT_METHOD:
-            params = message.get("params")
-            if isinstance(params, dict):
-                last_checkpoint = params
-                if owner is not None:
-                    owner["checkpoint"] = params
-        elif method == FORK_META_METHOD:
-            fork_metas += 1
-            owner = None
-    return [
-        TurnView(index=index, prompt=turn.user_text, stop_reason=turn.stop_reason,
-                 checkpoint=found["checkpoint"], previous=found["previous"],
-                 inherited=found["forks_before"] < fork_metas)
-        for index, (turn, found) in enumerate(zip(conversation, prompts))
-    ]
-
-
 def show_session(layout: StateLayout, session_id: str) -> dict[str, Any]:
     """A session and its turns with their checkpoints and the files each turn changed."""
     registry = open_registry(layout)
@@ -194,18 +136,17 @@ def show_session(layout: StateLayout, session_id: str) -> dict[str, Any]:
     if row is None or row.state == "creating":
         raise CairnError("unknown_session", f"session {session_id!r} does not exist in {layout.root}")
     log = layout.log_path(row.id)
-    turns = (session_turns(session_state(iter_lines(log), agent_text=False).conversation, iter_lines(log))
-             if log.exists() else [])
+    turns = session_state(iter_lines(log), agent_text=False).conversation if log.exists() else []
     fork = registry.fork_of(row.id) if registry else None
     cwd = row.worktree if row.worktree.is_dir() else row.repo
     shown = []
-    for turn in turns:
+    for index, turn in enumerate(turns):
         after = (turn.checkpoint or {}).get("worktreeSha")
-        before = (turn.previous or {}).get("worktreeSha")
+        before = (turn.previous_checkpoint or {}).get("worktreeSha")
         changes = changed_paths(cwd, before, after) if cwd.is_dir() and before and after else None
         shown.append({
-            "turn": turn.index,
-            "prompt": turn.prompt,
+            "turn": index,
+            "prompt": turn.user_text,
             "stopReason": turn.stop_reason,
             "headSha": (turn.checkpoint or {}).get("headSha"),
             "worktreeSha": after,

@@ -20,7 +20,8 @@ import anyio
 import pytest
 
 from cairnd.config import AgentProfile, ConfigError, parse_config, reference_profile
-from cairnd.log import iter_lines, method_of, parse_message
+from cairnd.entries import method_of, parse_message
+from cairnd.log import iter_lines
 from cairnd.runner import AgentRunner
 from cairnd.transcript import session_state
 from gitrepos import make_repo

@@ -1,0 +1,258 @@
+"""The session log's vocabulary (SPEC 3), pure: method names, the byte marks readers skip
+lines by, the envelope, accessors for the messages it holds, and the constructors of
+cairnd's own entries. No I/O: `cairnd.log` reads and writes the file.
+
+A log line is one envelope, `{"type":"notification","timestamp":...,"notification":<JSON-RPC
+message>}` (the format PostHog Code uses). Readers never trust a line: `parse_message`
+turns anything that is not an envelope into None, and every accessor takes whatever
+shape a message has without raising.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+
+ENVELOPE_TYPE = "notification"
+
+# -- method names ---------------------------------------------------------------------
+
+PROMPT_METHOD = "session/prompt"
+UPDATE_METHOD = "session/update"
+CHECKPOINT_METHOD = "_posthog/agent_checkpoint"
+TURN_COMPLETE_METHOD = "_posthog/turn_complete"
+SDK_SESSION_METHOD = "_posthog/sdk_session"
+FORK_META_METHOD = "_posthog/fork_session_meta"
+TURN_START_METHOD = "_cairnd/turn_start"
+INVALID_FRAME_METHOD = "_cairnd/invalid_frame"
+
+# Readers must accept the SDK's double underscore (SPEC 3).
+_POSTHOG_QUIRK = "__posthog/"
+_POSTHOG = "_posthog/"
+
+# -- byte marks -------------------------------------------------------------------------
+# A reader that needs only some entries tests each line for one of these before parsing
+# it: most lines of a long log are agent chatter. They assume the names are written
+# plainly, as every JSON serialiser of ACP frames writes them.
+
+PROMPT_MARK = b'session/prompt"'  # a method value is always followed by its quote
+UPDATE_MARK = b'session/update"'
+USER_CHUNK_MARK = b"user_message_chunk"
+AGENT_TEXT_MARK = b"agent_message_chunk"
+CHECKPOINT_MARK = b"agent_checkpoint"
+TURN_COMPLETE_MARK = b"turn_complete"
+TURN_START_MARK = b"_cairnd/turn_start"
+SUB_SESSION_MARK = b"subSession"
+POSTHOG_MARK = b"_posthog/"  # also within the `__posthog/` spelling
+ID_MARK = b'"id"'  # requests and responses
+
+Lines = Iterable[tuple[int, bytes]]  # `(offset, line)` pairs, as `cairnd.log.iter_lines` yields
+
+
+# -- the envelope -------------------------------------------------------------------------
+
+
+def now_timestamp() -> str:
+    """The current UTC time as the envelope wants it: `2026-11-22T10:00:00.123Z`."""
+    now = datetime.now(timezone.utc)
+    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+
+
+def _envelope_head(timestamp: str | None) -> bytes:
+    stamp = orjson.dumps(timestamp if timestamp is not None else now_timestamp())
+    return b'{"type":"notification","timestamp":' + stamp + b',"notification":'
+
+
+def envelope_line(message: dict[str, Any], timestamp: str | None = None) -> bytes:
+    """One complete log line (with its `\\n`) holding `message`."""
+    return _envelope_head(timestamp) + orjson.dumps(message) + b"}\n"
+
+
+def envelope_raw_line(raw: bytes, timestamp: str | None = None) -> bytes:
+    """One log line holding a JSON-RPC frame exactly as it crossed the wire.
+
+    The frame's bytes are spliced into the envelope, not re-serialised, so the log keeps
+    what the agent really sent (key order, number spelling, unknown fields). A frame
+    that is not one JSON object (garbage on the agent's stdout) is logged as a
+    `_cairnd/invalid_frame` entry instead, so every line of the log stays parseable.
+    """
+    frame = raw.strip(b" \t\r\n")
+    parsed = json_object(frame)
+    if parsed is None:
+        return envelope_line(invalid_frame_entry(raw), timestamp)
+    if b"\n" in frame:
+        # Pretty-printed JSON (newlines between tokens: a string cannot hold a raw
+        # newline) would break the one-line-per-entry rule; only here is it re-serialised.
+        frame = orjson.dumps(parsed)
+    return _envelope_head(timestamp) + frame + b"}\n"
+
+
+def json_object(data: bytes) -> dict[str, Any] | None:
+    """`data` parsed, if it is one JSON object; None otherwise. Never raises."""
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def parse_message(line: bytes) -> dict[str, Any] | None:
+    """The JSON-RPC message of one envelope line, or None when the line is not a
+    valid envelope (bad JSON, invalid UTF-8, not an object, no message). Never raises."""
+    try:
+        envelope = orjson.loads(line)
+    except (orjson.JSONDecodeError, TypeError):
+        return None
+    if not isinstance(envelope, dict):
+        return None
+    message = envelope.get("notification")
+    return message if isinstance(message, dict) else None
+
+
+def method_of(message: dict[str, Any]) -> str | None:
+    """The message's method, with the `__posthog/` spelling read as `_posthog/`;
+    None for responses and for messages whose method is not a string."""
+    method = message.get("method")
+    if not isinstance(method, str):
+        return None
+    if method.startswith(_POSTHOG_QUIRK):
+        return _POSTHOG + method[len(_POSTHOG_QUIRK) :]
+    return method
+
+
+# -- accessors ----------------------------------------------------------------------------
+
+
+def as_dict(value: Any) -> dict[str, Any]:
+    """`value` if it is a JSON object, else an empty one: for reading untrusted shapes."""
+    return value if isinstance(value, dict) else {}
+
+
+def params_of(message: dict[str, Any]) -> dict[str, Any]:
+    return as_dict(message.get("params"))
+
+
+def is_prompt_request(message: dict[str, Any]) -> bool:
+    """A `session/prompt` request (not a notification, not a response)."""
+    return message.get("method") == PROMPT_METHOD and "id" in message
+
+
+def prompt_text(params: Any) -> str:
+    """The text of a `session/prompt` request: its `text` blocks, concatenated."""
+    blocks = as_dict(params).get("prompt")
+    if not isinstance(blocks, list):
+        return ""
+    return "".join(
+        block["text"]
+        for block in blocks
+        if isinstance(block, dict)
+        and block.get("type") == "text"
+        and isinstance(block.get("text"), str)
+    )
+
+
+def update_of(message: dict[str, Any]) -> dict[str, Any] | None:
+    """The `update` of a `session/update` notification; None for any other message."""
+    if message.get("method") != UPDATE_METHOD:
+        return None
+    return as_dict(params_of(message).get("update"))
+
+
+def sub_session_of(update: dict[str, Any]) -> str | None:
+    """The sub-session a `session/update`'s `update` is marked with, if any."""
+    sub = as_dict(as_dict(update.get("_meta")).get("cairnd")).get("subSession")
+    return sub if isinstance(sub, str) and sub else None
+
+
+def _text_of(update: dict[str, Any]) -> str | None:
+    content = as_dict(update.get("content"))
+    text = content.get("text")
+    return text if content.get("type") == "text" and isinstance(text, str) else None
+
+
+@dataclass(frozen=True)
+class SubChunk:
+    """A `user_message_chunk` an agent typed to a sub-agent (SPEC 4)."""
+
+    sub_session: str
+    message_id: str | None
+    text: str
+
+
+def sub_chunk(message: dict[str, Any]) -> SubChunk | None:
+    """The sub-session user chunk this message is, if it is one."""
+    update = update_of(message)
+    if update is None or update.get("sessionUpdate") != "user_message_chunk":
+        return None
+    sub = sub_session_of(update)
+    if sub is None:
+        return None
+    message_id = update.get("messageId")
+    if not isinstance(message_id, str) or not message_id:
+        message_id = as_dict(as_dict(update.get("_meta")).get("cairnd")).get("messageId")
+    if not isinstance(message_id, str) or not message_id:
+        message_id = None
+    return SubChunk(sub, message_id, _text_of(update) or "")
+
+
+def top_level_agent_text(message: dict[str, Any]) -> str | None:
+    """The text of a top-level `agent_message_chunk` (sub-session chunks are not the
+    session's answer); None for any other message."""
+    update = update_of(message)
+    if update is None or update.get("sessionUpdate") != "agent_message_chunk":
+        return None
+    if sub_session_of(update) is not None:
+        return None
+    return _text_of(update)
+
+
+# -- cairnd's own entries -------------------------------------------------------------------
+# Key order is part of the log's bytes: keep it.
+
+
+def cairnd_entry(method: str, params: dict[str, Any]) -> dict[str, Any]:
+    """One of cairnd's own entries: an ACP extension notification."""
+    return {"jsonrpc": "2.0", "method": method, "params": params}
+
+
+def checkpoint_entry(params: dict[str, Any]) -> dict[str, Any]:
+    """`_posthog/agent_checkpoint` with the params `cairnd.checkpoint` made."""
+    return cairnd_entry(CHECKPOINT_METHOD, params)
+
+
+def turn_complete_entry(session_id: str, stop_reason: str) -> dict[str, Any]:
+    return cairnd_entry(TURN_COMPLETE_METHOD, {"sessionId": session_id, "stopReason": stop_reason})
+
+
+def turn_start_entry(session_id: str, turn: int, request_id: str | None) -> dict[str, Any]:
+    """Written just before a prompt is sent, so recovery can tell whether a request's
+    turn began."""
+    return cairnd_entry(TURN_START_METHOD, {"sessionId": session_id, "turn": turn, "requestId": request_id})
+
+
+def sdk_session_entry(session_id: str, sdk_session_id: str, adapter: str) -> dict[str, Any]:
+    """Which agent session (of which profile) holds this session's conversation."""
+    return cairnd_entry(SDK_SESSION_METHOD, {"sessionId": session_id, "sdkSessionId": sdk_session_id,
+                                             "adapter": adapter})
+
+
+def fork_meta_entry(session_id: str, parent_id: str, user_message_index: int, head_sha: str,
+                    worktree_sha: str | None) -> dict[str, Any]:
+    """The first line of a fork's own part of its log (SPEC 5)."""
+    return cairnd_entry(FORK_META_METHOD, {
+        "sessionId": session_id,
+        "parentSessionId": parent_id,
+        "userMessageIndex": user_message_index,
+        "headSha": head_sha,
+        "worktreeSha": worktree_sha,
+        "sdkSessionId": None,
+    })
+
+
+def invalid_frame_entry(raw: bytes) -> dict[str, Any]:
+    """What stands in the log for a frame that was not one JSON object."""
+    return cairnd_entry(INVALID_FRAME_METHOD, {"raw": raw.decode("utf-8", errors="replace")})
