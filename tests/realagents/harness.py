@@ -40,6 +40,16 @@ def claude_agent_bin() -> Path:
     return agent_bin("claude-agent-acp")
 
 
+def codex_agent_bin() -> Path:
+    return agent_bin("codex-acp")
+
+
+def codex_agent_env(model_env: Mapping[str, str]) -> dict[str, str]:
+    """Full environment for codex-acp: ours minus traps, and the stub's variables
+    (`ResponsesStub.agent_env`, which also wrote `$CODEX_HOME/config.toml`)."""
+    return agent_env(model_env)
+
+
 def gemini_agent_command() -> list[str]:
     """Gemini CLI speaks ACP with --acp (--experimental-acp is the deprecated spelling)."""
     return [str(agent_bin("gemini")), "--acp"]

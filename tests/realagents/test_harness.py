@@ -16,12 +16,14 @@ import pytest
 from acp import PROTOCOL_VERSION, spawn_agent_process, text_block
 from acp.schema import ClientCapabilities, FileSystemCapabilities
 
-from . import anthropic_stub, gemini_stub
+from . import anthropic_stub, gemini_stub, responses_stub
 from .harness import (
     RecordingClient,
     agent_env,
     claude_agent_bin,
     claude_agent_env,
+    codex_agent_bin,
+    codex_agent_env,
     ensure_agents_installed,
     gemini_agent_command,
     gemini_agent_env,
@@ -95,6 +97,8 @@ def run_write_turn(
 
 
 def write_and_answer(stub: ScriptedModelStub, repo: Path) -> list[anthropic_stub.Reply]:
+    if isinstance(stub, responses_stub.ResponsesStub):
+        return [responses_stub.apply_patch_add("a.txt", "made by a real agent"), responses_stub.text("Done.")]
     module = anthropic_stub if isinstance(stub, anthropic_stub.AnthropicStub) else gemini_stub
     return [module.write_file(str(repo / "a.txt"), "made by a real agent\n"), module.text("Done.")]
 
@@ -137,3 +141,21 @@ def test_gemini_cli_writes_a_file_with_its_own_tool(tmp_path: Path, agents_insta
 def test_agent_env_drops_is_sandbox_and_keeps_the_rest() -> None:
     env = agent_env({"HOME": "/h"}, base={"IS_SANDBOX": "1", "PATH": "/bin", "HOME": "/root"})
     assert env == {"PATH": "/bin", "HOME": "/h"}
+
+
+def test_codex_acp_writes_a_file_with_apply_patch(tmp_path: Path, agents_installed: None) -> None:
+    stub = responses_stub.ResponsesStub()
+    repo, client, stop_reason = run_write_turn(
+        tmp_path,
+        stub,
+        [str(codex_agent_bin())],
+        lambda s, home: codex_agent_env(s.agent_env(str(home))),
+        offer_fs=False,
+    )
+    assert stop_reason == "end_turn"
+    assert (repo / "a.txt").read_text() == "made by a real agent\n"
+    [first, second] = stub.main_requests()
+    assert responses_stub.prompt_texts(first) == ["make a.txt"]
+    assert [o["output"].splitlines()[-1] for o in responses_stub.tool_outputs(second)] == ["A a.txt"]
+    assert stub.remaining() == [] and stub.unscripted == 0
+    assert "Done." in client.agent_text()
