@@ -70,6 +70,10 @@ def state_at_cut(point: ForkPoint, repo: Path, source_worktree: Path) -> ForkSta
     if isinstance(head, str) and head:
         worktree_sha = checkpoint.get("worktreeSha")
         index_tree = checkpoint.get("indexTree")
+        tree = checkpoint.get("worktreeTree")
+        if not isinstance(worktree_sha, str) and isinstance(tree, str):
+            # PostHog Code's git_checkpoint records the working tree as a tree only.
+            worktree_sha = git.commit_of_tree(repo, tree, head)
         # Whether these objects still exist is checked by git.create_fork_worktree, in
         # one git call before it creates anything (commit_missing): not twice.
         return ForkState(

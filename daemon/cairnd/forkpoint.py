@@ -25,10 +25,10 @@ count. A message is counted at its first line: that line is the cut when forking
 
 Speed: a fork of a long log must not parse every line. A line can matter only if it
 contains one of a few byte strings (`session/prompt"`, `user_message_chunk`,
-`agent_checkpoint`, and while an id-less run is open `subSession` / `turn_complete`);
+`agent_checkpoint`, `git_checkpoint`, and while an id-less run is open `subSession` / `turn_complete`);
 every other line is passed over after a substring test. Given a fresh
 `MarkedSource` (what `iter_lines` returns), not even that: the file is searched
-for the first three in big chunks and only the lines holding them (and, while an
+for the first four in big chunks and only the lines holding them (and, while an
 id-less run is open, the lines up to the next such line) reach Python; both paths
 feed the same `_UserMessageCounter`, so they agree line for line. This assumes those names are
 written plainly, as every JSON serialiser of ACP frames writes them (a writer that
@@ -45,6 +45,8 @@ from typing import Any, Protocol, runtime_checkable
 from cairnd.entries import (
     CHECKPOINT_MARK,
     CHECKPOINT_METHOD,
+    GIT_CHECKPOINT_MARK,
+    GIT_CHECKPOINT_METHOD,
     PROMPT_MARK,
     SUB_SESSION_MARK,
     TURN_COMPLETE_MARK,
@@ -62,7 +64,7 @@ from cairnd.entries import (
 from cairnd.errors import CairnError
 
 # A line without any of these cannot start, continue or end a message, nor be a checkpoint.
-_PRIMARY_MARKS = (PROMPT_MARK, USER_CHUNK_MARK, CHECKPOINT_MARK)
+_PRIMARY_MARKS = (PROMPT_MARK, USER_CHUNK_MARK, CHECKPOINT_MARK, GIT_CHECKPOINT_MARK)
 
 
 @runtime_checkable
@@ -105,7 +107,9 @@ class ForkPoint:
     user_message_index: int
     line_index: int  # lines kept: index of the cut line
     offset: int  # bytes kept: byte offset of the cut line
-    checkpoint: dict[str, Any] | None  # params of the last agent_checkpoint before the cut
+    # params of the last agent_checkpoint before the cut (or of PostHog Code's
+    # git_checkpoint, converted by from_git_checkpoint)
+    checkpoint: dict[str, Any] | None
     prefill: str  # the text of the targeted message, for the client's input box
 
 
@@ -122,6 +126,24 @@ class _MoreText:
 
 
 _Event = UserMessage | _Checkpoint | _MoreText
+
+
+def from_git_checkpoint(params: dict[str, Any]) -> dict[str, Any] | None:
+    """PostHog Code's `_posthog/git_checkpoint` (`head`, `branch`, `indexTree`,
+    `worktreeTree`: trees, not commits) in the words of an `agent_checkpoint`, so a
+    fork restores its files too (SPEC 3). `worktreeTree` stays a tree: the forker
+    makes it a commit on `head`. None when it names no `head` or no `worktreeTree`
+    (a checkpoint of a repository without commits: nothing a worktree can start at)."""
+    head, tree = params.get("head"), params.get("worktreeTree")
+    if not (isinstance(head, str) and head and isinstance(tree, str) and tree):
+        return None
+    index_tree = params.get("indexTree")
+    return {
+        "headSha": head,
+        "branch": params.get("branch") if isinstance(params.get("branch"), str) else None,
+        "indexTree": index_tree if isinstance(index_tree, str) and index_tree else None,
+        "worktreeTree": tree,
+    }
 
 
 def _ends_run(message: dict[str, Any], sub_session: str) -> bool:
@@ -179,10 +201,14 @@ class _UserMessageCounter:
                 )
                 self.ordinal += 1
             return
-        if method_of(message) == CHECKPOINT_METHOD:
-            params = message.get("params")
-            if isinstance(params, dict):
-                yield _Checkpoint(params)
+        method = method_of(message)
+        params = message.get("params")
+        if method == CHECKPOINT_METHOD and isinstance(params, dict):
+            yield _Checkpoint(params)
+        elif method == GIT_CHECKPOINT_METHOD and isinstance(params, dict):
+            converted = from_git_checkpoint(params)
+            if converted is not None:
+                yield _Checkpoint(converted)
         if self.run_open and _ends_run(message, self.open_sub[0]):  # type: ignore[index]
             self.open_sub = None
 

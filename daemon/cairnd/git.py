@@ -536,6 +536,21 @@ def _restore(worktree: Path, worktree_sha: str, worktree_tree: str, index_tree: 
         _git(worktree, "read-tree", "-m", index_tree)
 
 
+def commit_of_tree(repo: Path, tree: str, parent: str, message: str = SNAPSHOT_MESSAGE) -> str:
+    """A commit whose tree is `tree` and whose parent is `parent` (a snapshot in the
+    shape of a checkpoint's worktreeSha, for a tree recorded without one: PostHog
+    Code's `worktreeTree`). commit_missing when either object is not there."""
+    for label, value in (("worktreeTree", tree), ("head", parent)):
+        if not is_object_id(value):
+            raise CairnError("commit_missing", f"{label} {value!r} is not an object id")
+    found = _object_types(repo, [f"{tree}^{{tree}}", f"{parent}^{{commit}}"])
+    missing = [f"{label} {value}" for (label, value), answer in
+               zip((("worktreeTree tree", tree), ("head commit", parent)), found) if answer is None]
+    if missing:
+        raise CairnError("commit_missing", f"not in {repo}: {', '.join(missing)}")
+    return _line(_git(repo, "commit-tree", "--no-gpg-sign", tree, "-p", parent, "-m", message))
+
+
 def create_fork_worktree(repo: Path, path: Path, head_sha: str, worktree_sha: str | None = None,
                          index_tree: str | None = None) -> None:
     """A new worktree at `path`: HEAD detached at `head_sha`, files equal to `worktree_sha`'s
