@@ -29,6 +29,7 @@ TURN_COMPLETE_METHOD = "_posthog/turn_complete"
 SDK_SESSION_METHOD = "_posthog/sdk_session"
 FORK_META_METHOD = "_posthog/fork_session_meta"
 TURN_START_METHOD = "_cairnd/turn_start"
+REWIND_METHOD = "_cairnd/rewind"  # last line of the prefix a rewind kept (SPEC 13)
 INVALID_FRAME_METHOD = "_cairnd/invalid_frame"
 
 # Readers must accept the SDK's double underscore (SPEC 3).
@@ -48,6 +49,8 @@ CHECKPOINT_MARK = b"agent_checkpoint"
 GIT_CHECKPOINT_MARK = b"git_checkpoint"
 TURN_COMPLETE_MARK = b"turn_complete"
 TURN_START_MARK = b"_cairnd/turn_start"
+REWIND_MARK = b"_cairnd/rewind"
+FORK_META_MARK = b"fork_session_meta"
 SUB_SESSION_MARK = b"subSession"
 POSTHOG_MARK = b"_posthog/"  # also within the `__posthog/` spelling
 ID_MARK = b'"id"'  # requests and responses
@@ -253,6 +256,13 @@ def fork_meta_entry(session_id: str, parent_id: str, user_message_index: int, he
         "worktreeSha": worktree_sha,
         "sdkSessionId": None,
     })
+
+
+def rewind_entry(session_id: str, user_message_index: int, abandoned: str, head_sha: str,
+                 worktree_sha: str | None) -> dict[str, Any]:
+    """`_cairnd/rewind`: the last line of the prefix a rewind kept (SPEC 13)."""
+    return cairnd_entry(REWIND_METHOD, {"sessionId": session_id, "userMessageIndex": user_message_index,
+                                        "abandoned": abandoned, "headSha": head_sha, "worktreeSha": worktree_sha})
 
 
 def invalid_frame_entry(raw: bytes) -> dict[str, Any]:

@@ -475,6 +475,15 @@ def delete_refs(repo: Path, prefix: str) -> list[str]:
     return names
 
 
+def delete_ref_names(repo: Path, names: Sequence[str]) -> None:
+    """Delete the named refs (each under refs/cairnd/) in one transaction."""
+    for name in names:
+        _check_ref_name(name)
+    if names:
+        _git(repo, "update-ref", "--stdin", "-z",
+             input=b"".join(b"delete " + n.encode("utf-8", "surrogateescape") + b"\0\0" for n in names))
+
+
 # --------------------------------------------------------------------------- worktrees
 
 
@@ -603,6 +612,41 @@ def list_worktrees(repo: Path) -> list[Path]:
     return trees
 
 
+def reset_worktree(worktree: Path, current_sha: str, target_sha: str, index_tree: str | None) -> None:
+    """Make the files of `worktree` (a session's own, in use) equal to the tree of commit
+    `target_sha` and its index equal to `index_tree` (None: the target's tree), where
+    `current_sha` is a snapshot of the files it holds now (`snapshot().worktree_sha`).
+
+    Files the snapshot holds and the target does not (untracked ones too) are removed;
+    ignored files, and files the snapshot left out (over the size cap), stay. HEAD is
+    not touched. Idempotent: a crash part-way is repaired by running it again with a
+    fresh snapshot."""
+    worktree, index_file = _locate(Path(worktree))
+    target_tree, index_tree = _restore_trees(worktree, target_sha, target_sha, index_tree)
+    fd, name = tempfile.mkstemp(prefix=INDEX_COPY_PREFIX, dir=index_file.parent)
+    os.close(fd)
+    scratch = Path(name)
+    try:
+        scratch.unlink()
+        env = {"GIT_INDEX_FILE": str(scratch)}
+        # The scratch index names every file there is now, so `--reset -u` removes those
+        # the target lacks; it carries no stat data, so every file is written afresh.
+        _git(worktree, "read-tree", current_sha, env=env)
+        _git(worktree, "-c", f"checkout.workers={CHECKOUT_WORKERS}", "read-tree", "--reset", "-u", target_sha,
+             env=env)
+        os.replace(scratch, index_file)  # an index whose stat data matches the files just written
+        if index_tree != target_tree:
+            _git(worktree, "read-tree", "-m", index_tree)
+    finally:
+        scratch.unlink(missing_ok=True)
+        Path(f"{scratch}.lock").unlink(missing_ok=True)
+
+
+def detach_head(worktree: Path, sha: str) -> None:
+    """Point the worktree's own HEAD at commit `sha`, detached; no file, index or branch moves."""
+    _git(worktree, "update-ref", "--no-deref", "-m", "cairnd rewind", "HEAD", sha)
+
+
 # --------------------------------------------------------------------------- history
 
 
@@ -622,3 +666,182 @@ def changed_paths(cwd: Path, old_sha: str, new_sha: str) -> list[tuple[str, str]
         return None
     fields = proc.stdout.split(b"\0")
     return [(status.decode(), os.fsdecode(path)) for status, path in zip(fields[0::2], fields[1::2]) if status]
+
+
+# --------------------------------------------------------------------------- comparing trees
+
+
+@dataclass(frozen=True)
+class FileChange:
+    """One path between two trees, as `git diff --raw --numstat -M` tells it."""
+
+    path: str
+    status: str  # git's letter: A added, D deleted, M modified, R renamed, T type changed
+    old_path: str | None  # where a rename came from
+    old_mode: str | None  # None when added
+    new_mode: str | None  # None when deleted
+    added: int | None  # lines; None for a binary file
+    removed: int | None
+    binary: bool
+
+    def as_dict(self) -> dict[str, object]:
+        return {"path": self.path, "status": self.status, "added": self.added or 0,
+                "removed": self.removed or 0, "binary": self.binary, "old_path": self.old_path,
+                "old_mode": self.old_mode, "new_mode": self.new_mode}
+
+
+# Plumbing on purpose: diff-tree ignores the user's diff.* and color configuration, so
+# its output is git's own and stable; -M finds renames as `git diff` does by default.
+_DIFF_ARGS = ("diff-tree", "-r", "-M", "--no-color", "--no-ext-diff", "--no-textconv")
+
+
+def _tree_pair(repo: Path, old: str, new: str) -> tuple[str, str]:
+    for label, value in (("from", old), ("to", new)):
+        if not is_object_id(value):
+            raise CairnError("commit_missing", f"{label} {value!r} is not an object id")
+    found = _object_types(repo, [f"{old}^{{tree}}", f"{new}^{{tree}}"])
+    missing = [sha for sha, answer in zip((old, new), found) if answer is None]
+    if missing:
+        raise CairnError("commit_missing", f"not in {repo}: {', '.join(dict.fromkeys(missing))} "
+                                           "(its checkpoint refs were deleted and git collected it?)")
+    return found[0][0], found[1][0]  # type: ignore[index]
+
+
+def parse_raw_numstat(raw: bytes, numstat: bytes) -> list[FileChange]:
+    """Pure: `diff-tree -z --raw` and `diff-tree -z --numstat` of the same pair, joined."""
+    counts: list[tuple[int | None, int | None]] = []
+    fields = iter(numstat.split(b"\0"))
+    for head in fields:
+        if not head:
+            continue
+        added, removed, path = head.split(b"\t", 2)
+        if not path:  # a rename: old and new path follow as fields of their own
+            next(fields, None)
+            next(fields, None)
+        counts.append((None, None) if added == b"-" else (int(added), int(removed)))
+    changes: list[FileChange] = []
+    records = iter(raw.split(b"\0"))
+    for record in records:
+        if not record.startswith(b":"):
+            continue
+        old_mode, new_mode, _old_sha, _new_sha, status = record[1:].decode().split(" ")
+        letter = status[:1]
+        first = next(records)
+        old_path, path = (first, next(records)) if letter in ("R", "C") else (None, first)
+        added, removed = counts[len(changes)] if len(changes) < len(counts) else (0, 0)
+        changes.append(FileChange(
+            path=_display(path), status=letter, old_path=None if old_path is None else _display(old_path),
+            old_mode=None if letter == "A" else old_mode, new_mode=None if letter == "D" else new_mode,
+            added=added, removed=removed, binary=added is None,
+        ))
+    return changes
+
+
+def diff_files(repo: Path, old: str, new: str) -> list[FileChange]:
+    """Every path that differs between the trees of commits (or trees) `old` and `new`."""
+    old_tree, new_tree = _tree_pair(repo, old, new)
+    if old_tree == new_tree:
+        return []
+    raw = _git(repo, *_DIFF_ARGS, "-z", "--raw", old_tree, new_tree)
+    numstat = _git(repo, *_DIFF_ARGS, "-z", "--numstat", old_tree, new_tree)
+    return parse_raw_numstat(raw, numstat)
+
+
+def diff_text(repo: Path, old: str, new: str, *, stat: bool = False, stat_width: int = 80) -> bytes:
+    """The unified diff (or `--stat`) between the trees of `old` and `new`, as git prints it:
+    renames, mode changes, symlinks and `Binary files ... differ` included."""
+    old_tree, new_tree = _tree_pair(repo, old, new)
+    if old_tree == new_tree:
+        return b""
+    form = (f"--stat={stat_width}", "--summary") if stat else ("-p", "--full-index")
+    return _git(repo, *_DIFF_ARGS, *form, old_tree, new_tree)
+
+
+def common_dir(path: Path) -> Path:
+    """The git directory a repository's worktrees share: tells whether two paths are
+    worktrees of one repository."""
+    return Path(_line(_git(path, "rev-parse", "--path-format=absolute", "--git-common-dir")))
+
+
+# --------------------------------------------------------------------------- branches
+
+
+ZERO_ID = "0" * 40
+
+
+def check_branch_name(repo: Path, name: str) -> str:
+    """`refs/heads/<name>`, or bad_ref for a name git refuses as a branch."""
+    if (not isinstance(name, str) or not name or name.startswith("-") or name == "HEAD"
+            or any(ord(ch) < 32 for ch in name)):
+        raise CairnError("bad_ref", f"branch {name!r} is not a valid branch name")
+    ref = f"refs/heads/{name}"
+    if _run(repo, ["check-ref-format", ref]).returncode != 0:
+        raise CairnError("bad_ref", f"branch {name!r} is not a valid branch name (git check-ref-format refuses it)")
+    return ref
+
+
+def ref_commit(repo: Path, ref: str) -> str | None:
+    """The object a full ref name points at, or None when there is no such ref."""
+    proc = _run(repo, ["rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}"])
+    if proc.returncode != 0:
+        if b"not a git repository" in proc.stderr:
+            raise _failure(repo, ["rev-parse"], proc)
+        return None
+    return _line(proc.stdout)
+
+
+def is_ancestor(repo: Path, ancestor: str, descendant: str) -> bool:
+    proc = _run(repo, ["merge-base", "--is-ancestor", ancestor, descendant])
+    if proc.returncode not in (0, 1):
+        raise _failure(repo, ["merge-base"], proc)
+    return proc.returncode == 0
+
+
+def checked_out_branches(repo: Path) -> dict[str, Path]:
+    """refs/heads/... -> the worktree that has it checked out, for every worktree."""
+    out = _git(repo, "worktree", "list", "--porcelain", "-z")
+    found: dict[str, Path] = {}
+    for block in out.split(b"\0\0"):
+        fields = [f for f in block.split(b"\0") if f]
+        where = next((f[len(b"worktree "):] for f in fields if f.startswith(b"worktree ")), None)
+        for f in fields:
+            if f.startswith(b"branch ") and where is not None:
+                found[os.fsdecode(f[len(b"branch "):])] = Path(os.fsdecode(where))
+    return found
+
+
+def tree_id(repo: Path, commit: str) -> str:
+    return _line(_git(repo, "rev-parse", "--verify", "--end-of-options", f"{commit}^{{tree}}"))
+
+
+def _user_identity(repo: Path) -> dict[str, str]:
+    """The repository's configured user.name/user.email for a commit meant for people
+    (land), else cairnd's fixed identity (git_env's)."""
+    proc = _run(repo, ["config", "--get-regexp", r"^user\.(name|email)$"])
+    values = dict(line.split(" ", 1) for line in _line(proc.stdout).splitlines() if " " in line)
+    if proc.returncode != 0 or not values.get("user.name") or not values.get("user.email"):
+        return {}
+    name, email = values["user.name"], values["user.email"]
+    return {"GIT_AUTHOR_NAME": name, "GIT_AUTHOR_EMAIL": email,
+            "GIT_COMMITTER_NAME": name, "GIT_COMMITTER_EMAIL": email}
+
+
+def commit_tree_of(repo: Path, source: str, parent: str, message: str) -> str:
+    """A commit with the tree of commit `source`, parent `parent` and `message`, dated as
+    `source` is: the same checkpoint and message give the same commit, so landing twice
+    (a retry after a crash) is a no-op rather than a diverging branch."""
+    date = _line(_git(repo, "show", "-s", "--format=%ct", source))
+    env = {**_user_identity(repo), "GIT_AUTHOR_DATE": f"@{date} +0000", "GIT_COMMITTER_DATE": f"@{date} +0000"}
+    return _line(_git(repo, "commit-tree", "--no-gpg-sign", f"{source}^{{tree}}", "-p", parent, "-F", "-",
+                      env=env, input=message.encode("utf-8")))
+
+
+def set_ref(repo: Path, ref: str, new: str, old: str | None, reason: str) -> bool:
+    """Move `ref` to `new` only if it still points at `old` (None: only if it does not
+    exist); False when someone moved it in between."""
+    proc = _run(repo, ["update-ref", "-m", reason, ref, new, old or "0" * len(new)])
+    if proc.returncode != 0:
+        if b"but expected" in proc.stderr or b"already exists" in proc.stderr or b"unable to resolve" in proc.stderr:
+            return False
+        raise _failure(repo, ["update-ref"], proc)
+    return True

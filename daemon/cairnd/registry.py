@@ -48,6 +48,16 @@ CREATE TABLE IF NOT EXISTS forks (
     created_at         REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS forks_root ON forks(root_id);
+CREATE TABLE IF NOT EXISTS rewinds (
+    abandoned_id  TEXT PRIMARY KEY,
+    session_id    TEXT NOT NULL,
+    request_id    TEXT,
+    state         TEXT NOT NULL CHECK (state IN ('pending', 'done')),
+    plan          BLOB NOT NULL,
+    result        BLOB,
+    created_at    REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS rewinds_request ON rewinds(request_id);
 """
 
 
@@ -80,6 +90,25 @@ class ForkRow:
     head_sha: str
     worktree_sha: str | None
     created_at: float
+
+
+@dataclass(frozen=True)
+class RewindRow:
+    """A rewind's journal: its plan (what the session becomes), written with the abandoned
+    session's commit point, and its result once finished."""
+
+    abandoned_id: str
+    session_id: str
+    request_id: str | None
+    plan: dict[str, Any]
+    state: str = "pending"
+    result: dict[str, Any] | None = None
+
+
+def _rewind(row: sqlite3.Row) -> RewindRow:
+    return RewindRow(abandoned_id=row["abandoned_id"], session_id=row["session_id"], request_id=row["request_id"],
+                     plan=orjson.loads(row["plan"]), state=row["state"],
+                     result=orjson.loads(row["result"]) if row["result"] else None)
 
 
 def _session(row: sqlite3.Row) -> SessionRow:
@@ -143,10 +172,20 @@ class Registry:
                  turns, request_id, now, now),
             )
 
-    def commit_session(self, id: str, result: dict[str, Any], fork: ForkRow | None = None) -> None:
+    def commit_session(self, id: str, result: dict[str, Any], fork: ForkRow | None = None,
+                       rewind: RewindRow | None = None) -> None:
         """The commit point of creation: the row turns `ready` (and the lineage row
-        appears) in one transaction."""
+        appears) in one transaction. For the abandoned session of a rewind, the rewind's
+        plan is recorded `pending` in the same transaction: from here on the rewind is
+        finished, by recovery if need be, never undone."""
         with self._transaction() as db:
+            if rewind is not None:
+                db.execute(
+                    "INSERT INTO rewinds (abandoned_id, session_id, request_id, state, plan, created_at)"
+                    " VALUES (?, ?, ?, 'pending', ?, ?)",
+                    (rewind.abandoned_id, rewind.session_id, rewind.request_id, orjson.dumps(rewind.plan),
+                     time.time()),
+                )
             db.execute(
                 "UPDATE sessions SET state = 'ready', result = ?, updated_at = ? WHERE id = ? AND state = 'creating'",
                 (orjson.dumps(result), time.time(), id),
@@ -193,6 +232,34 @@ class Registry:
                 "UPDATE sessions SET state = 'deleted', deleted_at = ?, updated_at = ? WHERE id = ?",
                 (now, now, id),
             )
+
+    # -- rewinds ------------------------------------------------------------------
+
+    def finish_rewind(self, abandoned_id: str, session_id: str, turns: int, result: dict[str, Any]) -> None:
+        """The last step of a rewind: the session's turn count and the result, at once."""
+        with self._transaction() as db:
+            db.execute("UPDATE sessions SET turns = ?, updated_at = ? WHERE id = ?", (turns, time.time(), session_id))
+            db.execute("UPDATE rewinds SET state = 'done', result = ? WHERE abandoned_id = ?",
+                       (orjson.dumps(result), abandoned_id))
+
+    def rewinds(self, states: tuple[str, ...] = ("pending",)) -> list[RewindRow]:
+        marks = ",".join("?" * len(states))
+        with self._connect() as db:
+            rows = db.execute(f"SELECT * FROM rewinds WHERE state IN ({marks}) ORDER BY created_at",
+                              states).fetchall()
+        return [_rewind(r) for r in rows]
+
+    def rewind_by_request(self, request_id: str) -> RewindRow | None:
+        with self._connect() as db:
+            row = db.execute("SELECT * FROM rewinds WHERE request_id = ? ORDER BY created_at LIMIT 1",
+                             (request_id,)).fetchone()
+        return _rewind(row) if row else None
+
+    def rewinds_of(self, session_id: str) -> list[RewindRow]:
+        with self._connect() as db:
+            rows = db.execute("SELECT * FROM rewinds WHERE session_id = ? ORDER BY created_at",
+                              (session_id,)).fetchall()
+        return [_rewind(r) for r in rows]
 
     # -- lineage -----------------------------------------------------------------
 

@@ -50,6 +50,24 @@ class ForkRequest:
 
 
 @dataclass(frozen=True)
+class RewindRequest:
+    session: str
+    user_message_index: int
+    prompt: str | None = None
+    kind: str = "rewind"
+
+
+@dataclass(frozen=True)
+class LandRequest:
+    session: str
+    branch: str
+    turn: int | None = None
+    message: str | None = None
+    force: bool = False
+    kind: str = "land"
+
+
+@dataclass(frozen=True)
 class CancelRequest:
     session: str
     kind: str = "cancel"
@@ -62,13 +80,15 @@ class DeleteRequest:
     kind: str = "delete"
 
 
-Request = Union[NewRequest, PromptRequest, ForkRequest, CancelRequest, DeleteRequest]
+Request = Union[NewRequest, PromptRequest, ForkRequest, RewindRequest, LandRequest, CancelRequest, DeleteRequest]
 
 # kind -> (class, required fields, optional fields)
 _KINDS: dict[str, tuple[type, tuple[str, ...], tuple[str, ...]]] = {
     "new": (NewRequest, ("repo",), ("ref", "title", "agent", "in_place", "prompt")),
     "prompt": (PromptRequest, ("session", "text"), ()),
     "fork": (ForkRequest, ("session", "user_message_index"), ("title", "prompt")),
+    "rewind": (RewindRequest, ("session", "user_message_index"), ("prompt",)),
+    "land": (LandRequest, ("session", "branch"), ("turn", "message", "force")),
     "cancel": (CancelRequest, ("session",), ()),
     "delete": (DeleteRequest, ("session",), ("keep_worktree",)),
 }
@@ -229,11 +249,35 @@ def validate_request(obj: Any) -> Request:
             session=session, user_message_index=_index(fields, "user_message_index"), title=_title(fields),
             prompt=_string(fields, "prompt", max_chars=MAX_TEXT_CHARS) if "prompt" in fields else None,
         )
+    if kind == "rewind":
+        return RewindRequest(
+            session=session, user_message_index=_index(fields, "user_message_index"),
+            prompt=_string(fields, "prompt", max_chars=MAX_TEXT_CHARS) if "prompt" in fields else None,
+        )
+    if kind == "land":
+        return _land(session, fields)
     if kind == "cancel":
         return CancelRequest(session=session)
     return DeleteRequest(
         session=session, keep_worktree=_boolean(fields, "keep_worktree") if "keep_worktree" in fields else False
     )
+
+
+def _land(session: str, fields: dict[str, Any]) -> LandRequest:
+    branch = _string(fields, "branch", max_chars=1024)
+    if branch.startswith("-") or any(ord(ch) < 32 or ch == "\x7f" for ch in branch):
+        raise CairnError("bad_ref", f"branch {_describe(branch)} is not a valid branch name")
+    turn = None
+    if "turn" in fields:
+        value = fields["turn"]
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise CairnError("bad_request", f"turn must be an integer, not {_describe(value)}")
+        if value < 0:
+            raise CairnError("bad_request", f"turn {value} is negative: name a turn count (0 is the baseline)")
+        turn = value
+    message = _string(fields, "message", max_chars=MAX_TEXT_CHARS) if "message" in fields else None
+    return LandRequest(session=session, branch=branch, turn=turn, message=message,
+                       force=_boolean(fields, "force") if "force" in fields else False)
 
 
 def parse_request(data: bytes) -> tuple[Any, Request]:

@@ -32,7 +32,9 @@ from cairnd.requests import (
     CancelRequest,
     DeleteRequest,
     ForkRequest,
+    LandRequest,
     NewRequest,
+    RewindRequest,
     PromptRequest,
     Request,
     decode_json,
@@ -312,10 +314,13 @@ class Daemon:
             self._work.start_soon(self._run, work, self._sessions.cancel)
         elif isinstance(request, NewRequest):
             self._work.start_soon(self._run, work, self._sessions.new)
-        elif isinstance(request, ForkRequest):
+        elif isinstance(request, (ForkRequest, LandRequest)):
+            # Both only read the session (its log, its checkpoints' objects): they run
+            # beside its turns; a delete or a rewind behind them waits for them.
             queue = self.queues.setdefault(request.session, SessionQueue())
             queue.forks_in_flight += 1
-            self._work.start_soon(self._run_fork, work, queue)
+            handler = self._sessions.fork if isinstance(request, ForkRequest) else self._sessions.land
+            self._work.start_soon(self._run_fork, work, queue, handler)
         else:
             queue = self.queues.setdefault(request.session, SessionQueue())
             queue.items.append(work)
@@ -332,11 +337,14 @@ class Daemon:
         try:
             while queue.items:
                 work = queue.items.popleft()
-                if isinstance(work.request, DeleteRequest):
-                    # A fork that arrived before the delete still sees its parent.
+                if isinstance(work.request, (DeleteRequest, RewindRequest)):
+                    # A fork that arrived before the delete (rewind) still sees its parent
+                    # (as it was).
                     while queue.forks_in_flight:
                         await queue.forks_done.wait()
-                    await self._run(work, self._sessions.delete)
+                    handler = (self._sessions.delete if isinstance(work.request, DeleteRequest)
+                               else self._sessions.rewind)
+                    await self._run(work, handler)
                 else:
                     await self._run(work, self._sessions.prompt)
         finally:
@@ -344,9 +352,10 @@ class Daemon:
             if not queue.items and not queue.forks_in_flight:
                 self.queues.pop(session_id, None)
 
-    async def _run_fork(self, work: Work, queue: SessionQueue) -> None:
+    async def _run_fork(self, work: Work, queue: SessionQueue,
+                        handler: Callable[..., Awaitable[dict[str, Any]]]) -> None:
         try:
-            await self._run(work, self._sessions.fork)
+            await self._run(work, handler)
         finally:
             queue.forks_in_flight -= 1
             if not queue.forks_in_flight:

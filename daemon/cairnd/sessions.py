@@ -27,7 +27,17 @@ from cairnd.journal import event
 from cairnd.entries import checkpoint_entry
 from cairnd.log import iter_lines
 from cairnd.registry import Registry, SessionRow
-from cairnd.requests import CancelRequest, DeleteRequest, ForkRequest, NewRequest, PromptRequest
+from cairnd import rewind as rewinding
+from cairnd.land import land
+from cairnd.requests import (
+    CancelRequest,
+    DeleteRequest,
+    ForkRequest,
+    LandRequest,
+    NewRequest,
+    PromptRequest,
+    RewindRequest,
+)
 from cairnd.runner import AgentRunner, close_interrupted_turn
 from cairnd.spool import Claimed
 from cairnd.transcript import turn_of_request
@@ -156,8 +166,44 @@ class Sessions:
         row = await self._thread(self.registry.get, result["session"])
         return await self._with_turn(row, request.prompt, claimed)
 
-    async def _with_turn(self, row: SessionRow, prompt: str | None, claimed: Claimed) -> dict[str, Any]:
-        result = dict(row.result or {})
+    async def rewind(self, request: RewindRequest, claimed: Claimed) -> dict[str, Any]:
+        """SPEC 13. Runs in the session's queue, so no turn of it is in flight."""
+        journal = None
+        if claimed.request_id:
+            journal = await self._thread(self.registry.rewind_by_request, claimed.request_id)
+        if journal is None:
+            row = await self.live(request.session)
+            # Its agent knows the conversation past the cut, and writes to the old log.
+            runner = self.runners.pop(row.id, None)
+            if runner is not None:
+                await runner.close()
+            async with self.fork_limiter:
+                journal = await anyio.to_thread.run_sync(lambda: rewinding.abandon(
+                    self.layout, self.registry, row, request.user_message_index, request_id=claimed.request_id,
+                    max_file_bytes=self.config.snapshot_max_file_bytes, history=self.rewind_history))
+        if journal.state == "done" and journal.result is not None:
+            result = journal.result
+        else:
+            row = await self._thread(self.registry.get, journal.session_id)
+            assert row is not None
+            with anyio.CancelScope(shield=True):  # past the commit point: finish it
+                result = await self._thread(rewinding.finish, self.layout, self.registry, row, journal,
+                                            max_file_bytes=self.config.snapshot_max_file_bytes)
+        row = await self._thread(self.registry.get, result["session"])
+        return await self._with_turn(row, request.prompt, claimed, base=result)
+
+    def rewind_history(self, k: int) -> str:
+        """How the rewound session's agent will get the kept history (SPEC 12)."""
+        return "none" if k == 0 else "replay"
+
+    async def land(self, request: LandRequest, claimed: Claimed) -> dict[str, Any]:
+        row = await self.live(request.session)
+        return await self._thread(land, self.layout, row, request.branch, turn=request.turn,
+                                  message=request.message, force=request.force)
+
+    async def _with_turn(self, row: SessionRow, prompt: str | None, claimed: Claimed,
+                         base: dict[str, Any] | None = None) -> dict[str, Any]:
+        result = dict(row.result or {}) if base is None else dict(base)
         if prompt is None:
             return result
         if row.state != "ready":
@@ -229,6 +275,9 @@ class Sessions:
         for row in await self._thread(self.registry.sessions, ("creating",)):
             event(logging.WARNING, "removing a session whose creation a stop cut short", session=row.id)
             await self._thread(discard_partial, self.layout, self.registry, row)
+        for session_id in await self._thread(rewinding.recover, self.layout, self.registry,
+                                             max_file_bytes=self.config.snapshot_max_file_bytes):
+            event(logging.WARNING, "finished a rewind that a stop cut short", session=session_id)
         for row in await self._thread(self.registry.sessions, ("ready",)):
             if not self.layout.log_path(row.id).exists() or not row.worktree.exists():
                 continue

@@ -18,6 +18,8 @@ from cairnd.entries import (
     ID_MARK,
     POSTHOG_MARK,
     PROMPT_MARK,
+    REWIND_MARK,
+    REWIND_METHOD,
     SDK_SESSION_METHOD,
     TURN_COMPLETE_METHOD,
     TURN_START_MARK,
@@ -118,6 +120,7 @@ def session_state(lines: Lines, agent_text: bool = True) -> SessionState:
             PROMPT_MARK in line
             or POSTHOG_MARK in line
             or TURN_START_MARK in line
+            or REWIND_MARK in line
             or ID_MARK in line
             or (agent_text and AGENT_TEXT_MARK in line)
         ):
@@ -180,6 +183,15 @@ def session_state(lines: Lines, agent_text: bool = True) -> SessionState:
             # cairnd begins a turn here, just before it sends the prompt: a crash in
             # between leaves a turn that never reached the agent, still to be ended.
             open_turn = True
+        elif method == REWIND_METHOD:
+            # The agent session before a rewind knows what came after the cut: the
+            # rewound session's agent starts afresh with the kept history; the baseline
+            # that follows belongs to no kept turn.
+            sdk_session = None
+            open_turn = False
+            if current is not None:
+                current.closed = current.completed = True
+                current.owns_checkpoints = False
         elif method == FORK_META_METHOD:
             forks += 1
             sdk_session = None

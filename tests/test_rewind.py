@@ -1,0 +1,225 @@
+"""SPEC 13 rewind: the session goes back in place, equal to a fork at the same message
+(the fork is the oracle), and what it was lives on whole in the abandoned session."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from cairnd import git as cgit
+from cairnd import rewind as rewinding
+from cairnd.errors import CairnError
+from cairnd.forker import fork_session
+from cairnd.log import iter_lines, method_of, parse_message
+from cairnd.registry import Registry
+from cairnd.transcript import session_state
+from gitrepos import commit_all, git, git_text, index_state, symlink, tree_state, write
+from test_forker import CAP, Parent
+
+STEPS = 4  # user messages in the history below
+
+
+def history(p: Parent) -> Parent:
+    """Committed, staged, modified, untracked, deleted, binary, symlink and mode changes."""
+    p.turn("edit a", lambda: write(p.repo, "a.txt", "a1\n"))
+    p.turn("commit and add untracked", lambda: (commit_all(p.repo, "c1"), write(p.repo, "new dir/ü.bin", b"\0\1\2"),
+                                                write(p.repo, "debug.log", "ignored\n")))
+    p.turn("stage and delete", lambda: (write(p.repo, "a.txt", "a2\n"), cgit._git(p.repo, "add", "a.txt"),
+                                        write(p.repo, "a.txt", "a3\n"), os.remove(p.repo / "keep.txt"),
+                                        symlink(p.repo, "link", "a.txt")))
+    p.turn("commit again, binary and mode", lambda: (commit_all(p.repo, "c2"),
+                                                     write(p.repo, "tool.sh", "#!/bin/sh\n", executable=True),
+                                                     write(p.repo, "new dir/ü.bin", b"\0\xff\2\3")))
+    return p
+
+
+@pytest.fixture
+def parent(tmp_path: Path) -> Parent:
+    return history(Parent(tmp_path))
+
+
+def visible(state: dict) -> dict:
+    return {path: value for path, value in state.items() if not path.endswith(b".log")}
+
+
+def rewind(p: Parent, k: int, **kwargs) -> dict:
+    journal = rewinding.abandon(p.layout, p.registry, p.row, k, request_id=kwargs.get("request_id"),
+                                max_file_bytes=CAP, history=lambda k: "none" if k == 0 else "replay")
+    return rewinding.finish(p.layout, p.registry, p.row, journal, max_file_bytes=CAP)
+
+
+def state_of(worktree: Path) -> tuple[dict, list, str]:
+    return visible(tree_state(worktree)), index_state(worktree), git_text(worktree, "rev-parse", "HEAD")
+
+
+def methods(log: Path) -> list[str | None]:
+    return [method_of(parse_message(line)) for _, line in iter_lines(log)]
+
+
+@pytest.mark.parametrize("k", range(STEPS))
+def test_rewind_at_k_equals_a_fork_at_k_and_the_abandoned_session_equals_before(parent: Parent, k: int):
+    oracle = parent.fork(k)
+    forks_before = [parent.fork(j) for j in range(STEPS)]
+    before = state_of(parent.repo)
+    before_log = parent.log.read_bytes()
+    branch_before = git_text(parent.repo, "rev-parse", "refs/heads/main")
+
+    result = rewind(parent, k)
+
+    assert state_of(parent.repo) == state_of(Path(oracle["worktree"]))
+    assert result["session"] == parent.id and result["user_message_index"] == k
+    assert result["prefill"] == oracle["prefill"]
+    assert result["headSha"] == oracle["headSha"] and result["worktreeSha"] == oracle["worktreeSha"]
+    assert git_text(parent.repo, "rev-parse", "refs/heads/main") == branch_before  # branches never move
+    # The abandoned session: the whole old log, the files, index and HEAD of before.
+    abandoned = parent.registry.get(result["abandoned"])
+    assert abandoned.state == "ready" and abandoned.parent_id == parent.id
+    assert abandoned.title == "Plan (before rewind 1)"
+    assert state_of(abandoned.worktree) == before
+    assert parent.layout.log_path(abandoned.id).read_bytes()[:len(before_log)] == before_log
+    assert parent.registry.fork_of(abandoned.id).parent_id == parent.id
+    # ... and it forks at every k as the session did before.
+    for j, earlier in enumerate(forks_before):
+        again = fork_session(parent.layout, parent.registry, abandoned, j, title=None, request_id=None,
+                             max_file_bytes=CAP)
+        assert state_of(Path(again["worktree"])) == state_of(Path(earlier["worktree"]))
+    # The session's log: the kept bytes, the rewind entry, a baseline; the turns kept.
+    cut = [offset for offset, line in iter_lines(parent.log) if b"session/prompt" in line]
+    log = parent.log.read_bytes()
+    kept = Path(oracle["log"]).read_bytes()
+    meta_at = kept.rindex(b"_posthog/fork_session_meta")
+    kept = kept[:kept.rindex(b"\n", 0, meta_at) + 1]
+    assert log.startswith(kept) and len(cut) == k
+    assert methods(parent.log)[-2:] == ["_cairnd/rewind", "_posthog/agent_checkpoint"]
+    state = session_state(iter_lines(parent.log))
+    assert state.user_messages == k and state.sdk_session_id is None and not state.open_turn
+    assert parent.row.turns == state.turns == k
+
+
+def test_checkpoints_of_the_abandoned_session_survive_gc(parent: Parent):
+    shas = [parse_message(line)["params"]["worktreeSha"] for _, line in iter_lines(parent.log)
+            if b"agent_checkpoint" in line]
+    result = rewind(parent, 1)
+    # The session goes on and reuses its turn numbers; its old refs are gone.
+    parent.turns = 1
+    parent.turn("another way", lambda: write(parent.repo, "b.txt", "b\n"))
+    git(parent.repo, "reflog", "expire", "--expire=now", "--all")
+    git(parent.repo, "gc", "-q", "--prune=now")
+    pinned = cgit.list_refs(parent.repo, f"refs/cairnd/{result['abandoned']}/")
+    assert set(shas) <= set(pinned.values())
+    for sha in shas:
+        git(parent.repo, "cat-file", "-e", f"{sha}^{{tree}}")
+    abandoned = parent.registry.get(result["abandoned"])
+    for j in range(STEPS):
+        fork_session(parent.layout, parent.registry, abandoned, j, title=None, request_id=None, max_file_bytes=CAP)
+
+
+def test_in_place_branch_moved_on_is_left_alone_and_head_detached(parent: Parent):
+    tip = git_text(parent.repo, "rev-parse", "refs/heads/main")
+    result = rewind(parent, 1)  # before "commit and add untracked": main has moved past it since
+    assert result["detached"] is True
+    assert git_text(parent.repo, "rev-parse", "refs/heads/main") == tip
+    assert subprocess.run(["git", "symbolic-ref", "-q", "HEAD"], cwd=parent.repo).returncode == 1
+    assert git_text(parent.repo, "rev-parse", "HEAD") == result["headSha"]
+
+
+def test_head_stays_on_its_branch_when_the_branch_is_still_there(tmp_path: Path):
+    p = Parent(tmp_path)
+    p.turn("edit", lambda: write(p.repo, "a.txt", "x\n"))
+    p.turn("edit more", lambda: write(p.repo, "a.txt", "y\n"))
+    result = rewind(p, 1)
+    assert result["detached"] is False
+    assert git_text(p.repo, "symbolic-ref", "HEAD") == "refs/heads/main"
+    assert (p.repo / "a.txt").read_text() == "x\n"
+
+
+def test_rewind_of_a_fork_and_fork_of_a_rewound_session(parent: Parent):
+    fork = parent.fork(3)
+    row = parent.registry.get(fork["session"])
+    oracle = fork_session(parent.layout, parent.registry, row, 2, title=None, request_id=None, max_file_bytes=CAP)
+    journal = rewinding.abandon(parent.layout, parent.registry, row, 2, request_id=None, max_file_bytes=CAP,
+                                history=lambda k: "replay")
+    result = rewinding.finish(parent.layout, parent.registry, row, journal, max_file_bytes=CAP)
+    assert result["detached"] is False  # a fork's HEAD is detached already
+    assert state_of(row.worktree) == state_of(Path(oracle["worktree"]))
+    refork = fork_session(parent.layout, parent.registry, parent.registry.get(row.id), 1, title=None,
+                          request_id=None, max_file_bytes=CAP)
+    first = parent.fork(1)
+    assert state_of(Path(refork["worktree"])) == state_of(Path(first["worktree"]))
+
+
+def test_titles_count_rewinds(parent: Parent):
+    first = rewind(parent, 3)
+    second = rewind(parent, 1)
+    titles = [parent.registry.get(r["abandoned"]).title for r in (first, second)]
+    assert titles == ["Plan (before rewind 1)", "Plan (before rewind 2)"]
+    assert rewinding.abandoned_title("Plan (before rewind 2)", titles) == "Plan (before rewind 3)"
+
+
+@pytest.mark.parametrize("k, code", [(STEPS, "fork_out_of_range"), (-1, "fork_out_of_range")])
+def test_out_of_range_changes_nothing(parent: Parent, k: int, code: str):
+    before = state_of(parent.repo), parent.log.read_bytes()
+    with pytest.raises(CairnError) as info:
+        rewind(parent, k)
+    assert info.value.code == code
+    assert (state_of(parent.repo), parent.log.read_bytes()) == before
+    assert [r.id for r in parent.registry.sessions(("ready", "creating"))] == [parent.id]
+
+
+# --------------------------------------------------------------------------- crashes at every step
+
+CRASH_SCRIPT = textwrap.dedent("""
+    import os, sys
+    from pathlib import Path
+    from cairnd import rewind as rewinding
+    from cairnd.config import StateLayout
+    from cairnd.registry import Registry
+    state, session, k, stop = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    def crash(step):
+        if step == stop:
+            os._exit(9)
+    rewinding._reached = crash
+    layout = StateLayout(Path(state))
+    registry = Registry(layout.db)
+    row = registry.get(session)
+    journal = rewinding.abandon(layout, registry, row, k, request_id="r1", max_file_bytes=1 << 20,
+                                history=lambda k: "replay")
+    rewinding.finish(layout, registry, row, journal, max_file_bytes=1 << 20)
+""")
+
+
+@pytest.mark.parametrize("step", rewinding.STEPS)
+def test_a_crash_at_any_step_leaves_the_session_as_it_was_or_the_rewind_whole(parent: Parent, step: str):
+    from cairnd.forker import discard_partial
+    oracle = parent.fork(2)
+    before = state_of(parent.repo), parent.log.read_bytes()
+    refs_before = cgit.list_refs(parent.repo, "refs/cairnd/")
+    proc = subprocess.run([sys.executable, "-c", CRASH_SCRIPT, str(parent.layout.root), parent.id, "2", step],
+                          capture_output=True)
+    assert proc.returncode == 9, proc.stderr.decode()
+    # What a start of cairnd does: creations cut short go, committed rewinds are finished.
+    registry = Registry(parent.layout.db)
+    for row in registry.sessions(("creating",)):
+        discard_partial(parent.layout, registry, row)
+    rewinding.recover(parent.layout, registry, max_file_bytes=CAP)
+    ready = registry.sessions(("ready",))
+    if rewinding.STEPS.index(step) < rewinding.STEPS.index("committed"):
+        assert (state_of(parent.repo), parent.log.read_bytes()) == before
+        assert [r.id for r in ready if r.id != oracle["session"]] == [parent.id]
+        assert cgit.list_refs(parent.repo, "refs/cairnd/") == refs_before
+        assert not (parent.layout.root / "worktrees").exists() or all(
+            (parent.layout.root / "worktrees" / r.id).exists() for r in ready if not r.in_place)
+    else:
+        assert state_of(parent.repo) == state_of(Path(oracle["worktree"]))
+        (journal,) = registry.rewinds(("done",))
+        abandoned = registry.get(journal.abandoned_id)
+        assert state_of(abandoned.worktree) == before[0]
+        assert parent.layout.log_path(abandoned.id).read_bytes().startswith(before[1])
+        assert methods(parent.log)[-2:] == ["_cairnd/rewind", "_posthog/agent_checkpoint"]
+        assert registry.get(parent.id).turns == 2
+    assert not registry.rewinds(("pending",))
