@@ -15,7 +15,8 @@ from cairnd import git as cgit
 from cairnd import rewind as rewinding
 from cairnd.errors import CairnError
 from cairnd.forker import fork_session
-from cairnd.log import iter_lines, method_of, parse_message
+from cairnd.entries import method_of, parse_message
+from cairnd.log import iter_lines
 from cairnd.registry import Registry
 from cairnd.transcript import session_state
 from gitrepos import commit_all, git, git_text, index_state, symlink, tree_state, write
@@ -97,7 +98,7 @@ def test_rewind_at_k_equals_a_fork_at_k_and_the_abandoned_session_equals_before(
     assert log.startswith(kept) and len(cut) == k
     assert methods(parent.log)[-2:] == ["_cairnd/rewind", "_posthog/agent_checkpoint"]
     state = session_state(iter_lines(parent.log))
-    assert state.user_messages == k and state.sdk_session_id is None and not state.open_turn
+    assert len(state.conversation) == k and state.sdk_session_id is None and not state.open_turn
     assert parent.row.turns == state.turns == k
 
 
