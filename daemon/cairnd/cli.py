@@ -40,7 +40,7 @@ from cairnd.views import (
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 3
 EXIT_INTERRUPTED = 130
 DEFAULT_TIMEOUT = 600.0
-REQUEST_COMMANDS = ("new", "prompt", "fork", "cancel", "rm")
+REQUEST_COMMANDS = ("new", "prompt", "fork", "rewind", "land", "cancel", "rm")
 SESSION_HELP = "a session id, or a unique prefix of one"
 
 
@@ -102,6 +102,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
                "cairnd prompt 01jb7 'add a README'\n  echo 'commit: wip' | cairnd prompt 01jb7 -"),
     "fork": ("fork a session at a user message: new worktree with the files of that moment",
              "cairnd fork 01jb7 --at 2\n  cairnd fork 01jb7 --at 1 -m 'try it the other way' --json"),
+    "rewind": ("take a session back to before user message K, in place; what it was becomes a new session",
+               "cairnd rewind 01jb7 --at 2\n  cairnd rewind 01jb7 --at 1 -m 'try it the other way' --json"),
+    "diff": ("the files between two checkpoints (SESSION or SESSION@N, N a turn count); reads state only",
+             "cairnd diff 01jb7\n  cairnd diff 01jb7@1 01jc2 --stat\n  cairnd diff 01jb7 01jc2 --json"),
+    "land": ("turn a session's checkpoint into a commit on a branch (new, or fast-forwarded)",
+             "cairnd land 01jb7 --branch try-parser\n  cairnd land 01jb7 --branch main --turn 2 -m 'parser'"),
     "cancel": ("cancel the turn a session is running",
                "cairnd cancel 01jb7"),
     "rm": ("delete a session: its worktree, refs and agent (the log and lineage stay)",
@@ -177,6 +183,26 @@ def build_parser() -> argparse.ArgumentParser:
     fork.add_argument("--title", metavar="T", help="a title (default: '<parent title> (fork N)')")
     fork.add_argument("-m", "--message", metavar="TEXT", help="run TEXT as the fork's first turn ('-': read stdin)")
 
+    rewind = command("rewind", request=True)
+    rewind.add_argument("session", metavar="SESSION", help=SESSION_HELP)
+    rewind.add_argument("--at", type=int, required=True, metavar="K",
+                        help="0-based user message to go back to: the session keeps the K messages before it")
+    rewind.add_argument("-m", "--message", metavar="TEXT", help="run TEXT as the next turn ('-': read stdin)")
+
+    land = command("land", request=True)
+    land.add_argument("session", metavar="SESSION", help=SESSION_HELP)
+    land.add_argument("--branch", required=True, metavar="B", help="the branch to create or fast-forward")
+    land.add_argument("--turn", type=int, metavar="N", help="the checkpoint after turn N (default: the latest)")
+    land.add_argument("-m", "--message", metavar="MESSAGE",
+                      help="commit message (default: the title, then one line per user message)")
+    land.add_argument("--force", action="store_true", help="move the branch even when it is not a fast-forward")
+
+    diff = command("diff")
+    diff.add_argument("a", metavar="A[@N]", help="a session (its latest checkpoint), or SESSION@N (after turn N)")
+    diff.add_argument("b", metavar="B[@N]", nargs="?",
+                      help="compare A with this (default: where A started: a fork's parent at the cut)")
+    diff.add_argument("--stat", action="store_true", help="a summary of changed files instead of the diff")
+
     cancel = command("cancel", request=True)
     cancel.add_argument("session", metavar="SESSION", help=SESSION_HELP)
 
@@ -250,7 +276,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if args.command in REQUEST_COMMANDS:
         return _request_command(args, config)
-    return {"ls": _ls, "show": _show, "tree": _tree, "status": _status}[args.command](args, config)
+    return {"ls": _ls, "show": _show, "tree": _tree, "status": _status, "diff": _diff}[args.command](args, config)
 
 
 # --------------------------------------------------------------------------- request commands
@@ -281,6 +307,20 @@ def build_request(args: argparse.Namespace, config: Config) -> dict[str, Any]:
             request["title"] = args.title
         if args.message is not None:
             request["prompt"] = _text(args.message)
+        return request
+    if args.command == "rewind":
+        request = {"kind": "rewind", "session": session, "user_message_index": args.at}
+        if args.message is not None:
+            request["prompt"] = _text(args.message)
+        return request
+    if args.command == "land":
+        request = {"kind": "land", "session": session, "branch": args.branch}
+        if args.turn is not None:
+            request["turn"] = args.turn
+        if args.message is not None:
+            request["message"] = _text(args.message)
+        if args.force:
+            request["force"] = True
         return request
     if args.command == "cancel":
         return {"kind": "cancel", "session": session}
@@ -332,6 +372,10 @@ def _describe_request(request: dict[str, Any]) -> str:
         return f"fork {request['session']} at message {request['user_message_index']}"
     if kind == "delete":
         return f"rm {request['session']}"
+    if kind == "rewind":
+        return f"rewind {request['session']} to message {request['user_message_index']}"
+    if kind == "land":
+        return f"land {request['session']} on {request['branch']}"
     return f"{kind} {request['session']}"
 
 
@@ -485,6 +529,25 @@ def summarize(kind: str, result: dict[str, Any], config: Config) -> str:
         if result.get("prefill"):
             lines.append(f"  prefill   {shorten(result['prefill'])}")
         lines += _turn_lines(result, config)
+    elif kind == "rewind":
+        lines = [f"session {result.get('session')} rewound to before message {result.get('user_message_index')}",
+                 f"  head      {short_sha(result.get('headSha'))}"
+                 + (" (detached: its branch has moved on, and stays where it is)" if result.get("detached") else ""),
+                 f"  abandoned {result.get('abandoned')} holds what it was (log, files, index, HEAD)",
+                 f"  history   {result.get('history')}"]
+        if result.get("prefill"):
+            lines.append(f"  prefill   {shorten(result['prefill'])}")
+        lines += _turn_lines(result, config)
+    elif kind == "land":
+        previous = result.get("previous")
+        how = ("created" if previous is None else "unchanged" if previous == result.get("commit")
+               else f"moved from {short_sha(previous)}")
+        files = result.get("files") or []
+        lines = [f"branch {result.get('branch')} at {short_sha(result.get('commit'))} ({how}), "
+                 f"parent {short_sha(result.get('parent'))}, {len(files)} file{'s' if len(files) != 1 else ''} changed",
+                 *(f"  {path}" for path in files[:20])]
+        if len(files) > 20:
+            lines.append(f"  ... and {len(files) - 20} more")
     elif kind == "cancel":
         lines = [f"session {result.get('session')}: "
                  + ("cancelled the running turn" if result.get("cancelled") else "no turn was running")]
@@ -547,9 +610,20 @@ def format_show(shown: dict[str, Any]) -> str:
         gone = "" if fork["parent_exists"] else " (deleted)"
         lines.append(f"  fork of   {fork['parent']} ({fork['parent_title']}){gone} at message "
                      f"{fork['user_message_index']}")
+    rewinds = s.get("rewinds") or []
+    if rewinds:
+        lines.append(f"  rewinds   {len(rewinds)}: " + ", ".join(
+            f"to message {r['user_message_index']} (what it left: {r['abandoned']})" for r in rewinds))
+    marks: dict[int, list[str]] = {}
+    for r in rewinds:
+        if r["in_log"]:
+            marks.setdefault(r["user_message_index"], []).append(
+                f"<< rewound here: the turns that followed are in session {r['abandoned']}")
     if not turns:
         lines.append("no turns yet")
     for turn in turns:
+        for mark in marks.pop(turn["turn"], []):
+            lines += ["", mark]
         dirty = {True: "dirty", False: "clean", None: "no checkpoint"}[turn["dirty"]]
         inherited = "  (kept from the parent)" if turn["inherited"] else ""
         lines.append("")
@@ -564,7 +638,32 @@ def format_show(shown: dict[str, Any]) -> str:
             lines.append("  no file changed")
         else:
             lines.extend(f"  {change['status']} {change['path']}" for change in changes)
+    for pending in marks.values():
+        lines += ["", *pending]
     return "\n".join(lines) + "\n"
+
+
+def _diff(args: argparse.Namespace, config: Config) -> int:
+    from cairnd.diffs import compare, compare_text
+
+    def named(text: str) -> str:
+        session, at, turn = text.partition("@")
+        return resolve_session(config.layout, session) + at + turn
+
+    a, b = named(args.a), (named(args.b) if args.b else None)
+    if args.json:
+        _print_json(compare(config.layout, a, b)["files"])
+        return EXIT_OK
+    width = max(40, min(200, os.get_terminal_size(sys.stdout.fileno()).columns)) if sys.stdout.isatty() else 80
+    old, new, text = compare_text(config.layout, a, b, stat=args.stat, width=width)
+    if not text:
+        print(f"no difference between {old.label} and {new.label}", file=sys.stderr)
+        return EXIT_OK
+    if sys.stdout.isatty():
+        print(f"# {old.label} -> {new.label}", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stdout.buffer.write(text)
+    return EXIT_OK
 
 
 def _tree(args: argparse.Namespace, config: Config) -> int:
@@ -589,7 +688,9 @@ def _tree(args: argparse.Namespace, config: Config) -> int:
 
 def _node_line(node: LineageNode, marked: str | None) -> str:
     parts = [node.id, node.title]
-    if node.user_message_index is not None:
+    if node.rewound_at is not None:
+        parts.append(f"left behind by a rewind to message {node.rewound_at}")
+    elif node.user_message_index is not None:
         parts.append(f"cut at message {node.user_message_index}")
     if node.turns is not None:
         parts.append(f"{node.turns} turn{'s' if node.turns != 1 else ''}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 
 # Commands whose first positional argument is a session id, and those that take a path.
-_SESSION_COMMANDS = ("prompt", "fork", "cancel", "rm", "show", "tree")
+_SESSION_COMMANDS = ("prompt", "fork", "rewind", "land", "diff", "cancel", "rm", "show", "tree")
 _FILE_OPTIONS = ("-c", "--config", "--dir")
 
 

@@ -18,6 +18,7 @@ import orjson
 
 from cairnd.config import Config, StateLayout
 from cairnd.errors import CairnError
+from cairnd.entries import REWIND_MARK, REWIND_METHOD, method_of, params_of, parse_message
 from cairnd.git import changed_paths
 from cairnd.log import iter_lines
 from cairnd.registry import ForkRow, Registry, SessionRow
@@ -164,7 +165,27 @@ def show_session(layout: StateLayout, session_id: str) -> dict[str, Any]:
         "headSha": fork.head_sha,
         "worktreeSha": fork.worktree_sha,
     }
+    summary["rewinds"] = rewinds_shown(registry, row.id, log)
     return {"session": summary, "turns": shown}
+
+
+def rewinds_shown(registry: Registry | None, session_id: str, log: Path) -> list[dict[str, Any]]:
+    """The session's rewinds, oldest first: where each went back to, the session that keeps
+    what it left, and whether its `_cairnd/rewind` line is still in the log (a later
+    rewind to an earlier message cuts it away)."""
+    in_log = set()
+    if log.exists():
+        for _offset, line in iter_lines(log):
+            if REWIND_MARK in line and (message := parse_message(line)) and method_of(message) == REWIND_METHOD:
+                in_log.add(params_of(message).get("abandoned"))
+    shown = []
+    for journal in registry.rewinds_of(session_id) if registry else []:
+        result = journal.result or {}
+        shown.append({"abandoned": journal.abandoned_id, "user_message_index": journal.plan.get("k"),
+                      "headSha": journal.plan.get("headSha"), "detached": journal.plan.get("detached"),
+                      "finished": journal.state == "done", "in_log": journal.abandoned_id in in_log,
+                      "prefill": result.get("prefill")})
+    return shown
 
 
 def _exists(registry: Registry | None, session_id: str) -> bool:
@@ -186,12 +207,13 @@ class LineageNode:
     parent_exists: bool | None  # None for a root
     created_at: float
     children: list[LineageNode] = field(default_factory=list)
+    rewound_at: int | None = None  # for what a rewind left behind: the message its parent went back to
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "id": self.id, "title": self.title, "state": self.state, "turns": self.turns,
             "user_message_index": self.user_message_index, "parent": self.parent,
-            "parent_exists": self.parent_exists,
+            "parent_exists": self.parent_exists, "rewound_at": self.rewound_at,
             "children": [child.as_dict() for child in self.children],
         }
 
@@ -242,4 +264,13 @@ def read_forest(layout: StateLayout) -> list[LineageNode]:
     registry = open_registry(layout)
     if registry is None:
         return []
-    return lineage_forest(registry.sessions(("ready", "deleted")), registry.forks())
+    forest = lineage_forest(registry.sessions(("ready", "deleted")), registry.forks())
+    rewound = {journal.abandoned_id: journal.plan.get("k") for journal in registry.rewinds(("pending", "done"))}
+
+    def mark(node: LineageNode) -> None:
+        node.rewound_at = rewound.get(node.id)
+        for child in node.children:
+            mark(child)
+    for root in forest:
+        mark(root)
+    return forest
