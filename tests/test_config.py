@@ -18,6 +18,8 @@ def test_defaults_and_the_built_in_reference_agent():
     assert config.snapshot_max_file_bytes == 64 * 1024 * 1024 and config.rescan_seconds == 30
     reference = config.agent(None)
     assert reference.command == (sys.executable, "-m", "cairnd.agents.reference")
+    # its transcripts (what it forks and resumes natively) live in the state directory
+    assert reference.env == {"CAIRND_REFERENCE_STORE": "/s/agents/reference"} and reference.history == "auto"
 
 
 @pytest.mark.parametrize("environ, expected", [
@@ -43,7 +45,13 @@ def test_agents_from_toml(tmp_path: Path):
     claude = config.agent(None)
     assert claude.command == ("claude-agent-acp",) and claude.env == {"ANTHROPIC_API_KEY": "k"}
     assert claude.permission == "reject_once" and config.max_parallel_forks == 3
-    assert "reference" in config.agents
+    assert "reference" in config.agents and claude.history == "auto"
+
+
+@pytest.mark.parametrize("history", ["auto", "native", "replay"])
+def test_history_per_agent(history):
+    config = parse_config({"agents": {"x": {"command": ["a"], "history": history}}}, environ={"CAIRND_STATE_DIR": "/s"})
+    assert config.agent("x").history == history
 
 
 @pytest.mark.parametrize("data", [
@@ -57,6 +65,8 @@ def test_agents_from_toml(tmp_path: Path):
     {"agents": {"x": {"command": ["a"], "permission": "maybe"}}},
     {"agents": {"x": {"command": ["a"], "env": {"A": 1}}}},
     {"agents": {"x": {"command": ["a"], "cwd": "/"}}},
+    {"agents": {"x": {"command": ["a"], "history": "load"}}},
+    {"agents": {"x": {"command": ["a"], "history": True}}},
 ])
 def test_bad_config_is_named(data):
     with pytest.raises(ConfigError):

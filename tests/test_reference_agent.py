@@ -27,7 +27,7 @@ from acp.schema import (
     WriteTextFileResponse,
 )
 
-from cairnd.agents.reference import Action, parse_line
+from cairnd.agents.reference import Action, parse_line, read_transcript
 
 pytestmark = pytest.mark.anyio
 
@@ -81,6 +81,14 @@ async def reference_agent(repo: Path, *, fs: bool = True, refuse_writes: bool = 
         await conn.initialize(protocol_version=acp.PROTOCOL_VERSION, client_capabilities=caps)
         session = await conn.new_session(cwd=str(repo))
         yield conn, client, proc, session.session_id
+
+
+@pytest.fixture(autouse=True)
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The agent's transcripts, per test (the agent reads the variable from its environment)."""
+    path = tmp_path / "reference-store"
+    monkeypatch.setenv("CAIRND_REFERENCE_STORE", str(path))
+    return path
 
 
 def git(repo: Path, *args: str, env: dict[str, str] | None = None) -> str:
@@ -215,3 +223,64 @@ async def test_history_counts_prompts_and_replayed_messages(repo: Path) -> None:
         await conn.prompt(session_id=sid, prompt=[acp.text_block("second here")])
         assert history_of(client) == 4
     assert "earlier conversation" not in client.texts("agent_message_chunk")
+
+
+def agent_message_ids(client: RecordingClient) -> list[str]:
+    """The id of each turn's last agent message (the `history=N` one), in order."""
+    return [u["messageId"] for u in client.updates
+            if u["sessionUpdate"] == "agent_message_chunk" and u["content"]["text"].startswith("history=")]
+
+
+async def test_it_advertises_fork_and_resume_and_keeps_a_transcript(repo: Path, store: Path) -> None:
+    async with reference_agent(repo) as (conn, client, _, sid):
+        for text in ("one", "two", "three"):
+            await conn.prompt(session_id=sid, prompt=[acp.text_block(text)])
+    records = read_transcript(sid, store)
+    assert [(r["kind"], r["text"]) for r in records] == [
+        ("user", "one"), ("agent", "one"), ("agent", "history=0"),
+        ("user", "two"), ("agent", "two"), ("agent", "history=1"),
+        ("user", "three"), ("agent", "three"), ("agent", "history=2")]
+    assert [r["messageId"] for r in records if r["text"].startswith("history=")] == agent_message_ids(client)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+async def test_a_fork_at_a_message_id_holds_the_transcript_up_to_it_in_a_new_process(repo: Path, store: Path,
+                                                                                    k: int) -> None:
+    async with reference_agent(repo) as (conn, client, _, parent):
+        for text in ("one", "two", "three"):
+            await conn.prompt(session_id=parent, prompt=[acp.text_block(text)])
+    cut_after = agent_message_ids(client)[k - 1]
+    other = repo.parent / "elsewhere"
+    other.mkdir()
+    async with reference_agent(other) as (conn, client, _, _unused):
+        fork = await conn.fork_session(session_id=parent, cwd=str(other), mcp_servers=[],
+                                       jetbrains={"air": {"fork": {"version": 1, "messageId": cut_after}}})
+        await conn.prompt(session_id=fork.session_id, prompt=[acp.text_block("after the fork")])
+    assert history_of(client) == k
+    kept = read_transcript(fork.session_id, store)
+    assert [r["text"] for r in kept if r["kind"] == "user"] == ["one", "two", "three"][:k] + ["after the fork"]
+    assert read_transcript(parent, store)[-1]["text"] == "history=2"  # the parent is untouched
+
+
+async def test_fork_and_resume_errors_name_what_is_missing(repo: Path, store: Path) -> None:
+    async with reference_agent(repo) as (conn, _client, _, sid):
+        await conn.prompt(session_id=sid, prompt=[acp.text_block("one")])
+        with pytest.raises(acp.RequestError) as unknown_message:
+            await conn.fork_session(session_id=sid, cwd=str(repo), mcp_servers=[],
+                                    jetbrains={"air": {"fork": {"version": 1, "messageId": "nope"}}})
+        assert unknown_message.value.code == -32602 and "nope" in str(unknown_message.value)
+        (store / f"{sid}.jsonl").unlink()
+        for call in (conn.fork_session, conn.resume_session):
+            with pytest.raises(acp.RequestError) as gone:
+                await call(session_id=sid, cwd=str(repo), mcp_servers=[])
+            assert gone.value.code == -32002 and sid in str(gone.value)
+
+
+async def test_resume_in_a_new_process_knows_the_earlier_messages(repo: Path) -> None:
+    async with reference_agent(repo) as (conn, _client, _, sid):
+        await conn.prompt(session_id=sid, prompt=[acp.text_block("one")])
+        await conn.prompt(session_id=sid, prompt=[acp.text_block("two")])
+    async with reference_agent(repo) as (conn, client, _, _unused):
+        await conn.resume_session(session_id=sid, cwd=str(repo), mcp_servers=[])
+        await conn.prompt(session_id=sid, prompt=[acp.text_block("three")])
+    assert history_of(client) == 2

@@ -27,6 +27,7 @@ from typing import Any
 from cairnd.errors import CairnError
 
 PERMISSION_POLICIES = ("allow_once", "reject_once")
+HISTORY_MODES = ("auto", "native", "replay")  # SPEC 12
 SYSTEM_CONFIG = Path("/etc/cairnd/cairnd.toml")
 
 
@@ -40,11 +41,14 @@ class AgentProfile:
     env: dict[str, str] = field(default_factory=dict)
     permission: str = "allow_once"
     fs: bool = True
+    history: str = "auto"  # how a fork's or restarted agent gets its history (cairnd.history)
 
 
-def reference_profile() -> AgentProfile:
-    # Run by the interpreter running cairnd, so it works inside any venv.
-    return AgentProfile("reference", (sys.executable, "-m", "cairnd.agents.reference"))
+def reference_profile(state_dir: Path | None = None) -> AgentProfile:
+    # Run by the interpreter running cairnd, so it works inside any venv. Its session
+    # transcripts (what it resumes and forks natively) live in cairnd's state directory.
+    env = {"CAIRND_REFERENCE_STORE": str(state_dir / "agents" / "reference")} if state_dir else {}
+    return AgentProfile("reference", (sys.executable, "-m", "cairnd.agents.reference"), env)
 
 
 @dataclass(frozen=True)
@@ -171,10 +175,10 @@ def parse_config(data: dict[str, Any], source: Path | None = None,
     for key in ("rescan_seconds", "idle_agent_seconds", "stop_timeout_seconds", "watchdog_seconds"):
         if key in data and data[key] <= 0:
             raise ConfigError(f"{where}: {key} = {data[key]!r} must be positive")
-    agents = {"reference": reference_profile()}
+    state_dir = Path(data["state_dir"]).expanduser() if "state_dir" in data else default_state_dir(environ)
+    agents = {"reference": reference_profile(state_dir)}
     for name, table in data.get("agents", {}).items():
         agents[name] = _parse_agent(name, table, agents.get(name), where)
-    state_dir = Path(data["state_dir"]).expanduser() if "state_dir" in data else default_state_dir(environ)
     config = Config(
         state_dir=state_dir,
         agents=agents,
@@ -189,7 +193,7 @@ def parse_config(data: dict[str, Any], source: Path | None = None,
 def _parse_agent(name: str, table: Any, base: AgentProfile | None, where: str) -> AgentProfile:
     if not isinstance(table, dict):
         raise ConfigError(f"{where}: [agents.{name}] must be a table")
-    unknown = set(table) - {"command", "env", "permission", "fs"}
+    unknown = set(table) - {"command", "env", "permission", "fs", "history"}
     if unknown:
         raise ConfigError(f"{where}: [agents.{name}] unknown key {sorted(unknown)[0]!r}")
     command = table.get("command", list(base.command) if base else None)
@@ -199,13 +203,17 @@ def _parse_agent(name: str, table: Any, base: AgentProfile | None, where: str) -
     env = table.get("env", {})
     if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
         raise ConfigError(f"{where}: [agents.{name}] env must map strings to strings")
+    env = {**(base.env if base else {}), **env}
     permission = table.get("permission", "allow_once")
     if permission not in PERMISSION_POLICIES:
         raise ConfigError(f"{where}: [agents.{name}] permission {permission!r} is not one of {PERMISSION_POLICIES}")
     fs = table.get("fs", base.fs if base else True)
     if not isinstance(fs, bool):
         raise ConfigError(f"{where}: [agents.{name}] fs = {fs!r} must be true or false")
-    return AgentProfile(name, tuple(command), dict(env), permission, fs)
+    history = table.get("history", base.history if base else "auto")
+    if history not in HISTORY_MODES:
+        raise ConfigError(f"{where}: [agents.{name}] history {history!r} is not one of {HISTORY_MODES}")
+    return AgentProfile(name, tuple(command), dict(env), permission, fs, history)
 
 
 def load_config(explicit: str | Path | None = None,

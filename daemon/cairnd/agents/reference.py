@@ -17,12 +17,22 @@ Every action is reported as a `tool_call` / `tool_call_update` pair; a failed ac
 failed update and the turn goes on. The turn ends with an agent message holding `history=N`:
 the earlier top-level user messages of the session it knows of, counted from the prompts
 it received plus those a replayed transcript declared (`_meta.cairnd.userMessages` on a
-`resource` block; see `cairnd.runner.replay_prompt_block`). It has no `session/load`.
+`resource` block; see `cairnd.transcript.replay_prompt_block`).
+
+Like Claude's and Codex's adapters it keeps a transcript of every session it runs (one
+JSON line per user message, top-level agent message and replay, under
+`$CAIRND_REFERENCE_STORE`, else `$XDG_STATE_HOME/cairnd-reference`), so a new process
+can `session/resume` a session, and `session/fork` one, whole or cut after the agent
+message named by `_meta.jetbrains.air.fork = {version: 1, messageId}` (SPEC 12): the
+fork's transcript is the parent's up to that message, and its `history=N` counts the
+user messages in it. It advertises `sessionCapabilities.fork` and `resume`, not
+`loadSession`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 import uuid
@@ -36,11 +46,16 @@ from acp.schema import (
     AgentMessageChunk,
     ClientCapabilities,
     EmbeddedResourceContentBlock,
+    ForkSessionResponse,
     Implementation,
     InitializeResponse,
     NewSessionResponse,
     PromptCapabilities,
     PromptResponse,
+    ResumeSessionResponse,
+    SessionCapabilities,
+    SessionForkCapabilities,
+    SessionResumeCapabilities,
     TextContentBlock,
     ToolKind,
     UserMessageChunk,
@@ -98,6 +113,49 @@ def replayed_user_messages(blocks: list[Any]) -> int:
     return count
 
 
+def store_dir(environ: dict[str, str] | os._Environ[str] = os.environ) -> Path:
+    """Where the transcripts live (see the module docstring)."""
+    if environ.get("CAIRND_REFERENCE_STORE"):
+        return Path(environ["CAIRND_REFERENCE_STORE"])
+    base = environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(base) / "cairnd-reference"
+
+
+def transcript_path(session_id: str, store: Path | None = None) -> Path:
+    return (store or store_dir()) / f"{session_id}.jsonl"
+
+
+def read_transcript(session_id: str, store: Path | None = None) -> list[dict[str, Any]]:
+    """A session's records; FileNotFoundError when this agent never ran it (or it was removed)."""
+    text = transcript_path(session_id, store).read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def known_user_messages(records: list[dict[str, Any]]) -> int:
+    """The top-level user messages a transcript holds: prompts, and those replays declared."""
+    return sum(1 if r.get("kind") == "user" else int(r.get("userMessages", 0)) if r.get("kind") == "replay" else 0
+               for r in records)
+
+
+def cut_at_message(records: list[dict[str, Any]], message_id: str) -> list[dict[str, Any]] | None:
+    """The records up to and including the agent message `message_id`; None if it has none."""
+    for index, record in enumerate(records):
+        if record.get("kind") == "agent" and record.get("messageId") == message_id:
+            return records[: index + 1]
+    return None
+
+
+def fork_point(meta: dict[str, Any]) -> str | None:
+    """The message id of `_meta.jetbrains.air.fork` (version 1), as both real adapters read it."""
+    fork = ((meta.get("jetbrains") or {}).get("air") or {}).get("fork") if isinstance(meta, dict) else None
+    if not isinstance(fork, dict) or fork.get("version") != 1:
+        return None
+    message_id = fork.get("messageId")
+    if not isinstance(message_id, str) or not message_id.strip():
+        raise acp.RequestError(-32602, "AIR fork messageId must be a non-empty string", {"messageId": message_id})
+    return message_id.strip()
+
+
 class Cancelled(Exception):
     """The client cancelled the turn in flight."""
 
@@ -105,10 +163,16 @@ class Cancelled(Exception):
 @dataclass
 class Session:
     cwd: Path
+    transcript: Path
     known_user_messages: int = 0  # earlier top-level messages: received here or replayed
     tool_calls: int = 0
     sub_sessions: dict[str, int] = field(default_factory=dict)  # parent ("" = top) -> children
     cancel: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def record(self, **entry: Any) -> None:
+        """Append one record to the transcript (a line at a time, as it happens)."""
+        with open(self.transcript, "a", encoding="utf-8") as f:
+            f.write(json.dumps(entry) + "\n")
 
     def next_sub_session(self, parent: str | None) -> str:
         n = self.sub_sessions.get(parent or "", 0) + 1
@@ -137,14 +201,50 @@ class ReferenceAgent:
             protocol_version=min(protocol_version, acp.PROTOCOL_VERSION),
             # Embedded context: a replayed transcript arrives as a `resource` block.
             agent_capabilities=AgentCapabilities(
-                load_session=False, prompt_capabilities=PromptCapabilities(embedded_context=True)),
+                load_session=False, prompt_capabilities=PromptCapabilities(embedded_context=True),
+                session_capabilities=SessionCapabilities(
+                    fork=SessionForkCapabilities(), resume=SessionResumeCapabilities())),
             agent_info=Implementation(name=AGENT_NAME, version="1"),
         )
 
     async def new_session(self, cwd: str, mcp_servers: list[Any] | None = None, **kwargs: Any) -> NewSessionResponse:
-        session_id = uuid.uuid4().hex
-        self._sessions[session_id] = Session(Path(cwd))
+        session_id = self._open(cwd, [])
         return NewSessionResponse(session_id=session_id)
+
+    async def fork_session(self, session_id: str, cwd: str, additional_directories: list[str] | None = None,
+                           mcp_servers: list[Any] | None = None, **kwargs: Any) -> ForkSessionResponse:
+        records = self._stored(session_id)
+        message_id = fork_point(kwargs)
+        if message_id is not None:
+            cut = cut_at_message(records, message_id)
+            if cut is None:
+                raise acp.RequestError(-32602, f"Fork point message {message_id} was not found in session {session_id}",
+                                       {"messageId": message_id})
+            records = cut
+        return ForkSessionResponse(session_id=self._open(cwd, records))
+
+    async def resume_session(self, session_id: str, cwd: str, additional_directories: list[str] | None = None,
+                             mcp_servers: list[Any] | None = None, **kwargs: Any) -> ResumeSessionResponse:
+        records = self._stored(session_id)
+        self._sessions[session_id] = Session(Path(cwd), transcript_path(session_id),
+                                             known_user_messages=known_user_messages(records))
+        return ResumeSessionResponse()
+
+    def _stored(self, session_id: str) -> list[dict[str, Any]]:
+        try:
+            return read_transcript(session_id)
+        except FileNotFoundError:
+            raise acp.RequestError(-32002, f"Resource not found: session {session_id} (no transcript at "
+                                           f"{transcript_path(session_id)})", {"sessionId": session_id}) from None
+
+    def _open(self, cwd: str, records: list[dict[str, Any]]) -> str:
+        """A new session starting with `records`; its transcript is written before it is used."""
+        session_id = uuid.uuid4().hex
+        path = transcript_path(session_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+        self._sessions[session_id] = Session(Path(cwd), path, known_user_messages=known_user_messages(records))
+        return session_id
 
     async def cancel(self, session_id: str, **kwargs: Any) -> None:
         if session_id in self._sessions:
@@ -155,7 +255,11 @@ class ReferenceAgent:
         if session is None:
             raise acp.RequestError.invalid_params({"sessionId": session_id, "reason": "unknown session"})
         session.cancel = asyncio.Event()
-        session.known_user_messages += replayed_user_messages(prompt)
+        replayed = replayed_user_messages(prompt)
+        if replayed:
+            session.record(kind="replay", userMessages=replayed)
+        session.record(kind="user", text=prompt_text(prompt))
+        session.known_user_messages += replayed
         history = session.known_user_messages
         session.known_user_messages += 1  # this prompt is history for the next one
         stop_reason = "end_turn"
@@ -260,7 +364,10 @@ class ReferenceAgent:
     async def _say(self, session_id: str, chunk: type[UserMessageChunk] | type[AgentMessageChunk], text: str,
                    sub: str | None = None) -> None:
         kind = "user_message_chunk" if chunk is UserMessageChunk else "agent_message_chunk"
-        update = chunk(session_update=kind, content=acp.text_block(text), message_id=uuid.uuid4().hex,
+        message_id = uuid.uuid4().hex
+        if chunk is AgentMessageChunk and sub is None:
+            self._sessions[session_id].record(kind="agent", messageId=message_id, text=text)
+        update = chunk(session_update=kind, content=acp.text_block(text), message_id=message_id,
                        field_meta=_sub_session_meta(sub))
         await self._client.session_update(session_id=session_id, update=update)
 
@@ -317,7 +424,7 @@ async def _git(cwd: Path, env: dict[str, str], *args: str) -> str:
 
 
 def main() -> None:
-    asyncio.run(acp.run_agent(ReferenceAgent()))
+    asyncio.run(acp.run_agent(ReferenceAgent(), use_unstable_protocol=True))
 
 
 if __name__ == "__main__":
