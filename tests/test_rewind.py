@@ -224,3 +224,60 @@ def test_a_crash_at_any_step_leaves_the_session_as_it_was_or_the_rewind_whole(pa
         assert methods(parent.log)[-2:] == ["_cairnd/rewind", "_posthog/agent_checkpoint"]
         assert registry.get(parent.id).turns == 2
     assert not registry.rewinds(("pending",))
+
+
+# --------------------------------------------------------------------------- through the daemon
+
+
+@pytest.fixture
+def daemon(tmp_path: Path):
+    from daemonproc import Daemon
+    d = Daemon(tmp_path / "state").start()
+    yield d
+    if d.proc and d.proc.poll() is None:
+        assert d.stop() == 0
+
+
+def test_rewind_with_prompt_queued_behind_a_turn_restarts_the_agent_with_the_kept_history(daemon, tmp_path: Path):
+    from gitrepos import make_repo
+    repo = make_repo(tmp_path / "project", {"README.md": "hello\n"})
+    session = daemon.ok({"kind": "new", "repo": str(repo), "title": "work", "prompt": "write a.txt: 1"})["session"]
+    daemon.ok({"kind": "prompt", "session": session, "text": "write a.txt: 2\ncommit: two"})
+    slow = daemon.drop({"kind": "prompt", "session": session, "text": "sleep: 1\nwrite a.txt: 3"})
+    rewound = daemon.drop({"kind": "rewind", "session": session, "user_message_index": 1,
+                           "prompt": "append a.txt: again"})
+    assert daemon.wait(slow)["status"] == "ok"  # the rewind waited for the turn in flight
+    result = daemon.wait(rewound)
+    assert result["status"] == "ok", result
+    r = result["result"]
+    assert r["session"] == session and r["user_message_index"] == 1 and r["prefill"].startswith("write a.txt: 2")
+    assert r["history"] == "replay" and r["detached"] is False and r["turn"] == 1
+    log = Path(r["log"]).read_text()
+    assert "history=1" in log.rsplit("_cairnd/rewind", 1)[1]  # the new agent knows one earlier message
+    worktree = daemon.state / "worktrees" / session / "project"
+    assert (worktree / "a.txt").read_text() == "1\nagain\n"
+    abandoned = r["abandoned"]
+    shown = daemon.ok({"kind": "prompt", "session": abandoned, "text": "append a.txt: on the old road"})
+    assert shown["turn"] == 3
+    old = daemon.state / "worktrees" / abandoned / "project"
+    assert (old / "a.txt").read_text() == "3\non the old road\n"
+    assert (worktree / "a.txt").read_text() == "1\nagain\n"
+
+
+def test_rewind_requests_are_strictly_validated(daemon, tmp_path: Path):
+    from gitrepos import make_repo
+    repo = make_repo(tmp_path / "project")
+    session = daemon.ok({"kind": "new", "repo": str(repo), "prompt": "write a.txt: 1"})["session"]
+    for request, code in [
+        ({"kind": "rewind", "session": session, "user_message_index": -1}, "fork_out_of_range"),
+        ({"kind": "rewind", "session": session, "user_message_index": 1}, "fork_out_of_range"),
+        ({"kind": "rewind", "session": session, "user_message_index": True}, "bad_request"),
+        ({"kind": "rewind", "session": session, "user_message_index": 0, "title": "x"}, "bad_request"),
+        ({"kind": "rewind", "session": session, "user_message_index": 0, "prompt": 3}, "bad_request"),
+        ({"kind": "rewind", "session": "nope", "user_message_index": 0}, "unknown_session"),
+        ({"kind": "rewind", "session": "../x", "user_message_index": 0}, "bad_request"),
+        ({"kind": "rewind", "session": session}, "bad_request"),
+    ]:
+        answer = daemon.request(request)
+        assert answer["status"] == "error" and answer["error"]["code"] == code, (request, answer)
+    assert daemon.ok({"kind": "prompt", "session": session, "text": "still fine"})["turn"] == 1

@@ -22,6 +22,8 @@ CODES: frozenset[str] = frozenset(
         "agent_unknown",
         "agent_failed",
         "turn_interrupted",
+        "branch_exists",
+        "branch_checked_out",
         "git_failed",
         "internal",
     }
