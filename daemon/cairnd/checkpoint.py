@@ -8,6 +8,7 @@ the repository the session worktree belongs to, whichever worktree it is.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,14 +39,20 @@ def checkpoint_params(session_id: str, turns: int, snap: git.Snapshot) -> dict[s
     }
 
 
-def take_checkpoint(session_id: str, worktree: Path, turns: int, max_file_bytes: int) -> dict[str, Any]:
+# (worktree, max_file_bytes, commit message) -> the snapshot: git.snapshot scans the
+# whole tree; cairnd.checkpointer's looks at the paths that changed.
+Snapshotter = Callable[[Path, int, str], git.Snapshot]
+
+
+def take_checkpoint(session_id: str, worktree: Path, turns: int, max_file_bytes: int,
+                    snapshot: Snapshotter | None = None) -> dict[str, Any]:
     """Snapshot `worktree`, pin the snapshot at refs/cairnd/<session>/<turns>, and return
     the agent_checkpoint params. Synchronous: run it in a worker thread."""
     if isinstance(turns, bool) or not isinstance(turns, int) or turns < 0:
         raise ValueError(f"turns must be a non-negative integer, not {turns!r}")
-    snap = git.snapshot(worktree, max_file_bytes, message=f"cairnd checkpoint {session_id} turn {turns}")
+    snap = (snapshot or git.snapshot)(worktree, max_file_bytes, f"cairnd checkpoint {session_id} turn {turns}")
     params = checkpoint_params(session_id, turns, snap)
-    git.pin(worktree, params["ref"], snap.worktree_sha)
+    git.pin(worktree, params["ref"], snap.worktree_sha, written=True)
     return params
 
 

@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from cairnd import gitfiles
 from cairnd.errors import CairnError
 
 IDENTITY_NAME = "cairnd"
@@ -216,6 +217,8 @@ class Snapshot:
     worktree_sha: str  # commit, parent head_sha, whose tree is the whole working tree
     dirty: bool  # working tree or index differ from HEAD
     skipped: tuple[str, ...]  # paths left out of worktree_sha: over the size cap, or nested repositories
+    worktree_tree: str = ""  # the tree of worktree_sha
+    skipped_paths: tuple[bytes, ...] = ()  # `skipped` as the bytes git names them by
 
 
 @dataclass(frozen=True)
@@ -274,6 +277,9 @@ def _display(path: bytes) -> str:
     return path.decode("utf-8", "backslashreplace")
 
 
+display_path = _display
+
+
 def oversized(worktree: Path, paths: Iterable[bytes], max_file_bytes: int) -> list[bytes]:
     """The paths that are regular files larger than the cap (gone or special files are not)."""
     big = []
@@ -308,7 +314,8 @@ def _locate(worktree: Path) -> tuple[Path, Path]:
     return Path(top), Path(index)
 
 
-def snapshot(worktree: Path, max_file_bytes: int, message: str = SNAPSHOT_MESSAGE) -> Snapshot:
+def snapshot(worktree: Path, max_file_bytes: int, message: str = SNAPSHOT_MESSAGE,
+             keep_index: Path | None = None) -> Snapshot:
     """Write the whole state of the working tree `worktree` is in as git objects.
 
     The session's index, HEAD, branches and files are never touched: all work
@@ -318,11 +325,14 @@ def snapshot(worktree: Path, max_file_bytes: int, message: str = SNAPSHOT_MESSAG
     untracked) and are listed in `skipped`, as are untracked nested repositories.
     A conflicted index is recorded with its conflicted paths resolved to their
     working-tree content. Raises bad_ref when HEAD has no commit yet.
+
+    With `keep_index`, the private index, which then holds the whole working tree
+    (the snapshot's tree), is kept there for `snapshot_paths` to go on from.
     """
     if not Path(worktree).is_dir():
         raise CairnError("repo_not_found", f"worktree {worktree} does not exist")
     worktree, index_file = _locate(Path(worktree))
-    with _index_copy(index_file) as index_copy:
+    with _index_copy(index_file, keep_index.parent if keep_index is not None else None) as index_copy:
         env = {"GIT_INDEX_FILE": str(index_copy)}
         # write-tree and status run at once on the same copy: status only reads it,
         # and write-tree replaces it by rename (keeping every entry), so status sees
@@ -348,8 +358,9 @@ def snapshot(worktree: Path, max_file_bytes: int, message: str = SNAPSHOT_MESSAG
             tree = _line(_git(worktree, "write-tree", env=env))
         else:
             tree = index_tree
-        worktree_sha = _line(_git(worktree, "commit-tree", "--no-gpg-sign", tree, "-p", scan.head_sha,
-                                  "-m", message))
+        worktree_sha = commit_tree(worktree, tree, scan.head_sha, message)
+        if keep_index is not None:
+            os.replace(index_copy, keep_index)
     return Snapshot(
         head_sha=scan.head_sha,
         branch=scan.branch,
@@ -357,7 +368,58 @@ def snapshot(worktree: Path, max_file_bytes: int, message: str = SNAPSHOT_MESSAG
         worktree_sha=worktree_sha,
         dirty=scan.changed,
         skipped=tuple(sorted(_display(p) for p in skipped)),
+        worktree_tree=tree,
+        skipped_paths=tuple(skipped),
     )
+
+
+def commit_tree(worktree: Path, tree: str, parent: str, message: str) -> str:
+    """A commit of `tree` with the one parent `parent`, by cairnd's identity: written by
+    hand where the repository is plain (no process), else by `git commit-tree`."""
+    dirs = gitfiles.git_dirs(worktree)
+    if dirs is not None:
+        sha = gitfiles.write_commit(dirs, tree, parent, message, IDENTITY_NAME, IDENTITY_EMAIL)
+        if sha is not None:
+            return sha
+    return _line(_git(worktree, "commit-tree", "--no-gpg-sign", tree, "-p", parent, "-m", message))
+
+
+# Past this many changed paths (command-line length), scanning the tree costs no more.
+MAX_CHANGED_PATHS = 2000
+
+
+def snapshot_paths(worktree: Path, private_index: Path, paths: Iterable[bytes], max_file_bytes: int
+                   ) -> tuple[str | None, list[bytes], list[bytes]] | None:
+    """The tree of the working tree given that only `paths` (files or whole directories,
+    relative) may differ from `private_index` (kept by `snapshot` or by this), which is
+    brought up to date. Returns (tree, paths over the size cap, nested repositories)
+    among `paths`; the tree is None when nothing in it changed. None when the paths
+    are too many (scan the tree instead).
+
+    Two git calls, each reading the private index and looking at `paths` only: a
+    status limited to them (it applies .gitignore, finds nested repositories), then
+    update-index of what differs, then write-tree (which rewrites only the trees along
+    the changed paths: the others are cached in the index)."""
+    paths = sorted(paths)
+    if len(paths) > MAX_CHANGED_PATHS:
+        return None
+    env = {"GIT_INDEX_FILE": str(private_index), "GIT_LITERAL_PATHSPECS": "1"}
+    scan = parse_status(_git(worktree, "--no-optional-locks", "status", "--porcelain=v2", "-z",
+                             "--untracked-files=all", "--no-renames", "--ignore-submodules=dirty",
+                             "--", *paths, env=env)) if paths else StatusScan(None, None, False, (), ())
+    big = oversized(worktree, scan.worktree_paths, max_file_bytes)
+    left_out = set(big) | set(scan.nested_repos)
+    updates = [p for p in scan.worktree_paths if p not in left_out]
+    tree = None
+    if updates:
+        _update_index(worktree, updates, env)
+        tree = _line(_git(worktree, "write-tree", env=env))
+    return tree, big, list(scan.nested_repos)
+
+
+def tree_of(repo: Path, commit: str) -> str:
+    """The tree id of `commit`."""
+    return _line(_git(repo, "rev-parse", "--verify", "--end-of-options", f"{commit}^{{tree}}"))
 
 
 INDEX_COPY_PREFIX = "cairnd-index-"
@@ -389,7 +451,7 @@ def sweep_index_copies(directory: Path | None = None, older_than: float = STALE_
 
 
 @contextmanager
-def _index_copy(index_file: Path) -> Iterator[Path]:
+def _index_copy(index_file: Path, directory: Path | None = None) -> Iterator[Path]:
     """A private copy of an index file (empty if there is none), removed afterwards.
 
     copy2 keeps the mtime, so git's racy-clean checks stay exactly as strict on
@@ -398,7 +460,7 @@ def _index_copy(index_file: Path) -> Iterator[Path]:
     if not _swept_index_copies:
         _swept_index_copies = True  # once per process: leftovers come from a previous one
         sweep_index_copies()
-    fd, name = tempfile.mkstemp(prefix=INDEX_COPY_PREFIX)
+    fd, name = tempfile.mkstemp(prefix=INDEX_COPY_PREFIX, dir=directory)
     os.close(fd)
     copy = Path(name)
     try:
@@ -440,14 +502,20 @@ def _check_ref_name(name: str) -> None:
         raise CairnError("bad_ref", f"ref {name!r} is not under {REF_NAMESPACE}")
 
 
-def pin(repo: Path, ref_name: str, sha: str) -> None:
+def pin(repo: Path, ref_name: str, sha: str, *, written: bool = False) -> None:
     """Point `ref_name` (under refs/cairnd/) at `sha`, keeping it alive against gc.
 
-    `repo` may be any worktree of the repository: refs are shared among them."""
+    `repo` may be any worktree of the repository: refs are shared among them. With
+    `written` (the caller has just written `sha`), the ref is written as git's files
+    storage does, without a git process where the repository allows it; refs pile up
+    loose that way until `cairnd.storage` packs them."""
     _check_ref_name(ref_name)
     if not is_object_id(sha) or not sha.strip("0"):
         # The all-zero id would make update-ref delete the ref instead.
         raise CairnError("commit_missing", f"{sha!r} is not an object id")
+    dirs = gitfiles.git_dirs(repo) if written else None
+    if dirs is not None and gitfiles.write_loose_ref(dirs, ref_name, sha):
+        return
     proc = _run(repo, ["update-ref", ref_name, sha])
     if proc.returncode != 0:
         if b"nonexistent object" in proc.stderr:

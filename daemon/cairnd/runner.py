@@ -51,7 +51,7 @@ import os
 import shlex
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -374,8 +374,12 @@ class AgentRunner:
     def __init__(self, session_id: str, worktree: Path, log_path: Path, profile: AgentProfile, *,
                  max_file_bytes: int, idle_seconds: float | None = None,
                  limiter: anyio.CapacityLimiter | None = None, task_group: anyio.abc.TaskGroup | None = None,
-                 stop_timeout: float = 10.0, start_timeout: float = 60.0) -> None:
+                 stop_timeout: float = 10.0, start_timeout: float = 60.0,
+                 checkpoint: Callable[[str, Path, int, int], dict[str, Any]] | None = None) -> None:
         self.session_id = session_id
+        # (session, worktree, turns, max_file_bytes) -> the checkpoint params; the daemon
+        # gives its Checkpointer's, whose cost follows what the turn changed.
+        self._take_checkpoint = checkpoint or take_checkpoint
         self.worktree = Path(worktree)
         self.log_path = Path(log_path)
         self.profile = profile
@@ -574,7 +578,7 @@ class AgentRunner:
 
     async def _checkpoint(self, turns: int) -> dict[str, Any]:
         return await anyio.to_thread.run_sync(
-            functools.partial(take_checkpoint, self.session_id, self.worktree, turns, self.max_file_bytes),
+            functools.partial(self._take_checkpoint, self.session_id, self.worktree, turns, self.max_file_bytes),
             limiter=self.limiter)
 
     async def _completed_turns(self) -> int:

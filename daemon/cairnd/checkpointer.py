@@ -1,0 +1,137 @@
+"""Checkpoints whose cost follows the change, not the tree.
+
+For each live session the daemon keeps what its last checkpoint saw: the snapshot,
+the private index that holds its whole working tree (`git.snapshot(keep_index=)`),
+and the stamp of HEAD, the session's index file and the ignore and attribute
+settings (`gitfiles.TreeStamp`). With the paths that inotify saw change since then
+(`worktreewatch`), the next snapshot is:
+
+- nothing changed, same stamp: the last snapshot again (no git process at all);
+- some paths changed, same stamp: `git.snapshot_paths` on those paths alone (a
+  status limited to them, then update-index and write-tree where they differ), the
+  commit written by hand;
+- anything it cannot be sure of (no watch yet: a new session or a restart; a lost
+  event; a new ignore file; a moved HEAD or a rewritten index; more paths than a
+  command line holds): the full scan of `git.snapshot`, as without a watch.
+
+Either way the snapshot is the same: the fidelity tests compare the two paths.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from cairnd import git, gitfiles
+from cairnd.checkpoint import take_checkpoint
+from cairnd.errors import CairnError
+from cairnd.worktreewatch import WatchSet
+
+
+@dataclass(frozen=True)
+class _Seen:
+    """What the last checkpoint of a session saw."""
+
+    snapshot: git.Snapshot
+    stamp: gitfiles.TreeStamp
+    head_tree: str | None  # tree of the snapshot's HEAD, once known
+
+
+def _covered(path: bytes, changed: set[bytes]) -> bool:
+    """Whether `path` is one of `changed` or lies under one of them (a directory)."""
+    if path in changed:
+        return True
+    parts = path.split(b"/")
+    return any(b"/".join(parts[:i]) in changed for i in range(1, len(parts)))
+
+
+class Checkpointer:
+    """Takes checkpoints of live sessions (see the module docstring). Thread-safe; one
+    checkpoint of a session at a time."""
+
+    def __init__(self, watches: WatchSet | None, index_dir: Path) -> None:
+        self.watches = watches
+        self.index_dir = Path(index_dir)
+        self._seen: dict[str, _Seen] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+        self.counts = {"full": 0, "paths": 0, "reused": 0}
+
+    def take(self, session_id: str, worktree: Path, turns: int, max_file_bytes: int) -> dict[str, Any]:
+        """`checkpoint.take_checkpoint`, with this snapshot."""
+        return take_checkpoint(session_id, worktree, turns, max_file_bytes,
+                               snapshot=lambda tree, cap, message: self.snapshot(session_id, tree, cap, message))
+
+    def forget(self, session_id: str) -> None:
+        """Stop watching a session (deleted, or its worktree goes away)."""
+        with self._lock(session_id):
+            self._seen.pop(session_id, None)
+            if self.watches is not None:
+                self.watches.unwatch(session_id)
+            self._index_path(session_id).unlink(missing_ok=True)
+
+    def _lock(self, session_id: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(session_id, threading.Lock())
+
+    def _index_path(self, session_id: str) -> Path:
+        return self.index_dir / f"{session_id}.index"
+
+    def snapshot(self, session_id: str, worktree: Path, max_file_bytes: int, message: str) -> git.Snapshot:
+        with self._lock(session_id):
+            dirs = gitfiles.git_dirs(Path(worktree)) if self.watches is not None else None
+            if dirs is None or self.watches is None:
+                self.counts["full"] += 1
+                return git.snapshot(worktree, max_file_bytes, message)
+            # Changes first, then the stamp, then the scan: whatever happens after the
+            # changes are taken is recorded for the next checkpoint.
+            try:
+                changed = self.watches.take(session_id, Path(worktree))
+            except OSError:
+                changed = None
+            stamp = gitfiles.tree_stamp(dirs)
+            seen = self._seen.pop(session_id, None)
+            index = self._index_path(session_id)
+            snap: git.Snapshot | None = None
+            head_tree = None
+            if changed is not None and seen is not None and stamp is not None and stamp == seen.stamp \
+                    and index.exists():
+                try:
+                    snap, head_tree = self._from_paths(worktree, index, seen, changed, max_file_bytes, message)
+                except CairnError:
+                    snap = None  # the full scan below says what is wrong, if anything still is
+            if snap is None:
+                self.counts["full"] += 1
+                self.index_dir.mkdir(parents=True, exist_ok=True)
+                index.unlink(missing_ok=True)
+                snap = git.snapshot(worktree, max_file_bytes, message, keep_index=index)
+                head_tree = None if snap.dirty else snap.index_tree
+            if stamp is not None:
+                self._seen[session_id] = _Seen(snap, stamp, head_tree)
+            return snap
+
+    def _from_paths(self, worktree: Path, index: Path, seen: _Seen, changed: set[bytes],
+                    max_file_bytes: int, message: str) -> tuple[git.Snapshot | None, str | None]:
+        last = seen.snapshot
+        if not changed:
+            self.counts["reused"] += 1
+            return last, seen.head_tree
+        found = git.snapshot_paths(worktree, index, changed, max_file_bytes)
+        if found is None:
+            return None, None
+        tree, big, nested = found
+        skipped = {p for p in last.skipped_paths if not _covered(p, changed)} | set(big) | set(nested)
+        if tree is None or tree == last.worktree_tree:
+            tree, worktree_sha = last.worktree_tree, last.worktree_sha
+        else:
+            worktree_sha = git.commit_tree(worktree, tree, last.head_sha, message)
+        head_tree = seen.head_tree or git.tree_of(worktree, last.head_sha)
+        self.counts["paths"] += 1
+        snap = replace(
+            last, worktree_sha=worktree_sha, worktree_tree=tree,
+            dirty=tree != head_tree or last.index_tree != head_tree or bool(skipped),
+            skipped=tuple(sorted(git.display_path(p) for p in skipped)), skipped_paths=tuple(sorted(skipped)),
+        )
+        return snap, head_tree

@@ -1,0 +1,211 @@
+"""The few git files cairnd reads and writes itself, where a git process would cost more
+than the work: HEAD and branch refs (read), a loose commit object and a loose ref
+(written), and the stamp of what a checkpoint's snapshot depends on.
+
+Each follows git's own file formats and locking exactly (a ref is written as
+`<ref>.lock`, created exclusively, then renamed over the ref, as git does), and each
+answers None, so the caller runs git instead, wherever the repository is not the
+plain kind these formats describe: another ref storage (reftable), another object
+format than SHA-1, anything unreadable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+_HEX = frozenset("0123456789abcdef")
+FileStamp = tuple[int, int, int] | None  # (inode, mtime ns, size), None when absent
+
+
+@dataclass(frozen=True)
+class GitDirs:
+    """The per-worktree git directory (HEAD, index) and the common one (refs, objects)."""
+
+    git_dir: Path
+    common_dir: Path
+
+    @property
+    def index(self) -> Path:
+        return self.git_dir / "index"
+
+
+def git_dirs(worktree: Path) -> GitDirs | None:
+    """The git directories of the working tree whose top level is `worktree`, from its
+    `.git` (a directory, or a `gitdir:` file as linked worktrees have); None otherwise."""
+    dot_git = Path(worktree) / ".git"
+    try:
+        if dot_git.is_dir():
+            return GitDirs(dot_git, dot_git)
+        text = dot_git.read_text("utf-8", "surrogateescape").strip()
+    except OSError:
+        return None
+    if not text.startswith("gitdir: "):
+        return None
+    git_dir = Path(text[len("gitdir: "):])
+    if not git_dir.is_absolute():
+        git_dir = Path(worktree) / git_dir
+    try:
+        common = (git_dir / "commondir").read_text("utf-8", "surrogateescape").strip()
+    except FileNotFoundError:
+        return GitDirs(git_dir, git_dir)
+    except OSError:
+        return None
+    common_dir = Path(common) if os.path.isabs(common) else git_dir / common
+    return GitDirs(git_dir, Path(os.path.normpath(common_dir)))
+
+
+def plain_repository(dirs: GitDirs) -> bool:
+    """Whether the repository uses the files ref storage and SHA-1 objects (the formats
+    this module reads and writes): no `extensions.refStorage` / `objectFormat`."""
+    try:
+        config = (dirs.common_dir / "config").read_text("utf-8", "replace").lower()
+    except OSError:
+        return False
+    return "refstorage" not in config and "objectformat" not in config
+
+
+def _is_sha1(text: str) -> bool:
+    return len(text) == 40 and set(text) <= _HEX
+
+
+def read_ref(dirs: GitDirs, name: str) -> str | None:
+    """The object id of ref `name` (loose, else packed); None when unknown."""
+    try:
+        value = (dirs.common_dir / name).read_text("ascii").strip()
+    except FileNotFoundError:
+        value = None
+    except (OSError, UnicodeDecodeError):
+        return None
+    if value is not None:
+        return value if _is_sha1(value) else None
+    try:
+        with open(dirs.common_dir / "packed-refs", "rb") as f:
+            wanted = b" " + os.fsencode(name) + b"\n"
+            for line in f:
+                if line.endswith(wanted) and not line.startswith((b"#", b"^")):
+                    sha = line[:40].decode("ascii", "replace")
+                    return sha if _is_sha1(sha) else None
+    except OSError:
+        return None
+    return None
+
+
+def read_head(dirs: GitDirs) -> tuple[str, str | None] | None:
+    """(HEAD's commit id, its branch or None when detached), read from the files; None
+    when that cannot be told without git (a symbolic ref outside refs/heads, an unborn
+    branch, a HEAD that is neither form)."""
+    try:
+        head = (dirs.git_dir / "HEAD").read_text("utf-8", "surrogateescape").strip()
+    except OSError:
+        return None
+    if _is_sha1(head):
+        return head, None
+    if not head.startswith("ref: refs/heads/"):
+        return None
+    ref = head[len("ref: "):]
+    sha = read_ref(dirs, ref)
+    return (sha, ref[len("refs/heads/"):]) if sha else None
+
+
+def file_stamp(path: Path) -> FileStamp:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def _config_home() -> Path:
+    xdg = os.environ.get("XDG_CONFIG_HOME")
+    return Path(xdg) if xdg else Path.home() / ".config"
+
+
+@dataclass(frozen=True)
+class TreeStamp:
+    """What a snapshot depends on besides the files of the tree: HEAD, the session's
+    index file, and every file that says which files are ignored or how content is
+    filtered (repository and user configuration, exclude and attribute files). Equal
+    stamps mean a snapshot may be built from the paths that changed alone."""
+
+    head: tuple[str, str | None]
+    index: FileStamp
+    settings: tuple[FileStamp, ...]
+
+
+def tree_stamp(dirs: GitDirs) -> TreeStamp | None:
+    head = read_head(dirs)
+    if head is None:
+        return None
+    settings = (
+        dirs.common_dir / "config", dirs.git_dir / "config.worktree", dirs.common_dir / "info" / "exclude",
+        dirs.common_dir / "info" / "attributes", Path.home() / ".gitconfig", _config_home() / "git" / "config",
+        _config_home() / "git" / "ignore", _config_home() / "git" / "attributes",
+    )
+    return TreeStamp(head, file_stamp(dirs.index), tuple(file_stamp(p) for p in settings))
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _timezone() -> str:
+    offset = -(time.altzone if time.localtime().tm_isdst > 0 else time.timezone) // 60
+    sign = "+" if offset >= 0 else "-"
+    return f"{sign}{abs(offset) // 60:02d}{abs(offset) % 60:02d}"
+
+
+def write_commit(dirs: GitDirs, tree: str, parent: str, message: str, name: str, email: str) -> str | None:
+    """Write a commit object (one tree, one parent) as a loose object, as `git
+    commit-tree` would; its id, or None where git must do it (see the module docstring)."""
+    if not (plain_repository(dirs) and _is_sha1(tree) and _is_sha1(parent)):
+        return None
+    stamp = f"{name} <{email}> {int(time.time())} {_timezone()}"
+    body = (f"tree {tree}\nparent {parent}\nauthor {stamp}\ncommitter {stamp}\n\n{message}\n").encode()
+    raw = b"commit %d\0" % len(body) + body
+    sha = hashlib.sha1(raw).hexdigest()
+    directory = dirs.common_dir / "objects" / sha[:2]
+    final = directory / sha[2:]
+    if final.exists():
+        return sha
+    try:
+        directory.mkdir(exist_ok=True)
+        tmp = directory / f"tmp_obj_cairnd_{os.getpid()}_{time.monotonic_ns()}"
+        with open(tmp, "xb") as f:
+            f.write(zlib.compress(raw, 1))
+        os.chmod(tmp, 0o444)
+        os.replace(tmp, final)
+    except OSError:
+        return None
+    return sha
+
+
+def write_loose_ref(dirs: GitDirs, name: str, sha: str) -> bool:
+    """Point ref `name` at `sha` as a loose ref, with git's lock protocol; False where
+    git must do it (the lock is taken, another storage, a name that is not plain)."""
+    if not (plain_repository(dirs) and _is_sha1(sha)) or ".." in name or not name.startswith("refs/"):
+        return False
+    path = dirs.common_dir / name
+    lock = path.with_name(path.name + ".lock")
+    for _attempt in range(3):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+        except FileNotFoundError:
+            continue  # `git pack-refs` removed the emptied directory meanwhile
+        except OSError:
+            return False
+        try:
+            os.write(fd, sha.encode() + b"\n")
+        finally:
+            os.close(fd)
+        try:
+            os.rename(lock, path)
+        except OSError:
+            lock.unlink(missing_ok=True)
+            return False
+        return True
+    return False
