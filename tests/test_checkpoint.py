@@ -8,6 +8,7 @@ The fidelity test drives random sequences of working-tree changes and checks eve
 from __future__ import annotations
 
 import os
+import struct
 import tempfile
 from pathlib import Path
 
@@ -16,7 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cairnd import git
+from cairnd.checkpointer import Checkpointer
 from cairnd.errors import CairnError
+from cairnd.worktreewatch import IN_Q_OVERFLOW, WatchSet
 from cairnd.checkpoint import (
     checkpoint_is_full,
     checkpoint_ref,
@@ -329,6 +332,23 @@ def apply_op(data: st.DataObject, worktree: Path, step: int) -> str:
     return op
 
 
+# Changes the watch of a live session cannot have seen: made while cairnd was down (a
+# restart: a new checkpointer and watch), or lost when the kernel's event queue
+# overflowed (an overflow event, as the kernel queues it). Each forces the full scan.
+UNSEEN = ["restart", "overflow", "none", "none", "none"]
+
+
+def lose_events(data: st.DataObject, checkpoints: Checkpointer, root: Path) -> tuple[Checkpointer, str]:
+    how = data.draw(st.sampled_from(UNSEEN), label="unseen")
+    if how == "restart":
+        checkpoints.close()
+        return Checkpointer(WatchSet(), root / "indexes"), how
+    if how == "overflow":
+        assert checkpoints.watches is not None
+        checkpoints.watches._dispatch(struct.pack("iIII", -1, IN_Q_OVERFLOW, 0, 0))
+    return checkpoints, how
+
+
 STEPS_SEEN: list[int] = []
 
 
@@ -336,26 +356,41 @@ STEPS_SEEN: list[int] = []
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(st.data())
 def check_every_step_restores_exactly(data: st.DataObject) -> None:
+    """Every step goes through the daemon's checkpointer (watching the worktree), so the
+    snapshots built from the changed paths alone are checked as hard as full scans."""
     with tempfile.TemporaryDirectory(prefix="cairnd-fidelity-") as tmp:
         root = Path(tmp)
         repo = make_repo(root / "repo", {"a.txt": "a\n", "src/app.py": "print(1)\n"}, gitignore=GITIGNORE)
+        checkpoints = Checkpointer(WatchSet(), root / "indexes")
+        checkpoints.take("fid", repo, 0, NO_CAP)
         steps = data.draw(st.integers(min_value=10, max_value=13), label="steps")
-        for step in range(steps):
-            what = apply_op(data, repo, step)
-            before = untouched_state(repo)
-            expected_files, expected_index = tree_state(repo), index_state(repo)
-            params = take_checkpoint("fid", repo, step, NO_CAP)
-            assert untouched_state(repo) == before, f"checkpoint changed the source after {what}"
-            assert (params["headSha"], params["branch"]) == before[2]
-            assert params["skipped"] == []
-            fork = restore_into(repo, root / "forks" / str(step) / "repo", params)
-            assert tree_state(fork) == expected_files, f"files differ after {what}"
-            assert index_state(fork) == expected_index, f"index differs after {what}"
-            assert detached_head(fork) == params["headSha"]
-            STEPS_SEEN.append(step)
+        try:
+            for step in range(steps):
+                what = apply_op(data, repo, step)
+                checkpoints, unseen = lose_events(data, checkpoints, root)
+                what = f"{what} ({unseen})"
+                before = untouched_state(repo)
+                expected_files, expected_index = tree_state(repo), index_state(repo)
+                params = checkpoints.take("fid", repo, step + 1, NO_CAP)
+                assert untouched_state(repo) == before, f"checkpoint changed the source after {what}"
+                assert (params["headSha"], params["branch"]) == before[2]
+                assert params["skipped"] == []
+                fork = restore_into(repo, root / "forks" / str(step) / "repo", params)
+                assert tree_state(fork) == expected_files, f"files differ after {what}"
+                assert index_state(fork) == expected_index, f"index differs after {what}"
+                assert detached_head(fork) == params["headSha"]
+                STEPS_SEEN.append(step)
+                KINDS_SEEN.update(k for k, n in checkpoints.counts.items() if n)
+        finally:
+            checkpoints.close()
+
+
+KINDS_SEEN: set[str] = set()
 
 
 def test_fidelity_every_step_restores_exactly() -> None:
     STEPS_SEEN.clear()
+    KINDS_SEEN.clear()
     check_every_step_restores_exactly()
     assert len(STEPS_SEEN) >= 200
+    assert KINDS_SEEN == {"full", "paths", "reused"}, "every kind of snapshot was exercised"

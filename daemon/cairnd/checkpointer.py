@@ -19,6 +19,7 @@ Either way the snapshot is the same: the fidelity tests compare the two paths.
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,7 +28,20 @@ from typing import Any
 from cairnd import git, gitfiles
 from cairnd.checkpoint import take_checkpoint
 from cairnd.errors import CairnError
+from cairnd.journal import event
 from cairnd.worktreewatch import WatchSet
+
+INDEX_DIR = "checkpoint-index"  # under the state directory: one private index per live session
+
+
+def checkpointer_for(state_dir: Path) -> Checkpointer:
+    """The daemon's checkpointer: watching where inotify is, else always scanning."""
+    try:
+        watches: WatchSet | None = WatchSet()
+    except OSError as exc:
+        event(logging.WARNING, f"checkpoints scan whole worktrees: no inotify ({exc})")
+        watches = None
+    return Checkpointer(watches, Path(state_dir) / INDEX_DIR)
 
 
 @dataclass(frozen=True)
@@ -58,11 +72,34 @@ class Checkpointer:
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
         self.counts = {"full": 0, "paths": 0, "reused": 0}
+        self._reading: Any = None  # the CancelScope of read_events, while it runs
 
     def take(self, session_id: str, worktree: Path, turns: int, max_file_bytes: int) -> dict[str, Any]:
         """`checkpoint.take_checkpoint`, with this snapshot."""
         return take_checkpoint(session_id, worktree, turns, max_file_bytes,
                                snapshot=lambda tree, cap, message: self.snapshot(session_id, tree, cap, message))
+
+    async def read_events(self) -> None:
+        """Read inotify events as they come, for as long as the daemon runs (in a
+        worker thread: a new directory is walked to be watched)."""
+        import anyio
+
+        assert self.watches is not None
+        self._reading = anyio.CancelScope()
+        try:
+            with self._reading:
+                while self.watches.fd >= 0:
+                    await anyio.wait_readable(self.watches.fd)
+                    await anyio.to_thread.run_sync(self.watches.drain)
+        finally:
+            self.watches.close()
+
+    def close(self) -> None:
+        """Stop reading events (the reader closes the descriptor once it has stopped)."""
+        if self._reading is not None:
+            self._reading.cancel()
+        elif self.watches is not None:
+            self.watches.close()
 
     def forget(self, session_id: str) -> None:
         """Stop watching a session (deleted, or its worktree goes away)."""

@@ -17,7 +17,8 @@ from typing import Any
 import anyio
 
 from cairnd import git
-from cairnd.checkpoint import session_ref_prefix, take_checkpoint
+from cairnd.checkpoint import session_ref_prefix
+from cairnd.checkpointer import checkpointer_for
 from cairnd.config import AgentProfile, Config
 from cairnd.durable import remove_stale_temps
 from cairnd.errors import CairnError
@@ -59,9 +60,13 @@ class Sessions:
         self.turns_in_flight = 0
         self._stack = AsyncExitStack()
         self._tg: anyio.abc.TaskGroup | None = None
+        self.checkpoints = checkpointer_for(self.layout.root)
 
     async def __aenter__(self) -> Sessions:
         self._tg = await self._stack.enter_async_context(anyio.create_task_group())
+        self._stack.callback(self.checkpoints.close)
+        if self.checkpoints.watches is not None:
+            self._tg.start_soon(self.checkpoints.read_events)
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -104,6 +109,7 @@ class Sessions:
                 max_file_bytes=self.config.snapshot_max_file_bytes,
                 idle_seconds=self.config.idle_agent_seconds, limiter=self.io_limiter,
                 task_group=self._tg, stop_timeout=min(10.0, self.config.stop_timeout_seconds),
+                checkpoint=self.checkpoints.take,
             )
             self.runners[row.id] = runner
         return runner
@@ -140,7 +146,8 @@ class Sessions:
             row.worktree.parent.mkdir(parents=True, exist_ok=True)
             with worktree_lock(row.repo):
                 git.add_worktree_at(row.repo, row.worktree, commit)
-        baseline = take_checkpoint(row.id, row.worktree, 0, self.config.snapshot_max_file_bytes)
+        # Through the checkpointer: its full scan begins the watch, so turn 1 costs what it changes.
+        baseline = self.checkpoints.take(row.id, row.worktree, 0, self.config.snapshot_max_file_bytes)
         log_path = write_fork_log(self.layout, row.id, None, 0, [checkpoint_entry(baseline)])
         result = {
             "session": row.id,
@@ -260,6 +267,7 @@ class Sessions:
             with worktree_lock(row.repo):
                 git.remove_worktree(row.repo, row.worktree)
             shutil.rmtree(self.layout.worktree_parent(row.id), ignore_errors=True)
+        self.checkpoints.forget(row.id)
         git.delete_refs(row.repo, session_ref_prefix(row.id))
         self.registry.mark_deleted(row.id)
 
