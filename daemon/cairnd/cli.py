@@ -120,6 +120,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
              "cairnd tree\n  cairnd tree 01jb7"),
     "status": ("the daemon: running?, queue depths, turns in flight",
                "cairnd status\n  cairnd status --json"),
+    "web": ("serve the web view: sessions, conversations, forks, live turns (loopback by default)",
+            "cairnd web\n  cairnd web --listen 127.0.0.1:9000"),
     "completion": ("print a shell completion script for bash or zsh",
                    "source <(cairnd completion bash)\n  cairnd completion zsh > ~/.zfunc/_cairnd"),
 }
@@ -223,6 +225,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("status")
 
+    web = command("web")
+    web.add_argument("--listen", metavar="ADDR",
+                     help="HOST:PORT to listen on (default: [web] listen, else 127.0.0.1:8765); "
+                          "a non-loopback address needs [web] token")
+
     completion = command("completion")
     completion.add_argument("shell", choices=("bash", "zsh"))
     return parser
@@ -274,6 +281,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         from cairnd.demo import run_demo
         return run_demo(Path(args.dir) if args.dir else None, as_json=args.json)
     config = load_config(args.config)
+    if args.command == "web":
+        from cairnd.web.server import run_web  # Starlette, uvicorn, Jinja: only here
+        return run_web(config, args.listen)
     if args.command in REQUEST_COMMANDS:
         return _request_command(args, config)
     return {"ls": _ls, "show": _show, "tree": _tree, "status": _status, "diff": _diff}[args.command](args, config)

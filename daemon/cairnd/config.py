@@ -52,6 +52,19 @@ def reference_profile(state_dir: Path | None = None) -> AgentProfile:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    """`[web]` (SPEC 14): where the web view listens, and the token a non-loopback
+    address requires. `listen` None: not set (then `cairnd serve` runs no web view and
+    `cairnd web` listens on DEFAULT_WEB_LISTEN)."""
+
+    listen: str | None = None
+    token: str = ""
+
+
+DEFAULT_WEB_LISTEN = "127.0.0.1:8765"
+
+
+@dataclass(frozen=True)
 class Config:
     state_dir: Path
     max_parallel_turns: int = 4
@@ -63,6 +76,7 @@ class Config:
     stop_timeout_seconds: float = 20.0
     watchdog_seconds: float | None = None
     agents: dict[str, AgentProfile] = field(default_factory=lambda: {"reference": reference_profile()})
+    web: WebConfig = field(default_factory=WebConfig)
     source: Path | None = None
 
     @property
@@ -156,6 +170,7 @@ _TOP_KEYS = {
     "stop_timeout_seconds": (int, float),
     "watchdog_seconds": (int, float),
     "agents": dict,
+    "web": dict,
 }
 
 
@@ -182,8 +197,9 @@ def parse_config(data: dict[str, Any], source: Path | None = None,
     config = Config(
         state_dir=state_dir,
         agents=agents,
+        web=_parse_web(data.get("web", {}), where),
         source=source,
-        **{k: data[k] for k in _TOP_KEYS if k in data and k not in ("state_dir", "agents")},
+        **{k: data[k] for k in _TOP_KEYS if k in data and k not in ("state_dir", "agents", "web")},
     )
     if config.default_agent not in agents:
         raise ConfigError(f"{where}: default_agent {config.default_agent!r} is not a configured agent")
@@ -214,6 +230,16 @@ def _parse_agent(name: str, table: Any, base: AgentProfile | None, where: str) -
     if history not in HISTORY_MODES:
         raise ConfigError(f"{where}: [agents.{name}] history {history!r} is not one of {HISTORY_MODES}")
     return AgentProfile(name, tuple(command), dict(env), permission, fs, history)
+
+
+def _parse_web(table: dict[str, Any], where: str) -> WebConfig:
+    unknown = set(table) - {"listen", "token"}
+    if unknown:
+        raise ConfigError(f"{where}: [web] unknown key {sorted(unknown)[0]!r}")
+    for key in ("listen", "token"):
+        if key in table and not isinstance(table[key], str):
+            raise ConfigError(f"{where}: [web] {key} = {table[key]!r} must be a string")
+    return WebConfig(table.get("listen"), table.get("token", ""))
 
 
 def load_config(explicit: str | Path | None = None,

@@ -111,10 +111,18 @@ class Daemon:
                 intake_scope = anyio.CancelScope()
                 grace_scope = anyio.CancelScope()
                 signals.start_soon(self._handle_signals, intake_scope, grace_scope)
+                web = None
+                if self.config.web.listen is not None:  # [web] listen: the web view too
+                    from cairnd.web.server import EmbeddedWeb  # uvicorn loads only then
+                    web = EmbeddedWeb(self.config)
+                    url = await signals.start(web.run)
+                    event(logging.INFO, f"web view on {url}")
                 async with Sessions(self.config) as sessions:
                     self.sessions = sessions
                     await sessions.recover()
                     await self._serve(intake_scope, grace_scope)
+                if web is not None:
+                    await web.stop()
                 signals.cancel_scope.cancel()
             event(logging.INFO, "cairnd stopped")
             return 0
@@ -499,6 +507,9 @@ class Daemon:
 def serve(config_file: str | None = None, verbose: bool = False) -> int:
     journal.setup(logging.DEBUG if verbose else logging.INFO)
     config = load_config(config_file)
+    if config.web.listen is not None:
+        from cairnd.web.server import check_listen
+        check_listen(config.web.listen, config.web.token)  # refused before anything starts
     daemon = Daemon(config, config_loader=lambda: load_config(config_file))
     try:
         return anyio.run(daemon.run)
