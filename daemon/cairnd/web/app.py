@@ -287,6 +287,16 @@ def build_app(config: Config, token: str = "", csrf_token: str | None = None) ->
             return _error(exc.code, exc.message, _STATUS_OF_CODE.get(exc.code, 400))
         return _json([diff.as_json() for diff in files])
 
+    async def api_compare(request: Request) -> Response:
+        """`cairnd diff A [B] --json`: checkpoints by name (SESSION or SESSION@N)."""
+        from cairnd.diffs import compare
+        try:
+            found = await anyio.to_thread.run_sync(compare, view.layout, request.query_params.get("a", ""),
+                                                   request.query_params.get("b") or None)
+        except CairnError as exc:
+            return _error(exc.code, exc.message, _STATUS_OF_CODE.get(exc.code, 400))
+        return _json(found["files"])
+
     async def api_submit(request: Request) -> Response:
         body = await request.body()
         if len(body) > MAX_REQUEST_BYTES:
@@ -338,6 +348,7 @@ def build_app(config: Config, token: str = "", csrf_token: str | None = None) ->
         Route("/api/sessions/{session}", api_session),
         Route("/api/sessions/{session}/diff", api_diff),
         Route("/api/tree", api_tree),
+        Route("/api/diff", api_compare),
         Route("/api/status", api_status),
         Route("/api/requests", api_submit, methods=["POST"]),
         Route("/api/requests/{request}", api_request),
