@@ -19,7 +19,7 @@ from typing import Any, TextIO
 
 import orjson
 
-from cairnd import __version__
+from cairnd import __version__, privacy
 from cairnd.client import LogActivity, locate, result_json, submit, wait_for_result
 from cairnd.config import Config, ConfigError, load_config
 from cairnd.errors import CairnError
@@ -281,6 +281,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from cairnd.demo import run_demo
         return run_demo(Path(args.dir) if args.dir else None, as_json=args.json)
     config = load_config(args.config)
+    privacy.claim(config.state_dir)  # what this command creates there is private too (SPEC 16)
     if args.command == "web":
         from cairnd.web.server import run_web  # Starlette, uvicorn, Jinja: only here
         return run_web(config, args.listen)
@@ -760,5 +761,7 @@ def format_status(status: dict[str, Any]) -> str:
         lines.append(f"  {spool['new']} request(s) wait in new/ for the daemon (start it: cairnd serve)")
     sessions = status["sessions"]
     lines.append(f"  sessions   {sessions['ready']} ({sessions['deleted']} deleted)")
+    if status.get("sandbox"):
+        lines.append(f"  sandbox    {status['sandbox']}")
     return "\n".join(lines) + "\n"
 

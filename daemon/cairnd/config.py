@@ -13,6 +13,7 @@ An agent profile, `[agents.NAME]`:
                                      # makes it use its own file tools in its cwd. Gemini
                                      # CLI 0.61 needs false: through fs/* it cannot create
                                      # a new file (google-gemini/gemini-cli#9280)
+    sandbox = "worktree"             # confine the agent's writes (SPEC 16): worktree | off
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from cairnd.errors import CairnError
 
 PERMISSION_POLICIES = ("allow_once", "reject_once")
 HISTORY_MODES = ("auto", "native", "replay")  # SPEC 12
+SANDBOX_MODES = ("worktree", "off")  # SPEC 16
 SYSTEM_CONFIG = Path("/etc/cairnd/cairnd.toml")
 
 
@@ -42,6 +44,7 @@ class AgentProfile:
     permission: str = "allow_once"
     fs: bool = True
     history: str = "auto"  # how a fork's or restarted agent gets its history (cairnd.history)
+    sandbox: str = "worktree"  # confine its writes (cairnd.confinement): worktree | off
 
 
 def reference_profile(state_dir: Path | None = None) -> AgentProfile:
@@ -127,6 +130,15 @@ class StateLayout:
     def worktree_parent(self, session_id: str) -> Path:
         return self.worktrees / session_id
 
+    def agent_dir(self, profile: str) -> Path:
+        """An agent profile's own place in the state directory (the reference agent's
+        transcripts); writable by its agents when confined."""
+        return self.root / "agents" / profile
+
+    def agent_tmp(self, session_id: str) -> Path:
+        """The TMPDIR of a session's confined agent: made at its start, removed with it."""
+        return self.root / "tmp" / session_id
+
     def create(self) -> None:
         for sub in ("tmp", "new", "cur", "done", "failed"):
             (self.spool / sub).mkdir(parents=True, exist_ok=True)
@@ -209,7 +221,7 @@ def parse_config(data: dict[str, Any], source: Path | None = None,
 def _parse_agent(name: str, table: Any, base: AgentProfile | None, where: str) -> AgentProfile:
     if not isinstance(table, dict):
         raise ConfigError(f"{where}: [agents.{name}] must be a table")
-    unknown = set(table) - {"command", "env", "permission", "fs", "history"}
+    unknown = set(table) - {"command", "env", "permission", "fs", "history", "sandbox"}
     if unknown:
         raise ConfigError(f"{where}: [agents.{name}] unknown key {sorted(unknown)[0]!r}")
     command = table.get("command", list(base.command) if base else None)
@@ -229,7 +241,10 @@ def _parse_agent(name: str, table: Any, base: AgentProfile | None, where: str) -
     history = table.get("history", base.history if base else "auto")
     if history not in HISTORY_MODES:
         raise ConfigError(f"{where}: [agents.{name}] history {history!r} is not one of {HISTORY_MODES}")
-    return AgentProfile(name, tuple(command), dict(env), permission, fs, history)
+    sandbox = table.get("sandbox", base.sandbox if base else "worktree")
+    if sandbox not in SANDBOX_MODES:
+        raise ConfigError(f"{where}: [agents.{name}] sandbox = {sandbox!r} is not one of {SANDBOX_MODES}")
+    return AgentProfile(name, tuple(command), dict(env), permission, fs, history, sandbox)
 
 
 def _parse_web(table: dict[str, Any], where: str) -> WebConfig:

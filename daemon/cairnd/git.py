@@ -31,6 +31,7 @@ from pathlib import Path
 
 from cairnd import gitfiles
 from cairnd.errors import CairnError
+from cairnd.privacy import child_umask
 
 IDENTITY_NAME = "cairnd"
 IDENTITY_EMAIL = "cairnd@localhost"
@@ -67,7 +68,7 @@ def _run(cwd: Path, args: Sequence[str | bytes], *, env: Mapping[str, str] | Non
         return subprocess.run(
             ["git", *args], cwd=cwd, env=git_env(env), input=input,
             stdin=None if input is not None else subprocess.DEVNULL,
-            capture_output=True, check=False,
+            capture_output=True, check=False, umask=child_umask(),  # worktrees keep the user's modes
         )
     except OSError as exc:
         raise _spawn_failure(cwd, exc) from None
@@ -85,7 +86,7 @@ def _spawn(cwd: Path, args: Sequence[str], env: Mapping[str, str] | None = None)
     """Start git without waiting; the caller must `_reap` it whatever happens."""
     try:
         return subprocess.Popen(["git", *args], cwd=cwd, env=git_env(env), stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, umask=child_umask())
     except OSError as exc:
         raise _spawn_failure(cwd, exc) from None
 
@@ -312,6 +313,17 @@ def _locate(worktree: Path) -> tuple[Path, Path]:
         raise _failure(worktree, ["rev-parse"], proc)
     top, index = _line(proc.stdout).split("\n")
     return Path(top), Path(index)
+
+
+def git_dirs(worktree: Path) -> tuple[Path, Path]:
+    """(the worktree's own git directory, the repository's common one), absolute: for a
+    linked worktree `<common>/worktrees/<name>` and `<common>`; for the main one, both
+    the same."""
+    proc = _run(worktree, ["rev-parse", "--path-format=absolute", "--git-dir", "--git-common-dir"])
+    if proc.returncode != 0:
+        raise _failure(worktree, ["rev-parse"], proc)
+    git_dir, common_dir = _line(proc.stdout).split("\n")
+    return Path(git_dir), Path(common_dir)
 
 
 def snapshot(worktree: Path, max_file_bytes: int, message: str = SNAPSHOT_MESSAGE,

@@ -77,6 +77,7 @@ from pydantic import ValidationError
 from cairnd import __version__
 from cairnd.checkpoint import take_checkpoint
 from cairnd.config import AgentProfile
+from cairnd.confinement import Confinement
 from cairnd.errors import CairnError
 from cairnd.entries import (
     ID_MARK,
@@ -91,6 +92,7 @@ from cairnd.entries import (
     turn_start_entry,
 )
 from cairnd.log import SessionLog, iter_lines
+from cairnd.privacy import child_umask
 from cairnd.transcript import SessionState, replay_prompt_block, session_state
 
 STDERR_FILE = "agent.stderr"  # beside the log: everything the agent wrote to stderr
@@ -375,8 +377,10 @@ class AgentRunner:
                  max_file_bytes: int, idle_seconds: float | None = None,
                  limiter: anyio.CapacityLimiter | None = None, task_group: anyio.abc.TaskGroup | None = None,
                  stop_timeout: float = 10.0, start_timeout: float = 60.0,
-                 checkpoint: Callable[[str, Path, int, int], dict[str, Any]] | None = None) -> None:
+                 checkpoint: Callable[[str, Path, int, int], dict[str, Any]] | None = None,
+                 confinement: Confinement | None = None) -> None:
         self.session_id = session_id
+        self.confinement = confinement  # None: the agent runs unconfined
         # (session, worktree, turns, max_file_bytes) -> the checkpoint params; the daemon
         # gives its Checkpointer's, whose cost follows what the turn changed.
         self._take_checkpoint = checkpoint or take_checkpoint
@@ -688,12 +692,17 @@ class AgentRunner:
             stderr_path.parent.mkdir(parents=True, exist_ok=True)
             with open(stderr_path, "ab") as f:
                 f.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S%z')} starting {shlex.join(command)}\n".encode())
+            argv, env = command, {**os.environ, **self.profile.env}
+            if self.confinement is not None:  # through the Landlock launcher (SPEC 16)
+                argv, env = await anyio.to_thread.run_sync(self.confinement.wrap, command, env,
+                                                           limiter=self.limiter)
             return await asyncio.create_subprocess_exec(
-                *command, cwd=self.worktree, env={**os.environ, **self.profile.env},
+                *argv, cwd=self.worktree, env=env,
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
                 # Its own process group: a ^C meant for cairnd is not the agent's to act on;
                 # cairnd stops it in order.
-                start_new_session=True)
+                start_new_session=True,
+                umask=child_umask())  # its files in the worktree get the user's modes, not the state dir's
         except OSError as exc:
             raise CairnError("agent_failed", f"session {self.session_id}: cannot start agent "
                                              f"{self.profile.name!r} ({shlex.join(command)}): "

@@ -22,8 +22,9 @@ import orjson
 import watchfiles
 from watchfiles._rust_notify import WatchfilesRustInternalError
 
-from cairnd import inotify, journal, statelock
+from cairnd import inotify, journal, privacy, statelock
 from cairnd.config import Config, load_config
+from cairnd.confinement import fallback_notice
 from cairnd.durable import write_atomic
 from cairnd.entries import now_timestamp
 from cairnd.errors import CairnError
@@ -101,8 +102,11 @@ class Daemon:
     # -- life cycle -----------------------------------------------------------------
 
     async def run(self) -> int:
+        access = privacy.claim(self.layout.root)  # before anything is created there
         self.layout.create()
         self._lock_fd = statelock.acquire(self.layout.root)
+        if access.warning:
+            event(logging.WARNING, access.warning)
         try:
             # The signal receiver spans the whole run, agents' shutdown included: a stop
             # signal at any moment is ours to handle, never the default handler's (which
@@ -119,6 +123,9 @@ class Daemon:
                     event(logging.INFO, f"web view on {url}")
                 async with Sessions(self.config) as sessions:
                     self.sessions = sessions
+                    notice = fallback_notice(sessions.sandbox, [p.sandbox for p in self.config.agents.values()])
+                    if notice:
+                        event(logging.WARNING, notice)
                     await sessions.recover()
                     await self._serve(intake_scope, grace_scope)
                 if web is not None:
@@ -499,6 +506,7 @@ class Daemon:
             "turns_in_flight": self.sessions.turns_in_flight if self.sessions else 0,
             "active_agents": self.sessions.active_agents if self.sessions else 0,
             "stopping": self.stopping,
+            "sandbox": self.sessions.sandbox.describe() if self.sessions else None,
         }
         path = self.layout.root / STATUS_NAME
         await anyio.to_thread.run_sync(lambda: write_atomic(path, orjson.dumps(status), sync_dir=False))

@@ -20,6 +20,7 @@ from cairnd import git
 from cairnd.checkpoint import session_ref_prefix
 from cairnd.checkpointer import checkpointer_for
 from cairnd.config import AgentProfile, Config
+from cairnd.confinement import Confinement, detect
 from cairnd.durable import remove_stale_temps
 from cairnd.errors import CairnError
 from cairnd.forker import discard_partial, fork_session, worktree_lock, write_fork_log
@@ -58,6 +59,7 @@ class Sessions:
         # git and SQLite calls are short; more threads than cores only adds contention.
         self.io_limiter = anyio.CapacityLimiter(8)
         self.turns_in_flight = 0
+        self.sandbox = detect()  # once: what the kernel offers agents (SPEC 16)
         self._stack = AsyncExitStack()
         self._tg: anyio.abc.TaskGroup | None = None
         self.checkpoints = checkpointer_for(self.layout.root)
@@ -104,15 +106,25 @@ class Sessions:
     def runner(self, row: SessionRow) -> AgentRunner:
         runner = self.runners.get(row.id)
         if runner is None:
+            profile = self.profile(row.agent)
             runner = AgentRunner(
-                row.id, row.worktree, self.layout.log_path(row.id), self.profile(row.agent),
+                row.id, row.worktree, self.layout.log_path(row.id), profile,
                 max_file_bytes=self.config.snapshot_max_file_bytes,
                 idle_seconds=self.config.idle_agent_seconds, limiter=self.io_limiter,
                 task_group=self._tg, stop_timeout=min(10.0, self.config.stop_timeout_seconds),
                 checkpoint=self.checkpoints.take,
+                confinement=self.confinement(row, profile),
             )
             self.runners[row.id] = runner
         return runner
+
+    def confinement(self, row: SessionRow, profile: AgentProfile) -> Confinement | None:
+        """How the session's agent is confined; None runs it unconfined (`sandbox = "off"`,
+        or a kernel without Landlock, which the daemon reported at start)."""
+        if profile.sandbox == "off" or not self.sandbox.available:
+            return None
+        return Confinement(worktree=row.worktree, source=row.repo, state_dir=self.layout.root,
+                           tmpdir=self.layout.agent_tmp(row.id), agent_dir=self.layout.agent_dir(profile.name))
 
     # -- requests -----------------------------------------------------------------------
 
@@ -269,6 +281,7 @@ class Sessions:
             shutil.rmtree(self.layout.worktree_parent(row.id), ignore_errors=True)
         self.checkpoints.forget(row.id)
         git.delete_refs(row.repo, session_ref_prefix(row.id))
+        shutil.rmtree(self.layout.agent_tmp(row.id), ignore_errors=True)
         self.registry.mark_deleted(row.id)
 
     # -- life cycle ------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 from cairnd.config import Config, StateLayout
+from cairnd.confinement import detect as detect_sandbox
 from cairnd.errors import CairnError
 from cairnd.entries import REWIND_MARK, REWIND_METHOD, method_of, params_of, parse_message
 from cairnd.git import changed_paths
@@ -60,6 +61,8 @@ def daemon_status(config: Config) -> dict[str, Any]:
         "turns_in_flight": 0,
         "active_agents": 0,
         "stopping": False,
+        # What the kernel offers agents; the running daemon's own view replaces it.
+        "sandbox": detect_sandbox().describe(),
     }
     if pid is not None:
         try:
@@ -68,7 +71,8 @@ def daemon_status(config: Config) -> dict[str, Any]:
             written = None
         # A kill -9 leaves the file behind: trust it only when it is the live daemon's.
         if isinstance(written, dict) and written.get("pid") == pid:
-            for key in ("started_at", "updated_at", "in_flight", "turns_in_flight", "active_agents", "stopping"):
+            for key in ("started_at", "updated_at", "in_flight", "turns_in_flight", "active_agents", "stopping",
+                        "sandbox"):
                 if key in written:
                     status[key] = written[key]
     rows = session_rows(layout, all_states=True)

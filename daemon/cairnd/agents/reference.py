@@ -7,6 +7,8 @@ It reads each prompt's text line by line and acts on it:
     append PATH: TEXT    appends TEXT and a newline (reads through fs/read_text_file when offered)
     delete PATH          removes PATH
     commit: MESSAGE      git add -A && git commit -m MESSAGE in the session cwd
+    run: COMMAND         runs COMMAND with `sh -c` in the session cwd, as an agent's shell tool
+                         does; its exit status and output (stdout and stderr) are the outcome
     delegate: TEXT       a sub-session: a sub-session user message TEXT, TEXT run as a line
                          inside it, and an answer; `delegate: delegate: X` nests
     sleep: SECONDS       waits, ending the turn `cancelled` on session/cancel
@@ -74,7 +76,7 @@ RESOURCE_NOT_FOUND = -32002
 
 
 class Action(NamedTuple):
-    verb: str  # write | append | delete | commit | delegate | sleep | crash | echo
+    verb: str  # write | append | delete | commit | run | delegate | sleep | crash | echo
     arg: str = ""  # the path, message, text or seconds
     text: str = ""  # the text of write / append
 
@@ -89,7 +91,7 @@ def parse_line(line: str) -> Action:
                 return Action(verb, path.strip(), text)
     if stripped.startswith("delete ") and stripped[7:].strip():
         return Action("delete", stripped[7:].strip())
-    for verb in ("commit", "delegate", "sleep"):
+    for verb in ("commit", "run", "delegate", "sleep"):
         if stripped.startswith(verb + ":"):
             return Action(verb, stripped[len(verb) + 1:].strip())
     if stripped == "crash":
@@ -313,7 +315,8 @@ class ReferenceAgent:
     async def _tool_call(self, session_id: str, session: Session, action: Action, sub: str | None) -> str:
         session.tool_calls += 1
         call_id = f"call-{session.tool_calls}"
-        kind: ToolKind = {"write": "edit", "append": "edit", "delete": "delete", "commit": "execute"}[action.verb]
+        kind: ToolKind = {"write": "edit", "append": "edit", "delete": "delete", "commit": "execute",
+                          "run": "execute"}[action.verb]
         title = f"{action.verb} {action.arg}"
         meta = _sub_session_meta(sub)
         await self._update(session_id, acp.start_tool_call(
@@ -321,7 +324,7 @@ class ReferenceAgent:
         try:
             outcome = await self._act(session_id, session, action)
             status = "completed"
-        except (OSError, acp.RequestError, GitFailed) as exc:
+        except (OSError, acp.RequestError, GitFailed, CommandFailed) as exc:
             outcome = f"{title} failed: {describe_error(exc)}"
             status = "failed"
         await self._update(session_id, acp.update_tool_call(
@@ -340,6 +343,8 @@ class ReferenceAgent:
         if action.verb == "delete":
             os.remove(path)
             return f"deleted {action.arg}"
+        if action.verb == "run":
+            return await run_command(session.cwd, action.arg)
         return await git_commit(session.cwd, action.arg)
 
     async def _read(self, session_id: str, path: str) -> str:
@@ -386,6 +391,26 @@ def describe_error(exc: Exception) -> str:
 
 def _sub_session_meta(sub: str | None) -> dict[str, Any] | None:
     return {"cairnd": {"subSession": sub}} if sub else None
+
+
+class CommandFailed(Exception):
+    """A `run:` command exited with a status other than 0; the message holds its output."""
+
+
+RUN_OUTPUT_LIMIT = 64 * 1024  # of a `run:` command's output, the last this many bytes are reported
+
+
+async def run_command(cwd: Path, command: str) -> str:
+    """`sh -c COMMAND` in `cwd`, stdin empty: "exit 0" and its output, or CommandFailed."""
+    proc = await asyncio.create_subprocess_exec(
+        "sh", "-c", command, cwd=cwd, stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out, _ = await proc.communicate()
+    text = out[-RUN_OUTPUT_LIMIT:].decode("utf-8", "replace")
+    outcome = f"exit {proc.returncode}" + (f"\n{text.rstrip()}" if text.strip() else "")
+    if proc.returncode != 0:
+        raise CommandFailed(outcome)
+    return outcome
 
 
 class GitFailed(Exception):
