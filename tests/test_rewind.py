@@ -13,6 +13,7 @@ import pytest
 
 from cairnd import git as cgit
 from cairnd import rewind as rewinding
+from cairnd.history import predict
 from cairnd.errors import CairnError
 from cairnd.forker import fork_session
 from cairnd.entries import method_of, parse_message
@@ -50,7 +51,7 @@ def visible(state: dict) -> dict:
 
 def rewind(p: Parent, k: int, **kwargs) -> dict:
     journal = rewinding.abandon(p.layout, p.registry, p.row, k, request_id=kwargs.get("request_id"),
-                                max_file_bytes=CAP, history=lambda k: "none" if k == 0 else "replay")
+                                max_file_bytes=CAP, history=lambda log, end: predict(iter_lines(log), end, "auto", "reference"))
     return rewinding.finish(p.layout, p.registry, p.row, journal, max_file_bytes=CAP)
 
 
@@ -144,7 +145,7 @@ def test_rewind_of_a_fork_and_fork_of_a_rewound_session(parent: Parent):
     row = parent.registry.get(fork["session"])
     oracle = fork_session(parent.layout, parent.registry, row, 2, title=None, request_id=None, max_file_bytes=CAP)
     journal = rewinding.abandon(parent.layout, parent.registry, row, 2, request_id=None, max_file_bytes=CAP,
-                                history=lambda k: "replay")
+                                history=lambda log, end: "replay")
     result = rewinding.finish(parent.layout, parent.registry, row, journal, max_file_bytes=CAP)
     assert result["detached"] is False  # a fork's HEAD is detached already
     assert state_of(row.worktree) == state_of(Path(oracle["worktree"]))
@@ -189,7 +190,7 @@ CRASH_SCRIPT = textwrap.dedent("""
     registry = Registry(layout.db)
     row = registry.get(session)
     journal = rewinding.abandon(layout, registry, row, k, request_id="r1", max_file_bytes=1 << 20,
-                                history=lambda k: "replay")
+                                history=lambda log, end: "replay")
     rewinding.finish(layout, registry, row, journal, max_file_bytes=1 << 20)
 """)
 
@@ -251,7 +252,7 @@ def test_rewind_with_prompt_queued_behind_a_turn_restarts_the_agent_with_the_kep
     assert result["status"] == "ok", result
     r = result["result"]
     assert r["session"] == session and r["user_message_index"] == 1 and r["prefill"].startswith("write a.txt: 2")
-    assert r["history"] == "replay" and r["detached"] is False and r["turn"] == 1
+    assert r["history"] == "native" and r["detached"] is False and r["turn"] == 1  # session/fork at the cut
     log = Path(r["log"]).read_text()
     assert "history=1" in log.rsplit("_cairnd/rewind", 1)[1]  # the new agent knows one earlier message
     worktree = daemon.state / "worktrees" / session / "project"

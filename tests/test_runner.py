@@ -1,7 +1,7 @@
 """The runner (SPEC 3, 5, 9, 10): cairnd as the ACP client of real agents over real stdio.
 
-Two agents drive it: the reference agent (`python -m cairnd.agents.reference`, no
-`session/load`, so history reaches it by replay) and tests/agents/plain_agent.py, an
+Two agents drive it: the reference agent (`python -m cairnd.agents.reference`, with
+`session/resume` and `session/fork` but no `session/load`) and tests/agents/plain_agent.py, an
 independent raw JSON-RPC agent with `session/load`, which shows the runner depends on
 the protocol and not on our agent.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import replace
 import sys
 import time
 from collections import Counter
@@ -52,6 +53,14 @@ def anyio_backend() -> str:
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
     return make_repo(tmp_path / "repo", {"README": "hello\n"})
+
+
+@pytest.fixture(autouse=True)
+def reference_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The reference agent's transcripts, per test (agents get cairnd's environment)."""
+    path = tmp_path / "reference-store"
+    monkeypatch.setenv("CAIRND_REFERENCE_STORE", str(path))
+    return path
 
 
 @pytest.fixture
@@ -239,9 +248,10 @@ async def test_cancel_ends_a_sleeping_turn_cancelled_and_checkpointed(repo: Path
     assert [t["stopReason"] for t in entries(log_path, "_posthog/turn_complete")] == ["cancelled"] * 2
 
 
-async def test_a_crash_mid_turn_fails_the_turn_and_the_next_one_gets_the_history(repo: Path,
-                                                                                 log_path: Path) -> None:
-    async with runner_for(repo, log_path) as runner:
+@pytest.mark.parametrize("history", ["auto", "replay"])
+async def test_a_crash_mid_turn_fails_the_turn_and_the_next_one_gets_the_history(repo: Path, log_path: Path,
+                                                                                 history: str) -> None:
+    async with runner_for(repo, log_path, replace(reference_profile(), history=history)) as runner:
         await runner.prompt("write a.txt: one")
         with pytest.raises(CairnError) as failed:
             await runner.prompt("write b.txt: two\ncrash\nwrite c.txt: never")
@@ -257,12 +267,19 @@ async def test_a_crash_mid_turn_fails_the_turn_and_the_next_one_gets_the_history
     crashed = entries(log_path, "_posthog/agent_checkpoint")[1]
     assert crashed["turns"] == 2
     assert b"b.txt" in commit_files(repo, crashed["worktreeSha"])
-    assert len(entries(log_path, "_posthog/sdk_session")) == 2
-    # The new agent process got both earlier messages as a replay ahead of the prompt.
-    replayed = [m for m in messages(log_path) if m.get("method") == "session/prompt"][-1]["params"]["prompt"]
-    assert replayed[0]["type"] == "resource" and replayed[0]["_meta"] == {"cairnd": {"userMessages": 2}}
-    assert "write b.txt: two" in replayed[0]["resource"]["text"]
-    assert replayed[1] == {"type": "text", "text": "what happened?"}
+    first, second = entries(log_path, "_posthog/sdk_session")
+    last_prompt = [m for m in messages(log_path) if m.get("method") == "session/prompt"][-1]["params"]["prompt"]
+    if history == "auto":
+        # The reference agent advertises session/resume: the new process resumes the same session.
+        assert result["history"] == second["history"] == "resume" and first["history"] == "none"
+        assert second["sdkSessionId"] == first["sdkSessionId"]
+        assert last_prompt == [{"type": "text", "text": "what happened?"}]
+    else:
+        # The new agent process got both earlier messages as a replay ahead of the prompt.
+        assert result["history"] == second["history"] == "replay"
+        assert last_prompt[0]["type"] == "resource" and last_prompt[0]["_meta"] == {"cairnd": {"userMessages": 2}}
+        assert "write b.txt: two" in last_prompt[0]["resource"]["text"]
+        assert last_prompt[1] == {"type": "text", "text": "what happened?"}
     assert history_in(last_reply(log_path)) == 2
     assert "crash requested" in (log_path.parent / STDERR_FILE).read_text()
 
@@ -460,5 +477,7 @@ async def test_a_turn_left_open_by_a_crash_of_cairnd_is_closed_as_interrupted(re
     assert result["turn"] == 2
     assert [t["stopReason"] for t in entries(log_path, "_posthog/turn_complete")] == [
         "end_turn", "interrupted", "end_turn"]
-    assert history_in(last_reply(log_path)) == 2
+    # The restart resumes the agent's own session: it never received the prompt the crash
+    # cut (written here by hand), so it knows one earlier message. Replay would claim two.
+    assert result["history"] == "resume" and history_in(last_reply(log_path)) == 1
 

@@ -239,10 +239,14 @@ def turn_start_entry(session_id: str, turn: int, request_id: str | None) -> dict
     return cairnd_entry(TURN_START_METHOD, {"sessionId": session_id, "turn": turn, "requestId": request_id})
 
 
-def sdk_session_entry(session_id: str, sdk_session_id: str, adapter: str) -> dict[str, Any]:
-    """Which agent session (of which profile) holds this session's conversation."""
-    return cairnd_entry(SDK_SESSION_METHOD, {"sessionId": session_id, "sdkSessionId": sdk_session_id,
-                                             "adapter": adapter})
+def sdk_session_entry(session_id: str, sdk_session_id: str, adapter: str,
+                      history: str | None = None) -> dict[str, Any]:
+    """Which agent session (of which profile) holds this session's conversation, and how
+    it got the conversation kept before it (SPEC 12: native, resume, load, replay, none)."""
+    params = {"sessionId": session_id, "sdkSessionId": sdk_session_id, "adapter": adapter}
+    if history is not None:
+        params["history"] = history
+    return cairnd_entry(SDK_SESSION_METHOD, params)
 
 
 def fork_meta_entry(session_id: str, parent_id: str, user_message_index: int, head_sha: str,

@@ -18,7 +18,7 @@ import re
 import shutil
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,7 +127,8 @@ def discard_partial(layout: StateLayout, registry: Registry, row: SessionRow) ->
 
 
 def fork_session(layout: StateLayout, registry: Registry, parent: SessionRow, k: int, *,
-                 title: str | None, request_id: str | None, max_file_bytes: int) -> dict[str, Any]:
+                 title: str | None, request_id: str | None, max_file_bytes: int,
+                 history: Callable[[Path, int], str] | None = None) -> dict[str, Any]:
     """Fork `parent` at user message k. Synchronous: run it in a worker thread."""
     parent_log = layout.log_path(parent.id)
     point = find_fork_point(iter_lines(parent_log), k, parent.id)
@@ -165,6 +166,8 @@ def fork_session(layout: StateLayout, registry: Registry, parent: SessionRow, k:
             "prefill": point.prefill,
             "log": str(log_path),
         }
+        if history is not None:  # how the fork's agent will get the kept conversation (SPEC 12)
+            result["history"] = history(parent_log, point.offset)
         registry.commit_session(fork_id, result, ForkRow(
             id=fork_id, parent_id=parent.id, parent_title=parent.title, root_id=parent.root_id,
             user_message_index=k, head_sha=start.head_sha, worktree_sha=start.worktree_sha,

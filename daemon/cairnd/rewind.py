@@ -113,7 +113,7 @@ def pin_abandoned(repo: Path, abandoned_id: str, lines: Iterable[tuple[int, byte
 
 
 def abandon(layout: StateLayout, registry: Registry, row: SessionRow, k: int, *, request_id: str | None,
-            max_file_bytes: int, history: Callable[[int], str]) -> RewindRow:
+            max_file_bytes: int, history: Callable[[Path, int], str]) -> RewindRow:
     """Phase 1: the abandoned session, and the plan, committed together. Synchronous."""
     log_path = layout.log_path(row.id)
     point = find_fork_point(iter_lines(log_path), k, row.id)
@@ -132,7 +132,7 @@ def abandon(layout: StateLayout, registry: Registry, row: SessionRow, k: int, *,
         "session": row.id, "k": k, "keep_bytes": point.offset, "turns": turns,
         "headSha": start.head_sha, "worktreeSha": start.worktree_sha, "indexTree": start.index_tree,
         "state": start.state, "moveHead": not keep_branch, "detached": now.branch is not None and not keep_branch,
-        "prefill": point.prefill, "history": history(k),
+        "prefill": point.prefill, "history": history(log_path, point.offset),
     }
     abandoned_id = new_session_id()
     plan["abandoned"] = abandoned_id

@@ -92,6 +92,8 @@ from cairnd.entries import (
     turn_start_entry,
 )
 from cairnd.log import SessionLog, iter_lines
+from cairnd.history import HistoryFacts, open_history
+from cairnd.history import scan as history_scan
 from cairnd.privacy import child_umask
 from cairnd.transcript import SessionState, replay_prompt_block, session_state
 
@@ -347,6 +349,7 @@ class AgentProcess:
     conn: Any  # acp ClientSideConnection
     sdk_session_id: str = ""
     replay: dict[str, Any] | None = None  # block to send ahead of the next prompt
+    history: str | None = None  # how it got the conversation (cairnd.history), until a turn reports it
     stderr_tail: bytes = b""
     stop_requested: bool = False
     owes_nothing: bool = False  # stopped between turns: SIGTERM follows EOF quickly
@@ -486,6 +489,7 @@ class AgentRunner:
         turn = await self._completed_turns()
         agent = await self._ensure_agent()
         self._turn_agent = agent
+        opened_as, agent.history = agent.history, None  # reported by the turn that opened it
         blocks: list[Any] = []
         if agent.replay is not None:
             blocks.append(EmbeddedResourceContentBlock.model_validate(agent.replay))
@@ -529,7 +533,10 @@ class AgentRunner:
                                                  "cairnd stopped its agent")
         if failure is not None:
             raise CairnError("agent_failed", f"session {self.session_id}, turn {turn}: {failure}")
-        return {"session": self.session_id, "turn": turn, "stopReason": stop_reason, "checkpoint": checkpoint}
+        result = {"session": self.session_id, "turn": turn, "stopReason": stop_reason, "checkpoint": checkpoint}
+        if opened_as is not None:
+            result["history"] = opened_as
+        return result
 
     async def _end_turn(self, turn: int, stop_reason: str) -> dict[str, Any]:
         """turn_complete, then the checkpoint of what the turn left, in one write, then
@@ -614,6 +621,10 @@ class AgentRunner:
         try:
             with anyio.fail_after(self.start_timeout):
                 await self._open_session(agent, state)
+        except CairnError:
+            agent.stop()  # history = native and the agent refused: nothing to keep it for
+            await agent.exited.wait()
+            raise
         except (TimeoutError, ConnectionError, OSError, ValidationError, acp.RequestError) as exc:
             agent.stop()
             await agent.exited.wait()
@@ -636,20 +647,16 @@ class AgentRunner:
                 terminal=False),
             client_info=Implementation(name="cairnd", version=__version__),
         )
-        can_load = bool(init.agent_capabilities and init.agent_capabilities.load_session)
-        cwd = str(self.worktree)
-        if can_load and state.sdk_session_id and state.adapter == self.profile.name:
-            try:
-                await agent.conn.load_session(cwd=cwd, session_id=state.sdk_session_id, mcp_servers=[])
-                agent.sdk_session_id = state.sdk_session_id
-            except acp.RequestError:
-                pass  # it no longer has that session: start anew and replay
-        if not agent.sdk_session_id:
-            agent.sdk_session_id = (await agent.conn.new_session(cwd=cwd, mcp_servers=[])).session_id
-            if state.conversation:
-                agent.replay = replay_prompt_block(self.session_id, state.conversation)
+        live = init.agent_capabilities.model_dump(by_alias=True, exclude_none=True) if init.agent_capabilities else {}
+        facts = await anyio.to_thread.run_sync(_history_facts, self.log_path, limiter=self.limiter)
+        opened = await open_history(agent.conn, facts, mode=self.profile.history, profile=self.profile.name,
+                                    cwd=str(self.worktree), live=live, session_id=self.session_id)
+        agent.sdk_session_id = opened.sdk_session_id
+        agent.history = opened.history
+        if opened.replay and state.conversation:
+            agent.replay = replay_prompt_block(self.session_id, state.conversation)
         log = self._open_log()
-        log.append(sdk_session_entry(self.session_id, agent.sdk_session_id, self.profile.name))
+        log.append(sdk_session_entry(self.session_id, agent.sdk_session_id, self.profile.name, opened.history))
         await anyio.to_thread.run_sync(log.sync, limiter=self.limiter)
 
     async def _host(self, *, task_status: anyio.abc.TaskStatus[AgentProcess] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -862,6 +869,10 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, acp.RequestError):
         return f"error {exc.code}: {exc}" + (f" {exc.data}" if exc.data else "")
     return str(exc) or type(exc).__name__
+
+
+def _history_facts(log_path: Path) -> HistoryFacts:
+    return history_scan(iter_lines(log_path))
 
 
 def _read_session_state(log_path: Path, agent_text: bool = True) -> SessionState:

@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import shutil
 from contextlib import AsyncExitStack
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -24,6 +25,7 @@ from cairnd.confinement import Confinement, detect
 from cairnd.durable import remove_stale_temps
 from cairnd.errors import CairnError
 from cairnd.forker import discard_partial, fork_session, worktree_lock, write_fork_log
+from cairnd.history import predict as predict_history
 from cairnd.ids import new_session_id
 from cairnd.journal import event
 from cairnd.entries import checkpoint_entry
@@ -181,6 +183,7 @@ class Sessions:
                 self.layout, self.registry, parent, request.user_message_index,
                 title=request.title, request_id=claimed.request_id,
                 max_file_bytes=self.config.snapshot_max_file_bytes,
+                history=lambda log, end: self.predicted_history(parent, log, end),
             ))
         row = await self._thread(self.registry.get, result["session"])
         return await self._with_turn(row, request.prompt, claimed)
@@ -199,7 +202,8 @@ class Sessions:
             async with self.fork_limiter:
                 journal = await anyio.to_thread.run_sync(lambda: rewinding.abandon(
                     self.layout, self.registry, row, request.user_message_index, request_id=claimed.request_id,
-                    max_file_bytes=self.config.snapshot_max_file_bytes, history=self.rewind_history))
+                    max_file_bytes=self.config.snapshot_max_file_bytes,
+                    history=lambda log, end: self.predicted_history(row, log, end)))
         if journal.state == "done" and journal.result is not None:
             result = journal.result
         else:
@@ -211,9 +215,14 @@ class Sessions:
         row = await self._thread(self.registry.get, result["session"])
         return await self._with_turn(row, request.prompt, claimed, base=result)
 
-    def rewind_history(self, k: int) -> str:
-        """How the rewound session's agent will get the kept history (SPEC 12)."""
-        return "none" if k == 0 else "replay"
+    def predicted_history(self, row: SessionRow, log: Path, end: int) -> str:
+        """How the agent of a fork or rewind of `row` that keeps the bytes of `log` before
+        `end` will get that history when it starts (SPEC 12; cairnd.history)."""
+        try:
+            profile = self.config.agent(row.agent)
+        except CairnError:
+            return "replay"  # its profile is gone from the configuration: it will fail to start anyway
+        return predict_history(iter_lines(log), end, profile.history, profile.name)
 
     async def land(self, request: LandRequest, claimed: Claimed) -> dict[str, Any]:
         row = await self.live(request.session)
