@@ -1,0 +1,216 @@
+"""The web view in a real browser (SPEC 14): Debian's Chromium driven by Playwright,
+against a real daemon and a real `cairnd web`, clicking through what people do.
+Each test saves a screenshot of its page under its own tmp_path."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gitrepos import git_text, make_repo
+from webkit import CHROMIUM, CHROMIUM_ARGS, start_pair
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists() or shutil.which("chromium") is None,
+                                reason="Debian's chromium is not installed (apt-get install -y chromium)")
+
+TIMEOUT_MS = 60_000
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    base = tmp_path_factory.mktemp("webbrowser")
+    repo = make_repo(base / "repo")
+    daemon, web = start_pair(base)
+    try:
+        yield {"daemon": daemon, "web": web, "repo": repo}
+    finally:
+        web.stop()
+        daemon.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Any:
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Any:
+    context = browser.new_context(viewport={"width": 1100, "height": 900})
+    opened = context.new_page()
+    opened.set_default_timeout(TIMEOUT_MS)
+    errors: list[str] = []
+    opened.on("pageerror", lambda exc: errors.append(str(exc)))
+    opened.on("dialog", lambda dialog: dialog.accept())
+    yield opened
+    context.close()
+    assert not errors, errors  # no script error on any page
+
+
+def new_session(site: Any, title: str, prompts: list[str]) -> str:
+    made = site["daemon"].ok({"kind": "new", "repo": str(site["repo"]), "title": title, "prompt": prompts[0]})
+    for text in prompts[1:]:
+        site["daemon"].ok({"kind": "prompt", "session": made["session"], "text": text})
+    return made["session"]
+
+
+def shot(page: Any, tmp_path: Path, name: str) -> Path:
+    path = tmp_path / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    assert path.stat().st_size > 10_000
+    return path
+
+
+def test_open_a_session_from_the_list(site: Any, page: Any, tmp_path: Path) -> None:
+    session = new_session(site, "list me", ["write listed.txt: yes"])
+    page.goto(site["web"].url + "/")
+    row = page.locator(f'tr[data-session="{session}"]')
+    assert row.locator("td").nth(2).inner_text() == "1"  # turns
+    page.fill('input[name="q"]', "list me")
+    page.click('form.filter button')
+    page.wait_for_url(re.compile(r"q=list"))
+    assert page.locator("tr.session-row").count() == 1
+    shot(page, tmp_path, "sessions")
+    page.click(f'tr[data-session="{session}"] a.session-link')
+    page.wait_for_url(f"**/sessions/{session}")
+    assert page.locator("h1.session-title").inner_text() == "list me"
+    assert page.locator("#u0 .text").inner_text() == "write listed.txt: yes"
+    assert page.locator("li.tool .tool-title").first.inner_text() == "write listed.txt"
+    assert "history=0" in page.locator("li.agent").last.inner_text()
+
+
+def test_fork_from_message_2_with_edited_text_then_its_lineage(site: Any, page: Any, tmp_path: Path) -> None:
+    parent = new_session(site, "three steps", ["write one.txt: 1", "write two.txt: 2", "write three.txt: 3"])
+    page.goto(f"{site['web'].url}/sessions/{parent}")
+    page.hover("#u2")
+    page.click("#u2 .fork-btn")
+    editor = page.locator("#u2 .fork-form textarea")
+    assert editor.input_value() == "write three.txt: 3"  # the message, ready to edit
+    editor.fill("write edited.txt: E")
+    shot(page, tmp_path, "fork-editor")
+    page.click('#u2 .fork-form button[value="fork-send"]')
+    page.wait_for_url(re.compile(r"/sessions/(?!" + parent + r")[A-Za-z0-9]+$"))
+    fork = page.url.rsplit("/", 1)[1]
+    banner = page.locator(".fork-banner")
+    assert "Forked from:" in banner.inner_text() and "three steps" in banner.inner_text()
+    assert banner.locator("a.parent-link").get_attribute("href") == f"/sessions/{parent}"
+    users = page.locator("li.user:not(.sub-user) > .text")
+    assert users.all_inner_texts() == ["write one.txt: 1", "write two.txt: 2", "write edited.txt: E"]
+    answer = page.locator("#u2 ~ li.agent").last
+    answer.wait_for()
+    assert "history=2" in answer.inner_text()  # the agent knew the 2 kept messages
+    assert page.locator("#u2 ~ li.tool .tool-title").first.inner_text() == "write edited.txt"
+    shot(page, tmp_path, "fork")
+    page.click("text=Lineage")
+    page.wait_for_url(f"**/sessions/{fork}/lineage")
+    branch = page.locator(f'#node-{parent} .node-message[data-ordinal="2"] > .branch[data-at="2"]')
+    assert branch.locator(f"#node-{fork}").count() == 1
+    assert "write edited.txt: E" in branch.inner_text()
+    shot(page, tmp_path, "lineage")
+
+
+def test_a_running_turns_writes_appear_live_before_it_ends(site: Any, page: Any, tmp_path: Path) -> None:
+    session = new_session(site, "live one", ["write before.txt: 0"])
+    page.goto(f"{site['web'].url}/sessions/{session}")
+    page.locator("#live").wait_for()
+    page.fill("#prompt-text", "write live.txt: hi\nsleep: 6\nwrite after.txt: bye")
+    page.click("#prompt-form button")
+    written = page.locator("#u1 ~ li.tool", has_text="write live.txt")
+    written.wait_for()
+    written.locator('.tool-status:text("completed")').wait_for()
+    # the turn is still going (sleeping): no end, no checkpoint after it yet
+    assert page.locator("#u1 ~ li.turn-end").count() == 0
+    assert page.locator("#running").is_visible()
+    path = live_path(site, session)
+    assert not path.exists()  # the write after the sleep has not happened
+    shot(page, tmp_path, "live")
+    page.locator("#u1 ~ li.turn-end").wait_for()
+    assert page.locator("#u1 ~ li.tool", has_text="write after.txt").count() == 1
+    page.locator("#running").wait_for(state="hidden")
+
+
+def live_path(site: Any, session: str) -> Path:
+    return site["daemon"].state / "worktrees" / session / "repo" / "after.txt"
+
+
+def test_the_diff_of_a_turn_shows_its_changed_lines(site: Any, page: Any, tmp_path: Path) -> None:
+    session = new_session(site, "diffs", ["write notes.txt: first line", "append notes.txt: second line"])
+    page.goto(f"{site['web'].url}/sessions/{session}")
+    checkpoint = page.locator("li.checkpoint", has_text="after 2 turns")
+    assert "M notes.txt" in checkpoint.inner_text()
+    checkpoint.locator("a.diff-link").click()
+    page.wait_for_url(re.compile(r"/diff\?"))
+    assert page.locator(".file-diff h2").inner_text().startswith("M notes.txt")
+    assert page.locator("pre.diff .add").all_inner_texts() == ["+second line"]
+    assert page.locator("pre.diff .ctx").all_inner_texts()[-1] == " first line"
+    shot(page, tmp_path, "diff")
+
+
+def test_cancel_stops_a_running_turn(site: Any, page: Any, tmp_path: Path) -> None:
+    session = new_session(site, "to cancel", ["write a.txt: a"])
+    page.goto(f"{site['web'].url}/sessions/{session}")
+    page.locator("#live").wait_for()
+    page.fill("#prompt-text", "sleep: 60")
+    page.click("#prompt-form button")
+    page.locator("#u1").wait_for()
+    page.locator("#running").wait_for()
+    page.click("#cancel-btn")
+    page.locator(".toast", has_text="cancel: done").wait_for()
+    page.locator("#u1 ~ li.turn-end .stop", has_text="cancelled").wait_for()
+    shot(page, tmp_path, "cancel")
+
+
+def test_rewind_takes_the_session_back_and_prefills_the_message(site: Any, page: Any, tmp_path: Path) -> None:
+    session = new_session(site, "rewind me", ["write r1.txt: 1", "write r2.txt: 2"])
+    page.goto(f"{site['web'].url}/sessions/{session}")
+    page.hover("#u1")
+    page.click("#u1 .rewind-btn")
+    page.click('#u1 .fork-form button[value="rewind"]')
+    page.locator("li.divider", has_text="rewound here").wait_for()  # the page came back rewound
+    assert page.locator("li.user:not(.sub-user) > .text").all_inner_texts() == ["write r1.txt: 1"]
+    assert page.locator("#prompt-text").input_value() == "write r2.txt: 2"
+    abandoned = page.locator("li.divider a").get_attribute("href")
+    assert abandoned and abandoned.startswith("/sessions/")
+    shot(page, tmp_path, "rewind")
+
+
+def test_land_and_delete_from_the_page(site: Any, page: Any, tmp_path: Path) -> None:
+    parent = new_session(site, "land then delete", ["write landed.txt: L"])
+    fork = site["daemon"].ok({"kind": "fork", "session": parent, "user_message_index": 0})["session"]
+    page.goto(f"{site['web'].url}/sessions/{parent}")
+    page.fill('#land-form input[name="branch"]', "web-landed")
+    page.click("#land-form button")
+    page.locator(".toast.ok", has_text=re.compile(r"landed [0-9a-f]{7} on web-landed")).wait_for()
+    assert git_text(site["repo"], "show", "web-landed:landed.txt") == "L"
+    page.click("#delete-btn")
+    page.locator("#state-badge", has_text="deleted").wait_for()
+    assert page.locator("#prompt-form").count() == 0
+    page.goto(f"{site['web'].url}/sessions/{fork}")
+    banner = page.locator(".fork-banner")
+    assert "land then delete" in banner.inner_text() and "(deleted)" in banner.inner_text()
+    assert banner.locator("a").count() == 0  # nothing to link to any more
+    shot(page, tmp_path, "deleted-parent")
+
+
+def test_a_script_in_a_prompt_is_shown_not_run(site: Any, page: Any, tmp_path: Path) -> None:
+    session = new_session(site, "hostile", ["write safe.txt: ok"])
+    hostile = '<script>window.pwned = 1</script><img src=x onerror="window.pwned = 2">'
+    page.goto(f"{site['web'].url}/sessions/{session}")
+    page.locator("#live").wait_for()
+    page.fill("#prompt-text", hostile)
+    page.click("#prompt-form button")
+    page.locator("#u1 ~ li.turn-end").wait_for()  # arrived live, through the event stream
+    assert page.locator("#u1 > .text").inner_text() == hostile
+    assert page.locator("#u1 ~ li.agent").first.inner_text().endswith(hostile)
+    page.reload()  # and served with the page
+    assert page.locator("#u1 > .text").inner_text() == hostile
+    assert page.evaluate("window.pwned") is None
+    assert page.locator("img").count() == 0
+    shot(page, tmp_path, "hostile")
