@@ -25,7 +25,7 @@ from cairnd.log import iter_lines
 from cairnd.web.conversation import ConversationReader, Op, fold
 
 PAGE_ITEMS = 60  # top-level items of a screenful (a reference-agent turn is about six)
-PAGE_BYTES = 1 << 20  # log bytes one page reads at most (a line longer is read whole)
+PAGE_BYTES = 256 << 10  # log bytes one page reads at most (a line longer is read whole)
 FOLLOW_BATCH_BYTES = 1 << 20
 FOLLOW_POLL_SECONDS = 0.1
 

@@ -96,6 +96,7 @@ function setRunning(running) {
 }
 
 let events = null;
+let replacing = false;  // an action of this page is replacing the log: it navigates itself
 
 function followLive(head) {
   if (events) events.close();
@@ -108,7 +109,7 @@ function followLive(head) {
     // a reconnect must not replay: it would start from the page's cursor again
   });
   events.addEventListener("running", (e) => setRunning(JSON.parse(e.data).value));
-  events.addEventListener("replaced", () => { events.close(); location.reload(); });
+  events.addEventListener("replaced", () => { events.close(); if (!replacing) location.reload(); });
   events.addEventListener("error", () => {
     // The server ends the stream only when the log is replaced; any other drop is
     // followed again from the page's cursor by reloading the page.
@@ -154,13 +155,21 @@ function openEditor(li, session) {
     const request = {kind, session, user_message_index: ordinal};
     if (action.endsWith("-send")) request.prompt = area.value;
     form.querySelectorAll("button").forEach((b) => { b.disabled = true; });
+    // A rewind replaces this page's log: the live stream must not reload the page
+    // before the result says where to go; the message goes back in the prompt box
+    // of the session the result names.
+    if (kind === "rewind") replacing = true;
+    const prefill = action.endsWith("-send") ? null : area.value;
+    if (prefill !== null && kind === "rewind") sessionStorage.setItem("cairnd-prefill:" + session, prefill);
     const result = await act(request, kind + " at message " + ordinal);
     form.querySelectorAll("button").forEach((b) => { b.disabled = false; });
-    if (!result || result.status !== "ok") return;
-    const target = result.result.session;
-    if (!action.endsWith("-send") && result.result.prefill !== undefined) {
-      sessionStorage.setItem("cairnd-prefill:" + target, area.value);
+    if (!result || result.status !== "ok") {
+      replacing = false;
+      sessionStorage.removeItem("cairnd-prefill:" + session);
+      return;
     }
+    const target = result.result.session;
+    if (prefill !== null) sessionStorage.setItem("cairnd-prefill:" + target, prefill);
     location.href = "/sessions/" + encodeURIComponent(target);
   });
 }
