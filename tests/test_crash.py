@@ -1,5 +1,5 @@
-"""SPEC 6 under `kill -9`: the daemon is killed at random moments while forks, prompts
-and new sessions are in flight, then restarted, many times over. After the last
+"""SPEC 6 under `kill -9`: the daemon is killed at random moments while forks, rewinds,
+prompts and new sessions are in flight, then restarted, many times over. After the last
 restart has drained the spool:
 
 - every request has exactly one result (done/ or failed/, never both, no duplicate);
@@ -8,7 +8,11 @@ restart has drained the spool:
   sessions table of `cairnd.db` and `refs/cairnd/*` all agree;
 - every log line parses; every turn that began ended (`turn_complete`, then a
   checkpoint), and a turn the crash cut answered `turn_interrupted`;
-- no turn ran twice (one `_cairnd/turn_start` per request id, at most).
+- no turn ran twice (one `_cairnd/turn_start` per request id, at most; a rewind copies
+  the lines it leaves behind into the abandoned session's log, the same turn twice);
+- no half-rewound session (SPEC 13): no rewind is left pending; every rewind that
+  answered ok is recorded done, its abandoned session ready (or deleted later) under the
+  rewound one; a rewind that failed before its commit point left nothing.
 
 The engine (`Torture`, `audit`) is shared with bench/torture.py, which runs the same
 for hundreds of iterations.
@@ -125,6 +129,8 @@ class Torture:
                 continue
             if result["status"] == "ok" and result["kind"] in ("new", "fork"):
                 self.sessions.append(result["result"]["session"])
+            if result["status"] == "ok" and result["kind"] == "rewind":
+                self.sessions.append(result["result"]["abandoned"])
             if result["status"] == "ok" and result["kind"] == "delete":
                 self.deleted.add(result["result"]["session"])
         self.unread = still
@@ -138,10 +144,11 @@ class Torture:
             return request
         session = rng.choice(live)
         roll = rng.random()
-        if roll < 0.45:
+        if roll < 0.4:
             return {"kind": "prompt", "session": session, "text": rng.choice(PROMPTS).format(tag=tag)}
         if roll < 0.8:
-            request = {"kind": "fork", "session": session, "user_message_index": rng.randint(0, 3)}
+            kind = "fork" if roll < 0.68 else "rewind"
+            request = {"kind": kind, "session": session, "user_message_index": rng.randint(0, 3)}
             if rng.random() < 0.3:
                 request["prompt"] = rng.choice(PROMPTS).format(tag=tag)
             return request
@@ -218,11 +225,13 @@ class Audit:
     duplicated: int = 0
     turns: int = 0
     interrupted: int = 0
+    rewinds: int = 0  # finished
     problems: list[str] = field(default_factory=list)
 
     def figures(self) -> str:
         return (f"requests: {self.requests}, results: {self.results}, lost: {self.lost}, "
-                f"duplicated: {self.duplicated}, turns: {self.turns}, interrupted: {self.interrupted}")
+                f"duplicated: {self.duplicated}, turns: {self.turns}, interrupted: {self.interrupted}, "
+                f"rewinds: {self.rewinds}")
 
 
 def audit(state: Path, repo: Path, requests: dict[str, dict[str, Any]] | None) -> Audit:
@@ -271,6 +280,9 @@ def audit(state: Path, repo: Path, requests: dict[str, dict[str, Any]] | None) -
         rows = {r[0]: (r[1], Path(r[2]), bool(r[3]), r[4])
                 for r in db.execute("SELECT id, state, worktree, in_place, parent_id FROM sessions")}
         fork_rows = {r[0] for r in db.execute("SELECT id FROM forks")}
+        lineage = {r[0]: r[1] for r in db.execute("SELECT id, parent_id FROM forks")}
+        rewinds = {r[0]: (r[1], r[2], r[3]) for r in
+                   db.execute("SELECT abandoned_id, session_id, request_id, state FROM rewinds")}
     ready = {sid for sid, row in rows.items() if row[0] == "ready"}
     deleted = {sid for sid, row in rows.items() if row[0] == "deleted"}
     for sid, row in rows.items():
@@ -312,25 +324,55 @@ def audit(state: Path, repo: Path, requests: dict[str, dict[str, Any]] | None) -
     if lock_files:
         problem(f"ref lock files left behind: {lock_files[:3]}")
 
+    # -- rewinds: none half-done ----------------------------------------------------------
+    for abandoned, (session, rid, rewind_state) in sorted(rewinds.items()):
+        report.rewinds += rewind_state == "done"
+        if rewind_state != "done":
+            problem(f"the rewind of {session} (abandoned {abandoned}) is left {rewind_state}")
+        if abandoned not in ready | deleted or lineage.get(abandoned) != session:
+            problem(f"the rewind of {session} left {abandoned} without its session or lineage row")
+    by_request = {rid: abandoned for abandoned, (_s, rid, _st) in rewinds.items() if rid}
+    for rid, result in results.items():
+        if requests[rid]["kind"] != "rewind":
+            continue
+        if result["status"] == "ok" and by_request.get(rid) != result["result"]["abandoned"]:
+            problem(f"rewind {rid} answered ok, but no finished rewind records it")
+        if (result["status"] == "error" and rid in by_request
+                and result["error"]["code"] not in ("turn_interrupted", "agent_failed")):
+            problem(f"rewind {rid} failed ({result['error']['code']}) after its commit point")
+
     # -- logs: every line parses, every turn ends, none runs twice ---------------------
-    turn_starts: Counter[str] = Counter()
+    # request id -> (session, turn) -> how often one log holds it: a rewind copies the old
+    # log into the abandoned session's, so the same turn in two logs is one turn.
+    turn_starts: dict[str, dict[tuple[str, int], int]] = {}
     turn_of: dict[str, tuple[str, int, str | None]] = {}  # request id -> (session, turn, stopReason)
     for sid in sorted(ready | deleted):
         log = state / "sessions" / sid / "log.ndjson"
         if not log.exists():
             continue
-        for rid, turn, stop in walk_turns(sid, log, problem):
-            report.turns += 1
-            report.interrupted += stop == "interrupted"
-            if rid is not None:
-                turn_starts[rid] += 1
-                turn_of[rid] = (sid, turn, stop)
-    for rid, count in turn_starts.items():
-        if count > 1:
-            problem(f"the turn of request {rid} ran {count} times")
+        owners = [sid] + ([rewinds[sid][0]] if sid in rewinds else [])
+        in_log: dict[str, Counter[tuple[str, int]]] = {}
+        for owner in owners:
+            for rid, turn, stop in walk_turns(owner, log, problem):
+                seen = turn_starts.get(rid or "", {}).get((owner, turn), 0)
+                if rid is not None:
+                    in_log.setdefault(rid, Counter())[(owner, turn)] += 1
+                if rid is not None and in_log[rid][(owner, turn)] <= seen:
+                    continue  # counted already from another log
+                report.turns += 1
+                report.interrupted += stop == "interrupted"
+                if rid is not None:
+                    turn_of[rid] = (owner, turn, stop)
+        for rid, counts in in_log.items():
+            merged = turn_starts.setdefault(rid, {})
+            for key, count in counts.items():
+                merged[key] = max(merged.get(key, 0), count)
+    for rid, ran in turn_starts.items():
+        if sum(ran.values()) > 1:
+            problem(f"the turn of request {rid} ran {sum(ran.values())} times: {sorted(ran)}")
     for rid, result in results.items():
         kind = requests[rid]["kind"]
-        runs_turn = kind == "prompt" or (kind in ("new", "fork") and "prompt" in requests[rid])
+        runs_turn = kind == "prompt" or (kind in ("new", "fork", "rewind") and "prompt" in requests[rid])
         if not runs_turn:
             continue
         if result["status"] == "ok":
@@ -541,7 +583,8 @@ def test_a_turn_cut_by_kill_9_ends_interrupted_and_is_not_run_again(tmp_path: Pa
 
 def test_the_audit_sees_what_it_must(tmp_path: Path):
     """The audit is the test's eyes: a lost request, a duplicate, a stray result, a stray
-    worktree, a ref of no session, a turn run twice and an open turn are all reported."""
+    worktree, a ref of no session, a turn run twice, an open turn and a rewind left
+    half-done are all reported."""
     repo = torture_repo(tmp_path / "project")
     daemon = Daemon(tmp_path / "state").start()
     new = {"kind": "new", "repo": str(repo), "prompt": "hello"}
@@ -561,11 +604,15 @@ def test_the_audit_sees_what_it_must(tmp_path: Path):
         f.write(start)
     git(repo, "update-ref", "refs/cairnd/nobody/0", "HEAD")
     git(repo, "worktree", "add", "--detach", str(tmp_path / "stray"), "HEAD")
+    with sqlite3.connect(daemon.state / "cairnd.db") as db:
+        db.execute("INSERT INTO rewinds (abandoned_id, session_id, request_id, state, plan, created_at)"
+                   " VALUES ('halfway', ?, NULL, 'pending', '{}', 0)", (session,))
     report = audit(daemon.state, repo, {"first": new, "twice": request, "lost": {"kind": "cancel", "session": session}})
     text = "\n".join(report.problems)
     assert report.lost == 1 and report.duplicated == 1
     for needle in ("request lost has no result", "unexpected result file stray.json", "refs/cairnd/nobody/0",
-                   "stray belongs to no ready session", "ran 2 times", "never ended"):
+                   "stray belongs to no ready session", "ran 2 times", "never ended",
+                   "(abandoned halfway) is left pending", "left halfway without its session"):
         assert needle in text, text
 
 

@@ -11,6 +11,8 @@ from cairnd.requests import (
     CancelRequest,
     DeleteRequest,
     ForkRequest,
+    LandRequest,
+    RewindRequest,
     NewRequest,
     PromptRequest,
     decode_json,
@@ -33,6 +35,11 @@ def test_valid_requests_of_every_kind():
     assert validate_request({"kind": "prompt", "session": "s1", "text": "hi"}) == PromptRequest("s1", "hi")
     assert validate_request({"kind": "fork", "session": "s1", "user_message_index": 0}) == ForkRequest("s1", 0)
     assert validate_request({"kind": "cancel", "session": "s1"}) == CancelRequest("s1")
+    assert validate_request({"kind": "rewind", "session": "s1", "user_message_index": 2, "prompt": "p"}) == \
+        RewindRequest("s1", 2, "p")
+    assert validate_request({"kind": "land", "session": "s1", "branch": "feat/x"}) == LandRequest("s1", "feat/x")
+    assert validate_request({"kind": "land", "session": "s1", "branch": "b", "turn": 0, "message": "m",
+                             "force": True}) == LandRequest("s1", "b", 0, "m", True)
     assert validate_request({"kind": "delete", "session": "s1", "keep_worktree": True}) == DeleteRequest("s1", True)
 
 
@@ -64,6 +71,25 @@ def test_valid_requests_of_every_kind():
     ({"kind": "prompt", "session": "s1", "text": ""}, "bad_request"),
     ({"kind": "prompt", "session": "s1", "text": ["a"]}, "bad_request"),
     ({"kind": "delete", "session": "s1", "keep_worktree": 0}, "bad_request"),
+    ({"kind": "rewind", "session": "s1"}, "bad_request"),
+    ({"kind": "rewind", "session": "s1", "user_message_index": 0, "title": "t"}, "bad_request"),
+    ({"kind": "rewind", "session": "s1", "user_message_index": False}, "bad_request"),
+    ({"kind": "rewind", "session": "s1", "user_message_index": 0.0}, "bad_request"),
+    ({"kind": "rewind", "session": "s1", "user_message_index": 1e30}, "fork_out_of_range"),
+    ({"kind": "rewind", "session": "s1", "user_message_index": 0, "prompt": ""}, "bad_request"),
+    ({"kind": "rewind", "session": "s1", "user_message_index": 0, "prompt": None}, "bad_request"),
+    ({"kind": "rewind", "session": "a/b", "user_message_index": 0}, "bad_request"),
+    ({"kind": "land", "session": "s1"}, "bad_request"),
+    ({"kind": "land", "session": "s1", "branch": "b", "into": "c"}, "bad_request"),
+    ({"kind": "land", "session": "s1", "branch": ""}, "bad_request"),
+    ({"kind": "land", "session": "s1", "branch": ["b"]}, "bad_request"),
+    ({"kind": "land", "session": "s1", "branch": "-b"}, "bad_ref"),
+    ({"kind": "land", "session": "s1", "branch": "a\nb"}, "bad_ref"),
+    ({"kind": "land", "session": "s1", "branch": "b", "turn": -1}, "bad_request"),
+    ({"kind": "land", "session": "s1", "branch": "b", "turn": True}, "bad_request"),
+    ({"kind": "land", "session": "s1", "branch": "b", "turn": "1"}, "bad_request"),
+    ({"kind": "land", "session": "s1", "branch": "b", "force": "yes"}, "bad_request"),
+    ({"kind": "land", "session": "s1", "branch": "b", "message": 3}, "bad_request"),
 ])
 def test_bad_requests_get_their_code(obj, code):
     assert code_of(obj) == code
@@ -126,11 +152,14 @@ json_values = st.recursive(
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.fixed_dictionaries({"kind": st.sampled_from(["new", "prompt", "fork", "cancel", "delete", "x"])},
+@given(st.fixed_dictionaries({"kind": st.sampled_from(["new", "prompt", "fork", "rewind", "land", "cancel",
+                                                                    "delete", "x"])},
                              optional={"session": json_values | st.text(max_size=70), "repo": json_values,
                                        "text": json_values, "user_message_index": json_values,
                                        "title": json_values, "keep_worktree": json_values,
-                                       "in_place": json_values, "ref": json_values, "extra": json_values}))
+                                       "in_place": json_values, "ref": json_values, "extra": json_values,
+                                       "prompt": json_values, "branch": json_values | st.text(max_size=20),
+                                       "turn": json_values, "message": json_values, "force": json_values}))
 def test_random_request_objects_only_ever_raise_documented_errors(obj):
     try:
         validate_request(obj)

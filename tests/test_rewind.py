@@ -282,3 +282,14 @@ def test_rewind_requests_are_strictly_validated(daemon, tmp_path: Path):
         answer = daemon.request(request)
         assert answer["status"] == "error" and answer["error"]["code"] == code, (request, answer)
     assert daemon.ok({"kind": "prompt", "session": session, "text": "still fine"})["turn"] == 1
+
+
+def test_the_kept_lines_end_before_the_turn_start_of_the_cut_turn():
+    from cairnd.entries import checkpoint_entry, envelope_line, turn_start_entry
+    from logsamples import prompt_request
+    lines = [envelope_line(checkpoint_entry({"sessionId": "s", "turns": 0})),
+             envelope_line(turn_start_entry("s", 0, "r0")), prompt_request(1, "first")]
+    offsets = [sum(len(line) for line in lines[:i]) for i in range(len(lines))]
+    numbered = list(zip(offsets, lines))
+    assert rewinding.kept_length(numbered, offsets[2]) == offsets[1]
+    assert rewinding.kept_length(numbered[:1] + numbered[2:], offsets[2]) == offsets[2]  # no turn_start: the cut

@@ -33,7 +33,7 @@ from cairnd import git
 from cairnd.checkpoint import checkpoint_ref, session_ref_prefix, take_checkpoint
 from cairnd.config import StateLayout
 from cairnd.diffs import checkpoints_in
-from cairnd.entries import checkpoint_entry, fork_meta_entry, rewind_entry
+from cairnd.entries import CHECKPOINT_MARK, TURN_START_MARK, checkpoint_entry, fork_meta_entry, rewind_entry
 from cairnd.errors import CairnError
 from cairnd.forker import discard_partial, kept_turns, state_at_cut, worktree_lock, write_fork_log
 from cairnd.forkpoint import count_user_messages, find_fork_point
@@ -79,6 +79,21 @@ def complete_length(path: Path) -> int:
                 return begin + newline + 1
             end = begin
     return 0
+
+
+def kept_length(lines: Iterable[tuple[int, bytes]], cut: int) -> int:
+    """Bytes a rewind keeps of a log cut at byte `cut` (a prompt line): the fork's rule,
+    less the `_cairnd/turn_start` that opened the cut turn (it lies after the last
+    checkpoint), so the kept lines hold no turn that never ends."""
+    keep = cut
+    for offset, line in lines:
+        if offset >= cut:
+            break
+        if CHECKPOINT_MARK in line:
+            keep = cut
+        elif TURN_START_MARK in line and keep == cut:
+            keep = offset
+    return keep
 
 
 def pin_abandoned(repo: Path, abandoned_id: str, lines: Iterable[tuple[int, bytes]]) -> dict[str, str]:
@@ -129,7 +144,7 @@ def abandon(layout: StateLayout, registry: Registry, row: SessionRow, k: int, *,
     branch_at = git.ref_commit(row.worktree, f"refs/heads/{now.branch}") if now.branch else None
     keep_branch = now.branch is not None and branch_at == start.head_sha
     plan = {
-        "session": row.id, "k": k, "keep_bytes": point.offset, "turns": turns,
+        "session": row.id, "k": k, "keep_bytes": kept_length(iter_lines(log_path), point.offset), "turns": turns,
         "headSha": start.head_sha, "worktreeSha": start.worktree_sha, "indexTree": start.index_tree,
         "state": start.state, "moveHead": not keep_branch, "detached": now.branch is not None and not keep_branch,
         "prefill": point.prefill, "history": history(log_path, point.offset),
