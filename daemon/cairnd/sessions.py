@@ -212,6 +212,8 @@ class Sessions:
             with anyio.CancelScope(shield=True):  # past the commit point: finish it
                 result = await self._thread(rewinding.finish, self.layout, self.registry, row, journal,
                                             max_file_bytes=self.config.snapshot_max_file_bytes)
+            # What the checkpointer last saw of the session is no longer so.
+            self.checkpoints.forget(row.id)
         row = await self._thread(self.registry.get, result["session"])
         return await self._with_turn(row, request.prompt, claimed, base=result)
 
