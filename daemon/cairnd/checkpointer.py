@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from cairnd import git, gitfiles
+from cairnd import git, gitfiles, privacy
 from cairnd.checkpoint import take_checkpoint
 from cairnd.errors import CairnError
 from cairnd.journal import event
@@ -147,6 +147,7 @@ class Checkpointer:
                 head_tree = None if snap.dirty else snap.index_tree
             if stamp is not None:
                 self._seen[session_id] = _Seen(snap, stamp, head_tree)
+            privacy.keep_private(index)  # git wrote it with the user's umask: it names every file
             return snap
 
     def _from_paths(self, worktree: Path, index: Path, seen: _Seen, changed: set[bytes],

@@ -17,7 +17,8 @@ read is reported (`warning`), not changed.
 
 Programs cairnd starts for the user's sake (git, which writes worktrees and the
 repository's objects; the agents) get the umask cairnd was started with
-(`child_umask`): worktrees keep the repository's own modes.
+(`child_umask`), and so do the files cairnd writes into a worktree for an agent
+(`write_user_file`, ACP's fs/write_text_file): worktrees keep the repository's own modes.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ def umask_for(found_mode: int | None) -> int:
 
 
 _user_umask: int | None = None  # set by claim(): the umask cairnd was started with
+_state_umask: int | None = None  # set by claim(): the one for the state directory
 
 
 def claim(root: Path) -> StateAccess:
@@ -73,7 +75,7 @@ def claim(root: Path) -> StateAccess:
     Call it once at start, before anything is created there (a missing state directory,
     and its missing parents such as ~/.local/state, are then made private, as XDG asks
     of a state home); calling it again keeps the first user umask."""
-    global _user_umask
+    global _user_umask, _state_umask
     try:
         found: int | None = stat.S_IMODE(os.stat(root).st_mode)
     except FileNotFoundError:
@@ -82,6 +84,7 @@ def claim(root: Path) -> StateAccess:
     previous = os.umask(mask)
     if _user_umask is None:
         _user_umask = previous
+    _state_umask = mask
     return StateAccess(root, found, mask, _user_umask)
 
 
@@ -90,3 +93,44 @@ def child_umask() -> int:
     `subprocess`'s `umask=`: the one cairnd was started with, or -1 (inherit) when
     `claim` never changed it."""
     return -1 if _user_umask is None else _user_umask
+
+
+def keep_private(path: Path) -> None:
+    """Narrow a file in the state directory that a program with the user's umask wrote
+    (git, writing a private index there) to the state directory's file mode."""
+    if _state_umask is None:
+        return
+    try:
+        os.chmod(path, 0o666 & ~_state_umask & stat.S_IMODE(os.stat(path).st_mode))
+    except FileNotFoundError:
+        pass
+
+
+def write_user_file(path: Path, data: bytes) -> None:
+    """Write `path` in a worktree for an agent: what it creates (the file, missing parent
+    directories) gets the modes of the umask cairnd was started with, as git gives."""
+    user = _user_umask
+    missing = []
+    parent = path.parent
+    while not parent.exists():
+        missing.append(parent)
+        parent = parent.parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory)
+        except FileExistsError:
+            continue
+        if user is not None:
+            os.chmod(directory, 0o777 & ~user)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+        if user is not None:
+            os.fchmod(fd, 0o666 & ~user)
+    except FileExistsError:  # an existing file keeps its mode
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)

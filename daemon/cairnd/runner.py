@@ -94,7 +94,7 @@ from cairnd.entries import (
 from cairnd.log import SessionLog, iter_lines
 from cairnd.history import HistoryFacts, open_history
 from cairnd.history import scan as history_scan
-from cairnd.privacy import child_umask
+from cairnd.privacy import child_umask, write_user_file
 from cairnd.transcript import SessionState, replay_prompt_block, session_state
 
 STDERR_FILE = "agent.stderr"  # beside the log: everything the agent wrote to stderr
@@ -240,9 +240,7 @@ def _read_text(real: Path) -> str:
 
 
 def _write_text(real: Path, content: str) -> None:
-    real.parent.mkdir(parents=True, exist_ok=True)
-    with open(real, "w", encoding="utf-8", newline="") as f:
-        f.write(content)
+    write_user_file(real, content.encode("utf-8"))  # with the user's modes, not the state dir's
 
 
 # -- the tap ----------------------------------------------------------------------------

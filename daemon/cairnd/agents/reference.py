@@ -243,8 +243,9 @@ class ReferenceAgent:
         """A new session starting with `records`; its transcript is written before it is used."""
         session_id = uuid.uuid4().hex
         path = transcript_path(session_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)  # transcripts are private
+        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8") as f:
+            f.write("".join(json.dumps(r) + "\n" for r in records))
         self._sessions[session_id] = Session(Path(cwd), path, known_user_messages=known_user_messages(records))
         return session_id
 
