@@ -41,6 +41,9 @@ def write_config(path: Path, settings: dict[str, Any]) -> Path:
             for name, table in value.items():
                 tables.append(f"[agents.{name}]")
                 tables.extend(f"{k} = {toml_value(v)}" for k, v in table.items())
+        elif isinstance(value, dict):  # a table of its own: [fleet], [web]
+            tables.append(f"[{key}]")
+            tables.extend(f"{k} = {toml_value(v)}" for k, v in value.items())
         else:
             lines.append(f"{key} = {toml_value(value)}")
     path.write_text("\n".join(lines + tables) + "\n")

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from cairnd.errors import CairnError
+from cairnd.fleet.settings import FleetConfig, FleetConfigError, parse_fleet
 
 PERMISSION_POLICIES = ("allow_once", "reject_once")
 HISTORY_MODES = ("auto", "native", "replay")  # SPEC 12
@@ -81,6 +82,7 @@ class Config:
     agents: dict[str, AgentProfile] = field(default_factory=lambda: {"reference": reference_profile()})
     web: WebConfig = field(default_factory=WebConfig)
     source: Path | None = None
+    fleet: FleetConfig | None = None  # [fleet] (SPEC 17); None: one host
 
     @property
     def layout(self) -> StateLayout:
@@ -183,6 +185,7 @@ _TOP_KEYS = {
     "watchdog_seconds": (int, float),
     "agents": dict,
     "web": dict,
+    "fleet": dict,
 }
 
 
@@ -206,12 +209,17 @@ def parse_config(data: dict[str, Any], source: Path | None = None,
     agents = {"reference": reference_profile(state_dir)}
     for name, table in data.get("agents", {}).items():
         agents[name] = _parse_agent(name, table, agents.get(name), where)
+    try:
+        fleet = parse_fleet(data["fleet"]) if "fleet" in data else None
+    except FleetConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
     config = Config(
         state_dir=state_dir,
         agents=agents,
         web=_parse_web(data.get("web", {}), where),
         source=source,
-        **{k: data[k] for k in _TOP_KEYS if k in data and k not in ("state_dir", "agents", "web")},
+        fleet=fleet,
+        **{k: data[k] for k in _TOP_KEYS if k in data and k not in ("state_dir", "agents", "web", "fleet")},
     )
     if config.default_agent not in agents:
         raise ConfigError(f"{where}: default_agent {config.default_agent!r} is not a configured agent")

@@ -26,6 +26,12 @@ CODES: frozenset[str] = frozenset(
         "branch_checked_out",
         "git_failed",
         "internal",
+        # the fleet (SPEC 17)
+        "fleet_unavailable",        # NATS unreachable past fleet.wait_seconds
+        "store_unavailable",        # the object store unreachable past fleet.wait_seconds
+        "checkpoints_unavailable",  # the checkpoint repository unreachable
+        "checkpoint_conflict",      # a checkpoint ref there already holds another commit
+        "fleet_conflict",           # another host owns the session (its log in the store moved on)
     }
 )
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Union
 
@@ -210,6 +211,15 @@ def _title(fields: dict[str, Any]) -> str | None:
     return title
 
 
+_GIT_URL = re.compile(r"^(?:(?:ssh|git|https?|file)://[^\s]+|[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[^\s]+)$")
+
+
+def is_git_url(repo: str) -> bool:
+    """A git URL (ssh://, git://, http(s)://, file://, or scp-like user@host:path): a
+    fleet host clones it under its state directory (SPEC 17)."""
+    return bool(_GIT_URL.match(repo))
+
+
 def validate_request(obj: Any) -> Request:
     """A decoded JSON value in, a typed request out."""
     if not isinstance(obj, dict):
@@ -230,8 +240,8 @@ def validate_request(obj: Any) -> Request:
 
     if kind == "new":
         repo = _string(fields, "repo", max_chars=MAX_PATH_CHARS)
-        if not repo.startswith("/"):
-            raise CairnError("bad_request", f"repo {_describe(repo)} must be an absolute path")
+        if not repo.startswith("/") and not is_git_url(repo):
+            raise CairnError("bad_request", f"repo {_describe(repo)} must be an absolute path or a git URL")
         ref = _string(fields, "ref", max_chars=1024) if "ref" in fields else "HEAD"
         if ref.startswith("-") or any(ord(ch) < 32 for ch in ref):
             raise CairnError("bad_request", f"ref {_describe(ref)} is not a git revision")

@@ -1,0 +1,188 @@
+"""The log mirror: every session log in an S3-compatible object store (SPEC 17).
+
+Layout, under the store's prefix:
+
+    logs/<session>/<offset>     one part: the log's bytes [offset, offset + size),
+                                whole lines only; <offset> is 16 decimal digits
+
+A reader lists `logs/<session>/`, sorts by offset and concatenates: the parts tile
+the log from 0 with no gap and no overlap, so the result is the log byte for byte
+(`rebuild`). Every part is written create-only (`If-None-Match: *`): a part is never
+replaced, so two hosts that both believe they own a session cannot overwrite each
+other; the second finds the part taken (`StoreConflict`) and knows it lost the lease.
+
+Speaks plain S3 through obstore (object_store, the Rust crate behind Arrow/DataFusion):
+conditional puts built in, one small wheel with no botocore, credentials from the
+usual AWS_* variables, so production may be AWS S3, R2, Ceph, MinIO or SeaweedFS.
+Its blocking calls run in worker threads: its own async calls leave a Tokio runtime
+that aborts the interpreter at exit (SIGABRT), which a daemon cannot have.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import anyio
+import obstore
+from obstore.exceptions import AlreadyExistsError
+from obstore.store import S3Store
+
+from cairnd.errors import CairnError
+from cairnd.fleet.settings import FleetConfig
+
+OFFSET_DIGITS = 16
+# One part at most this big: a log that grew by more while the store was away is
+# caught up in several parts, each of whole lines.
+MAX_PART_BYTES = 8 * 1024 * 1024
+
+
+class StoreConflict(CairnError):
+    """A part at this offset already holds other bytes: another host wrote this log."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("fleet_conflict", message)
+
+
+def part_key(session_id: str, offset: int) -> str:
+    return f"logs/{session_id}/{offset:0{OFFSET_DIGITS}d}"
+
+
+def parse_part_key(key: str) -> tuple[str, int] | None:
+    """`logs/<session>/<offset>` (without the store prefix) -> (session, offset)."""
+    parts = key.split("/")
+    if len(parts) != 3 or parts[0] != "logs" or len(parts[2]) != OFFSET_DIGITS or not parts[2].isdigit():
+        return None
+    return parts[1], int(parts[2])
+
+
+def whole_lines(data: bytes, limit: int = MAX_PART_BYTES) -> bytes:
+    """The longest prefix of `data` that ends with a newline and is at most `limit`
+    bytes (or the first whole line, if one line alone is longer)."""
+    end = data.rfind(b"\n", 0, limit)
+    if end < 0:
+        end = data.find(b"\n")
+        if end < 0:
+            return b""
+    return data[: end + 1]
+
+
+def tile(parts: list[tuple[int, int]]) -> int:
+    """The end of the log that sorted (offset, size) parts tile from 0, or ValueError
+    naming the gap or overlap."""
+    end = 0
+    for offset, size in parts:
+        if offset != end:
+            raise ValueError(f"part at {offset} does not follow the bytes up to {end}")
+        end = offset + size
+    return end
+
+
+def make_store(fleet: FleetConfig) -> S3Store:
+    region = fleet.store_region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    kwargs: dict = {"region": region}
+    if fleet.store_endpoint:
+        kwargs["endpoint"] = fleet.store_endpoint
+        kwargs["virtual_hosted_style_request"] = False
+        if fleet.store_endpoint.startswith("http://"):
+            kwargs["client_options"] = {"allow_http": True, "timeout": "30s", "connect_timeout": "5s"}
+    # obstore reads AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN ... itself.
+    return S3Store(fleet.bucket, prefix=fleet.prefix or None, **kwargs)
+
+
+class LogStore:
+    """The session logs in the object store. `mirror` is called by the owner of a
+    session; `rebuild` by anyone."""
+
+    def __init__(self, store: S3Store) -> None:
+        self.store = store
+        self._mirrored: dict[str, int] = {}   # session -> bytes known to be in the store
+        self._locks: dict[str, anyio.Lock] = {}
+
+    def _lock(self, session_id: str) -> anyio.Lock:
+        return self._locks.setdefault(session_id, anyio.Lock())
+
+    async def parts(self, session_id: str) -> list[tuple[int, int]]:
+        def listing() -> list[tuple[int, int]]:
+            found = []
+            for batch in obstore.list(self.store, prefix=f"logs/{session_id}/"):
+                for meta in batch:
+                    parsed = parse_part_key(meta["path"])
+                    if parsed is not None and parsed[0] == session_id:
+                        found.append((parsed[1], int(meta["size"])))
+            return sorted(found)
+        return await anyio.to_thread.run_sync(listing)
+
+    async def _get(self, key: str) -> bytes:
+        return await anyio.to_thread.run_sync(lambda: bytes(obstore.get(self.store, key).bytes()))
+
+    async def _create(self, key: str, data: bytes) -> None:
+        await anyio.to_thread.run_sync(lambda: obstore.put(self.store, key, data, mode="create"))
+
+    async def stored_size(self, session_id: str) -> int:
+        try:
+            return tile(await self.parts(session_id))
+        except ValueError as exc:
+            raise CairnError("internal", f"the stored log of session {session_id} is broken: {exc}") from None
+
+    async def rebuild(self, session_id: str) -> bytes:
+        """The whole stored log, byte for byte."""
+        parts = await self.parts(session_id)
+        try:
+            tile(parts)
+        except ValueError as exc:
+            raise CairnError("internal", f"the stored log of session {session_id} is broken: {exc}") from None
+        return b"".join([await self._get(part_key(session_id, offset)) for offset, _size in parts])
+
+    async def exists(self, session_id: str) -> bool:
+        return bool(await self.parts(session_id))
+
+    def forget(self, session_id: str) -> None:
+        """Drop what this host believed about a log (after losing or taking it over)."""
+        self._mirrored.pop(session_id, None)
+
+    def mirrored(self, session_id: str) -> int | None:
+        return self._mirrored.get(session_id)
+
+    async def mirror(self, session_id: str, log_path: Path) -> int:
+        """Upload the whole lines of `log_path` not yet in the store; returns the bytes
+        now mirrored. Raises StoreConflict when another host wrote this log, and the
+        store's own errors when it is unreachable (the caller retries)."""
+        async with self._lock(session_id):
+            done = self._mirrored.get(session_id)
+            if done is None:
+                done = await self.stored_size(session_id)
+                self._mirrored[session_id] = done
+            while True:
+                data = await anyio.to_thread.run_sync(_read_from, log_path, done, MAX_PART_BYTES)
+                if done and data is None:
+                    raise StoreConflict(f"the local log of session {session_id} is shorter than the "
+                                        f"{done} bytes already in the store")
+                part = whole_lines(data or b"")
+                if not part:
+                    return done
+                try:
+                    await self._create(part_key(session_id, done), part)
+                except AlreadyExistsError:
+                    if await self._get(part_key(session_id, done)) != part:
+                        raise StoreConflict(f"the store already holds other bytes of session {session_id} "
+                                            f"at offset {done}: another host owns it") from None
+                done += len(part)
+                self._mirrored[session_id] = done
+
+
+def _read_from(path: Path, offset: int, limit: int) -> bytes | None:
+    """Up to `limit` + one line's worth of bytes from `offset`; None when the file is
+    shorter than `offset` (it was replaced)."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size < offset:
+                return None
+            f.seek(offset)
+            data = f.read(limit)
+            if b"\n" not in data and offset + len(data) < size:
+                data += f.read()  # one line longer than a part: it goes whole
+            return data
+    except FileNotFoundError:
+        return None if offset else b""

@@ -1,0 +1,166 @@
+"""The checkpoint repository (SPEC 17) and each host's own clones.
+
+Every checkpoint ref (`refs/cairnd/<session>/<turns>`) is pushed, with the objects it
+needs, to one bare repository shared by the fleet, before the turn's result. Refs
+there are create-only:
+
+- on the push side, each ref is pushed with `--force-with-lease=<ref>:` (an empty
+  expected value: "only if it does not exist yet"); pushing the same value again is
+  "up to date", any other value is refused by git itself before anything moves;
+- on the remote, `GUARD_HOOK` (an `update` hook; `install_guard`) refuses any push
+  that would move or delete a ref under refs/cairnd/, whoever pushes and however.
+
+Each host keeps its own repositories under `<state>/fleet/repos/`: a clone of a git
+URL given to `new`, or, for a session made elsewhere, a repository that holds only
+what it fetched from the checkpoint repository (a checkpoint's worktree commit has
+the session's HEAD as parent, so it brings the whole history with it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import stat
+import threading
+from pathlib import Path
+
+from cairnd import git
+from cairnd.errors import CairnError
+
+GUARD_HOOK = """#!/bin/sh
+# cairnd checkpoint repository: refs under refs/cairnd/ are create-only.
+# git runs this once per ref: update <ref> <old> <new>.
+case "$1" in
+refs/cairnd/*)
+    if [ -n "$(printf %s "$2" | tr -d 0)" ]; then
+        echo "cairnd: $1 exists: checkpoint refs never move and are never deleted" >&2
+        exit 1
+    fi
+    ;;
+esac
+exit 0
+"""
+
+_locks: dict[str, threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+
+def _repo_lock(path: Path) -> threading.Lock:
+    with _locks_guard:
+        return _locks.setdefault(os.path.realpath(path), threading.Lock())
+
+
+def install_guard(bare_repo: Path) -> Path:
+    """Make `bare_repo` refuse moving or deleting refs/cairnd/* (its `update` hook)."""
+    hook = bare_repo / "hooks" / "update"
+    hook.parent.mkdir(parents=True, exist_ok=True)
+    hook.write_text(GUARD_HOOK)
+    hook.chmod(hook.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    return hook
+
+
+def repo_name(origin: str) -> str:
+    """`https://h/x/proj.git` -> `proj`; `/srv/proj` -> `proj`."""
+    tail = re.split(r"[/:]", origin.rstrip("/"))[-1]
+    tail = tail[:-4] if tail.endswith(".git") else tail
+    cleaned = re.sub(r"[^A-Za-z0-9._-]", "_", tail).lstrip(".")
+    return cleaned or "repo"
+
+
+def host_repo_dir(state_dir: Path, origin: str) -> Path:
+    """Where this host keeps its own repository for `origin` (a URL or another host's path)."""
+    digest = hashlib.sha256(origin.encode()).hexdigest()[:12]
+    return state_dir / "fleet" / "repos" / f"{repo_name(origin)}-{digest}"
+
+
+def clone_url(state_dir: Path, url: str) -> Path:
+    """This host's clone of `url` (made on first use, fetched again later). Blocking."""
+    target = host_repo_dir(state_dir, url)
+    with _repo_lock(target):
+        if (target / ".git").is_dir():
+            git._git(target, "fetch", "--quiet", "--prune", "origin",
+                     "+refs/heads/*:refs/remotes/origin/*", "+refs/tags/*:refs/tags/*")
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.partial")
+        if partial.exists():
+            shutil.rmtree(partial, ignore_errors=True)
+        proc = git._run(target.parent, ["clone", "--quiet", "--no-checkout", "--", url, str(partial)])
+        if proc.returncode != 0:
+            message = proc.stderr.decode("utf-8", "replace").strip()
+            raise CairnError("repo_not_found", f"cannot clone {url}: {message}")
+        os.rename(partial, target)
+        return target
+
+
+def resolve_in_clone(clone: Path, ref: str) -> str:
+    """`ref` in a clone: the remote's branch of that name first (the clone's own
+    branches are as old as the clone), then anything git resolves."""
+    if ref == "HEAD":
+        candidates = ["refs/remotes/origin/HEAD", "HEAD"]
+    else:
+        candidates = [f"refs/remotes/origin/{ref}", ref]
+    for candidate in candidates:
+        proc = git._run(clone, ["rev-parse", "--verify", "--quiet", f"{candidate}^{{commit}}"])
+        if proc.returncode == 0:
+            return proc.stdout.decode().strip()
+    return git.resolve_commit(clone, ref)
+
+
+def ensure_host_repo(state_dir: Path, origin: str) -> Path:
+    """This host's repository for a session whose repository is `origin`: the clone if
+    one exists, else an empty repository that checkpoints are fetched into. Blocking."""
+    target = host_repo_dir(state_dir, origin)
+    with _repo_lock(target):
+        if not (target / ".git").is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+            git._git(target, "init", "--quiet")
+        return target
+
+
+def push_refs(repo: Path, remote: str, refs: dict[str, str]) -> None:
+    """Push checkpoint refs (name -> sha) create-only; a ref already there with the
+    same value is fine, any other value is `checkpoint_conflict`. Blocking."""
+    if not refs:
+        return
+    args = ["push", "--porcelain", "--quiet", remote]
+    args += [f"--force-with-lease={name}:" for name in sorted(refs)]
+    args += [f"{sha}:{name}" for name, sha in sorted(refs.items())]
+    proc = git._run(repo, args)
+    if proc.returncode == 0:
+        return
+    text = (proc.stdout + proc.stderr).decode("utf-8", "replace")
+    if "stale info" in text or "cairnd:" in text:
+        raise CairnError("checkpoint_conflict",
+                         f"the checkpoint repository {remote} already holds other commits for "
+                         f"{', '.join(sorted(refs))}: checkpoint refs never move ({text.strip()})")
+    raise CairnError("checkpoints_unavailable", f"cannot push checkpoints to {remote}: {text.strip()}")
+
+
+def fetch_refs(repo: Path, remote: str, refs: list[str]) -> None:
+    """Fetch checkpoint refs from the checkpoint repository into `repo` under the same
+    names (create-only locally too: never forced). Blocking."""
+    wanted = [ref for ref in refs if git._run(repo, ["rev-parse", "--verify", "--quiet", ref]).returncode != 0]
+    if not wanted:
+        return
+    proc = git._run(repo, ["fetch", "--quiet", "--no-tags", remote, *[f"{ref}:{ref}" for ref in wanted]])
+    if proc.returncode != 0:
+        text = proc.stderr.decode("utf-8", "replace").strip()
+        if "couldn't find remote ref" in text:
+            raise CairnError("commit_missing", f"the checkpoint repository {remote} has no {', '.join(wanted)}")
+        raise CairnError("checkpoints_unavailable", f"cannot fetch checkpoints from {remote}: {text}")
+
+
+def remote_refs(remote: str, prefix: str) -> dict[str, str]:
+    """Refs of the checkpoint repository under `prefix`. Blocking."""
+    proc = git._run(Path("/"), ["ls-remote", "--refs", remote, f"{prefix.rstrip('/')}/*"])
+    if proc.returncode != 0:
+        raise CairnError("checkpoints_unavailable",
+                         f"cannot list {remote}: {proc.stderr.decode('utf-8', 'replace').strip()}")
+    refs = {}
+    for line in proc.stdout.decode().splitlines():
+        sha, _, name = line.partition("\t")
+        refs[name] = sha
+    return refs
