@@ -214,3 +214,23 @@ def test_a_script_in_a_prompt_is_shown_not_run(site: Any, page: Any, tmp_path: P
     assert page.evaluate("window.pwned") is None
     assert page.locator("img").count() == 0
     shot(page, tmp_path, "hostile")
+
+
+def test_a_long_session_comes_a_screenful_at_a_time_then_live(site: Any, page: Any, tmp_path: Path) -> None:
+    prompts = [f"write f{n}.txt: {n}" for n in range(16)]  # five items a turn: two screenfuls
+    session = new_session(site, "long one", prompts)
+    page.goto(f"{site['web'].url}/sessions/{session}")
+    users = page.locator("li.user:not(.sub-user) > .text")
+    first = users.count()
+    assert 0 < first < 16
+    assert page.locator("#live").is_hidden()  # not following: the page is not at the end
+    page.click("#more-btn")
+    page.locator("#live").wait_for()
+    assert users.all_inner_texts() == prompts
+    assert page.locator("#more-btn").is_hidden()
+    # the last checkpoint, on the second page, knows the one before it
+    assert "A f15.txt" in page.locator("li.checkpoint").last.inner_text()
+    site["daemon"].ok({"kind": "prompt", "session": session, "text": "write late.txt: L"})
+    page.locator("#u16 ~ li.turn-end").wait_for()  # it arrived over the live stream
+    assert users.last.inner_text() == "write late.txt: L"
+    shot(page, tmp_path, "paged")

@@ -130,6 +130,16 @@ async def follow(path: Path, state: dict[str, Any], inode: int | None) -> AsyncI
             inode = None
     running = reader.s["running"]
     while True:
+        try:
+            # One stat per poll on the loop (a cached inode: no disk wait); a thread
+            # only when there is something to read.
+            stat = os.stat(path)
+            idle = stat.st_size == reader.s["offset"] and stat.st_ino == inode
+        except FileNotFoundError:
+            idle = inode is None
+        if idle:
+            await anyio.sleep(FOLLOW_POLL_SECONDS)
+            continue
         ops, replaced = await anyio.to_thread.run_sync(_read_more, path, reader, inode)
         if replaced:
             yield "replaced", None
