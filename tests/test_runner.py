@@ -14,27 +14,22 @@ from dataclasses import replace
 import sys
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 
+from cairnd.checkpoint import take_checkpoint
 from cairnd.config import AgentProfile, reference_profile
 from cairnd.entries import TURN_START_METHOD, cairnd_entry, method_of, parse_message
 from cairnd.errors import CairnError
 from cairnd.forkpoint import count_user_messages, find_fork_point
 from cairnd.log import SessionLog, copy_prefix, iter_lines
-from cairnd.runner import (
-    STDERR_FILE,
-    AgentRunner,
-    PathRefused,
-    choose_permission_option,
-    close_interrupted_turn,
-    confine,
-    select_lines,
-    write_baseline,
-)
+from cairnd.runner import STDERR_FILE, AgentRunner, close_open_turn, turn_outcome
 from cairnd.transcript import session_state, turn_of_request
 from gitrepos import git, make_repo, tree_state
 
@@ -73,9 +68,33 @@ def plain_profile(tmp_path: Path, permission: str = "allow_once", env: dict[str,
                         env or {}, permission)
 
 
-def runner_for(repo: Path, log_path: Path, profile: AgentProfile | None = None, **kwargs: Any) -> AgentRunner:
-    return AgentRunner(SESSION, repo, log_path, profile or reference_profile(), max_file_bytes=MAX_FILE_BYTES,
-                       **kwargs)
+@asynccontextmanager
+async def runner_for(repo: Path, log_path: Path, profile: AgentProfile | None = None, session: str = SESSION,
+                     **kwargs: Any) -> AsyncIterator[AgentRunner]:
+    """A runner whose agents live in a task group of the test's, closed on the way out."""
+    async with anyio.create_task_group() as tg:
+        runner = AgentRunner(session, repo, log_path, profile or reference_profile(), task_group=tg,
+                             max_file_bytes=MAX_FILE_BYTES, **kwargs)
+        try:
+            yield runner
+        finally:
+            with anyio.CancelScope(shield=True):
+                await runner.close()
+
+
+def write_baseline(session: str, worktree: Path, log_path: Path) -> dict[str, Any]:
+    """The checkpoint a new session's log starts with (what creation writes)."""
+    params = take_checkpoint(session, worktree, 0, MAX_FILE_BYTES)
+    with SessionLog(log_path) as log:
+        log.append(cairnd_entry("_posthog/agent_checkpoint", params))
+        log.sync()
+    return params
+
+
+async def close_interrupted_turn(log_path: Path, worktree: Path) -> dict[str, Any] | None:
+    with SessionLog(log_path) as log:
+        _turns, closed = await close_open_turn(log, SESSION, worktree, max_file_bytes=MAX_FILE_BYTES, limiter=None)
+    return closed
 
 
 def messages(log_path: Path) -> list[dict[str, Any]]:
@@ -124,47 +143,43 @@ async def wait_until(condition: Any, what: str, limit: float = 60.0) -> None:
 # -- the functional core ----------------------------------------------------------------
 
 
-def test_permission_policy_picks_its_kind_then_the_closest() -> None:
-    every = [("a1", "allow_once"), ("a2", "allow_always"), ("r1", "reject_once"), ("r2", "reject_always")]
-    assert choose_permission_option(every, "allow_once") == "a1"
-    assert choose_permission_option(every, "reject_once") == "r1"
-    assert choose_permission_option([("a2", "allow_always"), ("r2", "reject_always")], "allow_once") == "a2"
-    assert choose_permission_option([("a2", "allow_always"), ("r2", "reject_always")], "reject_once") == "r2"
-    assert choose_permission_option([("r1", "reject_once")], "allow_once") == "r1"
-    assert choose_permission_option([("a1", "allow_once")], "reject_once") is None  # never escalates
-    assert choose_permission_option([], "allow_once") is None
+@dataclass(frozen=True)
+class Outcome:
+    name: str
+    response: dict[str, Any] | None
+    stop_requested: bool
+    stop_reason: str
+    failure: str | None
 
 
-def test_confine_keeps_paths_inside_the_worktree(tmp_path: Path) -> None:
-    worktree = tmp_path / "wt"
-    (worktree / "sub").mkdir(parents=True)
-    (tmp_path / "outside").mkdir()
-    os.symlink(tmp_path / "outside", worktree / "out-link")
-    os.symlink(worktree / "sub", worktree / "in-link")
-    real = worktree.resolve()
-    assert confine(worktree, str(worktree / "a.txt")) == real / "a.txt"
-    assert confine(worktree, "sub/../b.txt") == real / "b.txt"
-    assert confine(worktree, str(worktree / "in-link" / "c.txt")) == real / "sub" / "c.txt"
-    for bad in ("../x", str(worktree / ".." / "x"), str(tmp_path / "outside" / "x"), "/etc/passwd",
-                str(worktree / "out-link" / "x"), str(worktree / "out-link"), str(worktree), "a\0b"):
-        with pytest.raises(PathRefused):
-            confine(worktree, bad)
+OUTCOMES = [
+    Outcome("the agent's own stop reason", {"id": 3, "result": {"stopReason": "end_turn"}}, False, "end_turn", None),
+    Outcome("a stop reason ACP does not know is kept", {"id": 3, "result": {"stopReason": "paused_for_review"}},
+            False, "paused_for_review", None),
+    Outcome("no stop reason", {"id": 3, "result": {}}, False, "unknown", None),
+    Outcome("a result that is not an object", {"id": 3, "result": 7}, False, "unknown", None),
+    Outcome("a stop reason that is not a string", {"id": 3, "result": {"stopReason": 1}}, False, "unknown", None),
+    Outcome("an error response", {"id": 3, "error": {"code": -32603, "message": "boom", "data": "why"}}, False,
+            "error", "agent 'ref' answered session/prompt with error -32603: boom why"),
+    Outcome("an error that is not an object", {"id": 3, "error": "boom"}, False,
+            "error", "agent 'ref' answered session/prompt with error None: None"),
+    Outcome("the agent went away", None, False, "agent_exited", "EXIT"),
+    Outcome("cairnd stopped the agent", None, True, "interrupted", "EXIT"),
+    Outcome("an answer wins over a stop that came after it", {"id": 3, "result": {"stopReason": "cancelled"}}, True,
+            "cancelled", None),
+]
 
 
-def test_read_window_is_one_based_lines() -> None:
-    text = "one\ntwo\nthree\nfour"
-    assert select_lines(text, None, None) == text
-    assert select_lines(text, 2, None) == "two\nthree\nfour"
-    assert select_lines(text, 2, 2) == "two\nthree\n"
-    assert select_lines(text, None, 1) == "one\n"
-    assert select_lines(text, 9, 3) == ""
+@pytest.mark.parametrize("case", OUTCOMES, ids=[case.name for case in OUTCOMES])
+def test_how_a_turn_ended(case: Outcome) -> None:
+    assert turn_outcome(case.response, case.stop_requested, "ref", "EXIT") == (case.stop_reason, case.failure)
 
 
 # -- turns on the reference agent -------------------------------------------------------
 
 
 async def test_three_turns_are_logged_frame_by_frame_and_checkpointed(repo: Path, log_path: Path) -> None:
-    baseline = await write_baseline(SESSION, repo, log_path, max_file_bytes=MAX_FILE_BYTES)
+    baseline = write_baseline(SESSION, repo, log_path)
     assert baseline["turns"] == 0
     prompts = [
         "write a.txt: one\ncommit: first\nwrite untracked.txt: not committed",
@@ -374,8 +389,8 @@ async def test_a_fork_gets_its_kept_history_replayed_not_its_parents_agent_sessi
     with SessionLog(fork_log) as log:
         log.append(cairnd_entry("_posthog/fork_session_meta", {
             "sessionId": "fork", "parentSessionId": SESSION, "userMessageIndex": 1, "sdkSessionId": None}))
-    await write_baseline("fork", repo, fork_log, max_file_bytes=MAX_FILE_BYTES)
-    async with AgentRunner("fork", repo, fork_log, profile, max_file_bytes=MAX_FILE_BYTES) as runner:
+    write_baseline("fork", repo, fork_log)
+    async with runner_for(repo, fork_log, profile, session="fork") as runner:
         result = await runner.prompt("second, edited")
     assert result["turn"] == 1
     opened = [m for m in messages(fork_log) if m.get("method") in ("session/new", "session/load")]
@@ -469,9 +484,9 @@ async def test_a_turn_left_open_by_a_crash_of_cairnd_is_closed_as_interrupted(re
         log.write(b'{"type":"notification","timestamp":"2026-01-01T00:00:00.000Z","notification":'
                   b'{"jsonrpc":"2.0","id":9,"method":"session/prompt","params":{"sessionId":"x",'
                   b'"prompt":[{"type":"text","text":"cut short"}]}}}\n')
-    closed = await close_interrupted_turn(SESSION, repo, log_path, max_file_bytes=MAX_FILE_BYTES)
+    closed = await close_interrupted_turn(log_path, repo)
     assert closed is not None and closed["turns"] == 2
-    assert await close_interrupted_turn(SESSION, repo, log_path, max_file_bytes=MAX_FILE_BYTES) is None
+    assert await close_interrupted_turn(log_path, repo) is None
     async with runner_for(repo, log_path) as runner:
         result = await runner.prompt("after the restart")
     assert result["turn"] == 2

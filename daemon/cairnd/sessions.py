@@ -29,7 +29,7 @@ from cairnd.history import predict as predict_history
 from cairnd.ids import new_session_id
 from cairnd.journal import event
 from cairnd.entries import checkpoint_entry
-from cairnd.log import iter_lines
+from cairnd.log import SessionLog, iter_lines
 from cairnd.registry import Registry, SessionRow
 from cairnd import rewind as rewinding
 from cairnd.land import land
@@ -42,7 +42,7 @@ from cairnd.requests import (
     PromptRequest,
     RewindRequest,
 )
-from cairnd.runner import AgentRunner, close_interrupted_turn
+from cairnd.runner import AgentRunner, close_open_turn
 from cairnd.spool import Claimed
 from cairnd.transcript import turn_of_request
 
@@ -147,7 +147,7 @@ class Sessions:
         )
         row = await self._thread(self.registry.get, session_id)
         try:
-            result = await self._thread(self._create, row, commit)
+            await self._thread(self._create, row, commit)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await self._thread(discard_partial, self.layout, self.registry, row)
@@ -313,13 +313,17 @@ class Sessions:
         for row in await self._thread(self.registry.sessions, ("ready",)):
             if not self.layout.log_path(row.id).exists() or not row.worktree.exists():
                 continue
-            closed = await close_interrupted_turn(
-                row.id, row.worktree, self.layout.log_path(row.id),
-                max_file_bytes=self.config.snapshot_max_file_bytes, limiter=self.io_limiter)
+            log = await self._thread(SessionLog, self.layout.log_path(row.id))
+            try:
+                turns, closed = await close_open_turn(log, row.id, row.worktree,
+                                                      max_file_bytes=self.config.snapshot_max_file_bytes,
+                                                      limiter=self.io_limiter)
+            finally:
+                log.close()
             if closed is not None:
-                event(logging.WARNING, f"turn {closed['turns'] - 1} was cut by a stop: recorded as interrupted",
+                event(logging.WARNING, f"turn {turns - 1} was cut by a stop: recorded as interrupted",
                       session=row.id)
-                await self._thread(self.registry.set_turns, row.id, closed["turns"])
+                await self._thread(self.registry.set_turns, row.id, turns)
 
     async def close(self) -> None:
         runners, self.runners = list(self.runners.values()), {}

@@ -13,6 +13,8 @@ need no node (the reference agent, tests/agents/plain_agent.py), in seconds:
 from __future__ import annotations
 
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +51,15 @@ def messages(log_path: Path) -> list[dict[str, Any]]:
     return [m for _, line in iter_lines(log_path) if (m := parse_message(line)) is not None]
 
 
-def runner(repo: Path, log_path: Path, profile: AgentProfile) -> AgentRunner:
-    return AgentRunner(SESSION, repo, log_path, profile, max_file_bytes=1 << 20, stop_timeout=5.0)
+@asynccontextmanager
+async def runner(repo: Path, log_path: Path, profile: AgentProfile) -> AsyncIterator[AgentRunner]:
+    async with anyio.create_task_group() as tg:
+        run = AgentRunner(SESSION, repo, log_path, profile, task_group=tg, max_file_bytes=1 << 20, stop_timeout=5.0)
+        try:
+            yield run
+        finally:
+            with anyio.CancelScope(shield=True):
+                await run.close()
 
 
 def plain(tmp_path: Path, env: dict[str, str] | None = None) -> AgentProfile:
