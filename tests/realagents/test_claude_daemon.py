@@ -84,7 +84,7 @@ PROMPTS = [
 def test_three_turns_write_bash_edit_then_forks_at_1_and_2(tmp_path: Path, agents_installed: None,
                                                            stub: AnthropicStub, repo: Path,
                                                            daemon_factory: Any) -> None:
-    wiretap = tmp_path / "wire"
+    wiretap = tmp_path / "home" / "wire"  # inside the agent's HOME: the sandbox lets the tap write there
     daemon = daemon_factory(stub, wiretap)
     new = daemon.ok({"kind": "new", "repo": str(repo), "title": "claude"})
     session, worktree = new["session"], Path(new["worktree"])

@@ -48,7 +48,8 @@ def stub() -> Iterator[GeminiStub]:
 @pytest.fixture
 def daemon(tmp_path: Path, stub: GeminiStub, agents_installed: None) -> Iterator[Daemon]:
     home = tmp_path / "home"
-    profile = daemonkit.gemini_profile(stub.agent_env(str(home)), home, wiretap=tmp_path / "wire")
+    # The wiretap runs inside the agent sandbox: its captures go in the agent's HOME.
+    profile = daemonkit.gemini_profile(stub.agent_env(str(home)), home, wiretap=home / "wire")
     settings = {**daemonkit.DAEMON_SETTINGS, "default_agent": "gemini", "agents": {"gemini": profile}}
     started = Daemon(tmp_path / "state", settings).start()
     yield started
@@ -81,7 +82,7 @@ def test_gemini_turns_checkpoints_forks_and_a_cancel(tmp_path: Path, stub: Gemin
 
     # The log is the wire, both ways; no fs/* was offered, so none was used.
     log = daemon.state / "sessions" / session / "log.ndjson"
-    [(sent, received)] = daemonkit.captures_for(tmp_path / "wire", worktree)
+    [(sent, received)] = daemonkit.captures_for(tmp_path / "home" / "wire", worktree)
     to_agent, from_agent = daemonkit.split_by_direction(daemonkit.log_frames(log), sent, received)
     assert daemonkit.unpaired_requests(to_agent, from_agent) == []
     assert daemonkit.unpaired_requests(from_agent, to_agent) == []
