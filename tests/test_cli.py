@@ -24,7 +24,8 @@ CAIRND = Path(sys.executable).parent / "cairnd"
 if not CAIRND.exists():
     CAIRND = Path(shutil.which("cairnd") or "cairnd")
 
-COMMANDS = ["serve", "demo", "new", "prompt", "fork", "cancel", "rm", "ls", "show", "tree", "status", "completion"]
+COMMANDS = ["serve", "demo", "new", "prompt", "fork", "rewind", "land", "diff", "cancel", "rm", "ls", "show", "tree",
+            "status", "completion"]
 
 
 def clean_env() -> dict[str, str]:
@@ -95,7 +96,7 @@ def test_help_says_what_each_command_does_and_shows_an_example():
         examples = proc.stdout.split("examples:\n", 1)[1]
         assert examples.lstrip().startswith(f"cairnd {command}") or f"cairnd completion" in examples, command
         assert "--json" in proc.stdout and "--config" in proc.stdout
-        if command in ("new", "prompt", "fork", "cancel", "rm"):
+        if command in ("new", "prompt", "fork", "rewind", "land", "cancel", "rm"):
             assert "--no-wait" in proc.stdout and "--timeout" in proc.stdout
 
 
@@ -108,6 +109,10 @@ def test_help_says_what_each_command_does_and_shows_an_example():
     ["prompt", "s1", "x", "--timeout", "-1"],
     ["new"],
     ["completion", "fish"],
+    ["rewind", "s1"],                    # --at is required
+    ["land", "s1"],                      # --branch is required
+    ["land", "s1", "--branch", "b", "--turn", "x"],
+    ["diff"],
 ])
 def test_usage_errors_exit_2(args: list[str], tmp_path: Path):
     proc = cairnd(*args, config=Daemon(tmp_path / "state").config)
@@ -169,6 +174,38 @@ def test_new_prompt_fork_cancel_rm_with_json(shared: Daemon, repo: Path, tmp_pat
     assert not Path(new["result"]["worktree"]).exists()
     kept = ok_json("rm", fork["session"], "--keep-worktree", config=config)
     assert kept["request"]["keep_worktree"] is True and Path(fork["worktree"]).is_dir()
+
+
+def test_rewind_diff_land_show_tree(shared: Daemon, repo: Path):
+    config = shared.config
+    session = ok_json("new", str(repo), "--title", "plan", "-m", "write a.txt: one", config=config)["result"]["session"]
+    ok_json("prompt", session, "write a.txt: two\nwrite b.bin: x", config=config)
+    fork = ok_json("fork", session, "--at", "1", "-m", "write c.txt: three", config=config)["result"]
+
+    files = ok_json("diff", fork["session"], session, config=config)
+    assert {f["path"]: f["status"] for f in files} == {"a.txt": "M", "b.bin": "A", "c.txt": "D"}
+    assert set(files[0]) >= {"path", "status", "added", "removed", "binary"}
+    unified = cairnd("diff", f"{session}@1", session, config=config)
+    assert unified.returncode == 0 and "-one\n+two\n" in unified.stdout and "diff --git a/b.bin" in unified.stdout
+    stat = cairnd("diff", fork["session"], "--stat", config=config)  # against the parent at the cut
+    assert stat.returncode == 0 and "c.txt" in stat.stdout and "a.txt" not in stat.stdout
+    assert cairnd("diff", f"{session}@9", config=config).returncode == 2
+
+    landed = ok_json("land", session, "--branch", "cli/landed", config=config)["result"]
+    assert git_text(repo, "show", f"{landed['commit']}:a.txt") == "two"
+    refused = cairnd("land", session, "--branch", "main", config=config)
+    assert refused.returncode == 1 and "branch_checked_out" in refused.stderr
+    human = cairnd("land", session, "--branch", "cli/landed", config=config)
+    assert human.returncode == 0 and "branch cli/landed" in human.stdout and "unchanged" in human.stdout
+
+    rewound = ok_json("rewind", session, "--at", "1", "-m", "write d.txt: four", config=config)["result"]
+    assert rewound["session"] == session and rewound["turn"] == 1 and rewound["history"] == "native"
+    shown = cairnd("show", session, config=config).stdout
+    assert f"rewound here: the turns that followed are in session {rewound['abandoned']}" in shown
+    tree = cairnd("tree", session, config=config).stdout
+    assert re.search(rf"{rewound['abandoned']}\s+plan \(before rewind 1\)\s+left behind by a rewind to message 1",
+                     tree), tree
+    assert ok_json("show", rewound["abandoned"], config=config)["session"]["turns"] == 2
 
 
 def test_human_summaries(shared: Daemon, repo: Path):

@@ -293,3 +293,22 @@ def test_the_kept_lines_end_before_the_turn_start_of_the_cut_turn():
     numbered = list(zip(offsets, lines))
     assert rewinding.kept_length(numbered, offsets[2]) == offsets[1]
     assert rewinding.kept_length(numbered[:1] + numbered[2:], offsets[2]) == offsets[2]  # no turn_start: the cut
+
+
+def test_a_rewind_whose_finish_fails_is_finished_before_the_next_turn(daemon, tmp_path: Path):
+    """Past its commit point a rewind is never undone: when git refuses its finish (here a
+    stale index.lock in the session's worktree), the request fails, and the next request
+    for the session finishes the rewind first."""
+    from gitrepos import git_dir, make_repo
+    repo = make_repo(tmp_path / "project", {"README.md": "hello\n"})
+    session = daemon.ok({"kind": "new", "repo": str(repo), "prompt": "write a.txt: 1"})["session"]
+    daemon.ok({"kind": "prompt", "session": session, "text": "write a.txt: 2"})
+    worktree = daemon.state / "worktrees" / session / "project"
+    lock = git_dir(worktree) / "index.lock"
+    lock.write_bytes(b"")
+    failed = daemon.request({"kind": "rewind", "session": session, "user_message_index": 1})
+    assert failed["status"] == "error" and "the rewind is recorded" in failed["error"]["message"], failed
+    lock.unlink()
+    after = daemon.ok({"kind": "prompt", "session": session, "text": "append a.txt: 3"})
+    assert after["turn"] == 1
+    assert (worktree / "a.txt").read_text() == "1\n3\n"

@@ -195,6 +195,7 @@ class Sessions:
             journal = await self._thread(self.registry.rewind_by_request, claimed.request_id)
         if journal is None:
             row = await self.live(request.session)
+            await self._finish_rewinds(row)
             # Its agent knows the conversation past the cut, and writes to the old log.
             runner = self.runners.pop(row.id, None)
             if runner is not None:
@@ -209,11 +210,17 @@ class Sessions:
         else:
             row = await self._thread(self.registry.get, journal.session_id)
             assert row is not None
-            with anyio.CancelScope(shield=True):  # past the commit point: finish it
-                result = await self._thread(rewinding.finish, self.layout, self.registry, row, journal,
-                                            max_file_bytes=self.config.snapshot_max_file_bytes)
-            # What the checkpointer last saw of the session is no longer so.
-            self.checkpoints.forget(row.id)
+            try:
+                with anyio.CancelScope(shield=True):  # past the commit point: finish it
+                    result = await self._thread(rewinding.finish, self.layout, self.registry, row, journal,
+                                                max_file_bytes=self.config.snapshot_max_file_bytes)
+            except CairnError as exc:
+                raise CairnError(exc.code, f"{exc.message} (the rewind is recorded, and session "
+                                           f"{journal.abandoned_id} holds what it left: it is finished before "
+                                           f"the session's next request)") from None
+            finally:
+                # What the checkpointer last saw of the session is no longer so.
+                self.checkpoints.forget(row.id)
         row = await self._thread(self.registry.get, result["session"])
         return await self._with_turn(row, request.prompt, claimed, base=result)
 
@@ -247,7 +254,18 @@ class Sessions:
 
     async def prompt(self, request: PromptRequest, claimed: Claimed) -> dict[str, Any]:
         row = await self.live(request.session)
+        await self._finish_rewinds(row)
         return await self._turn(row, request.text, claimed)
+
+    async def _finish_rewinds(self, row: SessionRow) -> None:
+        """A rewind whose finish failed after its commit point (git or the disk refused) is
+        finished before the session runs anything else."""
+        for journal in await self._thread(self.registry.rewinds_of, row.id):
+            if journal.state == "pending":
+                with anyio.CancelScope(shield=True):
+                    await self._thread(rewinding.finish, self.layout, self.registry, row, journal,
+                                       max_file_bytes=self.config.snapshot_max_file_bytes)
+                self.checkpoints.forget(row.id)
 
     async def _turn(self, row: SessionRow, text: str, claimed: Claimed) -> dict[str, Any]:
         if claimed.meta.get("recovered") and claimed.request_id:
