@@ -25,6 +25,7 @@ EXPECTED_ROWS = (
     "idle: CPU",
     "idle: RSS",
     "per-turn overhead, 1000 files",
+    "web: session page, first screenful",
 )
 
 

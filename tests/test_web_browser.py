@@ -63,6 +63,8 @@ def new_session(site: Any, title: str, prompts: list[str]) -> str:
 
 def shot(page: Any, tmp_path: Path, name: str) -> Path:
     path = tmp_path / f"{name}.png"
+    # At the bottom, so the sticky prompt box is drawn where it sits, under the conversation.
+    page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
     page.screenshot(path=str(path), full_page=True)
     assert path.stat().st_size > 10_000
     return path
@@ -234,3 +236,17 @@ def test_a_long_session_comes_a_screenful_at_a_time_then_live(site: Any, page: A
     page.locator("#u16 ~ li.turn-end").wait_for()  # it arrived over the live stream
     assert users.last.inner_text() == "write late.txt: L"
     shot(page, tmp_path, "paged")
+
+
+def test_fork_without_sending_puts_the_message_back_in_the_prompt_box(site: Any, page: Any, tmp_path: Path) -> None:
+    parent = new_session(site, "two steps", ["write p1.txt: 1", "write p2.txt: 2"])
+    page.goto(f"{site['web'].url}/sessions/{parent}")
+    page.hover("#u1")
+    page.click("#u1 .fork-btn")
+    page.click('#u1 .fork-form button[value="fork"]')
+    page.wait_for_url(re.compile(r"/sessions/(?!" + parent + r")[A-Za-z0-9]+$"))
+    assert "two steps" in page.locator(".fork-banner").inner_text()
+    assert page.locator("li.user:not(.sub-user) > .text").all_inner_texts() == ["write p1.txt: 1"]
+    assert page.locator("#prompt-text").input_value() == "write p2.txt: 2"  # the prefill, ready to edit
+    assert page.locator("li.divider", has_text="forked here").count() == 1
+    shot(page, tmp_path, "fork-prefill")

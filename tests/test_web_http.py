@@ -197,3 +197,13 @@ def test_serve_with_web_listen_runs_the_web_view_inside_the_daemon(tmp_path: Pat
         assert status == 200 and b"Sessions" in html
     finally:
         assert daemon.stop() == 0
+
+
+def test_web_settings_are_checked_by_name(tmp_path: Path) -> None:
+    from cairnd.config import ConfigError, parse_config
+    assert parse_config({"web": {"listen": "127.0.0.1:9000", "token": "abc-123_x"}}).web.token == "abc-123_x"
+    assert parse_config({}).web.listen is None  # then `cairnd serve` runs no web view
+    for bad, says in (({"web": {"port": 1}}, "unknown key 'port'"), ({"web": {"listen": 8765}}, "must be a string"),
+                      ({"web": {"token": "has space"}}, "may hold only")):
+        with pytest.raises(ConfigError, match=says):
+            parse_config(bad)

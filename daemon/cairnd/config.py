@@ -262,7 +262,11 @@ def _parse_web(table: dict[str, Any], where: str) -> WebConfig:
     for key in ("listen", "token"):
         if key in table and not isinstance(table[key], str):
             raise ConfigError(f"{where}: [web] {key} = {table[key]!r} must be a string")
-    return WebConfig(table.get("listen"), table.get("token", ""))
+    token = table.get("token", "")
+    if any(not (char.isascii() and (char.isalnum() or char in "-._~+/=")) for char in token):
+        # It travels in a header, a cookie and a URL: keep to characters all three carry as they are.
+        raise ConfigError(f"{where}: [web] token may hold only letters, digits and - . _ ~ + / =")
+    return WebConfig(table.get("listen"), token)
 
 
 def load_config(explicit: str | Path | None = None,

@@ -93,7 +93,7 @@ class WebView:
     def add_changes(self, items: list[dict[str, Any]], repo: Path) -> None:
         """Each checkpoint's changed files, read from git's objects."""
         for item in items:
-            if item["kind"] == "checkpoint" and is_object_id(item.get("previous")) and is_object_id(item.get("worktreeSha")):
+            if item["kind"] == "checkpoint" and not item.get("baseline") and is_object_id(item.get("previous")) and is_object_id(item.get("worktreeSha")):
                 try:
                     item["changes"] = [diff.as_json() for diff in self.diffs.diff(repo, item["previous"], item["worktreeSha"])]
                 except CairnError as exc:

@@ -30,6 +30,7 @@ import orjson
 from cairnd.entries import (
     CHECKPOINT_METHOD,
     FORK_META_METHOD,
+    REWIND_METHOD,
     TURN_COMPLETE_METHOD,
     TURN_START_METHOD,
     method_of,
@@ -45,7 +46,6 @@ Op = dict[str, Any]
 # them whole): a screenful must stay a screenful.
 SHOWN_CHARS = 8000
 
-_REWIND = "_cairnd/rewind"
 
 
 def _dict(value: Any) -> dict[str, Any]:
@@ -147,17 +147,21 @@ class ConversationReader:
         elif method == CHECKPOINT_METHOD:
             previous = self.s["worktree_sha"]
             self.s["worktree_sha"] = params.get("worktreeSha")
+            baseline = previous is None or bool(self.s.pop("baseline_next", False))
             return [self._add({"key": f"cp{offset}", "kind": "checkpoint", "turns": params.get("turns"),
+                               "baseline": baseline,
                                "headSha": params.get("headSha"), "branch": params.get("branch"),
                                "dirty": params.get("dirty"), "worktreeSha": params.get("worktreeSha"),
                                "previous": previous, "skipped": params.get("skipped") or []})]
         elif method == FORK_META_METHOD:
             self.s["running"] = False
+            self.s["baseline_next"] = True  # the checkpoint after it is the fork's own start
             return [self._add({"key": f"fm{offset}", "kind": "fork_meta",
                                "parent": None, "parentSession": params.get("parentSessionId"),
                                "userMessageIndex": params.get("userMessageIndex")})]
-        elif method == _REWIND:
+        elif method == REWIND_METHOD:
             self.s["running"] = False
+            self.s["baseline_next"] = True
             return [self._add({"key": f"rw{offset}", "kind": "rewind",
                                "userMessageIndex": params.get("userMessageIndex"),
                                "abandoned": params.get("abandoned")})]

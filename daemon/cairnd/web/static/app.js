@@ -36,7 +36,7 @@ async function act(request, label) {
     }
     const id = answer.id;
     for (;;) {
-      const polled = await fetch("/api/requests/" + encodeURIComponent(id) + "?wait=20", {credentials: "same-origin"});
+      const polled = await fetch("/api/requests/" + encodeURIComponent(id) + "?wait=3", {credentials: "same-origin"});
       answer = await polled.json();
       if (polled.status === 200) break;
       note.textContent = label + ": " + answer.status;
