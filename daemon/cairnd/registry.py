@@ -198,6 +198,21 @@ class Registry:
                      fork.user_message_index, fork.head_sha, fork.worktree_sha, fork.created_at),
                 )
 
+    def adopt_session(self, *, id: str, title: str, repo: Path, worktree: Path, agent: str,
+                      parent_id: str | None, root_id: str, turns: int, result: dict[str, Any]) -> None:
+        """A session made on another host of the fleet, materialised here (SPEC 17):
+        its row appears `ready` at once, or the stale row a former owner kept is
+        brought up to date."""
+        now = time.time()
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO sessions (id, state, title, repo, worktree, in_place, agent, parent_id, root_id,"
+                " turns, request_id, result, created_at, updated_at) VALUES (?, 'ready', ?, ?, ?, 0, ?, ?, ?, ?,"
+                " NULL, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET state = 'ready', repo = excluded.repo,"
+                " worktree = excluded.worktree, in_place = 0, turns = excluded.turns, updated_at = excluded.updated_at",
+                (id, title, str(repo), str(worktree), agent, parent_id, root_id, turns, orjson.dumps(result), now, now),
+            )
+
     def forget_creating(self, id: str) -> None:
         with self._transaction() as db:
             db.execute("DELETE FROM sessions WHERE id = ? AND state = 'creating'", (id,))

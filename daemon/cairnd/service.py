@@ -85,6 +85,7 @@ class Daemon:
         self.notifier = notifier or Notifier()
         self.config_loader = config_loader
         self.sessions: Sessions | None = None
+        self.fleet: Any = None  # cairnd.fleet.host.FleetHost with [fleet] (SPEC 17)
         self.queues: dict[str, SessionQueue] = {}
         self.claim_lock = anyio.Lock()
         self.in_flight = 0
@@ -127,7 +128,17 @@ class Daemon:
                     if notice:
                         event(logging.WARNING, notice)
                     await sessions.recover()
-                    await self._serve(intake_scope, grace_scope)
+                    if self.config.fleet is not None:
+                        from cairnd.fleet.host import FleetHost  # NATS and S3 load only then
+                        self.fleet = FleetHost(self, self.config.fleet)
+                        sessions.url_repos = self.fleet.clone_repo
+                        await self.fleet.connect()
+                    try:
+                        await self._serve(intake_scope, grace_scope)
+                    finally:
+                        if self.fleet is not None:
+                            with anyio.CancelScope(shield=True):
+                                await self.fleet.close()
                 if web is not None:
                     await web.stop()
                 signals.cancel_scope.cancel()
@@ -142,6 +153,8 @@ class Daemon:
     async def _serve(self, intake_scope: anyio.CancelScope, grace_scope: anyio.CancelScope) -> None:
         async with anyio.create_task_group() as work:
             self._work = work
+            if self.fleet is not None:
+                work.start_soon(self.fleet.upkeep)
             with intake_scope:
                 await self._intake()
             # Intake is stopped: nothing new is claimed. Let work finish, within a bound.
@@ -166,6 +179,8 @@ class Daemon:
             await self._recover_in_progress()
             await self.scan()
             intake.start_soon(self._rescan_loop)
+            if self.fleet is not None:
+                intake.start_soon(self.fleet.intake)
             intake.start_soon(self._watchdog_loop)
             self.notifier.notify(READY=1, STATUS=self._status_line())
             event(logging.INFO, f"cairnd ready: serving {self.layout.root} (pid {os.getpid()})")
@@ -325,6 +340,11 @@ class Daemon:
         work = Work(claimed, request, raw)
         event(logging.INFO, f"{request.kind} request received", request=claimed.request_id,
               session=getattr(request, "session", None))
+        if self.fleet is not None and "fleet" not in claimed.meta:
+            # This host's spool is a door into the fleet: the request goes on the
+            # stream, and its result comes back into done/ or failed/.
+            self._work.start_soon(self._enter_fleet, claimed, request)
+            return
         if isinstance(request, CancelRequest):
             self._work.start_soon(self._run, work, self._sessions.cancel)
         elif isinstance(request, NewRequest):
@@ -342,6 +362,12 @@ class Daemon:
             if not queue.running:
                 queue.running = True
                 self._work.start_soon(self._drain_session, request.session, queue)
+
+    async def _enter_fleet(self, claimed: Claimed, request: Request) -> None:
+        try:
+            await self.fleet.door(claimed, request)
+        finally:
+            self._end()
 
     @property
     def _sessions(self) -> Sessions:
@@ -423,7 +449,8 @@ class Daemon:
             self._end()
 
     async def _publish(self, claimed: Claimed, raw: Any, kind: str | None, *,
-                       result: dict[str, Any] | None = None, error: CairnError | None = None) -> None:
+                       result: dict[str, Any] | None = None, error: CairnError | None = None,
+                       local: bool = False) -> None:
         # The request's bytes travel in the result when they are JSON that orjson writes
         # back as it was (not so: nesting past its depth limit, integers beyond 64 bits);
         # otherwise the entry itself is kept beside the result as <name>.raw.
@@ -448,7 +475,21 @@ class Daemon:
             body.pop("result", None)
             body["status"] = "error"
             body["error"] = CairnError("internal", f"the result could not be written as JSON: {exc}").as_dict()
-        keep_raw = raw is None
+        if self.fleet is not None and "fleet" in claimed.meta and not local:
+            await self.fleet.publish(claimed, body)
+        else:
+            await self._write_spool_result(claimed, body, keep_raw=raw is None)
+        level = logging.INFO if error is None else logging.WARNING
+        what = "ok" if error is None else f"failed: {error.code}: {error.message}"
+        session = (result or {}).get("session") if result else (raw.get("session") if isinstance(raw, dict) else None)
+        event(level, f"{kind or 'request'} {what}", request=claimed.request_id,
+              session=session if isinstance(session, str) else None)
+
+    async def _publish_local(self, claimed: Claimed, raw: Any, kind: str | None, error: CairnError) -> None:
+        """A request of this host's spool answered here (the fleet could not take it)."""
+        await self._publish(claimed, raw, kind, error=error, local=True)
+
+    async def _write_spool_result(self, claimed: Claimed, body: dict[str, Any], *, keep_raw: bool = False) -> None:
         delay = 0.05
         while True:
             try:
@@ -465,11 +506,6 @@ class Daemon:
                     return
                 await anyio.sleep(delay)
                 delay = min(delay * 2, 5.0)
-        level = logging.INFO if error is None else logging.WARNING
-        what = "ok" if error is None else f"failed: {error.code}: {error.message}"
-        session = (result or {}).get("session") if result else (raw.get("session") if isinstance(raw, dict) else None)
-        event(level, f"{kind or 'request'} {what}", request=claimed.request_id,
-              session=session if isinstance(session, str) else None)
 
     def _begin(self) -> None:
         self.in_flight += 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from types import TracebackType
@@ -41,6 +42,7 @@ from cairnd.requests import (
     NewRequest,
     PromptRequest,
     RewindRequest,
+    is_git_url,
 )
 from cairnd.runner import AgentRunner, close_open_turn
 from cairnd.spool import Claimed
@@ -62,6 +64,8 @@ class Sessions:
         self.io_limiter = anyio.CapacityLimiter(8)
         self.turns_in_flight = 0
         self.sandbox = detect()  # once: what the kernel offers agents (SPEC 16)
+        # With [fleet]: (url, ref) -> (this host's clone, commit); see cairnd.fleet.
+        self.url_repos: Callable[[str, str], tuple[Path, str]] | None = None
         self._stack = AsyncExitStack()
         self._tg: anyio.abc.TaskGroup | None = None
         self.checkpoints = checkpointer_for(self.layout.root)
@@ -135,8 +139,15 @@ class Sessions:
             # Created before a crash stopped us publishing: answer, don't create twice.
             return await self._with_turn(done, request.prompt, claimed)
         profile = self.profile(request.agent)
-        repo = await self._thread(git.resolve_repo, request.repo)
-        commit = await self._thread(git.resolve_commit, repo, request.ref)
+        if is_git_url(request.repo):
+            # SPEC 17: a fleet host clones a git URL under its state directory.
+            if self.url_repos is None:
+                raise CairnError("bad_request", f"repo {request.repo!r} is a git URL: only a fleet host "
+                                                "([fleet] in the configuration) clones one; give a path")
+            repo, commit = await self._thread(self.url_repos, request.repo, request.ref)
+        else:
+            repo = await self._thread(git.resolve_repo, request.repo)
+            commit = await self._thread(git.resolve_commit, repo, request.ref)
         session_id = new_session_id()
         worktree = repo if request.in_place else self.layout.worktree_parent(session_id) / repo.name
         title = request.title or repo.name

@@ -71,8 +71,8 @@ def repo_name(origin: str) -> str:
 
 def host_repo_dir(state_dir: Path, origin: str) -> Path:
     """Where this host keeps its own repository for `origin` (a URL or another host's path)."""
-    digest = hashlib.sha256(origin.encode()).hexdigest()[:12]
-    return state_dir / "fleet" / "repos" / f"{repo_name(origin)}-{digest}"
+    digest = hashlib.sha256(origin.encode()).hexdigest()[:16]
+    return state_dir / "fleet" / "repos" / digest / repo_name(origin)
 
 
 def clone_url(state_dir: Path, url: str) -> Path:
@@ -91,6 +91,7 @@ def clone_url(state_dir: Path, url: str) -> Path:
         if proc.returncode != 0:
             message = proc.stderr.decode("utf-8", "replace").strip()
             raise CairnError("repo_not_found", f"cannot clone {url}: {message}")
+        git._git(partial, "config", "cairnd.origin", url)
         os.rename(partial, target)
         return target
 
@@ -117,6 +118,7 @@ def ensure_host_repo(state_dir: Path, origin: str) -> Path:
         if not (target / ".git").is_dir():
             target.mkdir(parents=True, exist_ok=True)
             git._git(target, "init", "--quiet")
+            git._git(target, "config", "cairnd.origin", origin)
         return target
 
 

@@ -1,0 +1,593 @@
+"""This host's part in the fleet (SPEC 17): the daemon with `[fleet]` hands it the
+requests of its spool (the door), and it feeds the daemon the requests of the fleet.
+
+    spool door    a request validated from this host's spool goes on the stream
+                  (routed: a session's requests to its owner, new and fork to any
+                  host); its result comes back from the results bucket into done/
+                  or failed/, as the spool client expects
+    intake        this host pulls from its own subject always, and from `any` while
+                  it has room; a request about a session another live host owns is
+                  forwarded there; one about an unowned session is taken over first
+    publishing    before a result leaves this host, every checkpoint of the sessions
+                  it names is pushed and their logs are mirrored; then the result is
+                  created, once, in the results bucket, and the message acked
+    upkeep        heartbeat, lease renewal, the running logs' mirror, and the sweep:
+                  sessions whose lease lapsed are taken over, the requests left on a
+                  dead host's subject are handled or forwarded
+
+The daemon calls `door`, `publish` and `intake`/`upkeep`; nothing else of it knows
+about the fleet.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import orjson
+
+from cairnd.entries import now_timestamp
+from cairnd.errors import CairnError
+from cairnd.fleet import remote
+from cairnd.fleet.bus import (
+    ANY_CONSUMER, H_RECEIVED, H_REQUEST, SUBJECT_ANY, Bus, ensure_consumer, get_json, host_consumer,
+    host_subject, request_key,
+)
+from cairnd.fleet.leases import Leases, beat, hosts
+from cairnd.fleet.logstore import LogStore, StoreConflict, make_store
+from cairnd.fleet.materialise import Descriptor, checkpoints_in, materialise, origin_of, refs_of
+from cairnd.fleet.settings import FleetConfig
+from cairnd.journal import event
+from cairnd.requests import ForkRequest, NewRequest, PromptRequest, Request, decode_json, validate_request
+from cairnd.runner import close_interrupted_turn
+from cairnd.spool import Claimed
+
+if TYPE_CHECKING:
+    from cairnd.service import Daemon
+
+
+def route(request: Request, owner: str | None) -> str:
+    """The subject a request goes to: a session's own requests to its owner; new,
+    fork, and requests about a session nobody owns now, to any host."""
+    if isinstance(request, (NewRequest, ForkRequest)) or owner is None:
+        return SUBJECT_ANY
+    return host_subject(owner)
+
+
+class FleetHost:
+    def __init__(self, daemon: Daemon, fleet: FleetConfig) -> None:
+        self.daemon = daemon
+        self.fleet = fleet
+        self.me = fleet.host
+        self.layout = daemon.layout
+        self.bus: Bus | None = None
+        self.logs = LogStore(make_store(fleet))
+        self.leases: Leases | None = None
+        self.door_pending: dict[str, Claimed] = {}       # request id -> spool claim waiting for its result
+        self.pushed: dict[str, int] = {}                  # session -> log bytes scanned for checkpoints
+        self.session_locks: dict[str, anyio.Lock] = {}
+        self.taking: dict[str, anyio.Lock] = {}
+        self.any_in_flight = 0
+        self.others: dict[str, dict[str, Any]] = {}      # the fleet's hosts, as last seen
+        self.tickers: dict[str, anyio.CancelScope] = {}
+
+    # -- start --------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        self.bus = await Bus.connect(self.fleet, name=f"cairnd-{self.me}")
+        self.leases = Leases(self.bus.owners, self.me, self.fleet.lease_seconds)
+        await self._beat()
+        # Leases this host held before a restart: still ours if they have not lapsed.
+        for sid, lease in (await self.leases.all()).items():
+            if lease.host == self.me and lease.alive(time.time()):
+                owned, _ = await self.leases.acquire(sid)
+                if owned:
+                    event(logging.INFO, "lease kept across a restart", session=sid)
+        event(logging.INFO, f"fleet: host {self.me} joined ({', '.join(self.fleet.nats)}, {self.fleet.store_url})")
+
+    @property
+    def _bus(self) -> Bus:
+        assert self.bus is not None
+        return self.bus
+
+    @property
+    def _leases(self) -> Leases:
+        assert self.leases is not None
+        return self.leases
+
+    def _lock(self, table: dict[str, anyio.Lock], key: str) -> anyio.Lock:
+        return table.setdefault(key, anyio.Lock())
+
+    def clone_repo(self, url: str, ref: str) -> tuple[Path, str]:
+        """`new` with a git URL: this host's own clone of it, and `ref` in it. Blocking."""
+        clone = remote.clone_url(self.layout.root, url)
+        return clone, remote.resolve_in_clone(clone, ref)
+
+    # -- the spool door ------------------------------------------------------------------
+
+    async def door(self, claimed: Claimed, request: Request) -> None:
+        """A valid request from this host's spool: into the fleet. Its result comes back
+        through `_watch_results`; past fleet.wait_seconds without NATS it fails."""
+        rid = claimed.request_id
+        assert rid is not None and claimed.data is not None
+        self.door_pending[rid] = claimed
+        deadline = time.monotonic() + self.fleet.wait_seconds
+        delay = 0.1
+        while True:
+            try:
+                existing = await self._bus.get_result(rid)
+                if existing is not None:
+                    await self._to_spool(rid, existing)
+                    return
+                owner = await self._leases.owner(request.session) if hasattr(request, "session") else None
+                await self._bus.submit(route(request, owner), claimed.data, rid, claimed.received_at, self.me)
+                return
+            except Exception as exc:
+                if time.monotonic() > deadline:
+                    self.door_pending.pop(rid, None)
+                    await self.daemon._publish_local(claimed, orjson.loads(claimed.data), request.kind, CairnError(
+                        "fleet_unavailable",
+                        f"request {rid} could not be put on the fleet's stream within "
+                        f"{self.fleet.wait_seconds:g} s (fleet.wait_seconds): {exc}"))
+                    return
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def _to_spool(self, rid: str, body: bytes) -> None:
+        claimed = self.door_pending.pop(rid, None)
+        if claimed is None:
+            return
+        await self.daemon._write_spool_result(claimed, orjson.loads(body))
+
+    async def _watch_results(self) -> None:
+        """Results of door requests, as they are created anywhere in the fleet; a poll
+        of the pending ones too, for what a broken watch (NATS restarting) missed."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._poll_results)
+            while True:
+                try:
+                    watcher = await self._bus.results.watchall(include_history=False)
+                    async for entry in watcher:
+                        if entry is None or entry.value is None:
+                            continue
+                        key = entry.key
+                        rid = key[2:] if key.startswith("r.") else bytes.fromhex(key[2:]).decode()
+                        if rid in self.door_pending:
+                            await self._to_spool(rid, entry.value)
+                except Exception as exc:
+                    event(logging.DEBUG, f"fleet: results watch ended ({exc}); watching again")
+                await anyio.sleep(0.5)
+
+    async def _poll_results(self) -> None:
+        while True:
+            await anyio.sleep(1.0)
+            for rid in list(self.door_pending):
+                try:
+                    body = await self._bus.get_result(rid)
+                except Exception:
+                    break
+                if body is not None:
+                    await self._to_spool(rid, body)
+
+    # -- intake ------------------------------------------------------------------------------
+
+    async def intake(self) -> None:
+        """Pull requests: this host's own subject, and `any` while there is room. Runs
+        until cancelled (the daemon stopping)."""
+        ack_wait = self.fleet.lease_seconds
+        own = await ensure_consumer(self._bus.js, host_consumer(self.me), host_subject(self.me), ack_wait)
+        anyone = await ensure_consumer(self._bus.js, ANY_CONSUMER, SUBJECT_ANY, ack_wait)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._pull, own, False)
+            tg.start_soon(self._pull, anyone, True)
+            tg.start_soon(self._watch_results)
+            tg.start_soon(self._sweep_loop)
+
+    def _room(self) -> bool:
+        return self.any_in_flight < max(1, self.daemon.config.max_parallel_forks)
+
+    def _spread_delay(self) -> float:
+        """A host that owns more sessions than the least loaded live host waits a little
+        before taking new work from `any`, so new sessions spread over the fleet."""
+        mine = len(self._leases.held)
+        counts = [int(info.get("sessions", 0)) for name, info in self.others.items()
+                  if info.get("alive") and name != self.me]
+        if not counts:
+            return 0.0
+        return min(1.0, 0.15 * max(0, mine - min(counts)))
+
+    async def _pull(self, sub: Any, gated: bool) -> None:
+        while True:
+            if gated:
+                while not self._room():
+                    await anyio.sleep(0.02)
+                delay = self._spread_delay()
+                if delay:
+                    await anyio.sleep(delay)
+            try:
+                msgs = await sub.fetch(1, timeout=1.0)
+            except Exception:  # nats' timeout when nothing waits; its errors while reconnecting
+                await anyio.sleep(0.05)
+                continue
+            for msg in msgs:
+                await self.handle(msg, from_any=gated)
+
+    async def handle(self, msg: Any, *, from_any: bool = False) -> None:
+        """One message of the stream: answered already, forwarded to its owner, or run here."""
+        headers = msg.headers or {}
+        rid = headers.get(H_REQUEST)
+        if not rid:
+            await msg.term()
+            return
+        if await self._bus.get_result(rid) is not None:
+            await msg.ack()  # a duplicate delivery of a request already answered
+            return
+        received = headers.get(H_RECEIVED) or now_timestamp()
+        try:
+            request = validate_request(decode_json(msg.data))
+        except CairnError as exc:
+            await self._publish_body(msg, rid, self._error_body(rid, msg.data, None, received, exc))
+            return
+        claim_key = request_key(rid)
+        claim = await get_json(self._bus.claims, claim_key)
+        session = getattr(request, "session", None)
+        if session is not None and not isinstance(request, ForkRequest):
+            owner = await self._ensure_owner(session)
+            if owner is not None and owner != self.me:
+                await self._bus.submit(host_subject(owner), msg.data, rid, received, self.me, first=False)
+                await msg.ack()
+                return
+        claim_value = claim[0] if claim else None
+        if claim_value is not None and claim_value.get("host") != self.me and isinstance(request, PromptRequest):
+            # Another host started this turn and died: the turn was cut (its log, taken
+            # over, ends it interrupted). It is not run again.
+            await self._publish_body(msg, rid, self._error_body(rid, msg.data, request.kind, received, CairnError(
+                "turn_interrupted", f"the turn of request {rid} on session {session} was cut when host "
+                                    f"{claim_value.get('host')} stopped")))
+            return
+        if isinstance(request, ForkRequest):
+            try:
+                await self._ensure_readable(request.session)
+            except CairnError:
+                pass  # the fork handler says what is wrong (unknown_session ...)
+        await self._bus.claims.put(claim_key, orjson.dumps({"host": self.me, "at": time.time()}))
+        claimed = Claimed(name=f"{rid}.json", request_id=rid, received_at=received, data=msg.data,
+                          meta={"fleet": msg, "recovered": claim_value is not None and claim_value.get("host") == self.me,
+                                "from_any": from_any})
+        if from_any:
+            self.any_in_flight += 1
+        self._tick(rid, msg)
+        self.daemon._dispatch(claimed)
+
+    def _tick(self, rid: str, msg: Any) -> None:
+        """Tell JetStream the request is being worked on, so it is not redelivered while
+        this host lives (a turn may take longer than the ack wait)."""
+        scope = anyio.CancelScope()
+        self.tickers[rid] = scope
+
+        async def ticker() -> None:
+            with scope:
+                while True:
+                    await anyio.sleep(self.fleet.lease_seconds / 3)
+                    try:
+                        await msg.in_progress()
+                    except Exception:
+                        pass
+        assert self.daemon._work is not None
+        self.daemon._work.start_soon(ticker)
+
+    async def _ensure_owner(self, session: str) -> str | None:
+        """Who owns `session` now; if nobody (its lease lapsed, or it never had one
+        because it is unknown), this host takes it over when the fleet knows it."""
+        lease = await self._leases.current(session)
+        if lease is not None and lease.alive(time.time()):
+            if lease.host != self.me or session in self._leases.held:
+                return lease.host
+        if await self.take_over(session):
+            return self.me
+        lease = await self._leases.current(session)
+        return lease.host if lease is not None and lease.alive(time.time()) else None
+
+    async def descriptor(self, session: str) -> Descriptor | None:
+        found = await get_json(self._bus.sessions, session)
+        return Descriptor.of(session, found[0]) if found else None
+
+    async def take_over(self, session: str) -> bool:
+        """Own `session` here: take its lease, and rebuild it from the store and the
+        checkpoint repository unless this host's copy is already the stored one."""
+        async with self._lock(self.taking, session):
+            if session in self._leases.held:
+                return True
+            descriptor = await self.descriptor(session)
+            if descriptor is None or descriptor.deleted:
+                return False
+            owned, before = await self._leases.acquire(session)
+            if not owned:
+                return False
+            try:
+                await self._materialise(descriptor, with_worktree=True)
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await self._leases.release(session)
+                raise
+            how = f"from {before.host}" if before is not None and before.host != self.me else "again"
+            event(logging.WARNING if before is not None and before.host != self.me else logging.INFO,
+                  f"fleet: took session over {how}", session=session)
+            return True
+
+    async def _materialise(self, descriptor: Descriptor, *, with_worktree: bool) -> None:
+        sid = descriptor.session
+        sessions = self.daemon._sessions
+        stored = await self.logs.rebuild(sid)
+        local = self.layout.log_path(sid)
+        row = await anyio.to_thread.run_sync(sessions.registry.get, sid)
+        current = (row is not None and row.state == "ready" and local.exists()
+                   and (row.worktree.exists() or not with_worktree)
+                   and await anyio.to_thread.run_sync(local.read_bytes) == stored)
+        if not current:
+            runner = sessions.runners.pop(sid, None)
+            if runner is not None:
+                await runner.close()
+            await anyio.to_thread.run_sync(lambda: materialise(
+                self.layout, sessions.registry, descriptor, stored, self.fleet.checkpoints,
+                with_worktree=with_worktree))
+            forget = getattr(sessions, "checkpoints", None)
+            if forget is not None:
+                forget.forget(sid)
+        self.logs.forget(sid)
+        self.pushed.pop(sid, None)
+        if with_worktree:
+            row = await anyio.to_thread.run_sync(sessions.registry.get, sid)
+            assert row is not None
+            closed = await close_interrupted_turn(sid, row.worktree, local,
+                                                  max_file_bytes=self.daemon.config.snapshot_max_file_bytes)
+            if closed is not None:
+                event(logging.WARNING, f"turn {closed['turns'] - 1} was cut when its host stopped: "
+                                       "recorded as interrupted", session=sid)
+                await anyio.to_thread.run_sync(sessions.registry.set_turns, sid, closed["turns"])
+            await self.sync(sid)
+
+    async def _ensure_readable(self, session: str) -> None:
+        """A fork of `session` is about to be made here: its log and checkpoint objects
+        must be this host's up-to-date copy (materialised without a worktree)."""
+        if session in self._leases.held:
+            return
+        descriptor = await self.descriptor(session)
+        if descriptor is None:
+            return
+        async with self._lock(self.taking, session):
+            await self._materialise(descriptor, with_worktree=False)
+
+    # -- publishing a result -------------------------------------------------------------------
+
+    async def sync(self, session: str) -> None:
+        """Push the session's new checkpoints, then mirror its log: a reader of the stored
+        log always finds the checkpoints it names. Retries while the store or the
+        remote are away, up to fleet.wait_seconds."""
+        sessions = self.daemon._sessions
+        deadline = time.monotonic() + self.fleet.wait_seconds
+        delay = 0.1
+        async with self._lock(self.session_locks, session):
+            while True:
+                try:
+                    row = await anyio.to_thread.run_sync(sessions.registry.get, session)
+                    if row is None:
+                        return
+                    await anyio.to_thread.run_sync(self._push_new_checkpoints, session, row.repo)
+                    await self.logs.mirror(session, self.layout.log_path(session))
+                    return
+                except StoreConflict:
+                    raise
+                except CairnError as exc:
+                    if exc.code not in ("checkpoints_unavailable",) or time.monotonic() > deadline:
+                        raise
+                    failure: Exception = exc
+                except Exception as exc:  # the store's own errors: unreachable, timeouts
+                    failure = exc
+                    if time.monotonic() > deadline:
+                        raise CairnError("store_unavailable", f"the log of session {session} could not be "
+                                         f"mirrored to {self.fleet.store_url} within {self.fleet.wait_seconds:g} s "
+                                         f"(fleet.wait_seconds): {exc}; the turn is complete on host {self.me} "
+                                         "and the mirror catches up when the store is back") from None
+                event(logging.WARNING, f"fleet: sync of session {session} failed ({failure}); retrying", session=session)
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    def _push_new_checkpoints(self, session: str, repo: Path) -> None:
+        log = self.layout.log_path(session)
+        start = self.pushed.get(session, 0)
+        with open(log, "rb") as f:
+            f.seek(start)
+            data = f.read()
+        end = data.rfind(b"\n") + 1
+        own = [p for p in checkpoints_in(data[:end]) if p.get("sessionId") == session]
+        remote.push_refs(repo, self.fleet.checkpoints, refs_of(own))
+        self.pushed[session] = start + end
+
+    async def publish(self, claimed: Claimed, body: dict[str, Any]) -> None:
+        """The result of a request this host ran: sessions synced, new ones leased and
+        described, then the result created once in the bucket, then the ack."""
+        msg = claimed.meta["fleet"]
+        rid = claimed.request_id
+        assert rid is not None
+        try:
+            body = await self._settle(body)
+        except CairnError as exc:
+            body = {**{k: v for k, v in body.items() if k != "result"}, "status": "error", "error": exc.as_dict()}
+        await self._publish_body(msg, rid, body)
+        if claimed.meta.get("from_any"):
+            self.any_in_flight -= 1
+
+    async def _settle(self, body: dict[str, Any]) -> dict[str, Any]:
+        request = body.get("request") if isinstance(body.get("request"), dict) else {}
+        result = body.get("result") if isinstance(body.get("result"), dict) else {}
+        kind = body.get("kind")
+        named = [s for s in (result.get("session"), request.get("session")) if isinstance(s, str)]
+        sessions = self.daemon._sessions
+        for sid in dict.fromkeys(named):
+            row = await anyio.to_thread.run_sync(sessions.registry.get, sid)
+            if row is None:
+                continue
+            if sid not in self._leases.held:
+                if kind in ("new", "fork") and sid == result.get("session") and row.state == "ready":
+                    await self._sync_new(sid, row)
+                continue
+            if row.state == "deleted":
+                await self._forget_session(sid)
+                continue
+            await self.sync(sid)
+        return body
+
+    async def _sync_new(self, sid: str, row: Any) -> None:
+        """A session this host just made: its objects and log go out first, then its
+        descriptor, then its lease (from then on the fleet routes to us)."""
+        owned, _ = await self._leases.acquire(sid)
+        await self.sync(sid)
+        origin = await anyio.to_thread.run_sync(origin_of, row.repo)
+        if row.parent_id:
+            parent = await self.descriptor(row.parent_id)
+            if parent is not None:
+                origin = parent.origin
+        descriptor = Descriptor(sid, origin, row.title, row.agent, row.parent_id, row.root_id)
+        await self._bus.sessions.put(sid, orjson.dumps(descriptor.as_dict()))
+        if not owned:
+            raise CairnError("internal", f"session {sid} was made here but its lease is held elsewhere")
+
+    async def _forget_session(self, sid: str) -> None:
+        descriptor = await self.descriptor(sid)
+        if descriptor is not None:
+            await self._bus.sessions.put(sid, orjson.dumps({**descriptor.as_dict(), "deleted": True}))
+        await self._leases.release(sid)
+
+    async def _publish_body(self, msg: Any, rid: str, body: dict[str, Any]) -> None:
+        data = orjson.dumps(body)
+        delay = 0.1
+        while True:
+            try:
+                created = await self._bus.put_result(rid, data)
+                if not created:
+                    event(logging.WARNING, f"fleet: request {rid} already had a result; this one is dropped",
+                          request=rid)
+                break
+            except Exception as exc:
+                # NATS away: the result waits (the turn is done, its log is mirrored). When
+                # stopping, the message is redelivered and answered from the log.
+                if self.daemon.stopping and delay >= 2.0:
+                    event(logging.ERROR, f"fleet: result of {rid} not written while stopping ({exc})", request=rid)
+                    return
+                event(logging.WARNING, f"fleet: cannot write the result of {rid} ({exc}); retrying", request=rid)
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        scope = self.tickers.pop(rid, None)
+        if scope is not None:
+            scope.cancel()
+        try:
+            await msg.ack()
+        except Exception:
+            pass  # redelivered later: answered from the bucket
+
+    def _error_body(self, rid: str, data: bytes, kind: str | None, received: str, error: CairnError) -> dict[str, Any]:
+        try:
+            raw = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raw = None
+        return {"id": rid, "kind": kind, "status": "error", "request": raw, "error": error.as_dict(),
+                "received_at": received, "finished_at": now_timestamp()}
+
+    # -- upkeep ----------------------------------------------------------------------------------
+
+    async def upkeep(self) -> None:
+        """Heartbeat and lease renewal every third of the lease; the running logs' mirror
+        every second. Runs until cancelled."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._renew_loop)
+            tg.start_soon(self._mirror_loop)
+
+    async def _beat(self) -> None:
+        sessions = self.daemon.sessions
+        info = {"sessions": len(self.leases.held) if self.leases else 0,
+                "turns": sessions.turns_in_flight if sessions else 0, "pid": __import__("os").getpid()}
+        await beat(self._bus.hosts, self.me, self.fleet.lease_seconds, info)
+        self.others = await hosts(self._bus.hosts)
+
+    async def _renew_loop(self) -> None:
+        while True:
+            await anyio.sleep(self.fleet.lease_seconds / 3)
+            try:
+                await self._beat()
+                for sid in list(self._leases.held):
+                    if not await self._leases.renew(sid):
+                        event(logging.ERROR, "fleet: lost the lease of a session (another host took it)", session=sid)
+                        runner = self.daemon._sessions.runners.pop(sid, None)
+                        if runner is not None:
+                            await runner.close()
+            except Exception as exc:
+                event(logging.WARNING, f"fleet: heartbeat failed ({exc})")
+
+    async def _mirror_loop(self) -> None:
+        # Whole lines of the logs of running turns, so a takeover sees a cut turn's start.
+        while True:
+            await anyio.sleep(1.0)
+            for sid, runner in list(self.daemon._sessions.runners.items()):
+                if sid not in self._leases.held:
+                    continue
+                done = self.logs.mirrored(sid)
+                try:
+                    size = self.layout.log_path(sid).stat().st_size
+                except OSError:
+                    continue
+                if done is not None and size <= done:
+                    continue
+                try:
+                    async with self._lock(self.session_locks, sid):
+                        await self.logs.mirror(sid, self.layout.log_path(sid))
+                except Exception as exc:
+                    event(logging.DEBUG, f"fleet: mirror of {sid} waits ({exc})", session=sid)
+
+    async def _sweep_loop(self) -> None:
+        """Take over sessions whose lease lapsed; handle what dead hosts left queued."""
+        while True:
+            await anyio.sleep(max(0.2, self.fleet.lease_seconds / 4))
+            try:
+                await self._sweep()
+            except Exception as exc:
+                event(logging.WARNING, f"fleet: sweep failed ({exc})")
+
+    async def _sweep(self) -> None:
+        now = time.time()
+        for sid, lease in (await self._leases.all()).items():
+            if lease.host == self.me or lease.alive(now) or lease.until == 0:
+                continue
+            if await self.take_over(sid):
+                pass
+        for name, info in self.others.items():
+            if name == self.me or info.get("alive"):
+                continue
+            await self._drain(name)
+
+    async def _drain(self, host: str) -> None:
+        """Requests routed to a dead host: handled here (owner checks forward them on)."""
+        try:
+            sub = await ensure_consumer(self._bus.js, host_consumer(host), host_subject(host), self.fleet.lease_seconds)
+        except Exception:
+            return
+        try:
+            while True:
+                try:
+                    msgs = await sub.fetch(8, timeout=0.3)
+                except Exception:
+                    return
+                for msg in msgs:
+                    await self.handle(msg)
+        finally:
+            try:
+                await sub.unsubscribe()
+            except Exception:
+                pass
+
+    async def close(self) -> None:
+        if self.bus is not None:
+            await self.bus.close()

@@ -1,0 +1,129 @@
+"""A session made on another host, rebuilt on this one (SPEC 17): its log from the
+object store, byte for byte, and its worktree at its last checkpoint from the
+checkpoint repository, in this host's own repository for the session's origin.
+
+Used for a takeover (the owner died: this host carries the session on) and, without
+a worktree, for a fork of a session another host owns (the fork needs the log and
+the checkpoint objects, not the parent's files).
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cairnd import git
+from cairnd.config import StateLayout
+from cairnd.durable import write_atomic
+from cairnd.entries import CHECKPOINT_METHOD, method_of, parse_message, params_of
+from cairnd.errors import CairnError
+from cairnd.fleet import remote
+from cairnd.forker import worktree_lock
+from cairnd.registry import Registry, SessionRow
+from cairnd.transcript import session_state
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    """What the fleet knows of a session beyond its log (bucket cairnd_sessions)."""
+
+    session: str
+    origin: str           # the repository it was made from: a git URL or the first host's path
+    title: str
+    agent: str
+    parent: str | None
+    root: str
+    deleted: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"origin": self.origin, "title": self.title, "agent": self.agent, "parent": self.parent,
+                "root": self.root, "deleted": self.deleted}
+
+    @classmethod
+    def of(cls, session: str, value: dict[str, Any]) -> Descriptor:
+        return cls(session, str(value["origin"]), str(value.get("title") or session), str(value.get("agent") or "reference"),
+                   value.get("parent"), str(value.get("root") or session), bool(value.get("deleted")))
+
+
+def checkpoints_in(data: bytes) -> list[dict[str, Any]]:
+    """Every agent_checkpoint's params in a log, in order."""
+    found = []
+    for line in data.splitlines():
+        if b"agent_checkpoint" not in line:
+            continue
+        message = parse_message(line)
+        if message is not None and method_of(message) == CHECKPOINT_METHOD:
+            found.append(params_of(message))
+    return found
+
+
+def index_ref(ref: str) -> str:
+    """Where a checkpoint's index tree is kept in the checkpoint repository: the index
+    may hold content that neither HEAD nor the worktree commit reaches."""
+    return "refs/cairnd-index/" + ref[len("refs/cairnd/"):]
+
+
+def refs_of(checkpoints: list[dict[str, Any]]) -> dict[str, str]:
+    """The refs (and index refs) that keep a log's checkpoints alive: name -> object."""
+    refs: dict[str, str] = {}
+    for params in checkpoints:
+        ref, sha, index = params.get("ref"), params.get("worktreeSha"), params.get("indexTree")
+        if isinstance(ref, str) and ref.startswith("refs/cairnd/") and isinstance(sha, str):
+            refs[ref] = sha
+            if isinstance(index, str) and git.is_object_id(index):
+                refs[index_ref(ref)] = index
+    return refs
+
+
+def origin_of(repo: Path) -> str:
+    """The origin a host repository was made for (recorded in its config), else the path."""
+    proc = git._run(repo, ["config", "--get", "cairnd.origin"])
+    return proc.stdout.decode().strip() if proc.returncode == 0 and proc.stdout.strip() else str(repo)
+
+
+def materialise(layout: StateLayout, registry: Registry, descriptor: Descriptor, log_bytes: bytes,
+                checkpoints_remote: str, *, with_worktree: bool) -> SessionRow:
+    """Write the session here: log, repository objects, worktree (optionally), registry
+    row. Blocking: run it in a worker thread. Replaces what a former stay left."""
+    if not log_bytes:
+        raise CairnError("unknown_session", f"session {descriptor.session!r} has no log in the store")
+    sid = descriptor.session
+    checkpoints = checkpoints_in(log_bytes)
+    last = checkpoints[-1] if checkpoints else None
+    if last is None or not isinstance(last.get("headSha"), str):
+        raise CairnError("commit_missing", f"the stored log of session {sid} has no checkpoint to start from")
+    old = registry.get(sid)
+    repo = old.repo if old is not None and old.repo.exists() else remote.ensure_host_repo(layout.root, descriptor.origin)
+    remote.fetch_refs(repo, checkpoints_remote, sorted(refs_of(checkpoints)))
+    name = old.worktree.name if old is not None else remote.repo_name(descriptor.origin)
+    worktree = layout.worktree_parent(sid) / name
+    if with_worktree or (old is not None and old.worktree.exists()):
+        # A worktree this host kept from an earlier stay is out of date: made again.
+        with worktree_lock(repo):
+            if old is not None and old.worktree.exists():
+                git.remove_worktree(old.repo, old.worktree)
+            shutil.rmtree(layout.worktree_parent(sid), ignore_errors=True)
+            if with_worktree:
+                worktree.parent.mkdir(parents=True, exist_ok=True)
+                git.create_fork_worktree(repo, worktree, last["headSha"], last.get("worktreeSha"),
+                                         last.get("indexTree"))
+    layout.session_dir(sid).mkdir(parents=True, exist_ok=True)
+    write_atomic(layout.log_path(sid), log_bytes)
+    turns = session_state(iter(enumerate_lines(log_bytes)), agent_text=False).turns
+    result = {"session": sid, "title": descriptor.title, "worktree": str(worktree), "headSha": last["headSha"],
+              "log": str(layout.log_path(sid))}
+    registry.adopt_session(id=sid, title=descriptor.title, repo=repo, worktree=worktree, agent=descriptor.agent,
+                           parent_id=descriptor.parent, root_id=descriptor.root, turns=turns, result=result)
+    row = registry.get(sid)
+    assert row is not None
+    return row
+
+
+def enumerate_lines(data: bytes):
+    offset = 0
+    for line in data.splitlines(keepends=True):
+        if line.endswith(b"\n"):
+            yield offset, line
+        offset += len(line)

@@ -1,0 +1,159 @@
+"""The fleet (SPEC 17) end to end: real daemons (one state directory each, on one
+machine), a real nats-server with JetStream, a real S3 gateway (SeaweedFS) and a
+bare checkpoint repository. No mocks."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import anyio
+import orjson
+import pytest
+
+from cairnd.fleet.bus import Bus
+from cairnd.fleet.logstore import LogStore, make_store
+from cairnd.fleet.settings import parse_fleet
+from daemonproc import Daemon
+from fleetservers import S3_KEYS, Nats, Store, checkpoint_repo, fleet_table
+from gitrepos import git_text, make_repo
+
+LEASE = 3.0
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    s = Store(tmp_path_factory.mktemp("weed")).start()
+    yield s
+    s.stop()
+
+
+class Fleet:
+    def __init__(self, root: Path, store: Store) -> None:
+        self.root = root
+        self.store = store
+        self.nats = Nats(root / "nats").start()
+        self.checkpoints = checkpoint_repo(root / "checkpoints.git")
+        self.prefix = f"t-{uuid.uuid4().hex[:10]}"
+        self.hosts: dict[str, Daemon] = {}
+
+    def table(self, host: str) -> dict[str, object]:
+        return fleet_table(self.nats, self.store, self.checkpoints, host, self.prefix,
+                           lease_seconds=LEASE, wait_seconds=30)
+
+    def host(self, name: str, **settings: object) -> Daemon:
+        state = self.root / name
+        state.mkdir()
+        daemon = Daemon(state, {"fleet": self.table(name), **settings}, env=S3_KEYS)
+        self.hosts[name] = daemon
+        return daemon.start()
+
+    def fleet_config(self, host: str = "probe"):
+        return parse_fleet(self.table(host))
+
+    def stored_log(self, session: str) -> bytes:
+        async def read() -> bytes:
+            return await LogStore(make_store(self.fleet_config())).rebuild(session)
+        return anyio.run(read)
+
+    def results(self, request_ids: list[str]) -> dict[str, dict]:
+        async def read() -> dict[str, dict]:
+            bus = await Bus.connect(self.fleet_config(), attempts=3)
+            try:
+                out = {}
+                for rid in request_ids:
+                    body = await bus.get_result(rid)
+                    if body is not None:
+                        out[rid] = orjson.loads(body)
+                return out
+            finally:
+                await bus.close()
+        return anyio.run(read)
+
+    def host_of(self, path: str) -> str:
+        for name, daemon in self.hosts.items():
+            if Path(path).is_relative_to(daemon.state):
+                return name
+        raise AssertionError(f"{path} is under no host's state directory")
+
+    def close(self) -> None:
+        for daemon in self.hosts.values():
+            if daemon.proc is not None and daemon.proc.poll() is None:
+                try:
+                    daemon.stop(timeout=30)
+                except Exception:
+                    daemon.kill9()
+        self.nats.stop()
+
+
+@pytest.fixture
+def fleet(tmp_path, store, monkeypatch):
+    for key, value in S3_KEYS.items():
+        monkeypatch.setenv(key, value)
+    f = Fleet(tmp_path, store)
+    yield f
+    f.close()
+
+
+def history_of(log: str) -> int:
+    return int(re.findall(r"history=(\d+)", Path(log).read_text())[-1])
+
+
+def test_two_hosts_spread_route_to_the_owner_and_fork_across(fleet, tmp_path):
+    repo = make_repo(tmp_path / "repo", {"README.md": "hello\n"})
+    a = fleet.host("alpha")
+    b = fleet.host("beta")
+
+    # new requests go to any host: made through either door, they spread over both.
+    made = []
+    for i in range(6):
+        door = (a, b)[i % 2]
+        made.append(door.ok({"kind": "new", "repo": str(repo), "title": f"s{i}",
+                             "prompt": f"write f{i}.txt: from session {i}"}))
+    owners = {r["session"]: fleet.host_of(r["worktree"]) for r in made}
+    assert set(owners.values()) == {"alpha", "beta"}, owners
+
+    # A prompt dropped at the other host's door runs on the owner, in the owner's worktree.
+    first = made[0]
+    owner = owners[first["session"]]
+    other = b if owner == "alpha" else a
+    turn = other.ok({"kind": "prompt", "session": first["session"], "text": "append f0.txt: second turn"})
+    assert turn["turn"] == 1
+    assert Path(first["worktree"], "f0.txt").read_text() == "from session 0\nsecond turn\n"
+
+    # Every log in the store is its owner's copy, byte for byte.
+    for r in made:
+        assert fleet.stored_log(r["session"]) == Path(r["log"]).read_bytes()
+
+    # Forks of that session land on either host; the one made on the other host holds the
+    # exact files of the cut and the history before it.
+    forks = []
+    for _ in range(4):
+        forks.append(a.ok({"kind": "fork", "session": first["session"], "user_message_index": 1,
+                           "prompt": "write g.txt: in the fork"}))
+        if any(fleet.host_of(f["worktree"]) != owner for f in forks):
+            break
+    remote = [f for f in forks if fleet.host_of(f["worktree"]) != owner]
+    assert remote, "no fork was made on the other host"
+    fork = remote[0]
+    files = sorted(p.name for p in Path(fork["worktree"]).iterdir() if p.name != ".git")
+    assert files == ["README.md", "f0.txt", "g.txt"]
+    assert Path(fork["worktree"], "f0.txt").read_text() == "from session 0\n"  # the file at the cut
+    assert history_of(fork["log"]) == 1   # its agent was given the kept turn
+    parent_log = Path(first["log"]).read_bytes()
+    kept = Path(fork["log"]).read_bytes()
+    cut = kept.index(b"_posthog/fork_session_meta")
+    cut = kept.rindex(b"\n", 0, cut) + 1
+    assert parent_log.startswith(kept[:cut])
+    assert fleet.stored_log(fork["session"]) == kept
+
+    # Results live in the bucket, once per request, equal to what the spool doors show.
+    ids = [p.stem for d in (a, b) for p in (d.spool / "done").glob("*.json")]
+    stored = fleet.results(ids)
+    assert set(stored) == set(ids)
+    for d in (a, b):
+        for path in (d.spool / "done").glob("*.json"):
+            assert orjson.loads(path.read_bytes()) == stored[path.stem]
