@@ -17,6 +17,7 @@ from cairnd.checkpoint import take_checkpoint
 from cairnd.config import StateLayout
 from cairnd.errors import CairnError
 from cairnd.forker import discard_partial, fork_session, fork_title
+from cairnd.forkpoint import find_fork_point
 from cairnd.entries import cairnd_entry, envelope_line, method_of, parse_message
 from cairnd.log import iter_lines
 from cairnd.registry import Registry
@@ -170,7 +171,7 @@ def resolve(target: str):
 
 STEPS = [
     ("cairnd.forker.git.create_fork_worktree", "worktree"),
-    ("cairnd.forker.take_checkpoint", "baseline checkpoint"),
+    ("cairnd.forker.git.pin", "baseline checkpoint"),
     ("cairnd.forker.write_fork_log", "log"),
     ("cairnd.registry.Registry.commit_session", "commit"),
 ]
@@ -232,6 +233,24 @@ def test_a_crash_at_each_step_is_rolled_back_on_restart(parent: Parent, step: st
         assert len(parent.registry.forks()) == 1  # it had committed: a whole fork
     else:
         assert_nothing_but_parent(parent)
+
+
+def test_the_baseline_is_the_cuts_checkpoint_and_what_a_snapshot_of_the_fork_says(parent: Parent) -> None:
+    """A fork's baseline is built from the checkpoint at the cut (no snapshot of the new
+    worktree): the same state, under the fork's own ref, and exactly what a full
+    snapshot of the fork's worktree records."""
+    result = parent.fork(1)
+    fork_log = Path(result["log"])
+    *_, meta, baseline = [parse_message(line) for _offset, line in iter_lines(fork_log)]
+    params = baseline["params"]
+    cut = find_fork_point(iter_lines(parent.layout.log_path(parent.id)), 1, parent.id).checkpoint
+    assert params["worktreeSha"] == cut["worktreeSha"] and params["indexTree"] == cut["indexTree"]
+    assert params["ref"] == f"refs/cairnd/{result['session']}/{params['turns']}"
+    assert cgit.list_refs(parent.repo, f"refs/cairnd/{result['session']}/") == {params["ref"]: params["worktreeSha"]}
+    snap = cgit.snapshot(Path(result["worktree"]), CAP)
+    assert (snap.head_sha, snap.branch, snap.index_tree, snap.dirty, list(snap.skipped)) == \
+        (params["headSha"], params["branch"], params["indexTree"], params["dirty"], params["skipped"])
+    assert snap.worktree_tree == cgit.tree_of(parent.repo, params["worktreeSha"])
 
 
 def test_posthog_shaped_log_forks(tmp_path: Path):

@@ -29,6 +29,7 @@ from cairnd import git, gitfiles, privacy
 from cairnd.checkpoint import take_checkpoint
 from cairnd.errors import CairnError
 from cairnd.journal import event
+from cairnd.storage import RefKeeper
 from cairnd.worktreewatch import WatchSet
 
 INDEX_DIR = "checkpoint-index"  # under the state directory: one private index per live session
@@ -72,12 +73,15 @@ class Checkpointer:
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
         self.counts = {"full": 0, "paths": 0, "reused": 0}
+        self.refs = RefKeeper()
         self._reading: Any = None  # the CancelScope of read_events, while it runs
 
     def take(self, session_id: str, worktree: Path, turns: int, max_file_bytes: int) -> dict[str, Any]:
-        """`checkpoint.take_checkpoint`, with this snapshot."""
-        return take_checkpoint(session_id, worktree, turns, max_file_bytes,
-                               snapshot=lambda tree, cap, message: self.snapshot(session_id, tree, cap, message))
+        """`checkpoint.take_checkpoint`, with this snapshot; its ref is counted for packing."""
+        params = take_checkpoint(session_id, worktree, turns, max_file_bytes,
+                                 snapshot=lambda tree, cap, message: self.snapshot(session_id, tree, cap, message))
+        self.refs.wrote(Path(worktree))
+        return params
 
     async def read_events(self) -> None:
         """Read inotify events as they come, for as long as the daemon runs (in a

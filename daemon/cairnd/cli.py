@@ -122,6 +122,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                "cairnd status\n  cairnd status --json"),
     "web": ("serve the web view: sessions, conversations, forks, live turns (loopback by default)",
             "cairnd web\n  cairnd web --listen 127.0.0.1:9000"),
+    "gc": ("remove the logs of sessions deleted more than keep_deleted_days ago (and any refs left)",
+           "cairnd gc --dry-run\n  cairnd gc --json"),
     "completion": ("print a shell completion script for bash or zsh",
                    "source <(cairnd completion bash)\n  cairnd completion zsh > ~/.zfunc/_cairnd"),
 }
@@ -229,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     web.add_argument("--listen", metavar="ADDR",
                      help="HOST:PORT to listen on (default: [web] listen, else 127.0.0.1:8765); "
                           "a non-loopback address needs [web] token")
+    gc = command("gc")
+    gc.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")
 
     completion = command("completion")
     completion.add_argument("shell", choices=("bash", "zsh"))
@@ -287,7 +291,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return run_web(config, args.listen)
     if args.command in REQUEST_COMMANDS:
         return _request_command(args, config)
-    return {"ls": _ls, "show": _show, "tree": _tree, "status": _status, "diff": _diff}[args.command](args, config)
+    return {"ls": _ls, "show": _show, "tree": _tree, "status": _status, "diff": _diff,
+            "gc": _gc}[args.command](args, config)
 
 
 # --------------------------------------------------------------------------- request commands
@@ -740,6 +745,36 @@ def _status(args: argparse.Namespace, config: Config) -> int:
     return EXIT_OK
 
 
+def _gc(args: argparse.Namespace, config: Config) -> int:
+    from cairnd.registry import Registry
+    from cairnd.storage import collect
+
+    layout = config.layout
+    rows = Registry(layout.db).sessions(("deleted",)) if layout.db.exists() else []
+    done = collect(rows, layout.session_dir, config.keep_deleted_days, dry_run=args.dry_run)
+    if args.json:
+        _print_json({"dry_run": args.dry_run, "keep_deleted_days": config.keep_deleted_days,
+                     "sessions": [{"session": item.session, "deleted_at": item.deleted_at,
+                                   "log_bytes": item.log_bytes} for item in done]})
+        return EXIT_OK
+    verb = "would remove" if args.dry_run else "removed"
+    for item in done:
+        sys.stdout.write(f"{verb} {item.session}: {_size(item.log_bytes)}\n")
+    sys.stdout.write(f"{verb} the logs of {len(done)} session(s) deleted more than "
+                     f"{config.keep_deleted_days:g} day(s) ago, {_size(sum(i.log_bytes for i in done))}\n")
+    return EXIT_OK
+
+
+def _size(count: int | None) -> str:
+    if count is None:
+        return "?"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024  # type: ignore[assignment]
+    return str(count)
+
+
 def format_status(status: dict[str, Any]) -> str:
     spool = status["spool"]
     if status["running"]:
@@ -763,5 +798,11 @@ def format_status(status: dict[str, Any]) -> str:
     lines.append(f"  sessions   {sessions['ready']} ({sessions['deleted']} deleted)")
     if status.get("sandbox"):
         lines.append(f"  sandbox    {status['sandbox']}")
+    for repo in status.get("storage", []):
+        refs = repo["checkpoint_refs"]
+        loose = repo["loose_checkpoint_refs"]
+        lines.append(f"  repo       {repo['repo']}: {repo['sessions']} session(s), "
+                     f"{'?' if refs is None else refs} checkpoint ref(s) ({'?' if loose is None else loose} loose), "
+                     f"objects {_size(repo['objects_bytes'])}, logs {_size(repo['logs_bytes'])}")
     return "\n".join(lines) + "\n"
 

@@ -79,6 +79,7 @@ class Config:
     idle_agent_seconds: float = 600.0
     stop_timeout_seconds: float = 20.0
     watchdog_seconds: float | None = None
+    keep_deleted_days: float = 30.0
     agents: dict[str, AgentProfile] = field(default_factory=lambda: {"reference": reference_profile()})
     web: WebConfig = field(default_factory=WebConfig)
     source: Path | None = None
@@ -183,6 +184,7 @@ _TOP_KEYS = {
     "idle_agent_seconds": (int, float),
     "stop_timeout_seconds": (int, float),
     "watchdog_seconds": (int, float),
+    "keep_deleted_days": (int, float),
     "agents": dict,
     "web": dict,
     "fleet": dict,
@@ -202,6 +204,8 @@ def parse_config(data: dict[str, Any], source: Path | None = None,
     for key in ("max_parallel_turns", "max_parallel_forks", "snapshot_max_file_mib"):
         if key in data and data[key] < 1:
             raise ConfigError(f"{where}: {key} = {data[key]!r} must be at least 1")
+    if "keep_deleted_days" in data and data["keep_deleted_days"] < 0:
+        raise ConfigError(f"{where}: keep_deleted_days = {data['keep_deleted_days']!r} must not be negative")
     for key in ("rescan_seconds", "idle_agent_seconds", "stop_timeout_seconds", "watchdog_seconds"):
         if key in data and data[key] <= 0:
             raise ConfigError(f"{where}: {key} = {data[key]!r} must be positive")

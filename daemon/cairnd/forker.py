@@ -25,10 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from cairnd import git
-from cairnd.checkpoint import session_ref_prefix, take_checkpoint
+from cairnd.checkpoint import checkpoint_params, session_ref_prefix, take_checkpoint
+from cairnd.cutindex import find_cut
 from cairnd.config import StateLayout
 from cairnd.durable import fsync_dir, write_all
-from cairnd.forkpoint import ForkPoint, find_fork_point
+from cairnd.forkpoint import ForkPoint
 from cairnd.ids import new_session_id
 from cairnd.entries import checkpoint_entry, envelope_line, fork_meta_entry
 from cairnd.log import copy_prefix, iter_lines
@@ -88,6 +89,22 @@ def state_at_cut(point: ForkPoint, repo: Path, source_worktree: Path) -> ForkSta
     return ForkState(head_sha=head, worktree_sha=None, index_tree=None, state="current_head")
 
 
+def baseline_at_cut(point: ForkPoint, start: ForkState, fork_id: str, turns: int) -> dict[str, Any] | None:
+    """The fork's baseline checkpoint without looking at its new worktree: the worktree
+    was made exactly the cut's checkpoint (files, index, HEAD detached), so that
+    checkpoint, renamed for the fork, is its state. None where the fork must be
+    snapshotted: the cut has no full cairnd checkpoint, or one that left files out
+    (the fork does not have them, so whether it is dirty is not the parent's answer)."""
+    checkpoint = point.checkpoint or {}
+    if (start.state != "checkpoint" or start.worktree_sha is None or start.index_tree is None
+            or checkpoint.get("worktreeSha") != start.worktree_sha or checkpoint.get("skipped") != []
+            or not isinstance(checkpoint.get("dirty"), bool)):
+        return None
+    snap = git.Snapshot(head_sha=start.head_sha, branch=None, index_tree=start.index_tree,
+                        worktree_sha=start.worktree_sha, dirty=checkpoint["dirty"], skipped=())
+    return checkpoint_params(fork_id, turns, snap)
+
+
 def kept_turns(point: ForkPoint, log_path: Path) -> int:
     turns = (point.checkpoint or {}).get("turns")
     if isinstance(turns, int) and not isinstance(turns, bool):
@@ -131,7 +148,7 @@ def fork_session(layout: StateLayout, registry: Registry, parent: SessionRow, k:
                  history: Callable[[Path, int], str] | None = None) -> dict[str, Any]:
     """Fork `parent` at user message k. Synchronous: run it in a worker thread."""
     parent_log = layout.log_path(parent.id)
-    point = find_fork_point(iter_lines(parent_log), k, parent.id)
+    point = find_cut(parent_log, k, parent.id)  # from the offsets index beside the log
     start = state_at_cut(point, parent.repo, parent.worktree)
     turns = kept_turns(point, parent_log)
 
@@ -149,7 +166,11 @@ def fork_session(layout: StateLayout, registry: Registry, parent: SessionRow, k:
         worktree.parent.mkdir(parents=True, exist_ok=True)
         with worktree_lock(parent.repo):
             git.create_fork_worktree(parent.repo, worktree, start.head_sha, start.worktree_sha, start.index_tree)
-        baseline = take_checkpoint(fork_id, worktree, turns, max_file_bytes)
+        baseline = baseline_at_cut(point, start, fork_id, turns)
+        if baseline is None:
+            baseline = take_checkpoint(fork_id, worktree, turns, max_file_bytes)
+        else:
+            git.pin(parent.repo, baseline["ref"], baseline["worktreeSha"], written=True)
         log_path = write_fork_log(layout, fork_id, parent_log, point.offset, [
             fork_meta_entry(fork_id, parent.id, k, start.head_sha, start.worktree_sha),
             checkpoint_entry(baseline),

@@ -159,10 +159,10 @@ class _UserMessageCounter:
     """The SPEC 4 count as a state machine over log lines, fed in log order: the plain
     path feeds it every line, the fast path only the lines that can matter to it."""
 
-    def __init__(self) -> None:
-        self.ordinal = 0
+    def __init__(self, ordinal: int = 0, open_sub: tuple[str, str | None] | None = None) -> None:
+        self.ordinal = ordinal
         # The message a next sub-session chunk may continue: (sub-session, message id).
-        self.open_sub: tuple[str, str | None] | None = None
+        self.open_sub = open_sub
 
     @property
     def run_open(self) -> bool:
@@ -213,27 +213,29 @@ class _UserMessageCounter:
             self.open_sub = None
 
 
-def _events(lines: Lines | MarkedSource) -> Iterator[_Event]:
+def _events(lines: Lines | MarkedSource, counter: _UserMessageCounter | None = None,
+            first_line: int = 0) -> Iterator[_Event]:
     """The log's user messages (at their first line), their later text, and its
-    checkpoints, in log order. Lazy: a consumer that stops reads no further."""
+    checkpoints, in log order. Lazy: a consumer that stops reads no further.
+    `counter` and `first_line` go on from where an earlier count stopped."""
+    counter = counter or _UserMessageCounter()
     if isinstance(lines, MarkedSource) and not lines.started:
-        yield from _marked_events(lines)
+        yield from _marked_events(lines, counter, first_line)
         return
-    counter = _UserMessageCounter()
-    for line_index, (offset, line) in enumerate(lines):
+    for line_index, (offset, line) in enumerate(lines, first_line):
         if counter.wants(line):
             yield from counter.feed(line_index, offset, line)
 
 
-def _marked_events(log: MarkedSource) -> Iterator[_Event]:
+def _marked_events(log: MarkedSource, counter: _UserMessageCounter, first_line: int) -> Iterator[_Event]:
     """`_events` of a log file, without handing every line to Python.
 
     The file is searched for the primary marks; lines between two hits are read only
     while a run of id-less sub-session chunks is open (any of them may end it), so
     the counter sees exactly the lines the plain path would give it."""
-    counter = _UserMessageCounter()
-    next_index, next_offset = 0, log.start  # the first line not yet given to the counter
-    for line_index, offset, line in log.marked(_PRIMARY_MARKS):
+    next_index, next_offset = first_line, log.start  # the first line not yet given to the counter
+    for relative_index, offset, line in log.marked(_PRIMARY_MARKS):
+        line_index = first_line + relative_index
         if counter.run_open and next_offset < offset:
             yield from _lines_between(counter, log, next_index, next_offset, offset)
         yield from counter.feed(line_index, offset, line)
@@ -266,6 +268,54 @@ def count_user_messages(lines: Lines | MarkedSource) -> list[UserMessage]:
         elif isinstance(event, _MoreText) and texts:
             texts[-1].append(event.text)
     return [replace(message, text="".join(parts)) for message, parts in zip(messages, texts)]
+
+
+@dataclass(frozen=True)
+class CountState:
+    """Where a count of a log's user messages stopped, enough to go on from there
+    (`cairnd.cutindex` keeps it beside the log)."""
+
+    ordinal: int = 0  # user messages counted
+    open_sub: tuple[str, str | None] | None = None  # the sub-session message a chunk may continue
+    checkpoint: dict[str, Any] | None = None  # the last checkpoint seen
+
+
+@dataclass(frozen=True)
+class IndexedMessage:
+    """A user message with the checkpoint before it: what a fork at it needs."""
+
+    message: UserMessage  # its text is that of its first line only
+    checkpoint: dict[str, Any] | None
+
+
+def count_from(lines: Lines | MarkedSource, state: CountState, first_line: int
+               ) -> tuple[list[IndexedMessage], CountState]:
+    """The user messages of `lines` (which go on from where `state` stopped, at line
+    `first_line`), each with the checkpoint before it, and the state at their end."""
+    counter = _UserMessageCounter(state.ordinal, state.open_sub)
+    checkpoint = state.checkpoint
+    found: list[IndexedMessage] = []
+    for event in _events(lines, counter, first_line):
+        if isinstance(event, _Checkpoint):
+            checkpoint = event.params
+        elif isinstance(event, UserMessage):
+            found.append(IndexedMessage(event, checkpoint))
+    return found, CountState(counter.ordinal, counter.open_sub, checkpoint)
+
+
+def fork_point_of(found: IndexedMessage | None, count: int, k: int, session_id: str, prefill: str) -> ForkPoint:
+    """The rule of `find_fork_point` applied to an indexed message (None: k out of range)."""
+    if found is None or k < 0:
+        raise CairnError("fork_out_of_range", f"user_message_index {k}: session {session_id} has {_plural(count)}")
+    event = found.message
+    if not event.top_level:
+        raise CairnError(
+            "fork_in_sub_session",
+            f"user_message_index {k}: message {k} of session {session_id} "
+            f"is in sub-session {event.sub_session!r} (an agent prompting "
+            "a sub-agent); fork at a top-level user message",
+        )
+    return ForkPoint(k, event.line_index, event.offset, found.checkpoint, prefill)
 
 
 def _plural(count: int) -> str:

@@ -564,6 +564,28 @@ def delete_ref_names(repo: Path, names: Sequence[str]) -> None:
              input=b"".join(b"delete " + n.encode("utf-8", "surrogateescape") + b"\0\0" for n in names))
 
 
+def pack_refs(repo: Path) -> None:
+    """Pack every loose ref of the repository (as `git gc` does), checkpoint refs with them."""
+    _git(repo, "pack-refs", "--all", "--prune")
+
+
+def repack_incremental(repo: Path) -> None:
+    """Loose objects into a pack, and small packs rolled up into bigger ones (a geometric
+    progression, so the user's big pack is rewritten only once the others add up to it)."""
+    _git(repo, "-c", "pack.writeBitmaps=false", "repack", "-d", "-q", "--geometric=2", "--no-write-bitmap-index")
+
+
+def object_sizes(repo: Path) -> dict[str, int]:
+    """`git count-objects -v` as numbers: loose objects and their bytes, packs and theirs."""
+    fields = {}
+    for line in _git(repo, "count-objects", "-v").decode().splitlines():
+        key, _, value = line.partition(": ")
+        if value.strip().isdigit():
+            fields[key] = int(value)
+    return {"loose": fields.get("count", 0), "loose_bytes": fields.get("size", 0) * 1024,
+            "packs": fields.get("packs", 0), "pack_bytes": fields.get("size-pack", 0) * 1024}
+
+
 # --------------------------------------------------------------------------- worktrees
 
 

@@ -68,6 +68,8 @@ class LogLines(Iterator[tuple[int, bytes]]):
         self.path = path
         self.start = start
         self._lines: Generator[tuple[int, bytes], None, None] | None = None
+        self.scanned_to: int | None = None  # set by a marked() scan run to its end
+        self.scanned_lines = 0
 
     @property
     def started(self) -> bool:
@@ -98,13 +100,15 @@ class LogLines(Iterator[tuple[int, bytes]]):
 
         The file is read in cache-sized chunks (in two threads on big files); each
         chunk is searched for every mark and its newlines are counted, so Python only
-        sees the lines that hold a mark. Lines appended while it runs may be missed.
+        sees the lines that hold a mark. Lines appended while it runs are not read.
+        Once it has run to the end, `scanned_to` is the offset it read up to (the end
+        of the last complete line) and `scanned_lines` the lines it counted.
         """
         if any(b"\n" in mark or not mark for mark in marks):
             raise ValueError("marks must be non-empty and hold no newline")
         fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            end = os.fstat(fd).st_size
+            end = max(self.start, _complete_length(fd, os.fstat(fd).st_size))
             lines_before = 0  # complete lines between `start` and the current chunk
             passed = self.start  # every line before this offset was yielded or has no mark
             with closing(_scan_chunks(fd, self.start, end, tuple(marks))) as chunks:
@@ -119,6 +123,7 @@ class LogLines(Iterator[tuple[int, bytes]]):
                         yield lines_before + newlines_before, offset, line
                         passed = offset + len(line)
                     lines_before += newlines
+            self.scanned_to, self.scanned_lines = end, lines_before
         finally:
             os.close(fd)
 

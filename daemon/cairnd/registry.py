@@ -9,6 +9,7 @@ for a `creating` row (worktree, log, refs) is removed and the row with it.
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -126,25 +127,30 @@ def _fork(row: sqlite3.Row) -> ForkRow:
 
 
 class Registry:
-    """Short-lived connections per call: safe from any thread, and nothing held open
-    while the daemon idles."""
+    """One SQLite connection per thread, opened on first use and kept: safe from any
+    thread."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._local = threading.local()
         with self._connect() as db:
             db.executescript(SCHEMA)
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        try:
+        # One connection per thread, kept open: opening one (and its WAL set-up) costs
+        # more than most of the statements it runs, and a burst of forks runs thousands.
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=True)
             db.row_factory = sqlite3.Row
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA busy_timeout=30000")
-            yield db
-        finally:
-            db.close()
+            # Held by the thread alone: when a worker thread ends, its connection is
+            # collected and closed with it.
+            self._local.db = db
+        yield db
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:

@@ -18,7 +18,7 @@ from typing import Any
 
 import anyio
 
-from cairnd import git
+from cairnd import cutindex, git, storage
 from cairnd.checkpoint import session_ref_prefix
 from cairnd.checkpointer import checkpointer_for
 from cairnd.config import AgentProfile, Config
@@ -69,13 +69,62 @@ class Sessions:
         self._stack = AsyncExitStack()
         self._tg: anyio.abc.TaskGroup | None = None
         self.checkpoints = checkpointer_for(self.layout.root)
+        self._background: set[anyio.CancelScope] = set()  # storage upkeep: cancelled when sessions close
+        self._maintaining = False
 
     async def __aenter__(self) -> Sessions:
         self._tg = await self._stack.enter_async_context(anyio.create_task_group())
         self._stack.callback(self.checkpoints.close)
         if self.checkpoints.watches is not None:
             self._tg.start_soon(self.checkpoints.read_events)
+        self._stack.callback(lambda: [scope.cancel() for scope in self._background])
+        self._tg.start_soon(self._daily_gc)
         return self
+
+    # -- storage (SPEC 15) ------------------------------------------------------------------
+
+    def _upkeep_scope(self) -> anyio.CancelScope:
+        scope = anyio.CancelScope()
+        self._background.add(scope)
+        return scope
+
+    async def _daily_gc(self) -> None:
+        with self._upkeep_scope():
+            while True:
+                try:
+                    removed = await self._thread(self.collect, dry_run=False)
+                except Exception as exc:  # noqa: BLE001  storage upkeep never stops the daemon
+                    event(logging.WARNING, f"gc of deleted sessions failed: {exc!r}")
+                else:
+                    for item in removed:
+                        event(logging.INFO, f"gc: removed the log of a session deleted "
+                                            f"{self.config.keep_deleted_days:g}+ days ago", session=item.session)
+                await anyio.sleep(storage.DAY)
+
+    def collect(self, dry_run: bool) -> list[storage.Collected]:
+        rows = self.registry.sessions(("deleted",))
+        return storage.collect(rows, self.layout.session_dir, self.config.keep_deleted_days, dry_run=dry_run)
+
+    def _maintain_soon(self) -> None:
+        """Pack refs and objects of repositories that need it, in the background, one
+        repository at a time: never on the turn path."""
+        if self._maintaining or self._tg is None or not self.checkpoints.refs.due():
+            return
+        self._maintaining = True
+        self._tg.start_soon(self._maintain)
+
+    async def _maintain(self) -> None:
+        scope = self._upkeep_scope()
+        try:
+            with scope:
+                for common in self.checkpoints.refs.due():
+                    try:
+                        await self._thread(self.checkpoints.refs.maintain, common)
+                    except CairnError as exc:
+                        event(logging.WARNING, f"packing checkpoints in {common} failed: {exc.message}")
+        finally:
+            self._background.discard(scope)
+            self._maintaining = False
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
@@ -294,6 +343,9 @@ class Sessions:
             finally:
                 self.turns_in_flight -= 1
         await self._thread(self.registry.set_turns, row.id, result["turn"] + 1)
+        self._maintain_soon()
+        if self._tg is not None:  # the offsets index beside the log follows it, off the turn path
+            self._tg.start_soon(self._thread, cutindex.current, self.layout.log_path(row.id))
         return result
 
     def _turn_record(self, session_id: str, request_id: str) -> dict[str, Any] | None:

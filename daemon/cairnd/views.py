@@ -47,6 +47,8 @@ def spool_depths(spool_root: Path) -> dict[str, int]:
 
 
 def daemon_status(config: Config) -> dict[str, Any]:
+    from cairnd.storage import log_size, repository_figures
+
     layout = config.layout
     pid = daemon_pid(layout.root)
     status: dict[str, Any] = {
@@ -80,6 +82,8 @@ def daemon_status(config: Config) -> dict[str, Any]:
         "ready": sum(1 for row in rows if row.state == "ready"),
         "deleted": sum(1 for row in rows if row.state == "deleted"),
     }
+    # SPEC 15: per repository, its checkpoint refs, objects' size on disk and logs' size.
+    status["storage"] = repository_figures(rows, lambda session_id: log_size(layout.log_path(session_id)))
     return status
 
 
