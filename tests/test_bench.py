@@ -26,6 +26,7 @@ EXPECTED_ROWS = (
     "idle: RSS",
     "per-turn overhead, 1000 files",
     "web: session page, first screenful",
+    "sandbox",  # "sandbox: agent start", or a skipped row on a kernel without Landlock
 )
 
 

@@ -195,3 +195,14 @@ def test_without_landlock_cairnd_says_so_once_and_runs_agents_unconfined(place: 
         assert "unavailable" in orjson.loads(status.stdout)["sandbox"]
     finally:
         assert daemon.stop() == 0
+
+
+@landlock
+def test_an_in_place_session_writes_and_commits_in_the_checkout_itself(daemon: Daemon, place: dict[str, Path]) -> None:
+    repo, state = place["repo"], place["state"]
+    session = daemon.ok({"kind": "new", "repo": str(repo), "agent": "own_home", "in_place": True})["session"]
+    outcomes = run_lines(daemon, session, "echo here > here.txt", f"echo x > {state}/evil.txt")
+    assert [status for status, _ in outcomes] == ["completed", "failed"], outcomes
+    daemon.ok({"kind": "prompt", "session": session, "text": "commit: in place"})
+    assert git_text(repo, "log", "-1", "--format=%s") == "in place"
+    assert (repo / "here.txt").read_text() == "here\n" and not (state / "evil.txt").exists()
