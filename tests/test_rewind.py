@@ -312,3 +312,21 @@ def test_a_rewind_whose_finish_fails_is_finished_before_the_next_turn(daemon, tm
     after = daemon.ok({"kind": "prompt", "session": session, "text": "append a.txt: 3"})
     assert after["turn"] == 1
     assert (worktree / "a.txt").read_text() == "1\n3\n"
+
+
+def test_forks_and_lands_that_arrive_after_a_rewind_see_the_rewound_session(daemon, tmp_path: Path):
+    from gitrepos import make_repo
+    repo = make_repo(tmp_path / "project", {"README.md": "hello\n"})
+    session = daemon.ok({"kind": "new", "repo": str(repo), "prompt": "write a.txt: 1"})["session"]
+    daemon.ok({"kind": "prompt", "session": session, "text": "write a.txt: 2"})
+    early = daemon.drop({"kind": "fork", "session": session, "user_message_index": 2})  # before the rewind
+    slow = daemon.drop({"kind": "prompt", "session": session, "text": "sleep: 0.5\nwrite a.txt: 3"})
+    rewound = daemon.drop({"kind": "rewind", "session": session, "user_message_index": 1})
+    late = daemon.drop({"kind": "fork", "session": session, "user_message_index": 2})
+    landed = daemon.drop({"kind": "land", "session": session, "branch": "after-rewind"})
+    assert daemon.wait(early)["status"] == "ok"
+    assert daemon.wait(slow)["status"] == "ok" and daemon.wait(rewound)["status"] == "ok"
+    refused = daemon.wait(late)
+    assert refused["status"] == "error" and refused["error"]["code"] == "fork_out_of_range", refused
+    assert daemon.wait(landed)["result"]["files"] == ["a.txt"]
+    assert git(repo, "show", "after-rewind:a.txt") == b"1\n"

@@ -66,6 +66,7 @@ class SessionQueue:
     running: bool = False
     forks_in_flight: int = 0
     forks_done: anyio.Event = field(default_factory=anyio.Event)
+    rewinds_ahead: int = 0  # rewinds queued or running: forks and lands after them wait their turn
 
 
 def round_trips(value: Any) -> bool:
@@ -349,15 +350,18 @@ class Daemon:
             self._work.start_soon(self._run, work, self._sessions.cancel)
         elif isinstance(request, NewRequest):
             self._work.start_soon(self._run, work, self._sessions.new)
-        elif isinstance(request, (ForkRequest, LandRequest)):
+        elif (isinstance(request, (ForkRequest, LandRequest))
+              and not self.queues.setdefault(request.session, SessionQueue()).rewinds_ahead):
             # Both only read the session (its log, its checkpoints' objects): they run
-            # beside its turns; a delete or a rewind behind them waits for them.
-            queue = self.queues.setdefault(request.session, SessionQueue())
+            # beside its turns; a delete or a rewind behind them waits for them. After a
+            # rewind, they wait for it in the queue: it replaces the log they would read.
+            queue = self.queues[request.session]
             queue.forks_in_flight += 1
             handler = self._sessions.fork if isinstance(request, ForkRequest) else self._sessions.land
             self._work.start_soon(self._run_fork, work, queue, handler)
         else:
             queue = self.queues.setdefault(request.session, SessionQueue())
+            queue.rewinds_ahead += isinstance(request, RewindRequest)
             queue.items.append(work)
             if not queue.running:
                 queue.running = True
@@ -383,9 +387,17 @@ class Daemon:
                     # (as it was).
                     while queue.forks_in_flight:
                         await queue.forks_done.wait()
-                    handler = (self._sessions.delete if isinstance(work.request, DeleteRequest)
-                               else self._sessions.rewind)
-                    await self._run(work, handler)
+                    if isinstance(work.request, DeleteRequest):
+                        await self._run(work, self._sessions.delete)
+                    else:
+                        try:
+                            await self._run(work, self._sessions.rewind)
+                        finally:
+                            queue.rewinds_ahead -= 1
+                elif isinstance(work.request, ForkRequest):
+                    await self._run(work, self._sessions.fork)
+                elif isinstance(work.request, LandRequest):
+                    await self._run(work, self._sessions.land)
                 else:
                     await self._run(work, self._sessions.prompt)
         finally:
