@@ -157,3 +157,86 @@ def test_two_hosts_spread_route_to_the_owner_and_fork_across(fleet, tmp_path):
     for d in (a, b):
         for path in (d.spool / "done").glob("*.json"):
             assert orjson.loads(path.read_bytes()) == stored[path.stem]
+
+
+def wait_until(predicate, timeout: float, what: str, step: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError(f"{what}: not within {timeout} s")
+
+
+def owners(fleet: Fleet) -> dict[str, tuple[str, bool]]:
+    """session -> (host, lease alive), read from the owners bucket."""
+    async def read():
+        from cairnd.fleet.leases import Leases
+        bus = await Bus.connect(fleet.fleet_config(), attempts=3)
+        try:
+            leases = await Leases(bus.owners, "probe", LEASE).all()
+            now = time.time()
+            return {sid: (lease.host, lease.alive(now)) for sid, lease in leases.items()}
+        finally:
+            await bus.close()
+    return anyio.run(read)
+
+
+def prompts_in(log: bytes) -> int:
+    return log.count(b'"method":"session/prompt"')
+
+
+def test_kill9_of_a_host_mid_turn_its_session_is_taken_over(fleet, tmp_path):
+    repo = make_repo(tmp_path / "repo", {"README.md": "hello\n"})
+    hosts = {name: fleet.host(name) for name in ("alpha", "beta", "gamma")}
+    door = hosts["alpha"]
+    made = door.ok({"kind": "new", "repo": str(repo), "prompt": "write x.txt: one"})
+    sid = made["session"]
+    owner_name = fleet.host_of(made["worktree"])
+    owner = hosts[owner_name]
+    door = next(d for name, d in hosts.items() if name != owner_name)
+
+    # A turn that is still running when its host is killed.
+    cut = door.drop({"kind": "prompt", "session": sid, "text": "write y.txt: two\nsleep: 60"})
+    wait_until(lambda: cut.encode() in fleet.stored_log(sid), 30, "the cut turn's start mirrored", step=0.3)
+    # A request queued at the dead host's own door while it is down.
+    owner.kill9()
+    killed_at = time.monotonic()
+    queued = owner.drop({"kind": "prompt", "session": sid, "text": "append x.txt: queued while down"})
+
+    # Another host takes the session over within the lease time (plus one sweep).
+    new_owner = wait_until(lambda: (o := owners(fleet).get(sid)) and o[1] and o[0] != owner_name and o[0],
+                           6 * LEASE + 30, "takeover", step=0.2)
+    took = time.monotonic() - killed_at
+    print(f"takeover after {took:.1f} s (lease {LEASE:g} s)")
+    cut_result = door.wait(cut, 60)
+    assert cut_result["status"] == "error" and cut_result["error"]["code"] == "turn_interrupted", cut_result
+
+    # The next prompt runs on the new owner, with the files of the last checkpoint and the history.
+    turn = door.ok({"kind": "prompt", "session": sid, "text": "append x.txt: three"})
+    taken = hosts[new_owner]
+    worktree = next((taken.state / "worktrees" / sid).iterdir())
+    assert (worktree / "x.txt").read_text() == "one\nthree\n"
+    assert not (worktree / "y.txt").exists()   # the cut turn's file died with its host
+    log = (taken.state / "sessions" / sid / "log.ndjson").read_bytes()
+    assert history_of(str(taken.state / "sessions" / sid / "log.ndjson")) == prompts_in(log) - 1
+    assert b'"stopReason":"interrupted"' in log
+    assert turn["turn"] == 2
+
+    # The dead host comes back: the request queued at its door gets one result, run by the
+    # owner; the host itself runs nothing of the session again.
+    owner.start()
+    queued_result = owner.wait(queued, 60)
+    assert queued_result["status"] == "ok", queued_result
+    after = door.ok({"kind": "prompt", "session": sid, "text": "append x.txt: four"})
+    assert after["turn"] == 4
+    assert (worktree / "x.txt").read_text() == "one\nthree\nqueued while down\nfour\n"
+    final = (taken.state / "sessions" / sid / "log.ndjson").read_bytes()
+    assert final.count(cut.encode()) == 1 or final.count(b'"requestId":"' + cut.encode()) <= 1
+    for rid in (cut, queued):
+        starts = sum((d.state / "sessions" / sid / "log.ndjson").read_bytes().count(
+            b'"requestId":"' + rid.encode() + b'"') for d in hosts.values()
+            if (d.state / "sessions" / sid / "log.ndjson").exists())
+        assert starts <= 2, (rid, starts)   # its turn_start (and result entry) once, on one host
+    assert fleet.stored_log(sid) == final

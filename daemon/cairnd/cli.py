@@ -20,7 +20,8 @@ from typing import Any, TextIO
 import orjson
 
 from cairnd import __version__, privacy
-from cairnd.client import LogActivity, locate, result_json, submit, wait_for_result
+from cairnd.requests import is_git_url
+from cairnd.client import LogActivity, locate, new_request_id, result_json, submit, wait_for_result
 from cairnd.config import Config, ConfigError, load_config
 from cairnd.errors import CairnError
 from cairnd.log import iter_lines
@@ -305,7 +306,8 @@ def _text(value: str) -> str:
 def build_request(args: argparse.Namespace, config: Config) -> dict[str, Any]:
     """The request file's object for a request command's arguments."""
     if args.command == "new":
-        request: dict[str, Any] = {"kind": "new", "repo": os.path.abspath(os.path.expanduser(args.repo))}
+        repo = args.repo if is_git_url(args.repo) else os.path.abspath(os.path.expanduser(args.repo))
+        request: dict[str, Any] = {"kind": "new", "repo": repo}
         for key, value in (("ref", args.ref), ("title", args.title), ("agent", args.agent)):
             if value is not None:
                 request[key] = value
@@ -349,6 +351,8 @@ def build_request(args: argparse.Namespace, config: Config) -> dict[str, Any]:
 def _request_command(args: argparse.Namespace, config: Config) -> int:
     request = build_request(args, config)
     layout = config.layout
+    if config.fleet is not None:
+        return _fleet_request(args, config, request)
     try:
         request_id = submit(layout.spool, request)
     except OSError as exc:
@@ -377,6 +381,31 @@ def _request_command(args: argparse.Namespace, config: Config) -> int:
         progress.clear()
     if result is None:
         return _timed_out(config, request_id, args.timeout)
+    return report_result(result, config, as_json=args.json)
+
+
+def _fleet_request(args: argparse.Namespace, config: Config, request: dict[str, Any]) -> int:
+    """SPEC 17: with [fleet], straight onto the fleet's stream; the result from its bucket."""
+    from cairnd.errors import CairnError
+    from cairnd.fleet.client import submit_sync  # NATS loads only with [fleet]
+    assert config.fleet is not None
+    request_id = new_request_id()
+    try:
+        result = submit_sync(config.fleet, request, request_id, timeout=args.timeout or None,
+                             wait=not args.no_wait)
+    except CairnError as exc:
+        print(f"cairnd: {exc.code}: {exc.message}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.no_wait:
+        if args.json:
+            sys.stdout.buffer.write(result_json({"id": request_id, "status": "queued", "fleet": config.fleet.host}))
+        else:
+            print(request_id)
+        return EXIT_OK
+    if result is None:
+        print(f"cairnd: no result for {request_id} within {args.timeout:g} s; it stays queued in the fleet",
+              file=sys.stderr)
+        return EXIT_TIMEOUT
     return report_result(result, config, as_json=args.json)
 
 
@@ -738,6 +767,9 @@ def format_tree(forest: list[LineageNode], marked: str | None = None) -> str:
 
 def _status(args: argparse.Namespace, config: Config) -> int:
     status = daemon_status(config)
+    if config.fleet is not None:
+        from cairnd.fleet.client import status_sync
+        status["fleet"] = status_sync(config.fleet)
     if args.json:
         _print_json(status)
         return EXIT_OK
@@ -804,5 +836,8 @@ def format_status(status: dict[str, Any]) -> str:
         lines.append(f"  repo       {repo['repo']}: {repo['sessions']} session(s), "
                      f"{'?' if refs is None else refs} checkpoint ref(s) ({'?' if loose is None else loose} loose), "
                      f"objects {_size(repo['objects_bytes'])}, logs {_size(repo['logs_bytes'])}")
+    if status.get("fleet"):
+        from cairnd.fleet.client import format_fleet
+        lines.extend(format_fleet(status["fleet"]))
     return "\n".join(lines) + "\n"
 

@@ -42,7 +42,8 @@ from cairnd.fleet.materialise import Descriptor, checkpoints_in, materialise, or
 from cairnd.fleet.settings import FleetConfig
 from cairnd.journal import event
 from cairnd.requests import ForkRequest, NewRequest, PromptRequest, Request, decode_json, validate_request
-from cairnd.runner import close_interrupted_turn
+from cairnd.log import SessionLog
+from cairnd.runner import close_open_turn
 from cairnd.spool import Claimed
 
 if TYPE_CHECKING:
@@ -342,12 +343,17 @@ class FleetHost:
         if with_worktree:
             row = await anyio.to_thread.run_sync(sessions.registry.get, sid)
             assert row is not None
-            closed = await close_interrupted_turn(sid, row.worktree, local,
-                                                  max_file_bytes=self.daemon.config.snapshot_max_file_bytes)
+            # A turn its host's death cut ends interrupted, as after a local crash.
+            log = await anyio.to_thread.run_sync(SessionLog, local)
+            try:
+                turns, closed = await close_open_turn(log, sid, row.worktree, limiter=None,
+                                                      max_file_bytes=self.daemon.config.snapshot_max_file_bytes)
+            finally:
+                log.close()
             if closed is not None:
-                event(logging.WARNING, f"turn {closed['turns'] - 1} was cut when its host stopped: "
-                                       "recorded as interrupted", session=sid)
-                await anyio.to_thread.run_sync(sessions.registry.set_turns, sid, closed["turns"])
+                event(logging.WARNING, f"turn {turns - 1} was cut when its host stopped: recorded as interrupted",
+                      session=sid)
+                await anyio.to_thread.run_sync(sessions.registry.set_turns, sid, turns)
             await self.sync(sid)
 
     async def _ensure_readable(self, session: str) -> None:
