@@ -166,7 +166,8 @@ class AgentProcess:
 
     @property
     def running(self) -> bool:
-        return not self.wake.is_set()
+        # returncode: reaped, though its exit watch has not said so yet (it polls)
+        return not self.wake.is_set() and self.process.returncode is None
 
     def stop(self, between_turns: bool = False) -> None:
         self.between_turns = self.between_turns or between_turns

@@ -207,6 +207,10 @@ def prepare_codex_home(home: Path, base_url: str) -> Path:
 def codex_env(base_url: str, home: Path) -> dict[str, str]:
     codex_home = prepare_codex_home(home, base_url)
     return {
+        # codex-acp's default mode has a model review actions it finds unsafe; under
+        # cairnd's own sandbox (SPEC 16) Codex's workspace sandbox cannot start and every
+        # write became such an action. Full access: cairnd's Landlock confines it instead.
+        "INITIAL_AGENT_MODE": "agent-full-access",
         "HOME": str(home),
         "CODEX_HOME": str(codex_home),
         "OPENAI_API_KEY": "sk-stub-offline",

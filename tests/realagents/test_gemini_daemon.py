@@ -97,6 +97,11 @@ def test_gemini_turns_checkpoints_forks_and_a_cancel(tmp_path: Path, stub: Gemin
     fork2 = daemon.ok({"kind": "fork", "session": session, "user_message_index": 2,
                        "prompt": "What did we do so far?"}, TURN_TIMEOUT)
     assert fork2["stopReason"] == "end_turn" and fork2["prefill"] == PROMPTS[2]
+    # Gemini CLI 0.61 has no session/fork: the fork gets its history by replay, and the
+    # daemon's log says why (SPEC 12).
+    assert fork1["history"] == fork2["history"] == "replay"
+    assert any(f"session {fork2['session']}: agent 'gemini' gets its history by replay" in line
+               and "did not advertise session/fork" in line for line in daemon.stderr().splitlines())
     assert tree_state(Path(fork2["worktree"])) == states[1][0]
     assert head(Path(fork2["worktree"])) == states[1][1] != new["headSha"]
 
