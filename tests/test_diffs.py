@@ -11,7 +11,6 @@ import pytest
 from cairnd import git as cgit
 from cairnd.diffs import compare, compare_text, parse_name
 from cairnd.errors import CairnError
-from cairnd.forker import fork_session
 from gitrepos import commit_all, git, index_fingerprint, make_repo, symlink, write
 from test_forker import CAP, Parent
 

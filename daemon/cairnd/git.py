@@ -535,6 +535,23 @@ def pin(repo: Path, ref_name: str, sha: str, *, written: bool = False) -> None:
         raise _failure(repo, ["update-ref"], proc)
 
 
+def pin_many(repo: Path, refs: Mapping[str, str]) -> dict[str, str]:
+    """Pin many objects at once: `ref name -> object id`, each under refs/cairnd/, in one
+    ref transaction. Objects no longer in the repository are left out (collected long
+    ago); returns what was pinned."""
+    for name, sha in refs.items():
+        _check_ref_name(name)
+        if not is_object_id(sha) or not sha.strip("0"):
+            raise CairnError("commit_missing", f"{sha!r} is not an object id")
+    present = _object_types(repo, list(refs.values())) if refs else []
+    pinned = {name: sha for (name, sha), found in zip(refs.items(), present) if found is not None}
+    if pinned:
+        _git(repo, "update-ref", "--stdin", "-z", input=b"".join(
+            b"update " + name.encode("utf-8", "surrogateescape") + b"\0" + sha.encode() + b"\0\0"
+            for name, sha in pinned.items()))
+    return pinned
+
+
 def list_refs(repo: Path, prefix: str) -> dict[str, str]:
     """Refs under `prefix` (a refs/cairnd/ path), name -> object id."""
     _check_ref_name(prefix.rstrip("/") + "/x")

@@ -34,7 +34,6 @@ from cairnd.checkpoint import checkpoint_ref, session_ref_prefix, take_checkpoin
 from cairnd.config import StateLayout
 from cairnd.diffs import checkpoints_in
 from cairnd.entries import CHECKPOINT_MARK, TURN_START_MARK, checkpoint_entry, fork_meta_entry, rewind_entry
-from cairnd.errors import CairnError
 from cairnd.forker import discard_partial, kept_turns, state_at_cut, worktree_lock, write_fork_log
 from cairnd.forkpoint import count_user_messages, find_fork_point
 from cairnd.ids import new_session_id
@@ -103,6 +102,7 @@ def pin_abandoned(repo: Path, abandoned_id: str, lines: Iterable[tuple[int, byte
     Returns name -> sha."""
     taken = git.list_refs(repo, session_ref_prefix(abandoned_id))
     pinned = set(taken.values())
+    wanted: dict[str, str] = {}
     for params in checkpoints_in(lines).checkpoints:
         turns = params.get("turns")
         if not isinstance(turns, int):
@@ -113,17 +113,13 @@ def pin_abandoned(repo: Path, abandoned_id: str, lines: Iterable[tuple[int, byte
             if not git.is_object_id(sha) or sha in pinned:
                 continue
             name, i = f"{checkpoint_ref(abandoned_id, turns)}{suffix}", 0
-            while name in taken:
+            while name in taken or name in wanted:
                 i += 1
                 name = f"{checkpoint_ref(abandoned_id, turns)}-{i}{suffix}"
-            try:
-                git.pin(repo, name, sha)
-            except CairnError as exc:
-                if exc.code != "commit_missing":
-                    raise
-                continue  # collected long ago (a deleted parent's): nothing to keep
-            taken[name] = sha
+            wanted[name] = sha
             pinned.add(sha)
+    # One ref transaction; objects collected long ago (a deleted parent's) are left out.
+    taken.update(git.pin_many(repo, wanted))
     return taken
 
 
