@@ -4,6 +4,7 @@ to its worktree, the repository's git directory, its HOME and its TMPDIR."""
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ import orjson
 import pytest
 
 from cairnd import sandbox
-from cairnd.confinement import carve, git_paths
+from cairnd.confinement import Confinement, carve, git_paths
 from daemonproc import Daemon
 from gitrepos import git_text, make_repo
 
@@ -42,6 +43,28 @@ def test_git_paths_of_a_linked_worktree_and_of_the_main_one(tmp_path: Path) -> N
     assert git_paths(common / "worktrees/wt", common) == [
         common / "objects", common / "refs", common / "logs", common / "worktrees/wt"]
     assert git_paths(common, common) == [common]
+
+
+def test_wrap_names_every_writable_place_and_gives_a_private_tmpdir(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "home/src/project", {"README.md": "hello\n"})
+    state, home = tmp_path / "home/.local/state/cairnd", tmp_path / "home"
+    worktree = state / "worktrees/s1/project"
+    worktree.parent.mkdir(parents=True)
+    git_text(repo, "worktree", "add", "-q", "--detach", str(worktree))
+    (home / ".cache").mkdir()
+    confinement = Confinement(worktree=worktree, source=repo, state_dir=state, tmpdir=state / "tmp/s1",
+                              agent_dir=state / "agents/reference")
+    argv, env = confinement.wrap(["sh", "-c", "true"], {"HOME": str(home), "PATH": os.environ["PATH"]})
+    assert argv[-4:] == ["--", "sh", "-c", "true"]
+    written = {Path(argv[i + 1]) for i, arg in enumerate(argv) if arg == "--write"}
+    common = repo / ".git"
+    assert {worktree, common / "objects", common / "refs", common / "logs", common / "worktrees/project",
+            state / "tmp/s1", state / "agents/reference", home / ".cache", Path("/dev/null")} <= written
+    assert not {state, repo, home, common, tmp_path} & written
+    assert env["TMPDIR"] == env["TMP"] == env["TEMP"] == str(state / "tmp/s1")
+    assert stat.S_IMODE((state / "tmp/s1").stat().st_mode) == 0o700
+    with pytest.raises(FileNotFoundError):
+        confinement.wrap(["no-such-agent-xyz"], {"HOME": str(home), "PATH": os.environ["PATH"]})
 
 
 # -- through the daemon -------------------------------------------------------------------------

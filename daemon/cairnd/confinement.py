@@ -30,7 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from cairnd import git, sandbox
+from cairnd import git, gitfiles, sandbox
 
 DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty", "/dev/ptmx",
            "/dev/pts", "/dev/shm")
@@ -112,8 +112,10 @@ class Confinement:
     agent_dir: Path | None = None  # the profile's own place in the state directory
 
     def writable_paths(self, home: Path | None) -> list[Path]:
-        """Blocking: asks git where the git directory is, and reads HOME's entries."""
-        git_dir, common_dir = git.git_dirs(self.worktree)
+        """Blocking: reads where the git directory is (asking git only when the worktree's
+        `.git` does not say), and HOME's entries."""
+        dirs = gitfiles.git_dirs(self.worktree)
+        git_dir, common_dir = (dirs.git_dir, dirs.common_dir) if dirs else git.git_dirs(self.worktree)
         paths = [self.worktree, *git_paths(git_dir, common_dir), self.tmpdir]
         if self.agent_dir is not None:
             paths.append(self.agent_dir)
