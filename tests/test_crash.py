@@ -662,3 +662,52 @@ def test_temporary_files_a_crash_left_are_removed_at_start(tmp_path: Path):
         assert all(p.exists() for p in kept)
     finally:
         assert daemon.stop() == 0
+
+
+def checkpoint_files(repo: Path, params: dict[str, Any]) -> dict[str, bytes]:
+    """The files a checkpoint holds, read back from its worktreeSha."""
+    names = git(repo, "ls-tree", "-r", "-z", "--name-only", params["worktreeSha"]).split(b"\0")
+    return {name.decode(): git(repo, "cat-file", "blob", f"{params['worktreeSha']}:{name.decode()}")
+            for name in names if name}
+
+
+def worktree_files(worktree: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(worktree)): p.read_bytes() for p in worktree.rglob("*")
+            if p.is_file() and ".git" not in p.relative_to(worktree).parts}
+
+
+def test_a_kill_between_a_change_and_its_checkpoint_loses_no_change(tmp_path: Path):
+    """With the worktree watched: a turn's change made, then kill -9 before its checkpoint,
+    and a change made by hand while cairnd is down (no watch saw either). Recovery's
+    checkpoint holds both, and so does every checkpoint after the restart, whether the
+    turn's snapshot came from a full scan or from the paths the new watch saw."""
+    repo = torture_repo(tmp_path / "project")
+    daemon = Daemon(tmp_path / "state").start()
+    session = daemon.ok({"kind": "new", "repo": str(repo)})["session"]
+    worktree = daemon.state / "worktrees" / session / repo.name
+    daemon.ok({"kind": "prompt", "session": session, "text": "write a.txt: one"})
+    daemon.drop({"kind": "prompt", "session": session, "text": "write b.txt: two\nsleep: 30"})
+    eventually(lambda: (worktree / "b.txt").exists())
+    daemon.kill9()
+    (worktree / "c.txt").write_text("made while cairnd was down\n")
+    (worktree / "README.md").write_text("edited while cairnd was down\n")
+    restart(daemon)
+    try:
+        log = daemon.state / "sessions" / session / "log.ndjson"
+        entries = [parse_message(line) for _offset, line in iter_lines(log)]
+        recovered = [e["params"] for e in entries if method_of(e) == CHECKPOINT][-1]
+        assert checkpoint_files(repo, recovered) == worktree_files(worktree)
+        assert {"a.txt", "b.txt", "c.txt"} <= set(checkpoint_files(repo, recovered))
+        third = daemon.ok({"kind": "prompt", "session": session, "text": "write d.txt: four"})["checkpoint"]
+        assert checkpoint_files(repo, third) == worktree_files(worktree)
+        (worktree / "e.txt").write_text("by hand, while the watch is on\n")
+        os.unlink(worktree / "a.txt")
+        fourth = daemon.ok({"kind": "prompt", "session": session, "text": "append d.txt: more"})["checkpoint"]
+        assert checkpoint_files(repo, fourth) == worktree_files(worktree)
+        assert fourth["dirty"] is True and "a.txt" not in checkpoint_files(repo, fourth)
+        fifth = daemon.ok({"kind": "prompt", "session": session, "text": "nothing to do"})["checkpoint"]
+        assert fifth["worktreeSha"] == fourth["worktreeSha"]  # nothing changed: the same snapshot
+    finally:
+        assert daemon.stop() == 0
+    report = audit(daemon.state, repo, None)
+    assert not report.problems, report.problems
