@@ -117,6 +117,20 @@ def test_index_and_head_changes_make_it_scan_whole(repo: Path, checkpoints: Chec
     assert checkpoints.counts["full"] == 4
 
 
+def test_an_index_rewritten_with_the_same_entries_keeps_it_incremental(repo: Path, checkpoints: Checkpointer) -> None:
+    write(repo, "a.txt", "changed\n")
+    same_as_full_scan(checkpoints, repo)
+    os.utime(repo / "src" / "app.py")  # stat data git will refresh
+    run_git(repo, "status", "--porcelain")  # rewrites .git/index: same entries, fresh stat data
+    write(repo, "new.txt", "new\n")
+    same_as_full_scan(checkpoints, repo)
+    assert checkpoints.counts["full"] == 1 and checkpoints.counts["paths"] == 1
+    run_git(repo, "add", "-N", "new.txt")  # an intent-to-add entry: same tree, one entry more
+    write(repo, "new.txt", "newer\n")
+    same_as_full_scan(checkpoints, repo)
+    assert checkpoints.counts["full"] == 2
+
+
 def test_a_real_queue_overflow_falls_back_to_the_full_scan(repo: Path, checkpoints: Checkpointer) -> None:
     same_as_full_scan(checkpoints, repo)
     limit = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())

@@ -52,6 +52,7 @@ class _Seen:
     snapshot: git.Snapshot
     stamp: gitfiles.TreeStamp
     head_tree: str | None  # tree of the snapshot's HEAD, once known
+    entries: int | None = None  # entries of the session's index, once known
 
 
 def _covered(path: bytes, changed: set[bytes]) -> bool:
@@ -137,6 +138,8 @@ class Checkpointer:
             index = self._index_path(session_id)
             snap: git.Snapshot | None = None
             head_tree = None
+            if changed is not None and seen is not None and stamp is not None and stamp != seen.stamp:
+                seen = self._restamped(worktree, dirs, seen, stamp)
             if changed is not None and seen is not None and stamp is not None and stamp == seen.stamp \
                     and index.exists():
                 try:
@@ -147,12 +150,27 @@ class Checkpointer:
                 self.counts["full"] += 1
                 self.index_dir.mkdir(parents=True, exist_ok=True)
                 index.unlink(missing_ok=True)
+                entries = gitfiles.index_entries(dirs.index)
                 snap = git.snapshot(worktree, max_file_bytes, message, keep_index=index)
                 head_tree = None if snap.dirty else snap.index_tree
+            else:
+                entries = seen.entries if seen is not None else None
             if stamp is not None:
-                self._seen[session_id] = _Seen(snap, stamp, head_tree)
+                self._seen[session_id] = _Seen(snap, stamp, head_tree, entries)
             privacy.keep_private(index)  # git wrote it with the user's umask: it names every file
             return snap
+
+    def _restamped(self, worktree: Path, dirs: gitfiles.GitDirs, seen: _Seen,
+                   stamp: gitfiles.TreeStamp) -> _Seen | None:
+        """`seen` under the new stamp when only the session's index file was rewritten
+        with the same entries (a `git status` refreshing stat data does that): same
+        tree, same number of entries, no conflicts. None when anything else changed."""
+        if (stamp.head, stamp.settings) != (seen.stamp.head, seen.stamp.settings) or seen.entries is None:
+            return None
+        found = git.index_tree_of(worktree, dirs.index)
+        if found is None or found != (seen.snapshot.index_tree, seen.entries):
+            return None
+        return replace(seen, stamp=stamp)
 
     def _from_paths(self, worktree: Path, index: Path, seen: _Seen, changed: set[bytes],
                     max_file_bytes: int, message: str) -> tuple[git.Snapshot | None, str | None]:

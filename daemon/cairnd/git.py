@@ -429,6 +429,23 @@ def snapshot_paths(worktree: Path, private_index: Path, paths: Iterable[bytes], 
     return tree, big, list(scan.nested_repos)
 
 
+def index_tree_of(worktree: Path, index_file: Path) -> tuple[str, int] | None:
+    """(tree, entry count) of an index file, from a private copy; None when it has
+    conflicts (no tree) or cannot be read."""
+    with _index_copy(index_file) as copy:
+        try:
+            with open(copy, "rb") as f:
+                header = f.read(12)
+        except OSError:
+            return None
+        if len(header) < 12 or header[:4] != b"DIRC":
+            return None
+        proc = _run(worktree, ["write-tree"], env={"GIT_INDEX_FILE": str(copy)})
+        if proc.returncode != 0:
+            return None
+        return _line(proc.stdout), int.from_bytes(header[8:12], "big")
+
+
 def tree_of(repo: Path, commit: str) -> str:
     """The tree id of `commit`."""
     return _line(_git(repo, "rev-parse", "--verify", "--end-of-options", f"{commit}^{{tree}}"))

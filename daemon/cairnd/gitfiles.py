@@ -120,6 +120,16 @@ def file_stamp(path: Path) -> FileStamp:
     return st.st_ino, st.st_mtime_ns, st.st_size
 
 
+def index_entries(index: Path) -> int | None:
+    """The number of entries an index file's header declares."""
+    try:
+        with open(index, "rb") as f:
+            header = f.read(12)
+    except OSError:
+        return None
+    return int.from_bytes(header[8:12], "big") if len(header) == 12 and header[:4] == b"DIRC" else None
+
+
 def _config_home() -> Path:
     xdg = os.environ.get("XDG_CONFIG_HOME")
     return Path(xdg) if xdg else Path.home() / ".config"
