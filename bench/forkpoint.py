@@ -10,11 +10,13 @@ in a child process, over the same child doing nothing but the imports.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import tempfile
 from pathlib import Path
 
 from biglog import big_log
+from cairnd import cutindex
 from cairnd.forkpoint import find_fork_point
 from cairnd.log import copy_prefix, iter_lines
 from measure import (
@@ -38,6 +40,36 @@ def _head_copy(path: Path, length: int, target: Path) -> None:
         subprocess.run(["head", "-c", str(length), str(path)], stdout=out, check=True)
 
 
+def _index_rows(quick: bool, command: str) -> list[Row]:
+    """The cut from the offsets index beside the log (cairnd.cutindex), on logs of 1 MB,
+    100 MB and 1 GB (--quick: 1 MB and 10 MB), with the index current (the daemon
+    brings it up to date after every turn): the time to find the cut near the end,
+    against the same on the 1 MB log (target: the biggest within 2x). Building the
+    index from nothing (a log older than the index) is shown beside it."""
+    sizes = [("1 MB", 1_000, 3), ("10 MB", 10_000, 30)] if quick else \
+        [("1 MB", 1_000, 3), ("100 MB", 100_000, 300), ("1 GB", 1_000_000, 3_000)]
+    rows: list[Row] = []
+    first: float | None = None
+    for label, entries, turns in sizes:
+        log = big_log(entries, turns)
+        with tempfile.TemporaryDirectory(dir=log.parent) as tmp:
+            copy = Path(tmp) / "log.ndjson"
+            os.link(log, copy)  # the index lives beside the log: a directory of its own
+            build = median(timings(lambda: cutindex.current(copy), 1,
+                                   setup=lambda: cutindex.index_path(copy).unlink(missing_ok=True)))
+            cutindex.current(copy)
+            k = turns - 1
+            find = median(timings(lambda: cutindex.find_cut(copy, k, _SESSION), 21))
+            assert cutindex.find_cut(copy, k, _SESSION) == find_fork_point(iter_lines(copy), k, _SESSION)
+        first = first if first is not None else find
+        rows.append(Row(
+            f"fork point from the offsets index, {label} log, near the end",
+            f"{ms(find)} ({mib(log.stat().st_size)}; building the index from nothing: {ms(build)})",
+            ratio(find, first, "the same on the 1 MB log"),
+            target_text("<= 2x the 1 MB log", find <= 2 * first), command))
+    return rows
+
+
 def run(quick: bool) -> list[Row]:
     entries, turns = (20_000, 60) if quick else (1_000_000, 3_000)
     repeat = 3 if quick else 5
@@ -45,7 +77,7 @@ def run(quick: bool) -> list[Row]:
     size = log.stat().st_size
     command = command_of(__file__, quick)
     _cat(log)  # into the page cache, as a log being written is
-    rows: list[Row] = []
+    rows: list[Row] = _index_rows(quick, command)
     cat_time = median(timings(lambda: _cat(log), repeat))
     rows.append(Row("fork point: raw read (floor)", f"cat of {mib(size)}: {ms(cat_time)} "
                     f"({size / cat_time / 1e9:.2f} GB/s)", "1.00x", "the floor", command))

@@ -26,7 +26,8 @@ import orjson
 from measure import BENCH, CACHE, ROOT, Row, command_of, markdown
 
 LOGS = CACHE / "logs"
-BENCHMARKS = ("forkpoint", "pickup", "fork", "checkpoint", "burst", "idle", "turn", "web", "sandbox", "history")
+BENCHMARKS = ("forkpoint", "pickup", "fork", "checkpoint", "storage", "burst", "idle", "watchrss", "turn", "web",
+              "sandbox", "history")
 
 
 def run_one(name: str, quick: bool) -> tuple[list[Row], bool]:

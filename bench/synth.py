@@ -87,3 +87,64 @@ def dirty(worktree: Path, files: int, seed: int = 1) -> int:
         target.write_bytes(_content(rng, index))
         changed += 1
     return changed
+
+
+def _shaped_paths(files: int, rng: random.Random) -> list[str]:
+    """Paths shaped like a real source tree: a few top-level areas, packages nested
+    2 to 9 levels deep, directories of 1 to 60 files (most small), common names."""
+    areas = ["src", "lib", "tests", "docs", "tools", "vendor", "packages", "services"]
+    words = ["core", "api", "util", "model", "view", "net", "io", "db", "auth", "ui", "cli", "fs",
+             "parse", "render", "store", "cache", "jobs", "http", "grpc", "plugin", "test", "impl"]
+    exts = [".py", ".ts", ".go", ".rs", ".c", ".h", ".md", ".json", ".txt", ".png", ".yaml"]
+    paths: list[str] = []
+    serial = 0
+    while len(paths) < files:
+        depth = min(9, max(2, int(rng.gammavariate(2.0, 1.5)) + 1))
+        parts = [rng.choice(areas)] + [f"{rng.choice(words)}{rng.randrange(40)}" for _ in range(depth - 1)]
+        directory = "/".join(parts)
+        for _ in range(min(files - len(paths), max(1, int(rng.paretovariate(1.3) * 4) % 60))):
+            serial += 1
+            paths.append(f"{directory}/{rng.choice(words)}_{serial}{rng.choice(exts)}")
+    return paths
+
+
+def _shaped_content(rng: random.Random, path: str) -> bytes:
+    # Mixed sizes: mostly a few KB, a long tail to a few hundred KB; images are binary.
+    size = int(min(400_000, max(40, rng.lognormvariate(7.3, 1.3))))
+    if path.endswith(".png"):
+        return rng.randbytes(size)
+    line = f"{path} {rng.random():.6f} the quick brown fox jumps over the lazy dog\n".encode()
+    return (line * (size // len(line) + 1))[:size]
+
+
+def shaped_repo(files: int) -> Path:
+    """A cached repository of `files` files with a real repository's shape (see
+    `_shaped_paths`): deep directories, mixed sizes; `shaped_paths(files)` lists them."""
+    path = CACHE / f"shaped-v{_VERSION}-{files}"
+    if (path / ".bench-ready").exists():
+        return path
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    rng = random.Random(files)
+    git(path, "init", "-q", "-b", "main")
+    git(path, "config", "commit.gpgsign", "false")
+    git(path, "config", "gc.auto", "0")
+    names = _shaped_paths(files, rng)
+    for name in names:
+        target = path / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(_shaped_content(rng, name))
+    (path / ".gitignore").write_text("*.o\nbuild/\nnode_modules/\n")
+    git(path, "add", "-A")
+    git(path, "commit", "-q", "-m", f"{files} files")
+    git(path, "repack", "-adq")
+    git(path, "prune-packed")
+    (path / ".git" / "info" / "exclude").write_text(".bench-ready\n")
+    (path / ".bench-paths").write_text("\n".join(names) + "\n")
+    (path / ".git" / "info" / "exclude").write_text(".bench-ready\n.bench-paths\n")
+    (path / ".bench-ready").write_text("")
+    return path
+
+
+def shaped_paths(repo_path: Path) -> list[str]:
+    return (repo_path / ".bench-paths").read_text().splitlines()

@@ -28,8 +28,11 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from collections import OrderedDict
+
 import orjson
 
+from cairnd import gitfiles
 from cairnd.entries import parse_message, prompt_text
 from cairnd.forkpoint import CountState, ForkPoint, IndexedMessage, UserMessage, count_from, fork_point_of
 from cairnd.log import iter_lines
@@ -107,6 +110,30 @@ def _lock(path: Path) -> threading.Lock:
         return _locks.setdefault(str(path), threading.Lock())
 
 
+# The indexes last used, kept parsed while their file is unchanged: a fork then costs a
+# stat of the index, a look at the log's end and a list lookup, whatever the log's size.
+_CACHE_SIZE = 64
+_cache: OrderedDict[str, tuple[gitfiles.FileStamp, CutIndex]] = OrderedDict()
+
+
+def _cached_load(path: Path) -> CutIndex | None:
+    stamp = gitfiles.file_stamp(path)
+    with _locks_guard:
+        hit = _cache.get(str(path))
+    if hit is not None and hit[0] == stamp and stamp is not None:
+        return hit[1]
+    return _load(path)
+
+
+def _remember(path: Path, index: CutIndex) -> None:
+    stamp = gitfiles.file_stamp(path)
+    with _locks_guard:
+        _cache[str(path)] = (stamp, index)
+        _cache.move_to_end(str(path))
+        while len(_cache) > _CACHE_SIZE:
+            _cache.popitem(last=False)
+
+
 def current(log_path: Path) -> CutIndex:
     """The index of `log_path`, brought up to the log's last complete line (and written
     back, so the next call reads only what comes after). Thread-safe per log."""
@@ -115,12 +142,13 @@ def current(log_path: Path) -> CutIndex:
     with _lock(path):
         fd = os.open(log_path, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            index = _fresh(_load(path), fd)
+            index = _fresh(_cached_load(path), fd)
             rebuilt = index.covered == 0
             source = iter_lines(log_path, index.covered)
             found, state = count_from(source, index.state, index.lines)
             covered = source.scanned_to if source.scanned_to is not None else index.covered
             if covered == index.covered and not rebuilt:
+                _remember(path, index)
                 return index
             index.messages.extend(found)
             index.state, index.lines = state, index.lines + source.scanned_lines
@@ -128,6 +156,7 @@ def current(log_path: Path) -> CutIndex:
         finally:
             os.close(fd)
         _write(path, index, found, rebuilt)
+        _remember(path, index)
         return index
 
 
