@@ -44,10 +44,11 @@ class Fleet:
         return fleet_table(self.nats, self.store, self.checkpoints, host, self.prefix,
                            lease_seconds=LEASE, wait_seconds=30)
 
-    def host(self, name: str, **settings: object) -> Daemon:
+    def host(self, name: str, lease: float = LEASE, **settings: object) -> Daemon:
         state = self.root / name
         state.mkdir()
-        daemon = Daemon(state, {"fleet": self.table(name), **settings}, env=S3_KEYS)
+        table = {**self.table(name), "lease_seconds": lease}
+        daemon = Daemon(state, {"fleet": table, **settings}, env=S3_KEYS)
         self.hosts[name] = daemon
         return daemon.start()
 
@@ -240,3 +241,87 @@ def test_kill9_of_a_host_mid_turn_its_session_is_taken_over(fleet, tmp_path):
             if (d.state / "sessions" / sid / "log.ndjson").exists())
         assert starts <= 2, (rid, starts)   # its turn_start (and result entry) once, on one host
     assert fleet.stored_log(sid) == final
+
+
+def stored_logs_equal_owners(fleet: Fleet, sessions: list[str]) -> None:
+    leases = owners(fleet)
+    for sid in sessions:
+        host, alive = leases[sid]
+        assert alive, (sid, host)
+        local = (fleet.hosts[host].state / "sessions" / sid / "log.ndjson").read_bytes()
+        assert fleet.stored_log(sid) == local, sid
+
+
+@pytest.mark.slow
+def test_burst_of_300_over_three_hosts_with_one_killed(fleet, tmp_path):
+    import random
+    rng = random.Random(15)
+    repo = make_repo(tmp_path / "repo", {"README.md": "hello\n"})
+    # A longer lease than the other tests: three busy daemons share two cores here.
+    hosts = {name: fleet.host(name, idle_agent_seconds=5, max_parallel_turns=4, lease=8.0)
+             for name in ("alpha", "beta", "gamma")}
+    doors = list(hosts.values())
+    seed = [doors[i % 3].ok({"kind": "new", "repo": str(repo), "prompt": f"write s.txt: {i}"})
+            for i in range(6)]
+    sessions = [r["session"] for r in seed]
+
+    dropped: list[tuple[Daemon, str, str]] = []   # (door, request id, kind)
+    victim = hosts["beta"]
+    for n in range(300):
+        door = doors[n % 3]
+        if door is victim and victim.proc.poll() is not None:
+            door = doors[(n + 1) % 3]
+        roll = rng.random()
+        if roll < 0.1:
+            request = {"kind": "new", "repo": str(repo)}
+        elif roll < 0.25:
+            request = {"kind": "fork", "session": rng.choice(sessions), "user_message_index": 0}
+        elif roll < 0.3:
+            request = {"kind": "prompt", "session": "no-such-session", "text": "x"}
+        else:
+            sid = rng.choice(sessions)
+            request = {"kind": "prompt", "session": sid, "text": f"append log.txt: {n}"}
+        dropped.append((door, door.drop(request), request["kind"]))
+        if n == 100:
+            victim.kill9()
+        if n == 160:
+            victim.start()
+        time.sleep(0.01)
+
+    results = {}
+    for door, rid, kind in dropped:
+        results[rid] = door.wait(rid, 300)
+    # Exactly one result each, in the door's spool, equal to the one in the bucket.
+    for door, rid, _ in dropped:
+        names = [p.name for folder in ("done", "failed") for pattern in (f"{rid}.json", f"{rid}.dup-*")
+                 for p in (door.spool / folder).glob(pattern)]
+        assert names == [f"{rid}.json"], names
+    stored = fleet.results([rid for _, rid, _ in dropped])
+    assert set(stored) == set(results)
+    for rid, body in results.items():
+        assert stored[rid] == body
+    codes = {}
+    for door, rid, kind in dropped:
+        body = results[rid]
+        if body["status"] != "ok":
+            codes[body["error"]["code"]] = codes.get(body["error"]["code"], 0) + 1
+            assert body["error"]["code"] in ("unknown_session", "turn_interrupted", "fleet_conflict"), body
+            if body["error"]["code"] == "unknown_session":
+                assert body["request"]["session"] == "no-such-session"
+    print("error codes:", codes)
+
+    # No turn ran twice: in the stored logs (each the whole history of its session) every
+    # prompt's turn_start appears once, and once exactly for every prompt that succeeded.
+    for sid in sessions:
+        log = fleet.stored_log(sid)
+        for door, rid, kind in dropped:
+            if kind != "prompt" or results[rid]["request"]["session"] != sid:
+                continue
+            starts = log.count(b'"_cairnd/turn_start"') and log.count(b'"requestId":"' + rid.encode() + b'"')
+            assert starts <= 1, (rid, starts)
+            if results[rid]["status"] == "ok":
+                assert starts == 1, rid
+    made = sessions + [results[rid]["result"]["session"] for _, rid, kind in dropped
+                       if kind in ("new", "fork") and results[rid]["status"] == "ok"]
+    time.sleep(2)
+    stored_logs_equal_owners(fleet, made)

@@ -214,7 +214,19 @@ class FleetHost:
                 await anyio.sleep(0.05)
                 continue
             for msg in msgs:
-                await self.handle(msg, from_any=gated)
+                await self.handle_safely(msg, from_any=gated)
+
+    async def handle_safely(self, msg: Any, *, from_any: bool = False) -> None:
+        """`handle`, where a failure (NATS or the store away, a conflict) puts the
+        message back for later instead of ending the host."""
+        try:
+            await self.handle(msg, from_any=from_any)
+        except Exception as exc:
+            event(logging.WARNING, f"fleet: request put back for later: {exc!r}")
+            try:
+                await msg.nak(delay=1.0)
+            except Exception:
+                pass  # redelivered after the ack wait
 
     async def handle(self, msg: Any, *, from_any: bool = False) -> None:
         """One message of the stream: answered already, forwarded to its owner, or run here."""
@@ -242,6 +254,12 @@ class FleetHost:
                 await msg.ack()
                 return
         claim_value = claim[0] if claim else None
+        if claim_value is not None:
+            if claim_value.get("host") == self.me and rid in self.tickers:
+                # A second copy of a request this host is running now (a door resubmitted
+                # it past the stream's duplicate window): its result comes from the first.
+                await msg.ack()
+                return
         if claim_value is not None and claim_value.get("host") != self.me and isinstance(request, PromptRequest):
             # Another host started this turn and died: the turn was cut (its log, taken
             # over, ends it interrupted). It is not run again.
@@ -309,7 +327,18 @@ class FleetHost:
             if not owned:
                 return False
             try:
-                await self._materialise(descriptor, with_worktree=True)
+                for attempt in range(10):
+                    try:
+                        await self._materialise(descriptor, with_worktree=True)
+                        break
+                    except StoreConflict:
+                        # The former owner was still writing (its lease lapsed under load,
+                        # not with its life): it stops once it fails to renew. Read again.
+                        if attempt == 9:
+                            raise
+                        event(logging.WARNING, "fleet: the former owner was still writing; reading the "
+                                               "session again", session=session)
+                        await anyio.sleep(self.fleet.lease_seconds / 3)
             except BaseException:
                 with anyio.CancelScope(shield=True):
                     await self._leases.release(session)
@@ -440,6 +469,14 @@ class FleetHost:
             if sid not in self._leases.held:
                 if kind in ("new", "fork") and sid == result.get("session") and row.state == "ready":
                     await self._sync_new(sid, row)
+                elif kind not in ("new", "fork") and sid == request.get("session"):
+                    # This host ran it, but lost the session meanwhile (its lease lapsed
+                    # under load): what it did counts only if the store still takes it.
+                    try:
+                        await self.sync(sid)
+                    except StoreConflict as exc:
+                        raise CairnError("fleet_conflict", f"request ran on host {self.me} after another host "
+                                         f"took session {sid} over; it is not part of the session: {exc.message}")
                 continue
             if row.state == "deleted":
                 await self._forget_session(sid)
@@ -587,7 +624,7 @@ class FleetHost:
                 except Exception:
                     return
                 for msg in msgs:
-                    await self.handle(msg)
+                    await self.handle_safely(msg)
         finally:
             try:
                 await sub.unsubscribe()
