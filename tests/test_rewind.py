@@ -319,7 +319,7 @@ def test_forks_and_lands_that_arrive_after_a_rewind_see_the_rewound_session(daem
     repo = make_repo(tmp_path / "project", {"README.md": "hello\n"})
     session = daemon.ok({"kind": "new", "repo": str(repo), "prompt": "write a.txt: 1"})["session"]
     daemon.ok({"kind": "prompt", "session": session, "text": "write a.txt: 2"})
-    early = daemon.drop({"kind": "fork", "session": session, "user_message_index": 2})  # before the rewind
+    early = daemon.drop({"kind": "fork", "session": session, "user_message_index": 1})  # beside the turns
     slow = daemon.drop({"kind": "prompt", "session": session, "text": "sleep: 0.5\nwrite a.txt: 3"})
     rewound = daemon.drop({"kind": "rewind", "session": session, "user_message_index": 1})
     late = daemon.drop({"kind": "fork", "session": session, "user_message_index": 2})

@@ -748,26 +748,33 @@ def list_worktrees(repo: Path) -> list[Path]:
     return trees
 
 
-def reset_worktree(worktree: Path, current_sha: str, target_sha: str, index_tree: str | None) -> None:
+def reset_worktree(worktree: Path, current_sha: str, target_sha: str, index_tree: str | None,
+                   current_index: Path | None = None) -> None:
     """Make the files of `worktree` (a session's own, in use) equal to the tree of commit
     `target_sha` and its index equal to `index_tree` (None: the target's tree), where
-    `current_sha` is a snapshot of the files it holds now (`snapshot().worktree_sha`).
+    `current_sha` is a snapshot of the files it holds now (`snapshot().worktree_sha`) and
+    `current_index`, if there is one, that snapshot's private index (`keep_index`): with
+    its stat data only the files that differ are written, else every file is.
 
     Files the snapshot holds and the target does not (untracked ones too) are removed;
     ignored files, and files the snapshot left out (over the size cap), stay. HEAD is
-    not touched. Idempotent: a crash part-way is repaired by running it again with a
-    fresh snapshot."""
+    not touched. Idempotent: after a crash part-way, running it again with the same
+    snapshot finishes the job (what the target holds is written again, what the snapshot
+    alone holds is removed)."""
     worktree, index_file = _locate(Path(worktree))
     target_tree, index_tree = _restore_trees(worktree, target_sha, target_sha, index_tree)
     fd, name = tempfile.mkstemp(prefix=INDEX_COPY_PREFIX, dir=index_file.parent)
     os.close(fd)
     scratch = Path(name)
     try:
-        scratch.unlink()
         env = {"GIT_INDEX_FILE": str(scratch)}
         # The scratch index names every file there is now, so `--reset -u` removes those
-        # the target lacks; it carries no stat data, so every file is written afresh.
-        _git(worktree, "read-tree", current_sha, env=env)
+        # the target lacks.
+        if current_index is not None and current_index.is_file():
+            shutil.copy2(current_index, scratch)  # the mtime too: racy-clean checks stay as strict
+        else:
+            scratch.unlink()
+            _git(worktree, "read-tree", current_sha, env=env)
         _git(worktree, "-c", f"checkout.workers={CHECKOUT_WORKERS}", "read-tree", "--reset", "-u", target_sha,
              env=env)
         os.replace(scratch, index_file)  # an index whose stat data matches the files just written

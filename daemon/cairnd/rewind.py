@@ -22,6 +22,7 @@ the kept history: `history` in the result says how).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import time
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from cairnd import git
-from cairnd.checkpoint import checkpoint_ref, session_ref_prefix, take_checkpoint
+from cairnd.checkpoint import checkpoint_params, checkpoint_ref, session_ref_prefix, take_checkpoint
 from cairnd.config import StateLayout
 from cairnd.diffs import checkpoints_in
 from cairnd.entries import CHECKPOINT_MARK, TURN_START_MARK, checkpoint_entry, fork_meta_entry, rewind_entry
@@ -51,6 +52,11 @@ STEPS = ("planned", "abandoned_worktree", "abandoned_refs", "abandoned_log", "co
 def _reached(step: str) -> None:
     """Called as each step completes. A seam for the fault-injection tests (they replace
     it to kill the process there); does nothing otherwise."""
+
+
+def current_index_path(layout: StateLayout, session_id: str) -> Path:
+    """Where a rewind keeps the private index of the session's state before it."""
+    return layout.session_dir(session_id) / ".rewind.index"
 
 
 def abandoned_title(title: str, titles_in_root: Iterable[str]) -> str:
@@ -130,7 +136,9 @@ def abandon(layout: StateLayout, registry: Registry, row: SessionRow, k: int, *,
     point = find_fork_point(iter_lines(log_path), k, row.id)
     start = state_at_cut(point, row.repo, row.worktree)
     turns = kept_turns(point, log_path)
-    now = git.snapshot(row.worktree, max_file_bytes, message=f"cairnd rewind {row.id}: the state before")
+    # Its private index (stat data of every file now) lets finish write only what differs.
+    now = git.snapshot(row.worktree, max_file_bytes, message=f"cairnd rewind {row.id}: the state before",
+                       keep_index=current_index_path(layout, row.id))
     old_length = complete_length(log_path)
     old_state = session_state(iter_lines(log_path), agent_text=False)
     old_messages = len(count_user_messages(iter_lines(log_path)))
@@ -143,7 +151,7 @@ def abandon(layout: StateLayout, registry: Registry, row: SessionRow, k: int, *,
         "session": row.id, "k": k, "keep_bytes": kept_length(iter_lines(log_path), point.offset), "turns": turns,
         "headSha": start.head_sha, "worktreeSha": start.worktree_sha, "indexTree": start.index_tree,
         "state": start.state, "moveHead": not keep_branch, "detached": now.branch is not None and not keep_branch,
-        "prefill": point.prefill, "history": history(log_path, point.offset),
+        "prefill": point.prefill, "history": history(log_path, point.offset), "now": now.worktree_sha,
     }
     abandoned_id = new_session_id()
     plan["abandoned"] = abandoned_id
@@ -161,7 +169,10 @@ def abandon(layout: StateLayout, registry: Registry, row: SessionRow, k: int, *,
         with worktree_lock(row.repo):
             git.create_fork_worktree(row.repo, worktree, now.head_sha, now.worktree_sha, now.index_tree)
         _reached("abandoned_worktree")
-        baseline = take_checkpoint(abandoned_id, worktree, old_state.turns, max_file_bytes)
+        # Its worktree was made from `now`'s objects: that snapshot is its baseline (HEAD
+        # detached), under its own ref, with no second scan.
+        baseline = checkpoint_params(abandoned_id, old_state.turns, dataclasses.replace(now, branch=None))
+        git.pin(row.repo, baseline["ref"], now.worktree_sha)
         pin_abandoned(row.repo, abandoned_id, iter_lines(log_path))
         _reached("abandoned_refs")
         log = write_fork_log(layout, abandoned_id, log_path, old_length, [
@@ -178,6 +189,7 @@ def abandon(layout: StateLayout, registry: Registry, row: SessionRow, k: int, *,
             created_at=time.time()), rewind=journal)
     except BaseException:
         discard_partial(layout, registry, creating)
+        current_index_path(layout, row.id).unlink(missing_ok=True)
         raise
     _reached("committed")
     return journal
@@ -192,8 +204,9 @@ def finish(layout: StateLayout, registry: Registry, row: SessionRow, journal: Re
     if plan["moveHead"]:
         git.detach_head(row.worktree, head)
     _reached("head")
-    now = git.snapshot(row.worktree, max_file_bytes, message=f"cairnd rewind {row.id}: part-way")
-    git.reset_worktree(row.worktree, now.worktree_sha, target, plan["indexTree"])
+    git.reset_worktree(row.worktree, plan["now"], target, plan["indexTree"],
+                       current_index=current_index_path(layout, row.id))
+    current_index_path(layout, row.id).unlink(missing_ok=True)
     _reached("files")
     baseline = take_checkpoint(row.id, row.worktree, plan["turns"], max_file_bytes)
     # The kept bytes come from the abandoned log, which holds the old log whole: the
