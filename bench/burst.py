@@ -11,6 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from cairnd.storage import count_loose_refs
 from daemonkit import SpoolClient, running_daemon
 from measure import Row, command_of, main, ratio, target_text
 from synth import git, git_env, repo
@@ -60,13 +61,15 @@ def run(quick: bool) -> list[Row]:
             arrived = client.wait(ids, timeout=3600)
             took = max(arrived.values()) - started
             failed = [r for r in (client.result(i) for i in ids) if r.get("status") != "ok"]
+            loose = count_loose_refs(root / "daemon-repo" / ".git")
             client.close()
     outcome = f"all {count} ok" if not failed else (
         f"{len(failed)} of {count} FAILED, e.g. {str(failed[0].get('error'))[:160]}")
     return [
         Row(f"burst: {count} forks dropped at once, one session",
             f"{took:.1f} s, {count / took:.1f} forks/s, {outcome} "
-            f"({count} git worktree add, {_PARALLEL} at a time: {floor:.1f} s, {retries} retried)",
+            f"({count} git worktree add, {_PARALLEL} at a time: {floor:.1f} s, {retries} retried); "
+            f"{loose} loose refs under refs/cairnd after it",
             ratio(took, floor, "the shell loop"),
             target_text("<= 1.0x, all ok", took <= 1.0 * floor and not failed), command),
     ]

@@ -245,6 +245,9 @@ class Sessions:
                 max_file_bytes=self.config.snapshot_max_file_bytes,
                 history=lambda log, end: self.predicted_history(parent, log, end),
             ))
+        # The fork's baseline ref is one more loose ref to pack (at once past the hard limit).
+        await self._thread(self.checkpoints.refs.wrote, parent.repo)
+        self._maintain_soon()
         row = await self._thread(self.registry.get, result["session"])
         return await self._with_turn(row, request.prompt, claimed)
 
