@@ -132,7 +132,7 @@ def test_three_turns_write_bash_edit_then_forks_at_1_and_2(tmp_path: Path, agent
     sdk_sessions = daemonkit.entries(frames, "_posthog/sdk_session")
     [opened] = [f for f in from_agent if "sessionId" in (f.message.get("result") or {})]
     opened_id = opened.message["result"]["sessionId"]  # Claude's own session id
-    assert sdk_sessions == [{"sessionId": session, "sdkSessionId": opened_id, "adapter": "claude"}]
+    assert sdk_sessions == [{"sessionId": session, "sdkSessionId": opened_id, "adapter": "claude", "history": "none"}]
 
     # Forks at user message 1 and 2: the files (and HEAD) of that moment.
     fork1 = daemon.ok({"kind": "fork", "session": session, "user_message_index": 1})
@@ -151,13 +151,13 @@ def test_three_turns_write_bash_edit_then_forks_at_1_and_2(tmp_path: Path, agent
     assert (fork_tree / "notes.txt").read_text() == "first line\n"
 
     # The fork's first prompt reached Claude with the kept history, cut at the fork:
-    # cairnd's replay (a resource block, which claude-agent-acp turns into a link and a
-    # <context> block) holds user messages 0 and 1 and the answers, not message 2.
-    link, prompt, context = prompt_texts(stub.main_requests()[-1])
-    assert (link, prompt) == (f"cairnd://replay/{fork2['session']}", "What did we do so far?")
-    assert f"User:\n{PROMPTS[0]}\n\nAssistant:\nWrote notes.txt." in context
-    assert f"User:\n{PROMPTS[1]}\n\nAssistant:\nCommitted." in context
-    assert "It holds 2 earlier user messages" in context and PROMPTS[2] not in context
+    # natively (session/fork at the last answer of turn 1, SPEC 12), so the model sees
+    # user messages 0 and 1, the Write, the Bash and their results, not message 2.
+    assert fork2["history"] == "native"
+    assert prompt_texts(stub.main_requests()[-1]) == [PROMPTS[0], PROMPTS[1], "What did we do so far?"]
+    assert "cairnd://replay" not in repr(stub.main_requests()[-1])
+    assert {"Write", "Bash"} <= {b["name"] for m in stub.main_requests()[-1]["messages"] if m["role"] == "assistant"
+                                 for b in m["content"] if b.get("type") == "tool_use"}
     fork_sdk = daemonkit.entries(daemonkit.log_frames(Path(fork2["log"])), "_posthog/sdk_session")[-1]
     assert fork_sdk["sessionId"] == fork2["session"] and fork_sdk["sdkSessionId"] != opened_id
 
@@ -214,8 +214,9 @@ def test_cancel_and_kill_mid_turn_then_the_session_goes_on(tmp_path: Path, agent
     texts = daemonkit.agent_text_by_turn(frames)
     assert "Wrote a.txt." in texts[0] and "Wrote b.txt." in texts[2] and "Wrote c.txt." in texts[4]
     assert "Wrote" not in texts[1] + texts[3]
-    # Three agent processes, one Claude session: restarts load it natively.
+    # Three agent processes, one Claude session: restarts resume it natively.
     sdk_sessions = daemonkit.entries(frames, "_posthog/sdk_session")
     assert len(sdk_sessions) == 3 and len({s["sdkSessionId"] for s in sdk_sessions}) == 1
-    assert [f.method for f in frames if f.method in ("session/new", "session/load")] == [
-        "session/new", "session/load", "session/load"]
+    assert [s["history"] for s in sdk_sessions] == ["none", "resume", "resume"]
+    assert [f.method for f in frames if f.method in ("session/new", "session/load", "session/resume")] == [
+        "session/new", "session/resume", "session/resume"]
