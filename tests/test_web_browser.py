@@ -71,10 +71,10 @@ def shot(page: Any, tmp_path: Path, name: str) -> Path:
 
 
 def test_open_a_session_from_the_list(site: Any, page: Any, tmp_path: Path) -> None:
-    session = new_session(site, "list me", ["write listed.txt: yes"])
+    session = new_session(site, "list me", ["write listed.txt: yes", "delegate: write sub.txt: s"])
     page.goto(site["web"].url + "/")
     row = page.locator(f'tr[data-session="{session}"]')
-    assert row.locator("td").nth(2).inner_text() == "1"  # turns
+    assert row.locator("td").nth(2).inner_text() == "2"  # turns
     page.fill('input[name="q"]', "list me")
     page.click('form.filter button')
     page.wait_for_url(re.compile(r"q=list"))
@@ -85,7 +85,16 @@ def test_open_a_session_from_the_list(site: Any, page: Any, tmp_path: Path) -> N
     assert page.locator("h1.session-title").inner_text() == "list me"
     assert page.locator("#u0 .text").inner_text() == "write listed.txt: yes"
     assert page.locator("li.tool .tool-title").first.inner_text() == "write listed.txt"
-    assert "history=0" in page.locator("li.agent").last.inner_text()
+    assert "history=0" in page.locator("#u0 ~ li.agent").first.inner_text()
+    # the sub-session is folded: its messages and tool calls are there, not shown
+    sub = page.locator("li.sub")
+    assert sub.locator("summary").first.inner_text() == "Sub-session d1"
+    sub_message = sub.locator("li.sub-user .text")
+    assert sub_message.text_content() == "write sub.txt: s" and not sub_message.is_visible()
+    assert sub_message.evaluate("el => el.closest('li.sub-user').querySelectorAll('.fork-btn').length") == 0
+    sub.locator("summary").first.click()
+    assert sub_message.is_visible()
+    assert sub.locator("li.tool .tool-title").inner_text() == "write sub.txt"
 
 
 def test_fork_from_message_2_with_edited_text_then_its_lineage(site: Any, page: Any, tmp_path: Path) -> None:

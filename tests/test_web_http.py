@@ -207,3 +207,23 @@ def test_web_settings_are_checked_by_name(tmp_path: Path) -> None:
                       ({"web": {"token": "has space"}}, "may hold only")):
         with pytest.raises(ConfigError, match=says):
             parse_config(bad)
+
+
+def test_the_sessions_list_filters_by_text_and_state(site: Any) -> None:
+    url, daemon, session = site["web"].url, site["daemon"], site["session"]
+    _s, _h, html = http("GET", url + "/?q=" + "http")
+    assert f'data-session="{session}"'.encode() in html and f'data-session="{site["fork"]}"'.encode() in html
+    _s, _h, html = http("GET", url + "/?q=nomatchatall")
+    assert b"data-session=" not in html and b"No sessions match" in html
+    running = daemon.drop({"kind": "prompt", "session": session, "text": "sleep: 5"})
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        _s, _h, html = http("GET", url + "/?state=running")
+        if f'data-session="{session}"'.encode() in html:
+            break
+        time.sleep(0.1)
+    assert f'data-session="{session}"'.encode() in html and f'data-session="{site["fork"]}"'.encode() not in html
+    assert b'<span class="badge running">running</span>' in html
+    daemon.wait(running)
+    _s, _h, html = http("GET", url + "/?state=running")
+    assert b"data-session=" not in html
