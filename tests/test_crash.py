@@ -711,3 +711,60 @@ def test_a_kill_between_a_change_and_its_checkpoint_loses_no_change(tmp_path: Pa
         assert daemon.stop() == 0
     report = audit(daemon.state, repo, None)
     assert not report.problems, report.problems
+
+
+def test_kill_9_during_rewinds_leaves_each_whole_or_undone(tmp_path: Path):
+    """Rewinds alone, each cut by kill -9 at a random moment (making the abandoned
+    session, at the commit point, resetting the files, replacing the log, running the
+    next turn), then a restart: each ends whole or as if never asked, and the session
+    goes on; the audit checks every promise."""
+    from gitrepos import tree_state
+    rng = random.Random(BASE_SEED)
+    repo = torture_repo(tmp_path / "project")
+    daemon = Daemon(tmp_path / "state", {"stop_timeout_seconds": 20})
+    requests: dict[str, dict[str, Any]] = {}
+
+    def ask(rid: str, request: dict[str, Any]) -> dict[str, Any]:
+        requests[rid] = request
+        return daemon.wait(daemon.drop(request, request_id=rid), timeout=120)
+
+    restart(daemon)
+    session = ask("new", {"kind": "new", "repo": str(repo), "prompt": "write a.txt: 0"})["result"]["session"]
+    worktree = daemon.state / "worktrees" / session / "project"
+    history = []
+    try:
+        for i in range(12):
+            for j in range(2):  # two more user messages each round
+                ask(f"p{i}-{j}", {"kind": "prompt", "session": session,
+                                  "text": f"write a.txt: {i}.{j}\nwrite f{i}{j}.txt: x" + ("\ncommit: c" if j else "")})
+            k = rng.randint(0, 2)
+            request: dict[str, Any] = {"kind": "rewind", "session": session, "user_message_index": k}
+            if rng.random() < 0.4:
+                request["prompt"] = f"append a.txt: after rewind {i}"
+            rid = f"r{i}"
+            requests[rid] = request
+            daemon.drop(request, request_id=rid)
+            delay = rng.uniform(0, 0.8)
+            time.sleep(delay)
+            daemon.kill9()
+            restart(daemon)
+            result = daemon.wait(rid, timeout=120)
+            history.append(f"round {i}: rewind to {k}, kill -9 after {delay:.2f} s: {result['status']} "
+                           f"{result.get('error', {}).get('code', '')}")
+            if result["status"] == "ok" and "prompt" not in request:
+                # Whole: the session's files are the checkpoint's, as a fork at k of the
+                # abandoned session (which holds the state before) has them.
+                oracle = ask(f"o{i}", {"kind": "fork", "session": result["result"]["abandoned"],
+                                       "user_message_index": k})["result"]
+                assert tree_state(worktree) == tree_state(Path(oracle["worktree"])), history
+        assert daemon.stop() == 0
+    except BaseException:
+        print("\n".join(history))
+        if daemon.proc is not None and daemon.proc.poll() is None:
+            daemon.kill9()
+        raise
+    report = audit(daemon.state, repo, requests)
+    print("\n".join(history))
+    print(report.figures())
+    assert not report.problems, "\n".join(history + report.problems)
+    assert report.rewinds >= 1
