@@ -142,8 +142,10 @@ def test_a_running_turns_writes_appear_live_before_it_ends(site: Any, page: Any,
     path = live_path(site, session)
     assert not path.exists()  # the write after the sleep has not happened
     shot(page, tmp_path, "live")
+    assert page.locator("#turns").inner_text() == "1 turn"
     page.locator("#u1 ~ li.turn-end").wait_for()
     assert page.locator("#u1 ~ li.tool", has_text="write after.txt").count() == 1
+    page.locator("#turns", has_text="2 turns").wait_for()  # the header follows too
     page.locator("#running").wait_for(state="hidden")
 
 

@@ -156,3 +156,11 @@ def test_read_page_stops_after_a_screenful_and_the_next_page_follows_on(tmp_path
 def test_no_log_line_breaks_the_reader(entries: list[bytes]) -> None:
     items, _leftover = fold(one_pass(entries))
     orjson.dumps(items)  # plain data, for templates and JSON
+
+
+def test_a_cursor_is_only_the_readers_own_state() -> None:
+    assert decode_cursor(encode_cursor(ConversationReader().state()))["offset"] == 0
+    for bad in ({"offset": -1}, {"offset": True}, {"offset": 0, "groups": 5}, {"offset": 0, "evil": 1},
+                {"offset": 0, "sub": {"d1": "x"}}, {"offset": 0, "running": 1}, [1]):
+        with pytest.raises(Exception, match="not a page cursor"):
+            decode_cursor(encode_cursor(bad))  # type: ignore[arg-type]

@@ -49,9 +49,30 @@ def decode_cursor(text: str) -> dict[str, Any]:
         state = orjson.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
     except (ValueError, orjson.JSONDecodeError):
         raise CairnError("bad_request", f"cursor {text[:40]!r} is not a page cursor") from None
-    if not isinstance(state, dict) or not isinstance(state.get("offset"), int) or state["offset"] < 0:
+    if not isinstance(state, dict) or not _well_typed(state):
         raise CairnError("bad_request", f"cursor {text[:40]!r} is not a page cursor")
     return state
+
+
+_CURSOR_TYPES: dict[str, tuple[type, ...]] = {
+    "offset": (int,), "ordinal": (int,), "turn": (int,), "running": (bool,), "open_sub": (list, type(None)),
+    "last_user": (str, type(None)), "agent": (list, type(None)), "sub": (dict,), "groups": (list,),
+    "worktree_sha": (str, type(None)), "baseline_next": (bool,),
+}
+
+
+def _well_typed(state: dict[str, Any]) -> bool:
+    """Only the reader's own fields, each of its own type (a cursor comes from a URL)."""
+    if "offset" not in state or any(key not in _CURSOR_TYPES for key in state):
+        return False
+    for key, value in state.items():
+        types = _CURSOR_TYPES[key]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            return False
+    if state["offset"] < 0 or not all(isinstance(sub, str) for sub in state.get("groups", [])):
+        return False
+    lists = [state.get("open_sub"), state.get("agent"), *state.get("sub", {}).values()]
+    return all(value is None or (isinstance(value, list) and len(value) <= 3) for value in lists)
 
 
 def _check_boundary(fd: int, offset: int) -> None:

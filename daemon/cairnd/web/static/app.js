@@ -71,6 +71,11 @@ function applyOps(ops) {
         if (group) container = group.querySelector(".sub-body") || list;
       }
       container.insertAdjacentHTML("beforeend", op.html);
+      const added = document.getElementById(op.key);
+      const turns = added && added.dataset.turns;
+      if (turns && /^[0-9]+$/.test(turns) && document.getElementById("turns")) {
+        document.getElementById("turns").textContent = turns + (turns === "1" ? " turn" : " turns");
+      }
     } else if (op.op === "extend") {
       const el = document.getElementById(op.key);
       const text = el && el.querySelector(".text");
