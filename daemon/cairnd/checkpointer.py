@@ -20,6 +20,7 @@ Either way the snapshot is the same: the fidelity tests compare the two paths.
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -42,7 +43,11 @@ def checkpointer_for(state_dir: Path) -> Checkpointer:
     except OSError as exc:
         event(logging.WARNING, f"checkpoints scan whole worktrees: no inotify ({exc})")
         watches = None
-    return Checkpointer(watches, Path(state_dir) / INDEX_DIR)
+    index_dir = Path(state_dir) / INDEX_DIR
+    # What a previous run kept is of no use (its first checkpoints scan whole trees),
+    # and a kill may have left index copies half-made there.
+    shutil.rmtree(index_dir, ignore_errors=True)
+    return Checkpointer(watches, index_dir)
 
 
 @dataclass(frozen=True)

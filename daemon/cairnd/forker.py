@@ -164,8 +164,8 @@ def fork_session(layout: StateLayout, registry: Registry, parent: SessionRow, k:
     assert row is not None
     try:
         worktree.parent.mkdir(parents=True, exist_ok=True)
-        with worktree_lock(parent.repo):
-            git.create_fork_worktree(parent.repo, worktree, start.head_sha, start.worktree_sha, start.index_tree)
+        git.create_fork_worktree(parent.repo, worktree, start.head_sha, start.worktree_sha, start.index_tree,
+                                 records_lock=lambda: worktree_lock(parent.repo))
         baseline = baseline_at_cut(point, start, fork_id, turns)
         if baseline is None:
             baseline = take_checkpoint(fork_id, worktree, turns, max_file_bytes)

@@ -24,8 +24,8 @@ import stat
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -697,22 +697,28 @@ def commit_of_tree(repo: Path, tree: str, parent: str, message: str = SNAPSHOT_M
 
 
 def create_fork_worktree(repo: Path, path: Path, head_sha: str, worktree_sha: str | None = None,
-                         index_tree: str | None = None) -> None:
+                         index_tree: str | None = None,
+                         records_lock: Callable[[], AbstractContextManager[object]] = nullcontext) -> None:
     """A new worktree at `path`: HEAD detached at `head_sha`, files equal to `worktree_sha`'s
     tree (default: `head_sha`'s), index equal to `index_tree` (default: HEAD's tree).
 
     All or nothing: on failure the worktree is removed again. commit_missing when an
-    object is not in the repository (checked before anything is created)."""
+    object is not in the repository (checked before anything is created).
+    `records_lock()` is held while the repository's worktree records are written
+    (adding, and removing on failure), not while the files are written: forks of one
+    repository then fill their worktrees in parallel."""
     if not is_object_id(head_sha):
         raise CairnError("commit_missing", f"headSha {head_sha!r} is not a commit id")
     worktree_sha = worktree_sha or head_sha
     worktree_tree, index_tree = _restore_trees(repo, head_sha, worktree_sha, index_tree)
-    add_worktree_detached(repo, path, head_sha)
+    with records_lock():
+        add_worktree_detached(repo, path, head_sha)
     try:
         _restore(path, worktree_sha, worktree_tree, index_tree)
     except BaseException:
         try:
-            remove_worktree(repo, path)
+            with records_lock():
+                remove_worktree(repo, path)
         except CairnError:
             pass  # the first failure is the one worth reporting
         raise
