@@ -164,3 +164,36 @@ def test_status_figures_per_repository(repo: Path, tmp_path: Path, capsys) -> No
     assert cli.main(["status", "-c", str(config)]) == 0
     out = capsys.readouterr().out
     assert f"repo       {repo}: 1 session(s), 2 checkpoint ref(s) (2 loose), objects" in out
+
+
+def test_the_daemon_collects_at_start_and_packs_refs_in_the_background(repo: Path, tmp_path: Path) -> None:
+    """keep_deleted_days = 0: a deleted session's log goes at the daemon's next start
+    (its daily collection runs at start); and turns past the pack threshold leave the
+    refs packed without any turn waiting for it."""
+    from daemonproc import Daemon
+
+    daemon = Daemon(tmp_path / "state", {"keep_deleted_days": 0}).start()
+    try:
+        gone = daemon.ok({"kind": "new", "repo": str(repo)})["session"]
+        daemon.ok({"kind": "delete", "session": gone})
+        assert git.list_refs(repo, f"refs/cairnd/{gone}/") == {}  # at once
+        assert (daemon.state / "sessions" / gone / "log.ndjson").exists()  # until gc
+        live = daemon.ok({"kind": "new", "repo": str(repo)})["session"]
+        for turn in range(55):
+            daemon.ok({"kind": "prompt", "session": live, "text": f"write t.txt: {turn}"})
+        deadline = time.monotonic() + 60
+        while count_loose_refs(repo / ".git") >= 50:
+            assert time.monotonic() < deadline, "the background never packed the refs"
+            time.sleep(0.1)
+        assert len(git.list_refs(repo, f"refs/cairnd/{live}/")) == 56
+    finally:
+        assert daemon.stop() == 0
+    daemon.start()
+    try:
+        deadline = time.monotonic() + 30
+        while (daemon.state / "sessions" / gone).exists():
+            assert time.monotonic() < deadline, daemon.stderr()[-2000:]
+            time.sleep(0.05)
+        assert (daemon.state / "sessions" / live / "log.ndjson").exists()
+    finally:
+        assert daemon.stop() == 0
