@@ -242,3 +242,16 @@ def test_a_restart_after_a_crash_resumes_the_same_agent_session(daemon: Daemon, 
     first, second = sdk_entries(daemon, session)
     assert result["history"] == second["history"] == "resume" and second["sdkSessionId"] == first["sdkSessionId"]
     assert history_n(daemon, session) == 2
+
+
+def test_the_marked_read_of_a_log_file_gives_the_same_facts(tmp_path: Path):
+    from cairnd.history import marked_lines
+    from cairnd.log import iter_lines
+    raw = [*parent_log(3), fork_meta(), sdk_session("f1", history="native"), prompt_request(9, "own"),
+           agent_chunk("own answer", "m9")]
+    path = tmp_path / "log.ndjson"
+    path.write_bytes(b"".join(raw))
+    assert scan(marked_lines(iter_lines(path))) == scan(iter_lines(path)) == scan(lines(*raw))
+    end = len(b"".join(parent_log(2)))
+    kept = scan(marked_lines(iter_lines(path), end), cut_at_end=True)
+    assert (kept.source_session, kept.message_id, kept.user_messages, kept.cut) == ("p1", "m1", 2, True)

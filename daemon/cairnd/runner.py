@@ -46,7 +46,7 @@ from cairnd.config import AgentProfile
 from cairnd.confinement import Confinement
 from cairnd.entries import checkpoint_entry, sdk_session_entry, turn_complete_entry, turn_start_entry
 from cairnd.errors import CairnError
-from cairnd.history import HistoryFacts, open_history
+from cairnd.history import HistoryFacts, marked_lines, open_history
 from cairnd.history import scan as history_scan
 from cairnd.log import SessionLog, iter_lines
 from cairnd.tap import Tap
@@ -433,7 +433,8 @@ class AgentRunner:
 
 
 def _history_facts(log_path: Path) -> HistoryFacts:
-    return history_scan(iter_lines(log_path))
+    # only the lines that can matter reach Python (cairnd.log.LogLines.marked)
+    return history_scan(marked_lines(iter_lines(log_path)))
 
 
 def _describe(exc: BaseException) -> str:
