@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cairnd.errors import CairnError
-from cairnd.forkpoint import ForkPoint, count_user_messages, find_fork_point
+from cairnd.forkpoint import CountState, ForkPoint, MoreText, UserMessage, count_user_messages, feed_line, find_fork_point
 import cairnd.log as log_module
 from cairnd.entries import parse_message
 from cairnd.log import iter_lines
@@ -532,6 +532,30 @@ def test_reading_a_log_file_fast_finds_what_reading_every_line_finds(
                 assert fork_point_or_error(iter_lines(path), k) == fork_point_or_error(plain, k)
         finally:
             log_module._SCAN_CHUNK = saved
+
+
+@settings(max_examples=200, deadline=None)
+@given(log_entries())
+def test_lines_fed_one_at_a_time_count_as_the_whole_log_does(entries: list[tuple[str, bytes]]) -> None:
+    """`feed_line` (the web view's live page feeds it) is the same count: each message at
+    the same line, with the same whole text, whatever line the state was carried over."""
+    state = CountState()
+    messages: list[UserMessage] = []
+    texts: list[str] = []
+    for index, (offset, line) in enumerate(lines_of(*(entry for _kind, entry in entries))):
+        found, state = feed_line(CountState(state.ordinal, state.open_sub, state.checkpoint), index, offset, line)
+        for event in found:
+            if isinstance(event, UserMessage):
+                messages.append(event)
+                texts.append(event.text)
+            else:
+                assert isinstance(event, MoreText) and texts
+                texts[-1] += event.text
+    whole = count_user_messages(lines_of(*(entry for _kind, entry in entries)))
+    assert [(m.ordinal, m.line_index, m.offset, m.sub_session) for m in messages] == \
+        [(m.ordinal, m.line_index, m.offset, m.sub_session) for m in whole]
+    assert texts == [m.text for m in whole]
+    assert state.ordinal == len(whole)
 
 
 def fork_point_or_error(lines: object, k: int) -> ForkPoint | str:

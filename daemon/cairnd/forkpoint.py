@@ -30,7 +30,7 @@ every other line is passed over after a substring test. Given a fresh
 `MarkedSource` (what `iter_lines` returns), not even that: the file is searched
 for the first four in big chunks and only the lines holding them (and, while an
 id-less run is open, the lines up to the next such line) reach Python; both paths
-feed the same `_UserMessageCounter`, so they agree line for line. This assumes those names are
+feed the same `_UserMessageCounter` (as does `feed_line`, for a reader given one line at a time), so they agree line for line. This assumes those names are
 written plainly, as every JSON serialiser of ACP frames writes them (a writer that
 escaped the slash of session/prompt would go unseen).
 """
@@ -119,13 +119,13 @@ class _Checkpoint:
 
 
 @dataclass(frozen=True)
-class _MoreText:
+class MoreText:
     """More text for the message last started (a later chunk of it)."""
 
     text: str
 
 
-_Event = UserMessage | _Checkpoint | _MoreText
+_Event = UserMessage | _Checkpoint | MoreText
 
 
 def from_git_checkpoint(params: dict[str, Any]) -> dict[str, Any] | None:
@@ -193,7 +193,7 @@ class _UserMessageCounter:
         if chunk is not None:
             key = (chunk.sub_session, chunk.message_id)
             if self.open_sub == key:
-                yield _MoreText(chunk.text)
+                yield MoreText(chunk.text)
             else:
                 self.open_sub = key
                 yield UserMessage(
@@ -265,7 +265,7 @@ def count_user_messages(lines: Lines | MarkedSource) -> list[UserMessage]:
         if isinstance(event, UserMessage):
             messages.append(event)
             texts.append([event.text])
-        elif isinstance(event, _MoreText) and texts:
+        elif isinstance(event, MoreText) and texts:
             texts[-1].append(event.text)
     return [replace(message, text="".join(parts)) for message, parts in zip(messages, texts)]
 
@@ -278,6 +278,25 @@ class CountState:
     ordinal: int = 0  # user messages counted
     open_sub: tuple[str, str | None] | None = None  # the sub-session message a chunk may continue
     checkpoint: dict[str, Any] | None = None  # the last checkpoint seen
+
+
+def feed_line(state: CountState, line_index: int, offset: int, line: bytes
+              ) -> tuple[list[UserMessage | MoreText], CountState]:
+    """One line's user messages (each at its first line) and later text of the message
+    last started, counted by the SPEC 4 rule from where `state` stopped, and the state
+    after it: for a reader given lines one at a time (the web view's live page) that
+    must count exactly as a fork does."""
+    counter = _UserMessageCounter(state.ordinal, state.open_sub)
+    if not counter.wants(line):
+        return [], state
+    checkpoint = state.checkpoint
+    found: list[UserMessage | MoreText] = []
+    for event in counter.feed(line_index, offset, line):
+        if isinstance(event, _Checkpoint):
+            checkpoint = event.params
+        else:
+            found.append(event)
+    return found, CountState(counter.ordinal, counter.open_sub, checkpoint)
 
 
 @dataclass(frozen=True)

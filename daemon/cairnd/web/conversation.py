@@ -37,8 +37,7 @@ from cairnd.entries import (
     parse_message,
 )
 # The fork rule's own counter, so that ordinals here are the ones a fork request means.
-from cairnd.forkpoint import UserMessage, _MoreText
-from cairnd.forkpoint import _UserMessageCounter as _Counter
+from cairnd.forkpoint import CountState, MoreText, UserMessage, feed_line
 
 Op = dict[str, Any]
 
@@ -107,14 +106,12 @@ class ConversationReader:
 
     def __init__(self, state: dict[str, Any] | None = None) -> None:
         self.s = {**initial_state(), **(state or {})}
-        self.counter = _Counter()
-        self.counter.ordinal = int(self.s["ordinal"])
         open_sub = self.s["open_sub"]
-        self.counter.open_sub = tuple(open_sub) if open_sub else None  # type: ignore[assignment]
+        self.count = CountState(int(self.s["ordinal"]), tuple(open_sub) if open_sub else None)  # type: ignore[arg-type]
 
     def state(self) -> dict[str, Any]:
-        self.s["ordinal"] = self.counter.ordinal
-        self.s["open_sub"] = list(self.counter.open_sub) if self.counter.open_sub else None
+        self.s["ordinal"] = self.count.ordinal
+        self.s["open_sub"] = list(self.count.open_sub) if self.count.open_sub else None
         return dict(self.s)
 
     # ---------------------------------------------------------------- feeding
@@ -125,14 +122,14 @@ class ConversationReader:
         if message is None:
             return []
         ops: list[Op] = []
-        if self.counter.wants(line):
-            for event in self.counter.feed(0, offset, line):
-                if isinstance(event, UserMessage):
-                    ops.extend(self._user(event))
-                elif isinstance(event, _MoreText) and self.s["last_user"] and event.text:
-                    ops.append({"op": "extend", "key": self.s["last_user"], "text": event.text})
-            if ops:
-                return ops
+        events, self.count = feed_line(self.count, 0, offset, line)
+        for event in events:
+            if isinstance(event, UserMessage):
+                ops.extend(self._user(event))
+            elif isinstance(event, MoreText) and self.s["last_user"] and event.text:
+                ops.append({"op": "extend", "key": self.s["last_user"], "text": event.text})
+        if ops:
+            return ops
         method = method_of(message)
         params = _dict(message.get("params"))
         if method == "session/update":
