@@ -5,7 +5,9 @@ daemon with the reference agent, whose own transcripts show what it holds."""
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -255,3 +257,31 @@ def test_the_marked_read_of_a_log_file_gives_the_same_facts(tmp_path: Path):
     end = len(b"".join(parent_log(2)))
     kept = scan(marked_lines(iter_lines(path), end), cut_at_end=True)
     assert (kept.source_session, kept.message_id, kept.user_messages, kept.cut) == ("p1", "m1", 2, True)
+
+
+def test_native_refuses_to_make_a_fork_its_agent_cannot_take_and_auto_loads_restarts(tmp_path: Path, repo: Path):
+    """An agent with loadSession but no session/fork (tests/agents/plain_agent.py): under
+    history = native a fork is agent_failed and leaves no session; under auto it replays,
+    and the agent's restart is a session/load."""
+    def plain(name: str) -> list[str]:  # its sessions where the sandbox lets a profile write
+        return [sys.executable, str(Path(__file__).parent / "agents" / "plain_agent.py"),
+                "--sessions", str(tmp_path / "state" / "agents" / name)]
+    daemon = Daemon(tmp_path / "state", {"agents": {"strict": {"command": plain("strict"), "history": "native"},
+                                                    "loose": {"command": plain("loose")}}}).start()
+    try:
+        for agent in ("strict", "loose"):
+            session = daemon.ok({"kind": "new", "repo": str(repo), "agent": agent, "prompt": "one"})["session"]
+            daemon.ok({"kind": "prompt", "session": session, "text": "two"})
+            before = set(os.listdir(daemon.state / "sessions"))
+            answer = daemon.request({"kind": "fork", "session": session, "user_message_index": 1, "prompt": "x"})
+            if agent == "strict":
+                assert answer["status"] == "error" and answer["error"]["code"] == "agent_failed"
+                assert "did not advertise session/fork" in answer["error"]["message"]
+                assert set(os.listdir(daemon.state / "sessions")) == before  # nothing made
+            else:
+                assert answer["result"]["history"] == "replay" and history_n(daemon, answer["result"]["session"]) == 1
+                crashed = daemon.request({"kind": "prompt", "session": session, "text": "exit"})
+                assert crashed["error"]["code"] == "agent_failed"
+                assert daemon.ok({"kind": "prompt", "session": session, "text": "three"})["history"] == "load"
+    finally:
+        assert daemon.stop() == 0

@@ -207,7 +207,9 @@ def predict(log: Any, end: int, mode: str, profile: str) -> str:
     facts = scan(marked_lines(log, end, messages=False), cut_at_end=True)
     decided = plan(replace(facts, message_id=facts.message_id or "(looked up at start)"), mode, profile, None)
     if decided.way == "replay" and mode == "native" and decided.why != "history = replay":
-        return "native"  # it will try, and fail with agent_failed rather than replay
+        # native insists: a fork or rewind it cannot give the history to is not made
+        raise CairnError("agent_failed", f"agent {profile!r} cannot take this history natively: {decided.why} "
+                                         "(history = native)")
     return decided.way
 
 
