@@ -172,7 +172,7 @@ def test_forks_at_every_k_hold_exactly_the_parents_messages_before_the_cut(daemo
         fork = daemon.ok({"kind": "fork", "session": parent, "user_message_index": k, "prompt": "after the fork"})
         assert fork["history"] == ("none" if k == 0 else "native")
         own = sdk_entries(daemon, fork["session"])[-1]
-        assert own["history"] == fork["history"] and own["sdkSessionId"] != parent_sdk
+        assert own["history"] == fork["history"] and own["sdkSessionId"] == fork["sdkSessionId"] != parent_sdk
         held = read_transcript(own["sdkSessionId"], store(daemon))
         assert user_texts(held) == prompts[:k] + ["after the fork"]
         assert history_n(daemon, fork["session"]) == k

@@ -258,8 +258,9 @@ class AgentRunner:
         if failure is not None:
             raise CairnError("agent_failed", f"session {self.session_id}, turn {turn}: {failure}")
         result = {"session": self.session_id, "turn": turn, "stopReason": stop_reason, "checkpoint": checkpoint}
-        if opened_as is not None:
+        if opened_as is not None:  # this turn started the agent: how it got the history, and its session
             result["history"] = opened_as
+            result["sdkSessionId"] = agent.sdk_session_id
         return result
 
     async def _end_turn(self, turn: int, stop_reason: str) -> dict[str, Any]:
