@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -71,14 +72,25 @@ def npm_ci(timeout: float = 300.0) -> subprocess.CompletedProcess[str]:
     )
 
 
+AGENT_BINS = ("claude-agent-acp", "codex-acp", "gemini")
+CODEX_NATIVE = REALAGENTS_DIR / "node_modules" / "@openai" / "codex-linux-x64"  # codex-acp's binary (optional dep)
+
+
+def _installed() -> bool:
+    # The whole lock, not a bin or two: a node_modules from older pins must be redone.
+    return all(agent_bin(name).exists() for name in AGENT_BINS) and (
+        CODEX_NATIVE.exists() or not sys.platform.startswith("linux"))
+
+
 def ensure_agents_installed() -> str | None:
-    """Install node_modules when missing. Returns why real agents can't run, or None."""
-    if claude_agent_bin().exists() and agent_bin("gemini").exists():
+    """Install node_modules when missing or from older pins. Returns why real agents
+    can't run, or None."""
+    if _installed():
         return None
     if shutil.which("node") is None or shutil.which("npm") is None:
         return "node/npm not installed"
     result = npm_ci()
-    if result.returncode != 0 or not claude_agent_bin().exists() or not agent_bin("gemini").exists():
+    if result.returncode != 0 or not _installed():
         return f"npm ci failed: {result.stderr.strip()[-500:]}"
     return None
 
