@@ -131,7 +131,7 @@ class Store:
                 urllib.request.urlopen(request, timeout=5).read()
                 break
             except urllib.error.HTTPError as exc:
-                if exc.code == 409:  # BucketAlreadyOwnedByYou: a restart
+                if exc.code in (403, 409) and self._bucket_answers():  # it exists: a restart
                     break
                 if time.monotonic() > deadline:
                     raise
@@ -140,6 +140,21 @@ class Store:
                     raise
             time.sleep(0.2)
         return self
+
+    def _bucket_answers(self) -> bool:
+        """The bucket answers a signed listing (after a restart the gateway may refuse
+        anonymous calls: it keeps the identity the AWS_* variables gave it)."""
+        import obstore
+        from obstore.store import S3Store
+        store = S3Store(self.bucket, endpoint=self.endpoint, region=S3_KEYS["AWS_REGION"],
+                        access_key_id=S3_KEYS["AWS_ACCESS_KEY_ID"], secret_access_key=S3_KEYS["AWS_SECRET_ACCESS_KEY"],
+                        client_options={"allow_http": True}, virtual_hosted_style_request=False)
+        try:
+            for _ in obstore.list(store, prefix="probe/"):
+                break
+            return True
+        except Exception:
+            return False
 
     def stop(self) -> None:
         stop(self.proc)

@@ -162,12 +162,16 @@ def test_two_hosts_spread_route_to_the_owner_and_fork_across(fleet, tmp_path):
 
 def wait_until(predicate, timeout: float, what: str, step: float = 0.1):
     deadline = time.monotonic() + timeout
+    last: Exception | None = None
     while time.monotonic() < deadline:
-        value = predicate()
+        try:
+            value = predicate()
+        except Exception as exc:  # a server coming back answers errors for a moment
+            last, value = exc, None
         if value:
             return value
         time.sleep(step)
-    raise AssertionError(f"{what}: not within {timeout} s")
+    raise AssertionError(f"{what}: not within {timeout} s (last error: {last!r})")
 
 
 def owners(fleet: Fleet) -> dict[str, tuple[str, bool]]:
@@ -325,3 +329,90 @@ def test_burst_of_300_over_three_hosts_with_one_killed(fleet, tmp_path):
                        if kind in ("new", "fork") and results[rid]["status"] == "ok"]
     time.sleep(2)
     stored_logs_equal_owners(fleet, made)
+
+
+def local_log(daemon: Daemon, sid: str) -> bytes:
+    return (daemon.state / "sessions" / sid / "log.ndjson").read_bytes()
+
+
+def turn_completed(daemon: Daemon, sid: str, rid: str) -> bool:
+    log = local_log(daemon, sid)
+    at = log.find(b'"requestId":"' + rid.encode() + b'"')
+    return at >= 0 and b"_posthog/turn_complete" in log[at:]
+
+
+def test_nats_restarted_turns_complete_locally_and_results_wait(fleet, tmp_path):
+    repo = make_repo(tmp_path / "repo", {"README.md": "hello\n"})
+    a = fleet.host("alpha")
+    made = a.ok({"kind": "new", "repo": str(repo), "prompt": "write n.txt: one"})
+    sid = made["session"]
+    running = a.drop({"kind": "prompt", "session": sid, "text": "sleep: 2\nappend n.txt: during the outage"})
+    wait_until(lambda: running.encode() in local_log(a, sid), 30, "the turn started")
+    fleet.nats.stop()
+    queued = a.drop({"kind": "prompt", "session": sid, "text": "append n.txt: sent while NATS was down"})
+    wait_until(lambda: turn_completed(a, sid, running), 30, "the turn completed locally")
+    time.sleep(1)
+    assert a.result(f"{running}.json") is None and a.result(f"{queued}.json") is None   # results wait
+    fleet.nats.start()   # same port, same JetStream directory
+    assert a.wait(running, 60)["status"] == "ok"
+    assert a.wait(queued, 60)["status"] == "ok"
+    assert Path(made["worktree"], "n.txt").read_text() == "one\nduring the outage\nsent while NATS was down\n"
+    assert fleet.stored_log(sid) == local_log(a, sid)
+    assert fleet.results([running, queued]).keys() == {running, queued}
+
+
+def test_store_down_the_mirror_catches_up_and_past_the_bound_results_fail(fleet, tmp_path):
+    repo = make_repo(tmp_path / "repo", {"README.md": "hello\n"})
+    a = fleet.host("alpha")
+    table = fleet.table("beta")
+    made = a.ok({"kind": "new", "repo": str(repo), "prompt": "write m.txt: one"})
+    sid = made["session"]
+    fleet.store.stop()
+    try:
+        rid = a.drop({"kind": "prompt", "session": sid, "text": "append m.txt: while the store was down"})
+        wait_until(lambda: turn_completed(a, sid, rid), 30, "the turn completed locally")
+        time.sleep(1)
+        assert a.result(f"{rid}.json") is None   # the result waits for the mirror
+    finally:
+        fleet.store.start()
+    assert a.wait(rid, 60)["status"] == "ok"
+    assert fleet.stored_log(sid) == local_log(a, sid)
+
+    # Past fleet.wait_seconds the result fails with a clear code; the turn is complete here,
+    # and the mirror catches up once the store is back.
+    a.stop()
+    a.settings["fleet"] = {**a.settings["fleet"], "wait_seconds": 3}
+    from daemonproc import write_config
+    write_config(a.config, a.settings)
+    a.start()
+    fleet.store.stop()
+    try:
+        late = a.drop({"kind": "prompt", "session": sid, "text": "append m.txt: past the bound"})
+        body = a.wait(late, 60)
+        assert body["status"] == "error" and body["error"]["code"] == "store_unavailable", body
+        assert "wait_seconds" in body["error"]["message"]
+        assert turn_completed(a, sid, late)
+    finally:
+        fleet.store.start()
+    wait_until(lambda: fleet.stored_log(sid) == local_log(a, sid), 30, "the mirror caught up", step=0.5)
+    assert table  # (the table of another host is the same fleet)
+
+
+def test_bad_fleet_configuration_is_refused_at_start_naming_the_key(tmp_path):
+    for table, key in (
+        ({"nats": "http://127.0.0.1:4222", "store": "s3://cairnd/x", "checkpoints": "/x"}, "fleet.nats"),
+        ({"nats": "nats://127.0.0.1:4222", "store": "cairnd/x", "checkpoints": "/x"}, "fleet.store"),
+        ({"nats": "nats://127.0.0.1:4222", "store": "s3://cairnd/x"}, "fleet.checkpoints"),
+        ({"nats": "nats://127.0.0.1:4222", "store": "s3://cairnd/x", "checkpoints": "/x", "lease_seconds": 0},
+         "fleet.lease_seconds"),
+        ({"nats": "nats://127.0.0.1:4222", "store": "s3://cairnd/x", "checkpoints": "/x", "hots": "a"}, "fleet.hots"),
+        ({"nats": "nats://127.0.0.1:4222", "store": "s3://cairnd/x", "checkpoints": "/x", "host": "a b"}, "fleet.host"),
+    ):
+        state = tmp_path / f"s{len(list(tmp_path.iterdir()))}"
+        state.mkdir()
+        daemon = Daemon(state, {"fleet": table})
+        proc = subprocess.run([__import__("sys").executable, "-m", "cairnd", "serve"],
+                              env={**__import__("os").environ, "CAIRND_CONFIG": str(daemon.config)},
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2, proc.stderr
+        assert key in proc.stderr, (key, proc.stderr)

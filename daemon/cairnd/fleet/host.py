@@ -329,7 +329,8 @@ class FleetHost:
             try:
                 for attempt in range(10):
                     try:
-                        await self._materialise(descriptor, with_worktree=True)
+                        await self._materialise(descriptor, with_worktree=True,
+                                                trust_local=before is not None and before.host == self.me)
                         break
                     except StoreConflict:
                         # The former owner was still writing (its lease lapsed under load,
@@ -348,15 +349,21 @@ class FleetHost:
                   f"fleet: took session over {how}", session=session)
             return True
 
-    async def _materialise(self, descriptor: Descriptor, *, with_worktree: bool) -> None:
+    async def _materialise(self, descriptor: Descriptor, *, with_worktree: bool, trust_local: bool = False) -> None:
+        """Make this host's copy of the session the stored one. `trust_local`: the last
+        lease was this host's own, so nobody else wrote since and the local copy is the
+        latest (a restart): the store is not even read, so it may be away."""
         sid = descriptor.session
         sessions = self.daemon._sessions
-        stored = await self.logs.rebuild(sid)
         local = self.layout.log_path(sid)
         row = await anyio.to_thread.run_sync(sessions.registry.get, sid)
-        current = (row is not None and row.state == "ready" and local.exists()
-                   and (row.worktree.exists() or not with_worktree)
-                   and await anyio.to_thread.run_sync(local.read_bytes) == stored)
+        usable = (row is not None and row.state == "ready" and local.exists()
+                  and (row.worktree.exists() or not with_worktree))
+        if usable and trust_local:
+            current = True
+        else:
+            stored = await self.logs.rebuild(sid)
+            current = usable and await anyio.to_thread.run_sync(local.read_bytes) == stored
         if not current:
             runner = sessions.runners.pop(sid, None)
             if runner is not None:
@@ -383,7 +390,8 @@ class FleetHost:
                 event(logging.WARNING, f"turn {turns - 1} was cut when its host stopped: recorded as interrupted",
                       session=sid)
                 await anyio.to_thread.run_sync(sessions.registry.set_turns, sid, turns)
-            await self.sync(sid)
+            if not trust_local:  # (else the next result's publication mirrors it)
+                await self.sync(sid)
 
     async def _ensure_readable(self, session: str) -> None:
         """A fork of `session` is about to be made here: its log and checkpoint objects
@@ -451,6 +459,7 @@ class FleetHost:
         try:
             body = await self._settle(body)
         except CairnError as exc:
+            event(logging.WARNING, f"fleet: {body.get('kind')} failed: {exc.code}: {exc.message}", request=rid)
             body = {**{k: v for k, v in body.items() if k != "result"}, "status": "error", "error": exc.as_dict()}
         await self._publish_body(msg, rid, body)
         if claimed.meta.get("from_any"):

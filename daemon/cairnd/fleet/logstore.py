@@ -21,6 +21,7 @@ that aborts the interpreter at exit (SIGABRT), which a daemon cannot have.
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import anyio
@@ -80,7 +81,11 @@ def tile(parts: list[tuple[int, int]]) -> int:
 
 def make_store(fleet: FleetConfig) -> S3Store:
     region = fleet.store_region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-    kwargs: dict = {"region": region}
+    # obstore retries a failed call for up to 3 minutes by default: too long to hold a
+    # turn's result; cairnd retries on its own, up to fleet.wait_seconds.
+    kwargs: dict = {"region": region, "retry_config": {
+        "max_retries": 3, "retry_timeout": timedelta(seconds=10),
+        "backoff": {"init_backoff": timedelta(milliseconds=100), "max_backoff": timedelta(seconds=2), "base": 2}}}
     if fleet.store_endpoint:
         kwargs["endpoint"] = fleet.store_endpoint
         kwargs["virtual_hosted_style_request"] = False
