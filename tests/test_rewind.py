@@ -114,6 +114,10 @@ def test_checkpoints_of_the_abandoned_session_survive_gc(parent: Parent):
     git(parent.repo, "gc", "-q", "--prune=now")
     pinned = cgit.list_refs(parent.repo, f"refs/cairnd/{result['abandoned']}/")
     assert set(shas) <= set(pinned.values())
+    abandoned_log = parent.layout.log_path(result["abandoned"])
+    baseline = [parse_message(line)["params"] for _, line in iter_lines(abandoned_log)
+                if b"agent_checkpoint" in line][-1]
+    assert {baseline["worktreeSha"], baseline["indexTree"]} <= set(pinned.values())
     for sha in shas:
         git(parent.repo, "cat-file", "-e", f"{sha}^{{tree}}")
     abandoned = parent.registry.get(result["abandoned"])

@@ -101,15 +101,16 @@ def kept_length(lines: Iterable[tuple[int, bytes]], cut: int) -> int:
     return keep
 
 
-def pin_abandoned(repo: Path, abandoned_id: str, lines: Iterable[tuple[int, bytes]]) -> dict[str, str]:
+def pin_abandoned(repo: Path, abandoned_id: str, lines: Iterable[tuple[int, bytes]],
+                  baseline: dict[str, Any] | None = None) -> dict[str, str]:
     """Pin every checkpoint of the old log under refs/cairnd/<abandoned>/<turns> (a second
     checkpoint of one turn count, as a rewind or a fork leaves, gets `<turns>-<i>`; its
-    index tree `<turns>-index`), so they outlive the session's own refs being reused.
-    Returns name -> sha."""
+    index tree `<turns>-index`), so they outlive the session's own refs being reused;
+    the index tree of the abandoned session's own `baseline` too. Returns name -> sha."""
     taken = git.list_refs(repo, session_ref_prefix(abandoned_id))
     pinned = set(taken.values())
     wanted: dict[str, str] = {}
-    for params in checkpoints_in(lines).checkpoints:
+    for params in [*([baseline] if baseline else []), *checkpoints_in(lines).checkpoints]:
         turns = params.get("turns")
         if not isinstance(turns, int):
             continue
@@ -173,7 +174,7 @@ def abandon(layout: StateLayout, registry: Registry, row: SessionRow, k: int, *,
         # detached), under its own ref, with no second scan.
         baseline = checkpoint_params(abandoned_id, old_state.turns, dataclasses.replace(now, branch=None))
         git.pin(row.repo, baseline["ref"], now.worktree_sha)
-        pin_abandoned(row.repo, abandoned_id, iter_lines(log_path))
+        pin_abandoned(row.repo, abandoned_id, iter_lines(log_path), baseline)
         _reached("abandoned_refs")
         log = write_fork_log(layout, abandoned_id, log_path, old_length, [
             fork_meta_entry(abandoned_id, row.id, old_messages, now.head_sha, now.worktree_sha),
