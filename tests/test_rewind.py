@@ -334,3 +334,24 @@ def test_forks_and_lands_that_arrive_after_a_rewind_see_the_rewound_session(daem
     assert refused["status"] == "error" and refused["error"]["code"] == "fork_out_of_range", refused
     assert daemon.wait(landed)["result"]["files"] == ["a.txt"]
     assert git(repo, "show", "after-rewind:a.txt") == b"1\n"
+
+
+class Refused(Exception):
+    pass
+
+
+@pytest.mark.parametrize("step", rewinding.STEPS[:rewinding.STEPS.index("committed")])
+def test_a_failure_before_the_commit_point_leaves_nothing_behind(parent: Parent, step: str, monkeypatch):
+    before = state_of(parent.repo), parent.log.read_bytes(), cgit.list_refs(parent.repo, "refs/cairnd/")
+
+    def refuse(reached: str) -> None:
+        if reached == step:
+            raise Refused(step)
+    monkeypatch.setattr(rewinding, "_reached", refuse)
+    with pytest.raises(Refused):
+        rewind(parent, 2)
+    assert (state_of(parent.repo), parent.log.read_bytes(), cgit.list_refs(parent.repo, "refs/cairnd/")) == before
+    assert [r.id for r in parent.registry.sessions(("ready", "creating"))] == [parent.id]
+    assert not parent.registry.rewinds(("pending", "done"))
+    assert sorted(os.listdir(parent.layout.root / "sessions")) == [parent.id]
+    assert not (parent.layout.root / "worktrees").exists() or not os.listdir(parent.layout.root / "worktrees")
