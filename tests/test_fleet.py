@@ -151,6 +151,27 @@ def test_two_hosts_spread_route_to_the_owner_and_fork_across(fleet, tmp_path):
     assert parent_log.startswith(kept[:cut])
     assert fleet.stored_log(fork["session"]) == kept
 
+    # `cairnd` with [fleet] puts a request straight on the stream (no spool involved) and
+    # reads its result from the bucket; `cairnd status` shows the hosts and their sessions.
+    env = {**__import__("os").environ, **S3_KEYS}
+    cli = subprocess.run([__import__("sys").executable, "-m", "cairnd", "prompt", "-c", str(b.config), "--json",
+                          first["session"], "append f0.txt: from the command line"],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert cli.returncode == 0, cli.stderr
+    assert orjson.loads(cli.stdout)["result"]["turn"] == 2
+    assert Path(first["worktree"], "f0.txt").read_text().endswith("from the command line\n")
+    status = subprocess.run([__import__("sys").executable, "-m", "cairnd", "status", "-c", str(a.config), "--json"],
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert status.returncode == 0, status.stderr
+    view = orjson.loads(status.stdout)["fleet"]
+    alive = {h["host"]: h for h in view["hosts"] if h["alive"]}
+    assert set(alive) == {"alpha", "beta"}
+    assert first["session"] in alive[owner]["sessions"]
+    assert view["queue"]["total"] == 0
+    text = subprocess.run([__import__("sys").executable, "-m", "cairnd", "status", "-c", str(a.config)],
+                          capture_output=True, text=True, env=env, timeout=120).stdout
+    assert "alpha" in text and "beta" in text and "queue depth 0" in text
+
     # Results live in the bucket, once per request, equal to what the spool doors show.
     ids = [p.stem for d in (a, b) for p in (d.spool / "done").glob("*.json")]
     stored = fleet.results(ids)

@@ -99,16 +99,32 @@ def test_log_mirror_rebuilds_byte_for_byte_and_is_create_only(nats, store, tmp_p
         # agrees with it.
         assert await logs.mirror("s1", log) == size
         other = LogStore(make_store(fleet))
-        assert await other.mirror("s1", log) == size
-        # A host whose copy of the log differs cannot overwrite a part: it learns it lost.
-        forked = tmp_path / "other.ndjson"
-        forked.write_bytes(log.read_bytes() + b'{"mine":1}\n')
         theirs = tmp_path / "theirs.ndjson"
-        theirs.write_bytes(log.read_bytes() + b'{"theirs":2}\n')
-        assert await logs.mirror("s1", forked) == size + 11
+        theirs.write_bytes(log.read_bytes())
+        assert await other.mirror("s1", theirs) == size
+        # Two hosts that both believe they own the log cannot overwrite each other: the
+        # second to write at an offset learns it lost.
+        with open(log, "ab") as f:
+            f.write(b'{"mine":1}\n')
+        with open(theirs, "ab") as f:
+            f.write(b'{"theirs":2}\n')
+        assert await logs.mirror("s1", log) == size + 11
         with pytest.raises(StoreConflict):
             await other.mirror("s1", theirs)
+        assert await other.rebuild("s1") == log.read_bytes()
+        forked = log
+
+        # A log replaced whole (a rewind renames a new file into place) starts a new
+        # generation: the stored log is the new file, byte for byte.
+        replaced = tmp_path / "new.ndjson"
+        replaced.write_bytes(b'{"a":1}\n{"rewound":true}\n')
+        os.rename(replaced, forked)
+        assert await logs.mirror("s1", forked) == forked.stat().st_size
         assert await other.rebuild("s1") == forked.read_bytes()
+        with open(forked, "ab") as f:
+            f.write(b'{"after":1}\n')
+        await logs.mirror("s1", forked)
+        assert await LogStore(make_store(fleet)).rebuild("s1") == forked.read_bytes()
 
     anyio.run(main)
 

@@ -2,12 +2,13 @@
 
 Layout, under the store's prefix:
 
-    logs/<session>/<offset>     one part: the log's bytes [offset, offset + size),
-                                whole lines only; <offset> is 16 decimal digits
+    logs/<session>/<gen>/<offset>   one part: the log's bytes [offset, offset + size),
+                                    whole lines only; <gen> is 6 and <offset> 16 digits
 
-A reader lists `logs/<session>/`, sorts by offset and concatenates: the parts tile
-the log from 0 with no gap and no overlap, so the result is the log byte for byte
-(`rebuild`). Every part is written create-only (`If-None-Match: *`): a part is never
+A reader lists `logs/<session>/`, takes the highest generation, sorts its parts by
+offset and concatenates: they tile the log from 0 with no gap and no overlap, so the
+result is the log byte for byte (`rebuild`). A new generation begins when the log
+file is replaced whole (a rewind, SPEC 13): it is uploaded again from 0. Every part is written create-only (`If-None-Match: *`): a part is never
 replaced, so two hosts that both believe they own a session cannot overwrite each
 other; the second finds the part taken (`StoreConflict`) and knows it lost the lease.
 
@@ -45,16 +46,20 @@ class StoreConflict(CairnError):
         super().__init__("fleet_conflict", message)
 
 
-def part_key(session_id: str, offset: int) -> str:
-    return f"logs/{session_id}/{offset:0{OFFSET_DIGITS}d}"
+GEN_DIGITS = 6
 
 
-def parse_part_key(key: str) -> tuple[str, int] | None:
-    """`logs/<session>/<offset>` (without the store prefix) -> (session, offset)."""
+def part_key(session_id: str, offset: int, gen: int = 0) -> str:
+    return f"logs/{session_id}/{gen:0{GEN_DIGITS}d}/{offset:0{OFFSET_DIGITS}d}"
+
+
+def parse_part_key(key: str) -> tuple[str, int, int] | None:
+    """`logs/<session>/<gen>/<offset>` (without the store prefix) -> (session, gen, offset)."""
     parts = key.split("/")
-    if len(parts) != 3 or parts[0] != "logs" or len(parts[2]) != OFFSET_DIGITS or not parts[2].isdigit():
+    if (len(parts) != 4 or parts[0] != "logs" or len(parts[2]) != GEN_DIGITS or not parts[2].isdigit()
+            or len(parts[3]) != OFFSET_DIGITS or not parts[3].isdigit()):
         return None
-    return parts[1], int(parts[2])
+    return parts[1], int(parts[2]), int(parts[3])
 
 
 def whole_lines(data: bytes, limit: int = MAX_PART_BYTES) -> bytes:
@@ -101,22 +106,30 @@ class LogStore:
 
     def __init__(self, store: S3Store) -> None:
         self.store = store
-        self._mirrored: dict[str, int] = {}   # session -> bytes known to be in the store
+        # session -> (generation, bytes known to be in the store, inode of the local log)
+        self._mirrored: dict[str, tuple[int, int, int]] = {}
         self._locks: dict[str, anyio.Lock] = {}
 
     def _lock(self, session_id: str) -> anyio.Lock:
         return self._locks.setdefault(session_id, anyio.Lock())
 
-    async def parts(self, session_id: str) -> list[tuple[int, int]]:
-        def listing() -> list[tuple[int, int]]:
-            found = []
+    async def generation(self, session_id: str) -> tuple[int, list[tuple[int, int]]]:
+        """The newest generation of the stored log and its sorted (offset, size) parts."""
+        def listing() -> tuple[int, list[tuple[int, int]]]:
+            found: dict[int, list[tuple[int, int]]] = {}
             for batch in obstore.list(self.store, prefix=f"logs/{session_id}/"):
                 for meta in batch:
                     parsed = parse_part_key(meta["path"])
                     if parsed is not None and parsed[0] == session_id:
-                        found.append((parsed[1], int(meta["size"])))
-            return sorted(found)
+                        found.setdefault(parsed[1], []).append((parsed[2], int(meta["size"])))
+            if not found:
+                return 0, []
+            gen = max(found)
+            return gen, sorted(found[gen])
         return await anyio.to_thread.run_sync(listing)
+
+    async def parts(self, session_id: str) -> list[tuple[int, int]]:
+        return (await self.generation(session_id))[1]
 
     async def _get(self, key: str) -> bytes:
         return await anyio.to_thread.run_sync(lambda: bytes(obstore.get(self.store, key).bytes()))
@@ -124,20 +137,22 @@ class LogStore:
     async def _create(self, key: str, data: bytes) -> None:
         await anyio.to_thread.run_sync(lambda: obstore.put(self.store, key, data, mode="create"))
 
-    async def stored_size(self, session_id: str) -> int:
+    async def stored_size(self, session_id: str) -> tuple[int, int]:
+        """(generation, size) of the stored log."""
+        gen, parts = await self.generation(session_id)
         try:
-            return tile(await self.parts(session_id))
+            return gen, tile(parts)
         except ValueError as exc:
             raise CairnError("internal", f"the stored log of session {session_id} is broken: {exc}") from None
 
     async def rebuild(self, session_id: str) -> bytes:
         """The whole stored log, byte for byte."""
-        parts = await self.parts(session_id)
+        gen, parts = await self.generation(session_id)
         try:
             tile(parts)
         except ValueError as exc:
             raise CairnError("internal", f"the stored log of session {session_id} is broken: {exc}") from None
-        return b"".join([await self._get(part_key(session_id, offset)) for offset, _size in parts])
+        return b"".join([await self._get(part_key(session_id, offset, gen)) for offset, _size in parts])
 
     async def exists(self, session_id: str) -> bool:
         return bool(await self.parts(session_id))
@@ -147,17 +162,24 @@ class LogStore:
         self._mirrored.pop(session_id, None)
 
     def mirrored(self, session_id: str) -> int | None:
-        return self._mirrored.get(session_id)
+        state = self._mirrored.get(session_id)
+        return state[1] if state is not None else None
 
     async def mirror(self, session_id: str, log_path: Path) -> int:
         """Upload the whole lines of `log_path` not yet in the store; returns the bytes
         now mirrored. Raises StoreConflict when another host wrote this log, and the
         store's own errors when it is unreachable (the caller retries)."""
         async with self._lock(session_id):
-            done = self._mirrored.get(session_id)
-            if done is None:
-                done = await self.stored_size(session_id)
-                self._mirrored[session_id] = done
+            inode = _inode(log_path)
+            state = self._mirrored.get(session_id)
+            if state is None:
+                gen, done = await self.stored_size(session_id)
+            else:
+                gen, done, known = state
+                if known and inode and inode != known:
+                    # The log was replaced whole (a rewind): a new generation, from 0.
+                    gen, done = gen + 1, 0
+            self._mirrored[session_id] = (gen, done, inode)
             while True:
                 data = await anyio.to_thread.run_sync(_read_from, log_path, done, MAX_PART_BYTES)
                 if done and data is None:
@@ -167,13 +189,20 @@ class LogStore:
                 if not part:
                     return done
                 try:
-                    await self._create(part_key(session_id, done), part)
+                    await self._create(part_key(session_id, done, gen), part)
                 except AlreadyExistsError:
-                    if await self._get(part_key(session_id, done)) != part:
+                    if await self._get(part_key(session_id, done, gen)) != part:
                         raise StoreConflict(f"the store already holds other bytes of session {session_id} "
                                             f"at offset {done}: another host owns it") from None
                 done += len(part)
-                self._mirrored[session_id] = done
+                self._mirrored[session_id] = (gen, done, inode)
+
+
+def _inode(path: Path) -> int:
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return 0
 
 
 def _read_from(path: Path, offset: int, limit: int) -> bytes | None:
