@@ -7,6 +7,13 @@ Each figure is the median time of a whole `GET /sessions/<id>` over loopback (th
 HTML of the first screenful: it reads the log from its start until the screenful is
 full, never the whole log). The peer is the 1 MB page measured in the same run; the
 target is the 100 MB page within 2x of it. --quick: 1 MB and 10 MB only.
+
+Then the files each turn changed, as the session page lists them, for a session of 50
+turns on a repository of 1000 files (each turn edits, adds and deletes about 1% of them,
+every fifth renames one): all 50 pairs read by one `git diff-tree --stdin` (what the
+page does, `cairnd.git.diff_files_many`) against the peer, one `git diff-tree` per
+turn (`diff_files` 50 times), in the same run; the target is the page at most half
+the peer's time.
 """
 
 from __future__ import annotations
@@ -21,8 +28,14 @@ import urllib.request
 from pathlib import Path
 
 from biglog import big_log
+from cairnd import git as cgit
 from cairnd.registry import Registry
 from measure import Row, command_of, main, median, mib, ms, target_text, timings
+from synth import dirty, git, git_text
+from synth import repo as synth_repo
+
+TURNS = 50
+FILES = 1000
 
 LINES_PER_TURN = 333  # as the fork-point benchmark's log: a million lines in three thousand turns
 
@@ -102,7 +115,46 @@ def run(quick: bool) -> list[Row]:
         finally:
             proc.terminate()
             proc.wait(15)
-    return rows
+    return rows + changed_files_rows(quick, command)
+
+
+def session_of_turns(base: Path, turns: int) -> tuple[Path, list[tuple[str, str]]]:
+    """A clone of the 1000-file repository with a commit per turn (as a checkpoint's
+    worktreeSha): the (before, after) pair of every turn."""
+    repo = base / "turns"
+    git(base, "clone", "-q", "--no-hardlinks", synth_repo(FILES), repo)
+    commits = [git_text(repo, "rev-parse", "HEAD")]
+    for turn in range(1, turns + 1):
+        dirty(repo, FILES, seed=turn)
+        if turn % 5 == 0:
+            moved = next(path for path in sorted((repo / "src").rglob("*.txt")))
+            moved.rename(moved.with_name(f"moved{turn}.txt"))
+        git(repo, "add", "-A")
+        git(repo, "commit", "-q", "-m", f"turn {turn}")
+        commits.append(git_text(repo, "rev-parse", "HEAD"))
+    return repo, list(zip(commits, commits[1:]))
+
+
+def changed_files_rows(quick: bool, command: str) -> list[Row]:
+    repeat = 5 if quick else 21
+    with tempfile.TemporaryDirectory(prefix="cairnd-bench-webdiff-") as tmp:
+        repo, pairs = session_of_turns(Path(tmp), TURNS)
+        page = cgit.diff_files_many(repo, pairs)
+        per_turn = [cgit.diff_files(repo, old, new) for old, new in pairs]
+        assert page == per_turn and all(page), "the two ways must read the same files"
+        listed = sum(len(files) for files in page)  # type: ignore[arg-type]
+        samples: dict[str, list[float]] = {"page": [], "per_turn": []}
+        for _ in range(repeat):  # alternated, so a drift of the machine's load hits both alike
+            samples["page"].extend(timings(lambda: cgit.diff_files_many(repo, pairs), 1))
+            samples["per_turn"].extend(timings(lambda: [cgit.diff_files(repo, a, b) for a, b in pairs], 1))
+    page_time, peer = median(samples["page"]), median(samples["per_turn"])
+    return [
+        Row(f"web: changed files of {TURNS} turns, one git process per page",
+            f"{ms(page_time)} for {listed} changed files", f"{page_time / peer:.2f}x a git process per turn",
+            target_text("<= 0.5x a process per turn", page_time <= 0.5 * peer), command),
+        Row(f"web: changed files of {TURNS} turns, a git process per turn (peer)",
+            f"{ms(peer)} for {listed} changed files", "1.00x", target_text("the peer", None), command),
+    ]
 
 
 if __name__ == "__main__":

@@ -61,6 +61,103 @@ def test_unified_diff_and_stat_are_gits_own(pair):
     assert cgit.diff_text(repo, old, old) == b""
 
 
+def _gits_own_list(repo: Path, old: str, new: str) -> list[tuple[str, str | None, str, int | None, int | None]]:
+    """The oracle: (status, old path, path, added, removed) per file, from `git diff -M`."""
+    names = git(repo, "diff", "--no-color", "-M", "-z", "--name-status", old, new).split(b"\0")
+    listed = []
+    fields = iter(names)
+    for status in fields:
+        if not status:
+            continue
+        first = next(fields).decode()
+        listed.append((status[:1].decode(), first, next(fields).decode()) if status[:1] in b"RC"
+                      else (status[:1].decode(), None, first))
+    counts = [line.split("\t")[:2] for line in git(repo, "diff", "-M", "--numstat", old, new).decode().splitlines()]
+    return [(s, o, p, None if a == "-" else int(a), None if r == "-" else int(r))
+            for (s, o, p), (a, r) in zip(listed, counts)]
+
+
+def _as_tuples(files: list[cgit.FileChange]) -> list[tuple[str, str | None, str, int | None, int | None]]:
+    return [(c.status, c.old_path, c.path, c.added, c.removed) for c in files]
+
+
+def test_many_pairs_are_read_by_one_git_process_each_as_git_diff_lists_it(pair, monkeypatch):
+    """The web page's per-turn lists: every pair answered as `git diff -M` answers it,
+    a bad or missing pair named in its place, two git processes for the whole page."""
+    repo, old, new = pair
+    third = commit_all(repo, "nothing changed")  # a commit with the same tree as `new`
+    write(repo, "a.txt", "again\n")
+    fourth = commit_all(repo, "again")
+    spawned = []
+    real_run = cgit.subprocess.run
+
+    def counting_run(args, *rest, **kwargs):  # the real git runs; only its starts are counted
+        spawned.append(args[1])
+        return real_run(args, *rest, **kwargs)
+
+    monkeypatch.setattr(cgit.subprocess, "run", counting_run)
+    pairs = [(old, new), (new, old), (new, third), (third, fourth), (old, fourth), ("HEAD", new),
+             (old, "f" * 40)] * 8
+    found = cgit.diff_files_many(repo, pairs)
+    assert spawned == ["cat-file", "diff-tree"]
+    monkeypatch.setattr(cgit.subprocess, "run", real_run)
+    for (a, b), answer in zip(pairs, found):
+        if a == "HEAD":
+            assert isinstance(answer, CairnError) and answer.code == "bad_request" and "'HEAD'" in answer.message
+        elif b == "f" * 40:
+            assert isinstance(answer, CairnError) and answer.code == "commit_missing" and b in answer.message
+        else:
+            assert _as_tuples(answer) == _gits_own_list(repo, a, b)
+    assert found[2] == [] and {c.status for c in found[0]} == {"R", "M", "D", "A", "T"}
+    assert found[1][[c.path for c in found[1]].index("old.txt")].old_path == "new.txt"  # the way back
+    empty = git(repo, "hash-object", "-t", "tree", "--stdin", input=b"").decode().strip()
+    assert _as_tuples(cgit.diff_files(repo, None, new)) == _gits_own_list(repo, empty, new)
+
+
+def test_errors_name_the_side_and_the_repository(pair, tmp_path):
+    repo, old, new = pair
+    with pytest.raises(CairnError) as bad:
+        cgit.diff_files(repo, "HEAD", old)
+    assert bad.value.code == "bad_request" and "from 'HEAD'" in bad.value.message
+    with pytest.raises(CairnError) as missing:
+        cgit.diff_files(repo, old, "f" * 40)
+    assert missing.value.code == "commit_missing" and "f" * 40 in missing.value.message
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(CairnError) as not_repo:
+        cgit.diff_files(tmp_path / "plain", old, new)
+    assert not_repo.value.code == "not_a_git_repo"
+    with pytest.raises(CairnError) as gone:
+        cgit.diff_files_many(tmp_path / "gone", [(old, new)])
+    assert gone.value.code == "repo_not_found"
+
+
+def test_each_files_part_of_the_diff_is_gits_own(pair):
+    """The diff page's text: each file's part is what `git diff` prints for it, the parts
+    in order make git's whole diff (a file that became a symlink: its deletion and
+    creation both)."""
+    repo, old, new = pair
+    parts = cgit.diff_patches(repo, old, new)
+    whole = git(repo, "diff", "--no-color", "-M", "--full-index", old, new)
+    assert b"".join(patch for _change, patch in parts) == whole
+    for change, patch in parts:
+        if change.status != "R":  # a pathspec would hide the rename's other side
+            assert patch == git(repo, "diff", "--no-color", "-M", "--full-index", old, new, "--", change.path)
+    by_path = {change.path: patch for change, patch in parts}
+    assert by_path["new.txt"].startswith(b"diff --git a/old.txt b/new.txt\nsimilarity index 100%\n")
+    assert b"Binary files a/bin.dat and b/bin.dat differ" in by_path["bin.dat"]
+    assert b"old mode 100644\nnew mode 100755" in by_path["tool.sh"]
+    assert by_path["plain"].count(b"diff --git") == 2 and b"new file mode 120000" in by_path["plain"]
+    assert cgit.diff_patches(repo, old, old) == []
+
+
+def test_a_diff_of_one_file_is_one_part():
+    one = b"diff --git a/x b/x\nindex 1..2 100644\n--- a/x\n+++ b/x\n@@ -1 +1 @@\n-a\n+diff --git b\n"
+    change = cgit.FileChange("x", "M", None, "100644", "100644", 1, 1, False)
+    assert cgit.split_patch([change], one) == [one]
+    with pytest.raises(CairnError):
+        cgit.split_patch([change, change], one)
+
+
 @pytest.mark.parametrize("text, expected", [("s1", ("s1", None)), ("s1@0", ("s1", 0)), ("s1@12", ("s1", 12))])
 def test_names(text, expected):
     assert parse_name(text) == expected

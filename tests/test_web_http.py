@@ -129,7 +129,10 @@ def test_the_diff_of_a_turn_lists_its_files_in_the_diff_json_shape(site: Any) ->
     before = shown["turns"][0]["worktreeSha"]
     status, _h, body = http("GET", f"{site['web'].url}/api/sessions/{site['session']}/diff?from={before}&to={turn['worktreeSha']}")
     assert status == 200
-    assert orjson.loads(body) == [{"path": "a.txt", "status": "M", "added": 1, "removed": 0, "binary": False}]
+    assert orjson.loads(body) == [{"path": "a.txt", "status": "M", "added": 1, "removed": 0, "binary": False,
+                                   "old_path": None, "old_mode": "100644", "new_mode": "100644"}]
+    # the same reader as `cairnd diff --json` and /api/diff: one shape for all
+    assert orjson.loads(body) == cli_json(site["daemon"], "diff", f"{site['session']}@1", f"{site['session']}@2")
     status, _h, body = http("GET", f"{site['web'].url}/api/sessions/{site['session']}/diff?from=HEAD&to={before}")
     assert status == 400 and orjson.loads(body)["error"]["code"] == "bad_request"
 

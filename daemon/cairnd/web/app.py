@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,7 @@ from cairnd.views import daemon_status, find_root, open_registry, read_forest, s
 from cairnd.web import lineage as lineage_view
 from cairnd.web.guard import Guard
 from cairnd.web.pages import decode_cursor, encode_cursor, follow, read_page
-from cairnd.web.treediff import TreeDiffs, is_object_id
+from cairnd.git import diff_files, diff_files_many, diff_patches, is_object_id
 
 HERE = Path(__file__).parent
 MAX_REQUEST_BYTES = 1 << 20
@@ -51,17 +50,18 @@ def _error(code: str, message: str, status: int) -> Response:
     return _json({"error": {"code": code, "message": message}}, status)
 
 
-_STATUS_OF_CODE = {"unknown_session": 404, "bad_request": 400, "commit_missing": 410, "not_a_git_repo": 404}
+_STATUS_OF_CODE = {"unknown_session": 404, "bad_request": 400, "commit_missing": 410, "not_a_git_repo": 404,
+                   "repo_not_found": 404}
+MAX_SHOWN_PATCH = 1 << 20  # a file's diff longer than this is cut on the diff page
 
 
 class WebView:
-    """Everything a route needs: the configuration, templates, the diff reader."""
+    """Everything a route needs: the configuration, the templates."""
 
     def __init__(self, config: Config, csrf_token: str) -> None:
         self.config = config
         self.layout = config.layout
         self.csrf_token = csrf_token
-        self.diffs = TreeDiffs()
         self.templates = jinja2.Environment(
             loader=jinja2.FileSystemLoader(HERE / "templates"),
             autoescape=True,  # everything from logs is shown as text, never run
@@ -91,15 +91,38 @@ class WebView:
         return row, registry.fork_of(row.id) if registry else None, registry
 
     def add_changes(self, items: list[dict[str, Any]], repo: Path) -> None:
-        """Each checkpoint's changed files, read from git's objects."""
-        for item in items:
-            if item["kind"] == "checkpoint" and not item.get("baseline") and is_object_id(item.get("previous")) and is_object_id(item.get("worktreeSha")):
-                try:
-                    item["changes"] = [diff.as_json() for diff in self.diffs.diff(repo, item["previous"], item["worktreeSha"])]
-                except CairnError as exc:
-                    item["changes_error"] = exc.message
-            for child in item.get("children", ()):
-                self.add_changes([child], repo)
+        """Each checkpoint's changed files (`cairnd diff --json`'s shape), read by one git
+        process for all of them, not one per checkpoint."""
+        wanted = [item for item in _walk(items) if item["kind"] == "checkpoint" and not item.get("baseline")
+                  and is_object_id(item.get("previous")) and is_object_id(item.get("worktreeSha"))]
+        if not wanted:
+            return
+        try:
+            found = diff_files_many(repo, [(item["previous"], item["worktreeSha"]) for item in wanted])
+        except CairnError as exc:  # the repository itself is gone
+            found = [exc] * len(wanted)
+        for item, changes in zip(wanted, found):
+            if isinstance(changes, CairnError):
+                item["changes_error"] = changes.message
+            else:
+                item["changes"] = [change.as_dict() for change in changes]
+
+
+def _walk(items: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    for item in items:
+        yield item
+        yield from _walk(item.get("children") or [])
+
+
+def file_diffs(repo: Path, old: str | None, new: str) -> list[dict[str, Any]]:
+    """The diff page's files: each with its own part of git's unified diff, as text."""
+    shown = []
+    for change, patch in diff_patches(repo, old, new):
+        text = patch[:MAX_SHOWN_PATCH].decode("utf-8", "replace")
+        if len(patch) > MAX_SHOWN_PATCH:
+            text += f"\n... {len(patch) - MAX_SHOWN_PATCH} more bytes of this file's diff not shown\n"
+        shown.append({**change.as_dict(), "text": text})
+    return shown
 
 
 def _when(stamp: float | None) -> str:
@@ -234,7 +257,7 @@ def build_app(config: Config, token: str = "", csrf_token: str | None = None) ->
         new = request.query_params.get("to", "")
         try:
             row, _fork, _registry = await anyio.to_thread.run_sync(view.session_row, session_id)
-            files = await anyio.to_thread.run_sync(view.diffs.diff, row.repo, old, new)
+            files = await anyio.to_thread.run_sync(file_diffs, row.repo, old, new)
         except CairnError as exc:
             return view.page("error.html", status=_STATUS_OF_CODE.get(exc.code, 400), error=exc)
         return view.page("diff.html", session=session_summary(row), files=files, old=old, new=new)
@@ -281,11 +304,11 @@ def build_app(config: Config, token: str = "", csrf_token: str | None = None) ->
     async def api_diff(request: Request) -> Response:
         try:
             row, _fork, _registry = await anyio.to_thread.run_sync(view.session_row, request.path_params["session"])
-            files = await anyio.to_thread.run_sync(view.diffs.diff, row.repo, request.query_params.get("from") or None,
+            files = await anyio.to_thread.run_sync(diff_files, row.repo, request.query_params.get("from") or None,
                                                    request.query_params.get("to", ""))
         except CairnError as exc:
             return _error(exc.code, exc.message, _STATUS_OF_CODE.get(exc.code, 400))
-        return _json([diff.as_json() for diff in files])
+        return _json([change.as_dict() for change in files])
 
     async def api_compare(request: Request) -> Response:
         """`cairnd diff A [B] --json`: checkpoints by name (SESSION or SESSION@N)."""
@@ -330,13 +353,6 @@ def build_app(config: Config, token: str = "", csrf_token: str | None = None) ->
                 return _json({"id": request_id, "status": status}, 202)
             await anyio.sleep(0.05)
 
-    @asynccontextmanager
-    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
-        try:
-            yield
-        finally:
-            view.diffs.close()
-
     routes = [
         Route("/", sessions_page),
         Route("/sessions/{session}", session_page),
@@ -354,7 +370,7 @@ def build_app(config: Config, token: str = "", csrf_token: str | None = None) ->
         Route("/api/requests/{request}", api_request),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
-    starlette = Starlette(routes=routes, lifespan=lifespan)
+    starlette = Starlette(routes=routes)
     guard = Guard(starlette, token=token, csrf_token=csrf_token)
     view = WebView(config, guard.csrf_token)
     guard_holder["guard"] = guard
