@@ -10,9 +10,8 @@ from pathlib import Path
 from gitrepos import commit_all, make_repo, write
 
 from cairnd.registry import ForkRow, SessionRow
-from cairnd.git import changed_paths
 from cairnd.statelock import daemon_pid
-from cairnd.views import find_root, lineage_forest, spool_depths
+from cairnd.views import changed_paths, find_root, lineage_forest, spool_depths
 
 
 def sha(ch: str) -> str:
@@ -76,10 +75,18 @@ def test_changed_files_between_snapshot_commits(tmp_path: Path):
     write(repo, "new file", "x\n")
     (repo / "drop").unlink()
     after = commit_all(repo, "changed")
-    assert changed_paths(repo, before, after) == [("D", "drop"), ("M", "edit"), ("A", "new file")]
-    assert changed_paths(repo, after, after) == []
-    assert changed_paths(repo, sha("e"), after) is None  # an object gone from the repository
-    assert changed_paths(repo, "HEAD", after) is None  # only full ids are taken
+    os.rename(repo / "keep", repo / "kept")
+    moved = commit_all(repo, "moved")
+    assert changed_paths(repo, [(before, after), (after, after), (sha("e"), after), ("HEAD", after), (after, moved),
+                                (None, after)]) == [
+        [("D", "drop"), ("M", "edit"), ("A", "new file")],
+        [],
+        None,  # an object gone from the repository
+        None,  # only full ids are taken
+        [("R", "kept")],  # as `cairnd diff` and the web page read it
+        None,
+    ]
+    assert changed_paths(tmp_path / "gone", [(before, after)]) == [None]
 
 
 def test_spool_depths_count_requests_and_results(tmp_path: Path):

@@ -212,6 +212,20 @@ def test_land_and_delete_from_the_page(site: Any, page: Any, tmp_path: Path) -> 
     shot(page, tmp_path, "deleted-parent")
 
 
+def test_the_state_badge_follows_a_delete_by_another_client_without_a_reload(site: Any, page: Any,
+                                                                             tmp_path: Path) -> None:
+    session = new_session(site, "deleted elsewhere", ["write elsewhere.txt: E"])
+    page.goto(f"{site['web'].url}/sessions/{session}")
+    page.locator("#live:not([hidden])").wait_for()
+    assert page.locator("#state-badge").inner_text() == "ready"
+    page.evaluate("window.notReloaded = true")
+    site["daemon"].ok({"kind": "delete", "session": session})  # the CLI's request, not the page's
+    page.locator("#state-badge.deleted", has_text="deleted").wait_for()
+    assert page.evaluate("window.notReloaded === true")  # the live stream said so, no reload
+    assert page.locator("#prompt-form, #delete-btn, #land-form, #cancel-btn").count() == 0
+    shot(page, tmp_path, "deleted-live")
+
+
 def test_a_script_in_a_prompt_is_shown_not_run(site: Any, page: Any, tmp_path: Path) -> None:
     session = new_session(site, "hostile", ["write safe.txt: ok"])
     hostile = '<script>window.pwned = 1</script><img src=x onerror="window.pwned = 2">'

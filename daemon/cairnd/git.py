@@ -796,27 +796,6 @@ def detach_head(worktree: Path, sha: str) -> None:
     _git(worktree, "update-ref", "--no-deref", "-m", "cairnd rewind", "HEAD", sha)
 
 
-# --------------------------------------------------------------------------- history
-
-
-def changed_paths(cwd: Path, old_sha: str, new_sha: str) -> list[tuple[str, str]] | None:
-    """`git diff-tree --name-status` between two snapshot commits: (status letter, path)
-    per changed file; None when git cannot tell (objects gone, repository removed).
-    For display (`cairnd show`): never raises."""
-    if not (is_object_id(old_sha) and is_object_id(new_sha)):
-        return None
-    if old_sha == new_sha:
-        return []
-    try:
-        proc = _run(Path(cwd), ["diff-tree", "-r", "-z", "--name-status", "--no-renames", old_sha, new_sha])
-    except OSError:
-        return None
-    if proc.returncode != 0:
-        return None
-    fields = proc.stdout.split(b"\0")
-    return [(status.decode(), os.fsdecode(path)) for status, path in zip(fields[0::2], fields[1::2]) if status]
-
-
 # --------------------------------------------------------------------------- comparing trees
 
 

@@ -20,7 +20,7 @@ from cairnd.config import Config, StateLayout
 from cairnd.confinement import detect as detect_sandbox
 from cairnd.errors import CairnError
 from cairnd.entries import REWIND_MARK, REWIND_METHOD, method_of, params_of, parse_message
-from cairnd.git import changed_paths
+from cairnd.git import diff_files_many, is_object_id
 from cairnd.log import iter_lines
 from cairnd.registry import ForkRow, Registry, SessionRow
 from cairnd.statelock import STATUS_NAME, daemon_pid
@@ -138,6 +138,24 @@ def session_summary(row: SessionRow) -> dict[str, Any]:
     }
 
 
+def changed_paths(cwd: Path, pairs: list[tuple[Any, Any]]) -> list[list[tuple[str, str]] | None]:
+    """(git's status letter, path) of each file each (old, new) pair of snapshot commits
+    differs in, read as `cairnd diff` reads them (renames found), all pairs by one git
+    process; None where git cannot tell (an id missing or gone, the repository removed).
+    For display (`cairnd show`): never raises."""
+    wanted = [(old, new) for old, new in pairs if is_object_id(old) and is_object_id(new)]
+    try:
+        found = dict(zip(wanted, diff_files_many(cwd, wanted))) if wanted and cwd.is_dir() else {}
+    except CairnError:
+        found = {}
+    answers: list[list[tuple[str, str]] | None] = []
+    for pair in pairs:
+        changes = found.get(pair)
+        answers.append(None if changes is None or isinstance(changes, CairnError)
+                       else [(change.status, change.path) for change in changes])
+    return answers
+
+
 def show_session(layout: StateLayout, session_id: str) -> dict[str, Any]:
     """A session and its turns with their checkpoints and the files each turn changed."""
     registry = open_registry(layout)
@@ -149,10 +167,10 @@ def show_session(layout: StateLayout, session_id: str) -> dict[str, Any]:
     fork = registry.fork_of(row.id) if registry else None
     cwd = row.worktree if row.worktree.is_dir() else row.repo
     shown = []
-    for index, turn in enumerate(turns):
-        after = (turn.checkpoint or {}).get("worktreeSha")
-        before = (turn.previous_checkpoint or {}).get("worktreeSha")
-        changes = changed_paths(cwd, before, after) if cwd.is_dir() and before and after else None
+    sides = [((turn.previous_checkpoint or {}).get("worktreeSha"), (turn.checkpoint or {}).get("worktreeSha"))
+             for turn in turns]
+    for index, (turn, changes) in enumerate(zip(turns, changed_paths(cwd, sides))):
+        after = sides[index][1]
         shown.append({
             "turn": index,
             "prompt": turn.user_text,

@@ -90,6 +90,12 @@ class WebView:
             raise CairnError("unknown_session", f"session {session_id!r} does not exist in {self.layout.root}")
         return row, registry.fork_of(row.id) if registry else None, registry
 
+    def current_state(self, session_id: str) -> str:
+        """The session's state in the registry now ("gone" once its row is)."""
+        registry = open_registry(self.layout)
+        row = registry.get(session_id) if registry else None
+        return row.state if row is not None else "gone"
+
     def add_changes(self, items: list[dict[str, Any]], repo: Path) -> None:
         """Each checkpoint's changed files (`cairnd diff --json`'s shape), read by one git
         process for all of them, not one per checkpoint."""
@@ -237,7 +243,10 @@ def build_app(config: Config, token: str = "", csrf_token: str | None = None) ->
 
         async def stream() -> AsyncIterator[bytes]:
             yield b"retry: 2000\n\n"
-            async for kind, value in follow(view.layout.log_path(row.id), state, inode):
+            shown = request.query_params.get("state")  # the state the page shows
+            shown = shown if shown in ("ready", "deleted") else row.state
+            async for kind, value in follow(view.layout.log_path(row.id), state, inode,
+                                            (shown, lambda: view.current_state(row.id))):
                 if kind == "ops":
                     items = [op["item"] for op in value if op["op"] == "add"]
                     await anyio.to_thread.run_sync(view.add_changes, items, row.repo)

@@ -3,15 +3,16 @@
 A page reads from a cursor (the reader's state, starting at byte 0) until it has a
 screenful of items or has read `PAGE_BYTES`, so the first screenful of a 100 MB log
 costs what the first screenful of a 1 MB one does. `follow` carries on from the last
-page's cursor as the log grows, and says when the log was replaced (a rewind renames
-a new log into place) so the page starts again.
+page's cursor as the log grows, says when the log was replaced (a rewind renames
+a new log into place) so the page starts again, and when the session's state in the
+registry changes (deleted by any client), which the log need not show.
 """
 
 from __future__ import annotations
 
 import base64
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ PAGE_ITEMS = 60  # top-level items of a screenful (a reference-agent turn is abo
 PAGE_BYTES = 256 << 10  # log bytes one page reads at most (a line longer is read whole)
 FOLLOW_BATCH_BYTES = 1 << 20
 FOLLOW_POLL_SECONDS = 0.1
+STATE_POLL_SECONDS = 1.0  # the registry is asked at most this often (a SQLite read, in a thread)
 
 
 @dataclass
@@ -139,11 +141,16 @@ def _read_more(path: Path, reader: ConversationReader, inode: int | None) -> tup
     return ops, False
 
 
-async def follow(path: Path, state: dict[str, Any], inode: int | None) -> AsyncIterator[tuple[str, Any]]:
+async def follow(path: Path, state: dict[str, Any], inode: int | None,
+                 session_state: tuple[str, Callable[[], str]] | None = None) -> AsyncIterator[tuple[str, Any]]:
     """`("ops", [...])` as lines reach the log from the cursor on, `("running", bool)`
-    when a turn starts or ends, and `("replaced", None)` (then it stops) when the log
-    is no longer the file the cursor belongs to."""
+    when a turn starts or ends, `("state", "deleted")` when the session's state read by
+    `session_state` (the state the page shows, and a blocking read of the current one)
+    changes, and `("replaced", None)` (then it stops) when the log is no longer the file
+    the cursor belongs to."""
     reader = ConversationReader(state)
+    shown_state, read_state = session_state if session_state else (None, None)
+    next_state_check = anyio.current_time()
     if inode is None:
         try:
             inode = path.stat().st_ino
@@ -151,6 +158,12 @@ async def follow(path: Path, state: dict[str, Any], inode: int | None) -> AsyncI
             inode = None
     running = reader.s["running"]
     while True:
+        if read_state is not None and anyio.current_time() >= next_state_check:
+            next_state_check = anyio.current_time() + STATE_POLL_SECONDS
+            current = await anyio.to_thread.run_sync(read_state)
+            if current != shown_state:
+                shown_state = current
+                yield "state", current
         try:
             # One stat per poll on the loop (a cached inode: no disk wait); a thread
             # only when there is something to read.

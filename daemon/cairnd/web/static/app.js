@@ -95,6 +95,24 @@ function applyOps(ops) {
   }
 }
 
+function setState(state) {
+  // The registry's state changed (another client deleted the session): the badge
+  // follows, and what only a ready session can do goes.
+  const head = document.getElementById("session");
+  const badge = document.getElementById("state-badge");
+  if (!head || !badge || head.dataset.state === state) return;
+  head.dataset.state = state;
+  badge.textContent = state;
+  badge.className = "badge " + state;
+  if (state !== "ready") {
+    for (const id of ["cancel-btn", "land-form", "delete-btn", "prompt-form"]) {
+      const el = document.getElementById(id);
+      if (el) el.remove();
+    }
+    setRunning(false);
+  }
+}
+
 function setRunning(running) {
   const badge = document.getElementById("running");
   if (badge) badge.hidden = !running;
@@ -106,7 +124,8 @@ let replacing = false;  // an action of this page is replacing the log: it navig
 function followLive(head) {
   if (events) events.close();
   const url = "/sessions/" + encodeURIComponent(head.dataset.session) + "/events?cursor=" +
-    encodeURIComponent(head.dataset.cursor) + "&inode=" + encodeURIComponent(head.dataset.inode);
+    encodeURIComponent(head.dataset.cursor) + "&inode=" + encodeURIComponent(head.dataset.inode) +
+    "&state=" + encodeURIComponent(head.dataset.state);
   events = new EventSource(url);
   document.getElementById("live").hidden = false;
   events.addEventListener("ops", (e) => {
@@ -114,6 +133,7 @@ function followLive(head) {
     // a reconnect must not replay: it would start from the page's cursor again
   });
   events.addEventListener("running", (e) => setRunning(JSON.parse(e.data).value));
+  events.addEventListener("state", (e) => setState(JSON.parse(e.data).value));
   events.addEventListener("replaced", () => { events.close(); if (!replacing) location.reload(); });
   events.addEventListener("error", () => {
     // The server ends the stream only when the log is replaced; any other drop is
