@@ -137,6 +137,23 @@ def test_the_diff_of_a_turn_lists_its_files_in_the_diff_json_shape(site: Any) ->
     assert status == 400 and orjson.loads(body)["error"]["code"] == "bad_request"
 
 
+def test_a_renamed_file_reads_as_a_rename_on_the_page_as_in_cairnd_diff(site: Any) -> None:
+    daemon, url = site["daemon"], site["web"].url
+    session = daemon.ok({"kind": "new", "repo": str(site["repo"]), "title": "renames",
+                         "prompt": "write before.txt: kept as it is"})["session"]
+    daemon.ok({"kind": "prompt", "session": session, "text": "run: mv before.txt after.txt"})
+    listed = cli_json(daemon, "diff", f"{session}@1", f"{session}@2")
+    assert [(f["status"], f["old_path"], f["path"]) for f in listed] == [("R", "before.txt", "after.txt")]
+    status, _h, html = http("GET", f"{url}/sessions/{session}")
+    assert status == 200 and b'<span class="file status-R">R before.txt &rarr; after.txt</span>' in html
+    shown = cli_json(daemon, "show", session)
+    before, after = shown["turns"][0]["worktreeSha"], shown["turns"][1]["worktreeSha"]
+    assert shown["turns"][1]["changes"] == [{"status": "R", "path": "after.txt"}]
+    status, _h, html = http("GET", f"{url}/sessions/{session}/diff?from={before}&to={after}")
+    assert status == 200 and b"rename from before.txt" in html and b"similarity index 100%" in html
+    assert orjson.loads(http("GET", f"{url}/api/sessions/{session}/diff?from={before}&to={after}")[2]) == listed
+
+
 def test_a_page_cursor_that_is_not_ours_is_a_bad_request(site: Any) -> None:
     url = f"{site['web'].url}/sessions/{site['session']}/more"
     status, _h, body = http("GET", url + "?cursor=garbage")
