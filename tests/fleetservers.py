@@ -122,7 +122,10 @@ class Store:
              "-s3", f"-s3.port={p[6]}", f"-s3.port.grpc={p[7]}", "-s3.port.iceberg=0", "-s3.port.lance=0",
              "-volume.max=8", "-master.volumeSizeLimitMB=64", "-master.telemetry=false"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=open(self.root / "weed.log", "ab"), start_new_session=True)
+            stderr=open(self.root / "weed.log", "ab"), start_new_session=True,
+            # Without AWS_* in its environment the gateway takes any signature (a test
+            # store); with them it would make an identity of them and refuse the rest.
+            env={k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3_"))})
         wait_port(p[6], self.proc, "weed s3")
         deadline = time.monotonic() + 60
         while True:  # the gateway listens before the filer behind it answers

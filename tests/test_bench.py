@@ -32,7 +32,9 @@ EXPECTED_ROWS = (
     "per-turn overhead, 1000 files",
     "web: session page, first screenful",
     "sandbox",  # "sandbox: agent start", or a skipped row on a kernel without Landlock
-    "history:",  # native vs replay fork on Claude Code, or a skipped row without the npm agents
+    "history:",
+    "fleet: fork made on another host",
+    "fleet: per-turn cost of mirroring",  # native vs replay fork on Claude Code, or a skipped row without the npm agents
 )
 
 
