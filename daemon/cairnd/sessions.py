@@ -311,8 +311,10 @@ class Sessions:
         try:
             result.update(await self._turn(row, prompt, claimed))
         except CairnError as exc:
-            # The session exists: say so, or the writer cannot find what it made.
-            raise CairnError(exc.code, f"{exc.message} (session {row.id} was created)") from None
+            # The session exists (or was rewound): say so, or the writer cannot find what it made.
+            done = (f"the rewind is done; session {base['abandoned']} holds what it left"
+                    if base is not None and "abandoned" in base else f"session {row.id} was created")
+            raise CairnError(exc.code, f"{exc.message} ({done})") from None
         return result
 
     async def prompt(self, request: PromptRequest, claimed: Claimed) -> dict[str, Any]:
