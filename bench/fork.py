@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from cairnd.config import StateLayout
+from cairnd.layout import StateLayout
 from cairnd.forker import fork_session
 from cairnd.git import CHECKOUT_WORKERS
 from cairnd.forkpoint import find_fork_point

@@ -14,7 +14,7 @@ import pytest
 
 from cairnd import git as cgit
 from cairnd.checkpoint import take_checkpoint
-from cairnd.config import StateLayout
+from cairnd.layout import StateLayout
 from cairnd.errors import CairnError
 from cairnd.forker import discard_partial, fork_session, fork_title
 from cairnd.forkpoint import find_fork_point

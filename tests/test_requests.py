@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from cairnd.errors import CODES, CairnError
 from cairnd.requests import (
+    Admitted,
     CancelRequest,
     DeleteRequest,
     ForkRequest,
@@ -15,9 +16,8 @@ from cairnd.requests import (
     RewindRequest,
     NewRequest,
     PromptRequest,
+    admit,
     decode_json,
-    parse_request,
-    request_id_of,
     validate_request,
 )
 
@@ -104,24 +104,11 @@ def test_messages_name_the_field_and_the_value():
     assert "'sesion'" in info.value.message
 
 
-@pytest.mark.parametrize("name", ["a.json", "A-1_b.c.json", "x" * 128 + ".json"])
-def test_good_file_names(name):
-    assert request_id_of(name) == name[:-5]
-
-
-@pytest.mark.parametrize("name", ["a.txt", ".json", "-a.json", "x" * 129 + ".json", "a b.json", "a\nb.json", "ü.json"])
-def test_bad_file_names(name):
-    with pytest.raises(CairnError) as info:
-        request_id_of(name)
-    assert info.value.code == "bad_name"
-
-
 @pytest.mark.parametrize("data, code", [
     (b"", "bad_json"),
     (b"{", "bad_json"),
     (b"\xff\xfe{\x00}\x00", "bad_json"),
     (b"[" * 100000, "bad_json"),
-    (b" " * (1024 * 1024 + 1), "too_large"),
 ])
 def test_undecodable_bytes(data, code):
     with pytest.raises(CairnError) as info:
@@ -130,18 +117,38 @@ def test_undecodable_bytes(data, code):
 
 
 def test_huge_integers_are_json_but_out_of_range():
-    with pytest.raises(CairnError) as info:
-        parse_request(b'{"kind":"fork","session":"s1","user_message_index":123456789012345678901234567890}')
-    assert info.value.code == "fork_out_of_range"
+    admitted = admit(b'{"kind":"fork","session":"s1","user_message_index":123456789012345678901234567890}', None)
+    assert admitted.request is None and admitted.error.code == "fork_out_of_range"
+    assert admitted.kind == "fork" and admitted.echo["user_message_index"] == float(123456789012345678901234567890)
+
+
+def test_admit_takes_a_valid_request_and_echoes_it():
+    admitted = admit(b'{"kind":"cancel","session":"s1"}', None)
+    assert admitted == Admitted(CancelRequest(session="s1"), None, {"kind": "cancel", "session": "s1"}, "cancel")
+
+
+def test_admit_refuses_what_the_spool_found_wrong_but_still_echoes_the_request():
+    duplicate = CairnError("duplicate_id", "request id 'r1' was already used")
+    admitted = admit(b'{"kind":"cancel","session":"s1"}', duplicate)
+    assert admitted == Admitted(None, duplicate, {"kind": "cancel", "session": "s1"}, "cancel")
+    not_json = admit(b"{", CairnError("bad_name", "bad name"))
+    assert not_json.error.code == "bad_name" and not_json.echo is None and not_json.kind is None
+    unread = admit(None, CairnError("not_a_file", "a fifo"))
+    assert unread == Admitted(None, unread.error, None, None)
+
+
+def test_admit_names_a_refused_requests_kind_when_it_has_one():
+    admitted = admit(b'{"kind":"bogus","x":1}', None)
+    assert admitted.error.code == "bad_request" and admitted.kind == "bogus"
+    assert admitted.echo == {"kind": "bogus", "x": 1}
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=300))
 def test_random_bytes_only_ever_raise_documented_errors(data):
-    try:
-        parse_request(data)
-    except CairnError as exc:
-        assert exc.code in CODES
+    admitted = admit(data, None)
+    assert (admitted.request is None) != (admitted.error is None)
+    assert admitted.error is None or admitted.error.code in CODES
 
 
 json_values = st.recursive(

@@ -183,7 +183,7 @@ CRASH_SCRIPT = textwrap.dedent("""
     import os, sys
     from pathlib import Path
     from cairnd import rewind as rewinding
-    from cairnd.config import StateLayout
+    from cairnd.layout import StateLayout
     from cairnd.registry import Registry
     state, session, k, stop = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
     def crash(step):

@@ -29,7 +29,8 @@ from cairnd.entries import TURN_START_METHOD, cairnd_entry, method_of, parse_mes
 from cairnd.errors import CairnError
 from cairnd.forkpoint import count_user_messages, find_fork_point
 from cairnd.log import SessionLog, copy_prefix, iter_lines
-from cairnd.runner import STDERR_FILE, AgentRunner, close_open_turn, turn_outcome
+from cairnd.layout import STDERR_NAME
+from cairnd.runner import AgentRunner, close_open_turn, turn_outcome
 from cairnd.transcript import session_state, turn_of_request
 from gitrepos import git, make_repo, tree_state
 
@@ -296,7 +297,7 @@ async def test_a_crash_mid_turn_fails_the_turn_and_the_next_one_gets_the_history
         assert "write b.txt: two" in last_prompt[0]["resource"]["text"]
         assert last_prompt[1] == {"type": "text", "text": "what happened?"}
     assert history_in(last_reply(log_path)) == 2
-    assert "crash requested" in (log_path.parent / STDERR_FILE).read_text()
+    assert "crash requested" in (log_path.parent / STDERR_NAME).read_text()
 
 
 async def test_an_agent_that_cannot_start_is_agent_failed(repo: Path, log_path: Path, tmp_path: Path) -> None:

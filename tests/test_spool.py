@@ -9,14 +9,15 @@ from pathlib import Path
 import orjson
 import pytest
 
-from cairnd.spool import Spool
+from cairnd.errors import CairnError
+from cairnd.layout import create_spool
+from cairnd.spool import Claimed, Spool, count_entries, request_id_of, result_body
 
 
 @pytest.fixture
 def spool(tmp_path: Path) -> Spool:
-    s = Spool(tmp_path / "spool")
-    s.create()
-    return s
+    create_spool(tmp_path / "spool")
+    return Spool(tmp_path / "spool")
 
 
 def drop(spool: Spool, name: str, data: bytes) -> None:
@@ -108,4 +109,49 @@ def test_reclaim_after_a_crash(spool: Spool):
     spool.claim("r1.json")
     assert spool.in_progress() == ["r1.json"]
     again = spool.reclaim("r1.json")
-    assert again.request_id == "r1" and again.meta["recovered"] and again.data
+    assert again.request_id == "r1" and again.recovered and again.data
+
+
+# -- the file protocol's pure rules -------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["a.json", "A-1_b.c.json", "x" * 128 + ".json"])
+def test_good_file_names(name: str) -> None:
+    assert request_id_of(name) == name[:-5]
+
+
+@pytest.mark.parametrize("name", ["a.txt", ".json", "-a.json", "x" * 129 + ".json", "a b.json", "a\nb.json", "ü.json"])
+def test_bad_file_names(name: str) -> None:
+    with pytest.raises(CairnError) as info:
+        request_id_of(name)
+    assert info.value.code == "bad_name"
+
+
+def test_a_result_file_carries_the_request_and_one_outcome() -> None:
+    claimed = Claimed(name="r1.json", request_id="r1", received_at="T0")
+    ok = result_body(claimed, {"kind": "cancel", "session": "s"}, "cancel", finished_at="T1",
+                     result={"session": "s", "cancelled": False})
+    assert ok == {"id": "r1", "kind": "cancel", "status": "ok", "request": {"kind": "cancel", "session": "s"},
+                  "result": {"session": "s", "cancelled": False}, "received_at": "T0", "finished_at": "T1"}
+    assert list(ok) == ["id", "kind", "status", "request", "result", "received_at", "finished_at"]
+    failed = result_body(claimed, None, None, finished_at="T1", error=CairnError("bad_json", "not JSON"))
+    assert failed["status"] == "error" and failed["request"] is None and "result" not in failed
+    assert failed["error"] == {"code": "bad_json", "message": "not JSON"}
+
+
+def test_a_result_that_is_not_json_becomes_one_internal_error() -> None:
+    claimed = Claimed(name="r1.json", request_id="r1", received_at="T0")
+    body = result_body(claimed, {"kind": "new"}, "new", finished_at="T1", result={"odd": {1, 2}})
+    assert body["status"] == "error" and "result" not in body
+    assert body["error"]["code"] == "internal" and "could not be written as JSON" in body["error"]["message"]
+
+
+def test_depths_count_requests_and_results(tmp_path: Path) -> None:
+    for sub, names in {"new": ["a.json", ".hidden"], "cur": ["b.json"], "done": ["c.json", "d.json"],
+                       "failed": ["e.json", "e.json.raw"]}.items():
+        (tmp_path / sub).mkdir()
+        for name in names:
+            (tmp_path / sub / name).write_text("{}")
+    assert count_entries(tmp_path, ("new", "cur", "done", "failed")) == {"new": 1, "cur": 1, "done": 2, "failed": 1}
+    assert count_entries(tmp_path / "missing", ("new", "cur", "done", "failed")) == {"new": 0, "cur": 0, "done": 0, "failed": 0}
+    assert count_entries(tmp_path) == {"new": 1, "cur": 1}

@@ -1,5 +1,5 @@
 """What ls/show/tree/status read: lineage trees (a deleted parent stays visible), files
-changed between snapshots, spool depths, and the daemon's lock read the way the daemon writes it."""
+changed between snapshots, and the daemon's lock read the way the daemon writes it."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from gitrepos import commit_all, make_repo, write
 
 from cairnd.registry import ForkRow, SessionRow
 from cairnd.statelock import daemon_pid
-from cairnd.views import changed_paths, find_root, lineage_forest, spool_depths
+from cairnd.views import changed_paths, find_root, lineage_forest
 
 
 def sha(ch: str) -> str:
@@ -87,16 +87,6 @@ def test_changed_files_between_snapshot_commits(tmp_path: Path):
         None,
     ]
     assert changed_paths(tmp_path / "gone", [(before, after)]) == [None]
-
-
-def test_spool_depths_count_requests_and_results(tmp_path: Path):
-    for sub, names in {"new": ["a.json", ".hidden"], "cur": ["b.json"], "done": ["c.json", "d.json"],
-                       "failed": ["e.json", "e.json.raw"]}.items():
-        (tmp_path / sub).mkdir()
-        for name in names:
-            (tmp_path / sub / name).write_text("{}")
-    assert spool_depths(tmp_path) == {"new": 1, "cur": 1, "done": 2, "failed": 1}
-    assert spool_depths(tmp_path / "missing") == {"new": 0, "cur": 0, "done": 0, "failed": 0}
 
 
 def test_daemon_pid_reads_the_lock_as_the_daemon_holds_it(tmp_path: Path):

@@ -24,6 +24,7 @@ from cairnd.entries import (
     parse_message,
     update_of,
 )
+from cairnd.layout import create_spool
 from cairnd.log import iter_lines
 from cairnd.spool import Spool
 
@@ -43,10 +44,9 @@ def submit(spool_root: Path, request: dict[str, Any], request_id: str | None = N
 
     The spool's folders are created when missing, so a request can be queued before
     the daemon has ever run on this state directory."""
-    spool = Spool(spool_root)
-    spool.create()
+    create_spool(spool_root)
     request_id = request_id or new_request_id()
-    spool.submit(request_id, request)
+    Spool(spool_root).submit(request_id, request)
     return request_id
 
 

@@ -1,4 +1,4 @@
-"""Configuration (SPEC section 9) and the layout of the state directory (SPEC section 2).
+"""Configuration (SPEC section 9): the TOML file, its defaults and agent profiles.
 
 An agent profile, `[agents.NAME]`:
 
@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from cairnd.errors import CairnError
+from cairnd.layout import StateLayout
 from cairnd.fleet.settings import FleetConfig, FleetConfigError, parse_fleet
 
 PERMISSION_POLICIES = ("allow_once", "reject_once")
@@ -51,7 +52,7 @@ class AgentProfile:
 def reference_profile(state_dir: Path | None = None) -> AgentProfile:
     # Run by the interpreter running cairnd, so it works inside any venv. Its session
     # transcripts (what it resumes and forks natively) live in cairnd's state directory.
-    env = {"CAIRND_REFERENCE_STORE": str(state_dir / "agents" / "reference")} if state_dir else {}
+    env = {"CAIRND_REFERENCE_STORE": str(StateLayout(state_dir).agent_dir("reference"))} if state_dir else {}
     return AgentProfile("reference", (sys.executable, "-m", "cairnd.agents.reference"), env)
 
 
@@ -100,53 +101,6 @@ class Config:
         except KeyError:
             known = ", ".join(sorted(self.agents))
             raise CairnError("agent_unknown", f"agent {name!r} is not configured (known: {known})") from None
-
-
-@dataclass(frozen=True)
-class StateLayout:
-    """Where everything lives under the state directory."""
-
-    root: Path
-
-    @property
-    def spool(self) -> Path:
-        return self.root / "spool"
-
-    @property
-    def sessions(self) -> Path:
-        return self.root / "sessions"
-
-    @property
-    def worktrees(self) -> Path:
-        return self.root / "worktrees"
-
-    @property
-    def db(self) -> Path:
-        return self.root / "cairnd.db"
-
-    def session_dir(self, session_id: str) -> Path:
-        return self.sessions / session_id
-
-    def log_path(self, session_id: str) -> Path:
-        return self.sessions / session_id / "log.ndjson"
-
-    def worktree_parent(self, session_id: str) -> Path:
-        return self.worktrees / session_id
-
-    def agent_dir(self, profile: str) -> Path:
-        """An agent profile's own place in the state directory (the reference agent's
-        transcripts); writable by its agents when confined."""
-        return self.root / "agents" / profile
-
-    def agent_tmp(self, session_id: str) -> Path:
-        """The TMPDIR of a session's confined agent: made at its start, removed with it."""
-        return self.root / "tmp" / session_id
-
-    def create(self) -> None:
-        for sub in ("tmp", "new", "cur", "done", "failed"):
-            (self.spool / sub).mkdir(parents=True, exist_ok=True)
-        self.sessions.mkdir(parents=True, exist_ok=True)
-        self.worktrees.mkdir(parents=True, exist_ok=True)
 
 
 def default_state_dir(environ: dict[str, str] | os._Environ[str] = os.environ) -> Path:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from cairnd import git
-from cairnd.config import StateLayout
+from cairnd.layout import StateLayout
 from cairnd.errors import CairnError
 from cairnd.ids import is_session_id
 from cairnd.entries import (

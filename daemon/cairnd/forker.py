@@ -27,7 +27,7 @@ from typing import Any
 from cairnd import git
 from cairnd.checkpoint import checkpoint_params, session_ref_prefix, take_checkpoint
 from cairnd.cutindex import find_cut
-from cairnd.config import StateLayout
+from cairnd.layout import StateLayout
 from cairnd.durable import fsync_dir, write_all
 from cairnd.forkpoint import ForkPoint
 from cairnd.ids import new_session_id
@@ -207,7 +207,7 @@ def write_fork_log(layout: StateLayout, session_id: str, source: Path | None, ke
     directory = layout.session_dir(session_id)
     directory.mkdir(parents=True, exist_ok=True)
     final = layout.log_path(session_id)
-    tmp = directory / ".log.ndjson.tmp"
+    tmp = layout.log_tmp_path(session_id)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
         if source is not None and keep_bytes:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from cairnd import git
-from cairnd.config import StateLayout
+from cairnd.layout import StateLayout
 from cairnd.diffs import pick_checkpoint, read_checkpoints, state_commit
 from cairnd.errors import CairnError
 from cairnd.log import iter_lines

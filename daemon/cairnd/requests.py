@@ -1,7 +1,8 @@
 """Request files (SPEC section 7): bytes in, a typed request out, or a CairnError.
 
-Pure: no I/O. The spool hands over the file's name and bytes; everything a writer
-can get wrong is named here, with the value that was wrong.
+Pure: no I/O. The spool hands over a request's bytes (or the problem it already found
+with the file); `admit` is the one step from there to what the daemon schedules, and
+everything a writer can get wrong is named here, with the value that was wrong.
 """
 
 from __future__ import annotations
@@ -15,9 +16,8 @@ from typing import Any, Union
 import orjson
 
 from cairnd.errors import CairnError
-from cairnd.ids import SESSION_ID_RE, is_request_id, is_session_id
+from cairnd.ids import SESSION_ID_RE, is_session_id
 
-MAX_REQUEST_BYTES = 1024 * 1024
 MAX_TEXT_CHARS = 512 * 1024
 MAX_TITLE_CHARS = 200
 MAX_PATH_CHARS = 4096
@@ -95,21 +95,10 @@ _KINDS: dict[str, tuple[type, tuple[str, ...], tuple[str, ...]]] = {
 }
 
 
-def request_id_of(file_name: str) -> str:
-    """The request id a file in `new/` stands for, or `bad_name`."""
-    if not file_name.endswith(".json") or not is_request_id(file_name[: -len(".json")]):
-        raise CairnError(
-            "bad_name",
-            f"file name {file_name!r} is not <request-id>.json with an id matching [A-Za-z0-9][A-Za-z0-9._-]{{0,127}}",
-        )
-    return file_name[: -len(".json")]
-
-
 def decode_json(data: bytes) -> Any:
     """Parse request bytes. orjson first (fast, strict UTF-8); the standard library only
-    to tell a huge integer (valid JSON orjson refuses) from broken JSON."""
-    if len(data) > MAX_REQUEST_BYTES:
-        raise CairnError("too_large", f"request is {len(data)} bytes; the limit is {MAX_REQUEST_BYTES} (1 MiB)")
+    to tell a huge integer (valid JSON orjson refuses) from broken JSON. The size cap is
+    the spool's: bytes reach here within it."""
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError as exc:
@@ -290,9 +279,50 @@ def _land(session: str, fields: dict[str, Any]) -> LandRequest:
                        force=_boolean(fields, "force") if "force" in fields else False)
 
 
-def parse_request(data: bytes) -> tuple[Any, Request]:
-    """Bytes of a request file in: (the decoded JSON, the typed request). The decoded
-    value is returned too so a result can carry the request even when validation fails
-    (see `decode_json` then `validate_request`)."""
-    obj = decode_json(data)
-    return obj, validate_request(obj)
+def round_trips(value: Any) -> bool:
+    """Whether orjson writes `value` back as the same JSON value (not so: nesting past
+    its depth limit, integers beyond 64 bits)."""
+    try:
+        return bool(orjson.loads(orjson.dumps(value)) == value)
+    except (TypeError, orjson.JSONDecodeError):
+        return False
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """A request as the daemon takes it: either `request` (valid) or `error` (refused),
+    with `echo`, the request's JSON to carry in its result (None when it has none that
+    can be written back as it was: then the file itself is kept beside the result)."""
+
+    request: Request | None
+    error: CairnError | None
+    echo: Any
+    kind: str | None  # the request's kind, when it names one (a refused request may)
+
+
+def admit(data: bytes | None, problem: CairnError | None) -> Admitted:
+    """The one step from a claimed file to what the daemon schedules: `data` is the
+    file's bytes (None when the spool could not read them), `problem` what the spool
+    already found wrong (a bad name, a duplicate id, not a file, too large).
+
+    The bytes are decoded even when the request is refused for its name or as a
+    duplicate, so its result carries the request's own JSON."""
+    decoded: Any = None
+    try:
+        if data is not None:
+            try:
+                decoded = decode_json(data)
+            except CairnError:
+                if problem is None:
+                    raise
+        if problem is not None:
+            raise problem
+        request = validate_request(decoded)
+    except CairnError as exc:
+        kind = decoded.get("kind") if isinstance(decoded, dict) and isinstance(decoded.get("kind"), str) else None
+        return Admitted(None, exc, _echo(decoded), kind)
+    return Admitted(request, None, _echo(decoded), request.kind)
+
+
+def _echo(decoded: Any) -> Any:
+    return decoded if decoded is not None and round_trips(decoded) else None

@@ -32,7 +32,7 @@ from typing import Any
 
 from cairnd import git
 from cairnd.checkpoint import checkpoint_params, checkpoint_ref, session_ref_prefix, take_checkpoint
-from cairnd.config import StateLayout
+from cairnd.layout import StateLayout
 from cairnd.diffs import checkpoints_in
 from cairnd.entries import CHECKPOINT_MARK, TURN_START_MARK, checkpoint_entry, fork_meta_entry, rewind_entry
 from cairnd.forker import discard_partial, kept_turns, state_at_cut, worktree_lock, write_fork_log

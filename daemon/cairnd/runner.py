@@ -48,11 +48,10 @@ from cairnd.entries import checkpoint_entry, sdk_session_entry, turn_complete_en
 from cairnd.errors import CairnError
 from cairnd.history import HistoryFacts, marked_lines, open_history
 from cairnd.history import scan as history_scan
+from cairnd.layout import STDERR_NAME
 from cairnd.log import SessionLog, iter_lines
 from cairnd.tap import Tap
 from cairnd.transcript import SessionState, replay_prompt_block, session_state
-
-STDERR_FILE = "agent.stderr"  # beside the log: the latest of what the agent wrote to stderr
 
 # (session, worktree, turns, max_file_bytes) -> the agent_checkpoint params
 TakeCheckpoint = Callable[[str, Path, int, int], dict[str, Any]]
@@ -349,7 +348,7 @@ class AgentRunner:
 
     def _launch(self) -> Launch:
         return Launch(session_id=self.session_id, name=self.profile.name, command=tuple(self.profile.command),
-                      cwd=self.worktree, env=dict(self.profile.env), stderr_path=self.log_path.parent / STDERR_FILE,
+                      cwd=self.worktree, env=dict(self.profile.env), stderr_path=self.log_path.parent / STDERR_NAME,
                       stop_timeout=self.stop_timeout, confinement=self.confinement)
 
     async def _open_session(self, agent: AgentProcess, state: SessionState) -> None:

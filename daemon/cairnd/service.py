@@ -1,8 +1,10 @@
-"""The daemon (`cairnd serve`): spool intake, per-session queues, limits, signals,
-sd_notify and the watchdog, in one anyio task group.
+"""The daemon (`cairnd serve`): intake from the spool, scheduling (per-session queues,
+limits), life cycle, signals, sd_notify, the watchdog and status, in one anyio task group.
 
-Data flows one way: spool -> requests -> sessions (runner, forker) -> result file.
-Every claimed request ends in exactly one `Spool.publish`, whatever happens to it.
+Data flows one way: spool (claim) -> requests.admit -> sessions (runner, forker) ->
+spool (result_body, publish). Service never reads request bytes or writes a file format
+itself: it schedules. Every claimed request ends in exactly one `Spool.publish`,
+whatever happens to it.
 """
 
 from __future__ import annotations
@@ -14,15 +16,12 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import orjson
-import watchfiles
-from watchfiles._rust_notify import WatchfilesRustInternalError
 
-from cairnd import inotify, journal, privacy, statelock
+from cairnd import doorbell, journal, privacy, statelock
 from cairnd.config import Config, load_config
 from cairnd.confinement import fallback_notice
 from cairnd.durable import write_atomic
@@ -30,32 +29,53 @@ from cairnd.entries import now_timestamp
 from cairnd.errors import CairnError
 from cairnd.journal import event
 from cairnd.requests import (
+    Admitted,
     CancelRequest,
     DeleteRequest,
     ForkRequest,
     LandRequest,
     NewRequest,
-    RewindRequest,
-    PromptRequest,
     Request,
-    decode_json,
-    validate_request,
+    RewindRequest,
+    admit,
 )
 from cairnd.sdnotify import Notifier, watchdog_interval
 from cairnd.sessions import Sessions
-from cairnd.spool import Claimed, Spool
-from cairnd.statelock import STATUS_NAME, AlreadyRunning, daemon_pid
+from cairnd.spool import Claimed, Spool, result_body
+from cairnd.statelock import AlreadyRunning
 
 # Below this many free bytes, an unexpected failure is put down to a full disk.
 FULL_DISK_BYTES = 1024 * 1024
 
 
 
+Lane = Literal["now", "beside", "queue", "exclusive"]
+
+
+def lane_of(request: Request) -> Lane:
+    """How a request is scheduled against the other requests of its session:
+
+    now        at once (cancel acts on the turn in flight; new has no session yet)
+    beside     at once, beside the session's turns: it only reads the session (its log,
+               its checkpoints' objects): fork, land
+    queue      one at a time per session, in arrival order: prompt
+    exclusive  queued like a prompt, and first waits for the requests running beside
+               the session, which still see it as it was: delete, rewind
+    """
+    if isinstance(request, (CancelRequest, NewRequest)):
+        return "now"
+    if isinstance(request, (ForkRequest, LandRequest)):
+        return "beside"
+    if isinstance(request, (DeleteRequest, RewindRequest)):
+        return "exclusive"
+    return "queue"
+
+
 @dataclass
 class Work:
     claimed: Claimed
     request: Request
-    raw: Any
+    echo: Any  # the request's JSON for its result (see requests.Admitted)
 
 
 @dataclass
@@ -67,14 +87,6 @@ class SessionQueue:
     forks_in_flight: int = 0
     forks_done: anyio.Event = field(default_factory=anyio.Event)
     rewinds_ahead: int = 0  # rewinds queued or running: forks and lands after them wait their turn
-
-
-def round_trips(value: Any) -> bool:
-    """Whether orjson writes `value` back as the same JSON value."""
-    try:
-        return bool(orjson.loads(orjson.dumps(value)) == value)
-    except (TypeError, orjson.JSONDecodeError):
-        return False
 
 
 class Daemon:
@@ -146,7 +158,7 @@ class Daemon:
             event(logging.INFO, "cairnd stopped")
             return 0
         finally:
-            status = self.layout.root / STATUS_NAME
+            status = self.layout.status
             status.unlink(missing_ok=True)
             if self._lock_fd is not None:
                 os.close(self._lock_fd)
@@ -232,54 +244,7 @@ class Daemon:
     # -- intake ---------------------------------------------------------------------
 
     async def _watch(self, watching: anyio.Event) -> None:
-        if inotify.available():
-            try:
-                watch = inotify.DirectoryWatch(self.spool.new)
-            except OSError as exc:
-                event(logging.WARNING, f"inotify unavailable ({exc}); watching with watchfiles")
-            else:
-                with watch:
-                    # The watch exists once add_watch returned: anything renamed in from
-                    # now on rings, so the caller may scan and say READY.
-                    watching.set()
-                    while True:
-                        await anyio.wait_readable(watch.fd)
-                        watch.drain()
-                        await self.scan()
-        await self._watch_portably(watching)
-
-    async def _watch_portably(self, watching: anyio.Event) -> None:
-        probe = self.spool.new / f".cairnd-probe-{os.getpid()}"
-
-        async def send_probe() -> None:
-            # A dot name: ignored by the spool, but it proves inotify sees new/.
-            await anyio.sleep(0.02)
-            while not watching.is_set():
-                probe.write_bytes(b"")
-                probe.unlink(missing_ok=True)
-                await anyio.sleep(0.2)
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(send_probe)
-            while not self._stop_watching.is_set():
-                restart = False
-                try:
-                    # watchfiles batches for 1.6 s by default; a spool wants milliseconds.
-                    async for _changes in watchfiles.awatch(
-                        self.spool.new, watch_filter=None, debounce=50, step=1, recursive=False,
-                        ignore_permission_denied=True, stop_event=self._stop_watching, rust_timeout=1000,
-                    ):
-                        if not watching.is_set():
-                            watching.set()
-                        await self.scan()
-                except* WatchfilesRustInternalError as group:
-                    # A name it cannot decode (not UTF-8) ends its watch. Only the wake-up
-                    # matters, never the names: watch again, and scan for what it missed.
-                    event(logging.WARNING, f"watch of {self.spool.new} restarted: {group.exceptions[0]}")
-                    restart = True
-                if restart:
-                    await anyio.sleep(0.05)
-                    await self.scan()
+        await doorbell.watch(self.spool.new, self.scan, watching, self._stop_watching)
 
     async def _rescan_loop(self) -> None:
         # inotify drops events silently when its queue overflows: scan on a timer too.
@@ -322,23 +287,12 @@ class Daemon:
     def _dispatch(self, claimed: Claimed) -> None:
         assert self._work is not None
         self._begin()
-        raw: Any = None
-        try:
-            if claimed.data is not None:
-                # Decoded even when the request is refused for its name or as a
-                # duplicate, so its result carries the request's own bytes.
-                try:
-                    raw = decode_json(claimed.data)
-                except CairnError:
-                    if claimed.problem is None:
-                        raise
-            if claimed.problem is not None:
-                raise claimed.problem
-            request = validate_request(raw)
-        except CairnError as exc:
-            self._work.start_soon(self._publish_error, claimed, raw, exc)
+        admitted = admit(claimed.data, claimed.problem)
+        if admitted.request is None:
+            self._work.start_soon(self._publish_refusal, claimed, admitted)
             return
-        work = Work(claimed, request, raw)
+        request = admitted.request
+        work = Work(claimed, request, admitted.echo)
         event(logging.INFO, f"{request.kind} request received", request=claimed.request_id,
               session=getattr(request, "session", None))
         if self.fleet is not None and "fleet" not in claimed.meta:
@@ -346,26 +300,31 @@ class Daemon:
             # stream, and its result comes back into done/ or failed/.
             self._work.start_soon(self._enter_fleet, claimed, request)
             return
-        if isinstance(request, CancelRequest):
-            self._work.start_soon(self._run, work, self._sessions.cancel)
-        elif isinstance(request, NewRequest):
-            self._work.start_soon(self._run, work, self._sessions.new)
-        elif (isinstance(request, (ForkRequest, LandRequest))
-              and not self.queues.setdefault(request.session, SessionQueue()).rewinds_ahead):
-            # Both only read the session (its log, its checkpoints' objects): they run
-            # beside its turns; a delete or a rewind behind them waits for them. After a
-            # rewind, they wait for it in the queue: it replaces the log they would read.
-            queue = self.queues[request.session]
+        lane = lane_of(request)
+        if lane == "now":
+            self._work.start_soon(self._run, work)
+            return
+        session = getattr(request, "session")
+        queue = self.queues.setdefault(session, SessionQueue())
+        # After a rewind, forks and lands wait for it in the queue: it replaces the log
+        # they would read.
+        if lane == "beside" and not queue.rewinds_ahead:
             queue.forks_in_flight += 1
-            handler = self._sessions.fork if isinstance(request, ForkRequest) else self._sessions.land
-            self._work.start_soon(self._run_fork, work, queue, handler)
+            self._work.start_soon(self._run_beside, work, queue)
         else:
-            queue = self.queues.setdefault(request.session, SessionQueue())
             queue.rewinds_ahead += isinstance(request, RewindRequest)
             queue.items.append(work)
             if not queue.running:
                 queue.running = True
-                self._work.start_soon(self._drain_session, request.session, queue)
+                self._work.start_soon(self._drain_session, session, queue)
+
+    def _handler(self, request: Request) -> Callable[..., Awaitable[dict[str, Any]]]:
+        sessions = self._sessions
+        handlers: dict[str, Callable[..., Awaitable[dict[str, Any]]]] = {
+            "new": sessions.new, "prompt": sessions.prompt, "fork": sessions.fork, "rewind": sessions.rewind,
+            "land": sessions.land, "cancel": sessions.cancel, "delete": sessions.delete,
+        }
+        return handlers[request.kind]
 
     async def _enter_fleet(self, claimed: Claimed, request: Request) -> None:
         try:
@@ -382,47 +341,37 @@ class Daemon:
         try:
             while queue.items:
                 work = queue.items.popleft()
-                if isinstance(work.request, (DeleteRequest, RewindRequest)):
+                if lane_of(work.request) == "exclusive":
                     # A fork that arrived before the delete (rewind) still sees its parent
                     # (as it was).
                     while queue.forks_in_flight:
                         await queue.forks_done.wait()
-                    if isinstance(work.request, DeleteRequest):
-                        await self._run(work, self._sessions.delete)
-                    else:
-                        try:
-                            await self._run(work, self._sessions.rewind)
-                        finally:
-                            queue.rewinds_ahead -= 1
-                elif isinstance(work.request, ForkRequest):
-                    await self._run(work, self._sessions.fork)
-                elif isinstance(work.request, LandRequest):
-                    await self._run(work, self._sessions.land)
-                else:
-                    await self._run(work, self._sessions.prompt)
+                try:
+                    await self._run(work)
+                finally:
+                    queue.rewinds_ahead -= isinstance(work.request, RewindRequest)
         finally:
             queue.running = False
             if not queue.items and not queue.forks_in_flight:
                 self.queues.pop(session_id, None)
 
-    async def _run_fork(self, work: Work, queue: SessionQueue,
-                        handler: Callable[..., Awaitable[dict[str, Any]]]) -> None:
+    async def _run_beside(self, work: Work, queue: SessionQueue) -> None:
         try:
-            await self._run(work, handler)
+            await self._run(work)
         finally:
             queue.forks_in_flight -= 1
             if not queue.forks_in_flight:
                 queue.forks_done.set()
                 queue.forks_done = anyio.Event()
 
-    async def _run(self, work: Work, handler: Callable[..., Awaitable[dict[str, Any]]]) -> None:
+    async def _run(self, work: Work) -> None:
         claimed = work.claimed
         try:
             try:
-                result = await handler(work.request, claimed)
+                result = await self._handler(work.request)(work.request, claimed)
             except CairnError as exc:
                 with anyio.CancelScope(shield=True):
-                    await self._publish(claimed, work.raw, work.request.kind, error=exc)
+                    await self._publish(claimed, work.echo, work.request.kind, error=exc)
                 return
             except anyio.get_cancelled_exc_class():
                 # The daemon is stopping past its bound: the handler has recorded what
@@ -432,15 +381,15 @@ class Daemon:
                 event(logging.ERROR, f"internal error in {work.request.kind}: {exc!r}",
                       request=claimed.request_id, session=getattr(work.request, "session", None), exc_info=True)
                 with anyio.CancelScope(shield=True):
-                    await self._publish(claimed, work.raw, work.request.kind,
-                                        error=CairnError("internal", self._explain(exc)))
+                    await self._publish(claimed, work.echo, work.request.kind,
+                                        error=CairnError("internal", self._describe_internal_error(exc)))
                 return
             with anyio.CancelScope(shield=True):
-                await self._publish(claimed, work.raw, work.request.kind, result=result)
+                await self._publish(claimed, work.echo, work.request.kind, result=result)
         finally:
             self._end()
 
-    def _explain(self, exc: Exception) -> str:
+    def _describe_internal_error(self, exc: Exception) -> str:
         """An unexpected failure in words: SQLite and git say only "disk I/O error" when
         the state directory's disk is full, so say that too when it is."""
         text = f"{type(exc).__name__}: {exc}"
@@ -453,53 +402,31 @@ class Daemon:
             text += f" (the disk holding {self.layout.root} is full: {free} bytes free)"
         return text
 
-    async def _publish_error(self, claimed: Claimed, raw: Any, error: CairnError) -> None:
+    async def _publish_refusal(self, claimed: Claimed, admitted: Admitted) -> None:
         try:
-            kind = raw.get("kind") if isinstance(raw, dict) and isinstance(raw.get("kind"), str) else None
-            await self._publish(claimed, raw, kind, error=error)
+            assert admitted.error is not None
+            await self._publish(claimed, admitted.echo, admitted.kind, error=admitted.error)
         finally:
             self._end()
 
-    async def _publish(self, claimed: Claimed, raw: Any, kind: str | None, *,
+    async def _publish(self, claimed: Claimed, echo: Any, kind: str | None, *,
                        result: dict[str, Any] | None = None, error: CairnError | None = None,
                        local: bool = False) -> None:
-        # The request's bytes travel in the result when they are JSON that orjson writes
-        # back as it was (not so: nesting past its depth limit, integers beyond 64 bits);
-        # otherwise the entry itself is kept beside the result as <name>.raw.
-        if raw is not None and not round_trips(raw):
-            raw = None
-        body: dict[str, Any] = {
-            "id": claimed.request_id,
-            "kind": kind,
-            "status": "ok" if error is None else "error",
-            "request": raw,
-        }
-        if error is None:
-            body["result"] = result
-        else:
-            body["error"] = error.as_dict()
-        body["received_at"] = claimed.received_at
-        body["finished_at"] = now_timestamp()
-        try:
-            orjson.dumps(body)
-        except TypeError as exc:
-            # Still exactly one result: one that says why the real one could not be written.
-            body.pop("result", None)
-            body["status"] = "error"
-            body["error"] = CairnError("internal", f"the result could not be written as JSON: {exc}").as_dict()
+        body = result_body(claimed, echo, kind, finished_at=now_timestamp(), result=result, error=error)
         if self.fleet is not None and "fleet" in claimed.meta and not local:
             await self.fleet.publish(claimed, body)
         else:
-            await self._write_spool_result(claimed, body, keep_raw=raw is None)
+            # A request whose JSON cannot travel in its result is kept beside it as <name>.raw.
+            await self._write_spool_result(claimed, body, keep_raw=echo is None)
         level = logging.INFO if error is None else logging.WARNING
         what = "ok" if error is None else f"failed: {error.code}: {error.message}"
-        session = (result or {}).get("session") if result else (raw.get("session") if isinstance(raw, dict) else None)
+        session = (result or {}).get("session") if result else (echo.get("session") if isinstance(echo, dict) else None)
         event(level, f"{kind or 'request'} {what}", request=claimed.request_id,
               session=session if isinstance(session, str) else None)
 
-    async def _publish_local(self, claimed: Claimed, raw: Any, kind: str | None, error: CairnError) -> None:
+    async def _publish_local(self, claimed: Claimed, echo: Any, kind: str | None, error: CairnError) -> None:
         """A request of this host's spool answered here (the fleet could not take it)."""
-        await self._publish(claimed, raw, kind, error=error, local=True)
+        await self._publish(claimed, echo, kind, error=error, local=True)
 
     async def _write_spool_result(self, claimed: Claimed, body: dict[str, Any], *, keep_raw: bool = False) -> None:
         delay = 0.05
@@ -556,7 +483,7 @@ class Daemon:
             "stopping": self.stopping,
             "sandbox": self.sessions.sandbox.describe() if self.sessions else None,
         }
-        path = self.layout.root / STATUS_NAME
+        path = self.layout.status
         await anyio.to_thread.run_sync(lambda: write_atomic(path, orjson.dumps(status), sync_dir=False))
 
 

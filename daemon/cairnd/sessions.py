@@ -333,7 +333,7 @@ class Sessions:
                 self.checkpoints.forget(row.id)
 
     async def _turn(self, row: SessionRow, text: str, claimed: Claimed) -> dict[str, Any]:
-        if claimed.meta.get("recovered") and claimed.request_id:
+        if claimed.recovered and claimed.request_id:
             # Did this request's turn start before the crash? Then it is not run again.
             record = await self._thread(self._turn_record, row.id, claimed.request_id)
             if record is not None:

@@ -1,4 +1,4 @@
-"""The request spool (SPEC section 6), maildir-style:
+"""The request spool (SPEC section 6), maildir-style: the whole file protocol.
 
     tmp/  writers create files here       new/  writers rename finished requests here
     cur/  cairnd works on them here       done/ failed/  one result per request
@@ -6,6 +6,11 @@
 Ownership moves by `rename`, so at every instant a request is in exactly one place,
 and a crash anywhere leaves it either in `new/` (not yet claimed), in `cur/` (claimed,
 to be finished on restart) or answered. Nothing is deleted until its result is durable.
+
+Everything SPEC 6 says about files lives here: the name -> request id rule, the 1 MiB
+cap, how a file is read (never followed, never blocked on, never past the cap), the
+result file's shape (`result_body`), where the bytes of a request that cannot travel in
+its result are kept (`<name>.raw`), duplicate ids, and the queue depths.
 """
 
 from __future__ import annotations
@@ -23,9 +28,10 @@ import orjson
 from cairnd.durable import fsync_dir, write_all, write_atomic
 from cairnd.entries import now_timestamp
 from cairnd.errors import CairnError
-from cairnd.requests import MAX_REQUEST_BYTES, request_id_of
+from cairnd.ids import is_request_id
+from cairnd.layout import SPOOL_DIRS
 
-SUBDIRS = ("tmp", "new", "cur", "done", "failed")
+MAX_REQUEST_BYTES = 1024 * 1024
 _DUP_RE = re.compile(r"^(?P<id>.+)\.dup-(?P<n>[0-9]+)\.json$")
 NAME_MAX = 255
 
@@ -39,7 +45,76 @@ class Claimed:
     received_at: str
     data: bytes | None = None       # the bytes, when the entry is a readable regular file within the cap
     problem: CairnError | None = None  # a failure found before parsing (bad_name, not_a_file, too_large, duplicate_id)
+    recovered: bool = False  # found in cur/ at start: a stop came while it was being worked on
+    # Notes of the transport a request came through when not this spool (the fleet's
+    # stream message); the spool itself leaves it empty.
     meta: dict[str, Any] = field(default_factory=dict)
+
+
+def request_id_of(file_name: str) -> str:
+    """The request id a file in `new/` stands for, or `bad_name`."""
+    if not file_name.endswith(".json") or not is_request_id(file_name[: -len(".json")]):
+        raise CairnError(
+            "bad_name",
+            f"file name {file_name!r} is not <request-id>.json with an id matching [A-Za-z0-9][A-Za-z0-9._-]{{0,127}}",
+        )
+    return file_name[: -len(".json")]
+
+
+def _identify(name: str) -> tuple[str | None, CairnError | None]:
+    """The request id of a file name, or the problem with the name."""
+    try:
+        return request_id_of(name), None
+    except CairnError as exc:
+        return None, exc
+
+
+def _duplicate(request_id: str) -> CairnError:
+    return CairnError("duplicate_id", f"request id {request_id!r} was already used; the first request's result stays")
+
+
+def result_body(claimed: Claimed, echo: Any, kind: str | None, *, finished_at: str,
+                result: dict[str, Any] | None = None, error: CairnError | None = None) -> dict[str, Any]:
+    """The one result file of a request (SPEC 6), pure. `echo` is the request's JSON as
+    `requests.admit` kept it (None: the file itself is kept as `<name>.raw`). A result
+    that cannot be written as JSON becomes an `internal` error that says why: still
+    exactly one result."""
+    body: dict[str, Any] = {
+        "id": claimed.request_id,
+        "kind": kind,
+        "status": "ok" if error is None else "error",
+        "request": echo,
+    }
+    if error is None:
+        body["result"] = result
+    else:
+        body["error"] = error.as_dict()
+    body["received_at"] = claimed.received_at
+    body["finished_at"] = finished_at
+    try:
+        orjson.dumps(body)
+    except TypeError as exc:
+        body.pop("result", None)
+        body["status"] = "error"
+        body["error"] = CairnError("internal", f"the result could not be written as JSON: {exc}").as_dict()
+    return body
+
+
+def count_entries(spool_root: Path, folders: tuple[str, ...] = ("new", "cur")) -> dict[str, int]:
+    """How many requests wait (new), are being worked on (cur), or are answered (done,
+    failed: result files only, not the `.raw` entries kept beside them). A missing
+    folder counts 0."""
+    counts: dict[str, int] = {}
+    for sub in folders:
+        try:
+            with os.scandir(spool_root / sub) as it:
+                names = [entry.name for entry in it if not entry.name.startswith(".")]
+        except FileNotFoundError:
+            names = []
+        if sub in ("done", "failed"):
+            names = [name for name in names if name.endswith(".json")]
+        counts[sub] = len(names)
+    return counts
 
 
 def _raw_name(name: str) -> str:
@@ -67,11 +142,7 @@ def _by_arrival(folder: Path) -> list[str]:
 class Spool:
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.tmp, self.new, self.cur, self.done, self.failed = (root / sub for sub in SUBDIRS)
-
-    def create(self) -> None:
-        for sub in SUBDIRS:
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        self.tmp, self.new, self.cur, self.done, self.failed = (root / sub for sub in SPOOL_DIRS)
 
     # -- daemon side -----------------------------------------------------------------
 
@@ -101,20 +172,13 @@ class Spool:
         """Move new/<name> into cur/ and read it. None if it vanished meanwhile (a
         writer took it back, or another scan claimed it)."""
         received = now_timestamp()
-        request_id: str | None
-        problem: CairnError | None = None
-        try:
-            request_id = request_id_of(name)
-        except CairnError as exc:
-            request_id, problem = None, exc
+        request_id, problem = _identify(name)
         target = name
         if self._taken(name):
             # The first result stays; the newcomer is answered under a name of its own.
             target = self._dup_name(name)
             if request_id is not None:
-                problem = CairnError(
-                    "duplicate_id", f"request id {request_id!r} was already used; the first request's result stays"
-                )
+                problem = _duplicate(request_id)
         try:
             os.rename(self.new / name, self.cur / target)
         except FileNotFoundError:
@@ -137,7 +201,6 @@ class Spool:
                 except OSError:
                     pass
                 claimed.problem = claimed.problem or CairnError("not_a_file", f"{claimed.name} is {kind}; write a regular file")
-                claimed.meta["entry"] = "symlink"
                 return
             if exc.errno == errno.ENOENT:
                 claimed.problem = claimed.problem or CairnError("internal", f"{claimed.name} disappeared from cur/")
@@ -151,7 +214,6 @@ class Spool:
                         stat.S_IFCHR: "character device", stat.S_IFBLK: "block device"}.get(
                             stat.S_IFMT(st.st_mode), "special file")
                 claimed.problem = claimed.problem or CairnError("not_a_file", f"{claimed.name} is a {kind}; write a regular file")
-                claimed.meta["entry"] = kind
                 return
             if st.st_size > MAX_REQUEST_BYTES:
                 claimed.problem = claimed.problem or CairnError(
@@ -220,28 +282,19 @@ class Spool:
 
     def reclaim(self, name: str) -> Claimed:
         """A request found in cur/ at start: read it again to finish it."""
-        request_id: str | None
-        problem: CairnError | None = None
         match = _DUP_RE.match(name)
         if match and self.has_result(f"{match['id']}.json"):
-            request_id = match["id"]
-            problem = CairnError("duplicate_id", f"request id {request_id!r} was already used; the first request's result stays")
+            request_id, problem = match["id"], _duplicate(match["id"])
         else:
-            try:
-                request_id = request_id_of(name)
-            except CairnError as exc:
-                request_id, problem = None, exc
-        claimed = Claimed(name=name, request_id=request_id, received_at=now_timestamp(), problem=problem)
-        claimed.meta["recovered"] = True
+            request_id, problem = _identify(name)
+        claimed = Claimed(name=name, request_id=request_id, received_at=now_timestamp(), problem=problem,
+                          recovered=True)
         self.read(claimed)
         return claimed
 
     def depths(self) -> dict[str, int]:
-        counts = {}
-        for sub in ("new", "cur"):
-            with os.scandir(self.root / sub) as it:
-                counts[sub] = sum(1 for entry in it if not entry.name.startswith("."))
-        return counts
+        """Requests waiting (new) and being worked on (cur)."""
+        return count_entries(self.root)
 
     # -- client side -----------------------------------------------------------------
 

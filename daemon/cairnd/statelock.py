@@ -3,7 +3,8 @@
 The daemon holds an exclusive flock on `<state>/cairnd.lock` for its whole life and
 writes its pid into it: two daemons would each claim requests and break exactly-once,
 and a lock dies with its process, so `kill -9` never leaves it stale. Small and free of
-the daemon's imports, so `cairnd ls` can ask without loading the ACP SDK.
+the daemon's imports (only the layout's), so `cairnd ls` can ask without loading the
+ACP SDK.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ import fcntl
 import os
 from pathlib import Path
 
-LOCK_NAME = "cairnd.lock"
-STATUS_NAME = "status.json"
+from cairnd.layout import StateLayout
+
 
 
 class AlreadyRunning(Exception):
@@ -22,7 +23,7 @@ class AlreadyRunning(Exception):
 
 def acquire(state_dir: Path) -> int:
     """Take the lock (the fd to keep open), or AlreadyRunning."""
-    fd = os.open(state_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = os.open(StateLayout(state_dir).lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -36,7 +37,7 @@ def acquire(state_dir: Path) -> int:
 def daemon_pid(state_dir: Path) -> int | None:
     """The pid of the daemon serving state_dir (-1 when running but unknown), or None."""
     try:
-        fd = os.open(state_dir / LOCK_NAME, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(StateLayout(state_dir).lock, os.O_RDONLY | os.O_CLOEXEC)
     except (FileNotFoundError, PermissionError, NotADirectoryError):
         return None
     try:

@@ -7,7 +7,6 @@ Pure functions shape plain data (`lineage_forest`; a session's turns are
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -16,34 +15,20 @@ from typing import Any
 
 import orjson
 
-from cairnd.config import Config, StateLayout
+from cairnd.config import Config
+from cairnd.layout import StateLayout
 from cairnd.confinement import detect as detect_sandbox
 from cairnd.errors import CairnError
 from cairnd.entries import REWIND_MARK, REWIND_METHOD, method_of, params_of, parse_message
 from cairnd.git import diff_files_many, is_object_id
 from cairnd.log import iter_lines
+from cairnd.spool import count_entries
 from cairnd.registry import ForkRow, Registry, SessionRow
-from cairnd.statelock import STATUS_NAME, daemon_pid
+from cairnd.statelock import daemon_pid
 from cairnd.transcript import session_state
 
 
 # --------------------------------------------------------------------------- the daemon
-
-
-def spool_depths(spool_root: Path) -> dict[str, int]:
-    """Requests waiting (new), being worked on (cur), and results (done, failed)."""
-    depths: dict[str, int] = {}
-    for sub in ("new", "cur", "done", "failed"):
-        try:
-            with os.scandir(spool_root / sub) as it:
-                names = [entry.name for entry in it if not entry.name.startswith(".")]
-        except FileNotFoundError:
-            names = []
-        if sub in ("done", "failed"):
-            # failed/ also keeps the raw bytes of unreadable requests as <name>.raw.
-            names = [name for name in names if name.endswith(".json")]
-        depths[sub] = len(names)
-    return depths
 
 
 def daemon_status(config: Config) -> dict[str, Any]:
@@ -56,7 +41,7 @@ def daemon_status(config: Config) -> dict[str, Any]:
         "pid": pid if pid and pid > 0 else None,
         "state_dir": str(layout.root),
         "config": str(config.source.absolute()) if config.source else None,
-        "spool": spool_depths(layout.spool),
+        "spool": count_entries(layout.spool, ("new", "cur", "done", "failed")),
         "started_at": None,
         "updated_at": None,
         "in_flight": 0,
@@ -68,7 +53,7 @@ def daemon_status(config: Config) -> dict[str, Any]:
     }
     if pid is not None:
         try:
-            written = orjson.loads((layout.root / STATUS_NAME).read_bytes())
+            written = orjson.loads(layout.status.read_bytes())
         except (OSError, orjson.JSONDecodeError):
             written = None
         # A kill -9 leaves the file behind: trust it only when it is the live daemon's.

@@ -274,8 +274,8 @@ class FleetHost:
                 pass  # the fork handler says what is wrong (unknown_session ...)
         await self._bus.claims.put(claim_key, orjson.dumps({"host": self.me, "at": time.time()}))
         claimed = Claimed(name=f"{rid}.json", request_id=rid, received_at=received, data=msg.data,
-                          meta={"fleet": msg, "recovered": claim_value is not None and claim_value.get("host") == self.me,
-                                "from_any": from_any})
+                          recovered=claim_value is not None and claim_value.get("host") == self.me,
+                          meta={"fleet": msg, "from_any": from_any})
         if from_any:
             self.any_in_flight += 1
         self._tick(rid, msg)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from cairnd import git
-from cairnd.config import StateLayout
+from cairnd.layout import StateLayout
 from cairnd.durable import write_atomic
 from cairnd.entries import CHECKPOINT_METHOD, method_of, parse_message, params_of
 from cairnd.errors import CairnError

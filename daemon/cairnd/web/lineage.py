@@ -7,7 +7,7 @@ from __future__ import annotations
 from contextlib import closing
 from typing import Any
 
-from cairnd.config import StateLayout
+from cairnd.layout import StateLayout
 from cairnd.errors import CairnError
 from cairnd.forkpoint import count_user_messages
 from cairnd.log import iter_lines
