@@ -209,3 +209,23 @@ def make_files(root: Path, count: int, *, per_dir: int = 100, size: int = 64) ->
         if i % per_dir == 0:
             d.mkdir(parents=True, exist_ok=True)
         (d / f"f{i:06d}.txt").write_bytes((f"{i}\n" * (size // 4 + 1)).encode()[:size])
+
+
+def commit_exists(repo: Path, sha: str) -> bool:
+    """Whether `sha` (a full object id) is a commit present in `repo`."""
+    if len(sha) != 40 or any(c not in "0123456789abcdef" for c in sha):
+        return False
+    proc = subprocess.run(["git", "cat-file", "-e", f"{sha}^{{commit}}"], cwd=repo, env=env(), capture_output=True)
+    return proc.returncode == 0
+
+
+def list_worktrees(repo: Path) -> list[Path]:
+    """Every working tree of the repository, the main one (if not bare) first."""
+    out = git(repo, "worktree", "list", "--porcelain", "-z")
+    trees = []
+    for block in out.split(b"\0\0"):
+        fields = [f for f in block.split(b"\0") if f]
+        if not fields or b"bare" in fields:
+            continue
+        trees.append(Path(os.fsdecode(fields[0][len(b"worktree "):])))
+    return trees

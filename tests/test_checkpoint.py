@@ -27,6 +27,7 @@ from cairnd.checkpoint import (
     take_checkpoint,
 )
 from gitrepos import (
+    commit_exists,
     all_files,
     commit_all,
     detached_head,
@@ -62,7 +63,7 @@ def untouched_state(worktree: Path) -> tuple[object, ...]:
 
 
 def restore_into(repo: Path, target: Path, params: dict[str, object]) -> Path:
-    git.create_fork_worktree(repo, target, params["headSha"], params["worktreeSha"],  # type: ignore[arg-type]
+    git.add_worktree(repo, target, params["headSha"], params["worktreeSha"],  # type: ignore[arg-type]
                              params["indexTree"])  # type: ignore[arg-type]
     return target
 
@@ -101,7 +102,7 @@ def test_the_ref_pins_the_snapshot_against_gc(repo: Path) -> None:
     params = take_checkpoint("s1", repo, 3, NO_CAP)
     assert git_text(repo, "rev-parse", "refs/cairnd/s1/3") == params["worktreeSha"]
     run_git(repo, "gc", "-q", "--prune=now")
-    assert git.commit_exists(repo, params["worktreeSha"])
+    assert commit_exists(repo, params["worktreeSha"])
     assert git.list_refs(repo, session_ref_prefix("s1")) == {checkpoint_ref("s1", 3): params["worktreeSha"]}
 
 
@@ -183,7 +184,7 @@ def test_detached_head_has_no_branch(repo: Path) -> None:
 
 def test_checkpoint_of_a_linked_worktree_pins_in_the_shared_repository(repo: Path, tmp_path: Path) -> None:
     session = tmp_path / "state" / "worktrees" / "s2" / "repo"
-    git.add_worktree_at(repo, session, head(repo))
+    git.add_worktree(repo, session, head(repo))
     write(session, "wip.txt", "work\n")
     params = take_checkpoint("s2", session, 0, NO_CAP)
     assert params["branch"] is None

@@ -16,12 +16,13 @@ from cairnd import git as cgit
 from cairnd.checkpoint import take_checkpoint
 from cairnd.layout import StateLayout
 from cairnd.errors import CairnError
-from cairnd.forker import discard_partial, fork_session, fork_title
+from cairnd.creation import roll_back
+from cairnd.forker import fork_session, fork_title
 from cairnd.forkpoint import find_fork_point
 from cairnd.entries import cairnd_entry, envelope_line, method_of, parse_message
 from cairnd.log import iter_lines
 from cairnd.registry import Registry
-from gitrepos import commit_all, git_text, index_state, make_repo, tree_state, write
+from gitrepos import commit_all, git_text, index_state, list_worktrees, make_repo, tree_state, write
 from logsamples import agent_chunk, checkpoint, prompt_request, prompt_response, turn_complete, user_chunk
 
 CAP = 1 << 20
@@ -155,7 +156,7 @@ def assert_nothing_but_parent(parent: Parent) -> None:
     assert parent.registry.forks() == []
     assert [p.name for p in parent.layout.sessions.iterdir()] == [parent.id]
     assert list(parent.layout.worktrees.iterdir()) == []
-    assert cgit.list_worktrees(parent.repo) == [parent.repo]
+    assert list_worktrees(parent.repo) == [parent.repo]
     refs = cgit.list_refs(parent.repo, "refs/cairnd/")
     assert all(name.startswith(f"refs/cairnd/{parent.id}/") for name in refs)
 
@@ -170,9 +171,9 @@ def resolve(target: str):
 
 
 STEPS = [
-    ("cairnd.forker.git.create_fork_worktree", "worktree"),
-    ("cairnd.forker.git.pin", "baseline checkpoint"),
-    ("cairnd.forker.write_fork_log", "log"),
+    ("cairnd.git.add_worktree", "worktree"),
+    ("cairnd.git.pin", "baseline checkpoint"),
+    ("cairnd.forker.write_initial_log", "log"),
     ("cairnd.registry.Registry.commit_session", "commit"),
 ]
 
@@ -204,7 +205,7 @@ def test_a_crash_at_each_step_is_rolled_back_on_restart(parent: Parent, step: st
         import importlib, os, sys
         from pathlib import Path
         sys.path.insert(0, {str(Path(__file__).parent)!r})
-        from cairnd.config import StateLayout
+        from cairnd.layout import StateLayout
         from cairnd.registry import Registry
         from cairnd.forker import fork_session
         module_name, _, attribute = {target!r}.rpartition(".")
@@ -228,7 +229,7 @@ def test_a_crash_at_each_step_is_rolled_back_on_restart(parent: Parent, step: st
     leftovers = parent.registry.sessions(("creating",))
     assert len(leftovers) == (0 if step == "commit" else 1)
     for row in leftovers:
-        discard_partial(parent.layout, parent.registry, row)
+        roll_back(parent.layout, parent.registry, row)
     if step == "commit":
         assert len(parent.registry.forks()) == 1  # it had committed: a whole fork
     else:

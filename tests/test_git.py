@@ -16,6 +16,8 @@ import pytest
 from cairnd import git
 from cairnd.errors import CairnError
 from gitrepos import (
+    commit_exists,
+    list_worktrees,
     commit_all,
     git as run_git,
     git_text,
@@ -59,7 +61,7 @@ def test_resolve_repo_of_a_bare_repository_is_its_git_dir(tmp_path: Path) -> Non
 
 def test_resolve_repo_of_a_linked_worktree_is_that_worktree(repo: Path, tmp_path: Path) -> None:
     linked = tmp_path / "linked"
-    git.add_worktree_at(repo, linked, head(repo))
+    git.add_worktree(repo, linked, head(repo))
     assert git.resolve_repo(str(linked)) == linked
 
 
@@ -122,14 +124,6 @@ def test_resolve_commit_outside_a_repository(tmp_path: Path) -> None:
         git.resolve_commit(tmp_path / "gone", "HEAD")
 
 
-def test_commit_exists(repo: Path) -> None:
-    assert git.commit_exists(repo, head(repo))
-    assert not git.commit_exists(repo, "0" * 40)
-    assert not git.commit_exists(repo, tree_of(repo, "HEAD"))
-    assert not git.commit_exists(repo, "HEAD")
-    assert not git.commit_exists(repo, head(repo)[:12])
-
-
 def test_head_state_on_a_branch_and_detached(repo: Path) -> None:
     assert git.head_state(repo) == (head(repo), "main")
     run_git(repo, "checkout", "-q", "-b", "feature/x")
@@ -167,7 +161,7 @@ def test_snapshot_leaves_no_trace_in_the_session(repo: Path) -> None:
     snap = git.snapshot(repo, NO_CAP)
     assert (index_fingerprint(repo), status(repo), tree_state(repo)) == before
     assert run_git(repo, "for-each-ref") == refs_before  # snapshot alone pins nothing
-    assert git.commit_exists(repo, snap.worktree_sha)
+    assert commit_exists(repo, snap.worktree_sha)
 
 
 def test_snapshot_ignores_a_git_environment_it_inherits(repo: Path, tmp_path: Path,
@@ -287,26 +281,26 @@ def test_bad_ref_name_is_git_failed(repo: Path) -> None:
 # --------------------------------------------------------------------------- worktrees
 
 
-def test_add_worktree_at_checks_out_a_detached_commit(repo: Path, tmp_path: Path) -> None:
+def test_add_worktree_checks_out_a_detached_commit(repo: Path, tmp_path: Path) -> None:
     first = head(repo)
     write(repo, "later.txt", "later\n")
     commit_all(repo, "later")
     session = tmp_path / "state" / "worktrees" / "s1" / "repo"
-    git.add_worktree_at(repo, session, first)
+    git.add_worktree(repo, session, first)
     assert head_and_branch(session) == (first, None)
     assert not (session / "later.txt").exists()
     assert (session / "src" / "app.py").read_text() == "print('hi')\n"
     assert status(session) == b""
 
 
-def test_add_worktree_at_a_bare_repository(tmp_path: Path) -> None:
+def test_add_worktree_a_bare_repository(tmp_path: Path) -> None:
     source = make_repo(tmp_path / "source")
     bare = tmp_path / "bare.git"
     run_git(tmp_path, "clone", "-q", "--bare", str(source), str(bare))
     session = tmp_path / "session"
-    git.add_worktree_at(bare, session, head(source))
+    git.add_worktree(bare, session, head(source))
     assert (session / "README").read_text() == "hello\n"
-    assert git.list_worktrees(bare) == [session]
+    assert list_worktrees(bare) == [session]
 
 
 def test_hooks_never_run(repo: Path, tmp_path: Path) -> None:
@@ -314,10 +308,10 @@ def test_hooks_never_run(repo: Path, tmp_path: Path) -> None:
     hook = repo / ".git" / "hooks" / "post-checkout"
     hook.write_text(f"#!/bin/sh\ntouch {marker}\n")
     hook.chmod(0o755)
-    git.add_worktree_at(repo, tmp_path / "a", head(repo))
+    git.add_worktree(repo, tmp_path / "a", head(repo))
     write(repo, "x.txt", "x\n")
     snap = git.snapshot(repo, NO_CAP)
-    git.create_fork_worktree(repo, tmp_path / "b", snap.head_sha, snap.worktree_sha, snap.index_tree)
+    git.add_worktree(repo, tmp_path / "b", snap.head_sha, snap.worktree_sha, snap.index_tree)
     assert not marker.exists()
 
 
@@ -325,13 +319,13 @@ def test_add_worktree_where_something_is_in_the_way_is_git_failed(repo: Path, tm
     target = tmp_path / "taken"
     write(target, "keep.txt", "mine\n")
     with raises("git_failed") as caught:
-        git.add_worktree_at(repo, target, head(repo))
+        git.add_worktree(repo, target, head(repo))
     assert "already exists" in str(caught.value)
     assert (target / "keep.txt").read_text() == "mine\n"
-    assert git.list_worktrees(repo) == [repo]
+    assert list_worktrees(repo) == [repo]
 
 
-def test_create_fork_worktree_restores_files_index_and_head(repo: Path, tmp_path: Path) -> None:
+def test_add_worktree_restores_files_index_and_head(repo: Path, tmp_path: Path) -> None:
     write(repo, "README.md", "staged\n")
     run_git(repo, "add", "README.md")
     write(repo, "README.md", "staged then edited\n")
@@ -339,17 +333,17 @@ def test_create_fork_worktree_restores_files_index_and_head(repo: Path, tmp_path
     os.symlink("README.md", repo / "link")
     snap = git.snapshot(repo, NO_CAP)
     fork = tmp_path / "fork"
-    git.create_fork_worktree(repo, fork, snap.head_sha, snap.worktree_sha, snap.index_tree)
+    git.add_worktree(repo, fork, snap.head_sha, snap.worktree_sha, snap.index_tree)
     assert tree_state(fork) == tree_state(repo)
     assert index_state(fork) == index_state(repo)
     assert head_and_branch(fork) == (snap.head_sha, None)
     assert status(fork) == status(repo)
 
 
-def test_create_fork_worktree_from_head_only(repo: Path, tmp_path: Path) -> None:
+def test_add_worktree_from_head_only(repo: Path, tmp_path: Path) -> None:
     write(repo, "README.md", "uncommitted\n")
     fork = tmp_path / "fork"
-    git.create_fork_worktree(repo, fork, head(repo))
+    git.add_worktree(repo, fork, head(repo))
     assert (fork / "README.md").read_text() == "hello\n"
     assert status(fork) == b""
 
@@ -366,7 +360,7 @@ def test_restore_with_no_index_tree_gives_heads_index(repo: Path, tmp_path: Path
     assert status(fork) == b" M README.md\0"
 
 
-def test_create_fork_worktree_with_missing_objects_is_commit_missing(repo: Path, tmp_path: Path) -> None:
+def test_add_worktree_with_missing_objects_is_commit_missing(repo: Path, tmp_path: Path) -> None:
     snap = git.snapshot(repo, NO_CAP)
     fork = tmp_path / "fork"
     missing = "0" * 40
@@ -374,49 +368,41 @@ def test_create_fork_worktree_with_missing_objects_is_commit_missing(repo: Path,
                  (snap.head_sha, snap.worktree_sha, missing), (snap.head_sha, snap.index_tree, None),
                  ("not-an-id", None, None), (snap.head_sha, "HEAD", None)]:
         with raises("commit_missing"):
-            git.create_fork_worktree(repo, fork, *args)
+            git.add_worktree(repo, fork, *args)
         assert not fork.exists()
-    assert git.list_worktrees(repo) == [repo]
+    assert list_worktrees(repo) == [repo]
 
 
-def test_create_fork_worktree_of_objects_from_another_repository(repo: Path, tmp_path: Path) -> None:
+def test_add_worktree_of_objects_from_another_repository(repo: Path, tmp_path: Path) -> None:
     other = make_repo(tmp_path / "other", {"other.txt": "elsewhere\n"})
     with raises("commit_missing") as caught:
-        git.create_fork_worktree(repo, tmp_path / "fork", head(other))
+        git.add_worktree(repo, tmp_path / "fork", head(other))
     assert head(other) in str(caught.value)
 
 
 def test_remove_worktree_with_changes_twice_and_after_it_vanished(repo: Path, tmp_path: Path) -> None:
     session = tmp_path / "s1"
-    git.add_worktree_at(repo, session, head(repo))
+    git.add_worktree(repo, session, head(repo))
     write(session, "README.md", "changed\n")
     write(session, "untracked.txt", "u\n")
     write(session, "debug.log", "ignored\n")
     run_git(repo, "worktree", "lock", str(session))
     git.remove_worktree(repo, session)
     assert not session.exists()
-    assert git.list_worktrees(repo) == [repo]
+    assert list_worktrees(repo) == [repo]
     git.remove_worktree(repo, session)
 
     gone = tmp_path / "s2"
-    git.add_worktree_at(repo, gone, head(repo))
+    git.add_worktree(repo, gone, head(repo))
     shutil.rmtree(gone)
-    assert gone in git.list_worktrees(repo)
+    assert gone in list_worktrees(repo)
     git.remove_worktree(repo, gone)
-    assert git.list_worktrees(repo) == [repo]
+    assert list_worktrees(repo) == [repo]
 
 
 def test_remove_worktree_of_a_repository_that_is_gone(tmp_path: Path) -> None:
     with raises("repo_not_found"):
         git.remove_worktree(tmp_path / "gone", tmp_path / "gone-session")
-
-
-def test_list_worktrees_main_first(repo: Path, tmp_path: Path) -> None:
-    a, b = tmp_path / "a b", tmp_path / "ünï"
-    git.add_worktree_at(repo, a, head(repo))
-    git.add_worktree_at(repo, b, head(repo))
-    assert git.list_worktrees(repo) == [repo, a, b]
-    assert git.list_worktrees(a) == [repo, a, b]
 
 
 def test_snapshot_from_a_subdirectory_covers_the_whole_tree(repo: Path) -> None:
@@ -440,7 +426,7 @@ def test_worktrees_snapshots_and_refs_in_parallel_threads(repo: Path, tmp_path: 
 
     def one_session(n: int) -> tuple[int, str]:
         session = tmp_path / "worktrees" / f"s{n}" / "repo"
-        git.create_fork_worktree(repo, session, snap.head_sha, snap.worktree_sha, snap.index_tree)
+        git.add_worktree(repo, session, snap.head_sha, snap.worktree_sha, snap.index_tree)
         write(session, "mine.txt", f"session {n}\n")
         mine = git.snapshot(session, NO_CAP)
         git.pin(session, f"refs/cairnd/s{n}/0", mine.worktree_sha)
@@ -454,7 +440,7 @@ def test_worktrees_snapshots_and_refs_in_parallel_threads(repo: Path, tmp_path: 
     with ThreadPoolExecutor(max_workers=4) as pool:
         list(pool.map(lambda n: git.remove_worktree(repo, tmp_path / "worktrees" / f"s{n}" / "repo"), range(6)))
         list(pool.map(lambda n: git.delete_refs(repo, f"refs/cairnd/s{n}/"), range(6)))
-    assert git.list_worktrees(repo) == [repo]
+    assert list_worktrees(repo) == [repo]
     assert git.list_refs(repo, "refs/cairnd/") == {}
 
 

@@ -201,7 +201,7 @@ CRASH_SCRIPT = textwrap.dedent("""
 
 @pytest.mark.parametrize("step", rewinding.STEPS)
 def test_a_crash_at_any_step_leaves_the_session_as_it_was_or_the_rewind_whole(parent: Parent, step: str):
-    from cairnd.forker import discard_partial
+    from cairnd.creation import roll_back
     oracle = parent.fork(2)
     before = state_of(parent.repo), parent.log.read_bytes()
     refs_before = cgit.list_refs(parent.repo, "refs/cairnd/")
@@ -211,7 +211,7 @@ def test_a_crash_at_any_step_leaves_the_session_as_it_was_or_the_rewind_whole(pa
     # What a start of cairnd does: creations cut short go, committed rewinds are finished.
     registry = Registry(parent.layout.db)
     for row in registry.sessions(("creating",)):
-        discard_partial(parent.layout, registry, row)
+        roll_back(parent.layout, registry, row)
     rewinding.recover(parent.layout, registry, max_file_bytes=CAP)
     ready = registry.sessions(("ready",))
     if rewinding.STEPS.index(step) < rewinding.STEPS.index("committed"):

@@ -17,7 +17,7 @@ from cairnd.config import parse_config, ConfigError
 from cairnd.registry import Registry
 from cairnd.storage import REFS_HARD_LIMIT, DAY, RefKeeper, collect, count_loose_refs, expired, repository_figures
 from cairnd.worktreewatch import WatchSet
-from gitrepos import git_text, make_repo, write
+from gitrepos import commit_exists, git_text, make_repo, write
 
 
 @pytest.fixture
@@ -58,7 +58,7 @@ def test_background_upkeep_packs_refs_and_objects(repo: Path, tmp_path: Path) ->
         assert checkpoints.refs.due() == []
         # Every checkpoint is still whole and reachable.
         for sha in git.list_refs(repo, "refs/cairnd/s/").values():
-            assert git.commit_exists(repo, sha)
+            assert commit_exists(repo, sha)
         git_text(repo, "fsck", "--no-progress")
     finally:
         checkpoints.close()

@@ -1,38 +1,33 @@
 """The fork pipeline (SPEC section 5), atomic as a whole.
 
-    source log --find_fork_point--> cut + checkpoint
+    source log --find_cut--> cut + checkpoint (state_at_cut, kept_turns, fork_title)
                --git--> new worktree with the files and index of that checkpoint
                --copy--> new log: kept bytes, fork_session_meta, baseline checkpoint
                --registry--> lineage row; the session turns `ready`: the commit point
 
-Before the first step the registry holds a `creating` row for the fork; any failure,
-and on restart any crash, rolls every step back through `discard_partial`, so a fork
-is either whole or leaves nothing behind.
+The steps after the cut run inside `creation.creating`: any failure, and on restart any
+crash, rolls every step back, so a fork is either whole or leaves nothing behind.
 """
 
 from __future__ import annotations
 
 import itertools
-import os
 import re
-import shutil
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cairnd import git
-from cairnd.checkpoint import checkpoint_params, session_ref_prefix, take_checkpoint
+from cairnd.checkpoint import checkpoint_params, take_checkpoint
+from cairnd.creation import creating, write_initial_log
 from cairnd.cutindex import find_cut
 from cairnd.layout import StateLayout
-from cairnd.durable import fsync_dir, write_all
 from cairnd.forkpoint import ForkPoint
 from cairnd.ids import new_session_id
-from cairnd.entries import checkpoint_entry, envelope_line, fork_meta_entry
-from cairnd.log import copy_prefix, iter_lines
+from cairnd.entries import checkpoint_entry, fork_meta_entry
+from cairnd.log import iter_lines
 from cairnd.registry import ForkRow, Registry, SessionRow
 from cairnd.transcript import session_state
 
@@ -75,7 +70,7 @@ def state_at_cut(point: ForkPoint, repo: Path, source_worktree: Path) -> ForkSta
         if not isinstance(worktree_sha, str) and isinstance(tree, str):
             # PostHog Code's git_checkpoint records the working tree as a tree only.
             worktree_sha = git.commit_of_tree(repo, tree, head)
-        # Whether these objects still exist is checked by git.create_fork_worktree, in
+        # Whether these objects still exist is checked by git.add_worktree, in
         # one git call before it creates anything (commit_missing): not twice.
         return ForkState(
             head_sha=head,
@@ -114,35 +109,6 @@ def kept_turns(point: ForkPoint, log_path: Path) -> int:
     return session_state(kept, agent_text=False).turns
 
 
-_worktree_locks: dict[str, threading.Lock] = {}
-_worktree_locks_guard = threading.Lock()
-
-
-@contextmanager
-def worktree_lock(repo: Path) -> Iterator[None]:
-    """Hold while adding or removing a worktree of `repo`. git's worktree commands read
-    the records of every worktree, and `worktree add` writes its own in steps: two at
-    once in one repository fail on each other's half-written record ("failed to read
-    .git/worktrees/<name>/commondir"). cairnd runs them one at a time per repository."""
-    key = os.path.realpath(repo)
-    with _worktree_locks_guard:
-        lock = _worktree_locks.setdefault(key, threading.Lock())
-    with lock:
-        yield
-
-
-def discard_partial(layout: StateLayout, registry: Registry, row: SessionRow) -> None:
-    """Remove everything a session in `creating` may have made, then its row. Safe to
-    run on any prefix of creation, and again after a crash part-way through itself."""
-    if not row.in_place:
-        with worktree_lock(row.repo):
-            git.remove_worktree(row.repo, row.worktree)
-        shutil.rmtree(layout.worktree_parent(row.id), ignore_errors=True)
-    git.delete_refs(row.repo, session_ref_prefix(row.id))
-    shutil.rmtree(layout.session_dir(row.id), ignore_errors=True)
-    registry.forget_creating(row.id)
-
-
 def fork_session(layout: StateLayout, registry: Registry, parent: SessionRow, k: int, *,
                  title: str | None, request_id: str | None, max_file_bytes: int,
                  history: Callable[[Path, int], str] | None = None) -> dict[str, Any]:
@@ -153,25 +119,18 @@ def fork_session(layout: StateLayout, registry: Registry, parent: SessionRow, k:
     turns = kept_turns(point, parent_log)
 
     fork_id = new_session_id()
-    fork_title_ = title or fork_title(parent.title, registry.titles_in_root(parent.root_id))
+    named = title or fork_title(parent.title, registry.titles_in_root(parent.root_id))
     worktree = layout.worktree_parent(fork_id) / parent.repo.name
-    registry.begin_session(
-        id=fork_id, title=fork_title_, repo=parent.repo, worktree=worktree, in_place=False,
-        agent=parent.agent, parent_id=parent.id, root_id=parent.root_id, turns=turns,
-        request_id=request_id,
-    )
-    row = registry.get(fork_id)
-    assert row is not None
-    try:
-        worktree.parent.mkdir(parents=True, exist_ok=True)
-        git.create_fork_worktree(parent.repo, worktree, start.head_sha, start.worktree_sha, start.index_tree,
-                                 records_lock=lambda: worktree_lock(parent.repo))
+    with creating(layout, registry, id=fork_id, title=named, repo=parent.repo, worktree=worktree, in_place=False,
+                  agent=parent.agent, parent_id=parent.id, root_id=parent.root_id, turns=turns,
+                  request_id=request_id) as made:
+        git.add_worktree(parent.repo, worktree, start.head_sha, start.worktree_sha, start.index_tree)
         baseline = baseline_at_cut(point, start, fork_id, turns)
         if baseline is None:
             baseline = take_checkpoint(fork_id, worktree, turns, max_file_bytes)
         else:
             git.pin(parent.repo, baseline["ref"], baseline["worktreeSha"], written=True)
-        log_path = write_fork_log(layout, fork_id, parent_log, point.offset, [
+        log_path = write_initial_log(layout, fork_id, parent_log, point.offset, [
             fork_meta_entry(fork_id, parent.id, k, start.head_sha, start.worktree_sha),
             checkpoint_entry(baseline),
         ])
@@ -179,7 +138,7 @@ def fork_session(layout: StateLayout, registry: Registry, parent: SessionRow, k:
             "session": fork_id,
             "parent": parent.id,
             "user_message_index": k,
-            "title": fork_title_,
+            "title": named,
             "worktree": str(worktree),
             "headSha": start.head_sha,
             "worktreeSha": start.worktree_sha,
@@ -189,33 +148,9 @@ def fork_session(layout: StateLayout, registry: Registry, parent: SessionRow, k:
         }
         if history is not None:  # how the fork's agent will get the kept conversation (SPEC 12)
             result["history"] = history(parent_log, point.offset)
-        registry.commit_session(fork_id, result, ForkRow(
+        made.commit(result, ForkRow(
             id=fork_id, parent_id=parent.id, parent_title=parent.title, root_id=parent.root_id,
             user_message_index=k, head_sha=start.head_sha, worktree_sha=start.worktree_sha,
             created_at=time.time(),
         ))
-    except BaseException:
-        discard_partial(layout, registry, row)
-        raise
     return result
-
-
-def write_fork_log(layout: StateLayout, session_id: str, source: Path | None, keep_bytes: int,
-                   entries: list[dict[str, Any]]) -> Path:
-    """The first copy of a session's log: kept bytes of `source` exactly as they are,
-    then `entries`; written under a temporary name, fsynced and renamed into place."""
-    directory = layout.session_dir(session_id)
-    directory.mkdir(parents=True, exist_ok=True)
-    final = layout.log_path(session_id)
-    tmp = layout.log_tmp_path(session_id)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    try:
-        if source is not None and keep_bytes:
-            copy_prefix(source, fd, keep_bytes)
-        write_all(fd, b"".join(envelope_line(entry) for entry in entries))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, final)
-    fsync_dir(directory)
-    return final

@@ -23,9 +23,10 @@ import shutil
 import stat
 import subprocess
 import tempfile
+import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,13 +169,6 @@ def resolve_commit(repo: Path, ref: str) -> str:
 def is_object_id(value: object) -> bool:
     """Whether `value` is a full SHA-1 or SHA-256 object id in lower-case hex."""
     return isinstance(value, str) and bool(_HEX_ID.match(value))
-
-
-def commit_exists(repo: Path, sha: str) -> bool:
-    """Whether `sha` (a full object id) is a commit present in `repo`."""
-    if not is_object_id(sha):
-        return False
-    return _run(repo, ["cat-file", "-e", f"{sha}^{{commit}}"]).returncode == 0
 
 
 def _object_types(repo: Path, specs: Sequence[str]) -> list[tuple[str, str] | None]:
@@ -623,9 +617,22 @@ def object_sizes(repo: Path) -> dict[str, int]:
 # --------------------------------------------------------------------------- worktrees
 
 
-def add_worktree_at(repo: Path, path: Path, commit: str) -> None:
-    """A new linked worktree at `path`, detached at `commit`, checked out (no hooks run)."""
-    create_fork_worktree(repo, path, commit)
+_worktree_locks: dict[str, threading.Lock] = {}
+_worktree_locks_guard = threading.Lock()
+
+
+@contextmanager
+def _worktree_lock(repo: Path) -> Iterator[None]:
+    """Held while adding or removing a worktree of `repo`. git's worktree commands read
+    the records of every worktree, and `worktree add` writes its own in steps: two at
+    once in one repository fail on each other's half-written record ("failed to read
+    .git/worktrees/<name>/commondir"). cairnd runs them one at a time per repository
+    (within one process: cairnd is one per state directory)."""
+    key = os.path.realpath(repo)
+    with _worktree_locks_guard:
+        lock = _worktree_locks.setdefault(key, threading.Lock())
+    with lock:
+        yield
 
 
 def add_worktree_detached(repo: Path, path: Path, head_sha: str) -> None:
@@ -634,7 +641,8 @@ def add_worktree_detached(repo: Path, path: Path, head_sha: str) -> None:
     if not is_object_id(head_sha):
         raise CairnError("commit_missing", f"{head_sha!r} is not a commit id")
     path.parent.mkdir(parents=True, exist_ok=True)
-    proc = _run(repo, ["worktree", "add", "--no-checkout", "--detach", str(path), head_sha])
+    with _worktree_lock(repo):
+        proc = _run(repo, ["worktree", "add", "--no-checkout", "--detach", str(path), head_sha])
     if proc.returncode != 0:
         if b"invalid reference" in proc.stderr:
             raise CairnError("commit_missing", f"commit {head_sha} is not in {repo}")
@@ -696,29 +704,27 @@ def commit_of_tree(repo: Path, tree: str, parent: str, message: str = SNAPSHOT_M
     return _line(_git(repo, "commit-tree", "--no-gpg-sign", tree, "-p", parent, "-m", message))
 
 
-def create_fork_worktree(repo: Path, path: Path, head_sha: str, worktree_sha: str | None = None,
-                         index_tree: str | None = None,
-                         records_lock: Callable[[], AbstractContextManager[object]] = nullcontext) -> None:
-    """A new worktree at `path`: HEAD detached at `head_sha`, files equal to `worktree_sha`'s
-    tree (default: `head_sha`'s), index equal to `index_tree` (default: HEAD's tree).
+def add_worktree(repo: Path, path: Path, head_sha: str, worktree_sha: str | None = None,
+                 index_tree: str | None = None) -> None:
+    """A new linked worktree at `path` (its parent made if missing): HEAD detached at
+    `head_sha`, files equal to `worktree_sha`'s tree (default: `head_sha`'s: a plain
+    checkout), index equal to `index_tree` (default: HEAD's tree). No hook runs.
 
     All or nothing: on failure the worktree is removed again. commit_missing when an
-    object is not in the repository (checked before anything is created).
-    `records_lock()` is held while the repository's worktree records are written
+    object is not in the repository (checked before anything is created). The
+    repository's worktree lock is held only while its worktree records are written
     (adding, and removing on failure), not while the files are written: forks of one
-    repository then fill their worktrees in parallel."""
+    repository fill their worktrees in parallel."""
     if not is_object_id(head_sha):
         raise CairnError("commit_missing", f"headSha {head_sha!r} is not a commit id")
     worktree_sha = worktree_sha or head_sha
     worktree_tree, index_tree = _restore_trees(repo, head_sha, worktree_sha, index_tree)
-    with records_lock():
-        add_worktree_detached(repo, path, head_sha)
+    add_worktree_detached(repo, path, head_sha)
     try:
         _restore(path, worktree_sha, worktree_tree, index_tree)
     except BaseException:
         try:
-            with records_lock():
-                remove_worktree(repo, path)
+            remove_worktree(repo, path)
         except CairnError:
             pass  # the first failure is the one worth reporting
         raise
@@ -730,28 +736,10 @@ def remove_worktree(repo: Path, path: Path) -> None:
 
     No `git worktree prune`: that would also drop the records of the user's own
     worktrees whose directories are merely out of reach (an unmounted disk)."""
-    proc = _run(repo, ["worktree", "remove", "--force", "--force", str(path)])
+    with _worktree_lock(repo):
+        proc = _run(repo, ["worktree", "remove", "--force", "--force", str(path)])
     if proc.returncode != 0 and b"is not a working tree" not in proc.stderr:
         raise _failure(repo, ["worktree"], proc)
-
-
-def list_worktrees(repo: Path) -> list[Path]:
-    """Every working tree of the repository, the main one (if not bare) first."""
-    proc = _run(repo, ["worktree", "list", "--porcelain", "-z"])
-    if proc.returncode != 0 and b"unknown switch" in proc.stderr:
-        # git before 2.36 has no -z, and prints paths as they are, one record a line.
-        out = _git(repo, "worktree", "list", "--porcelain").replace(b"\n", b"\0")
-    elif proc.returncode != 0:
-        raise _failure(repo, ["worktree"], proc)
-    else:
-        out = proc.stdout
-    trees = []
-    for block in out.split(b"\0\0"):
-        fields = [f for f in block.split(b"\0") if f]
-        if not fields or b"bare" in fields:
-            continue
-        trees.append(Path(os.fsdecode(fields[0][len(b"worktree "):])))
-    return trees
 
 
 def reset_worktree(worktree: Path, current_sha: str, target_sha: str, index_tree: str | None,

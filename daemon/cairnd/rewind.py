@@ -3,7 +3,7 @@
 Two phases around one commit point, so a crash anywhere leaves the session as it was
 or the rewind whole:
 
-1. **abandon** (undone on failure, and by recovery's `discard_partial` of the
+1. **abandon** (undone on failure, and by recovery's `creation.roll_back` of the
    `creating` row after a crash): everything the session is now becomes a new
    session, `abandoned`: a worktree with its files, index and HEAD (detached: the
    branch stays with the session), its whole log then a `fork_session_meta` and a
@@ -35,7 +35,8 @@ from cairnd.checkpoint import checkpoint_params, checkpoint_ref, session_ref_pre
 from cairnd.layout import StateLayout
 from cairnd.diffs import checkpoints_in
 from cairnd.entries import CHECKPOINT_MARK, TURN_START_MARK, checkpoint_entry, fork_meta_entry, rewind_entry
-from cairnd.forker import discard_partial, kept_turns, state_at_cut, worktree_lock, write_fork_log
+from cairnd.creation import roll_back, write_initial_log
+from cairnd.forker import kept_turns, state_at_cut
 from cairnd.forkpoint import count_user_messages, find_fork_point
 from cairnd.ids import new_session_id
 from cairnd.log import iter_lines
@@ -166,9 +167,7 @@ def abandon(layout: StateLayout, registry: Registry, row: SessionRow, k: int, *,
     assert creating is not None
     try:
         _reached("planned")
-        worktree.parent.mkdir(parents=True, exist_ok=True)
-        with worktree_lock(row.repo):
-            git.create_fork_worktree(row.repo, worktree, now.head_sha, now.worktree_sha, now.index_tree)
+        git.add_worktree(row.repo, worktree, now.head_sha, now.worktree_sha, now.index_tree)
         _reached("abandoned_worktree")
         # Its worktree was made from `now`'s objects: that snapshot is its baseline (HEAD
         # detached), under its own ref, with no second scan.
@@ -176,7 +175,7 @@ def abandon(layout: StateLayout, registry: Registry, row: SessionRow, k: int, *,
         git.pin(row.repo, baseline["ref"], now.worktree_sha)
         pin_abandoned(row.repo, abandoned_id, iter_lines(log_path), baseline)
         _reached("abandoned_refs")
-        log = write_fork_log(layout, abandoned_id, log_path, old_length, [
+        log = write_initial_log(layout, abandoned_id, log_path, old_length, [
             fork_meta_entry(abandoned_id, row.id, old_messages, now.head_sha, now.worktree_sha),
             checkpoint_entry(baseline)])
         _reached("abandoned_log")
@@ -189,7 +188,7 @@ def abandon(layout: StateLayout, registry: Registry, row: SessionRow, k: int, *,
             user_message_index=old_messages, head_sha=now.head_sha, worktree_sha=now.worktree_sha,
             created_at=time.time()), rewind=journal)
     except BaseException:
-        discard_partial(layout, registry, creating)
+        roll_back(layout, registry, creating)
         current_index_path(layout, row.id).unlink(missing_ok=True)
         raise
     _reached("committed")
@@ -212,7 +211,7 @@ def finish(layout: StateLayout, registry: Registry, row: SessionRow, journal: Re
     baseline = take_checkpoint(row.id, row.worktree, plan["turns"], max_file_bytes)
     # The kept bytes come from the abandoned log, which holds the old log whole: the
     # session's own may already be the new one when this runs again after a crash.
-    write_fork_log(layout, row.id, layout.log_path(journal.abandoned_id), plan["keep_bytes"], [
+    write_initial_log(layout, row.id, layout.log_path(journal.abandoned_id), plan["keep_bytes"], [
         rewind_entry(row.id, plan["k"], journal.abandoned_id, head, plan["worktreeSha"]),
         checkpoint_entry(baseline)])
     _reached("log")

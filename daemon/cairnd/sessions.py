@@ -25,7 +25,8 @@ from cairnd.config import AgentProfile, Config
 from cairnd.confinement import Confinement, detect
 from cairnd.durable import remove_stale_temps
 from cairnd.errors import CairnError
-from cairnd.forker import discard_partial, fork_session, worktree_lock, write_fork_log
+from cairnd.creation import creating, roll_back, write_initial_log
+from cairnd.forker import fork_session
 from cairnd.history import predict as predict_history
 from cairnd.ids import new_session_id
 from cairnd.journal import event
@@ -199,39 +200,30 @@ class Sessions:
             commit = await self._thread(git.resolve_commit, repo, request.ref)
         session_id = new_session_id()
         worktree = repo if request.in_place else self.layout.worktree_parent(session_id) / repo.name
-        title = request.title or repo.name
-        await self._thread(
-            self.registry.begin_session, id=session_id, title=title, repo=repo, worktree=worktree,
-            in_place=request.in_place, agent=profile.name, parent_id=None, root_id=session_id,
-            turns=0, request_id=claimed.request_id,
-        )
-        row = await self._thread(self.registry.get, session_id)
-        try:
-            await self._thread(self._create, row, commit)
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await self._thread(discard_partial, self.layout, self.registry, row)
-            raise
+        # One worker thread for the whole transaction: a cancelled caller does not stop
+        # it half-way, and its rollback runs there too.
+        await self._thread(lambda: self._create(
+            commit, id=session_id, title=request.title or repo.name, repo=repo, worktree=worktree,
+            in_place=request.in_place, agent=profile.name, parent_id=None, root_id=session_id, turns=0,
+            request_id=claimed.request_id))
         row = await self._thread(self.registry.get, session_id)
         return await self._with_turn(row, request.prompt, claimed)
 
-    def _create(self, row: SessionRow, commit: str) -> dict[str, Any]:
-        if not row.in_place:
-            row.worktree.parent.mkdir(parents=True, exist_ok=True)
-            with worktree_lock(row.repo):
-                git.add_worktree_at(row.repo, row.worktree, commit)
-        # Through the checkpointer: its full scan begins the watch, so turn 1 costs what it changes.
-        baseline = self.checkpoints.take(row.id, row.worktree, 0, self.config.snapshot_max_file_bytes)
-        log_path = write_fork_log(self.layout, row.id, None, 0, [checkpoint_entry(baseline)])
-        result = {
-            "session": row.id,
-            "title": row.title,
-            "worktree": str(row.worktree),
-            "headSha": baseline["headSha"],
-            "log": str(log_path),
-        }
-        self.registry.commit_session(row.id, result)
-        return result
+    def _create(self, commit: str, **fields: Any) -> None:
+        with creating(self.layout, self.registry, **fields) as made:
+            row = made.row
+            if not row.in_place:
+                git.add_worktree(row.repo, row.worktree, commit)
+            # Through the checkpointer: its full scan begins the watch, so turn 1 costs what it changes.
+            baseline = self.checkpoints.take(row.id, row.worktree, 0, self.config.snapshot_max_file_bytes)
+            log_path = write_initial_log(self.layout, row.id, None, 0, [checkpoint_entry(baseline)])
+            made.commit({
+                "session": row.id,
+                "title": row.title,
+                "worktree": str(row.worktree),
+                "headSha": baseline["headSha"],
+                "log": str(log_path),
+            })
 
     async def fork(self, request: ForkRequest, claimed: Claimed) -> dict[str, Any]:
         if claimed.request_id and (done := await self._thread(self.registry.by_request, claimed.request_id)):
@@ -373,8 +365,7 @@ class Sessions:
     def _delete(self, row: SessionRow, keep_worktree: bool) -> None:
         # The log stays in sessions/<id>/: nothing is ever lost, and lineage keeps the title.
         if not keep_worktree and not row.in_place:
-            with worktree_lock(row.repo):
-                git.remove_worktree(row.repo, row.worktree)
+            git.remove_worktree(row.repo, row.worktree)
             shutil.rmtree(self.layout.worktree_parent(row.id), ignore_errors=True)
         self.checkpoints.forget(row.id)
         git.delete_refs(row.repo, session_ref_prefix(row.id))
@@ -392,7 +383,7 @@ class Sessions:
                 event(logging.INFO, f"removed {directory / name}, left half-written by a stop")
         for row in await self._thread(self.registry.sessions, ("creating",)):
             event(logging.WARNING, "removing a session whose creation a stop cut short", session=row.id)
-            await self._thread(discard_partial, self.layout, self.registry, row)
+            await self._thread(roll_back, self.layout, self.registry, row)
         for session_id in await self._thread(rewinding.recover, self.layout, self.registry,
                                              max_file_bytes=self.config.snapshot_max_file_bytes):
             event(logging.WARNING, "finished a rewind that a stop cut short", session=session_id)

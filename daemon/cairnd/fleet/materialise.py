@@ -20,7 +20,6 @@ from cairnd.durable import write_atomic
 from cairnd.entries import CHECKPOINT_METHOD, method_of, parse_message, params_of
 from cairnd.errors import CairnError
 from cairnd.fleet import remote
-from cairnd.forker import worktree_lock
 from cairnd.registry import Registry, SessionRow
 from cairnd.transcript import session_state
 
@@ -101,14 +100,11 @@ def materialise(layout: StateLayout, registry: Registry, descriptor: Descriptor,
     worktree = layout.worktree_parent(sid) / name
     if with_worktree or (old is not None and old.worktree.exists()):
         # A worktree this host kept from an earlier stay is out of date: made again.
-        with worktree_lock(repo):
-            if old is not None and old.worktree.exists():
-                git.remove_worktree(old.repo, old.worktree)
-            shutil.rmtree(layout.worktree_parent(sid), ignore_errors=True)
-            if with_worktree:
-                worktree.parent.mkdir(parents=True, exist_ok=True)
-                git.create_fork_worktree(repo, worktree, last["headSha"], last.get("worktreeSha"),
-                                         last.get("indexTree"))
+        if old is not None and old.worktree.exists():
+            git.remove_worktree(old.repo, old.worktree)
+        shutil.rmtree(layout.worktree_parent(sid), ignore_errors=True)
+        if with_worktree:
+            git.add_worktree(repo, worktree, last["headSha"], last.get("worktreeSha"), last.get("indexTree"))
     layout.session_dir(sid).mkdir(parents=True, exist_ok=True)
     write_atomic(layout.log_path(sid), log_bytes)
     turns = session_state(iter(enumerate_lines(log_bytes)), agent_text=False).turns
