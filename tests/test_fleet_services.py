@@ -228,3 +228,62 @@ def test_unreachable_nats_is_a_clear_error(tmp_path, store):
     with pytest.raises(CairnError) as err:
         anyio.run(lambda: Bus.connect(fleet, attempts=2))
     assert err.value.code == "fleet_unavailable" and "fleet.nats" in err.value.message
+
+
+# -- [fleet] validation ------------------------------------------------------------------------
+
+GOOD = {"nats": "nats://127.0.0.1:4222", "store": "s3://cairnd/prod", "checkpoints": "/srv/cp.git"}
+
+
+def test_fleet_table_parses_with_defaults():
+    fleet = parse_fleet({**GOOD, "host": "builder-3", "store_endpoint": "http://127.0.0.1:8333"})
+    assert fleet.host == "builder-3" and fleet.nats == ("nats://127.0.0.1:4222",)
+    assert (fleet.bucket, fleet.prefix) == ("cairnd", "prod/")
+    assert fleet.lease_seconds == 15.0 and fleet.wait_seconds == 120.0
+    assert parse_fleet({**GOOD, "store": "s3://cairnd"}).prefix == ""
+    assert parse_fleet(GOOD).host  # the hostname by default
+    assert parse_fleet({**GOOD, "checkpoints": "git@host:cairnd.git"}).checkpoints == "git@host:cairnd.git"
+
+
+@pytest.mark.parametrize("change, key", [
+    ({"nats": "http://127.0.0.1:4222"}, "fleet.nats"),
+    ({"nats": "nats://127.0.0.1:x"}, "fleet.nats"),
+    ({"nats": 4222}, "fleet.nats"),
+    ({"store": "cairnd/prod"}, "fleet.store"),
+    ({"store": "s3://Bad_Bucket/x"}, "fleet.store"),
+    ({"store_endpoint": "127.0.0.1:8333"}, "fleet.store_endpoint"),
+    ({"checkpoints": "relative/path.git"}, "fleet.checkpoints"),
+    ({"host": "has space"}, "fleet.host"),
+    ({"lease_seconds": 0}, "fleet.lease_seconds"),
+    ({"wait_seconds": True}, "fleet.wait_seconds"),
+    ({"natz": "x"}, "fleet.natz"),
+])
+def test_bad_fleet_values_are_refused_by_key(change, key):
+    from cairnd.fleet.settings import FleetConfigError
+    with pytest.raises(FleetConfigError) as err:
+        parse_fleet({**GOOD, **change})
+    assert key in str(err.value)
+
+
+@pytest.mark.parametrize("missing", ["nats", "store", "checkpoints"])
+def test_required_fleet_keys(missing):
+    from cairnd.fleet.settings import FleetConfigError
+    with pytest.raises(FleetConfigError) as err:
+        parse_fleet({k: v for k, v in GOOD.items() if k != missing})
+    assert f"fleet.{missing} is missing" in str(err.value)
+
+
+def test_config_without_fleet_is_one_host():
+    from cairnd.config import parse_config
+    assert parse_config({}).fleet is None
+    assert parse_config({"fleet": GOOD}).fleet.bucket == "cairnd"
+
+
+def test_git_urls_are_accepted_as_repo():
+    from cairnd.requests import is_git_url, validate_request
+    for url in ("https://example.org/x/app.git", "ssh://git@host/app.git", "git@host:app.git", "file:///srv/app"):
+        assert is_git_url(url)
+        assert validate_request({"kind": "new", "repo": url}).repo == url
+    assert not is_git_url("relative/path")
+    assert remote.repo_name("https://example.org/x/app.git") == "app"
+    assert remote.repo_name("/srv/app/") == "app"
