@@ -36,8 +36,9 @@ from cairnd.layout import StateLayout
 from cairnd.diffs import checkpoints_in
 from cairnd.entries import CHECKPOINT_MARK, TURN_START_MARK, checkpoint_entry, fork_meta_entry, rewind_entry
 from cairnd.creation import roll_back, write_initial_log
+from cairnd.cutindex import find_cut
 from cairnd.forker import kept_turns, state_at_cut
-from cairnd.forkpoint import count_user_messages, find_fork_point
+from cairnd.forkpoint import count_user_messages
 from cairnd.ids import new_session_id
 from cairnd.log import iter_lines
 from cairnd.registry import ForkRow, Registry, RewindRow, SessionRow
@@ -135,7 +136,7 @@ def abandon(layout: StateLayout, registry: Registry, row: SessionRow, k: int, *,
             max_file_bytes: int, history: Callable[[Path, int], str]) -> RewindRow:
     """Phase 1: the abandoned session, and the plan, committed together. Synchronous."""
     log_path = layout.log_path(row.id)
-    point = find_fork_point(iter_lines(log_path), k, row.id)
+    point = find_cut(log_path, k, row.id)  # from the offsets index beside the log
     start = state_at_cut(point, row.repo, row.worktree)
     turns = kept_turns(point, log_path)
     # Its private index (stat data of every file now) lets finish write only what differs.

@@ -21,6 +21,7 @@ import anyio
 from cairnd import cutindex, git, storage
 from cairnd.checkpoint import session_ref_prefix
 from cairnd.checkpointer import checkpointer_for
+from cairnd.cutindex import find_cut
 from cairnd.config import AgentProfile, Config
 from cairnd.confinement import Confinement, detect
 from cairnd.durable import remove_stale_temps
@@ -251,6 +252,8 @@ class Sessions:
         if journal is None:
             row = await self.live(request.session)
             await self._finish_rewinds(row)
+            # Out of range or in a sub-session: said before the agent is stopped for nothing.
+            await self._thread(find_cut, self.layout.log_path(row.id), request.user_message_index, row.id)
             # Its agent knows the conversation past the cut, and writes to the old log.
             runner = self.runners.pop(row.id, None)
             if runner is not None:
