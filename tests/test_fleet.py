@@ -114,12 +114,12 @@ def test_two_hosts_spread_route_to_the_owner_and_fork_across(fleet, tmp_path):
         door = (a, b)[i % 2]
         made.append(door.ok({"kind": "new", "repo": str(repo), "title": f"s{i}",
                              "prompt": f"write f{i}.txt: from session {i}"}))
-    owners = {r["session"]: fleet.host_of(r["worktree"]) for r in made}
-    assert set(owners.values()) == {"alpha", "beta"}, owners
+    placed = {r["session"]: fleet.host_of(r["worktree"]) for r in made}
+    assert set(placed.values()) == {"alpha", "beta"}, placed
 
     # A prompt dropped at the other host's door runs on the owner, in the owner's worktree.
     first = made[0]
-    owner = owners[first["session"]]
+    owner = placed[first["session"]]
     other = b if owner == "alpha" else a
     turn = other.ok({"kind": "prompt", "session": first["session"], "text": "append f0.txt: second turn"})
     assert turn["turn"] == 1
@@ -171,6 +171,14 @@ def test_two_hosts_spread_route_to_the_owner_and_fork_across(fleet, tmp_path):
     text = subprocess.run([__import__("sys").executable, "-m", "cairnd", "status", "-c", str(a.config)],
                           capture_output=True, text=True, env=env, timeout=120).stdout
     assert "alpha" in text and "beta" in text and "queue depth 0" in text
+
+    # A rewind replaces the owner's log whole: the store holds the new log, byte for byte
+    # (a new generation), and what the rewind left behind is a session of the fleet too.
+    rewound = a.ok({"kind": "rewind", "session": first["session"], "user_message_index": 1})
+    assert fleet.stored_log(first["session"]) == Path(first["log"]).read_bytes()
+    abandoned = rewound["abandoned"]
+    assert fleet.stored_log(abandoned) == (fleet.hosts[owner].state / "sessions" / abandoned / "log.ndjson").read_bytes()
+    assert owners(fleet)[abandoned] == (owner, True)
 
     # Results live in the bucket, once per request, equal to what the spool doors show.
     ids = [p.stem for d in (a, b) for p in (d.spool / "done").glob("*.json")]

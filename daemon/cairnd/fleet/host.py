@@ -469,16 +469,18 @@ class FleetHost:
         request = body.get("request") if isinstance(body.get("request"), dict) else {}
         result = body.get("result") if isinstance(body.get("result"), dict) else {}
         kind = body.get("kind")
-        named = [s for s in (result.get("session"), request.get("session")) if isinstance(s, str)]
+        named = [s for s in (result.get("session"), request.get("session"), result.get("abandoned"))
+                 if isinstance(s, str)]
         sessions = self.daemon._sessions
         for sid in dict.fromkeys(named):
             row = await anyio.to_thread.run_sync(sessions.registry.get, sid)
             if row is None:
                 continue
             if sid not in self._leases.held:
-                if kind in ("new", "fork") and sid == result.get("session") and row.state == "ready":
+                if row.state == "ready" and ((kind in ("new", "fork") and sid == result.get("session"))
+                                             or (kind == "rewind" and sid == result.get("abandoned"))):
                     await self._sync_new(sid, row)
-                elif kind not in ("new", "fork") and sid == request.get("session"):
+                elif kind not in ("new", "fork") and sid == request.get("session") and row.state == "ready":
                     # This host ran it, but lost the session meanwhile (its lease lapsed
                     # under load): what it did counts only if the store still takes it.
                     try:
