@@ -7,7 +7,8 @@ restart has drained the spool:
 - no session is half-made: `git worktree list`, `sessions/`, `worktrees/`, the
   sessions table of `cairnd.db` and `refs/cairnd/*` all agree;
 - every log line parses; every turn that began ended (`turn_complete`, then a
-  checkpoint), and a turn the crash cut answered `turn_interrupted`;
+  checkpoint), and a turn the crash cut answered `turn_interrupted`; the registry's turn
+  count of every session is its log's;
 - no turn ran twice (one `_cairnd/turn_start` per request id, at most; a rewind copies
   the lines it leaves behind into the abandoned session's log, the same turn twice);
 - no half-rewound session (SPEC 13): no rewind is left pending; every rewind that
@@ -279,6 +280,7 @@ def audit(state: Path, repo: Path, requests: dict[str, dict[str, Any]] | None) -
     with sqlite3.connect(state / "cairnd.db") as db:
         rows = {r[0]: (r[1], Path(r[2]), bool(r[3]), r[4])
                 for r in db.execute("SELECT id, state, worktree, in_place, parent_id FROM sessions")}
+        registry_turns = {r[0]: r[1] for r in db.execute("SELECT id, turns FROM sessions")}
         fork_rows = {r[0] for r in db.execute("SELECT id FROM forks")}
         lineage = {r[0]: r[1] for r in db.execute("SELECT id, parent_id FROM forks")}
         rewinds = {r[0]: (r[1], r[2], r[3]) for r in
@@ -296,6 +298,14 @@ def audit(state: Path, repo: Path, requests: dict[str, dict[str, Any]] | None) -
             problem(f"ready session {sid} has no worktree at {worktree}")
         if parent is not None and sid not in fork_rows:
             problem(f"fork {sid} has no lineage row")
+        log = state / "sessions" / sid / "log.ndjson"
+        if log.is_file():
+            # The registry's count is a copy of the log's: a kill between the two must not
+            # leave it behind (recovery sets it from the log).
+            logged = sum(1 for _offset, line in iter_lines(log)
+                         if b"turn_complete" in line and method_of(parse_message(line) or {}) == TURN_COMPLETE)
+            if registry_turns[sid] != logged:
+                problem(f"session {sid}: the registry counts {registry_turns[sid]} turns, its log {logged}")
     for sid in sorted(fork_rows - ready - deleted):
         problem(f"lineage row for {sid}, which is not a session")
     for sid in sorted(os.listdir(state / "sessions")):

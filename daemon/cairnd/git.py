@@ -447,12 +447,11 @@ def tree_of(repo: Path, commit: str) -> str:
 
 INDEX_COPY_PREFIX = "cairnd-index-"
 STALE_INDEX_COPY_SECONDS = 3600.0
-_swept_index_copies = False
 
 
 def sweep_index_copies(directory: Path | None = None, older_than: float = STALE_INDEX_COPY_SECONDS) -> int:
     """Remove index copies a killed cairnd left behind (the `finally` that removes them
-    never ran); return how many. Judged by ctime: copy2 gives a copy its index's old
+    never ran); return how many. Run by recovery at start. Judged by ctime: copy2 gives a copy its index's old
     mtime, but creating it set its ctime, so a copy in use is never old."""
     directory = Path(directory or tempfile.gettempdir())
     limit = time.time() - older_than
@@ -479,10 +478,6 @@ def _index_copy(index_file: Path, directory: Path | None = None) -> Iterator[Pat
 
     copy2 keeps the mtime, so git's racy-clean checks stay exactly as strict on
     the copy as on the real index."""
-    global _swept_index_copies
-    if not _swept_index_copies:
-        _swept_index_copies = True  # once per process: leftovers come from a previous one
-        sweep_index_copies()
     fd, name = tempfile.mkstemp(prefix=INDEX_COPY_PREFIX, dir=directory)
     os.close(fd)
     copy = Path(name)

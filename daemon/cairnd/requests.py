@@ -289,6 +289,16 @@ def round_trips(value: Any) -> bool:
 
 
 @dataclass(frozen=True)
+class Origin:
+    """Where a request being run came from, as the sessions need to know it: its id (None
+    when its file name was not a valid one) and whether recovery handed it back after a
+    stop (then a turn it had begun is answered from the log, never run twice)."""
+
+    request_id: str | None
+    recovered: bool = False
+
+
+@dataclass(frozen=True)
 class Admitted:
     """A request as the daemon takes it: either `request` (valid) or `error` (refused),
     with `echo`, the request's JSON to carry in its result (None when it has none that

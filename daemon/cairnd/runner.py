@@ -167,6 +167,12 @@ class AgentRunner:
         return self._turn_lock.locked()
 
     @property
+    def turns(self) -> int | None:
+        """Turns the log holds (ended ones), once the runner has read it; it is the log's
+        writer, so it counts them from there on."""
+        return self._turns
+
+    @property
     def running(self) -> bool:
         """Whether an agent process is up for this session."""
         return self._agent is not None and self._agent.running

@@ -21,7 +21,7 @@ from typing import Any, Literal
 import anyio
 import orjson
 
-from cairnd import doorbell, journal, privacy, statelock
+from cairnd import doorbell, journal, privacy, recovery, statelock
 from cairnd.config import Config, load_config
 from cairnd.confinement import fallback_notice
 from cairnd.durable import write_atomic
@@ -35,6 +35,7 @@ from cairnd.requests import (
     ForkRequest,
     LandRequest,
     NewRequest,
+    Origin,
     Request,
     RewindRequest,
     admit,
@@ -98,6 +99,7 @@ class Daemon:
         self.notifier = notifier or Notifier()
         self.config_loader = config_loader
         self.sessions: Sessions | None = None
+        self._recovered_requests: list[Claimed] = []  # found in cur/ at start, run once serving
         self.fleet: Any = None  # cairnd.fleet.host.FleetHost with [fleet] (SPEC 17)
         self.queues: dict[str, SessionQueue] = {}
         self.claim_lock = anyio.Lock()
@@ -140,7 +142,10 @@ class Daemon:
                     notice = fallback_notice(sessions.sandbox, [p.sandbox for p in self.config.agents.values()])
                     if notice:
                         event(logging.WARNING, notice)
-                    await sessions.recover()
+                    recovered = await recovery.recover(
+                        self.layout, sessions.registry, self.spool,
+                        max_file_bytes=self.config.snapshot_max_file_bytes, limiter=sessions.io_limiter)
+                    self._recovered_requests = recovered.requests
                     if self.config.fleet is not None:
                         from cairnd.fleet.host import FleetHost  # NATS and S3 load only then
                         self.fleet = FleetHost(self, self.config.fleet)
@@ -189,7 +194,10 @@ class Daemon:
                 await watching.wait()
             if not watching.is_set():
                 event(logging.WARNING, "inotify did not confirm the watch in 5 s; relying on rescans")
-            await self._recover_in_progress()
+            # Requests recovery found in cur/: run again, before anything new.
+            for claimed in self._recovered_requests:
+                self._dispatch(claimed)
+            self._recovered_requests = []
             await self.scan()
             intake.start_soon(self._rescan_loop)
             if self.fleet is not None:
@@ -272,15 +280,6 @@ class Daemon:
                 if claimed is not None:
                     self._dispatch(claimed)
         await self._write_status()
-
-    async def _recover_in_progress(self) -> None:
-        for name in await anyio.to_thread.run_sync(self.spool.in_progress):
-            if self.spool.has_result(name):
-                self.spool.forget_answered(name)
-                continue
-            claimed = await anyio.to_thread.run_sync(self.spool.reclaim, name)
-            event(logging.INFO, f"recovering {name} left in cur/ by a stop", request=claimed.request_id)
-            self._dispatch(claimed)
 
     # -- dispatch -------------------------------------------------------------------
 
@@ -368,7 +367,8 @@ class Daemon:
         claimed = work.claimed
         try:
             try:
-                result = await self._handler(work.request)(work.request, claimed)
+                result = await self._handler(work.request)(work.request, Origin(claimed.request_id,
+                                                                                  claimed.recovered))
             except CairnError as exc:
                 with anyio.CancelScope(shield=True):
                     await self._publish(claimed, work.echo, work.request.kind, error=exc)

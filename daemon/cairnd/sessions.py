@@ -1,5 +1,6 @@
-"""Sessions as the daemon uses them: new, prompt, fork, cancel, delete, and recovery
-after a crash. Validated requests in, result dicts (SPEC 7) or CairnError out.
+"""Sessions as the daemon uses them: new, prompt, fork, rewind, land, cancel, delete.
+Validated requests and their `Origin` in, result dicts (SPEC 7) or CairnError out.
+(Recovery after a crash is recovery.py's.)
 
 Blocking work (git, SQLite, log scans) runs in worker threads; agent processes are
 owned by one AgentRunner per active session.
@@ -24,15 +25,14 @@ from cairnd.checkpointer import checkpointer_for
 from cairnd.cutindex import find_cut
 from cairnd.config import AgentProfile, Config
 from cairnd.confinement import Confinement, detect
-from cairnd.durable import remove_stale_temps
 from cairnd.errors import CairnError
-from cairnd.creation import creating, roll_back, write_initial_log
+from cairnd.creation import creating, write_initial_log
 from cairnd.forker import fork_session
 from cairnd.history import predict as predict_history
 from cairnd.ids import new_session_id
 from cairnd.journal import event
 from cairnd.entries import checkpoint_entry
-from cairnd.log import SessionLog, iter_lines
+from cairnd.log import iter_lines
 from cairnd.registry import Registry, SessionRow
 from cairnd import rewind as rewinding
 from cairnd.land import land
@@ -42,12 +42,12 @@ from cairnd.requests import (
     ForkRequest,
     LandRequest,
     NewRequest,
+    Origin,
     PromptRequest,
     RewindRequest,
     is_git_url,
 )
-from cairnd.runner import AgentRunner, close_open_turn
-from cairnd.spool import Claimed
+from cairnd.runner import AgentRunner
 from cairnd.transcript import turn_of_request
 
 
@@ -185,10 +185,10 @@ class Sessions:
 
     # -- requests -----------------------------------------------------------------------
 
-    async def new(self, request: NewRequest, claimed: Claimed) -> dict[str, Any]:
-        if claimed.request_id and (done := await self._thread(self.registry.by_request, claimed.request_id)):
+    async def new(self, request: NewRequest, origin: Origin) -> dict[str, Any]:
+        if origin.request_id and (done := await self._thread(self.registry.by_request, origin.request_id)):
             # Created before a crash stopped us publishing: answer, don't create twice.
-            return await self._with_turn(done, request.prompt, claimed)
+            return await self._with_turn(done, request.prompt, origin)
         profile = self.profile(request.agent)
         if is_git_url(request.repo):
             # SPEC 17: a fleet host clones a git URL under its state directory.
@@ -206,9 +206,9 @@ class Sessions:
         await self._thread(lambda: self._create(
             commit, id=session_id, title=request.title or repo.name, repo=repo, worktree=worktree,
             in_place=request.in_place, agent=profile.name, parent_id=None, root_id=session_id, turns=0,
-            request_id=claimed.request_id))
+            request_id=origin.request_id))
         row = await self._thread(self.registry.get, session_id)
-        return await self._with_turn(row, request.prompt, claimed)
+        return await self._with_turn(row, request.prompt, origin)
 
     def _create(self, commit: str, **fields: Any) -> None:
         with creating(self.layout, self.registry, **fields) as made:
@@ -226,15 +226,15 @@ class Sessions:
                 "log": str(log_path),
             })
 
-    async def fork(self, request: ForkRequest, claimed: Claimed) -> dict[str, Any]:
-        if claimed.request_id and (done := await self._thread(self.registry.by_request, claimed.request_id)):
-            return await self._with_turn(done, request.prompt, claimed)
+    async def fork(self, request: ForkRequest, origin: Origin) -> dict[str, Any]:
+        if origin.request_id and (done := await self._thread(self.registry.by_request, origin.request_id)):
+            return await self._with_turn(done, request.prompt, origin)
         parent = await self.live(request.session)
         # The limit covers making the fork, not its first turn (that is a turn like any).
         async with self.fork_limiter:
             result = await anyio.to_thread.run_sync(lambda: fork_session(
                 self.layout, self.registry, parent, request.user_message_index,
-                title=request.title, request_id=claimed.request_id,
+                title=request.title, request_id=origin.request_id,
                 max_file_bytes=self.config.snapshot_max_file_bytes,
                 history=lambda log, end: self.predicted_history(parent, log, end),
             ))
@@ -242,13 +242,13 @@ class Sessions:
         await self._thread(self.checkpoints.refs.wrote, parent.repo)
         self._maintain_soon()
         row = await self._thread(self.registry.get, result["session"])
-        return await self._with_turn(row, request.prompt, claimed)
+        return await self._with_turn(row, request.prompt, origin)
 
-    async def rewind(self, request: RewindRequest, claimed: Claimed) -> dict[str, Any]:
+    async def rewind(self, request: RewindRequest, origin: Origin) -> dict[str, Any]:
         """SPEC 13. Runs in the session's queue, so no turn of it is in flight."""
         journal = None
-        if claimed.request_id:
-            journal = await self._thread(self.registry.rewind_by_request, claimed.request_id)
+        if origin.request_id:
+            journal = await self._thread(self.registry.rewind_by_request, origin.request_id)
         if journal is None:
             row = await self.live(request.session)
             await self._finish_rewinds(row)
@@ -260,7 +260,7 @@ class Sessions:
                 await runner.close()
             async with self.fork_limiter:
                 journal = await anyio.to_thread.run_sync(lambda: rewinding.abandon(
-                    self.layout, self.registry, row, request.user_message_index, request_id=claimed.request_id,
+                    self.layout, self.registry, row, request.user_message_index, request_id=origin.request_id,
                     max_file_bytes=self.config.snapshot_max_file_bytes,
                     history=lambda log, end: self.predicted_history(row, log, end)))
         if journal.state == "done" and journal.result is not None:
@@ -280,7 +280,7 @@ class Sessions:
                 # What the checkpointer last saw of the session is no longer so.
                 self.checkpoints.forget(row.id)
         row = await self._thread(self.registry.get, result["session"])
-        return await self._with_turn(row, request.prompt, claimed, base=result)
+        return await self._with_turn(row, request.prompt, origin, base=result)
 
     def predicted_history(self, row: SessionRow, log: Path, end: int) -> str:
         """How the agent of a fork or rewind of `row` that keeps the bytes of `log` before
@@ -291,12 +291,12 @@ class Sessions:
             return "replay"  # its profile is gone from the configuration: it will fail to start anyway
         return predict_history(iter_lines(log), end, profile.history, profile.name)
 
-    async def land(self, request: LandRequest, claimed: Claimed) -> dict[str, Any]:
+    async def land(self, request: LandRequest, origin: Origin) -> dict[str, Any]:
         row = await self.live(request.session)
         return await self._thread(land, self.layout, row, request.branch, turn=request.turn,
                                   message=request.message, force=request.force)
 
-    async def _with_turn(self, row: SessionRow, prompt: str | None, claimed: Claimed,
+    async def _with_turn(self, row: SessionRow, prompt: str | None, origin: Origin,
                          base: dict[str, Any] | None = None) -> dict[str, Any]:
         result = dict(row.result or {}) if base is None else dict(base)
         if prompt is None:
@@ -304,7 +304,7 @@ class Sessions:
         if row.state != "ready":
             raise CairnError("session_deleted", f"session {row.id!r} was deleted before its first turn")
         try:
-            result.update(await self._turn(row, prompt, claimed))
+            result.update(await self._turn(row, prompt, origin))
         except CairnError as exc:
             # The session exists (or was rewound): say so, or the writer cannot find what it made.
             done = (f"the rewind is done; session {base['abandoned']} holds what it left"
@@ -312,10 +312,10 @@ class Sessions:
             raise CairnError(exc.code, f"{exc.message} ({done})") from None
         return result
 
-    async def prompt(self, request: PromptRequest, claimed: Claimed) -> dict[str, Any]:
+    async def prompt(self, request: PromptRequest, origin: Origin) -> dict[str, Any]:
         row = await self.live(request.session)
         await self._finish_rewinds(row)
-        return await self._turn(row, request.text, claimed)
+        return await self._turn(row, request.text, origin)
 
     async def _finish_rewinds(self, row: SessionRow) -> None:
         """A rewind whose finish failed after its commit point (git or the disk refused) is
@@ -327,10 +327,10 @@ class Sessions:
                                        max_file_bytes=self.config.snapshot_max_file_bytes)
                 self.checkpoints.forget(row.id)
 
-    async def _turn(self, row: SessionRow, text: str, claimed: Claimed) -> dict[str, Any]:
-        if claimed.recovered and claimed.request_id:
+    async def _turn(self, row: SessionRow, text: str, origin: Origin) -> dict[str, Any]:
+        if origin.recovered and origin.request_id:
             # Did this request's turn start before the crash? Then it is not run again.
-            record = await self._thread(self._turn_record, row.id, claimed.request_id)
+            record = await self._thread(self._turn_record, row.id, origin.request_id)
             if record is not None:
                 if record.get("stopReason") == "interrupted" or record.get("open"):
                     raise CairnError("turn_interrupted",
@@ -338,11 +338,16 @@ class Sessions:
                 return record["result"]
         async with self.turn_limiter:
             self.turns_in_flight += 1
+            runner = self.runner(row)
             try:
-                result = await self.runner(row).prompt(text, request_id=claimed.request_id)
+                result = await runner.prompt(text, request_id=origin.request_id)
             finally:
                 self.turns_in_flight -= 1
-        await self._thread(self.registry.set_turns, row.id, result["turn"] + 1)
+                # A turn that failed (agent_failed, turn_interrupted) is in the log too:
+                # the registry's count follows the log whatever the outcome.
+                if runner.turns is not None:
+                    with anyio.CancelScope(shield=True):
+                        await self._thread(self.registry.set_turns, row.id, runner.turns)
         self._maintain_soon()
         if self._tg is not None:  # the offsets index beside the log follows it, off the turn path
             self._tg.start_soon(self._thread, cutindex.current, self.layout.log_path(row.id))
@@ -351,13 +356,13 @@ class Sessions:
     def _turn_record(self, session_id: str, request_id: str) -> dict[str, Any] | None:
         return turn_of_request(iter_lines(self.layout.log_path(session_id)), request_id)
 
-    async def cancel(self, request: CancelRequest, claimed: Claimed) -> dict[str, Any]:
+    async def cancel(self, request: CancelRequest, origin: Origin) -> dict[str, Any]:
         row = await self.live(request.session)
         runner = self.runners.get(row.id)
         cancelled = await runner.cancel() if runner is not None else False
         return {"session": row.id, "cancelled": cancelled}
 
-    async def delete(self, request: DeleteRequest, claimed: Claimed) -> dict[str, Any]:
+    async def delete(self, request: DeleteRequest, origin: Origin) -> dict[str, Any]:
         row = await self.live(request.session)
         runner = self.runners.pop(row.id, None)
         if runner is not None:
@@ -376,34 +381,6 @@ class Sessions:
         self.registry.mark_deleted(row.id)
 
     # -- life cycle ------------------------------------------------------------------------
-
-    async def recover(self) -> None:
-        """After a crash: roll back half-made sessions, and close turns the crash cut
-        (turn_complete `interrupted` and a checkpoint of what they left), and remove the
-        temporary files of results and status a crash left half-written."""
-        for directory in (self.layout.root, self.layout.spool / "done", self.layout.spool / "failed"):
-            for name in await self._thread(remove_stale_temps, directory):
-                event(logging.INFO, f"removed {directory / name}, left half-written by a stop")
-        for row in await self._thread(self.registry.sessions, ("creating",)):
-            event(logging.WARNING, "removing a session whose creation a stop cut short", session=row.id)
-            await self._thread(roll_back, self.layout, self.registry, row)
-        for session_id in await self._thread(rewinding.recover, self.layout, self.registry,
-                                             max_file_bytes=self.config.snapshot_max_file_bytes):
-            event(logging.WARNING, "finished a rewind that a stop cut short", session=session_id)
-        for row in await self._thread(self.registry.sessions, ("ready",)):
-            if not self.layout.log_path(row.id).exists() or not row.worktree.exists():
-                continue
-            log = await self._thread(SessionLog, self.layout.log_path(row.id))
-            try:
-                turns, closed = await close_open_turn(log, row.id, row.worktree,
-                                                      max_file_bytes=self.config.snapshot_max_file_bytes,
-                                                      limiter=self.io_limiter)
-            finally:
-                log.close()
-            if closed is not None:
-                event(logging.WARNING, f"turn {turns - 1} was cut by a stop: recorded as interrupted",
-                      session=row.id)
-                await self._thread(self.registry.set_turns, row.id, turns)
 
     async def close(self) -> None:
         runners, self.runners = list(self.runners.values()), {}
