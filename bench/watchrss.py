@@ -12,7 +12,7 @@ from pathlib import Path
 
 from daemonkit import SpoolClient, running_daemon
 from measure import Row, command_of, main, mib, ratio, target_text
-from synth import git, shaped_repo
+from synth import git, repo as plain_repo
 
 LIMIT = 150 << 20
 
@@ -30,7 +30,7 @@ def run(quick: bool) -> list[Row]:
     with tempfile.TemporaryDirectory(prefix="cairnd-bench-watchrss-") as tmp:
         root = Path(tmp)
         repo = root / "repo"
-        git(root, "clone", "-q", "--shared", shaped_repo(files), repo)
+        git(root, "clone", "-q", "--shared", plain_repo(files), repo)
         with running_daemon(root / "state", max_parallel_turns=4) as daemon:
             client = SpoolClient(daemon.spool)
             assert daemon.proc is not None
