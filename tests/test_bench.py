@@ -31,6 +31,7 @@ EXPECTED_ROWS = (
     "idle: RSS",
     "per-turn overhead, 1000 files",
     "web: session page, first screenful",
+    "web: changed files of 50 turns, one git process per page",
     "sandbox",  # "sandbox: agent start", or a skipped row on a kernel without Landlock
     "history:",
     "fleet: fork made on another host",
