@@ -57,7 +57,7 @@ TREE_MASK = (IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_T
              | IN_DELETE | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR | IN_DONT_FOLLOW | IN_EXCL_UNLINK)
 # Names whose change redefines the tree rather than one path of it.
 RESCAN_NAMES = frozenset({b".gitignore", b".gitattributes", b".git"})
-MAX_DIRS = 20_000
+MAX_DIRS = 65_536
 _HEADER = struct.Struct("iIII")
 
 
