@@ -117,6 +117,7 @@ class Bus:
                    buckets[SESSIONS], buckets[CLAIMS])
 
     async def close(self) -> None:
+        self.nc._disconnected_cb = None  # leaving on purpose: nothing to warn about
         try:
             await self.nc.close()
         except Exception:
