@@ -13,22 +13,29 @@ import argparse
 import os
 import sqlite3
 import sys
-import time
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import orjson
 
-from cairnd import __version__, privacy
+from cairnd import __version__, privacy, render
 from cairnd.requests import is_git_url
-from cairnd.client import LogActivity, locate, new_request_id, result_json, submit, wait_for_result
+from cairnd.client import (
+    DaemonWatch,
+    LogActivity,
+    Progress,
+    locate,
+    new_request_id,
+    result_json,
+    submit,
+    wait_for_result,
+)
 from cairnd.config import Config, ConfigError, load_config
 from cairnd.errors import CairnError
-from cairnd.log import iter_lines
-from cairnd.transcript import session_state
+from cairnd.render import describe_request, format_show, format_status, format_tree, phase, shorten, summarize
 from cairnd.statelock import daemon_pid
 from cairnd.views import (
-    LineageNode,
+    agent_answer,
     daemon_status,
     find_root,
     read_forest,
@@ -365,13 +372,14 @@ def _request_command(args: argparse.Namespace, config: Config) -> int:
             print(request_id)
         return EXIT_OK
     timeout = args.timeout or None
-    progress = Progress(sys.stderr, _describe_request(request))
+    progress = Progress(sys.stderr, describe_request(request))
     activity = LogActivity(layout.log_path(request["session"])) if request["kind"] == "prompt" else None
-    running = _DaemonWatch(layout.root)
+    running = DaemonWatch(layout.root)
     try:
         result = wait_for_result(layout.spool, request_id, timeout,
-                                 on_tick=lambda place, elapsed: progress.show(
-                                     _phase(place, running.pid(), activity), elapsed))
+                                 on_tick=lambda place, elapsed: progress.show(phase(
+                                     place, running.pid(),
+                                     activity.poll() if activity is not None and place == "cur" else None), elapsed))
     except KeyboardInterrupt:
         progress.clear()
         print(f"cairnd: stopped waiting; request {request_id} stays in the spool and its result will appear in "
@@ -409,85 +417,6 @@ def _fleet_request(args: argparse.Namespace, config: Config, request: dict[str, 
     return report_result(result, config, as_json=args.json)
 
 
-def _describe_request(request: dict[str, Any]) -> str:
-    kind = request["kind"]
-    if kind == "new":
-        return f"new session on {request['repo']}"
-    if kind == "fork":
-        return f"fork {request['session']} at message {request['user_message_index']}"
-    if kind == "delete":
-        return f"rm {request['session']}"
-    if kind == "rewind":
-        return f"rewind {request['session']} to message {request['user_message_index']}"
-    if kind == "land":
-        return f"land {request['session']} on {request['branch']}"
-    return f"{kind} {request['session']}"
-
-
-def _phase(place: str, pid: int | None, activity: LogActivity | None) -> str:
-    if place == "new":
-        if pid is None:
-            return "queued; the daemon is not running (start it: cairnd serve)"
-        return "queued"
-    if place == "cur":
-        doing = activity.poll() if activity is not None else None
-        return f"working: {doing}" if doing else "working"
-    return place
-
-
-class _DaemonWatch:
-    """Whether the daemon runs, looked up at most once a second while waiting."""
-
-    def __init__(self, state_dir: Path) -> None:
-        self.state_dir = state_dir
-        self._checked = 0.0
-        self._pid: int | None = None
-
-    def pid(self) -> int | None:
-        now = time.monotonic()
-        if now - self._checked >= 1.0:
-            self._pid = daemon_pid(self.state_dir)
-            self._checked = now
-        return self._pid
-
-
-class Progress:
-    """A one-line spinner on a terminal; nothing at all when the stream is not one."""
-
-    FRAMES = "|/-\\"
-
-    def __init__(self, stream: TextIO, label: str) -> None:
-        self.stream = stream
-        self.label = label
-        self.enabled = stream.isatty()
-        self._frame = 0
-        self._drawn = 0.0
-        self._visible = False
-
-    def show(self, phase: str, elapsed: float) -> None:
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if now - self._drawn < 0.1:
-            return
-        self._drawn = now
-        self._frame = (self._frame + 1) % len(self.FRAMES)
-        try:
-            width = os.get_terminal_size(self.stream.fileno()).columns or 80
-        except OSError:
-            width = 80
-        line = f"{self.FRAMES[self._frame]} {self.label}: {phase} ({elapsed:.1f} s)"
-        self.stream.write("\r\x1b[K" + line[: max(10, width - 1)])
-        self.stream.flush()
-        self._visible = True
-
-    def clear(self) -> None:
-        if self._visible:
-            self.stream.write("\r\x1b[K")
-            self.stream.flush()
-            self._visible = False
-
-
 def _timed_out(config: Config, request_id: str, timeout: float) -> int:
     layout = config.layout
     where = locate(layout.spool, request_id).place
@@ -512,96 +441,9 @@ def report_result(result: dict[str, Any], config: Config, *, as_json: bool) -> i
         print(f"cairnd: {error.get('code', 'internal')}: {error.get('message', '')}", file=sys.stderr)
         return EXIT_FAILED
     if not as_json:
-        sys.stdout.write(summarize(result.get("kind") or "", result.get("result") or {}, config))
+        sys.stdout.write(summarize(result.get("kind") or "", result.get("result") or {},
+                                   lambda session, turn: agent_answer(config.layout, session, turn)))
     return EXIT_OK
-
-
-# --------------------------------------------------------------------------- summaries
-
-
-def short_sha(sha: Any) -> str:
-    return sha[:7] if isinstance(sha, str) else "-"
-
-
-def shorten(text: str, width: int = 72) -> str:
-    """One line: line breaks shown as ' / ', cut with '...' past width."""
-    flat = " / ".join(part.strip() for part in text.strip().splitlines() if part.strip())
-    return flat if len(flat) <= width else flat[: width - 3] + "..."
-
-
-def agent_answer(config: Config, session: str, turn: int) -> str | None:
-    """The agent's text in the given turn of a session, read from its log."""
-    path = config.layout.log_path(session)
-    if not path.exists():
-        return None
-    conversation = session_state(iter_lines(path)).conversation
-    if not conversation:
-        return None
-    chosen = conversation[turn] if 0 <= turn < len(conversation) else conversation[-1]
-    return chosen.agent_text
-
-
-def _turn_lines(result: dict[str, Any], config: Config) -> list[str]:
-    if "turn" not in result:
-        return []
-    checkpoint = result.get("checkpoint") or {}
-    dirty = "uncommitted changes" if checkpoint.get("dirty") else "clean"
-    lines = [f"turn {result['turn']}: {result.get('stopReason')}; "
-             f"checkpoint {short_sha(checkpoint.get('headSha'))} ({dirty})"]
-    answer = agent_answer(config, result["session"], result["turn"])
-    if answer:
-        lines.append(answer.rstrip("\n"))
-    return lines
-
-
-def summarize(kind: str, result: dict[str, Any], config: Config) -> str:
-    lines: list[str]
-    if kind == "new":
-        lines = [f"session {result.get('session')} ({result.get('title')})",
-                 f"  worktree  {result.get('worktree')}",
-                 f"  head      {short_sha(result.get('headSha'))}"]
-        lines += _turn_lines(result, config)
-    elif kind == "prompt":
-        turn = _turn_lines(result, config) or ["(no turn)"]
-        lines = [f"session {result.get('session')} {turn[0]}", *turn[1:]]
-    elif kind == "fork":
-        lines = [f"session {result.get('session')} ({result.get('title')}): fork of {result.get('parent')} "
-                 f"at message {result.get('user_message_index')}",
-                 f"  worktree  {result.get('worktree')}",
-                 f"  head      {short_sha(result.get('headSha'))}, files from "
-                 + ("the checkpoint before that message" if result.get("state") == "checkpoint"
-                    else "the parent's current HEAD (its log has no checkpoint there)")]
-        if result.get("prefill"):
-            lines.append(f"  prefill   {shorten(result['prefill'])}")
-        lines += _turn_lines(result, config)
-    elif kind == "rewind":
-        lines = [f"session {result.get('session')} rewound to before message {result.get('user_message_index')}",
-                 f"  head      {short_sha(result.get('headSha'))}"
-                 + (" (detached: its branch has moved on, and stays where it is)" if result.get("detached") else ""),
-                 f"  abandoned {result.get('abandoned')} holds what it was (log, files, index, HEAD)",
-                 f"  history   {result.get('history')}"]
-        if result.get("prefill"):
-            lines.append(f"  prefill   {shorten(result['prefill'])}")
-        lines += _turn_lines(result, config)
-    elif kind == "land":
-        previous = result.get("previous")
-        how = ("created" if previous is None else "unchanged" if previous == result.get("commit")
-               else f"moved from {short_sha(previous)}")
-        files = result.get("files") or []
-        lines = [f"branch {result.get('branch')} at {short_sha(result.get('commit'))} ({how}), "
-                 f"parent {short_sha(result.get('parent'))}, {len(files)} file{'s' if len(files) != 1 else ''} changed",
-                 *(f"  {path}" for path in files[:20])]
-        if len(files) > 20:
-            lines.append(f"  ... and {len(files) - 20} more")
-    elif kind == "cancel":
-        lines = [f"session {result.get('session')}: "
-                 + ("cancelled the running turn" if result.get("cancelled") else "no turn was running")]
-    elif kind == "delete":
-        kept = result.get("worktree_kept")
-        lines = [f"session {result.get('session')} deleted" + (" (worktree kept)" if kept else "")]
-    else:
-        lines = [orjson.dumps(result).decode()]
-    return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------- read commands
@@ -609,13 +451,6 @@ def summarize(kind: str, result: dict[str, Any], config: Config) -> str:
 
 def _print_json(value: Any) -> None:
     sys.stdout.buffer.write(orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE))
-
-
-def _table(rows: list[list[str]]) -> str:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() + "\n" for row in rows
-    )
 
 
 def _ls(args: argparse.Namespace, config: Config) -> int:
@@ -629,7 +464,7 @@ def _ls(args: argparse.Namespace, config: Config) -> int:
     else:
         table = [["ID", "TITLE", "TURNS", "STATE", "PARENT"]]
         table += [[row.id, shorten(row.title, 40), str(row.turns), row.state, row.parent_id or "-"] for row in rows]
-        sys.stdout.write(_table(table))
+        sys.stdout.write(render.table(table))
     return EXIT_OK
 
 
@@ -640,52 +475,6 @@ def _show(args: argparse.Namespace, config: Config) -> int:
         return EXIT_OK
     sys.stdout.write(format_show(shown))
     return EXIT_OK
-
-
-def format_show(shown: dict[str, Any]) -> str:
-    s = shown["session"]
-    turns = shown["turns"]
-    lines = [f"session {s['id']} ({s['title']}): {s['state']}, {s['turns']} turn{'s' if s['turns'] != 1 else ''}, "
-             f"agent {s['agent']}",
-             f"  repo      {s['repo']}",
-             f"  worktree  {s['worktree']}" + (" (in place)" if s["in_place"] else ""),
-             f"  log       {s['log']}"]
-    fork = s.get("fork_of")
-    if fork:
-        gone = "" if fork["parent_exists"] else " (deleted)"
-        lines.append(f"  fork of   {fork['parent']} ({fork['parent_title']}){gone} at message "
-                     f"{fork['user_message_index']}")
-    rewinds = s.get("rewinds") or []
-    if rewinds:
-        lines.append(f"  rewinds   {len(rewinds)}: " + ", ".join(
-            f"to message {r['user_message_index']} (what it left: {r['abandoned']})" for r in rewinds))
-    marks: dict[int, list[str]] = {}
-    for r in rewinds:
-        if r["in_log"]:
-            marks.setdefault(r["user_message_index"], []).append(
-                f"<< rewound here: the turns that followed are in session {r['abandoned']}")
-    if not turns:
-        lines.append("no turns yet")
-    for turn in turns:
-        for mark in marks.pop(turn["turn"], []):
-            lines += ["", mark]
-        dirty = {True: "dirty", False: "clean", None: "no checkpoint"}[turn["dirty"]]
-        inherited = "  (kept from the parent)" if turn["inherited"] else ""
-        lines.append("")
-        lines.append(f"turn {turn['turn']}  {turn['stopReason'] or 'unfinished'}  head {short_sha(turn['headSha'])}  "
-                     f"{dirty}{inherited}")
-        lines.append(f"  > {shorten(turn['prompt'] or '(no text)')}")
-        changes = turn["changes"]
-        if changes is None:
-            if turn["worktreeSha"]:
-                lines.append("  changes unknown (the commits are gone from the repository)")
-        elif not changes:
-            lines.append("  no file changed")
-        else:
-            lines.extend(f"  {change['status']} {change['path']}" for change in changes)
-    for pending in marks.values():
-        lines += ["", *pending]
-    return "\n".join(lines) + "\n"
 
 
 def _diff(args: argparse.Namespace, config: Config) -> int:
@@ -731,40 +520,6 @@ def _tree(args: argparse.Namespace, config: Config) -> int:
     return EXIT_OK
 
 
-def _node_line(node: LineageNode, marked: str | None) -> str:
-    parts = [node.id, node.title]
-    if node.rewound_at is not None:
-        parts.append(f"left behind by a rewind to message {node.rewound_at}")
-    elif node.user_message_index is not None:
-        parts.append(f"cut at message {node.user_message_index}")
-    if node.turns is not None:
-        parts.append(f"{node.turns} turn{'s' if node.turns != 1 else ''}")
-    if node.state != "ready":
-        parts.append("[deleted]" if node.state == "deleted" else "[gone]")
-    elif node.parent is not None and node.parent_exists is False:
-        parts.append("[parent deleted]")
-    line = "  ".join(parts)
-    return line + "  <" if marked == node.id else line
-
-
-def format_tree(forest: list[LineageNode], marked: str | None = None) -> str:
-    lines: list[str] = []
-
-    def walk(node: LineageNode, prefix: str, last: bool, top: bool) -> None:
-        if top:
-            lines.append(_node_line(node, marked))
-            child_prefix = ""
-        else:
-            lines.append(prefix + ("`-- " if last else "|-- ") + _node_line(node, marked))
-            child_prefix = prefix + ("    " if last else "|   ")
-        for i, child in enumerate(node.children):
-            walk(child, child_prefix, i == len(node.children) - 1, False)
-
-    for root in forest:
-        walk(root, "", True, True)
-    return "\n".join(lines) + "\n"
-
-
 def _status(args: argparse.Namespace, config: Config) -> int:
     status = daemon_status(config)
     if config.fleet is not None:
@@ -791,53 +546,9 @@ def _gc(args: argparse.Namespace, config: Config) -> int:
         return EXIT_OK
     verb = "would remove" if args.dry_run else "removed"
     for item in done:
-        sys.stdout.write(f"{verb} {item.session}: {_size(item.log_bytes)}\n")
+        sys.stdout.write(f"{verb} {item.session}: {render.size(item.log_bytes)}\n")
     sys.stdout.write(f"{verb} the logs of {len(done)} session(s) deleted more than "
-                     f"{config.keep_deleted_days:g} day(s) ago, {_size(sum(i.log_bytes for i in done))}\n")
+                     f"{config.keep_deleted_days:g} day(s) ago, {render.size(sum(i.log_bytes for i in done))}\n")
     return EXIT_OK
 
-
-def _size(count: int | None) -> str:
-    if count is None:
-        return "?"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if count < 1024 or unit == "GiB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1024  # type: ignore[assignment]
-    return str(count)
-
-
-def format_status(status: dict[str, Any]) -> str:
-    spool = status["spool"]
-    if status["running"]:
-        since = f", since {status['started_at']}" if status.get("started_at") else ""
-        head = f"cairnd is running (pid {status['pid'] or '?'}{since})"
-        if status.get("stopping"):
-            head += ", stopping"
-    else:
-        head = "cairnd is not running"
-    lines = [head,
-             f"  state dir  {status['state_dir']}",
-             f"  config     {status['config'] or '(none: defaults)'}",
-             f"  spool      {spool['new']} new, {spool['cur']} in progress, {spool['done']} done, "
-             f"{spool['failed']} failed"]
-    if status["running"]:
-        lines.append(f"  work       {status['turns_in_flight']} turn(s) in flight, {status['in_flight']} request(s) "
-                     f"in flight, {status['active_agents']} agent(s) running")
-    elif spool["new"]:
-        lines.append(f"  {spool['new']} request(s) wait in new/ for the daemon (start it: cairnd serve)")
-    sessions = status["sessions"]
-    lines.append(f"  sessions   {sessions['ready']} ({sessions['deleted']} deleted)")
-    if status.get("sandbox"):
-        lines.append(f"  sandbox    {status['sandbox']}")
-    for repo in status.get("storage", []):
-        refs = repo["checkpoint_refs"]
-        loose = repo["loose_checkpoint_refs"]
-        lines.append(f"  repo       {repo['repo']}: {repo['sessions']} session(s), "
-                     f"{'?' if refs is None else refs} checkpoint ref(s) ({'?' if loose is None else loose} loose), "
-                     f"objects {_size(repo['objects_bytes'])}, logs {_size(repo['logs_bytes'])}")
-    if status.get("fleet"):
-        from cairnd.fleet.client import format_fleet
-        lines.extend(format_fleet(status["fleet"]))
-    return "\n".join(lines) + "\n"
 

@@ -1,4 +1,5 @@
-"""The spool client side (SPEC 6): submit a request file, then wait for its one result.
+"""The spool client side (SPEC 6): submit a request file, then wait for its one result
+(with what the wait shows on a terminal: the daemon's presence, the agent's activity).
 
 What `cairnd new|prompt|fork|cancel|rm` and `cairnd demo` do, and what any other writer
 (a shell script, an editor plugin) does by hand. Nothing here talks to the daemon: a
@@ -7,12 +8,13 @@ request written while the daemon is stopped waits in `new/` until it starts.
 
 from __future__ import annotations
 
+import os
 import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import orjson
 
@@ -27,6 +29,7 @@ from cairnd.entries import (
 from cairnd.layout import create_spool
 from cairnd.log import iter_lines
 from cairnd.spool import Spool
+from cairnd.statelock import daemon_pid
 
 POLL_FAST_SECONDS = 0.01  # the first half second: most requests are answered by then
 POLL_SECONDS = 0.05
@@ -152,3 +155,55 @@ def describe_entry(line: bytes) -> str | None:
 def result_json(result: dict[str, Any]) -> bytes:
     return orjson.dumps(result, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
 
+
+class DaemonWatch:
+    """Whether the daemon runs, looked up at most once a second while waiting."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self._checked = 0.0
+        self._pid: int | None = None
+
+    def pid(self) -> int | None:
+        now = time.monotonic()
+        if now - self._checked >= 1.0:
+            self._pid = daemon_pid(self.state_dir)
+            self._checked = now
+        return self._pid
+
+
+class Progress:
+    """A one-line spinner on a terminal; nothing at all when the stream is not one."""
+
+    FRAMES = "|/-\\"
+
+    def __init__(self, stream: TextIO, label: str) -> None:
+        self.stream = stream
+        self.label = label
+        self.enabled = stream.isatty()
+        self._frame = 0
+        self._drawn = 0.0
+        self._visible = False
+
+    def show(self, phase: str, elapsed: float) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if now - self._drawn < 0.1:
+            return
+        self._drawn = now
+        self._frame = (self._frame + 1) % len(self.FRAMES)
+        try:
+            width = os.get_terminal_size(self.stream.fileno()).columns or 80
+        except OSError:
+            width = 80
+        line = f"{self.FRAMES[self._frame]} {self.label}: {phase} ({elapsed:.1f} s)"
+        self.stream.write("\r\x1b[K" + line[: max(10, width - 1)])
+        self.stream.flush()
+        self._visible = True
+
+    def clear(self) -> None:
+        if self._visible:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+            self._visible = False

@@ -23,9 +23,11 @@ from typing import Any
 
 import orjson
 
+from cairnd import git
 from cairnd.client import submit, wait_for_result
-from cairnd.git import git_env
+from cairnd.errors import CairnError
 from cairnd.log import iter_lines
+from cairnd.render import shorten
 from cairnd.transcript import session_state
 
 READY_SECONDS = 30.0
@@ -67,36 +69,17 @@ class Tour:
                 "parent": self.parent, "fork": self.fork, "seconds": round(self.seconds, 2)}
 
 
-# --------------------------------------------------------------------------- git, for the demo's own repository
-
-
-def _git(cwd: Path, *args: str) -> str:
-    # Own identity and no signing or hooks: the demo must run on a machine with no git set-up.
-    proc = subprocess.run(["git", "-c", "commit.gpgsign=false", "-c", "core.hooksPath=/dev/null", *args],
-                          cwd=cwd, env=git_env(), stdin=subprocess.DEVNULL, capture_output=True, check=False)
-    if proc.returncode != 0:
-        raise DemoError(f"git {args[0]} failed in {cwd}: {proc.stderr.decode(errors='replace').strip()}")
-    return proc.stdout.decode(errors="replace")
+# --------------------------------------------------------------------------- the demo's own repository
 
 
 def make_repository(path: Path) -> None:
-    path.mkdir(parents=True)
-    _git(path, "init", "-q")
-    _git(path, "symbolic-ref", "HEAD", "refs/heads/main")
-    for name, text in REPO_FILES.items():
-        (path / name).write_text(text)
-    _git(path, "add", "-A")
-    _git(path, "commit", "-q", "--no-verify", "-m", "initial commit")
+    git.init_repository(path, REPO_FILES, "initial commit")
 
 
 def worktree_status(worktree: Path) -> dict[str, str]:
     """path -> 'modified' / 'untracked' / 'staged' / 'deleted' for what differs from HEAD."""
-    out = _git(worktree, "--no-optional-locks", "status", "--porcelain=v1", "-z", "--untracked-files=all")
     found: dict[str, str] = {}
-    for record in out.split("\0"):
-        if len(record) < 4:
-            continue
-        code, path = record[:2], record[3:]
+    for path, code in git.status_codes(worktree).items():
         if code == "??":
             found[path] = "untracked"
         elif "D" in code:
@@ -109,7 +92,7 @@ def worktree_status(worktree: Path) -> dict[str, str]:
 
 
 def head_line(worktree: Path) -> str:
-    return _git(worktree, "log", "-1", "--format=%h %s").strip()
+    return git.head_summary(worktree)
 
 
 def files_of(worktree: Path) -> dict[str, str]:
@@ -199,17 +182,12 @@ def _request(state: Path, request: dict[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- presentation
 
 
-def _shorten(text: str, width: int) -> str:
-    flat = " / ".join(line.strip() for line in text.strip().splitlines() if line.strip())
-    return flat if len(flat) <= width else flat[: width - 3] + "..."
-
-
 def _cell(files: dict[str, str], status: dict[str, str], path: str) -> str:
     if path not in files:
         return "(none)"
     lines = files[path].splitlines() or [""]
     more = f" (+{len(lines) - 1} line{'s' if len(lines) > 2 else ''})" if len(lines) > 1 else ""
-    return _shorten(lines[0], 26) + more + (f" [{status[path]}]" if path in status else "")
+    return shorten(lines[0], 26) + more + (f" [{status[path]}]" if path in status else "")
 
 
 def side_by_side(rows: list[tuple[str, str, str]], headers: tuple[str, str, str]) -> list[str]:
@@ -251,7 +229,7 @@ def run_demo(directory: Path | None = None, as_json: bool = False) -> int:
         pid = daemon.start()
         say(f"2. The daemon is running (pid {pid}), on its own state dir: {tour.state}")
         _tour(tour, say)
-    except DemoError as exc:
+    except (DemoError, CairnError) as exc:
         daemon.stop()
         print(f"cairnd: demo failed: {exc}", file=sys.stderr)
         print(f"cairnd: its files are in {base}", file=sys.stderr)
@@ -305,7 +283,7 @@ def _tour(tour: Tour, say: Any) -> None:
         turn = _request(tour.state, {"kind": "prompt", "session": session, "text": text})
         checkpoint = turn["checkpoint"]
         left = "uncommitted changes left in the tree" if checkpoint["dirty"] else "clean"
-        say(f"   turn {number}: {_shorten(text, 58)}",
+        say(f"   turn {number}: {shorten(text, 58)}",
             f"           -> {turn['stopReason']}, HEAD {checkpoint['headSha'][:7]}, {left}")
     tour.parent = {"session": session, "worktree": str(worktree), "log": new["log"]}
 
@@ -315,14 +293,14 @@ def _tour(tour: Tour, say: Any) -> None:
                  "user_message_index": FORK_AT, "headSha": fork["headSha"], "worktreeSha": fork["worktreeSha"]}
     say("", f"4. Fork at user message {FORK_AT} (before turn {FORK_AT}): session {fork['session']}",
         f"   its worktree holds the files as turn {FORK_AT - 1} left them, uncommitted and untracked ones too;",
-        f"   the message it was cut at comes back as prefill: {_shorten(fork['prefill'], 50)!r}", "")
+        f"   the message it was cut at comes back as prefill: {shorten(fork['prefill'], 50)!r}", "")
 
     parent_files, fork_files = files_of(worktree), files_of(fork_tree)
     parent_status, fork_status = worktree_status(worktree), worktree_status(fork_tree)
     parent_messages, fork_messages = _user_messages(Path(new["log"])), _user_messages(Path(fork["log"]))
     rows = [
         ("conversation", f"{len(parent_messages)} user messages", f"{len(fork_messages)} user messages"),
-        ("HEAD", _shorten(head_line(worktree), 36), _shorten(head_line(fork_tree), 36)),
+        ("HEAD", shorten(head_line(worktree), 36), shorten(head_line(fork_tree), 36)),
     ]
     for path in sorted(set(parent_files) | set(fork_files)):
         rows.append((path, _cell(parent_files, parent_status, path), _cell(fork_files, fork_status, path)))

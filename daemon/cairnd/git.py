@@ -1046,3 +1046,36 @@ def set_ref(repo: Path, ref: str, new: str, old: str | None, reason: str) -> boo
             return False
         raise _failure(repo, ["update-ref"], proc)
     return True
+
+
+# -- a repository of one's own (the demo's) ---------------------------------------------------
+
+
+def init_repository(path: Path, files: Mapping[str, str], message: str, branch: str = "main") -> str:
+    """A new repository at `path` whose branch `branch` holds `files` (name -> text) in one
+    commit, made with plumbing (no hook, no signing, cairnd's identity); the commit's id."""
+    path.mkdir(parents=True)
+    _git(path, "init", "-q")
+    _git(path, "symbolic-ref", "HEAD", f"refs/heads/{branch}")
+    for name, text in files.items():
+        (path / name).write_text(text)
+    _git(path, "update-index", "--add", "--", *files)
+    tree = _line(_git(path, "write-tree"))
+    commit = _line(_git(path, "commit-tree", "--no-gpg-sign", tree, "-m", message))
+    _git(path, "update-ref", f"refs/heads/{branch}", commit)
+    return commit
+
+
+def status_codes(worktree: Path) -> dict[str, str]:
+    """What differs from HEAD: path -> its two-letter `git status --porcelain` code."""
+    out = _git(worktree, "--no-optional-locks", "status", "--porcelain=v1", "-z", "--untracked-files=all")
+    found: dict[str, str] = {}
+    for record in out.decode("utf-8", "replace").split("\0"):
+        if len(record) >= 4:
+            found[record[3:]] = record[:2]
+    return found
+
+
+def head_summary(worktree: Path) -> str:
+    """HEAD's short id and subject, as `git log -1 --format='%h %s'` shows it."""
+    return _line(_git(worktree, "log", "-1", "--format=%h %s"))

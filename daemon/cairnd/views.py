@@ -141,6 +141,19 @@ def changed_paths(cwd: Path, pairs: list[tuple[Any, Any]]) -> list[list[tuple[st
     return answers
 
 
+def agent_answer(layout: StateLayout, session_id: str, turn: int) -> str | None:
+    """The agent's text in turn `turn` of a session (its last turn when there is no such
+    turn), read from its log; None without a log or a turn."""
+    path = layout.log_path(session_id)
+    if not path.exists():
+        return None
+    conversation = session_state(iter_lines(path)).conversation
+    if not conversation:
+        return None
+    chosen = conversation[turn] if 0 <= turn < len(conversation) else conversation[-1]
+    return chosen.agent_text
+
+
 def show_session(layout: StateLayout, session_id: str) -> dict[str, Any]:
     """A session and its turns with their checkpoints and the files each turn changed."""
     registry = open_registry(layout)
