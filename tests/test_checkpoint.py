@@ -106,6 +106,34 @@ def test_the_ref_pins_the_snapshot_against_gc(repo: Path) -> None:
     assert git.list_refs(repo, session_ref_prefix("s1")) == {checkpoint_ref("s1", 3): params["worktreeSha"]}
 
 
+def _staged(repo: Path) -> None:
+    write(repo, "README.md", "staged\n")
+    stage(repo, "README.md")
+
+
+@pytest.mark.parametrize("change, index_ref", [
+    (lambda repo: None, False),  # the index is HEAD's tree
+    (lambda repo: write(repo, "notes.txt", "untracked\n"), False),  # ... still HEAD's
+    (_staged, False),  # the index is the snapshot's tree
+    (lambda repo: (_staged(repo), write(repo, "README.md", "unstaged\n")), True),
+    (lambda repo: (_staged(repo), write(repo, "notes.txt", "untracked\n")), True),
+])
+def test_an_index_tree_nothing_else_reaches_gets_its_own_ref(repo: Path, change, index_ref: bool) -> None:
+    """The index tree is kept alive by the snapshot commit (its tree) or its parent
+    (HEAD's tree); only when it is neither does it get `<turns>-index`, and that ref
+    outlives `git gc --prune=now` with the staged blob."""
+    change(repo)
+    params = take_checkpoint("s1", repo, 2, NO_CAP)
+    expected = {checkpoint_ref("s1", 2): params["worktreeSha"]}
+    if index_ref:
+        expected[checkpoint_ref("s1", 2) + "-index"] = params["indexTree"]
+    assert git.list_refs(repo, session_ref_prefix("s1")) == expected
+    write(repo, "README.md", "moved on\n")
+    stage(repo, "README.md")  # the live index no longer holds the staged blob
+    run_git(repo, "gc", "-q", "--prune=now")
+    assert git_text(repo, "ls-tree", "-r", params["indexTree"])
+
+
 def test_untracked_file_makes_it_dirty_and_is_in_the_snapshot(repo: Path) -> None:
     write(repo, "notes.txt", "new\n")
     params = take_checkpoint("s1", repo, 1, NO_CAP)

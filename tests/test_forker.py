@@ -45,6 +45,7 @@ class Parent:
         self.log.parent.mkdir(parents=True)
         self.turns = 0
         self.states: list[tuple[dict, list]] = []
+        self.checkpoint_params: list[dict] = []
         self.append(cairnd_entry("_posthog/agent_checkpoint", self.checkpoint()))
 
     @property
@@ -54,6 +55,7 @@ class Parent:
     def checkpoint(self) -> dict:
         params = take_checkpoint(self.id, self.repo, self.turns, CAP)
         self.states.append((tree_state(self.repo), index_state(self.repo)))
+        self.checkpoint_params.append(params)
         return params
 
     def append(self, *entries: dict | bytes) -> None:
@@ -277,3 +279,22 @@ def test_log_without_checkpoint_falls_back_to_current_head(tmp_path: Path):
     result = p.fork(1)
     assert result["state"] == "current_head"
     assert result["headSha"] == git_text(p.repo, "rev-parse", "HEAD") and result["worktreeSha"] is None
+
+
+def test_a_checkpoints_staged_index_outlives_gc_and_forks_exactly(parent: Parent) -> None:
+    """Staged, unstaged and untracked changes at once: the checkpoint's index tree is
+    reachable from neither HEAD nor worktreeSha, so its own ref keeps it (and the staged
+    blob) alive through `git gc --prune=now`; a fork at it restores the index exactly."""
+    staged = parent.checkpoint_params[3]
+    assert staged["indexTree"] not in (cgit.tree_of(parent.repo, staged["headSha"]),
+                                       cgit.tree_of(parent.repo, staged["worktreeSha"]))
+    # The next turn stages everything, so the live index no longer holds the staged blob.
+    parent.turn("stage the rest", lambda: (cgit._git(parent.repo, "add", "-A"), write(parent.repo, "b.txt", "b\n")))
+    subprocess.run(["git", "gc", "--prune=now", "-q"], cwd=parent.repo, check=True)
+    result = parent.fork(3)
+    files, index = parent.states[3]
+    assert index_state(Path(result["worktree"])) == index
+    assert visible(tree_state(Path(result["worktree"]))) == visible(files)
+    assert cgit.list_refs(parent.repo, f"refs/cairnd/{result['session']}/") == {
+        f"refs/cairnd/{result['session']}/3": staged["worktreeSha"],
+        f"refs/cairnd/{result['session']}/3-index": staged["indexTree"]}

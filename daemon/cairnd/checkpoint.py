@@ -2,7 +2,10 @@
 
 A checkpoint is a snapshot of the session worktree (see `cairnd.git.snapshot`)
 plus a ref, `refs/cairnd/<session>/<turns>`, that keeps its commit alive against
-`git gc`. Refs are shared by all worktrees of a repository, so the ref lands in
+`git gc`. Its index tree is reachable from that commit when it is the commit's tree
+or its parent's (HEAD's); otherwise (something staged, and the working tree differs
+from the index) it gets a ref of its own, `<turns>-index`, in the same ref
+transaction. Refs are shared by all worktrees of a repository, so the ref lands in
 the repository the session worktree belongs to, whichever worktree it is.
 """
 
@@ -22,6 +25,41 @@ def session_ref_prefix(session_id: str) -> str:
 
 def checkpoint_ref(session_id: str, turns: int) -> str:
     return f"{session_ref_prefix(session_id)}{turns}"
+
+
+def index_ref(ref: str) -> str:
+    """The ref that keeps a checkpoint's index tree, when nothing else does."""
+    return f"{ref}-index"
+
+
+def checkpoint_pins(params: dict[str, Any], snap: git.Snapshot) -> dict[str, str]:
+    """The refs that keep a checkpoint alive: its commit, and its index tree when that is
+    neither the commit's tree nor HEAD's (`snap.staged` says whether it is HEAD's)."""
+    pins = {params["ref"]: params["worktreeSha"]}
+    if snap.staged and snap.index_tree != snap.worktree_tree:
+        pins[index_ref(params["ref"])] = snap.index_tree
+    return pins
+
+
+def pin_checkpoint(repo: Path, params: dict[str, Any]) -> dict[str, str]:
+    """Pin a checkpoint known by its params only (a fork's baseline, taken from its
+    parent's checkpoint): as `checkpoint_pins`, with HEAD's and the commit's trees
+    looked up. Returns what was pinned."""
+    pins = {params["ref"]: params["worktreeSha"]}
+    index_tree = params.get("indexTree")
+    if git.is_object_id(index_tree) and index_tree not in (
+            git.tree_of(repo, params["worktreeSha"]), git.tree_of(repo, params["headSha"])):
+        pins[index_ref(params["ref"])] = index_tree
+    _pin(repo, pins)
+    return pins
+
+
+def _pin(repo: Path, pins: dict[str, str]) -> None:
+    if len(pins) == 1:
+        [(ref, sha)] = pins.items()
+        git.pin(repo, ref, sha, written=True)  # the caller has just written it: no git process
+    else:
+        git.pin_together(repo, pins)
 
 
 def checkpoint_params(session_id: str, turns: int, snap: git.Snapshot) -> dict[str, Any]:
@@ -46,13 +84,13 @@ Snapshotter = Callable[[Path, int, str], git.Snapshot]
 
 def take_checkpoint(session_id: str, worktree: Path, turns: int, max_file_bytes: int,
                     snapshot: Snapshotter | None = None) -> dict[str, Any]:
-    """Snapshot `worktree`, pin the snapshot at refs/cairnd/<session>/<turns>, and return
-    the agent_checkpoint params. Synchronous: run it in a worker thread."""
+    """Snapshot `worktree`, pin the snapshot at refs/cairnd/<session>/<turns> (and its index
+    tree beside it when needed), and return the agent_checkpoint params. Synchronous: run it in a worker thread."""
     if isinstance(turns, bool) or not isinstance(turns, int) or turns < 0:
         raise ValueError(f"turns must be a non-negative integer, not {turns!r}")
     snap = (snapshot or git.snapshot)(worktree, max_file_bytes, f"cairnd checkpoint {session_id} turn {turns}")
     params = checkpoint_params(session_id, turns, snap)
-    git.pin(worktree, params["ref"], snap.worktree_sha, written=True)
+    _pin(worktree, checkpoint_pins(params, snap))
     return params
 
 

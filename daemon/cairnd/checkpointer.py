@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from cairnd import git, gitfiles, privacy
-from cairnd.checkpoint import take_checkpoint
+from cairnd.checkpoint import checkpoint_pins, take_checkpoint
 from cairnd.errors import CairnError
 from cairnd.journal import event
 from cairnd.storage import RefKeeper
@@ -83,10 +83,15 @@ class Checkpointer:
         self._reading: Any = None  # the CancelScope of read_events, while it runs
 
     def take(self, session_id: str, worktree: Path, turns: int, max_file_bytes: int) -> dict[str, Any]:
-        """`checkpoint.take_checkpoint`, with this snapshot; its ref is counted for packing."""
-        params = take_checkpoint(session_id, worktree, turns, max_file_bytes,
-                                 snapshot=lambda tree, cap, message: self.snapshot(session_id, tree, cap, message))
-        self.refs.wrote(Path(worktree))
+        """`checkpoint.take_checkpoint`, with this snapshot; its refs are counted for packing."""
+        taken: list[git.Snapshot] = []
+
+        def snapshot(tree: Path, cap: int, message: str) -> git.Snapshot:
+            taken.append(self.snapshot(session_id, tree, cap, message))
+            return taken[-1]
+
+        params = take_checkpoint(session_id, worktree, turns, max_file_bytes, snapshot=snapshot)
+        self.refs.wrote(Path(worktree), len(checkpoint_pins(params, taken[-1])))
         return params
 
     async def read_events(self) -> None:

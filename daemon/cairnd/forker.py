@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from cairnd import git
-from cairnd.checkpoint import checkpoint_params, take_checkpoint
+from cairnd.checkpoint import checkpoint_params, pin_checkpoint, take_checkpoint
 from cairnd.creation import creating, write_initial_log
 from cairnd.cutindex import find_cut
 from cairnd.layout import StateLayout
@@ -129,7 +129,7 @@ def fork_session(layout: StateLayout, registry: Registry, parent: SessionRow, k:
         if baseline is None:
             baseline = take_checkpoint(fork_id, worktree, turns, max_file_bytes)
         else:
-            git.pin(parent.repo, baseline["ref"], baseline["worktreeSha"], written=True)
+            pin_checkpoint(parent.repo, baseline)
         log_path = write_initial_log(layout, fork_id, parent_log, point.offset, [
             fork_meta_entry(fork_id, parent.id, k, start.head_sha, start.worktree_sha),
             checkpoint_entry(baseline),

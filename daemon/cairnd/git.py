@@ -214,6 +214,7 @@ class Snapshot:
     skipped: tuple[str, ...]  # paths left out of worktree_sha: over the size cap, or nested repositories
     worktree_tree: str = ""  # the tree of worktree_sha
     skipped_paths: tuple[bytes, ...] = ()  # `skipped` as the bytes git names them by
+    staged: bool = True  # the index differs from HEAD's tree (True where not known)
 
 
 @dataclass(frozen=True)
@@ -225,6 +226,7 @@ class StatusScan:
     changed: bool  # anything differs from HEAD, in the index or the working tree
     worktree_paths: tuple[bytes, ...]  # paths whose working-tree state differs from the index
     nested_repos: tuple[bytes, ...]  # untracked directories git shows whole: other repositories
+    staged: bool = False  # the index differs from HEAD (something staged, or conflicts)
 
 
 def parse_status(raw: bytes) -> StatusScan:
@@ -232,6 +234,7 @@ def parse_status(raw: bytes) -> StatusScan:
     head: str | None = None
     branch: str | None = None
     changed = False
+    staged = False
     paths: list[bytes] = []
     nested: list[bytes] = []
     records = iter(raw.split(b"\0"))
@@ -255,16 +258,19 @@ def parse_status(raw: bytes) -> StatusScan:
                 paths.append(path)
         elif kind == b"1":
             fields = record.split(b" ", 8)
+            staged = staged or fields[1][:1] != b"."
             if fields[1][1:2] != b".":
                 paths.append(fields[8])
         elif kind == b"2":
             fields = record.split(b" ", 9)
             next(records, None)  # the original path, in a record of its own
+            staged = staged or fields[1][:1] != b"."
             if fields[1][1:2] != b".":
                 paths.append(fields[9])
         elif kind == b"u":
+            staged = True
             paths.append(record.split(b" ", 10)[10])
-    return StatusScan(head, branch, changed, tuple(paths), tuple(nested))
+    return StatusScan(head, branch, changed, tuple(paths), tuple(nested), staged)
 
 
 def _display(path: bytes) -> str:
@@ -376,6 +382,7 @@ def snapshot(worktree: Path, max_file_bytes: int, message: str = SNAPSHOT_MESSAG
         skipped=tuple(sorted(_display(p) for p in skipped)),
         worktree_tree=tree,
         skipped_paths=tuple(skipped),
+        staged=scan.staged,
     )
 
 
@@ -541,6 +548,22 @@ def pin(repo: Path, ref_name: str, sha: str, *, written: bool = False) -> None:
         if b"nonexistent object" in proc.stderr:
             raise CairnError("commit_missing", f"{sha} is not in {repo}")
         raise _failure(repo, ["update-ref"], proc)
+
+
+def pin_together(repo: Path, refs: Mapping[str, str]) -> None:
+    """Point each ref (under refs/cairnd/) at its object in one ref transaction: all or
+    none. Raises commit_missing when an object is not in the repository."""
+    for name, sha in refs.items():
+        _check_ref_name(name)
+        if not is_object_id(sha) or not sha.strip("0"):
+            raise CairnError("commit_missing", f"{sha!r} is not an object id")
+    proc = _run(repo, ["update-ref", "--stdin", "-z"], input=b"".join(
+        b"update " + name.encode("utf-8", "surrogateescape") + b"\0" + sha.encode() + b"\0\0"
+        for name, sha in refs.items()))
+    if proc.returncode != 0:
+        if b"nonexistent object" in proc.stderr:
+            raise CairnError("commit_missing", f"one of {', '.join(refs.values())} is not in {repo}")
+        raise _failure(repo, ["update-ref", "--stdin"], proc)
 
 
 def pin_many(repo: Path, refs: Mapping[str, str]) -> dict[str, str]:

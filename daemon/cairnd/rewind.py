@@ -232,7 +232,7 @@ def finish(layout: StateLayout, registry: Registry, row: SessionRow, journal: Re
 
 
 def _turns_at_most(ref_name: str, turns: int) -> bool:
-    last = ref_name.rsplit("/", 1)[-1]
+    last = ref_name.rsplit("/", 1)[-1].removesuffix("-index")  # a checkpoint's index tree goes with it
     return last.isdigit() and int(last) <= turns
 
 

@@ -46,8 +46,8 @@ class RefKeeper:
         self.packs = 0
         self.repacks = 0
 
-    def wrote(self, worktree: Path) -> None:
-        """A checkpoint pinned a ref in `worktree`'s repository: pack at once when the
+    def wrote(self, worktree: Path, refs: int = 1) -> None:
+        """A checkpoint pinned `refs` refs in `worktree`'s repository: pack at once when the
         loose refs reach the hard limit (the background is behind)."""
         dirs = gitfiles.git_dirs(Path(worktree))
         if dirs is None:
@@ -57,7 +57,7 @@ class RefKeeper:
             if common not in self._loose:
                 self._loose[common] = count_loose_refs(common)
             else:
-                self._loose[common] += 1
+                self._loose[common] += refs
             self._since_repack[common] = self._since_repack.get(common, 0) + 1
             self._worktree[common] = Path(worktree)
             urgent = self._loose[common] >= REFS_HARD_LIMIT
