@@ -19,7 +19,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from cairnd import git as cgit
+from cairnd import gitrefs
 from cairnd.checkpointer import Checkpointer
 from cairnd.storage import REFS_HARD_LIMIT, REPACK_EVERY, count_loose_refs
 from cairnd.worktreewatch import WatchSet
@@ -72,8 +72,8 @@ def run(quick: bool) -> list[Row]:
         finally:
             checkpoints.close()
         after = _dir_bytes(ours / ".git")
-        objects = cgit.object_sizes(ours)
-        refs = len(cgit.list_refs(ours, "refs/cairnd/"))
+        objects = gitrefs.object_sizes(ours)
+        refs = len(gitrefs.list_refs(ours, "refs/cairnd/"))
         for name in touched:  # the peer's working tree the same as ours
             shutil.copy2(ours / name, peer / name)
         rows = [

@@ -11,7 +11,7 @@ target is the 100 MB page within 2x of it. --quick: 1 MB and 10 MB only.
 Then the files each turn changed, as the session page lists them, for a session of 50
 turns on a repository of 1000 files (each turn edits, adds and deletes about 1% of them,
 every fifth renames one): all 50 pairs read by one `git diff-tree --stdin` (what the
-page does, `cairnd.git.diff_files_many`) against the peer, one `git diff-tree` per
+page does, `cairnd.gitdiff.diff_files_many`) against the peer, one `git diff-tree` per
 turn (`diff_files` 50 times), in the same run; the target is the page at most half
 the peer's time.
 """
@@ -28,7 +28,7 @@ import urllib.request
 from pathlib import Path
 
 from biglog import big_log
-from cairnd import git as cgit
+from cairnd import gitdiff
 from cairnd.registry import Registry
 from measure import Row, command_of, main, median, mib, ms, target_text, timings
 from synth import dirty, git, git_text
@@ -139,14 +139,14 @@ def changed_files_rows(quick: bool, command: str) -> list[Row]:
     repeat = 5 if quick else 21
     with tempfile.TemporaryDirectory(prefix="cairnd-bench-webdiff-") as tmp:
         repo, pairs = session_of_turns(Path(tmp), TURNS)
-        page = cgit.diff_files_many(repo, pairs)
-        per_turn = [cgit.diff_files(repo, old, new) for old, new in pairs]
+        page = gitdiff.diff_files_many(repo, pairs)
+        per_turn = [gitdiff.diff_files(repo, old, new) for old, new in pairs]
         assert page == per_turn and all(page), "the two ways must read the same files"
         listed = sum(len(files) for files in page)  # type: ignore[arg-type]
         samples: dict[str, list[float]] = {"page": [], "per_turn": []}
         for _ in range(repeat):  # alternated, so a drift of the machine's load hits both alike
-            samples["page"].extend(timings(lambda: cgit.diff_files_many(repo, pairs), 1))
-            samples["per_turn"].extend(timings(lambda: [cgit.diff_files(repo, a, b) for a, b in pairs], 1))
+            samples["page"].extend(timings(lambda: gitdiff.diff_files_many(repo, pairs), 1))
+            samples["per_turn"].extend(timings(lambda: [gitdiff.diff_files(repo, a, b) for a, b in pairs], 1))
     page_time, peer = median(samples["page"]), median(samples["per_turn"])
     return [
         Row(f"web: changed files of {TURNS} turns, one git process per page",

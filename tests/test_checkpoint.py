@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cairnd import git
+from cairnd import gitrefs, gitworktree
 from cairnd.checkpointer import Checkpointer
 from cairnd.errors import CairnError
 from cairnd.worktreewatch import IN_Q_OVERFLOW, WatchSet
@@ -63,7 +63,7 @@ def untouched_state(worktree: Path) -> tuple[object, ...]:
 
 
 def restore_into(repo: Path, target: Path, params: dict[str, object]) -> Path:
-    git.add_worktree(repo, target, params["headSha"], params["worktreeSha"],  # type: ignore[arg-type]
+    gitworktree.add_worktree(repo, target, params["headSha"], params["worktreeSha"],  # type: ignore[arg-type]
                              params["indexTree"])  # type: ignore[arg-type]
     return target
 
@@ -103,7 +103,7 @@ def test_the_ref_pins_the_snapshot_against_gc(repo: Path) -> None:
     assert git_text(repo, "rev-parse", "refs/cairnd/s1/3") == params["worktreeSha"]
     run_git(repo, "gc", "-q", "--prune=now")
     assert commit_exists(repo, params["worktreeSha"])
-    assert git.list_refs(repo, session_ref_prefix("s1")) == {checkpoint_ref("s1", 3): params["worktreeSha"]}
+    assert gitrefs.list_refs(repo, session_ref_prefix("s1")) == {checkpoint_ref("s1", 3): params["worktreeSha"]}
 
 
 def _staged(repo: Path) -> None:
@@ -127,7 +127,7 @@ def test_an_index_tree_nothing_else_reaches_gets_its_own_ref(repo: Path, change,
     expected = {checkpoint_ref("s1", 2): params["worktreeSha"]}
     if index_ref:
         expected[checkpoint_ref("s1", 2) + "-index"] = params["indexTree"]
-    assert git.list_refs(repo, session_ref_prefix("s1")) == expected
+    assert gitrefs.list_refs(repo, session_ref_prefix("s1")) == expected
     write(repo, "README.md", "moved on\n")
     stage(repo, "README.md")  # the live index no longer holds the staged blob
     run_git(repo, "gc", "-q", "--prune=now")
@@ -199,7 +199,7 @@ def test_commits_between_checkpoints(repo: Path, tmp_path: Path) -> None:
     fork = restore_into(repo, tmp_path / "fork1", second)
     assert (fork / "feature.py").read_text() == "x = 2\n"
     assert head(fork) == committed
-    assert git.list_refs(repo, session_ref_prefix("s1")) == {
+    assert gitrefs.list_refs(repo, session_ref_prefix("s1")) == {
         "refs/cairnd/s1/0": first["worktreeSha"], "refs/cairnd/s1/1": second["worktreeSha"]}
 
 
@@ -212,11 +212,11 @@ def test_detached_head_has_no_branch(repo: Path) -> None:
 
 def test_checkpoint_of_a_linked_worktree_pins_in_the_shared_repository(repo: Path, tmp_path: Path) -> None:
     session = tmp_path / "state" / "worktrees" / "s2" / "repo"
-    git.add_worktree(repo, session, head(repo))
+    gitworktree.add_worktree(repo, session, head(repo))
     write(session, "wip.txt", "work\n")
     params = take_checkpoint("s2", session, 0, NO_CAP)
     assert params["branch"] is None
-    assert git.list_refs(repo, "refs/cairnd/s2/") == {"refs/cairnd/s2/0": params["worktreeSha"]}
+    assert gitrefs.list_refs(repo, "refs/cairnd/s2/") == {"refs/cairnd/s2/0": params["worktreeSha"]}
     assert not (repo / "wip.txt").exists()
 
 

@@ -2,7 +2,7 @@
 a snapshot built from the paths inotify saw change is the snapshot a full scan
 makes, and wherever the watch cannot be sure, the full scan is what runs.
 
-The oracle in every test is `git.snapshot` (the full scan) of the same tree.
+The oracle in every test is `gitsnapshot.snapshot` (the full scan) of the same tree.
 """
 
 from __future__ import annotations
@@ -15,16 +15,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cairnd import git
+from cairnd import gitsnapshot
 from cairnd.checkpointer import Checkpointer
 from cairnd.worktreewatch import WatchSet
 from gitrepos import commit_all, git as run_git, make_repo, stage, write
 from test_checkpoint import GITIGNORE, NO_CAP, apply_op
 
 
-def same_as_full_scan(checkpoints: Checkpointer, repo: Path, session: str = "s") -> git.Snapshot:
+def same_as_full_scan(checkpoints: Checkpointer, repo: Path, session: str = "s") -> gitsnapshot.Snapshot:
     ours = checkpoints.snapshot(session, repo, NO_CAP, "m")
-    full = git.snapshot(repo, NO_CAP, "m")
+    full = gitsnapshot.snapshot(repo, NO_CAP, "m")
     assert (ours.head_sha, ours.branch, ours.index_tree, ours.worktree_tree, ours.dirty, ours.skipped) == \
         (full.head_sha, full.branch, full.index_tree, full.worktree_tree, full.dirty, full.skipped)
     return ours

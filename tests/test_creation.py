@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cairnd import git
+from cairnd import gitworktree
 from cairnd.checkpoint import take_checkpoint
 from cairnd.creation import creating, roll_back, write_initial_log
 from cairnd.entries import checkpoint_entry, envelope_line
@@ -38,7 +38,7 @@ def fields(layout: StateLayout, repo: Path, session_id: str = "s1") -> dict:
 
 def make_everything(layout: StateLayout, made) -> None:
     row = made.row
-    git.add_worktree(row.repo, row.worktree, head(row.repo))
+    gitworktree.add_worktree(row.repo, row.worktree, head(row.repo))
     baseline = take_checkpoint(row.id, row.worktree, 0, CAP)
     write_initial_log(layout, row.id, None, 0, [checkpoint_entry(baseline)])
 
@@ -81,7 +81,7 @@ def test_roll_back_is_safe_on_any_prefix_and_twice(layout: StateLayout, repo: Pa
     registry = Registry(layout.db)
     registry.begin_session(**fields(layout, repo))
     row = registry.get("s1")
-    git.add_worktree(repo, row.worktree, head(repo))  # a crash came after the worktree only
+    gitworktree.add_worktree(repo, row.worktree, head(repo))  # a crash came after the worktree only
     roll_back(layout, registry, row)
     roll_back(layout, registry, row)
     assert_no_trace(layout, registry, repo)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from cairnd import git as cgit
+from cairnd import gitdiff
 from cairnd.diffs import compare, compare_text, parse_name
 from cairnd.errors import CairnError
 from gitrepos import commit_all, git, index_fingerprint, make_repo, symlink, write
@@ -38,7 +39,7 @@ def pair(tmp_path: Path) -> tuple[Path, str, str]:
 
 def test_structured_list_reads_as_git_diff_does(pair):
     repo, old, new = pair
-    files = {c.path: c for c in cgit.diff_files(repo, old, new)}
+    files = {c.path: c for c in gitdiff.diff_files(repo, old, new)}
     assert files["new.txt"].status == "R" and files["new.txt"].old_path == "old.txt"
     assert (files["new.txt"].added, files["new.txt"].removed) == (0, 0)
     assert files["tool.sh"].status == "M" and (files["tool.sh"].old_mode, files["tool.sh"].new_mode) == ("100644",
@@ -55,10 +56,10 @@ def test_structured_list_reads_as_git_diff_does(pair):
 
 def test_unified_diff_and_stat_are_gits_own(pair):
     repo, old, new = pair
-    assert cgit.diff_text(repo, old, new) == git(repo, "diff", "--no-color", "-M", "--full-index", old, new)
-    stat = cgit.diff_text(repo, old, new, stat=True).decode()
+    assert gitdiff.diff_text(repo, old, new) == git(repo, "diff", "--no-color", "-M", "--full-index", old, new)
+    stat = gitdiff.diff_text(repo, old, new, stat=True).decode()
     assert "old.txt => new.txt" in stat and "Bin 3 -> 5 bytes" in stat and "mode change 100644 => 100755" in stat
-    assert cgit.diff_text(repo, old, old) == b""
+    assert gitdiff.diff_text(repo, old, old) == b""
 
 
 def _gits_own_list(repo: Path, old: str, new: str) -> list[tuple[str, str | None, str, int | None, int | None]]:
@@ -77,7 +78,7 @@ def _gits_own_list(repo: Path, old: str, new: str) -> list[tuple[str, str | None
             for (s, o, p), (a, r) in zip(listed, counts)]
 
 
-def _as_tuples(files: list[cgit.FileChange]) -> list[tuple[str, str | None, str, int | None, int | None]]:
+def _as_tuples(files: list[gitdiff.FileChange]) -> list[tuple[str, str | None, str, int | None, int | None]]:
     return [(c.status, c.old_path, c.path, c.added, c.removed) for c in files]
 
 
@@ -98,7 +99,7 @@ def test_many_pairs_are_read_by_one_git_process_each_as_git_diff_lists_it(pair, 
     monkeypatch.setattr(cgit.subprocess, "run", counting_run)
     pairs = [(old, new), (new, old), (new, third), (third, fourth), (old, fourth), ("HEAD", new),
              (old, "f" * 40)] * 8
-    found = cgit.diff_files_many(repo, pairs)
+    found = gitdiff.diff_files_many(repo, pairs)
     assert spawned == ["cat-file", "diff-tree"]
     monkeypatch.setattr(cgit.subprocess, "run", real_run)
     for (a, b), answer in zip(pairs, found):
@@ -111,23 +112,23 @@ def test_many_pairs_are_read_by_one_git_process_each_as_git_diff_lists_it(pair, 
     assert found[2] == [] and {c.status for c in found[0]} == {"R", "M", "D", "A", "T"}
     assert found[1][[c.path for c in found[1]].index("old.txt")].old_path == "new.txt"  # the way back
     empty = git(repo, "hash-object", "-t", "tree", "--stdin", input=b"").decode().strip()
-    assert _as_tuples(cgit.diff_files(repo, None, new)) == _gits_own_list(repo, empty, new)
+    assert _as_tuples(gitdiff.diff_files(repo, None, new)) == _gits_own_list(repo, empty, new)
 
 
 def test_errors_name_the_side_and_the_repository(pair, tmp_path):
     repo, old, new = pair
     with pytest.raises(CairnError) as bad:
-        cgit.diff_files(repo, "HEAD", old)
+        gitdiff.diff_files(repo, "HEAD", old)
     assert bad.value.code == "bad_request" and "from 'HEAD'" in bad.value.message
     with pytest.raises(CairnError) as missing:
-        cgit.diff_files(repo, old, "f" * 40)
+        gitdiff.diff_files(repo, old, "f" * 40)
     assert missing.value.code == "commit_missing" and "f" * 40 in missing.value.message
     (tmp_path / "plain").mkdir()
     with pytest.raises(CairnError) as not_repo:
-        cgit.diff_files(tmp_path / "plain", old, new)
+        gitdiff.diff_files(tmp_path / "plain", old, new)
     assert not_repo.value.code == "not_a_git_repo"
     with pytest.raises(CairnError) as gone:
-        cgit.diff_files_many(tmp_path / "gone", [(old, new)])
+        gitdiff.diff_files_many(tmp_path / "gone", [(old, new)])
     assert gone.value.code == "repo_not_found"
 
 
@@ -136,7 +137,7 @@ def test_each_files_part_of_the_diff_is_gits_own(pair):
     in order make git's whole diff (a file that became a symlink: its deletion and
     creation both)."""
     repo, old, new = pair
-    parts = cgit.diff_patches(repo, old, new)
+    parts = gitdiff.diff_patches(repo, old, new)
     whole = git(repo, "diff", "--no-color", "-M", "--full-index", old, new)
     assert b"".join(patch for _change, patch in parts) == whole
     for change, patch in parts:
@@ -147,15 +148,15 @@ def test_each_files_part_of_the_diff_is_gits_own(pair):
     assert b"Binary files a/bin.dat and b/bin.dat differ" in by_path["bin.dat"]
     assert b"old mode 100644\nnew mode 100755" in by_path["tool.sh"]
     assert by_path["plain"].count(b"diff --git") == 2 and b"new file mode 120000" in by_path["plain"]
-    assert cgit.diff_patches(repo, old, old) == []
+    assert gitdiff.diff_patches(repo, old, old) == []
 
 
 def test_a_diff_of_one_file_is_one_part():
     one = b"diff --git a/x b/x\nindex 1..2 100644\n--- a/x\n+++ b/x\n@@ -1 +1 @@\n-a\n+diff --git b\n"
-    change = cgit.FileChange("x", "M", None, "100644", "100644", 1, 1, False)
-    assert cgit.split_patch([change], one) == [one]
+    change = gitdiff.FileChange("x", "M", None, "100644", "100644", 1, 1, False)
+    assert gitdiff.split_patch([change], one) == [one]
     with pytest.raises(CairnError):
-        cgit.split_patch([change, change], one)
+        gitdiff.split_patch([change, change], one)
 
 
 @pytest.mark.parametrize("text, expected", [("s1", ("s1", None)), ("s1@0", ("s1", 0)), ("s1@12", ("s1", 12))])

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from cairnd import git as cgit
+from cairnd import gitrefs, gitsnapshot
 from cairnd.checkpoint import take_checkpoint
 from cairnd.layout import StateLayout
 from cairnd.errors import CairnError
@@ -82,7 +83,7 @@ def parent(tmp_path: Path) -> Parent:
     p.turn("edit a", lambda: write(p.repo, "a.txt", "a1\n"))
     p.turn("commit and add untracked", lambda: (commit_all(p.repo, "c1"), write(p.repo, "new dir/ü.bin", b"\0\1\2"),
                                                 write(p.repo, "debug.log", "ignored\n")))
-    p.turn("stage and delete", lambda: (write(p.repo, "a.txt", "a2\n"), cgit._git(p.repo, "add", "a.txt"),
+    p.turn("stage and delete", lambda: (write(p.repo, "a.txt", "a2\n"), cgit.output(p.repo, "add", "a.txt"),
                                         write(p.repo, "a.txt", "a3\n"), os.remove(p.repo / "keep.txt")))
     return p
 
@@ -159,7 +160,7 @@ def assert_nothing_but_parent(parent: Parent) -> None:
     assert [p.name for p in parent.layout.sessions.iterdir()] == [parent.id]
     assert list(parent.layout.worktrees.iterdir()) == []
     assert list_worktrees(parent.repo) == [parent.repo]
-    refs = cgit.list_refs(parent.repo, "refs/cairnd/")
+    refs = gitrefs.list_refs(parent.repo, "refs/cairnd/")
     assert all(name.startswith(f"refs/cairnd/{parent.id}/") for name in refs)
 
 
@@ -173,8 +174,8 @@ def resolve(target: str):
 
 
 STEPS = [
-    ("cairnd.git.add_worktree", "worktree"),
-    ("cairnd.git.pin", "baseline checkpoint"),
+    ("cairnd.gitworktree.add_worktree", "worktree"),
+    ("cairnd.gitrefs.pin", "baseline checkpoint"),
     ("cairnd.forker.write_initial_log", "log"),
     ("cairnd.registry.Registry.commit_session", "commit"),
 ]
@@ -249,8 +250,8 @@ def test_the_baseline_is_the_cuts_checkpoint_and_what_a_snapshot_of_the_fork_say
     cut = find_fork_point(iter_lines(parent.layout.log_path(parent.id)), 1, parent.id).checkpoint
     assert params["worktreeSha"] == cut["worktreeSha"] and params["indexTree"] == cut["indexTree"]
     assert params["ref"] == f"refs/cairnd/{result['session']}/{params['turns']}"
-    assert cgit.list_refs(parent.repo, f"refs/cairnd/{result['session']}/") == {params["ref"]: params["worktreeSha"]}
-    snap = cgit.snapshot(Path(result["worktree"]), CAP)
+    assert gitrefs.list_refs(parent.repo, f"refs/cairnd/{result['session']}/") == {params["ref"]: params["worktreeSha"]}
+    snap = gitsnapshot.snapshot(Path(result["worktree"]), CAP)
     assert (snap.head_sha, snap.branch, snap.index_tree, snap.dirty, list(snap.skipped)) == \
         (params["headSha"], params["branch"], params["indexTree"], params["dirty"], params["skipped"])
     assert snap.worktree_tree == cgit.tree_of(parent.repo, params["worktreeSha"])
@@ -289,12 +290,12 @@ def test_a_checkpoints_staged_index_outlives_gc_and_forks_exactly(parent: Parent
     assert staged["indexTree"] not in (cgit.tree_of(parent.repo, staged["headSha"]),
                                        cgit.tree_of(parent.repo, staged["worktreeSha"]))
     # The next turn stages everything, so the live index no longer holds the staged blob.
-    parent.turn("stage the rest", lambda: (cgit._git(parent.repo, "add", "-A"), write(parent.repo, "b.txt", "b\n")))
+    parent.turn("stage the rest", lambda: (cgit.output(parent.repo, "add", "-A"), write(parent.repo, "b.txt", "b\n")))
     subprocess.run(["git", "gc", "--prune=now", "-q"], cwd=parent.repo, check=True)
     result = parent.fork(3)
     files, index = parent.states[3]
     assert index_state(Path(result["worktree"])) == index
     assert visible(tree_state(Path(result["worktree"]))) == visible(files)
-    assert cgit.list_refs(parent.repo, f"refs/cairnd/{result['session']}/") == {
+    assert gitrefs.list_refs(parent.repo, f"refs/cairnd/{result['session']}/") == {
         f"refs/cairnd/{result['session']}/3": staged["worktreeSha"],
         f"refs/cairnd/{result['session']}/3-index": staged["indexTree"]}

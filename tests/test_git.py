@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from cairnd import git
+from cairnd import git, gitrefs, gitsnapshot, gitworktree
 from cairnd.errors import CairnError
 from gitrepos import (
     commit_exists,
@@ -61,7 +61,7 @@ def test_resolve_repo_of_a_bare_repository_is_its_git_dir(tmp_path: Path) -> Non
 
 def test_resolve_repo_of_a_linked_worktree_is_that_worktree(repo: Path, tmp_path: Path) -> None:
     linked = tmp_path / "linked"
-    git.add_worktree(repo, linked, head(repo))
+    gitworktree.add_worktree(repo, linked, head(repo))
     assert git.resolve_repo(str(linked)) == linked
 
 
@@ -148,9 +148,9 @@ def test_head_state_of_an_unborn_branch_is_bad_ref(tmp_path: Path) -> None:
 
 def test_snapshot_errors(tmp_path: Path) -> None:
     with raises("repo_not_found"):
-        git.snapshot(tmp_path / "gone", NO_CAP)
+        gitsnapshot.snapshot(tmp_path / "gone", NO_CAP)
     with raises("not_a_git_repo"):
-        git.snapshot(tmp_path, NO_CAP)
+        gitsnapshot.snapshot(tmp_path, NO_CAP)
 
 
 def test_snapshot_leaves_no_trace_in_the_session(repo: Path) -> None:
@@ -158,7 +158,7 @@ def test_snapshot_leaves_no_trace_in_the_session(repo: Path) -> None:
     write(repo, "new.txt", "new\n")
     before = (index_fingerprint(repo), status(repo), tree_state(repo))
     refs_before = run_git(repo, "for-each-ref")
-    snap = git.snapshot(repo, NO_CAP)
+    snap = gitsnapshot.snapshot(repo, NO_CAP)
     assert (index_fingerprint(repo), status(repo), tree_state(repo)) == before
     assert run_git(repo, "for-each-ref") == refs_before  # snapshot alone pins nothing
     assert commit_exists(repo, snap.worktree_sha)
@@ -170,7 +170,7 @@ def test_snapshot_ignores_a_git_environment_it_inherits(repo: Path, tmp_path: Pa
     monkeypatch.setenv("GIT_DIR", str(other / ".git"))
     monkeypatch.setenv("GIT_INDEX_FILE", str(tmp_path / "stray-index"))
     monkeypatch.setenv("GIT_WORK_TREE", str(other))
-    snap = git.snapshot(repo, NO_CAP)
+    snap = gitsnapshot.snapshot(repo, NO_CAP)
     assert snap.head_sha == head(repo)
     assert not (tmp_path / "stray-index").exists()
 
@@ -183,14 +183,14 @@ def test_commits_use_cairnds_identity_not_the_users(repo: Path, tmp_path: Path,
     run_git(repo, "config", "commit.gpgsign", "true")
     run_git(repo, "config", "gpg.program", "false")
     write(repo, "x.txt", "x\n")
-    snap = git.snapshot(repo, NO_CAP)
+    snap = gitsnapshot.snapshot(repo, NO_CAP)
     assert git_text(repo, "log", "-1", "--format=%an <%ae>|%cn <%ce>", snap.worktree_sha) == (
         "cairnd <cairnd@localhost>|cairnd <cairnd@localhost>")
 
 
 def test_snapshot_skips_untracked_nested_repositories(repo: Path) -> None:
     nested = make_repo(repo / "vendor" / "lib")
-    snap = git.snapshot(repo, NO_CAP)
+    snap = gitsnapshot.snapshot(repo, NO_CAP)
     assert snap.skipped == ("vendor/lib",)
     assert snap.dirty
     assert tree_of(repo, snap.worktree_sha) == tree_of(repo, "HEAD")
@@ -200,7 +200,7 @@ def test_snapshot_skips_untracked_nested_repositories(repo: Path) -> None:
 def test_snapshot_of_a_file_replaced_by_a_directory(repo: Path, tmp_path: Path) -> None:
     (repo / "README.md").unlink()
     write(repo, "README.md/inside.txt", "now a directory\n")
-    snap = git.snapshot(repo, NO_CAP)
+    snap = gitsnapshot.snapshot(repo, NO_CAP)
     assert git_text(repo, "show", f"{snap.worktree_sha}:README.md/inside.txt") == "now a directory"
 
 
@@ -219,7 +219,7 @@ def test_parse_status_reads_every_record_kind() -> None:
         b"u UU N... 100644 100644 100644 100644 aa bb cc both changed",
         b"? untracked file", b"? nested/repo/", b"! ignored.log", b"",
     ])
-    scan = git.parse_status(raw)
+    scan = gitsnapshot.parse_status(raw)
     assert (scan.head_sha, scan.branch, scan.changed) == (oid, "topic", True)
     assert scan.worktree_paths == (b"worktree\nchange", b"gone", b"moved+edited", b"both changed",
                                    b"untracked file")
@@ -227,9 +227,9 @@ def test_parse_status_reads_every_record_kind() -> None:
 
 
 def test_parse_status_clean_detached_and_unborn() -> None:
-    clean = git.parse_status(b"# branch.oid " + b"2" * 40 + b"\0# branch.head (detached)\0")
+    clean = gitsnapshot.parse_status(b"# branch.oid " + b"2" * 40 + b"\0# branch.head (detached)\0")
     assert (clean.head_sha, clean.branch, clean.changed, clean.worktree_paths) == ("2" * 40, None, False, ())
-    unborn = git.parse_status(b"# branch.oid (initial)\0# branch.head main\0")
+    unborn = gitsnapshot.parse_status(b"# branch.oid (initial)\0# branch.head main\0")
     assert (unborn.head_sha, unborn.branch) == (None, "main")
 
 
@@ -238,43 +238,43 @@ def test_parse_status_clean_detached_and_unborn() -> None:
 
 def test_pin_list_and_delete_refs(repo: Path) -> None:
     sha = head(repo)
-    git.pin(repo, "refs/cairnd/s1/0", sha)
-    git.pin(repo, "refs/cairnd/s1/1", sha)
-    git.pin(repo, "refs/cairnd/s10/0", sha)
-    assert git.list_refs(repo, "refs/cairnd/s1/") == {"refs/cairnd/s1/0": sha, "refs/cairnd/s1/1": sha}
-    assert git.delete_refs(repo, "refs/cairnd/s1/") == ["refs/cairnd/s1/0", "refs/cairnd/s1/1"]
-    assert git.list_refs(repo, "refs/cairnd/") == {"refs/cairnd/s10/0": sha}
-    assert git.delete_refs(repo, "refs/cairnd/s1/") == []
+    gitrefs.pin(repo, "refs/cairnd/s1/0", sha)
+    gitrefs.pin(repo, "refs/cairnd/s1/1", sha)
+    gitrefs.pin(repo, "refs/cairnd/s10/0", sha)
+    assert gitrefs.list_refs(repo, "refs/cairnd/s1/") == {"refs/cairnd/s1/0": sha, "refs/cairnd/s1/1": sha}
+    assert gitrefs.delete_refs(repo, "refs/cairnd/s1/") == ["refs/cairnd/s1/0", "refs/cairnd/s1/1"]
+    assert gitrefs.list_refs(repo, "refs/cairnd/") == {"refs/cairnd/s10/0": sha}
+    assert gitrefs.delete_refs(repo, "refs/cairnd/s1/") == []
 
 
 def test_pin_moves_an_existing_ref(repo: Path) -> None:
     first = head(repo)
     second = commit_all(repo, "second")
-    git.pin(repo, "refs/cairnd/s1/0", first)
-    git.pin(repo, "refs/cairnd/s1/0", second)
-    assert git.list_refs(repo, "refs/cairnd/s1") == {"refs/cairnd/s1/0": second}
+    gitrefs.pin(repo, "refs/cairnd/s1/0", first)
+    gitrefs.pin(repo, "refs/cairnd/s1/0", second)
+    assert gitrefs.list_refs(repo, "refs/cairnd/s1") == {"refs/cairnd/s1/0": second}
 
 
 def test_refs_outside_cairnds_namespace_are_refused(repo: Path) -> None:
     with raises("bad_ref"):
-        git.pin(repo, "refs/heads/main", head(repo))
+        gitrefs.pin(repo, "refs/heads/main", head(repo))
     with raises("bad_ref"):
-        git.delete_refs(repo, "refs/heads/")
+        gitrefs.delete_refs(repo, "refs/heads/")
     with raises("bad_ref"):
-        git.list_refs(repo, "refs/")
+        gitrefs.list_refs(repo, "refs/")
     assert head_and_branch(repo)[1] == "main"
 
 
 def test_pin_of_a_missing_object_is_commit_missing(repo: Path) -> None:
     with raises("commit_missing"):
-        git.pin(repo, "refs/cairnd/s1/0", "0" * 40)
+        gitrefs.pin(repo, "refs/cairnd/s1/0", "0" * 40)
     with raises("commit_missing"):
-        git.pin(repo, "refs/cairnd/s1/0", "HEAD")
+        gitrefs.pin(repo, "refs/cairnd/s1/0", "HEAD")
 
 
 def test_bad_ref_name_is_git_failed(repo: Path) -> None:
     with raises("git_failed") as caught:
-        git.pin(repo, "refs/cairnd/s1/bad name", head(repo))
+        gitrefs.pin(repo, "refs/cairnd/s1/bad name", head(repo))
     assert "update-ref" in str(caught.value)
 
 
@@ -286,7 +286,7 @@ def test_add_worktree_checks_out_a_detached_commit(repo: Path, tmp_path: Path) -
     write(repo, "later.txt", "later\n")
     commit_all(repo, "later")
     session = tmp_path / "state" / "worktrees" / "s1" / "repo"
-    git.add_worktree(repo, session, first)
+    gitworktree.add_worktree(repo, session, first)
     assert head_and_branch(session) == (first, None)
     assert not (session / "later.txt").exists()
     assert (session / "src" / "app.py").read_text() == "print('hi')\n"
@@ -298,7 +298,7 @@ def test_add_worktree_a_bare_repository(tmp_path: Path) -> None:
     bare = tmp_path / "bare.git"
     run_git(tmp_path, "clone", "-q", "--bare", str(source), str(bare))
     session = tmp_path / "session"
-    git.add_worktree(bare, session, head(source))
+    gitworktree.add_worktree(bare, session, head(source))
     assert (session / "README").read_text() == "hello\n"
     assert list_worktrees(bare) == [session]
 
@@ -308,10 +308,10 @@ def test_hooks_never_run(repo: Path, tmp_path: Path) -> None:
     hook = repo / ".git" / "hooks" / "post-checkout"
     hook.write_text(f"#!/bin/sh\ntouch {marker}\n")
     hook.chmod(0o755)
-    git.add_worktree(repo, tmp_path / "a", head(repo))
+    gitworktree.add_worktree(repo, tmp_path / "a", head(repo))
     write(repo, "x.txt", "x\n")
-    snap = git.snapshot(repo, NO_CAP)
-    git.add_worktree(repo, tmp_path / "b", snap.head_sha, snap.worktree_sha, snap.index_tree)
+    snap = gitsnapshot.snapshot(repo, NO_CAP)
+    gitworktree.add_worktree(repo, tmp_path / "b", snap.head_sha, snap.worktree_sha, snap.index_tree)
     assert not marker.exists()
 
 
@@ -319,7 +319,7 @@ def test_add_worktree_where_something_is_in_the_way_is_git_failed(repo: Path, tm
     target = tmp_path / "taken"
     write(target, "keep.txt", "mine\n")
     with raises("git_failed") as caught:
-        git.add_worktree(repo, target, head(repo))
+        gitworktree.add_worktree(repo, target, head(repo))
     assert "already exists" in str(caught.value)
     assert (target / "keep.txt").read_text() == "mine\n"
     assert list_worktrees(repo) == [repo]
@@ -331,9 +331,9 @@ def test_add_worktree_restores_files_index_and_head(repo: Path, tmp_path: Path) 
     write(repo, "README.md", "staged then edited\n")
     write(repo, "tool.sh", "#!/bin/sh\n", executable=True)
     os.symlink("README.md", repo / "link")
-    snap = git.snapshot(repo, NO_CAP)
+    snap = gitsnapshot.snapshot(repo, NO_CAP)
     fork = tmp_path / "fork"
-    git.add_worktree(repo, fork, snap.head_sha, snap.worktree_sha, snap.index_tree)
+    gitworktree.add_worktree(repo, fork, snap.head_sha, snap.worktree_sha, snap.index_tree)
     assert tree_state(fork) == tree_state(repo)
     assert index_state(fork) == index_state(repo)
     assert head_and_branch(fork) == (snap.head_sha, None)
@@ -343,7 +343,7 @@ def test_add_worktree_restores_files_index_and_head(repo: Path, tmp_path: Path) 
 def test_add_worktree_from_head_only(repo: Path, tmp_path: Path) -> None:
     write(repo, "README.md", "uncommitted\n")
     fork = tmp_path / "fork"
-    git.add_worktree(repo, fork, head(repo))
+    gitworktree.add_worktree(repo, fork, head(repo))
     assert (fork / "README.md").read_text() == "hello\n"
     assert status(fork) == b""
 
@@ -351,24 +351,24 @@ def test_add_worktree_from_head_only(repo: Path, tmp_path: Path) -> None:
 def test_restore_with_no_index_tree_gives_heads_index(repo: Path, tmp_path: Path) -> None:
     write(repo, "README.md", "edited\n")
     run_git(repo, "add", "README.md")
-    snap = git.snapshot(repo, NO_CAP)
+    snap = gitsnapshot.snapshot(repo, NO_CAP)
     fork = tmp_path / "fork"
-    git.add_worktree_detached(repo, fork, snap.head_sha)
-    git.restore(fork, snap.worktree_sha, None)
+    gitworktree.add_worktree_detached(repo, fork, snap.head_sha)
+    gitworktree.restore(fork, snap.worktree_sha, None)
     assert (fork / "README.md").read_text() == "edited\n"
     assert git_text(fork, "write-tree") == tree_of(repo, "HEAD")
     assert status(fork) == b" M README.md\0"
 
 
 def test_add_worktree_with_missing_objects_is_commit_missing(repo: Path, tmp_path: Path) -> None:
-    snap = git.snapshot(repo, NO_CAP)
+    snap = gitsnapshot.snapshot(repo, NO_CAP)
     fork = tmp_path / "fork"
     missing = "0" * 40
     for args in [(missing, snap.worktree_sha, snap.index_tree), (snap.head_sha, missing, snap.index_tree),
                  (snap.head_sha, snap.worktree_sha, missing), (snap.head_sha, snap.index_tree, None),
                  ("not-an-id", None, None), (snap.head_sha, "HEAD", None)]:
         with raises("commit_missing"):
-            git.add_worktree(repo, fork, *args)
+            gitworktree.add_worktree(repo, fork, *args)
         assert not fork.exists()
     assert list_worktrees(repo) == [repo]
 
@@ -376,39 +376,39 @@ def test_add_worktree_with_missing_objects_is_commit_missing(repo: Path, tmp_pat
 def test_add_worktree_of_objects_from_another_repository(repo: Path, tmp_path: Path) -> None:
     other = make_repo(tmp_path / "other", {"other.txt": "elsewhere\n"})
     with raises("commit_missing") as caught:
-        git.add_worktree(repo, tmp_path / "fork", head(other))
+        gitworktree.add_worktree(repo, tmp_path / "fork", head(other))
     assert head(other) in str(caught.value)
 
 
 def test_remove_worktree_with_changes_twice_and_after_it_vanished(repo: Path, tmp_path: Path) -> None:
     session = tmp_path / "s1"
-    git.add_worktree(repo, session, head(repo))
+    gitworktree.add_worktree(repo, session, head(repo))
     write(session, "README.md", "changed\n")
     write(session, "untracked.txt", "u\n")
     write(session, "debug.log", "ignored\n")
     run_git(repo, "worktree", "lock", str(session))
-    git.remove_worktree(repo, session)
+    gitworktree.remove_worktree(repo, session)
     assert not session.exists()
     assert list_worktrees(repo) == [repo]
-    git.remove_worktree(repo, session)
+    gitworktree.remove_worktree(repo, session)
 
     gone = tmp_path / "s2"
-    git.add_worktree(repo, gone, head(repo))
+    gitworktree.add_worktree(repo, gone, head(repo))
     shutil.rmtree(gone)
     assert gone in list_worktrees(repo)
-    git.remove_worktree(repo, gone)
+    gitworktree.remove_worktree(repo, gone)
     assert list_worktrees(repo) == [repo]
 
 
 def test_remove_worktree_of_a_repository_that_is_gone(tmp_path: Path) -> None:
     with raises("repo_not_found"):
-        git.remove_worktree(tmp_path / "gone", tmp_path / "gone-session")
+        gitworktree.remove_worktree(tmp_path / "gone", tmp_path / "gone-session")
 
 
 def test_snapshot_from_a_subdirectory_covers_the_whole_tree(repo: Path) -> None:
     write(repo, "top.txt", "at the top\n")
     write(repo, "src/inner.txt", "inside\n")
-    snap = git.snapshot(repo / "src", NO_CAP)
+    snap = gitsnapshot.snapshot(repo / "src", NO_CAP)
     assert git_text(repo, "show", f"{snap.worktree_sha}:top.txt") == "at the top"
     assert git_text(repo, "show", f"{snap.worktree_sha}:src/inner.txt") == "inside"
 
@@ -416,32 +416,32 @@ def test_snapshot_from_a_subdirectory_covers_the_whole_tree(repo: Path) -> None:
 def test_snapshot_of_a_bare_repository_is_not_a_git_repo(tmp_path: Path) -> None:
     bare = make_bare_repo(tmp_path / "bare.git")
     with raises("not_a_git_repo"):
-        git.snapshot(bare, NO_CAP)
+        gitsnapshot.snapshot(bare, NO_CAP)
 
 
 def test_worktrees_snapshots_and_refs_in_parallel_threads(repo: Path, tmp_path: Path) -> None:
     # The daemon runs these in worker threads, several at once on one repository.
     write(repo, "shared.txt", "base\n")
-    snap = git.snapshot(repo, NO_CAP)
+    snap = gitsnapshot.snapshot(repo, NO_CAP)
 
     def one_session(n: int) -> tuple[int, str]:
         session = tmp_path / "worktrees" / f"s{n}" / "repo"
-        git.add_worktree(repo, session, snap.head_sha, snap.worktree_sha, snap.index_tree)
+        gitworktree.add_worktree(repo, session, snap.head_sha, snap.worktree_sha, snap.index_tree)
         write(session, "mine.txt", f"session {n}\n")
-        mine = git.snapshot(session, NO_CAP)
-        git.pin(session, f"refs/cairnd/s{n}/0", mine.worktree_sha)
+        mine = gitsnapshot.snapshot(session, NO_CAP)
+        gitrefs.pin(session, f"refs/cairnd/s{n}/0", mine.worktree_sha)
         return n, mine.worktree_sha
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         made = dict(pool.map(one_session, range(6)))
     for n, sha in made.items():
         assert git_text(repo, "show", f"{sha}:mine.txt") == f"session {n}"
-        assert git.list_refs(repo, f"refs/cairnd/s{n}/") == {f"refs/cairnd/s{n}/0": sha}
+        assert gitrefs.list_refs(repo, f"refs/cairnd/s{n}/") == {f"refs/cairnd/s{n}/0": sha}
     with ThreadPoolExecutor(max_workers=4) as pool:
-        list(pool.map(lambda n: git.remove_worktree(repo, tmp_path / "worktrees" / f"s{n}" / "repo"), range(6)))
-        list(pool.map(lambda n: git.delete_refs(repo, f"refs/cairnd/s{n}/"), range(6)))
+        list(pool.map(lambda n: gitworktree.remove_worktree(repo, tmp_path / "worktrees" / f"s{n}" / "repo"), range(6)))
+        list(pool.map(lambda n: gitrefs.delete_refs(repo, f"refs/cairnd/s{n}/"), range(6)))
     assert list_worktrees(repo) == [repo]
-    assert git.list_refs(repo, "refs/cairnd/") == {}
+    assert gitrefs.list_refs(repo, "refs/cairnd/") == {}
 
 
 def test_index_copies_left_by_a_killed_process_are_swept(tmp_path: Path) -> None:

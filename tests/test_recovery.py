@@ -10,7 +10,7 @@ import anyio
 import orjson
 import pytest
 
-from cairnd import git
+from cairnd import gitworktree
 from cairnd.checkpoint import take_checkpoint
 from cairnd.creation import write_initial_log
 from cairnd.entries import checkpoint_entry, envelope_line
@@ -53,7 +53,7 @@ class State:
         """A ready session whose log holds `turns_logged` ended turns (and a prompt with no
         end when `open_turn`), while the registry says `turns_in_registry`."""
         worktree = self.layout.worktree_parent(session_id) / "repo"
-        git.add_worktree(self.repo, worktree, head(self.repo))
+        gitworktree.add_worktree(self.repo, worktree, head(self.repo))
         self.registry.begin_session(id=session_id, title=session_id, repo=self.repo, worktree=worktree,
                                     in_place=False, agent="reference", parent_id=None, root_id=session_id,
                                     turns=turns_in_registry, request_id=None)
@@ -101,7 +101,7 @@ def test_step_2_rolls_half_made_sessions_back(state: State) -> None:
     worktree = state.layout.worktree_parent("half") / "repo"
     state.registry.begin_session(id="half", title="half", repo=state.repo, worktree=worktree, in_place=False,
                                  agent="reference", parent_id=None, root_id="half", turns=0, request_id="r1")
-    git.add_worktree(state.repo, worktree, head(state.repo))  # the crash came after the worktree
+    gitworktree.add_worktree(state.repo, worktree, head(state.repo))  # the crash came after the worktree
     done = Recovered()
     finish_creations(state.layout, state.registry, done, CAP)
     assert done.rolled_back == ["half"]

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from cairnd import git as cgit
+from cairnd import gitrefs
 from cairnd import rewind as rewinding
 from cairnd.history import predict
 from cairnd.errors import CairnError
@@ -31,7 +32,7 @@ def history(p: Parent) -> Parent:
     p.turn("edit a", lambda: write(p.repo, "a.txt", "a1\n"))
     p.turn("commit and add untracked", lambda: (commit_all(p.repo, "c1"), write(p.repo, "new dir/ü.bin", b"\0\1\2"),
                                                 write(p.repo, "debug.log", "ignored\n")))
-    p.turn("stage and delete", lambda: (write(p.repo, "a.txt", "a2\n"), cgit._git(p.repo, "add", "a.txt"),
+    p.turn("stage and delete", lambda: (write(p.repo, "a.txt", "a2\n"), cgit.output(p.repo, "add", "a.txt"),
                                         write(p.repo, "a.txt", "a3\n"), os.remove(p.repo / "keep.txt"),
                                         symlink(p.repo, "link", "a.txt")))
     p.turn("commit again, binary and mode", lambda: (commit_all(p.repo, "c2"),
@@ -112,7 +113,7 @@ def test_checkpoints_of_the_abandoned_session_survive_gc(parent: Parent):
     parent.turn("another way", lambda: write(parent.repo, "b.txt", "b\n"))
     git(parent.repo, "reflog", "expire", "--expire=now", "--all")
     git(parent.repo, "gc", "-q", "--prune=now")
-    pinned = cgit.list_refs(parent.repo, f"refs/cairnd/{result['abandoned']}/")
+    pinned = gitrefs.list_refs(parent.repo, f"refs/cairnd/{result['abandoned']}/")
     assert set(shas) <= set(pinned.values())
     abandoned_log = parent.layout.log_path(result["abandoned"])
     baseline = [parse_message(line)["params"] for _, line in iter_lines(abandoned_log)
@@ -204,7 +205,7 @@ def test_a_crash_at_any_step_leaves_the_session_as_it_was_or_the_rewind_whole(pa
     from cairnd.creation import roll_back
     oracle = parent.fork(2)
     before = state_of(parent.repo), parent.log.read_bytes()
-    refs_before = cgit.list_refs(parent.repo, "refs/cairnd/")
+    refs_before = gitrefs.list_refs(parent.repo, "refs/cairnd/")
     proc = subprocess.run([sys.executable, "-c", CRASH_SCRIPT, str(parent.layout.root), parent.id, "2", step],
                           capture_output=True)
     assert proc.returncode == 9, proc.stderr.decode()
@@ -217,7 +218,7 @@ def test_a_crash_at_any_step_leaves_the_session_as_it_was_or_the_rewind_whole(pa
     if rewinding.STEPS.index(step) < rewinding.STEPS.index("committed"):
         assert (state_of(parent.repo), parent.log.read_bytes()) == before
         assert [r.id for r in ready if r.id != oracle["session"]] == [parent.id]
-        assert cgit.list_refs(parent.repo, "refs/cairnd/") == refs_before
+        assert gitrefs.list_refs(parent.repo, "refs/cairnd/") == refs_before
         assert not (parent.layout.root / "worktrees").exists() or all(
             (parent.layout.root / "worktrees" / r.id).exists() for r in ready if not r.in_place)
     else:
@@ -342,7 +343,7 @@ class Refused(Exception):
 
 @pytest.mark.parametrize("step", rewinding.STEPS[:rewinding.STEPS.index("committed")])
 def test_a_failure_before_the_commit_point_leaves_nothing_behind(parent: Parent, step: str, monkeypatch):
-    before = state_of(parent.repo), parent.log.read_bytes(), cgit.list_refs(parent.repo, "refs/cairnd/")
+    before = state_of(parent.repo), parent.log.read_bytes(), gitrefs.list_refs(parent.repo, "refs/cairnd/")
 
     def refuse(reached: str) -> None:
         if reached == step:
@@ -350,7 +351,7 @@ def test_a_failure_before_the_commit_point_leaves_nothing_behind(parent: Parent,
     monkeypatch.setattr(rewinding, "_reached", refuse)
     with pytest.raises(Refused):
         rewind(parent, 2)
-    assert (state_of(parent.repo), parent.log.read_bytes(), cgit.list_refs(parent.repo, "refs/cairnd/")) == before
+    assert (state_of(parent.repo), parent.log.read_bytes(), gitrefs.list_refs(parent.repo, "refs/cairnd/")) == before
     assert [r.id for r in parent.registry.sessions(("ready", "creating"))] == [parent.id]
     assert not parent.registry.rewinds(("pending", "done"))
     assert sorted(os.listdir(parent.layout.root / "sessions")) == [parent.id]

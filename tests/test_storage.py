@@ -11,7 +11,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from cairnd import cli, git
+from cairnd import cli, gitrefs
 from cairnd.checkpointer import Checkpointer
 from cairnd.config import parse_config, ConfigError
 from cairnd.registry import Registry
@@ -35,7 +35,7 @@ def test_checkpoint_refs_never_pile_up_past_the_hard_limit(repo: Path, tmp_path:
             highest = max(highest, count_loose_refs(repo / ".git"))
         assert highest <= REFS_HARD_LIMIT
         assert checkpoints.refs.packs >= 2
-        refs = git.list_refs(repo, "refs/cairnd/s/")
+        refs = gitrefs.list_refs(repo, "refs/cairnd/s/")
         assert len(refs) == REFS_HARD_LIMIT * 2 + 5  # packed or loose, every one is there
         assert git_text(repo, "rev-parse", "refs/cairnd/s/7") == refs["refs/cairnd/s/7"]
     finally:
@@ -48,16 +48,16 @@ def test_background_upkeep_packs_refs_and_objects(repo: Path, tmp_path: Path) ->
         for turn in range(60):
             write(repo, f"f{turn % 7}.txt", f"turn {turn}\n")
             checkpoints.take("s", repo, turn, 1 << 30)
-        before = git.object_sizes(repo)
+        before = gitrefs.object_sizes(repo)
         assert before["loose"] > 60 and checkpoints.refs.due() == [repo / ".git"]
         for common in checkpoints.refs.due():
             checkpoints.refs.maintain(common)
-        after = git.object_sizes(repo)
+        after = gitrefs.object_sizes(repo)
         assert after["loose"] == 0, after
         assert count_loose_refs(repo / ".git") == 0
         assert checkpoints.refs.due() == []
         # Every checkpoint is still whole and reachable.
-        for sha in git.list_refs(repo, "refs/cairnd/s/").values():
+        for sha in gitrefs.list_refs(repo, "refs/cairnd/s/").values():
             assert commit_exists(repo, sha)
         git_text(repo, "fsck", "--no-progress")
     finally:
@@ -66,7 +66,7 @@ def test_background_upkeep_packs_refs_and_objects(repo: Path, tmp_path: Path) ->
 
 def test_ref_keeper_counts_what_is_on_disk_when_it_first_sees_a_repository(repo: Path) -> None:
     for n in range(3):
-        git.pin(repo, f"refs/cairnd/old/{n}", git_text(repo, "rev-parse", "HEAD"))
+        gitrefs.pin(repo, f"refs/cairnd/old/{n}", git_text(repo, "rev-parse", "HEAD"))
     keeper = RefKeeper()
     keeper.wrote(repo)
     assert keeper._loose[repo / ".git"] == 3
@@ -106,7 +106,7 @@ def _state(tmp_path: Path, repo: Path) -> tuple[Path, Path]:
         log = state / "sessions" / session_id / "log.ndjson"
         log.parent.mkdir(parents=True)
         log.write_bytes(b'{"type":"notification"}\n' * 10)
-    git.pin(repo, "refs/cairnd/old/3", git_text(repo, "rev-parse", "HEAD"))  # left behind somehow
+    gitrefs.pin(repo, "refs/cairnd/old/3", git_text(repo, "rev-parse", "HEAD"))  # left behind somehow
     config = tmp_path / "cairnd.toml"
     config.write_text(f'state_dir = "{state}"\nkeep_deleted_days = 30\n')
     return state, config
@@ -133,7 +133,7 @@ def test_gc_removes_old_deleted_logs_and_their_refs_only(repo: Path, tmp_path: P
     assert not (state / "sessions" / "old").exists()
     assert (state / "sessions" / "recent" / "log.ndjson").exists()
     assert (state / "sessions" / "live" / "log.ndjson").exists()
-    assert git.list_refs(repo, "refs/cairnd/old/") == {}
+    assert gitrefs.list_refs(repo, "refs/cairnd/old/") == {}
     # The lineage row stays, with its title.
     assert Registry(state / "cairnd.db").get("old").title == "old"
     assert collect(Registry(state / "cairnd.db").sessions(("deleted",)), lambda s: state / "sessions" / s,
@@ -153,7 +153,7 @@ def test_keep_deleted_days_is_checked() -> None:
 
 def test_status_figures_per_repository(repo: Path, tmp_path: Path, capsys) -> None:
     state, config = _state(tmp_path, repo)
-    git.pin(repo, "refs/cairnd/live/0", git_text(repo, "rev-parse", "HEAD"))
+    gitrefs.pin(repo, "refs/cairnd/live/0", git_text(repo, "rev-parse", "HEAD"))
     rows = Registry(state / "cairnd.db").sessions(("ready", "deleted"))
     [figures] = repository_figures(rows, lambda s: os.stat(state / "sessions" / s / "log.ndjson").st_size)
     assert figures["repo"] == str(repo)
@@ -176,7 +176,7 @@ def test_the_daemon_collects_at_start_and_packs_refs_in_the_background(repo: Pat
     try:
         gone = daemon.ok({"kind": "new", "repo": str(repo)})["session"]
         daemon.ok({"kind": "delete", "session": gone})
-        assert git.list_refs(repo, f"refs/cairnd/{gone}/") == {}  # at once
+        assert gitrefs.list_refs(repo, f"refs/cairnd/{gone}/") == {}  # at once
         assert (daemon.state / "sessions" / gone / "log.ndjson").exists()  # until gc
         live = daemon.ok({"kind": "new", "repo": str(repo)})["session"]
         for turn in range(55):
@@ -185,7 +185,7 @@ def test_the_daemon_collects_at_start_and_packs_refs_in_the_background(repo: Pat
         while count_loose_refs(repo / ".git") >= 50:
             assert time.monotonic() < deadline, "the background never packed the refs"
             time.sleep(0.1)
-        assert len(git.list_refs(repo, f"refs/cairnd/{live}/")) == 56
+        assert len(gitrefs.list_refs(repo, f"refs/cairnd/{live}/")) == 56
     finally:
         assert daemon.stop() == 0
     daemon.start()

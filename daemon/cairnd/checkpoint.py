@@ -1,6 +1,6 @@
 """The `_posthog/agent_checkpoint` entry (SPEC section 3): the git state at a turn boundary.
 
-A checkpoint is a snapshot of the session worktree (see `cairnd.git.snapshot`)
+A checkpoint is a snapshot of the session worktree (see `cairnd.gitsnapshot.snapshot`)
 plus a ref, `refs/cairnd/<session>/<turns>`, that keeps its commit alive against
 `git gc`. Its index tree is reachable from that commit when it is the commit's tree
 or its parent's (HEAD's); otherwise (something staged, and the working tree differs
@@ -15,11 +15,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cairnd import git
+from cairnd import git, gitrefs, gitsnapshot
 
 
 def session_ref_prefix(session_id: str) -> str:
-    """Where a session's checkpoint refs live: delete them all with `git.delete_refs`."""
+    """Where a session's checkpoint refs live: delete them all with `gitrefs.delete_refs`."""
     return f"{git.REF_NAMESPACE}{session_id}/"
 
 
@@ -32,7 +32,7 @@ def index_ref(ref: str) -> str:
     return f"{ref}-index"
 
 
-def checkpoint_pins(params: dict[str, Any], snap: git.Snapshot) -> dict[str, str]:
+def checkpoint_pins(params: dict[str, Any], snap: gitsnapshot.Snapshot) -> dict[str, str]:
     """The refs that keep a checkpoint alive: its commit, and its index tree when that is
     neither the commit's tree nor HEAD's (`snap.staged` says whether it is HEAD's)."""
     pins = {params["ref"]: params["worktreeSha"]}
@@ -57,12 +57,12 @@ def pin_checkpoint(repo: Path, params: dict[str, Any]) -> dict[str, str]:
 def _pin(repo: Path, pins: dict[str, str]) -> None:
     if len(pins) == 1:
         [(ref, sha)] = pins.items()
-        git.pin(repo, ref, sha, written=True)  # the caller has just written it: no git process
+        gitrefs.pin(repo, ref, sha, written=True)  # the caller has just written it: no git process
     else:
-        git.pin_together(repo, pins)
+        gitrefs.pin_together(repo, pins)
 
 
-def checkpoint_params(session_id: str, turns: int, snap: git.Snapshot) -> dict[str, Any]:
+def checkpoint_params(session_id: str, turns: int, snap: gitsnapshot.Snapshot) -> dict[str, Any]:
     """The params of an agent_checkpoint entry, in the order SPEC section 3 lists them."""
     return {
         "sessionId": session_id,
@@ -77,9 +77,9 @@ def checkpoint_params(session_id: str, turns: int, snap: git.Snapshot) -> dict[s
     }
 
 
-# (worktree, max_file_bytes, commit message) -> the snapshot: git.snapshot scans the
+# (worktree, max_file_bytes, commit message) -> the snapshot: gitsnapshot.snapshot scans the
 # whole tree; cairnd.checkpointer's looks at the paths that changed.
-Snapshotter = Callable[[Path, int, str], git.Snapshot]
+Snapshotter = Callable[[Path, int, str], gitsnapshot.Snapshot]
 
 
 def take_checkpoint(session_id: str, worktree: Path, turns: int, max_file_bytes: int,
@@ -88,7 +88,7 @@ def take_checkpoint(session_id: str, worktree: Path, turns: int, max_file_bytes:
     tree beside it when needed), and return the agent_checkpoint params. Synchronous: run it in a worker thread."""
     if isinstance(turns, bool) or not isinstance(turns, int) or turns < 0:
         raise ValueError(f"turns must be a non-negative integer, not {turns!r}")
-    snap = (snapshot or git.snapshot)(worktree, max_file_bytes, f"cairnd checkpoint {session_id} turn {turns}")
+    snap = (snapshot or gitsnapshot.snapshot)(worktree, max_file_bytes, f"cairnd checkpoint {session_id} turn {turns}")
     params = checkpoint_params(session_id, turns, snap)
     _pin(worktree, checkpoint_pins(params, snap))
     return params

@@ -1,18 +1,18 @@
 """Checkpoints whose cost follows the change, not the tree.
 
 For each live session the daemon keeps what its last checkpoint saw: the snapshot,
-the private index that holds its whole working tree (`git.snapshot(keep_index=)`),
+the private index that holds its whole working tree (`gitsnapshot.snapshot(keep_index=)`),
 and the stamp of HEAD, the session's index file and the ignore and attribute
 settings (`gitfiles.TreeStamp`). With the paths that inotify saw change since then
 (`worktreewatch`), the next snapshot is:
 
 - nothing changed, same stamp: the last snapshot again (no git process at all);
-- some paths changed, same stamp: `git.snapshot_paths` on those paths alone (a
+- some paths changed, same stamp: `gitsnapshot.snapshot_paths` on those paths alone (a
   status limited to them, then update-index and write-tree where they differ), the
   commit written by hand;
 - anything it cannot be sure of (no watch yet: a new session or a restart; a lost
   event; a new ignore file; a moved HEAD or a rewritten index; more paths than a
-  command line holds): the full scan of `git.snapshot`, as without a watch.
+  command line holds): the full scan of `gitsnapshot.snapshot`, as without a watch.
 
 Either way the snapshot is the same: the fidelity tests compare the two paths.
 """
@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from cairnd import git, gitfiles, privacy
+from cairnd import git, gitfiles, gitsnapshot, privacy
 from cairnd.checkpoint import checkpoint_pins, take_checkpoint
 from cairnd.errors import CairnError
 from cairnd.journal import event
@@ -54,7 +54,7 @@ def checkpointer_for(state_dir: Path) -> Checkpointer:
 class _Seen:
     """What the last checkpoint of a session saw."""
 
-    snapshot: git.Snapshot
+    snapshot: gitsnapshot.Snapshot
     stamp: gitfiles.TreeStamp
     head_tree: str | None  # tree of the snapshot's HEAD, once known
     entries: int | None = None  # entries of the session's index, once known
@@ -84,9 +84,9 @@ class Checkpointer:
 
     def take(self, session_id: str, worktree: Path, turns: int, max_file_bytes: int) -> dict[str, Any]:
         """`checkpoint.take_checkpoint`, with this snapshot; its refs are counted for packing."""
-        taken: list[git.Snapshot] = []
+        taken: list[gitsnapshot.Snapshot] = []
 
-        def snapshot(tree: Path, cap: int, message: str) -> git.Snapshot:
+        def snapshot(tree: Path, cap: int, message: str) -> gitsnapshot.Snapshot:
             taken.append(self.snapshot(session_id, tree, cap, message))
             return taken[-1]
 
@@ -131,12 +131,12 @@ class Checkpointer:
     def _index_path(self, session_id: str) -> Path:
         return self.index_dir / f"{session_id}.index"
 
-    def snapshot(self, session_id: str, worktree: Path, max_file_bytes: int, message: str) -> git.Snapshot:
+    def snapshot(self, session_id: str, worktree: Path, max_file_bytes: int, message: str) -> gitsnapshot.Snapshot:
         with self._lock(session_id):
             dirs = gitfiles.git_dirs(Path(worktree)) if self.watches is not None else None
             if dirs is None or self.watches is None:
                 self.counts["full"] += 1
-                return git.snapshot(worktree, max_file_bytes, message)
+                return gitsnapshot.snapshot(worktree, max_file_bytes, message)
             # Changes first, then the stamp, then the scan: whatever happens after the
             # changes are taken is recorded for the next checkpoint.
             try:
@@ -146,7 +146,7 @@ class Checkpointer:
             stamp = gitfiles.tree_stamp(dirs)
             seen = self._seen.pop(session_id, None)
             index = self._index_path(session_id)
-            snap: git.Snapshot | None = None
+            snap: gitsnapshot.Snapshot | None = None
             head_tree = None
             if changed is not None and seen is not None and stamp is not None and stamp != seen.stamp:
                 seen = self._restamped(worktree, dirs, seen, stamp)
@@ -161,7 +161,7 @@ class Checkpointer:
                 self.index_dir.mkdir(parents=True, exist_ok=True)
                 index.unlink(missing_ok=True)
                 entries = gitfiles.index_entries(dirs.index)
-                snap = git.snapshot(worktree, max_file_bytes, message, keep_index=index)
+                snap = gitsnapshot.snapshot(worktree, max_file_bytes, message, keep_index=index)
                 head_tree = None if snap.dirty else snap.index_tree
             else:
                 entries = seen.entries if seen is not None else None
@@ -177,18 +177,18 @@ class Checkpointer:
         tree, same number of entries, no conflicts. None when anything else changed."""
         if (stamp.head, stamp.settings) != (seen.stamp.head, seen.stamp.settings) or seen.entries is None:
             return None
-        found = git.index_tree_of(worktree, dirs.index)
+        found = gitsnapshot.index_tree_of(worktree, dirs.index)
         if found is None or found != (seen.snapshot.index_tree, seen.entries):
             return None
         return replace(seen, stamp=stamp)
 
     def _from_paths(self, worktree: Path, index: Path, seen: _Seen, changed: set[bytes],
-                    max_file_bytes: int, message: str) -> tuple[git.Snapshot | None, str | None]:
+                    max_file_bytes: int, message: str) -> tuple[gitsnapshot.Snapshot | None, str | None]:
         last = seen.snapshot
         if not changed:
             self.counts["reused"] += 1
             return last, seen.head_tree
-        found = git.snapshot_paths(worktree, index, changed, max_file_bytes)
+        found = gitsnapshot.snapshot_paths(worktree, index, changed, max_file_bytes)
         if found is None:
             return None, None
         tree, big, nested = found
@@ -196,7 +196,7 @@ class Checkpointer:
         if tree is None or tree == last.worktree_tree:
             tree, worktree_sha = last.worktree_tree, last.worktree_sha
         else:
-            worktree_sha = git.commit_tree(worktree, tree, last.head_sha, message)
+            worktree_sha = gitsnapshot.commit_tree(worktree, tree, last.head_sha, message)
         head_tree = seen.head_tree or git.tree_of(worktree, last.head_sha)
         self.counts["paths"] += 1
         snap = replace(

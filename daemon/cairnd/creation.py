@@ -2,7 +2,7 @@
 session a rewind leaves behind), so a session is either whole or leaves nothing behind.
 
     with creating(layout, registry, id=..., title=..., ...) as made:   # the `creating` row
-        git.add_worktree(...)                                          # its worktree
+        gitworktree.add_worktree(...)                                          # its worktree
         log = write_initial_log(layout, id, source, keep_bytes, entries)   # its first log
         made.commit(result, fork_row)                                  # `ready`: the commit point
 
@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from cairnd import git
+from cairnd import gitrefs, gitworktree
 from cairnd.checkpoint import session_ref_prefix
 from cairnd.durable import fsync_dir, write_all
 from cairnd.entries import envelope_line
@@ -65,9 +65,9 @@ def roll_back(layout: StateLayout, registry: Registry, row: SessionRow) -> None:
     """Remove everything a session in `creating` may have made, then its row. Safe to
     run on any prefix of creation, and again after a crash part-way through itself."""
     if not row.in_place:
-        git.remove_worktree(row.repo, row.worktree)
+        gitworktree.remove_worktree(row.repo, row.worktree)
         shutil.rmtree(layout.worktree_parent(row.id), ignore_errors=True)
-    git.delete_refs(row.repo, session_ref_prefix(row.id))
+    gitrefs.delete_refs(row.repo, session_ref_prefix(row.id))
     shutil.rmtree(layout.session_dir(row.id), ignore_errors=True)
     registry.forget_creating(row.id)
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cairnd import git
+from cairnd import git, gitdiff
 from cairnd.layout import StateLayout
 from cairnd.errors import CairnError
 from cairnd.ids import is_session_id
@@ -185,7 +185,7 @@ def compare(layout: StateLayout, a: str, b: str | None = None) -> dict[str, Any]
     """The structured comparison: `{from, to, files: [{path, status, added, removed, binary, ...}]}`."""
     registry = Registry(layout.db) if layout.db.exists() else None
     where, old, new = sides(layout, registry, a, b)
-    files = git.diff_files(where, old.commit, new.commit)
+    files = gitdiff.diff_files(where, old.commit, new.commit)
     return {"from": old.as_dict(), "to": new.as_dict(), "files": [change.as_dict() for change in files]}
 
 
@@ -194,4 +194,4 @@ def compare_text(layout: StateLayout, a: str, b: str | None = None, *, stat: boo
     """(from, to, git's unified diff or --stat of the two states)."""
     registry = Registry(layout.db) if layout.db.exists() else None
     where, old, new = sides(layout, registry, a, b)
-    return old, new, git.diff_text(where, old.commit, new.commit, stat=stat, stat_width=width)
+    return old, new, gitdiff.diff_text(where, old.commit, new.commit, stat=stat, stat_width=width)

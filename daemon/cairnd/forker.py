@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cairnd import git
+from cairnd import git, gitsnapshot, gitworktree
 from cairnd.checkpoint import checkpoint_params, pin_checkpoint, take_checkpoint
 from cairnd.creation import creating, write_initial_log
 from cairnd.cutindex import find_cut
@@ -69,8 +69,8 @@ def state_at_cut(point: ForkPoint, repo: Path, source_worktree: Path) -> ForkSta
         tree = checkpoint.get("worktreeTree")
         if not isinstance(worktree_sha, str) and isinstance(tree, str):
             # PostHog Code's git_checkpoint records the working tree as a tree only.
-            worktree_sha = git.commit_of_tree(repo, tree, head)
-        # Whether these objects still exist is checked by git.add_worktree, in
+            worktree_sha = gitworktree.commit_of_tree(repo, tree, head)
+        # Whether these objects still exist is checked by gitworktree.add_worktree, in
         # one git call before it creates anything (commit_missing): not twice.
         return ForkState(
             head_sha=head,
@@ -95,7 +95,7 @@ def baseline_at_cut(point: ForkPoint, start: ForkState, fork_id: str, turns: int
             or checkpoint.get("worktreeSha") != start.worktree_sha or checkpoint.get("skipped") != []
             or not isinstance(checkpoint.get("dirty"), bool)):
         return None
-    snap = git.Snapshot(head_sha=start.head_sha, branch=None, index_tree=start.index_tree,
+    snap = gitsnapshot.Snapshot(head_sha=start.head_sha, branch=None, index_tree=start.index_tree,
                         worktree_sha=start.worktree_sha, dirty=checkpoint["dirty"], skipped=())
     return checkpoint_params(fork_id, turns, snap)
 
@@ -124,7 +124,7 @@ def fork_session(layout: StateLayout, registry: Registry, parent: SessionRow, k:
     with creating(layout, registry, id=fork_id, title=named, repo=parent.repo, worktree=worktree, in_place=False,
                   agent=parent.agent, parent_id=parent.id, root_id=parent.root_id, turns=turns,
                   request_id=request_id) as made:
-        git.add_worktree(parent.repo, worktree, start.head_sha, start.worktree_sha, start.index_tree)
+        gitworktree.add_worktree(parent.repo, worktree, start.head_sha, start.worktree_sha, start.index_tree)
         baseline = baseline_at_cut(point, start, fork_id, turns)
         if baseline is None:
             baseline = take_checkpoint(fork_id, worktree, turns, max_file_bytes)

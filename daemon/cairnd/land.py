@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cairnd import git
+from cairnd import git, gitdiff
 from cairnd.layout import StateLayout
 from cairnd.diffs import pick_checkpoint, read_checkpoints, state_commit
 from cairnd.errors import CairnError
@@ -77,7 +77,7 @@ def land(layout: StateLayout, row: SessionRow, branch: str, *, turn: int | None 
     how = decide(previous, commit, previous is not None and git.is_ancestor(repo, previous, commit), force, branch)
     if how != "same" and not git.set_ref(repo, ref, commit, previous, f"cairnd land {row.id}"):
         raise CairnError("branch_exists", f"branch {branch!r} moved while landing onto it: try again")
-    files = git.diff_files(repo, previous or head, commit)
+    files = gitdiff.diff_files(repo, previous or head, commit)
     return {
         "session": row.id,
         "branch": branch,

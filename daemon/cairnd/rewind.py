@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from cairnd import git
+from cairnd import git, gitrefs, gitsnapshot, gitworktree
 from cairnd.checkpoint import checkpoint_params, checkpoint_ref, session_ref_prefix, take_checkpoint
 from cairnd.layout import StateLayout
 from cairnd.diffs import checkpoints_in
@@ -109,7 +109,7 @@ def pin_abandoned(repo: Path, abandoned_id: str, lines: Iterable[tuple[int, byte
     checkpoint of one turn count, as a rewind or a fork leaves, gets `<turns>-<i>`; its
     index tree `<turns>-index`), so they outlive the session's own refs being reused;
     the index tree of the abandoned session's own `baseline` too. Returns name -> sha."""
-    taken = git.list_refs(repo, session_ref_prefix(abandoned_id))
+    taken = gitrefs.list_refs(repo, session_ref_prefix(abandoned_id))
     pinned = set(taken.values())
     wanted: dict[str, str] = {}
     for params in [*([baseline] if baseline else []), *checkpoints_in(lines).checkpoints]:
@@ -128,7 +128,7 @@ def pin_abandoned(repo: Path, abandoned_id: str, lines: Iterable[tuple[int, byte
             wanted[name] = sha
             pinned.add(sha)
     # One ref transaction; objects collected long ago (a deleted parent's) are left out.
-    taken.update(git.pin_many(repo, wanted))
+    taken.update(gitrefs.pin_many(repo, wanted))
     return taken
 
 
@@ -140,7 +140,7 @@ def abandon(layout: StateLayout, registry: Registry, row: SessionRow, k: int, *,
     start = state_at_cut(point, row.repo, row.worktree)
     turns = kept_turns(point, log_path)
     # Its private index (stat data of every file now) lets finish write only what differs.
-    now = git.snapshot(row.worktree, max_file_bytes, message=f"cairnd rewind {row.id}: the state before",
+    now = gitsnapshot.snapshot(row.worktree, max_file_bytes, message=f"cairnd rewind {row.id}: the state before",
                        keep_index=current_index_path(layout, row.id))
     old_length = complete_length(log_path)
     old_state = session_state(iter_lines(log_path), agent_text=False)
@@ -168,12 +168,12 @@ def abandon(layout: StateLayout, registry: Registry, row: SessionRow, k: int, *,
     assert creating is not None
     try:
         _reached("planned")
-        git.add_worktree(row.repo, worktree, now.head_sha, now.worktree_sha, now.index_tree)
+        gitworktree.add_worktree(row.repo, worktree, now.head_sha, now.worktree_sha, now.index_tree)
         _reached("abandoned_worktree")
         # Its worktree was made from `now`'s objects: that snapshot is its baseline (HEAD
         # detached), under its own ref, with no second scan.
         baseline = checkpoint_params(abandoned_id, old_state.turns, dataclasses.replace(now, branch=None))
-        git.pin(row.repo, baseline["ref"], now.worktree_sha)
+        gitrefs.pin(row.repo, baseline["ref"], now.worktree_sha)
         pin_abandoned(row.repo, abandoned_id, iter_lines(log_path), baseline)
         _reached("abandoned_refs")
         log = write_initial_log(layout, abandoned_id, log_path, old_length, [
@@ -203,9 +203,9 @@ def finish(layout: StateLayout, registry: Registry, row: SessionRow, journal: Re
     plan = journal.plan
     head, target = plan["headSha"], plan["worktreeSha"] or plan["headSha"]
     if plan["moveHead"]:
-        git.detach_head(row.worktree, head)
+        gitworktree.detach_head(row.worktree, head)
     _reached("head")
-    git.reset_worktree(row.worktree, plan["now"], target, plan["indexTree"],
+    gitworktree.reset_worktree(row.worktree, plan["now"], target, plan["indexTree"],
                        current_index=current_index_path(layout, row.id))
     current_index_path(layout, row.id).unlink(missing_ok=True)
     _reached("files")
@@ -216,9 +216,9 @@ def finish(layout: StateLayout, registry: Registry, row: SessionRow, journal: Re
         rewind_entry(row.id, plan["k"], journal.abandoned_id, head, plan["worktreeSha"]),
         checkpoint_entry(baseline)])
     _reached("log")
-    later = [name for name in git.list_refs(row.repo, session_ref_prefix(row.id))
+    later = [name for name in gitrefs.list_refs(row.repo, session_ref_prefix(row.id))
              if not _turns_at_most(name, plan["turns"])]
-    git.delete_ref_names(row.repo, later)
+    gitrefs.delete_ref_names(row.repo, later)
     _reached("refs")
     result = {
         "session": row.id, "user_message_index": plan["k"], "headSha": head,

@@ -19,7 +19,7 @@ from typing import Any
 
 import anyio
 
-from cairnd import cutindex, git, storage
+from cairnd import cutindex, git, gitrefs, gitworktree, storage
 from cairnd.checkpoint import session_ref_prefix
 from cairnd.checkpointer import checkpointer_for
 from cairnd.cutindex import find_cut
@@ -214,7 +214,7 @@ class Sessions:
         with creating(self.layout, self.registry, **fields) as made:
             row = made.row
             if not row.in_place:
-                git.add_worktree(row.repo, row.worktree, commit)
+                gitworktree.add_worktree(row.repo, row.worktree, commit)
             # Through the checkpointer: its full scan begins the watch, so turn 1 costs what it changes.
             baseline = self.checkpoints.take(row.id, row.worktree, 0, self.config.snapshot_max_file_bytes)
             log_path = write_initial_log(self.layout, row.id, None, 0, [checkpoint_entry(baseline)])
@@ -373,10 +373,10 @@ class Sessions:
     def _delete(self, row: SessionRow, keep_worktree: bool) -> None:
         # The log stays in sessions/<id>/: nothing is ever lost, and lineage keeps the title.
         if not keep_worktree and not row.in_place:
-            git.remove_worktree(row.repo, row.worktree)
+            gitworktree.remove_worktree(row.repo, row.worktree)
             shutil.rmtree(self.layout.worktree_parent(row.id), ignore_errors=True)
         self.checkpoints.forget(row.id)
-        git.delete_refs(row.repo, session_ref_prefix(row.id))
+        gitrefs.delete_refs(row.repo, session_ref_prefix(row.id))
         shutil.rmtree(self.layout.agent_tmp(row.id), ignore_errors=True)
         self.registry.mark_deleted(row.id)
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cairnd import git, gitfiles
+from cairnd import git, gitfiles, gitrefs
 from cairnd.registry import SessionRow
 
 REFS_PACK_AT = 50  # loose checkpoint refs that make the background pack them
@@ -72,7 +72,7 @@ class RefKeeper:
 
     def pack_refs(self, common: Path) -> None:
         worktree = self._worktree.get(common, common)
-        git.pack_refs(worktree)
+        gitrefs.pack_refs(worktree)
         with self._lock:
             self._loose[common] = count_loose_refs(common)
             self.packs += 1
@@ -86,7 +86,7 @@ class RefKeeper:
         if loose >= REFS_PACK_AT:
             self.pack_refs(common)
         if since >= REPACK_EVERY:
-            git.repack_incremental(worktree)
+            gitrefs.repack_incremental(worktree)
             with self._lock:
                 self._since_repack[common] = 0
                 self.repacks += 1
@@ -143,7 +143,7 @@ def collect(rows: list[SessionRow], session_dir: Any, keep_days: float, *, dry_r
             continue
         if row.repo.exists():
             try:
-                git.delete_refs(row.repo, f"{git.REF_NAMESPACE}{row.id}/")
+                gitrefs.delete_refs(row.repo, f"{git.REF_NAMESPACE}{row.id}/")
             except Exception:  # noqa: BLE001  a repository gone or broken keeps no refs worth keeping
                 pass
         shutil.rmtree(directory, ignore_errors=True)
@@ -171,8 +171,8 @@ def repository_figures(rows: list[SessionRow], log_bytes: Any) -> list[dict[str,
         }
         if repo.exists():
             try:
-                entry["checkpoint_refs"] = len(git.list_refs(repo, git.REF_NAMESPACE))
-                objects = git.object_sizes(repo)
+                entry["checkpoint_refs"] = len(gitrefs.list_refs(repo, git.REF_NAMESPACE))
+                objects = gitrefs.object_sizes(repo)
                 entry["objects_bytes"] = objects["loose_bytes"] + objects["pack_bytes"]
                 entry["loose_objects"] = objects["loose"]
                 dirs = gitfiles.git_dirs(repo)

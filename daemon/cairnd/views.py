@@ -20,7 +20,8 @@ from cairnd.layout import StateLayout
 from cairnd.confinement import detect as detect_sandbox
 from cairnd.errors import CairnError
 from cairnd.entries import REWIND_MARK, REWIND_METHOD, method_of, params_of, parse_message
-from cairnd.git import diff_files_many, is_object_id
+from cairnd.git import is_object_id
+from cairnd.gitdiff import diff_files_many
 from cairnd.log import iter_lines
 from cairnd.spool import count_entries
 from cairnd.registry import ForkRow, Registry, SessionRow

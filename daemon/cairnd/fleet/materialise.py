@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cairnd import git
+from cairnd import git, gitworktree
 from cairnd.layout import StateLayout
 from cairnd.durable import write_atomic
 from cairnd.entries import CHECKPOINT_METHOD, method_of, parse_message, params_of
@@ -78,7 +78,7 @@ def refs_of(checkpoints: list[dict[str, Any]]) -> dict[str, str]:
 
 def origin_of(repo: Path) -> str:
     """The origin a host repository was made for (recorded in its config), else the path."""
-    proc = git._run(repo, ["config", "--get", "cairnd.origin"])
+    proc = git.run(repo, ["config", "--get", "cairnd.origin"])
     return proc.stdout.decode().strip() if proc.returncode == 0 and proc.stdout.strip() else str(repo)
 
 
@@ -101,10 +101,10 @@ def materialise(layout: StateLayout, registry: Registry, descriptor: Descriptor,
     if with_worktree or (old is not None and old.worktree.exists()):
         # A worktree this host kept from an earlier stay is out of date: made again.
         if old is not None and old.worktree.exists():
-            git.remove_worktree(old.repo, old.worktree)
+            gitworktree.remove_worktree(old.repo, old.worktree)
         shutil.rmtree(layout.worktree_parent(sid), ignore_errors=True)
         if with_worktree:
-            git.add_worktree(repo, worktree, last["headSha"], last.get("worktreeSha"), last.get("indexTree"))
+            gitworktree.add_worktree(repo, worktree, last["headSha"], last.get("worktreeSha"), last.get("indexTree"))
     layout.session_dir(sid).mkdir(parents=True, exist_ok=True)
     write_atomic(layout.log_path(sid), log_bytes)
     turns = session_state(iter(enumerate_lines(log_bytes)), agent_text=False).turns

@@ -80,18 +80,18 @@ def clone_url(state_dir: Path, url: str) -> Path:
     target = host_repo_dir(state_dir, url)
     with _repo_lock(target):
         if (target / ".git").is_dir():
-            git._git(target, "fetch", "--quiet", "--prune", "origin",
-                     "+refs/heads/*:refs/remotes/origin/*", "+refs/tags/*:refs/tags/*")
+            git.output(target, "fetch", "--quiet", "--prune", "origin",
+                       "+refs/heads/*:refs/remotes/origin/*", "+refs/tags/*:refs/tags/*")
             return target
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(f".{target.name}.partial")
         if partial.exists():
             shutil.rmtree(partial, ignore_errors=True)
-        proc = git._run(target.parent, ["clone", "--quiet", "--no-checkout", "--", url, str(partial)])
+        proc = git.run(target.parent, ["clone", "--quiet", "--no-checkout", "--", url, str(partial)])
         if proc.returncode != 0:
             message = proc.stderr.decode("utf-8", "replace").strip()
             raise CairnError("repo_not_found", f"cannot clone {url}: {message}")
-        git._git(partial, "config", "cairnd.origin", url)
+        git.output(partial, "config", "cairnd.origin", url)
         os.rename(partial, target)
         return target
 
@@ -104,7 +104,7 @@ def resolve_in_clone(clone: Path, ref: str) -> str:
     else:
         candidates = [f"refs/remotes/origin/{ref}", ref]
     for candidate in candidates:
-        proc = git._run(clone, ["rev-parse", "--verify", "--quiet", f"{candidate}^{{commit}}"])
+        proc = git.run(clone, ["rev-parse", "--verify", "--quiet", f"{candidate}^{{commit}}"])
         if proc.returncode == 0:
             return proc.stdout.decode().strip()
     return git.resolve_commit(clone, ref)
@@ -117,8 +117,8 @@ def ensure_host_repo(state_dir: Path, origin: str) -> Path:
     with _repo_lock(target):
         if not (target / ".git").is_dir():
             target.mkdir(parents=True, exist_ok=True)
-            git._git(target, "init", "--quiet")
-            git._git(target, "config", "cairnd.origin", origin)
+            git.output(target, "init", "--quiet")
+            git.output(target, "config", "cairnd.origin", origin)
         return target
 
 
@@ -130,7 +130,7 @@ def push_refs(repo: Path, remote: str, refs: dict[str, str]) -> None:
     args = ["push", "--porcelain", "--quiet", remote]
     args += [f"--force-with-lease={name}:" for name in sorted(refs)]
     args += [f"{sha}:{name}" for name, sha in sorted(refs.items())]
-    proc = git._run(repo, args)
+    proc = git.run(repo, args)
     if proc.returncode == 0:
         return
     text = (proc.stdout + proc.stderr).decode("utf-8", "replace")
@@ -144,10 +144,10 @@ def push_refs(repo: Path, remote: str, refs: dict[str, str]) -> None:
 def fetch_refs(repo: Path, remote: str, refs: list[str]) -> None:
     """Fetch checkpoint refs from the checkpoint repository into `repo` under the same
     names (create-only locally too: never forced). Blocking."""
-    wanted = [ref for ref in refs if git._run(repo, ["rev-parse", "--verify", "--quiet", ref]).returncode != 0]
+    wanted = [ref for ref in refs if git.run(repo, ["rev-parse", "--verify", "--quiet", ref]).returncode != 0]
     if not wanted:
         return
-    proc = git._run(repo, ["fetch", "--quiet", "--no-tags", remote, *[f"{ref}:{ref}" for ref in wanted]])
+    proc = git.run(repo, ["fetch", "--quiet", "--no-tags", remote, *[f"{ref}:{ref}" for ref in wanted]])
     if proc.returncode == 0:
         return
     text = proc.stderr.decode("utf-8", "replace").strip()
@@ -158,7 +158,7 @@ def fetch_refs(repo: Path, remote: str, refs: list[str]) -> None:
     # whoever needs it (commit_missing), and here only when none could be had.
     missing = []
     for ref in wanted:
-        if git._run(repo, ["fetch", "--quiet", "--no-tags", remote, f"{ref}:{ref}"]).returncode != 0:
+        if git.run(repo, ["fetch", "--quiet", "--no-tags", remote, f"{ref}:{ref}"]).returncode != 0:
             missing.append(ref)
     if len(missing) == len(wanted):
         raise CairnError("commit_missing", f"the checkpoint repository {remote} has no {', '.join(wanted)}")
@@ -166,7 +166,7 @@ def fetch_refs(repo: Path, remote: str, refs: list[str]) -> None:
 
 def remote_refs(remote: str, prefix: str) -> dict[str, str]:
     """Refs of the checkpoint repository under `prefix`. Blocking."""
-    proc = git._run(Path("/"), ["ls-remote", "--refs", remote, f"{prefix.rstrip('/')}/*"])
+    proc = git.run(Path("/"), ["ls-remote", "--refs", remote, f"{prefix.rstrip('/')}/*"])
     if proc.returncode != 0:
         raise CairnError("checkpoints_unavailable",
                          f"cannot list {remote}: {proc.stderr.decode('utf-8', 'replace').strip()}")

@@ -33,7 +33,8 @@ from cairnd.views import daemon_status, find_root, open_registry, read_forest, s
 from cairnd.web import lineage as lineage_view
 from cairnd.web.guard import Guard
 from cairnd.web.pages import decode_cursor, encode_cursor, follow, read_page
-from cairnd.git import diff_files, diff_files_many, diff_patches, is_object_id
+from cairnd.git import is_object_id
+from cairnd.gitdiff import diff_files, diff_files_many, diff_patches
 
 HERE = Path(__file__).parent
 MAX_REQUEST_BYTES = 1 << 20
