@@ -36,7 +36,7 @@ STDERR_TAIL_LINES = 20  # how many of its last stderr lines explain a failure
 STDERR_MEMORY_BYTES = 8192  # the tail kept in memory for that
 # The stderr file keeps at least this much of the latest output, and at most twice it.
 STDERR_KEEP_BYTES = 1 << 20
-STDOUT_GRACE_SECONDS = 1.0  # after the agent exits, how long its stdout may still drain
+STDOUT_GRACE_SECONDS = 1.0  # after the agent exits, how long its stdout and stderr may still drain
 TERMINATE_GRACE_SECONDS = 2.0  # between SIGTERM and SIGKILL
 # An agent stopped between turns (after a cancel, or idle) owes no work: after its stdin
 # closes it gets this long to exit before SIGTERM, not stop_timeout (claude-agent-acp
@@ -162,6 +162,7 @@ class AgentProcess:
         self.between_turns = False  # stopped owing no work: SIGTERM follows EOF quickly
         self.wake = anyio.Event()  # for the host: stop asked, stdout closed, or exited
         self.stdout_closed = anyio.Event()
+        self.stderr_closed = anyio.Event()
         self.exited = anyio.Event()  # reaped; all it said is logged
 
     @property
@@ -196,6 +197,7 @@ class AgentProcess:
                 await anyio.to_thread.run_sync(sink.write, chunk)
         finally:
             sink.close()
+            self.stderr_closed.set()
 
     async def watch_exit(self) -> None:
         await _exited(self.process, poll_cap=0.5)
@@ -246,8 +248,9 @@ async def host_agent(launch: Launch, client: Any, tap: Tap, *,
             await agent.wake.wait()
             with anyio.CancelScope(shield=True):
                 await agent.stop_ladder()
-                with anyio.move_on_after(STDOUT_GRACE_SECONDS):
+                with anyio.move_on_after(STDOUT_GRACE_SECONDS):  # what it said before going
                     await agent.stdout_closed.wait()
+                    await agent.stderr_closed.wait()
                 pumps.cancel_scope.cancel()
     finally:
         with anyio.CancelScope(shield=True):
