@@ -444,6 +444,26 @@ def test_worktrees_snapshots_and_refs_in_parallel_threads(repo: Path, tmp_path: 
     assert gitrefs.list_refs(repo, "refs/cairnd/") == {}
 
 
+def test_every_reader_and_writer_of_worktree_records_takes_the_repositorys_one_lock(repo: Path, tmp_path: Path) -> None:
+    """git commands that read every worktree's record die on one `worktree add` is
+    half-way through writing. The lock is the repository's whichever of its worktrees
+    names it, and `worktree list` (checked_out_branches) and repack wait for it as
+    worktree add and remove do."""
+    snap = gitsnapshot.snapshot(repo, NO_CAP)
+    linked = tmp_path / "linked" / "repo"
+    gitworktree.add_worktree(repo, linked, snap.head_sha)
+    assert git.records_lock(linked) is git.records_lock(repo) is git.records_lock(tmp_path / "." / "repo")
+    for reader in (lambda: git.checked_out_branches(linked), lambda: gitrefs.repack_incremental(linked),
+                   lambda: gitworktree.remove_worktree(repo, linked)):
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            with git.worktree_records_lock(repo):
+                running = pool.submit(reader)
+                with pytest.raises(TimeoutError):
+                    running.result(timeout=0.5)  # still waiting for the lock
+            running.result()
+    assert list_worktrees(repo) == [repo]
+
+
 def test_index_copies_left_by_a_killed_process_are_swept(tmp_path: Path) -> None:
     stale = tmp_path / f"{git.INDEX_COPY_PREFIX}old"
     stale.write_bytes(b"DIRC")

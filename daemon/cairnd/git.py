@@ -23,10 +23,13 @@ import os
 import re
 import subprocess
 import tempfile
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
+from cairnd import gitfiles
 from cairnd.errors import CairnError
 from cairnd.privacy import child_umask
 
@@ -264,6 +267,35 @@ def sweep_index_copies(directory: Path | None = None, older_than: float = STALE_
     return removed
 
 
+# --------------------------------------------------------------------------- worktree records
+
+
+_records_locks: dict[str, threading.Lock] = {}
+_records_locks_guard = threading.Lock()
+
+
+def records_lock(repo: Path) -> threading.Lock:
+    """The worktree records lock of the repository `repo` is in, keyed by its common git
+    directory: the repository's main worktree and each linked one (or another spelling
+    of the path) get the same lock."""
+    dirs = gitfiles.git_dirs(Path(repo))
+    key = os.path.realpath(dirs.common_dir if dirs is not None else repo)
+    with _records_locks_guard:
+        return _records_locks.setdefault(key, threading.Lock())
+
+
+@contextmanager
+def worktree_records_lock(repo: Path) -> Iterator[None]:
+    """Held by every git command cairnd runs that writes the records of a repository's
+    worktrees (`worktree add`, `worktree remove`) or reads them all (`worktree list`,
+    `repack`, which walks every worktree's HEAD and index). `worktree add` writes its
+    record in steps, and a git command that reads every record dies on a half-written
+    one ("failed to read .git/worktrees/<name>/commondir"). One at a time per repository
+    within one process (cairnd is one per state directory)."""
+    with records_lock(repo):
+        yield
+
+
 def common_dir(path: Path) -> Path:
     """The git directory a repository's worktrees share: tells whether two paths are
     worktrees of one repository."""
@@ -306,7 +338,8 @@ def is_ancestor(repo: Path, ancestor: str, descendant: str) -> bool:
 
 def checked_out_branches(repo: Path) -> dict[str, Path]:
     """refs/heads/... -> the worktree that has it checked out, for every worktree."""
-    out = output(repo, "worktree", "list", "--porcelain", "-z")
+    with worktree_records_lock(repo):
+        out = output(repo, "worktree", "list", "--porcelain", "-z")
     found: dict[str, Path] = {}
     for block in out.split(b"\0\0"):
         fields = [f for f in block.split(b"\0") if f]

@@ -108,7 +108,8 @@ def pack_refs(repo: Path) -> None:
 def repack_incremental(repo: Path) -> None:
     """Loose objects into a pack, and small packs rolled up into bigger ones (a geometric
     progression, so the user's big pack is rewritten only once the others add up to it)."""
-    git.output(repo, "-c", "pack.writeBitmaps=false", "repack", "-d", "-q", "--geometric=2", "--no-write-bitmap-index")
+    with git.worktree_records_lock(repo):  # repack reads every worktree's record
+        git.output(repo, "-c", "pack.writeBitmaps=false", "repack", "-d", "-q", "--geometric=2", "--no-write-bitmap-index")
 
 
 def object_sizes(repo: Path) -> dict[str, int]:

@@ -1,6 +1,6 @@
 """Linked worktrees: made from a snapshot's trees (files and index exactly), reset in
-place to another snapshot, removed; adding and removing one take a per-repository
-lock. Git runs through `cairnd.git`; hooks never run (`read-tree`, not `checkout`).
+place to another snapshot, removed; adding and removing one hold the repository's
+worktree records lock (`git.worktree_records_lock`). Git runs through `cairnd.git`; hooks never run (`read-tree`, not `checkout`).
 """
 
 from __future__ import annotations
@@ -8,31 +8,10 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from cairnd import git
 from cairnd.errors import CairnError
-
-
-_worktree_locks: dict[str, threading.Lock] = {}
-_worktree_locks_guard = threading.Lock()
-
-
-@contextmanager
-def _worktree_lock(repo: Path) -> Iterator[None]:
-    """Held while adding or removing a worktree of `repo`. git's worktree commands read
-    the records of every worktree, and `worktree add` writes its own in steps: two at
-    once in one repository fail on each other's half-written record ("failed to read
-    .git/worktrees/<name>/commondir"). cairnd runs them one at a time per repository
-    (within one process: cairnd is one per state directory)."""
-    key = os.path.realpath(repo)
-    with _worktree_locks_guard:
-        lock = _worktree_locks.setdefault(key, threading.Lock())
-    with lock:
-        yield
 
 
 def add_worktree_detached(repo: Path, path: Path, head_sha: str) -> None:
@@ -41,7 +20,7 @@ def add_worktree_detached(repo: Path, path: Path, head_sha: str) -> None:
     if not git.is_object_id(head_sha):
         raise CairnError("commit_missing", f"{head_sha!r} is not a commit id")
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _worktree_lock(repo):
+    with git.worktree_records_lock(repo):
         proc = git.run(repo, ["worktree", "add", "--no-checkout", "--detach", str(path), head_sha])
     if proc.returncode != 0:
         if b"invalid reference" in proc.stderr:
@@ -136,7 +115,7 @@ def remove_worktree(repo: Path, path: Path) -> None:
 
     No `git worktree prune`: that would also drop the records of the user's own
     worktrees whose directories are merely out of reach (an unmounted disk)."""
-    with _worktree_lock(repo):
+    with git.worktree_records_lock(repo):
         proc = git.run(repo, ["worktree", "remove", "--force", "--force", str(path)])
     if proc.returncode != 0 and b"is not a working tree" not in proc.stderr:
         raise git.failure(repo, ["worktree"], proc)
