@@ -16,7 +16,9 @@ requests of its spool (the door), and it feeds the daemon the requests of the fl
                   dead host's subject are handled or forwarded
 
 The daemon calls `door`, `publish` and `intake`/`upkeep`; nothing else of it knows
-about the fleet.
+about the fleet. Who owns a session and taking one over live in `fleet/ownership`
+(SessionOwnership); pushing checkpoints and mirroring logs in `fleet/mirror`
+(LogMirror); FleetHost mixes both in and holds the state they share.
 """
 
 from __future__ import annotations
@@ -38,12 +40,11 @@ from cairnd.fleet.bus import (
 )
 from cairnd.fleet.leases import Leases, beat, hosts
 from cairnd.fleet.logstore import LogStore, StoreConflict, make_store
-from cairnd.fleet.materialise import Descriptor, checkpoints_in, materialise, origin_of, refs_of
+from cairnd.fleet.mirror import LogMirror
+from cairnd.fleet.ownership import SessionOwnership
 from cairnd.fleet.settings import FleetConfig
 from cairnd.journal import event
 from cairnd.requests import ForkRequest, NewRequest, PromptRequest, Request, decode_json, validate_request
-from cairnd.log import SessionLog
-from cairnd.runner import close_open_turn
 from cairnd.spool import Claimed
 
 if TYPE_CHECKING:
@@ -58,7 +59,7 @@ def route(request: Request, owner: str | None) -> str:
     return host_subject(owner)
 
 
-class FleetHost:
+class FleetHost(SessionOwnership, LogMirror):
     def __init__(self, daemon: Daemon, fleet: FleetConfig) -> None:
         self.daemon = daemon
         self.fleet = fleet
@@ -298,157 +299,7 @@ class FleetHost:
         assert self.daemon._work is not None
         self.daemon._work.start_soon(ticker)
 
-    async def _ensure_owner(self, session: str) -> str | None:
-        """Who owns `session` now; if nobody (its lease lapsed, or it never had one
-        because it is unknown), this host takes it over when the fleet knows it."""
-        lease = await self._leases.current(session)
-        if lease is not None and lease.alive(time.time()):
-            if lease.host != self.me or session in self._leases.held:
-                return lease.host
-        if await self.take_over(session):
-            return self.me
-        lease = await self._leases.current(session)
-        return lease.host if lease is not None and lease.alive(time.time()) else None
-
-    async def descriptor(self, session: str) -> Descriptor | None:
-        found = await get_json(self._bus.sessions, session)
-        return Descriptor.of(session, found[0]) if found else None
-
-    async def take_over(self, session: str) -> bool:
-        """Own `session` here: take its lease, and rebuild it from the store and the
-        checkpoint repository unless this host's copy is already the stored one."""
-        async with self._lock(self.taking, session):
-            if session in self._leases.held:
-                return True
-            descriptor = await self.descriptor(session)
-            if descriptor is None or descriptor.deleted:
-                return False
-            owned, before = await self._leases.acquire(session)
-            if not owned:
-                return False
-            try:
-                for attempt in range(10):
-                    try:
-                        await self._materialise(descriptor, with_worktree=True,
-                                                trust_local=before is not None and before.host == self.me)
-                        break
-                    except StoreConflict:
-                        # The former owner was still writing (its lease lapsed under load,
-                        # not with its life): it stops once it fails to renew. Read again.
-                        if attempt == 9:
-                            raise
-                        event(logging.WARNING, "fleet: the former owner was still writing; reading the "
-                                               "session again", session=session)
-                        await anyio.sleep(self.fleet.lease_seconds / 3)
-            except BaseException:
-                with anyio.CancelScope(shield=True):
-                    await self._leases.release(session)
-                raise
-            how = f"from {before.host}" if before is not None and before.host != self.me else "again"
-            event(logging.WARNING if before is not None and before.host != self.me else logging.INFO,
-                  f"fleet: took session over {how}", session=session)
-            return True
-
-    async def _materialise(self, descriptor: Descriptor, *, with_worktree: bool, trust_local: bool = False) -> None:
-        """Make this host's copy of the session the stored one. `trust_local`: the last
-        lease was this host's own, so nobody else wrote since and the local copy is the
-        latest (a restart): the store is not even read, so it may be away."""
-        sid = descriptor.session
-        sessions = self.daemon._sessions
-        local = self.layout.log_path(sid)
-        row = await anyio.to_thread.run_sync(sessions.registry.get, sid)
-        usable = (row is not None and row.state == "ready" and local.exists()
-                  and (row.worktree.exists() or not with_worktree))
-        if usable and trust_local:
-            current = True
-        else:
-            stored = await self.logs.rebuild(sid)
-            current = usable and await anyio.to_thread.run_sync(local.read_bytes) == stored
-        if not current:
-            runner = sessions.runners.pop(sid, None)
-            if runner is not None:
-                await runner.close()
-            await anyio.to_thread.run_sync(lambda: materialise(
-                self.layout, sessions.registry, descriptor, stored, self.fleet.checkpoints,
-                with_worktree=with_worktree))
-            forget = getattr(sessions, "checkpoints", None)
-            if forget is not None:
-                forget.forget(sid)
-        self.logs.forget(sid)
-        self.pushed.pop(sid, None)
-        if with_worktree:
-            row = await anyio.to_thread.run_sync(sessions.registry.get, sid)
-            assert row is not None
-            # A turn its host's death cut ends interrupted, as after a local crash.
-            log = await anyio.to_thread.run_sync(SessionLog, local)
-            try:
-                turns, closed = await close_open_turn(log, sid, row.worktree, limiter=None,
-                                                      max_file_bytes=self.daemon.config.snapshot_max_file_bytes)
-            finally:
-                log.close()
-            if closed is not None:
-                event(logging.WARNING, f"turn {turns - 1} was cut when its host stopped: recorded as interrupted",
-                      session=sid)
-                await anyio.to_thread.run_sync(sessions.registry.set_turns, sid, turns)
-            if not trust_local:  # (else the next result's publication mirrors it)
-                await self.sync(sid)
-
-    async def _ensure_readable(self, session: str) -> None:
-        """A fork of `session` is about to be made here: its log and checkpoint objects
-        must be this host's up-to-date copy (materialised without a worktree)."""
-        if session in self._leases.held:
-            return
-        descriptor = await self.descriptor(session)
-        if descriptor is None:
-            return
-        async with self._lock(self.taking, session):
-            await self._materialise(descriptor, with_worktree=False)
-
     # -- publishing a result -------------------------------------------------------------------
-
-    async def sync(self, session: str) -> None:
-        """Push the session's new checkpoints, then mirror its log: a reader of the stored
-        log always finds the checkpoints it names. Retries while the store or the
-        remote are away, up to fleet.wait_seconds."""
-        sessions = self.daemon._sessions
-        deadline = time.monotonic() + self.fleet.wait_seconds
-        delay = 0.1
-        async with self._lock(self.session_locks, session):
-            while True:
-                try:
-                    row = await anyio.to_thread.run_sync(sessions.registry.get, session)
-                    if row is None:
-                        return
-                    await anyio.to_thread.run_sync(self._push_new_checkpoints, session, row.repo)
-                    await self.logs.mirror(session, self.layout.log_path(session))
-                    return
-                except StoreConflict:
-                    raise
-                except CairnError as exc:
-                    if exc.code not in ("checkpoints_unavailable",) or time.monotonic() > deadline:
-                        raise
-                    failure: Exception = exc
-                except Exception as exc:  # the store's own errors: unreachable, timeouts
-                    failure = exc
-                    if time.monotonic() > deadline:
-                        raise CairnError("store_unavailable", f"the log of session {session} could not be "
-                                         f"mirrored to {self.fleet.store_url} within {self.fleet.wait_seconds:g} s "
-                                         f"(fleet.wait_seconds): {exc}; the turn is complete on host {self.me} "
-                                         "and the mirror catches up when the store is back") from None
-                event(logging.WARNING, f"fleet: sync of session {session} failed ({failure}); retrying", session=session)
-                await anyio.sleep(delay)
-                delay = min(delay * 2, 2.0)
-
-    def _push_new_checkpoints(self, session: str, repo: Path) -> None:
-        log = self.layout.log_path(session)
-        start = self.pushed.get(session, 0)
-        with open(log, "rb") as f:
-            f.seek(start)
-            data = f.read()
-        end = data.rfind(b"\n") + 1
-        own = [p for p in checkpoints_in(data[:end]) if p.get("sessionId") == session]
-        remote.push_refs(repo, self.fleet.checkpoints, refs_of(own))
-        self.pushed[session] = start + end
 
     async def publish(self, claimed: Claimed, body: dict[str, Any]) -> None:
         """The result of a request this host ran: sessions synced, new ones leased and
@@ -494,27 +345,6 @@ class FleetHost:
                 continue
             await self.sync(sid)
         return body
-
-    async def _sync_new(self, sid: str, row: Any) -> None:
-        """A session this host just made: its objects and log go out first, then its
-        descriptor, then its lease (from then on the fleet routes to us)."""
-        owned, _ = await self._leases.acquire(sid)
-        await self.sync(sid)
-        origin = await anyio.to_thread.run_sync(origin_of, row.repo)
-        if row.parent_id:
-            parent = await self.descriptor(row.parent_id)
-            if parent is not None:
-                origin = parent.origin
-        descriptor = Descriptor(sid, origin, row.title, row.agent, row.parent_id, row.root_id)
-        await self._bus.sessions.put(sid, orjson.dumps(descriptor.as_dict()))
-        if not owned:
-            raise CairnError("internal", f"session {sid} was made here but its lease is held elsewhere")
-
-    async def _forget_session(self, sid: str) -> None:
-        descriptor = await self.descriptor(sid)
-        if descriptor is not None:
-            await self._bus.sessions.put(sid, orjson.dumps({**descriptor.as_dict(), "deleted": True}))
-        await self._leases.release(sid)
 
     async def _publish_body(self, msg: Any, rid: str, body: dict[str, Any]) -> None:
         data = orjson.dumps(body)
@@ -580,67 +410,6 @@ class FleetHost:
                             await runner.close()
             except Exception as exc:
                 event(logging.WARNING, f"fleet: heartbeat failed ({exc})")
-
-    async def _mirror_loop(self) -> None:
-        # Whole lines of the logs of running turns, so a takeover sees a cut turn's start.
-        while True:
-            await anyio.sleep(1.0)
-            for sid, runner in list(self.daemon._sessions.runners.items()):
-                if sid not in self._leases.held:
-                    continue
-                done = self.logs.mirrored(sid)
-                try:
-                    size = self.layout.log_path(sid).stat().st_size
-                except OSError:
-                    continue
-                if done is not None and size <= done:
-                    continue
-                try:
-                    async with self._lock(self.session_locks, sid):
-                        await self.logs.mirror(sid, self.layout.log_path(sid))
-                except Exception as exc:
-                    event(logging.DEBUG, f"fleet: mirror of {sid} waits ({exc})", session=sid)
-
-    async def _sweep_loop(self) -> None:
-        """Take over sessions whose lease lapsed; handle what dead hosts left queued."""
-        while True:
-            await anyio.sleep(max(0.2, self.fleet.lease_seconds / 4))
-            try:
-                await self._sweep()
-            except Exception as exc:
-                event(logging.WARNING, f"fleet: sweep failed ({exc})")
-
-    async def _sweep(self) -> None:
-        now = time.time()
-        for sid, lease in (await self._leases.all()).items():
-            if lease.host == self.me or lease.alive(now) or lease.until == 0:
-                continue
-            if await self.take_over(sid):
-                pass
-        for name, info in self.others.items():
-            if name == self.me or info.get("alive"):
-                continue
-            await self._drain(name)
-
-    async def _drain(self, host: str) -> None:
-        """Requests routed to a dead host: handled here (owner checks forward them on)."""
-        try:
-            sub = await ensure_consumer(self._bus.js, host_consumer(host), host_subject(host), self.fleet.lease_seconds)
-        except Exception:
-            return
-        try:
-            while True:
-                try:
-                    msgs = await sub.fetch(8, timeout=0.3)
-                except Exception:
-                    return
-                for msg in msgs:
-                    await self.handle_safely(msg)
-        finally:
-            try:
-                await sub.unsubscribe()
-            except Exception:
-                pass
 
     async def close(self) -> None:
         if self.bus is not None:
