@@ -360,7 +360,7 @@ def audit(state: Path, repo: Path, requests: dict[str, dict[str, Any]] | None) -
         log = state / "sessions" / sid / "log.ndjson"
         if not log.exists():
             continue
-        owners = [sid] + ([rewinds[sid][0]] if sid in rewinds else [])
+        owners = rewound_from(sid, rewinds)
         in_log: dict[str, Counter[tuple[str, int]]] = {}
         for owner in owners:
             for rid, turn, stop in walk_turns(owner, log, problem):
@@ -398,6 +398,17 @@ def audit(state: Path, repo: Path, requests: dict[str, dict[str, Any]] | None) -
             if turn_of[rid][2] != "interrupted":
                 problem(f"request {rid} answered turn_interrupted, its turn ended {turn_of[rid][2]}")
     return report
+
+
+def rewound_from(session: str, rewinds: dict[str, tuple[str, str | None, str]]) -> list[str]:
+    """The sessions whose turns `session`'s log holds as their own: itself, and when it is
+    an abandoned session the one rewound, and so on up: a rewind of an abandoned session
+    copies a log that already held the first rewound session's turns, which may now be
+    in no other log."""
+    owners = [session]
+    while owners[-1] in rewinds and rewinds[owners[-1]][0] not in owners:
+        owners.append(rewinds[owners[-1]][0])
+    return owners
 
 
 def walk_turns(session: str, log: Path, problem) -> list[tuple[str | None, int, str | None]]:
@@ -778,3 +789,36 @@ def test_kill_9_during_rewinds_leaves_each_whole_or_undone(tmp_path: Path):
     print(report.figures())
     assert not report.problems, "\n".join(history + report.problems)
     assert report.rewinds >= 1
+
+
+def test_the_audit_follows_a_turn_through_rewinds_of_rewinds(tmp_path: Path):
+    """A rewind copies the old log whole into the abandoned session's; a rewind of that
+    abandoned session copies it again, into a second abandoned session's. The first
+    session's turn past both cuts then lives only in the second abandoned log, under
+    the first session's id: the audit must still find it there (and not report a turn
+    answered that no log holds)."""
+    repo = torture_repo(tmp_path / "project")
+    daemon = Daemon(tmp_path / "state").start()
+    requests: dict[str, dict[str, Any]] = {}
+
+    def ask(rid: str, request: dict[str, Any]) -> dict[str, Any]:
+        requests[rid] = request
+        result = daemon.wait(daemon.drop(request, request_id=rid))
+        assert result["status"] == "ok", result
+        return result["result"]
+
+    try:
+        session = ask("new", {"kind": "new", "repo": str(repo), "prompt": "append log.txt: one"})["session"]
+        ask("second", {"kind": "prompt", "session": session, "text": "append log.txt: two"})
+        first = ask("rewind", {"kind": "rewind", "session": session, "user_message_index": 1})["abandoned"]
+        second = ask("again", {"kind": "rewind", "session": first, "user_message_index": 1})["abandoned"]
+    finally:
+        assert daemon.stop() == 0
+
+    def holds_the_turn(sid: str) -> bool:
+        return b'"requestId":"second"' in (daemon.state / "sessions" / sid / "log.ndjson").read_bytes()
+
+    # Both cuts came before it: only the second abandoned log holds it, under `session`'s id.
+    assert [holds_the_turn(sid) for sid in (session, first, second)] == [False, False, True]
+    report = audit(daemon.state, repo, requests)
+    assert not report.problems, report.problems
