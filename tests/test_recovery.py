@@ -21,6 +21,7 @@ from cairnd.recovery import (
     close_turns,
     finish_creations,
     recover,
+    remove_stale_ref_locks,
     remove_temporaries,
     requests_in_progress,
 )
@@ -170,3 +171,26 @@ async def test_recover_runs_every_step_in_order(state: State) -> None:
     # A second run finds nothing left to do.
     again = await recover(state.layout, state.registry, state.spool, max_file_bytes=CAP)
     assert (again.temporaries, again.rolled_back, again.turns_closed, again.turns_reconciled) == ([], [], [], [])
+
+
+def test_step_1_removes_the_lock_a_stop_left_on_a_sessions_checkpoint_ref(state: State):
+    """kill -9 between taking a checkpoint ref's lock and renaming it left `<ref>.lock`;
+    git then refused every later write of that ref, and the restart's own checkpoint
+    (closing the cut turn) stopped the daemon. Only our sessions' locks go."""
+    state.session("s1", turns_logged=1, turns_in_registry=1, open_turn=True)
+    refs = state.repo / ".git" / "refs" / "cairnd"
+    stale = refs / "s1" / "2.lock"
+    stale.write_text(head(state.repo) + "\n")
+    other = refs / "someone-else" / "1.lock"
+    other.parent.mkdir(parents=True)
+    other.write_text(head(state.repo) + "\n")
+    done = Recovered()
+    remove_stale_ref_locks(state.registry, done)
+    assert done.ref_locks == [stale] and not stale.exists() and other.exists()
+
+
+def test_recovery_closes_a_cut_turn_whose_checkpoint_ref_was_left_locked(state: State):
+    log = state.session("s1", turns_logged=1, turns_in_registry=1, open_turn=True)
+    (state.repo / ".git" / "refs" / "cairnd" / "s1" / "2.lock").write_text(head(state.repo) + "\n")
+    done = anyio.run(lambda: recover(state.layout, state.registry, state.spool, max_file_bytes=CAP))
+    assert done.turns_closed == ["s1"] and log_turns(log) == 2

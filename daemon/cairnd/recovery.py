@@ -6,7 +6,12 @@ leaves what the next one reads consistent:
 
 1. **Temporary files**: a result, `status.json` or log written under a temporary name
    that was never renamed into place, and git index copies a killed snapshot left in
-   the temp folder. Removed: their final files were never there.
+   the temp folder. Removed: their final files were never there. So are the lock files
+   of cairnd's own checkpoint refs (`refs/cairnd/<session>/...lock`, one per session of
+   this state directory): cairnd writes those refs itself with git's lock protocol, a
+   stop between taking the lock and renaming it leaves the lock behind, and git would
+   then refuse every later write of that ref. Only this daemon writes its sessions'
+   refs, and it holds the state lock, so no live writer owns them.
 2. **Half-made sessions**: a `creating` row is a session whose creation transaction
    (creation.py) never reached its commit: every part of it is rolled back. A rewind
    past its commit point is rolled forward instead (rewind.recover).
@@ -32,7 +37,7 @@ from pathlib import Path
 
 import anyio
 
-from cairnd import git
+from cairnd import git, gitfiles
 from cairnd import rewind as rewinding
 from cairnd.creation import roll_back
 from cairnd.durable import remove_stale_temps
@@ -49,6 +54,7 @@ class Recovered:
     """What recovery found and did, step by step."""
 
     temporaries: list[Path] = field(default_factory=list)
+    ref_locks: list[Path] = field(default_factory=list)
     index_copies: int = 0
     rolled_back: list[str] = field(default_factory=list)
     rewinds_finished: list[str] = field(default_factory=list)
@@ -64,6 +70,7 @@ async def recover(layout: StateLayout, registry: Registry, spool: Spool, *, max_
     are returned for the caller to dispatch once it serves."""
     done = Recovered()
     await anyio.to_thread.run_sync(remove_temporaries, layout, done, limiter=limiter)
+    await anyio.to_thread.run_sync(remove_stale_ref_locks, registry, done, limiter=limiter)
     await anyio.to_thread.run_sync(finish_creations, layout, registry, done, max_file_bytes, limiter=limiter)
     await close_turns(layout, registry, done, max_file_bytes=max_file_bytes, limiter=limiter)
     await anyio.to_thread.run_sync(requests_in_progress, spool, done, limiter=limiter)
@@ -82,6 +89,22 @@ def remove_temporaries(layout: StateLayout, done: Recovered) -> None:
             tmp.unlink()
             done.temporaries.append(tmp)
     done.index_copies = git.sweep_index_copies()
+
+
+def remove_stale_ref_locks(registry: Registry, done: Recovered) -> None:
+    """Step 1, in the repositories: lock files a stop left under this state directory's
+    sessions' own checkpoint refs."""
+    for row in registry.sessions(("creating", "ready", "deleted")):
+        dirs = gitfiles.git_dirs(row.repo) or gitfiles.git_dirs(row.worktree)
+        if dirs is None:
+            continue
+        refs = dirs.common_dir / "refs" / "cairnd" / row.id
+        if not refs.is_dir():
+            continue
+        for lock in refs.rglob("*.lock"):
+            lock.unlink(missing_ok=True)
+            event(logging.WARNING, f"removed {lock}, a checkpoint ref's lock a stop left", session=row.id)
+            done.ref_locks.append(lock)
 
 
 def finish_creations(layout: StateLayout, registry: Registry, done: Recovered, max_file_bytes: int) -> None:
