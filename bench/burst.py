@@ -24,10 +24,15 @@ def _shell_floor(source: Path, scratch: Path, count: int) -> tuple[float, int]:
     """Seconds for `count` worktree adds, `_PARALLEL` at a time, and how many had to be
     retried: git itself races when two `worktree add` run at once in one repository
     (one reads the other's half-made .git/worktrees entry and dies, leaving its own
-    half-made entry, which fails every later add until `git worktree prune`), so a
-    failed add is pruned after and retried under a new name, up to ten times."""
+    half-made entry, which fails every later add and which prune leaves alone), so a
+    failed add's own half-made record is removed and it is retried under a new name,
+    up to ten times."""
+    # A failed add leaves its own record half-made and marked "initializing", which
+    # `worktree prune` never removes and every later add then trips over: the retry
+    # removes exactly that record (and the attempt's directory) before trying again.
     add = ('n=0; until git -C "$1" worktree add -q --detach "$2/wt$3-$n" HEAD 2>>"$2/errors.txt"; '
-           'do git -C "$1" worktree prune 2>>"$2/errors.txt"; n=$((n+1)); [ $n -ge 10 ] && exit 1; done')
+           'do rm -rf "$1/.git/worktrees/wt$3-$n" "$2/wt$3-$n"; git -C "$1" worktree prune 2>>"$2/errors.txt"; '
+           'n=$((n+1)); [ $n -ge 10 ] && exit 1; done')
     script = f'seq {count} | xargs -P {_PARALLEL} -I{{}} sh -c \'{add}\' sh "$1" "$2" {{}}'
     started = time.perf_counter()
     proc = subprocess.run(["sh", "-c", script, "sh", str(source), str(scratch)], env=git_env())
