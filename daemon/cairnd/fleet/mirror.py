@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 import orjson
@@ -18,38 +18,13 @@ from cairnd.errors import CairnError
 from cairnd.fleet import remote
 from cairnd.fleet.logstore import StoreConflict
 from cairnd.fleet.materialise import Descriptor, checkpoints_in, origin_of, refs_of
+from cairnd.fleet.hostparts import HostParts
 from cairnd.journal import event
 
-if TYPE_CHECKING:
-    from cairnd.fleet.bus import Bus
-    from cairnd.fleet.leases import Leases
-    from cairnd.fleet.logstore import LogStore
-    from cairnd.fleet.settings import FleetConfig
-    from cairnd.layout import StateLayout
-    from cairnd.service import Daemon
 
 
-class LogMirror:
+class LogMirror(HostParts):
     """Mixed into FleetHost: pushing checkpoints and mirroring logs of this host's sessions."""
-
-    if TYPE_CHECKING:  # FleetHost's state and helpers, which this part works with
-        daemon: Daemon
-        fleet: FleetConfig
-        me: str
-        layout: StateLayout
-        logs: LogStore
-        pushed: dict[str, int]
-        session_locks: dict[str, anyio.Lock]
-        taking: dict[str, anyio.Lock]
-        others: dict[str, dict[str, Any]]
-
-        @property
-        def _bus(self) -> Bus: ...
-        @property
-        def _leases(self) -> Leases: ...
-        def _lock(self, table: dict[str, anyio.Lock], key: str) -> anyio.Lock: ...
-
-        async def descriptor(self, session: str) -> Descriptor | None: ...
 
     async def sync(self, session: str) -> None:
         """Push the session's new checkpoints, then mirror its log: a reader of the stored

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
 
 import anyio
 import orjson
@@ -17,41 +16,15 @@ import orjson
 from cairnd.fleet.bus import ensure_consumer, get_json, host_consumer, host_subject
 from cairnd.fleet.logstore import StoreConflict
 from cairnd.fleet.materialise import Descriptor, materialise
+from cairnd.fleet.hostparts import HostParts
 from cairnd.journal import event
 from cairnd.log import SessionLog
 from cairnd.runner import close_open_turn
 
-if TYPE_CHECKING:
-    from cairnd.fleet.bus import Bus
-    from cairnd.fleet.leases import Leases
-    from cairnd.fleet.logstore import LogStore
-    from cairnd.fleet.settings import FleetConfig
-    from cairnd.layout import StateLayout
-    from cairnd.service import Daemon
 
 
-class SessionOwnership:
+class SessionOwnership(HostParts):
     """Mixed into FleetHost: which host owns a session, and taking sessions over."""
-
-    if TYPE_CHECKING:  # FleetHost's state and helpers, which this part works with
-        daemon: Daemon
-        fleet: FleetConfig
-        me: str
-        layout: StateLayout
-        logs: LogStore
-        pushed: dict[str, int]
-        session_locks: dict[str, anyio.Lock]
-        taking: dict[str, anyio.Lock]
-        others: dict[str, dict[str, Any]]
-
-        @property
-        def _bus(self) -> Bus: ...
-        @property
-        def _leases(self) -> Leases: ...
-        def _lock(self, table: dict[str, anyio.Lock], key: str) -> anyio.Lock: ...
-
-        async def sync(self, session: str) -> None: ...
-        async def handle_safely(self, msg: Any, *, from_any: bool = False) -> None: ...
 
     async def _ensure_owner(self, session: str) -> str | None:
         """Who owns `session` now; if nobody (its lease lapsed, or it never had one
