@@ -13,7 +13,6 @@ Reported, against limits and against a peer measured in the same run:
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 import tempfile
@@ -21,21 +20,10 @@ from pathlib import Path
 
 from cairnd import gitrefs
 from cairnd.checkpointer import Checkpointer
-from cairnd.storage import REFS_HARD_LIMIT, REPACK_EVERY, count_loose_refs
+from cairnd.storage import REFS_HARD_LIMIT, REPACK_EVERY, count_loose_refs, tree_bytes
 from cairnd.worktreewatch import WatchSet
 from measure import Row, command_of, main, median, mib, ms, ratio, target_text, timings
 from synth import git, shaped_paths, shaped_repo
-
-
-def _dir_bytes(path: Path) -> int:
-    total = 0
-    for directory, _dirs, files in os.walk(path):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(directory, name)).st_size
-            except OSError:
-                pass
-    return total
 
 
 def run(quick: bool) -> list[Row]:
@@ -50,7 +38,7 @@ def run(quick: bool) -> list[Row]:
         for target in (ours, peer):
             git(root, "clone", "-q", "--no-local", source, target)  # objects of their own, like a user's clone
             git(target, "config", "gc.auto", "0")
-        before = _dir_bytes(ours / ".git")
+        before = tree_bytes(ours / ".git")
         checkpoints = Checkpointer(WatchSet(), root / "indexes")
         touched: set[str] = set()
         changed_bytes = 0
@@ -71,7 +59,7 @@ def run(quick: bool) -> list[Row]:
                     checkpoints.refs.maintain(common)
         finally:
             checkpoints.close()
-        after = _dir_bytes(ours / ".git")
+        after = tree_bytes(ours / ".git")
         objects = gitrefs.object_sizes(ours)
         refs = len(gitrefs.list_refs(ours, "refs/cairnd/"))
         for name in touched:  # the peer's working tree the same as ours

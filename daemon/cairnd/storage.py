@@ -117,7 +117,8 @@ def expired(rows: list[SessionRow], keep_days: float, now: float) -> list[Sessio
             and row.deleted_at <= limit]
 
 
-def _tree_bytes(path: Path) -> int:
+def tree_bytes(path: Path) -> int:
+    """Bytes of the files under `path` (not following links); files that vanish meanwhile count nothing."""
     total = 0
     for directory, _subdirs, files in os.walk(path):
         for name in files:
@@ -138,7 +139,7 @@ def collect(rows: list[SessionRow], session_dir: Any, keep_days: float, *, dry_r
         directory = Path(session_dir(row.id))
         if not directory.exists():
             continue
-        done.append(Collected(row.id, row.deleted_at or 0.0, _tree_bytes(directory)))
+        done.append(Collected(row.id, row.deleted_at or 0.0, tree_bytes(directory)))
         if dry_run:
             continue
         if row.repo.exists():
