@@ -422,4 +422,4 @@ def test_fidelity_every_step_restores_exactly() -> None:
     KINDS_SEEN.clear()
     check_every_step_restores_exactly()
     assert len(STEPS_SEEN) >= 200
-    assert KINDS_SEEN == {"full", "paths", "reused"}, "every kind of snapshot was exercised"
+    assert {"full", "paths", "reused"} <= KINDS_SEEN, "every kind of snapshot was exercised"

@@ -45,7 +45,7 @@ def checkpoints(tmp_path: Path):
 def test_first_snapshot_scans_then_nothing_changed_reuses_it(repo: Path, checkpoints: Checkpointer) -> None:
     first = same_as_full_scan(checkpoints, repo)
     second = same_as_full_scan(checkpoints, repo)
-    assert checkpoints.counts == {"full": 1, "paths": 0, "reused": 1}
+    assert checkpoints.counts == {"full": 1, "paths": 0, "paths_git": 0, "reused": 1}
     assert second.worktree_sha == first.worktree_sha
 
 
@@ -131,6 +131,64 @@ def test_an_index_rewritten_with_the_same_entries_keeps_it_incremental(repo: Pat
     assert checkpoints.counts["full"] == 2
 
 
+def test_changed_tracked_files_are_written_without_git(repo: Path, checkpoints: Checkpointer,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    same_as_full_scan(checkpoints, repo)
+    write(repo, "a.txt", "changed\n")
+    write(repo, "src/app.py", "print(1.5)\n")
+    same_as_full_scan(checkpoints, repo)  # reads the trees along the way: one git cat-file
+    write(repo, "a.txt", "changed again\n")
+    write(repo, "src/app.py", "print(2)\n", executable=True)
+    calls: list[object] = []
+    real_run = subprocess.run
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: calls.append(a) or real_run(*a, **k))
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: calls.append(a) or pytest.fail("git started"))
+    ours = checkpoints.snapshot("s", repo, NO_CAP, "m")
+    monkeypatch.undo()
+    assert calls == []  # not one process: the blobs, the trees and the commit are written by cairnd
+    full = gitsnapshot.snapshot(repo, NO_CAP, "m")
+    assert (ours.worktree_tree, ours.dirty) == (full.worktree_tree, full.dirty)
+    assert checkpoints.counts == {"full": 1, "paths": 2, "paths_git": 0, "reused": 0}
+
+
+def test_an_ignored_name_tracked_by_the_index_is_kept_when_it_comes_back(repo: Path,
+                                                                        checkpoints: Checkpointer) -> None:
+    write(repo, "x.log", "tracked though ignored\n")
+    run_git(repo, "add", "-f", "x.log")
+    same_as_full_scan(checkpoints, repo)
+    os.unlink(repo / "x.log")
+    same_as_full_scan(checkpoints, repo)
+    write(repo, "x.log", "back\n")  # new to the last snapshot, ignored by name, tracked by the index
+    write(repo, "y.log", "ignored and untracked\n")
+    same_as_full_scan(checkpoints, repo)
+    assert checkpoints.counts["full"] == 1 and checkpoints.counts["paths_git"] == 0
+
+
+def test_what_cairnd_cannot_write_goes_to_git_which_catches_up(repo: Path, checkpoints: Checkpointer) -> None:
+    same_as_full_scan(checkpoints, repo)
+    write(repo, "a.txt", "by cairnd\n")  # the private index falls behind here
+    same_as_full_scan(checkpoints, repo)
+    write(repo, ":colon.txt", "a name git's pathspecs read as magic\n")  # so git's way
+    same_as_full_scan(checkpoints, repo)
+    write(repo, "a.txt", "a\n")  # back to what the private index still held
+    same_as_full_scan(checkpoints, repo)
+    os.mkfifo(repo / "fifo")  # a special file: git's way again
+    same_as_full_scan(checkpoints, repo)
+    assert checkpoints.counts == {"full": 1, "paths": 4, "paths_git": 2, "reused": 0}
+
+
+def test_a_tree_with_attributes_goes_to_git(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo", {"a.txt": "a\n", ".gitattributes": "*.txt text eol=crlf\n"})
+    checkpoints = Checkpointer(WatchSet(), tmp_path / "indexes")
+    try:
+        same_as_full_scan(checkpoints, repo)
+        write(repo, "a.txt", "converted by git\n")
+        same_as_full_scan(checkpoints, repo)
+        assert checkpoints.counts == {"full": 1, "paths": 1, "paths_git": 1, "reused": 0}
+    finally:
+        checkpoints.close()
+
+
 def test_a_real_queue_overflow_falls_back_to_the_full_scan(repo: Path, checkpoints: Checkpointer) -> None:
     same_as_full_scan(checkpoints, repo)
     limit = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
@@ -156,7 +214,7 @@ def test_too_many_directories_to_watch_scans_every_time(repo: Path, tmp_path: Pa
         same_as_full_scan(checkpoints, repo)
         write(repo, "d1/f", "changed\n")
         same_as_full_scan(checkpoints, repo)
-        assert checkpoints.counts == {"full": 2, "paths": 0, "reused": 0}
+        assert checkpoints.counts == {"full": 2, "paths": 0, "paths_git": 0, "reused": 0}
     finally:
         checkpoints.close()
 
@@ -182,6 +240,8 @@ def check_random_changes_give_the_full_scans_snapshot(data: st.DataObject) -> No
         try:
             same_as_full_scan(checkpoints, repo)
             for step in range(data.draw(st.integers(min_value=8, max_value=12), label="steps")):
+                if data.draw(st.integers(0, 4), label="git's way") == 0:  # a name cairnd leaves to git
+                    write(repo, f":step{step}.txt", "x\n")
                 for _ in range(data.draw(st.integers(min_value=1, max_value=3), label="ops")):
                     try:
                         apply_op(data, repo, step)
@@ -201,3 +261,5 @@ def test_random_changes_give_the_full_scans_snapshot() -> None:
     RANDOM_COUNTS.clear()
     check_random_changes_give_the_full_scans_snapshot()
     assert sum(counts["paths"] for counts in RANDOM_COUNTS) >= 20
+    assert sum(counts["paths_git"] for counts in RANDOM_COUNTS) >= 5  # after cairnd's own, git's way too
+    assert sum(counts["paths"] - counts["paths_git"] for counts in RANDOM_COUNTS) >= 10

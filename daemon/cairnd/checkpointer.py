@@ -7,9 +7,13 @@ settings (`gitfiles.TreeStamp`). With the paths that inotify saw change since th
 (`worktreewatch`), the next snapshot is:
 
 - nothing changed, same stamp: the last snapshot again (no git process at all);
-- some paths changed, same stamp: `gitsnapshot.snapshot_paths` on those paths alone (a
-  status limited to them, then update-index and write-tree where they differ), the
-  commit written by hand;
+- some paths changed, same stamp: the last snapshot's tree with those paths read from
+  the disk, written by cairnd itself (`treeedit`: no git process for changed tracked
+  files, one `git check-ignore` for new ones); where git would store something other
+  than the bytes on disk (attributes, conversion settings) or the change is not the
+  plain kind, `gitsnapshot.snapshot_paths` on those paths alone (a status limited to
+  them, then update-index and write-tree where they differ). The commit is written by
+  hand either way;
 - anything it cannot be sure of (no watch yet: a new session or a restart; a lost
   event; a new ignore file; a moved HEAD or a rewritten index; more paths than a
   command line holds): the full scan of `gitsnapshot.snapshot`, as without a watch.
@@ -26,7 +30,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from cairnd import git, gitfiles, gitsnapshot, privacy
+from cairnd import git, gitfiles, gitsnapshot, privacy, treeedit
 from cairnd.checkpoint import checkpoint_pins, take_checkpoint
 from cairnd.errors import CairnError
 from cairnd.journal import event
@@ -58,14 +62,15 @@ class _Seen:
     stamp: gitfiles.TreeStamp
     head_tree: str | None  # tree of the snapshot's HEAD, once known
     entries: int | None = None  # entries of the session's index, once known
+    plain: bool | None = None  # treeedit.plain_content of the tree, once known
+    # Paths whose entries in the private index are behind the snapshot (written by
+    # treeedit, which leaves that index alone): git's way must look at them too.
+    unsynced: frozenset[bytes] = frozenset()
 
 
 def _covered(path: bytes, changed: set[bytes]) -> bool:
     """Whether `path` is one of `changed` or lies under one of them (a directory)."""
-    if path in changed:
-        return True
-    parts = path.split(b"/")
-    return any(b"/".join(parts[:i]) in changed for i in range(1, len(parts)))
+    return path in changed or treeedit.under(path, changed)
 
 
 class Checkpointer:
@@ -78,7 +83,10 @@ class Checkpointer:
         self._seen: dict[str, _Seen] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
-        self.counts = {"full": 0, "paths": 0, "reused": 0}
+        # How snapshots were made: a full scan, from the changed paths (written by cairnd
+        # or, of those, by git: "paths_git"), or the last one again.
+        self.counts = {"full": 0, "paths": 0, "paths_git": 0, "reused": 0}
+        self.trees = treeedit.TreeReader()
         self.refs = RefKeeper()
         self._reading: Any = None  # the CancelScope of read_events, while it runs
 
@@ -146,27 +154,26 @@ class Checkpointer:
             stamp = gitfiles.tree_stamp(dirs)
             seen = self._seen.pop(session_id, None)
             index = self._index_path(session_id)
-            snap: gitsnapshot.Snapshot | None = None
-            head_tree = None
+            kept: _Seen | None = None
             if changed is not None and seen is not None and stamp is not None and stamp != seen.stamp:
                 seen = self._restamped(worktree, dirs, seen, stamp)
             if changed is not None and seen is not None and stamp is not None and stamp == seen.stamp \
                     and index.exists():
                 try:
-                    snap, head_tree = self._from_paths(worktree, index, seen, changed, max_file_bytes, message)
+                    kept = self._from_paths(worktree, dirs, index, seen, changed, max_file_bytes, message)
                 except CairnError:
-                    snap = None  # the full scan below says what is wrong, if anything still is
-            if snap is None:
-                self.counts["full"] += 1
-                self.index_dir.mkdir(parents=True, exist_ok=True)
-                index.unlink(missing_ok=True)
-                entries = gitfiles.index_entries(dirs.index)
-                snap = gitsnapshot.snapshot(worktree, max_file_bytes, message, keep_index=index)
-                head_tree = None if snap.dirty else snap.index_tree
-            else:
-                entries = seen.entries if seen is not None else None
+                    kept = None  # the full scan below says what is wrong, if anything still is
+            if kept is not None:
+                self._seen[session_id] = replace(kept, stamp=stamp)
+                privacy.keep_private(index)
+                return kept.snapshot
+            self.counts["full"] += 1
+            self.index_dir.mkdir(parents=True, exist_ok=True)
+            index.unlink(missing_ok=True)
+            entries = gitfiles.index_entries(dirs.index)
+            snap = gitsnapshot.snapshot(worktree, max_file_bytes, message, keep_index=index)
             if stamp is not None:
-                self._seen[session_id] = _Seen(snap, stamp, head_tree, entries)
+                self._seen[session_id] = _Seen(snap, stamp, None if snap.dirty else snap.index_tree, entries)
             privacy.keep_private(index)  # git wrote it with the user's umask: it names every file
             return snap
 
@@ -182,15 +189,35 @@ class Checkpointer:
             return None
         return replace(seen, stamp=stamp)
 
-    def _from_paths(self, worktree: Path, index: Path, seen: _Seen, changed: set[bytes],
-                    max_file_bytes: int, message: str) -> tuple[gitsnapshot.Snapshot | None, str | None]:
+    def _from_paths(self, worktree: Path, dirs: gitfiles.GitDirs, index: Path, seen: _Seen, changed: set[bytes],
+                    max_file_bytes: int, message: str) -> _Seen | None:
+        """What the checkpoint sees, built from the last one and the paths that changed;
+        None when only the full scan can tell."""
         last = seen.snapshot
         if not changed:
             self.counts["reused"] += 1
-            return last, seen.head_tree
-        found = gitsnapshot.snapshot_paths(worktree, index, changed, max_file_bytes)
+            return seen
+        if seen.plain is None:
+            seen = replace(seen, plain=treeedit.plain_content(dirs, (index, dirs.index)))
+        found: tuple[str | None, list[bytes], list[bytes]] | None = None
+        unsynced = seen.unsynced
+        if seen.plain:
+            try:
+                tree, big = treeedit.edit_tree(worktree, self.trees, last.worktree_tree, last.index_tree, changed,
+                                               max_file_bytes, last.skipped_paths)
+                found, unsynced = (tree, big, []), unsynced | changed
+            except treeedit.Unsupported:
+                found = None
         if found is None:
-            return None, None
+            # The private index has not seen what cairnd wrote since it was last
+            # brought up to date: those paths are looked at again, and its tree is
+            # the snapshot's even where the status finds nothing to update.
+            found = gitsnapshot.snapshot_paths(worktree, index, changed | unsynced, max_file_bytes,
+                                               write_tree=bool(unsynced))
+            if found is None:
+                return None
+            self.counts["paths_git"] += 1
+            unsynced = frozenset()
         tree, big, nested = found
         skipped = {p for p in last.skipped_paths if not _covered(p, changed)} | set(big) | set(nested)
         if tree is None or tree == last.worktree_tree:
@@ -204,4 +231,4 @@ class Checkpointer:
             dirty=tree != head_tree or last.index_tree != head_tree or bool(skipped),
             skipped=tuple(sorted(git.display_path(p) for p in skipped)), skipped_paths=tuple(sorted(skipped)),
         )
-        return snap, head_tree
+        return replace(seen, snapshot=snap, head_tree=head_tree, unsynced=frozenset(unsynced))

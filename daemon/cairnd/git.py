@@ -82,18 +82,21 @@ def _spawn_failure(cwd: Path, exc: OSError) -> CairnError:
     return CairnError("git_failed", f"cannot run git in {cwd}: {exc}")
 
 
-def spawn(cwd: Path, args: Sequence[str], env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
-    """Start git without waiting; the caller must `reap` it whatever happens."""
+def spawn(cwd: Path, args: Sequence[str], env: Mapping[str, str] | None = None,
+          takes_input: bool = False) -> subprocess.Popen[bytes]:
+    """Start git without waiting; the caller must `reap` it whatever happens (with its
+    input, when `takes_input`)."""
     try:
-        return subprocess.Popen(["git", *args], cwd=cwd, env=git_env(env), stdin=subprocess.DEVNULL,
+        return subprocess.Popen(["git", *args], cwd=cwd, env=git_env(env),
+                                stdin=subprocess.PIPE if takes_input else subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, umask=child_umask())
     except OSError as exc:
         raise _spawn_failure(cwd, exc) from None
 
 
-def reap(proc: subprocess.Popen[bytes]) -> subprocess.CompletedProcess[bytes]:
+def reap(proc: subprocess.Popen[bytes], input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
     try:
-        out, err = proc.communicate()
+        out, err = proc.communicate(input)
     finally:
         if proc.returncode is None:
             proc.kill()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
 import zlib
 from dataclasses import dataclass
@@ -175,18 +176,33 @@ def write_commit(dirs: GitDirs, tree: str, parent: str, message: str, name: str,
         return None
     stamp = f"{name} <{email}> {int(time.time())} {_timezone()}"
     body = (f"tree {tree}\nparent {parent}\nauthor {stamp}\ncommitter {stamp}\n\n{message}\n").encode()
-    raw = b"commit %d\0" % len(body) + body
+    return write_object(dirs, b"commit", body)
+
+
+def write_object(dirs: GitDirs, kind: bytes, body: bytes) -> str | None:
+    """Write an object of type `kind` (blob, tree, commit) as a loose object, as git
+    does (level-1 zlib, read-only, renamed into place); its id, or None where it cannot.
+    Plain `os` calls: a checkpoint may write dozens of these."""
+    raw = b"%s %d\0" % (kind, len(body)) + body
     sha = hashlib.sha1(raw).hexdigest()
-    directory = dirs.common_dir / "objects" / sha[:2]
-    final = directory / sha[2:]
-    if final.exists():
+    directory = os.path.join(dirs.common_dir, "objects", sha[:2])
+    final = os.path.join(directory, sha[2:])
+    if os.path.exists(final):
         return sha
+    tmp = os.path.join(directory, f"tmp_obj_cairnd_{os.getpid()}_{threading.get_ident()}_{time.monotonic_ns()}")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
     try:
-        directory.mkdir(exist_ok=True)
-        tmp = directory / f"tmp_obj_cairnd_{os.getpid()}_{time.monotonic_ns()}"
-        with open(tmp, "xb") as f:
-            f.write(zlib.compress(raw, 1))
-        os.chmod(tmp, 0o444)
+        try:
+            fd = os.open(tmp, flags, 0o444)
+        except FileNotFoundError:
+            os.makedirs(directory, exist_ok=True)
+            fd = os.open(tmp, flags, 0o444)
+        try:
+            data = memoryview(zlib.compress(raw, 1))
+            while data:
+                data = data[os.write(fd, data):]
+        finally:
+            os.close(fd)
         os.replace(tmp, final)
     except OSError:
         return None

@@ -184,13 +184,14 @@ def commit_tree(worktree: Path, tree: str, parent: str, message: str) -> str:
 MAX_CHANGED_PATHS = 64
 
 
-def snapshot_paths(worktree: Path, private_index: Path, paths: Iterable[bytes], max_file_bytes: int
-                   ) -> tuple[str | None, list[bytes], list[bytes]] | None:
+def snapshot_paths(worktree: Path, private_index: Path, paths: Iterable[bytes], max_file_bytes: int,
+                   write_tree: bool = False) -> tuple[str | None, list[bytes], list[bytes]] | None:
     """The tree of the working tree given that only `paths` (files or whole directories,
     relative) may differ from `private_index` (kept by `snapshot` or by this), which is
     brought up to date. Returns (tree, paths over the size cap, nested repositories)
-    among `paths`; the tree is None when nothing in it changed. None when the paths
-    are too many (scan the tree instead).
+    among `paths`; the tree is None when nothing in it changed (with `write_tree`, the
+    tree is written whatever changed). None when the paths are too many (scan the tree
+    instead).
 
     Two git calls, each reading the private index and looking at `paths` only: a
     status limited to them (it applies .gitignore, finds nested repositories), then
@@ -209,6 +210,7 @@ def snapshot_paths(worktree: Path, private_index: Path, paths: Iterable[bytes], 
     tree = None
     if updates:
         _update_index(worktree, updates, env)
+    if updates or write_tree:
         tree = git.first_line(git.output(worktree, "write-tree", env=env))
     return tree, big, list(scan.nested_repos)
 
