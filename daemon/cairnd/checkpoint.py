@@ -41,14 +41,15 @@ def checkpoint_pins(params: dict[str, Any], snap: gitsnapshot.Snapshot) -> dict[
     return pins
 
 
-def pin_checkpoint(repo: Path, params: dict[str, Any]) -> dict[str, str]:
+def pin_checkpoint(repo: Path, params: dict[str, Any], trees: tuple[str, str] | None = None) -> dict[str, str]:
     """Pin a checkpoint known by its params only (a fork's baseline, taken from its
-    parent's checkpoint): as `checkpoint_pins`, with HEAD's and the commit's trees
-    looked up. Returns what was pinned."""
+    parent's checkpoint): as `checkpoint_pins`, with the commit's and HEAD's trees
+    (`trees`, in that order) looked up when not given. Returns what was pinned."""
     pins = {params["ref"]: params["worktreeSha"]}
     index_tree = params.get("indexTree")
-    if git.is_object_id(index_tree) and index_tree not in (
-            git.tree_of(repo, params["worktreeSha"]), git.tree_of(repo, params["headSha"])):
+    if trees is None and git.is_object_id(index_tree):
+        trees = git.tree_of(repo, params["worktreeSha"]), git.tree_of(repo, params["headSha"])
+    if git.is_object_id(index_tree) and trees is not None and index_tree not in trees:
         pins[index_ref(params["ref"])] = index_tree
     _pin(repo, pins)
     return pins

@@ -124,12 +124,12 @@ def fork_session(layout: StateLayout, registry: Registry, parent: SessionRow, k:
     with creating(layout, registry, id=fork_id, title=named, repo=parent.repo, worktree=worktree, in_place=False,
                   agent=parent.agent, parent_id=parent.id, root_id=parent.root_id, turns=turns,
                   request_id=request_id) as made:
-        gitworktree.add_worktree(parent.repo, worktree, start.head_sha, start.worktree_sha, start.index_tree)
+        trees = gitworktree.add_worktree(parent.repo, worktree, start.head_sha, start.worktree_sha, start.index_tree)
         baseline = baseline_at_cut(point, start, fork_id, turns)
         if baseline is None:
             baseline = take_checkpoint(fork_id, worktree, turns, max_file_bytes)
         else:
-            pin_checkpoint(parent.repo, baseline)
+            pin_checkpoint(parent.repo, baseline, (trees.worktree, trees.head))
         log_path = write_initial_log(layout, fork_id, parent_log, point.offset, [
             fork_meta_entry(fork_id, parent.id, k, start.head_sha, start.worktree_sha),
             checkpoint_entry(baseline),

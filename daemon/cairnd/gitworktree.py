@@ -9,6 +9,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 from cairnd import git
 from cairnd.errors import CairnError
@@ -34,13 +35,20 @@ def restore(worktree: Path, worktree_sha: str, index_tree: str | None) -> None:
 
     Meant for a worktree made by `add_worktree_detached`: files the index does not know
     of are left where they are. HEAD is not moved."""
-    worktree_tree, index_tree = _restore_trees(worktree, "HEAD", worktree_sha, index_tree)
-    _restore(worktree, worktree_sha, worktree_tree, index_tree)
+    trees = _restore_trees(worktree, "HEAD", worktree_sha, index_tree)
+    _restore(worktree, worktree_sha, trees.worktree, trees.index)
 
 
-def _restore_trees(repo: Path, head: str, worktree_sha: str,
-                   index_tree: str | None) -> tuple[str, str]:
-    """Check the objects to restore exist, in one git call; return (worktree tree, index tree)."""
+class Trees(NamedTuple):
+    """The trees of a restored state: its files, its index and its HEAD."""
+
+    worktree: str
+    index: str
+    head: str
+
+
+def _restore_trees(repo: Path, head: str, worktree_sha: str, index_tree: str | None) -> Trees:
+    """Check the objects to restore exist, in one git call; return their trees."""
     for label, value in (("worktreeSha", worktree_sha), ("indexTree", index_tree)):
         if value is not None and not git.is_object_id(value):
             raise CairnError("commit_missing", f"{label} {value!r} is not an object id")
@@ -54,7 +62,7 @@ def _restore_trees(repo: Path, head: str, worktree_sha: str,
     if missing:
         raise CairnError("commit_missing", f"not in {repo}: {', '.join(dict.fromkeys(missing))}")
     ids = [answer[0] for answer in found if answer is not None]
-    return ids[3], ids[4] if index_tree is not None else ids[1]
+    return Trees(worktree=ids[3], index=ids[4] if index_tree is not None else ids[1], head=ids[1])
 
 
 def _restore(worktree: Path, worktree_sha: str, worktree_tree: str, index_tree: str) -> None:
@@ -84,10 +92,11 @@ def commit_of_tree(repo: Path, tree: str, parent: str, message: str = git.SNAPSH
 
 
 def add_worktree(repo: Path, path: Path, head_sha: str, worktree_sha: str | None = None,
-                 index_tree: str | None = None) -> None:
+                 index_tree: str | None = None) -> Trees:
     """A new linked worktree at `path` (its parent made if missing): HEAD detached at
     `head_sha`, files equal to `worktree_sha`'s tree (default: `head_sha`'s: a plain
     checkout), index equal to `index_tree` (default: HEAD's tree). No hook runs.
+    Returns the three trees (looked up anyway: a caller pinning them needs no git).
 
     All or nothing: on failure the worktree is removed again. commit_missing when an
     object is not in the repository (checked before anything is created). The
@@ -97,16 +106,17 @@ def add_worktree(repo: Path, path: Path, head_sha: str, worktree_sha: str | None
     if not git.is_object_id(head_sha):
         raise CairnError("commit_missing", f"headSha {head_sha!r} is not a commit id")
     worktree_sha = worktree_sha or head_sha
-    worktree_tree, index_tree = _restore_trees(repo, head_sha, worktree_sha, index_tree)
+    trees = _restore_trees(repo, head_sha, worktree_sha, index_tree)
     add_worktree_detached(repo, path, head_sha)
     try:
-        _restore(path, worktree_sha, worktree_tree, index_tree)
+        _restore(path, worktree_sha, trees.worktree, trees.index)
     except BaseException:
         try:
             remove_worktree(repo, path)
         except CairnError:
             pass  # the first failure is the one worth reporting
         raise
+    return trees
 
 
 def remove_worktree(repo: Path, path: Path) -> None:
@@ -135,7 +145,7 @@ def reset_worktree(worktree: Path, current_sha: str, target_sha: str, index_tree
     snapshot finishes the job (what the target holds is written again, what the snapshot
     alone holds is removed)."""
     worktree, index_file = git.locate(Path(worktree))
-    target_tree, index_tree = _restore_trees(worktree, target_sha, target_sha, index_tree)
+    target_tree, index_tree, _head = _restore_trees(worktree, target_sha, target_sha, index_tree)
     fd, name = tempfile.mkstemp(prefix=git.INDEX_COPY_PREFIX, dir=index_file.parent)
     os.close(fd)
     scratch = Path(name)
