@@ -293,6 +293,23 @@ def test_add_worktree_checks_out_a_detached_commit(repo: Path, tmp_path: Path) -
     assert status(session) == b""
 
 
+def test_worktree_records_cairnd_writes_are_ones_git_knows(repo: Path, tmp_path: Path) -> None:
+    sessions = [tmp_path / "state" / "worktrees" / f"s{i}" / "repo" for i in range(12)]
+    with ThreadPoolExecutor(4) as pool:  # no lock: each record appears whole, under a name of its own
+        list(pool.map(lambda path: gitworktree.add_worktree(repo, path, head(repo)), sessions))
+    assert sorted(list_worktrees(repo)) == sorted([repo, *sessions])
+    records = sorted((repo / ".git" / "worktrees").iterdir())
+    assert len(records) == 12 and all(r.name.startswith("cairnd-") for r in records)
+    assert not any((r / "locked").exists() for r in records)
+    assert not list((repo / ".git").glob("cairnd-worktree-*"))  # nothing left aside
+    run_git(repo, "worktree", "prune")
+    run_git(repo, "gc", "-q", "--prune=now")  # reads every worktree's HEAD and index
+    assert sorted(list_worktrees(repo)) == sorted([repo, *sessions])
+    assert head_and_branch(sessions[3]) == (head(repo), None) and status(sessions[3]) == b""
+    gitworktree.remove_worktree(repo, sessions[3])
+    assert not sessions[3].exists() and sessions[3] not in list_worktrees(repo)
+
+
 def test_add_worktree_a_bare_repository(tmp_path: Path) -> None:
     source = make_repo(tmp_path / "source")
     bare = tmp_path / "bare.git"

@@ -1,6 +1,6 @@
 """The few git files cairnd reads and writes itself, where a git process would cost more
-than the work: HEAD and branch refs (read), a loose commit object and a loose ref
-(written), and the stamp of what a checkpoint's snapshot depends on.
+than the work: HEAD and branch refs (read), loose objects, a loose ref and a linked
+worktree's record (written), and the stamp of what a checkpoint's snapshot depends on.
 
 Each follows git's own file formats and locking exactly (a ref is written as
 `<ref>.lock`, created exclusively, then renamed over the ref, as git does), and each
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import threading
 import time
 import zlib
@@ -235,3 +236,58 @@ def write_loose_ref(dirs: GitDirs, name: str, sha: str) -> bool:
             return False
         return True
     return False
+
+
+WORKTREE_RECORD_TMP = "cairnd-worktree-"  # prefix of a record being built, in the common directory
+
+
+def write_worktree_record(dirs: GitDirs, path: Path, head_sha: str) -> bool:
+    """Make `path` a linked worktree of the repository, HEAD detached at `head_sha`, with
+    no files or index yet: the record `git worktree add --no-checkout --detach` writes
+    (`<common>/worktrees/<name>/` holding gitdir, commondir and HEAD, and `path/.git`),
+    without its two processes. False where git must do it: another repository format,
+    per-worktree configuration, `path` not empty.
+
+    The record is built aside and renamed into `worktrees/` whole, so nothing that reads
+    the records (another add, a repack, `worktree list`) sees it half-made, and no lock
+    is needed; it carries git's `locked` file ("initializing") until `path/.git` is
+    written, so a prune in between leaves it alone. Its name is random (git's would be
+    `path`'s base name, numbered), which git only shows inside `.git/worktrees/`."""
+    if not (plain_repository(dirs) and _is_sha1(head_sha)):
+        return False
+    try:
+        if b"worktreeconfig" in (dirs.common_dir / "config").read_bytes().lower():
+            return False
+        path.mkdir(parents=True, exist_ok=True)
+        if any(path.iterdir()):
+            return False
+        records = Path(os.path.realpath(dirs.common_dir / "worktrees"))
+        records.mkdir(exist_ok=True)
+    except OSError:
+        return False
+    name = f"cairnd-{os.urandom(8).hex()}"
+    aside = dirs.common_dir / f"{WORKTREE_RECORD_TMP}{name}"
+    record = records / name
+    try:
+        aside.mkdir()
+        (aside / "gitdir").write_text(f"{os.path.realpath(path)}/.git\n")
+        (aside / "commondir").write_text("../..\n")
+        (aside / "HEAD").write_text(f"{head_sha}\n")
+        (aside / "locked").write_text("initializing\n")
+        os.rename(aside, record)
+    except OSError:
+        for leftover in ("gitdir", "commondir", "HEAD", "locked"):
+            (aside / leftover).unlink(missing_ok=True)
+        try:
+            aside.rmdir()
+        except OSError:
+            pass
+        return False
+    try:
+        (path / ".git").write_text(f"gitdir: {record}\n")
+        (record / "locked").unlink()
+    except OSError:
+        shutil.rmtree(record, ignore_errors=True)
+        (path / ".git").unlink(missing_ok=True)
+        return False
+    return True

@@ -1,6 +1,9 @@
 """Linked worktrees: made from a snapshot's trees (files and index exactly), reset in
-place to another snapshot, removed; adding and removing one hold the repository's
-worktree records lock (`git.worktree_records_lock`). Git runs through `cairnd.git`; hooks never run (`read-tree`, not `checkout`).
+place to another snapshot, removed. A worktree's record is written by cairnd where the
+repository is plain (`gitfiles.write_worktree_record`: whole at once, no lock), else by
+`git worktree add` under the repository's worktree records lock
+(`git.worktree_records_lock`), which removing one also holds. Git runs through
+`cairnd.git`; hooks never run (`read-tree`, not `checkout`).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
-from cairnd import git
+from cairnd import git, gitfiles
 from cairnd.errors import CairnError
 
 
@@ -21,6 +24,9 @@ def add_worktree_detached(repo: Path, path: Path, head_sha: str) -> None:
     if not git.is_object_id(head_sha):
         raise CairnError("commit_missing", f"{head_sha!r} is not a commit id")
     path.parent.mkdir(parents=True, exist_ok=True)
+    dirs = gitfiles.git_dirs(repo)
+    if dirs is not None and gitfiles.write_worktree_record(dirs, path, head_sha):
+        return
     with git.worktree_records_lock(repo):
         proc = git.run(repo, ["worktree", "add", "--no-checkout", "--detach", str(path), head_sha])
     if proc.returncode != 0:
