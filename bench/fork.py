@@ -25,7 +25,7 @@ from pathlib import Path
 
 from cairnd.layout import StateLayout
 from cairnd.forker import fork_session
-from cairnd.git import CHECKOUT_WORKERS
+from cairnd.git import CHECKOUT
 from cairnd.forkpoint import find_fork_point
 from cairnd.log import iter_lines
 from cairnd.registry import Registry
@@ -50,7 +50,7 @@ def _by_hand_best(repo_path: Path, target: Path, head: str, worktree_sha: str, i
     """The fastest way by hand known here (and cairnd's own): no checkout of HEAD first,
     the snapshot's files written once by git's parallel checkout, then the index."""
     git(repo_path, "worktree", "add", "-q", "--no-checkout", "--detach", target, head)
-    git(target, "-c", f"checkout.workers={CHECKOUT_WORKERS}", "read-tree", "--reset", "-u", worktree_sha)
+    git(target, *CHECKOUT, "read-tree", "--reset", "-u", worktree_sha)
     git(target, "read-tree", "-m", index_tree)
     with open(log_copy, "wb") as out:
         subprocess.run(["head", "-c", str(prefix), str(log)], stdout=out, check=True)

@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from cairnd.git import CHECKOUT_WORKERS
+from cairnd.git import CHECKOUT
 from daemonkit import SpoolClient, running_daemon
 from measure import Row, command_of, main, median, ms, ratio, target_text
 from synth import dirty, git, git_text, repo
@@ -32,12 +32,12 @@ def _by_hand(source: Path, worktree: Path, target: Path, now_sha: str, checkpoin
     scratch = {"GIT_INDEX_FILE": str(target.parent / "scratch.index")}
     started = time.perf_counter()
     git(source, "worktree", "add", "-q", "--no-checkout", "--detach", target, "HEAD")
-    git(target, "-c", f"checkout.workers={CHECKOUT_WORKERS}", "read-tree", "--reset", "-u", now_sha)
+    git(target, *CHECKOUT, "read-tree", "--reset", "-u", now_sha)
     git(worktree, "read-tree", now_sha, env=scratch)
-    git(worktree, "-c", f"checkout.workers={CHECKOUT_WORKERS}", "read-tree", "--reset", "-u", checkpoint_sha,
+    git(worktree, *CHECKOUT, "read-tree", "--reset", "-u", checkpoint_sha,
         env=scratch)
     took = time.perf_counter() - started
-    git(worktree, "-c", f"checkout.workers={CHECKOUT_WORKERS}", "read-tree", "--reset", "-u", now_sha, env=scratch)
+    git(worktree, *CHECKOUT, "read-tree", "--reset", "-u", now_sha, env=scratch)
     (target.parent / "scratch.index").unlink()
     git(source, "worktree", "remove", "--force", "--force", target)
     return took

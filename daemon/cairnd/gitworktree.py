@@ -72,10 +72,9 @@ def _restore_trees(repo: Path, head: str, worktree_sha: str, index_tree: str | N
 
 
 def _restore(worktree: Path, worktree_sha: str, worktree_tree: str, index_tree: str) -> None:
-    # One pass writes every file and an index whose stat data matches them. Writing
-    # files is bound by file-system latency more than by CPU, so git's parallel
-    # checkout pays even on few cores (it stays sequential below 100 files).
-    git.output(worktree, "-c", f"checkout.workers={git.CHECKOUT_WORKERS}", "read-tree", "--reset", "-u", worktree_sha)
+    # One pass writes every file and an index whose stat data matches them (in
+    # parallel on large trees: `git.CHECKOUT`).
+    git.output(worktree, *git.CHECKOUT, "read-tree", "--reset", "-u", worktree_sha)
     if index_tree != worktree_tree:
         # A one-tree merge without -u keeps the stat data of every entry whose content
         # is unchanged, so `git status` stays fast; files are not touched.
@@ -164,7 +163,7 @@ def reset_worktree(worktree: Path, current_sha: str, target_sha: str, index_tree
         else:
             scratch.unlink()
             git.output(worktree, "read-tree", current_sha, env=env)
-        git.output(worktree, "-c", f"checkout.workers={git.CHECKOUT_WORKERS}", "read-tree", "--reset", "-u", target_sha,
+        git.output(worktree, *git.CHECKOUT, "read-tree", "--reset", "-u", target_sha,
              env=env)
         os.replace(scratch, index_file)  # an index whose stat data matches the files just written
         if index_tree != target_tree:
