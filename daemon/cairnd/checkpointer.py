@@ -206,7 +206,7 @@ class Checkpointer:
                 tree, big = treeedit.edit_tree(worktree, self.trees, last.worktree_tree, last.index_tree, changed,
                                                max_file_bytes, last.skipped_paths)
                 found, unsynced = (tree, big, []), unsynced | changed
-            except treeedit.Unsupported:
+            except (treeedit.Unsupported, OSError):  # OSError: a file went away while read, unreadable
                 found = None
         if found is None:
             # The private index has not seen what cairnd wrote since it was last

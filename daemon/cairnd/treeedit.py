@@ -35,11 +35,12 @@ Entry = tuple[bytes, bytes]  # (mode as git writes it in a tree, binary object i
 Tree = dict[bytes, Entry]  # name -> entry
 TREE, GITLINK = b"40000", b"160000"
 MAX_FILES = 20_000  # past this many files to read, git's full scan is as cheap
-_CACHE_ENTRIES = 200_000  # tree entries kept in memory, all sessions together (about 30 MB)
-# Settings under which git stores something other than the bytes on disk, or trusts
-# the index's mode over the disk's (spaces removed, lower case).
+_CACHE_ENTRIES = 100_000  # tree entries kept in memory, all sessions together (about 15 MB)
+# Settings under which git stores something other than the bytes on disk, trusts the
+# index's mode over the disk's, or writes objects another way (spaces removed, lower case).
 _CONVERTING = (b"autocrlf", b"eol=", b"filter", b"attributesfile", b"filemode=false", b"symlinks=false",
-               b"sparsecheckout", b"ignorecase=true", b"precomposeunicode", b"[include", b"worktreeconfig")
+               b"sparsecheckout", b"ignorecase=true", b"precomposeunicode", b"[include", b"worktreeconfig",
+               b"sharedrepository")
 
 
 class Unsupported(Exception):
