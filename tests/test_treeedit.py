@@ -125,3 +125,22 @@ def test_what_is_not_plain_is_refused(repo: Path, make: str) -> None:
         return
     with pytest.raises(treeedit.Unsupported):
         treeedit.edit_tree(repo, reader, before.worktree_tree, before.index_tree, changed, NO_CAP)
+
+
+def test_many_new_objects_go_into_one_pack_git_reads(repo: Path) -> None:
+    reader = treeedit.TreeReader()
+    before = gitsnapshot.snapshot(repo, NO_CAP)
+    packs = repo / ".git" / "objects" / "pack"
+    had = set(packs.glob("*.idx")) if packs.exists() else set()
+    loose = set((repo / ".git" / "objects").glob("??/*"))
+    for i in range(150):
+        write(repo, f"many/d{i % 30}/f{i}.txt", f"file {i}\n" * (i + 1))
+    write(repo, "big.bin", os.urandom(300_000))  # a size needing several header bytes
+    tree, _big = treeedit.edit_tree(repo, reader, before.worktree_tree, before.index_tree, {b"many", b"big.bin"},
+                                    NO_CAP)
+    [made] = set(packs.glob("*.idx")) - had
+    assert set((repo / ".git" / "objects").glob("??/*")) == loose  # nothing loose: all in the pack
+    assert tree == gitsnapshot.snapshot(repo, NO_CAP).worktree_tree
+    listing = run_git(repo, "verify-pack", "-v", str(made)).decode()
+    assert "blob" in listing and "tree" in listing
+    run_git(repo, "fsck", "--strict", "--no-dangling")

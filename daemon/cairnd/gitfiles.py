@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import struct
 import threading
 import time
 import zlib
@@ -289,5 +290,66 @@ def write_worktree_record(dirs: GitDirs, path: Path, head_sha: str) -> bool:
     except OSError:
         shutil.rmtree(record, ignore_errors=True)
         (path / ".git").unlink(missing_ok=True)
+        return False
+    return True
+
+
+_PACK_TYPES = {b"commit": 1, b"tree": 2, b"blob": 3}
+
+
+def write_pack(dirs: GitDirs, objects: list[tuple[bytes, bytes, bytes]]) -> bool:
+    """Write `objects` ((binary id, kind, body) each) as one pack with its index, as git
+    writes a pack without deltas (version 2 of both formats): two files where loose
+    objects would be one each. False where it cannot (then write them loose)."""
+    if not plain_repository(dirs):
+        return False
+    pack = bytearray(b"PACK" + struct.pack(">II", 2, len(objects)))
+    entries: list[tuple[bytes, int, int]] = []  # (id, crc32 of its packed bytes, offset)
+    for sha, kind, body in objects:
+        size = len(body)
+        byte = (_PACK_TYPES[kind] << 4) | (size & 0x0F)  # type and the low 4 bits of the size,
+        size >>= 4
+        header = bytearray()
+        while size:  # then 7 bits at a time, the high bit saying more follow
+            header.append(byte | 0x80)
+            byte, size = size & 0x7F, size >> 7
+        header.append(byte)
+        packed = bytes(header) + zlib.compress(body, 1)
+        entries.append((sha, zlib.crc32(packed), len(pack)))
+        pack += packed
+    checksum = hashlib.sha1(pack).digest()
+    pack += checksum
+    if len(pack) >= 1 << 31:  # offsets past 2 GiB need the index's large-offset table
+        return False
+    entries.sort()
+    index = bytearray(b"\xfftOc" + struct.pack(">I", 2))
+    below = 0
+    firsts = [sha[0] for sha, _, _ in entries]
+    for byte in range(256):  # fan-out: how many ids begin with a byte up to this one
+        while below < len(firsts) and firsts[below] <= byte:
+            below += 1
+        index += struct.pack(">I", below)
+    index += b"".join(sha for sha, _, _ in entries)
+    index += b"".join(struct.pack(">I", crc) for _, crc, _ in entries)
+    index += b"".join(struct.pack(">I", offset) for _, _, offset in entries)
+    index += checksum
+    index += hashlib.sha1(index).digest()
+    directory = dirs.common_dir / "objects" / "pack"
+    base = directory / f"pack-{checksum.hex()}"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        for suffix, data in ((".pack", pack), (".idx", index)):  # the index last: it makes the pack seen
+            tmp = directory / f"tmp_pack_cairnd_{os.getpid()}_{threading.get_ident()}{suffix}"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o444)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+            finally:
+                os.close(fd)
+            os.replace(tmp, f"{base}{suffix}")
+    except OSError:
+        if not os.path.exists(f"{base}.idx"):
+            Path(f"{base}.pack").unlink(missing_ok=True)
         return False
     return True

@@ -20,6 +20,7 @@ line by line, more than `MAX_FILES` files, or a repository of another format.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 import subprocess
@@ -35,6 +36,8 @@ Entry = tuple[bytes, bytes]  # (mode as git writes it in a tree, binary object i
 Tree = dict[bytes, Entry]  # name -> entry
 TREE, GITLINK = b"40000", b"160000"
 MAX_FILES = 20_000  # past this many files to read, git's full scan is as cheap
+PACK_AT = 64  # new objects of one checkpoint written as one pack from this many
+PACK_BYTES = 64 << 20  # bodies held for one pack at most
 _CACHE_ENTRIES = 100_000  # tree entries kept in memory, all sessions together (about 15 MB)
 # Settings under which git stores something other than the bytes on disk, trusts the
 # index's mode over the disk's, or writes objects another way (spaces removed, lower case).
@@ -335,6 +338,7 @@ def edit_tree(worktree: Path, reader: TreeReader, last_tree: str, index_tree: st
 
     changes: dict[bytes, dict[bytes, Entry | None]] = {}  # directory -> name -> entry, None: removed
     big: list[bytes] = []
+    objects = ObjectWriter(dirs)
     for path, st in disk.items():
         if path in dropped:
             continue
@@ -344,7 +348,7 @@ def edit_tree(worktree: Path, reader: TreeReader, last_tree: str, index_tree: st
                 big.append(path)
                 continue
             mode, data = _file_entry(os.path.join(root, path), st)
-            entry = (mode, _write(dirs, b"blob", data))
+            entry = (mode, objects.add(b"blob", data))
         changes.setdefault(_parent(path), {})[path.rpartition(b"/")[2]] = entry
     below: dict[bytes, set[bytes]] = {}  # directory -> names of its directories with changes below
     for directory in changes:
@@ -365,12 +369,13 @@ def edit_tree(worktree: Path, reader: TreeReader, last_tree: str, index_tree: st
             current = tree.get(name)
             sub = rebuild(path, old.get(path) if current is not None and current[0] == TREE else None)
             if sub:
-                tree[name] = (TREE, bytes.fromhex(_write_tree(dirs, reader, sub)))
+                tree[name] = (TREE, bytes.fromhex(_write_tree(objects, reader, sub)))
             elif current is not None and current[0] == TREE:
                 tree.pop(name)  # git keeps no empty directory
         return tree
 
-    top = _write_tree(dirs, reader, rebuild(b"", old[b""]))
+    top = _write_tree(objects, reader, rebuild(b"", old[b""]))
+    objects.finish()  # before the caller's commit names the tree
     return (None if top == last_tree else top), big
 
 
@@ -383,14 +388,36 @@ def _entry(trees: dict[bytes, Tree | None], path: bytes) -> Entry | None:
     return entry
 
 
-def _write_tree(dirs: gitfiles.GitDirs, reader: TreeReader, tree: Tree) -> str:
-    sha = _write(dirs, b"tree", tree_body(tree))
+def _write_tree(objects: ObjectWriter, reader: TreeReader, tree: Tree) -> str:
+    sha = objects.add(b"tree", tree_body(tree))
     reader.put(sha, tree)
     return sha.hex()
 
 
-def _write(dirs: gitfiles.GitDirs, kind: bytes, body: bytes) -> bytes:
-    sha = gitfiles.write_object(dirs, kind, body)
-    if sha is None:
-        raise Unsupported(f"cannot write a {kind.decode()} object")
-    return bytes.fromhex(sha)
+class ObjectWriter:
+    """The new objects of one checkpoint: written loose while they are few, as one pack
+    when there are many (`PACK_AT`): a file for each of 500 objects costs more than
+    the objects. `finish` writes them; until then they are only named."""
+
+    def __init__(self, dirs: gitfiles.GitDirs) -> None:
+        self.dirs = dirs
+        self.objects: dict[bytes, tuple[bytes, bytes]] = {}  # id -> (kind, body)
+        self.held = 0  # bytes of bodies held
+
+    def add(self, kind: bytes, body: bytes) -> bytes:
+        sha = hashlib.sha1(b"%s %d\0" % (kind, len(body)) + body).digest()
+        if sha not in self.objects:
+            self.objects[sha] = (kind, body)
+            self.held += len(body)
+            if self.held > PACK_BYTES:  # keep memory bounded: what is held goes out now
+                self.finish()
+        return sha
+
+    def finish(self) -> None:
+        objects = [(sha, kind, body) for sha, (kind, body) in self.objects.items()]
+        self.objects, self.held = {}, 0
+        if len(objects) >= PACK_AT and gitfiles.write_pack(self.dirs, objects):
+            return
+        for _sha, kind, body in objects:
+            if gitfiles.write_object(self.dirs, kind, body) is None:
+                raise Unsupported(f"cannot write a {kind.decode()} object")
