@@ -144,3 +144,12 @@ def test_many_new_objects_go_into_one_pack_git_reads(repo: Path) -> None:
     listing = run_git(repo, "verify-pack", "-v", str(made)).decode()
     assert "blob" in listing and "tree" in listing
     run_git(repo, "fsck", "--strict", "--no-dangling")
+
+
+def test_a_small_tree_is_read_whole_once(repo: Path) -> None:
+    reader = treeedit.TreeReader()
+    root = bytes.fromhex(gitsnapshot.snapshot(repo, NO_CAP).worktree_tree)
+    whole = reader.start(repo, root, {b"src"}, whole=True).finish()
+    assert whole == treeedit.TreeReader().load(repo, root, {b"src"})  # the same trees as read one by one
+    later = reader.start(repo, root, {b"src/lib"})
+    assert later.proc is None and b"x.py" in (later.finish()[b"src/lib"] or {})  # already in memory

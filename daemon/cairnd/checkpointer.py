@@ -204,7 +204,7 @@ class Checkpointer:
         if seen.plain:
             try:
                 tree, big = treeedit.edit_tree(worktree, self.trees, last.worktree_tree, last.index_tree, changed,
-                                               max_file_bytes, last.skipped_paths)
+                                               max_file_bytes, last.skipped_paths, files=seen.entries)
                 found, unsynced = (tree, big, []), unsynced | changed
             except (treeedit.Unsupported, OSError):  # OSError: a file went away while read, unreadable
                 found = None

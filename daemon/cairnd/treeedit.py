@@ -36,7 +36,8 @@ Entry = tuple[bytes, bytes]  # (mode as git writes it in a tree, binary object i
 Tree = dict[bytes, Entry]  # name -> entry
 TREE, GITLINK = b"40000", b"160000"
 MAX_FILES = 20_000  # past this many files to read, git's full scan is as cheap
-PACK_AT = 64  # new objects of one checkpoint written as one pack from this many
+WHOLE_TREE_FILES = 5_000  # a tree this small is read whole into memory on first need
+PACK_AT = 16  # new objects of one checkpoint written as one pack from this many
 PACK_BYTES = 64 << 20  # bodies held for one pack at most
 _CACHE_ENTRIES = 100_000  # tree entries kept in memory, all sessions together (about 15 MB)
 # Settings under which git stores something other than the bytes on disk, trusts the
@@ -115,9 +116,9 @@ class TreeReader:
         there is no directory. A submodule on the way raises Unsupported."""
         return self.start(worktree, root, dirs).finish()
 
-    def start(self, worktree: Path, root: bytes, dirs: Iterable[bytes]) -> Loading:
+    def start(self, worktree: Path, root: bytes, dirs: Iterable[bytes], whole: bool = False) -> Loading:
         """`load`, begun: what memory holds is there at once, the rest is on its way."""
-        return Loading(self, worktree, root, dirs)
+        return Loading(self, worktree, root, dirs, whole)
 
     def resolve(self, root: bytes, directory: bytes, found: dict[bytes, Tree | None]) -> bool:
         """Resolve `directory` from memory into `found`, going down from `root`; False
@@ -163,9 +164,12 @@ class _GitJob:
 
 class Loading(_GitJob):
     """Trees being read (`TreeReader.start`): `found` holds what memory had; `finish`
-    waits for one `git cat-file --batch` that reads the rest, when any is missing."""
+    waits for one `git cat-file --batch` that reads the rest, when any is missing, or
+    with `whole`, one `git ls-tree -r` that reads every tree of `root` (for a small
+    tree, whose later checkpoints then find all they need in memory)."""
 
-    def __init__(self, reader: TreeReader, worktree: Path, root: bytes, dirs: Iterable[bytes]) -> None:
+    def __init__(self, reader: TreeReader, worktree: Path, root: bytes, dirs: Iterable[bytes],
+                 whole: bool = False) -> None:
         self.reader, self.worktree, self.root = reader, worktree, root
         self.found: dict[bytes, Tree | None] = {}
         every = {b""}
@@ -177,18 +181,41 @@ class Loading(_GitJob):
         if any(b"\n" in d for d in self.missing):
             raise Unsupported("a directory name with a newline")
         self.names = [root.hex().encode() + (b":" + d if d else b"") for d in self.missing]
-        self.proc = git.spawn(worktree, ["cat-file", "--batch"], takes_input=True) if self.missing else None
+        self.whole = whole and bool(self.missing)
+        if self.whole:
+            self.proc = git.spawn(worktree, ["ls-tree", "-r", "-t", "-z", "--full-tree", root.hex()])
+        elif self.missing:
+            self.proc = git.spawn(worktree, ["cat-file", "--batch"], takes_input=True)
 
     def finish(self) -> dict[bytes, Tree | None]:
         if self.proc is not None:
-            proc = git.reap(self.proc, b"".join(n + b"\n" for n in self.names))
+            proc = git.reap(self.proc, None if self.whole else b"".join(n + b"\n" for n in self.names))
             if proc.returncode != 0:
-                raise git.failure(self.worktree, ["cat-file"], proc)
-            self._parse(proc.stdout)
+                raise git.failure(self.worktree, ["ls-tree" if self.whole else "cat-file"], proc)
+            (self._parse_listing if self.whole else self._parse)(proc.stdout)
             for d in self.missing:
                 if not self.reader.resolve(self.root, d, self.found):
                     raise Unsupported(f"tree of {d!r} not read")
         return self.found
+
+    def _parse_listing(self, out: bytes) -> None:
+        """`git ls-tree -r -t -z` of the whole tree: every tree of it, into memory."""
+        trees: dict[bytes, Tree] = {b"": {}}
+        ids = {b"": self.root}
+        for record in out.split(b"\0"):
+            if not record:
+                continue
+            info, _, path = record.partition(b"\t")
+            mode, kind, sha = info.split(b" ")
+            if kind == b"tree":
+                mode = TREE  # ls-tree pads it to 040000; a tree object says 40000
+            parent, _, name = path.rpartition(b"/")
+            trees.setdefault(parent, {})[name] = (mode, bytes.fromhex(sha.decode()))
+            if kind == b"tree":
+                ids[path] = bytes.fromhex(sha.decode())
+                trees.setdefault(path, {})
+        for directory, tree in trees.items():
+            self.reader.put(ids[directory], tree)
 
     def _parse(self, out: bytes) -> None:
         at = 0
@@ -282,14 +309,16 @@ class IgnoreCheck(_GitJob):
 
 
 def edit_tree(worktree: Path, reader: TreeReader, last_tree: str, index_tree: str, changed: Iterable[bytes],
-              max_file_bytes: int, skipped: Iterable[bytes] = ()) -> tuple[str | None, list[bytes]]:
+              max_file_bytes: int, skipped: Iterable[bytes] = (), files: int | None = None
+              ) -> tuple[str | None, list[bytes]]:
     """The tree of the working tree `worktree` given that only the paths `changed`
     (files, or directories new as a whole) may differ from tree `last_tree`, written
     into the repository; None when it is `last_tree` again. Also which of the paths are
     over `max_file_bytes`: their entry stays as it was (none for a new file), as with
     `gitsnapshot.snapshot_paths`. `index_tree` is the session's index: a new path that
     is ignored but tracked there is kept, as git keeps it. `skipped`: what the last
-    snapshot left out (nested repositories among them). Raises Unsupported."""
+    snapshot left out (nested repositories among them). `files`: about how many files
+    the tree holds, when known: a small tree is read whole, once. Raises Unsupported."""
     dirs = gitfiles.git_dirs(Path(worktree))
     if dirs is None:
         raise Unsupported("not a plain worktree")
@@ -322,7 +351,8 @@ def edit_tree(worktree: Path, reader: TreeReader, last_tree: str, index_tree: st
     # trees are read (files of a new directory, names absent from a tree in memory).
     if any(p.startswith(b":") for p in disk):  # pathspec magic, which check-ignore cannot turn off
         raise Unsupported("a name beginning with a colon")
-    with reader.start(worktree, bytes.fromhex(last_tree), {b"", *(_parent(p) for p in disk)}) as loading:
+    whole = files is not None and files <= WHOLE_TREE_FILES
+    with reader.start(worktree, bytes.fromhex(last_tree), {b"", *(_parent(p) for p in disk)}, whole) as loading:
         surely_new = [p for p, st in disk.items() if st is not None and (
             p in walked or _parent(p) in loading.found and _entry(loading.found, p) is None)]
         with IgnoreCheck(worktree, surely_new) as ignoring:
