@@ -153,3 +153,20 @@ def test_a_small_tree_is_read_whole_once(repo: Path) -> None:
     assert whole == treeedit.TreeReader().load(repo, root, {b"src"})  # the same trees as read one by one
     later = reader.start(repo, root, {b"src/lib"})
     assert later.proc is None and b"x.py" in (later.finish()[b"src/lib"] or {})  # already in memory
+
+
+def test_a_file_turned_directory_sorts_where_git_puts_it(repo: Path) -> None:
+    for name in ("x", "x-y", "x.z", "x0"):
+        write(repo, name, f"{name}\n")
+    reader = treeedit.TreeReader()
+    before = gitsnapshot.snapshot(repo, NO_CAP)
+    os.unlink(repo / "x")
+    write(repo, "x/inner.txt", "now a directory\n")  # "x/" sorts after "x-y" and "x.z", before "x0"
+    tree, _ = treeedit.edit_tree(repo, reader, before.worktree_tree, before.index_tree, {b"x"}, NO_CAP)
+    assert tree == gitsnapshot.snapshot(repo, NO_CAP).worktree_tree
+    middle = gitsnapshot.snapshot(repo, NO_CAP)
+    (repo / "x" / "inner.txt").unlink()
+    (repo / "x").rmdir()
+    write(repo, "x", "a file again\n")
+    tree, _ = treeedit.edit_tree(repo, reader, middle.worktree_tree, middle.index_tree, {b"x"}, NO_CAP)
+    assert tree == gitsnapshot.snapshot(repo, NO_CAP).worktree_tree

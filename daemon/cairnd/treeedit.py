@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import stat
 import subprocess
 import threading
@@ -164,9 +165,12 @@ class _GitJob:
 
 class Loading(_GitJob):
     """Trees being read (`TreeReader.start`): `found` holds what memory had; `finish`
-    waits for one `git cat-file --batch` that reads the rest, when any is missing, or
-    with `whole`, one `git ls-tree -r` that reads every tree of `root` (for a small
-    tree, whose later checkpoints then find all they need in memory)."""
+    reads the rest from one `git cat-file --batch`, a level of directories at a time,
+    each tree by its id (by path, git would walk down from the top for every one), or
+    with `whole`, from one `git ls-tree -r` of every tree of `root` (for a small tree,
+    whose later checkpoints then find all they need in memory)."""
+
+    ASK_AT_ONCE = 500  # ids written before their answers are read: well inside a pipe's buffer
 
     def __init__(self, reader: TreeReader, worktree: Path, root: bytes, dirs: Iterable[bytes],
                  whole: bool = False) -> None:
@@ -178,9 +182,6 @@ class Loading(_GitJob):
             every.update(b"/".join(parts[:i]) for i in range(1, len(parts) + 1))
         wanted = sorted(every, key=lambda d: (d.count(b"/"), d))  # parents first
         self.missing = [d for d in wanted if not reader.resolve(root, d, self.found)]
-        if any(b"\n" in d for d in self.missing):
-            raise Unsupported("a directory name with a newline")
-        self.names = [root.hex().encode() + (b":" + d if d else b"") for d in self.missing]
         self.whole = whole and bool(self.missing)
         if self.whole:
             self.proc = git.spawn(worktree, ["ls-tree", "-r", "-t", "-z", "--full-tree", root.hex()])
@@ -188,15 +189,50 @@ class Loading(_GitJob):
             self.proc = git.spawn(worktree, ["cat-file", "--batch"], takes_input=True)
 
     def finish(self) -> dict[bytes, Tree | None]:
-        if self.proc is not None:
-            proc = git.reap(self.proc, None if self.whole else b"".join(n + b"\n" for n in self.names))
+        if self.proc is None:
+            return self.found
+        if self.whole:
+            proc = git.reap(self.proc)
             if proc.returncode != 0:
-                raise git.failure(self.worktree, ["ls-tree" if self.whole else "cat-file"], proc)
-            (self._parse_listing if self.whole else self._parse)(proc.stdout)
-            for d in self.missing:
-                if not self.reader.resolve(self.root, d, self.found):
-                    raise Unsupported(f"tree of {d!r} not read")
+                raise git.failure(self.worktree, ["ls-tree"], proc)
+            self._parse_listing(proc.stdout)
+        else:
+            self._ask_by_level()
+            proc = git.reap(self.proc)
+            if proc.returncode != 0:
+                raise git.failure(self.worktree, ["cat-file"], proc)
+        for d in self.missing:
+            if not self.reader.resolve(self.root, d, self.found):
+                raise Unsupported(f"tree of {d!r} not read")
         return self.found
+
+    def _ask_by_level(self) -> None:
+        assert self.proc is not None and self.proc.stdin is not None and self.proc.stdout is not None
+        pending = self.missing
+        while pending:
+            ids: set[bytes] = set()
+            for directory in pending:
+                if directory == b"":
+                    ids.add(self.root)
+                else:  # once its parent is read, the parent's entry names its id
+                    entry = (self.found.get(_parent(directory)) or {}).get(directory.rpartition(b"/")[2])
+                    if entry is not None:
+                        ids.add(entry[1])
+            if not ids:
+                raise Unsupported("trees not found")
+            asked = sorted(ids)
+            for at in range(0, len(asked), self.ASK_AT_ONCE):
+                chunk = asked[at:at + self.ASK_AT_ONCE]
+                self.proc.stdin.write(b"".join(sha.hex().encode() + b"\n" for sha in chunk))
+                self.proc.stdin.flush()
+                for _ in chunk:
+                    header = self.proc.stdout.readline().rstrip(b"\n").split(b" ")
+                    if len(header) != 3:
+                        raise Unsupported(f"cat-file answered {b' '.join(header)!r}")
+                    body = self.proc.stdout.read(int(header[2]) + 1)[:-1]
+                    if header[1] == b"tree":
+                        self.reader.put(bytes.fromhex(header[0].decode()), parse_tree(body))
+            pending = [d for d in pending if not self.reader.resolve(self.root, d, self.found)]
 
     def _parse_listing(self, out: bytes) -> None:
         """`git ls-tree -r -t -z` of the whole tree: every tree of it, into memory."""
@@ -217,35 +253,20 @@ class Loading(_GitJob):
         for directory, tree in trees.items():
             self.reader.put(ids[directory], tree)
 
-    def _parse(self, out: bytes) -> None:
-        at = 0
-        for _ in self.names:
-            end = out.index(b"\n", at)
-            header = out[at:end]
-            at = end + 1
-            if header.endswith(b" missing"):  # "<name> missing": a directory that was not
-                continue
-            sha, kind, size = header.split(b" ")
-            body = out[at:at + int(size)]
-            at += int(size) + 1
-            if kind == b"tree":
-                self.reader.put(bytes.fromhex(sha.decode()), parse_tree(body))
+
+_TREE_ENTRY = re.compile(rb"(\d+) ([^\0]*)\0(.{20})", re.S)  # mode, name, binary id
 
 
 def parse_tree(body: bytes) -> Tree:
-    tree: Tree = {}
-    at = 0
-    while at < len(body):
-        space = body.index(b" ", at)
-        nul = body.index(b"\0", space)
-        tree[body[space + 1:nul]] = (body[at:space], body[nul + 1:nul + 21])
-        at = nul + 21
-    return tree
+    """A tree object's body as name -> entry, in the body's (git's) order."""
+    return {name: (mode, sha) for mode, name, sha in _TREE_ENTRY.findall(body)}
 
 
-def tree_body(tree: Tree) -> bytes:
-    """A tree object's body: entries in git's order (a tree's name sorts as if it ended in /)."""
-    names = sorted(tree, key=lambda n: n + b"/" if tree[n][0] == TREE else n)
+def tree_body(tree: Tree, ordered: bool = False) -> bytes:
+    """A tree object's body: entries in git's order (a tree's name sorts as if it ended
+    in /). `ordered`: the dict is in that order already (read from git, names since
+    replaced or removed but none added)."""
+    names = tree if ordered else sorted(tree, key=lambda n: n + b"/" if tree[n][0] == TREE else n)
     return b"".join(tree[n][0] + b" " + n + b"\0" + tree[n][1] for n in names)
 
 
@@ -387,24 +408,34 @@ def edit_tree(worktree: Path, reader: TreeReader, last_tree: str, index_tree: st
             below.setdefault(parent, set()).add(name)
             directory = parent
 
-    def rebuild(directory: bytes, before: Tree | None) -> Tree:
+    def rebuild(directory: bytes, before: Tree | None) -> tuple[Tree, bool]:
+        """The new tree at `directory`, and whether its dict is still in git's order
+        (no name added, none turned from a file into a directory or back)."""
         tree = dict(before or {})
+        ordered = before is not None
+
+        def put(name: bytes, entry: Entry) -> None:
+            nonlocal ordered
+            was = tree.get(name)
+            ordered = ordered and was is not None and (was[0] == TREE) == (entry[0] == TREE)
+            tree[name] = entry
+
         for name, entry in changes.get(directory, {}).items():
             if entry is None:
                 tree.pop(name, None)
             else:
-                tree[name] = entry
+                put(name, entry)
         for name in below.get(directory, ()):
             path = directory + b"/" + name if directory else name
             current = tree.get(name)
-            sub = rebuild(path, old.get(path) if current is not None and current[0] == TREE else None)
+            sub, sub_ordered = rebuild(path, old.get(path) if current is not None and current[0] == TREE else None)
             if sub:
-                tree[name] = (TREE, bytes.fromhex(_write_tree(objects, reader, sub)))
+                put(name, (TREE, _write_tree(objects, reader, sub, sub_ordered)))
             elif current is not None and current[0] == TREE:
                 tree.pop(name)  # git keeps no empty directory
-        return tree
+        return tree, ordered
 
-    top = _write_tree(objects, reader, rebuild(b"", old[b""]))
+    top = _write_tree(objects, reader, *rebuild(b"", old[b""])).hex()
     objects.finish()  # before the caller's commit names the tree
     return (None if top == last_tree else top), big
 
@@ -418,10 +449,13 @@ def _entry(trees: dict[bytes, Tree | None], path: bytes) -> Entry | None:
     return entry
 
 
-def _write_tree(objects: ObjectWriter, reader: TreeReader, tree: Tree) -> str:
-    sha = objects.add(b"tree", tree_body(tree))
+def _write_tree(objects: ObjectWriter, reader: TreeReader, tree: Tree, ordered: bool) -> bytes:
+    """Name (and write) a tree; it is kept in memory in git's order, as read ones are."""
+    if not ordered:
+        tree = {n: tree[n] for n in sorted(tree, key=lambda n: n + b"/" if tree[n][0] == TREE else n)}
+    sha = objects.add(b"tree", tree_body(tree, ordered=True))
     reader.put(sha, tree)
-    return sha.hex()
+    return sha
 
 
 class ObjectWriter:
