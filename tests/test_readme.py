@@ -16,7 +16,7 @@ import pytest
 from daemonproc import Daemon
 from gitrepos import make_repo
 
-from cairnd.cli import COMMANDS
+from cairnd.cliparser import COMMANDS
 from cairnd.config import _TOP_KEYS
 from cairnd.errors import CODES
 

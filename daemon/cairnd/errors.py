@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
+# Below this many free bytes, an unexpected failure is put down to a full disk.
+FULL_DISK_BYTES = 1024 * 1024
+
 # Every code a result file may carry (SPEC section 7).
 CODES: frozenset[str] = frozenset(
     {
@@ -49,3 +55,17 @@ class CairnError(Exception):
 
     def as_dict(self) -> dict[str, str]:
         return {"code": self.code, "message": self.message}
+
+
+def internal_error_text(exc: BaseException, state_dir: Path) -> str:
+    """An unexpected failure in words, for an `internal` result: SQLite and git say only
+    "disk I/O error" when the state directory's disk is full, so say that too when it is."""
+    text = f"{type(exc).__name__}: {exc}"
+    try:
+        st = os.statvfs(state_dir)
+    except OSError:
+        return text
+    free = st.f_bavail * st.f_frsize
+    if free < FULL_DISK_BYTES:
+        text += f" (the disk holding {state_dir} is full: {free} bytes free)"
+    return text

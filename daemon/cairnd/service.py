@@ -26,7 +26,7 @@ from cairnd.config import Config, load_config
 from cairnd.confinement import fallback_notice
 from cairnd.durable import write_atomic
 from cairnd.entries import now_timestamp
-from cairnd.errors import CairnError
+from cairnd.errors import CairnError, internal_error_text
 from cairnd.journal import event
 from cairnd.requests import (
     Admitted,
@@ -44,11 +44,6 @@ from cairnd.sdnotify import Notifier, watchdog_interval
 from cairnd.sessions import Sessions
 from cairnd.spool import Claimed, Spool, result_body
 from cairnd.statelock import AlreadyRunning
-
-# Below this many free bytes, an unexpected failure is put down to a full disk.
-FULL_DISK_BYTES = 1024 * 1024
-
-
 
 Lane = Literal["now", "beside", "queue", "exclusive"]
 
@@ -382,25 +377,12 @@ class Daemon:
                       request=claimed.request_id, session=getattr(work.request, "session", None), exc_info=True)
                 with anyio.CancelScope(shield=True):
                     await self._publish(claimed, work.echo, work.request.kind,
-                                        error=CairnError("internal", self._describe_internal_error(exc)))
+                                        error=CairnError("internal", internal_error_text(exc, self.layout.root)))
                 return
             with anyio.CancelScope(shield=True):
                 await self._publish(claimed, work.echo, work.request.kind, result=result)
         finally:
             self._end()
-
-    def _describe_internal_error(self, exc: Exception) -> str:
-        """An unexpected failure in words: SQLite and git say only "disk I/O error" when
-        the state directory's disk is full, so say that too when it is."""
-        text = f"{type(exc).__name__}: {exc}"
-        try:
-            st = os.statvfs(self.layout.root)
-        except OSError:
-            return text
-        free = st.f_bavail * st.f_frsize
-        if free < FULL_DISK_BYTES:
-            text += f" (the disk holding {self.layout.root} is full: {free} bytes free)"
-        return text
 
     async def _publish_refusal(self, claimed: Claimed, admitted: Admitted) -> None:
         try:
