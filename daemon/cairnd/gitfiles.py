@@ -249,10 +249,10 @@ def write_worktree_record(dirs: GitDirs, path: Path, head_sha: str) -> bool:
     without its two processes. False where git must do it: another repository format,
     per-worktree configuration, `path` not empty.
 
-    The record is built aside and renamed into `worktrees/` whole, so nothing that reads
-    the records (another add, a repack, `worktree list`) sees it half-made, and no lock
-    is needed; it carries git's `locked` file ("initializing") until `path/.git` is
-    written, so a prune in between leaves it alone. Its name is random (git's would be
+    The record is built aside and renamed into `worktrees/` whole, after `path/.git`, so
+    nothing that reads the records (another add, a repack, `worktree list`, a remove
+    after a crash) sees it half-made, and no lock is needed; it carries git's `locked`
+    file ("initializing") until it is in place. Its name is random (git's would be
     `path`'s base name, numbered), which git only shows inside `.git/worktrees/`."""
     if not (plain_repository(dirs) and _is_sha1(head_sha)):
         return False
@@ -275,22 +275,19 @@ def write_worktree_record(dirs: GitDirs, path: Path, head_sha: str) -> bool:
         (aside / "commondir").write_text("../..\n")
         (aside / "HEAD").write_text(f"{head_sha}\n")
         (aside / "locked").write_text("initializing\n")
+        # The worktree's .git before the record appears: git refuses to remove a
+        # worktree whose record exists but whose .git does not ("validation failed"),
+        # while one whose record does not exist yet is simply not a worktree to it.
+        (path / ".git").write_text(f"gitdir: {record}\n")
         os.rename(aside, record)
     except OSError:
-        for leftover in ("gitdir", "commondir", "HEAD", "locked"):
-            (aside / leftover).unlink(missing_ok=True)
-        try:
-            aside.rmdir()
-        except OSError:
-            pass
+        (path / ".git").unlink(missing_ok=True)
+        shutil.rmtree(aside, ignore_errors=True)
         return False
     try:
-        (path / ".git").write_text(f"gitdir: {record}\n")
         (record / "locked").unlink()
     except OSError:
-        shutil.rmtree(record, ignore_errors=True)
-        (path / ".git").unlink(missing_ok=True)
-        return False
+        pass  # a lock left behind only keeps `git worktree prune` away from it
     return True
 
 
