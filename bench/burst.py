@@ -32,7 +32,7 @@ def _shell_floor(source: Path, scratch: Path, count: int) -> tuple[float, int]:
     # removes exactly that record (and the attempt's directory) before trying again.
     add = ('n=0; until git -C "$1" worktree add -q --detach "$2/wt$3-$n" HEAD 2>>"$2/errors.txt"; '
            'do rm -rf "$1/.git/worktrees/wt$3-$n" "$2/wt$3-$n"; git -C "$1" worktree prune 2>>"$2/errors.txt"; '
-           'n=$((n+1)); [ $n -ge 10 ] && exit 1; done')
+           'n=$((n+1)); [ $n -ge 10 ] && exit 1; done; exit 0')  # until's own status is its body's last
     script = f'seq {count} | xargs -P {_PARALLEL} -I{{}} sh -c \'{add}\' sh "$1" "$2" {{}}'
     started = time.perf_counter()
     proc = subprocess.run(["sh", "-c", script, "sh", str(source), str(scratch)], env=git_env())
