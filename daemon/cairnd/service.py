@@ -466,7 +466,10 @@ class Daemon:
             "sandbox": self.sessions.sandbox.describe() if self.sessions else None,
         }
         path = self.layout.status
-        await anyio.to_thread.run_sync(lambda: write_atomic(path, orjson.dumps(status), sync_dir=False))
+        try:
+            await anyio.to_thread.run_sync(lambda: write_atomic(path, orjson.dumps(status), sync_dir=False))
+        except OSError as exc:  # a full disk: the status file is a convenience, the daemon stays up
+            event(logging.WARNING, f"cannot write {path}: {exc}")
 
 
 def serve(config_file: str | None = None, verbose: bool = False) -> int:
