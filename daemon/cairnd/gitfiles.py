@@ -21,6 +21,8 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from cairnd.durable import write_all
+
 _HEX = frozenset("0123456789abcdef")
 FileStamp = tuple[int, int, int] | None  # (inode, mtime ns, size), None when absent
 
@@ -200,9 +202,7 @@ def write_object(dirs: GitDirs, kind: bytes, body: bytes) -> str | None:
             os.makedirs(directory, exist_ok=True)
             fd = os.open(tmp, flags, 0o444)
         try:
-            data = memoryview(zlib.compress(raw, 1))
-            while data:
-                data = data[os.write(fd, data):]
+            write_all(fd, zlib.compress(raw, 1))
         finally:
             os.close(fd)
         os.replace(tmp, final)
@@ -339,9 +339,7 @@ def write_pack(dirs: GitDirs, objects: list[tuple[bytes, bytes, bytes]]) -> bool
             tmp = directory / f"tmp_pack_cairnd_{os.getpid()}_{threading.get_ident()}{suffix}"
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o444)
             try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
+                write_all(fd, data)
             finally:
                 os.close(fd)
             os.replace(tmp, f"{base}{suffix}")
