@@ -122,3 +122,43 @@ async def test_cancel_acts_on_the_turn_in_flight(sessions: Sessions, repo: Path)
                 await anyio.sleep(0.02)
             assert (await sessions.cancel(CancelRequest(session=sid), Origin("c1")))["cancelled"] is True
     assert outcome["stopReason"] == "cancelled"
+
+
+async def test_forks_build_their_worktrees_max_parallel_forks_at_once(sessions: Sessions, repo: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """max_parallel_forks (2 here) bounds the forks making their worktrees at once; the
+    rest of making one (cut, log, registry) overlaps with others', so more are under way."""
+    import threading
+    import time
+
+    from cairnd import forker
+
+    building = threading.Lock()
+    now = {"building": 0, "most": 0, "made": 0}
+    real = forker.gitworktree.add_worktree
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        with building:
+            now["building"] += 1
+            now["most"] = max(now["most"], now["building"])
+        try:
+            time.sleep(0.05)  # long enough for the others to be let in, if they were
+            return real(*args, **kwargs)
+        finally:
+            with building:
+                now["building"] -= 1
+
+    monkeypatch.setattr(forker.gitworktree, "add_worktree", counted)
+    sid = (await sessions.new(new(repo, "write a.txt: one"), Origin("r1")))["session"]
+    assert sessions.config.max_parallel_forks == 2
+    made: list[dict[str, Any]] = []
+
+    async def fork(n: int) -> None:
+        made.append(await sessions.fork(ForkRequest(session=sid, user_message_index=0, title=None, prompt=None),
+                                        Origin(f"f{n}")))
+
+    async with anyio.create_task_group() as tg:
+        for n in range(8):
+            tg.start_soon(fork, n)
+    assert len(made) == 8 and all((Path(m["worktree"]) / "README.md").exists() for m in made)
+    assert now["most"] == 2, now  # never more; and two did build at once

@@ -15,6 +15,7 @@ import itertools
 import re
 import time
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,12 +112,22 @@ def kept_turns(point: ForkPoint, log_path: Path) -> int:
 
 def fork_session(layout: StateLayout, registry: Registry, parent: SessionRow, k: int, *,
                  title: str | None, request_id: str | None, max_file_bytes: int,
-                 history: Callable[[Path, int], str] | None = None) -> dict[str, Any]:
-    """Fork `parent` at user message k. Synchronous: run it in a worker thread."""
+                 history: Callable[[Path, int], str] | None = None,
+                 building: Callable[[], AbstractContextManager[Any]] = nullcontext) -> dict[str, Any]:
+    """Fork `parent` at user message k. Synchronous: run it in a worker thread.
+
+    `building`: held while the fork's worktree is made (its files written), the part
+    whose cost is the machine's; the caller bounds how many forks do that at once
+    (`max_parallel_forks`), while the rest (the cut, the log, the registry: waits on
+    the disk more than work) overlaps with other forks' building."""
     parent_log = layout.log_path(parent.id)
     point = find_cut(parent_log, k, parent.id)  # from the offsets index beside the log
     start = state_at_cut(point, parent.repo, parent.worktree)
     turns = kept_turns(point, parent_log)
+
+    # commit_missing before anything is made; and a read, so not part of `building`.
+    trees = gitworktree.trees_of(parent.repo, start.head_sha, start.worktree_sha or start.head_sha,
+                                 start.index_tree)
 
     fork_id = new_session_id()
     named = title or fork_title(parent.title, registry.titles_in_root(parent.root_id))
@@ -124,12 +135,14 @@ def fork_session(layout: StateLayout, registry: Registry, parent: SessionRow, k:
     with creating(layout, registry, id=fork_id, title=named, repo=parent.repo, worktree=worktree, in_place=False,
                   agent=parent.agent, parent_id=parent.id, root_id=parent.root_id, turns=turns,
                   request_id=request_id) as made:
-        trees = gitworktree.add_worktree(parent.repo, worktree, start.head_sha, start.worktree_sha, start.index_tree)
-        baseline = baseline_at_cut(point, start, fork_id, turns)
-        if baseline is None:
-            baseline = take_checkpoint(fork_id, worktree, turns, max_file_bytes)
-        else:
-            pin_checkpoint(parent.repo, baseline, (trees.worktree, trees.head))
+        with building():  # the part that makes files (max_parallel_forks at once)
+            gitworktree.add_worktree(parent.repo, worktree, start.head_sha, start.worktree_sha, start.index_tree,
+                                     trees=trees)
+            baseline = baseline_at_cut(point, start, fork_id, turns)
+            if baseline is None:
+                baseline = take_checkpoint(fork_id, worktree, turns, max_file_bytes)
+            else:
+                pin_checkpoint(parent.repo, baseline, (trees.worktree, trees.head))
         log_path = write_initial_log(layout, fork_id, parent_log, point.offset, [
             fork_meta_entry(fork_id, parent.id, k, start.head_sha, start.worktree_sha),
             checkpoint_entry(baseline),

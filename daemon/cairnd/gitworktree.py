@@ -41,7 +41,7 @@ def restore(worktree: Path, worktree_sha: str, index_tree: str | None) -> None:
 
     Meant for a worktree made by `add_worktree_detached`: files the index does not know
     of are left where they are. HEAD is not moved."""
-    trees = _restore_trees(worktree, "HEAD", worktree_sha, index_tree)
+    trees = trees_of(worktree, "HEAD", worktree_sha, index_tree)
     _restore(worktree, worktree_sha, trees.worktree, trees.index)
 
 
@@ -53,8 +53,11 @@ class Trees(NamedTuple):
     head: str
 
 
-def _restore_trees(repo: Path, head: str, worktree_sha: str, index_tree: str | None) -> Trees:
-    """Check the objects to restore exist, in one git call; return their trees."""
+def trees_of(repo: Path, head: str, worktree_sha: str, index_tree: str | None) -> Trees:
+    """Check the objects of a state to restore exist, in one git call (commit_missing
+    names those that do not); return their trees. `index_tree` None: HEAD's tree."""
+    if head != "HEAD" and not git.is_object_id(head):
+        raise CairnError("commit_missing", f"headSha {head!r} is not a commit id")
     for label, value in (("worktreeSha", worktree_sha), ("indexTree", index_tree)):
         if value is not None and not git.is_object_id(value):
             raise CairnError("commit_missing", f"{label} {value!r} is not an object id")
@@ -97,21 +100,20 @@ def commit_of_tree(repo: Path, tree: str, parent: str, message: str = git.SNAPSH
 
 
 def add_worktree(repo: Path, path: Path, head_sha: str, worktree_sha: str | None = None,
-                 index_tree: str | None = None) -> Trees:
+                 index_tree: str | None = None, *, trees: Trees | None = None) -> Trees:
     """A new linked worktree at `path` (its parent made if missing): HEAD detached at
     `head_sha`, files equal to `worktree_sha`'s tree (default: `head_sha`'s: a plain
     checkout), index equal to `index_tree` (default: HEAD's tree). No hook runs.
-    Returns the three trees (looked up anyway: a caller pinning them needs no git).
+    Returns the three trees (looked up anyway: a caller pinning them needs no git);
+    `trees`: what `trees_of` already answered for these objects (not asked again).
 
     All or nothing: on failure the worktree is removed again. commit_missing when an
     object is not in the repository (checked before anything is created). The
     repository's worktree lock is held only while its worktree records are written
     (adding, and removing on failure), not while the files are written: forks of one
     repository fill their worktrees in parallel."""
-    if not git.is_object_id(head_sha):
-        raise CairnError("commit_missing", f"headSha {head_sha!r} is not a commit id")
     worktree_sha = worktree_sha or head_sha
-    trees = _restore_trees(repo, head_sha, worktree_sha, index_tree)
+    trees = trees or trees_of(repo, head_sha, worktree_sha, index_tree)
     add_worktree_detached(repo, path, head_sha)
     try:
         _restore(path, worktree_sha, trees.worktree, trees.index)
@@ -150,7 +152,7 @@ def reset_worktree(worktree: Path, current_sha: str, target_sha: str, index_tree
     snapshot finishes the job (what the target holds is written again, what the snapshot
     alone holds is removed)."""
     worktree, index_file = git.locate(Path(worktree))
-    target_tree, index_tree, _head = _restore_trees(worktree, target_sha, target_sha, index_tree)
+    target_tree, index_tree, _head = trees_of(worktree, target_sha, target_sha, index_tree)
     fd, name = tempfile.mkstemp(prefix=git.INDEX_COPY_PREFIX, dir=index_file.parent)
     os.close(fd)
     scratch = Path(name)

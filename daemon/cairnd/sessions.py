@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
+import threading
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -33,7 +34,7 @@ from cairnd.ids import new_session_id
 from cairnd.journal import event
 from cairnd.entries import checkpoint_entry
 from cairnd.log import iter_lines
-from cairnd.registry import Registry, SessionRow
+from cairnd.registry import Registry, RewindRow, SessionRow
 from cairnd import rewind as rewinding
 from cairnd.land import land
 from cairnd.requests import (
@@ -61,7 +62,11 @@ class Sessions:
         self.registry = Registry(self.layout.db)
         self.runners: dict[str, AgentRunner] = {}
         self.turn_limiter = anyio.CapacityLimiter(config.max_parallel_turns)
-        self.fork_limiter = anyio.CapacityLimiter(config.max_parallel_forks)
+        # Forks (and rewinds) build their worktrees max_parallel_forks at once; the rest
+        # of making one (its log, its registry rows: fsyncs, waits more than work)
+        # overlaps with the next ones', so twice as many are under way.
+        self.fork_builders = threading.BoundedSemaphore(config.max_parallel_forks)
+        self.fork_limiter = anyio.CapacityLimiter(2 * config.max_parallel_forks)
         # git and SQLite calls are short; more threads than cores only adds contention.
         self.io_limiter = anyio.CapacityLimiter(8)
         self.turns_in_flight = 0
@@ -237,6 +242,7 @@ class Sessions:
                 title=request.title, request_id=origin.request_id,
                 max_file_bytes=self.config.snapshot_max_file_bytes,
                 history=lambda log, end: self.predicted_history(parent, log, end),
+                building=lambda: self.fork_builders,
             ))
         # The fork's baseline ref is one more loose ref to pack (at once past the hard limit).
         await self._thread(self.checkpoints.refs.wrote, parent.repo)
@@ -259,10 +265,7 @@ class Sessions:
             if runner is not None:
                 await runner.close()
             async with self.fork_limiter:
-                journal = await anyio.to_thread.run_sync(lambda: rewinding.abandon(
-                    self.layout, self.registry, row, request.user_message_index, request_id=origin.request_id,
-                    max_file_bytes=self.config.snapshot_max_file_bytes,
-                    history=lambda log, end: self.predicted_history(row, log, end)))
+                journal = await anyio.to_thread.run_sync(lambda: self._abandon(row, request, origin))
         if journal.state == "done" and journal.result is not None:
             result = journal.result
         else:
@@ -281,6 +284,12 @@ class Sessions:
                 self.checkpoints.forget(row.id)
         row = await self._thread(self.registry.get, result["session"])
         return await self._with_turn(row, request.prompt, origin, base=result)
+
+    def _abandon(self, row: SessionRow, request: RewindRequest, origin: Origin) -> RewindRow:
+        with self.fork_builders:  # a rewind builds a worktree as a fork does
+            return rewinding.abandon(self.layout, self.registry, row, request.user_message_index,
+                                     request_id=origin.request_id, max_file_bytes=self.config.snapshot_max_file_bytes,
+                                     history=lambda log, end: self.predicted_history(row, log, end))
 
     def predicted_history(self, row: SessionRow, log: Path, end: int) -> str:
         """How the agent of a fork or rewind of `row` that keeps the bytes of `log` before
