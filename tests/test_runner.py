@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from cairnd.checkpoint import take_checkpoint
@@ -238,6 +239,24 @@ async def test_frames_larger_than_a_pipe_buffer_cross_whole(repo: Path, log_path
     assert (repo / "big.txt").read_text() == f"{big}\ntail\n"
     reads = [m for m in messages(log_path) if "result" in m and "content" in (m["result"] or {})]
     assert [len(m["result"]["content"]) for m in reads] == [len(big) + 1]
+
+
+async def test_a_cancel_the_moment_a_turn_takes_its_lock_is_not_lost(repo: Path, log_path: Path) -> None:
+    """Taking the turn lock is a scheduling point: a cancel that comes inside it (busy,
+    the turn's body not begun) once got reset by the turn's start and the turn ran on
+    (a fresh-clone run under a CPU hog failed test_service's cancel test on it)."""
+    outcomes: list[dict[str, Any]] = []
+    async with runner_for(repo, log_path) as runner:
+
+        async def turn() -> None:
+            outcomes.append(await runner.prompt("sleep: 30"))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(turn)
+            while not runner.busy:  # one scheduling step at a time: busy at the earliest moment
+                await anyio.lowlevel.checkpoint()
+            assert await runner.cancel() is True
+    assert [o["stopReason"] for o in outcomes] == ["cancelled"]
 
 
 async def test_cancel_ends_a_sleeping_turn_cancelled_and_checkpointed(repo: Path, log_path: Path) -> None:

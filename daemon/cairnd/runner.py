@@ -195,11 +195,14 @@ class AgentRunner:
             if self._closed:
                 raise CairnError("turn_interrupted", f"session {self.session_id}: cairnd stopped the session's "
                                                      "agent before this turn began")
-            self._cancel_requested = False
             self._disarm_idle_timer()
             try:
                 return await self._turn(text, request_id)
             finally:
+                # Reset as the turn ends, not as it begins: taking the lock is a scheduling
+                # point, and a cancel that came in it (the lock held, the turn not yet
+                # begun) was reset and lost, the turn then running to its end.
+                self._cancel_requested = False
                 self._turn_agent = None
                 if self._agent is not None and not self._closed:
                     self._arm_idle_timer(self._agent)
