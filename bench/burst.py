@@ -6,6 +6,7 @@ parallelism (max_parallel_forks), on a clone of their own.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import tempfile
 import time
@@ -18,6 +19,17 @@ from synth import git, git_env, repo
 
 _FILES = 100
 _PARALLEL = 2  # cairnd's default max_parallel_forks, used on both sides
+
+
+def _settle() -> None:
+    """Let the file system settle before a timed side: write out what is dirty and wait
+    out ext4's window for recently deleted inodes. Without a journal, ext4 skips inodes
+    deleted within the last 5 s (300 s while their table block is still dirty) when it
+    allocates one, and that search made every file created after a mass deletion (an
+    earlier benchmark's, a test run's) cost several times more: one side of a run could
+    pay for the deletions that came before it, the other not."""
+    os.sync()
+    time.sleep(6)
 
 
 def _shell_floor(source: Path, scratch: Path, count: int) -> tuple[float, int]:
@@ -53,6 +65,7 @@ def run(quick: bool) -> list[Row]:
         for name in ("daemon-repo", "shell-repo"):
             git(root, "clone", "-q", "--shared", repo(_FILES), root / name)
         (root / "shell").mkdir()
+        _settle()
         floor, retries = _shell_floor(root / "shell-repo", root / "shell", count)
         with running_daemon(root / "state", max_parallel_forks=_PARALLEL) as daemon:
             client = SpoolClient(daemon.spool)
@@ -60,6 +73,7 @@ def run(quick: bool) -> list[Row]:
             client.ok({"kind": "prompt", "session": session, "text": "the message every fork cuts at"})
             fork = {"kind": "fork", "session": session, "user_message_index": 0}
             ids = [client.prepare(fork) for _ in range(count)]
+            _settle()
             started = time.perf_counter()
             for request_id in ids:
                 client.release(request_id)
