@@ -6,6 +6,8 @@ the log whatever a turn's outcome. Real git, real SQLite, the real reference age
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ from typing import Any
 import anyio
 import pytest
 
+from cairnd import forker
 from cairnd.config import parse_config
 from cairnd.errors import CairnError
 from cairnd.log import iter_lines
@@ -128,13 +131,8 @@ async def test_forks_build_their_worktrees_max_parallel_forks_at_once(sessions: 
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """max_parallel_forks (2 here) bounds the forks making their worktrees at once; the
     rest of making one (cut, log, registry) overlaps with others', so more are under way."""
-    import threading
-    import time
-
-    from cairnd import forker
-
     building = threading.Lock()
-    now = {"building": 0, "most": 0, "made": 0}
+    now = {"building": 0, "most": 0}
     real = forker.gitworktree.add_worktree
 
     def counted(*args: Any, **kwargs: Any) -> Any:

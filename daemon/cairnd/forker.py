@@ -113,7 +113,7 @@ def kept_turns(point: ForkPoint, log_path: Path) -> int:
 def fork_session(layout: StateLayout, registry: Registry, parent: SessionRow, k: int, *,
                  title: str | None, request_id: str | None, max_file_bytes: int,
                  history: Callable[[Path, int], str] | None = None,
-                 building: Callable[[], AbstractContextManager[Any]] = nullcontext) -> dict[str, Any]:
+                 building: AbstractContextManager[Any] = nullcontext()) -> dict[str, Any]:
     """Fork `parent` at user message k. Synchronous: run it in a worker thread.
 
     `building`: held while the fork's worktree is made (its files written), the part
@@ -135,7 +135,7 @@ def fork_session(layout: StateLayout, registry: Registry, parent: SessionRow, k:
     with creating(layout, registry, id=fork_id, title=named, repo=parent.repo, worktree=worktree, in_place=False,
                   agent=parent.agent, parent_id=parent.id, root_id=parent.root_id, turns=turns,
                   request_id=request_id) as made:
-        with building():  # the part that makes files (max_parallel_forks at once)
+        with building:  # the part that makes files (max_parallel_forks at once)
             gitworktree.add_worktree(parent.repo, worktree, start.head_sha, start.worktree_sha, start.index_tree,
                                      trees=trees)
             baseline = baseline_at_cut(point, start, fork_id, turns)

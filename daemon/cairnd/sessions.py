@@ -242,7 +242,7 @@ class Sessions:
                 title=request.title, request_id=origin.request_id,
                 max_file_bytes=self.config.snapshot_max_file_bytes,
                 history=lambda log, end: self.predicted_history(parent, log, end),
-                building=lambda: self.fork_builders,
+                building=self.fork_builders,
             ))
         # The fork's baseline ref is one more loose ref to pack (at once past the hard limit).
         await self._thread(self.checkpoints.refs.wrote, parent.repo)
