@@ -109,6 +109,28 @@ async def test_an_agent_that_ignores_eof_and_sigterm_is_killed_with_its_children
     assert not alive(grandchild)
 
 
+async def test_an_agent_retired_between_turns_may_finish_writing_its_own_state(tmp_path: Path) -> None:
+    # As claude-agent-acp after a cancel: it never exits on EOF, while its Claude Code
+    # child is still busy with the turn it ended and writes its record of it last.
+    script = (
+        "import subprocess, sys, time\n"
+        "subprocess.Popen([sys.executable, '-c', 'import time\\n"
+        "end = time.monotonic() + 1.5\\n"
+        "while time.monotonic() < end: pass\\n"
+        "open(\\'written.txt\\', \\'w\\').write(\\'done\\')\\n"
+        "time.sleep(60)'])\n"
+        "print('up', file=sys.stderr, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    async with hosted(tmp_path, script, stop_timeout=30) as agent:
+        while not agent.stderr_tail.strip():
+            await anyio.sleep(0.02)
+        agent.stop(between_turns=True)
+        await agent.exited.wait()
+    assert (tmp_path / "written.txt").read_text() == "done"  # not cut short by the ladder
+    assert agent.process.returncode == -15  # then stopped by SIGTERM: it never exits on EOF
+
+
 async def test_an_agent_gets_the_worktree_and_the_profile_env_and_its_stderr_is_kept(tmp_path: Path) -> None:
     script = ("import os, sys\n"
               "print(os.getcwd(), os.environ['CAIRND_AGENTPROC_TEST'], file=sys.stderr)\n"

@@ -38,9 +38,14 @@ STDERR_MEMORY_BYTES = 8192  # the tail kept in memory for that
 STDERR_KEEP_BYTES = 1 << 20
 STDOUT_GRACE_SECONDS = 1.0  # after the agent exits, how long its stdout and stderr may still drain
 TERMINATE_GRACE_SECONDS = 2.0  # between SIGTERM and SIGKILL
-# An agent stopped between turns (after a cancel, or idle) owes no work: after its stdin
-# closes it gets this long to exit before SIGTERM, not stop_timeout (claude-agent-acp
-# never exits on EOF, and the next prompt waits for it).
+# An agent stopped between turns (after a cancel, or idle) owes no answer, but may still
+# be writing its own record of the turn (Claude Code writes "[Request interrupted by
+# user]" to its transcript after claude-agent-acp has answered the cancel). After its
+# stdin closes it gets until its processes have used no CPU for RETIRE_QUIET_SECONDS, at
+# most RETIRE_SETTLE_SECONDS, not stop_timeout (claude-agent-acp never exits on EOF,
+# and the next prompt waits for it). Where /proc cannot tell: RETIRE_GRACE_SECONDS.
+RETIRE_QUIET_SECONDS = 0.3
+RETIRE_SETTLE_SECONDS = 5.0
 RETIRE_GRACE_SECONDS = 0.5
 
 
@@ -218,7 +223,12 @@ class AgentProcess:
                 process.stdin.write_eof()
             except (OSError, RuntimeError):
                 process.stdin.close()
-        eof_grace = min(RETIRE_GRACE_SECONDS, stop_timeout) if self.between_turns else stop_timeout
+        eof_grace = stop_timeout
+        if self.between_turns:
+            eof_grace = 0.0
+            with anyio.move_on_after(min(RETIRE_SETTLE_SECONDS, stop_timeout)):
+                if not await _until_quiet(process):
+                    await anyio.sleep(min(RETIRE_GRACE_SECONDS, stop_timeout))
         for sig, grace in ((None, eof_grace), (signal.SIGTERM, TERMINATE_GRACE_SECONDS),
                            (signal.SIGKILL, None)):
             if sig is not None:
@@ -262,6 +272,44 @@ async def host_agent(launch: Launch, client: Any, tap: Tap, *,
             with anyio.move_on_after(STDOUT_GRACE_SECONDS):
                 await process.wait()  # lets asyncio close its pipes (see _exited)
             agent.exited.set()
+
+
+async def _until_quiet(process: asyncio.subprocess.Process) -> bool:
+    """Wait until the agent has exited, or its process group has used no CPU for
+    RETIRE_QUIET_SECONDS: whatever it was still doing, it is done. False at once where
+    /proc cannot tell."""
+    still_since, last = time.monotonic(), None
+    while process.returncode is None:
+        used = await anyio.to_thread.run_sync(_group_cpu_ticks, process.pid)
+        if used is None:
+            return False
+        now = time.monotonic()
+        if used != last:
+            still_since, last = now, used
+        elif now - still_since >= RETIRE_QUIET_SECONDS:
+            break
+        await anyio.sleep(0.05)
+    return True
+
+
+def _group_cpu_ticks(group: int) -> int | None:
+    """CPU time (clock ticks, user and system) used so far by the live processes of
+    process group `group`; None without a /proc to read it from."""
+    try:
+        pids = [name for name in os.listdir("/proc") if name.isdigit()]
+    except OSError:
+        return None
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                fields = f.read().rpartition(b")")[2].split()
+        except OSError:
+            continue  # gone meanwhile
+        # After the command: state, ppid, pgrp, ..., utime (the 12th), stime (13th).
+        if len(fields) > 12 and int(fields[2]) == group:
+            total += int(fields[11]) + int(fields[12])
+    return total
 
 
 def _signal_group(process: asyncio.subprocess.Process, sig: signal.Signals) -> None:

@@ -176,16 +176,6 @@ def is_object_id(value: object) -> bool:
     return isinstance(value, str) and bool(_HEX_ID.match(value))
 
 
-def object_types(repo: Path, specs: Sequence[str]) -> list[tuple[str, str] | None]:
-    """(id, type) of each object spec, or None where it is missing: one git call."""
-    out = output(repo, "cat-file", "--batch-check", input="".join(f"{s}\n" for s in specs).encode())
-    answers: list[tuple[str, str] | None] = []
-    for line in out.decode().splitlines():
-        fields = line.split(" ")
-        answers.append((fields[0], fields[1]) if len(fields) == 3 else None)
-    return answers
-
-
 def head_state(worktree: Path) -> tuple[str, str | None]:
     """(HEAD's commit id, its branch name or None when detached)."""
     # "--" so that a file named HEAD cannot make the argument ambiguous.

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from cairnd import git
+from cairnd import git, gitobjects
 from cairnd.errors import CairnError
 
 
@@ -43,7 +43,7 @@ def _trees_of(repo: Path, pairs: Sequence[tuple[str | None, str]]) -> list[tuple
     wanted: list[str] = []
     for old, new in pairs:
         wanted.extend(f"{sha}^{{tree}}" for sha in (old, new) if git.is_object_id(sha))
-    found = dict(zip(wanted, git.object_types(repo, wanted))) if wanted else {}
+    found = dict(zip(wanted, gitobjects.object_types(repo, wanted))) if wanted else {}
     empty: str | None = None
     trees: list[tuple[str, str] | CairnError] = []
     for old, new in pairs:

@@ -251,9 +251,11 @@ def write_worktree_record(dirs: GitDirs, path: Path, head_sha: str) -> bool:
 
     The record is built aside and renamed into `worktrees/` whole, after `path/.git`, so
     nothing that reads the records (another add, a repack, `worktree list`, a remove
-    after a crash) sees it half-made, and no lock is needed; it carries git's `locked`
-    file ("initializing") until it is in place. Its name is random (git's would be
-    `path`'s base name, numbered), which git only shows inside `.git/worktrees/`."""
+    after a crash) sees it half-made, and no lock is needed. Nor does it need git's
+    `locked` file ("initializing"), which keeps `git worktree prune` from a record whose
+    `.git` is not written yet: here that file is always there first. Its name is random
+    (git's would be `path`'s base name, numbered), which git only shows inside
+    `.git/worktrees/`."""
     if not (plain_repository(dirs) and _is_sha1(head_sha)):
         return False
     try:
@@ -274,7 +276,6 @@ def write_worktree_record(dirs: GitDirs, path: Path, head_sha: str) -> bool:
         (aside / "gitdir").write_text(f"{os.path.realpath(path)}/.git\n")
         (aside / "commondir").write_text("../..\n")
         (aside / "HEAD").write_text(f"{head_sha}\n")
-        (aside / "locked").write_text("initializing\n")
         # The worktree's .git before the record appears: git refuses to remove a
         # worktree whose record exists but whose .git does not ("validation failed"),
         # while one whose record does not exist yet is simply not a worktree to it.
@@ -284,10 +285,6 @@ def write_worktree_record(dirs: GitDirs, path: Path, head_sha: str) -> bool:
         (path / ".git").unlink(missing_ok=True)
         shutil.rmtree(aside, ignore_errors=True)
         return False
-    try:
-        (record / "locked").unlink()
-    except OSError:
-        pass  # a lock left behind only keeps `git worktree prune` away from it
     return True
 
 

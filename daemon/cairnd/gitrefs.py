@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from cairnd import git, gitfiles
+from cairnd import git, gitfiles, gitobjects
 from cairnd.errors import CairnError
 
 
@@ -62,7 +62,7 @@ def pin_many(repo: Path, refs: Mapping[str, str]) -> dict[str, str]:
         _check_ref_name(name)
         if not git.is_object_id(sha) or not sha.strip("0"):
             raise CairnError("commit_missing", f"{sha!r} is not an object id")
-    present = git.object_types(repo, list(refs.values())) if refs else []
+    present = gitobjects.object_types(repo, list(refs.values())) if refs else []
     pinned = {name: sha for (name, sha), found in zip(refs.items(), present) if found is not None}
     if pinned:
         git.output(repo, "update-ref", "--stdin", "-z", input=b"".join(

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
-from cairnd import git, gitfiles
+from cairnd import git, gitfiles, gitobjects
 from cairnd.errors import CairnError
 
 
@@ -66,7 +66,7 @@ def trees_of(repo: Path, head: str, worktree_sha: str, index_tree: str | None) -
               ("worktreeSha commit", f"{worktree_sha}^{{tree}}")]
     if index_tree is not None:
         wanted.append(("indexTree tree", f"{index_tree}^{{tree}}"))
-    found = git.object_types(repo, [spec for _, spec in wanted])
+    found = gitobjects.object_types(repo, [spec for _, spec in wanted])
     missing = [f"{label} {spec.split('^')[0]}" for (label, spec), answer in zip(wanted, found) if answer is None]
     if missing:
         raise CairnError("commit_missing", f"not in {repo}: {', '.join(dict.fromkeys(missing))}")
@@ -91,7 +91,7 @@ def commit_of_tree(repo: Path, tree: str, parent: str, message: str = git.SNAPSH
     for label, value in (("worktreeTree", tree), ("head", parent)):
         if not git.is_object_id(value):
             raise CairnError("commit_missing", f"{label} {value!r} is not an object id")
-    found = git.object_types(repo, [f"{tree}^{{tree}}", f"{parent}^{{commit}}"])
+    found = gitobjects.object_types(repo, [f"{tree}^{{tree}}", f"{parent}^{{commit}}"])
     missing = [f"{label} {value}" for (label, value), answer in
                zip((("worktreeTree tree", tree), ("head commit", parent)), found) if answer is None]
     if missing:

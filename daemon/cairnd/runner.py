@@ -15,7 +15,8 @@ error: see `turn_outcome`) and `_posthog/agent_checkpoint`, in one write, fsynce
 the result is returned (`end_turn`).
 
 Cancel: a turn that ends `cancelled` retires its agent process (stdin closed, SIGTERM
-after a short grace) and the next prompt starts a fresh one, which gets the history
+once its processes have finished what they were doing: see agentproc) and the next
+prompt starts a fresh one, which gets the history
 like any restart. A cancel may leave an agent's state out of step with its answers
 (claude-agent-acp 0.23.1 answers the prompt after a cancel at once and stays one turn
 behind from then on, so a checkpoint would miss that turn's changes); a fresh process is

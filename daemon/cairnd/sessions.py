@@ -20,7 +20,7 @@ from typing import Any
 
 import anyio
 
-from cairnd import cutindex, git, gitrefs, gitworktree, storage
+from cairnd import cutindex, git, gitobjects, gitrefs, gitworktree, storage
 from cairnd.checkpoint import session_ref_prefix
 from cairnd.checkpointer import checkpointer_for
 from cairnd.cutindex import find_cut
@@ -158,7 +158,10 @@ class Sessions:
     # -- lookups ----------------------------------------------------------------------
 
     async def live(self, session_id: str) -> SessionRow:
-        row = await self._thread(self.registry.get, session_id)
+        return await self._thread(self._live_row, session_id)
+
+    def _live_row(self, session_id: str) -> SessionRow:
+        row = self.registry.get(session_id)
         if row is None or row.state == "creating":
             raise CairnError("unknown_session", f"session {session_id!r} does not exist")
         if row.state == "deleted":
@@ -232,23 +235,35 @@ class Sessions:
             })
 
     async def fork(self, request: ForkRequest, origin: Origin) -> dict[str, Any]:
-        if origin.request_id and (done := await self._thread(self.registry.by_request, origin.request_id)):
+        done, parent = await self._thread(self._fork_lookup, request.session, origin.request_id)
+        if done is not None:
             return await self._with_turn(done, request.prompt, origin)
-        parent = await self.live(request.session)
         # The limit covers making the fork, not its first turn (that is a turn like any).
         async with self.fork_limiter:
-            result = await anyio.to_thread.run_sync(lambda: fork_session(
-                self.layout, self.registry, parent, request.user_message_index,
-                title=request.title, request_id=origin.request_id,
-                max_file_bytes=self.config.snapshot_max_file_bytes,
-                history=lambda log, end: self.predicted_history(parent, log, end),
-                building=self.fork_builders,
-            ))
-        # The fork's baseline ref is one more loose ref to pack (at once past the hard limit).
-        await self._thread(self.checkpoints.refs.wrote, parent.repo)
+            row = await anyio.to_thread.run_sync(self._make_fork, parent, request, origin)
         self._maintain_soon()
-        row = await self._thread(self.registry.get, result["session"])
         return await self._with_turn(row, request.prompt, origin)
+
+    def _fork_lookup(self, session_id: str, request_id: str | None) -> tuple[SessionRow | None, SessionRow]:
+        """(the fork this request already made, or None; the parent, live)."""
+        done = self.registry.by_request(request_id) if request_id else None
+        return done, (self._live_row(session_id) if done is None else done)
+
+    def _make_fork(self, parent: SessionRow, request: ForkRequest, origin: Origin) -> SessionRow:
+        """The fork made, and the bookkeeping after it, in one worker thread: every
+        hand-over to a thread costs the event loop, and a burst of forks pays it each time."""
+        result = fork_session(
+            self.layout, self.registry, parent, request.user_message_index,
+            title=request.title, request_id=origin.request_id,
+            max_file_bytes=self.config.snapshot_max_file_bytes,
+            history=lambda log, end: self.predicted_history(parent, log, end),
+            building=self.fork_builders,
+        )
+        # The fork's baseline ref is one more loose ref to pack (at once past the hard limit).
+        self.checkpoints.refs.wrote(parent.repo)
+        row = self.registry.get(result["session"])
+        assert row is not None  # just committed; nobody else knows its id yet
+        return row
 
     async def rewind(self, request: RewindRequest, origin: Origin) -> dict[str, Any]:
         """SPEC 13. Runs in the session's queue, so no turn of it is in flight."""
@@ -396,3 +411,4 @@ class Sessions:
         async with anyio.create_task_group() as tg:
             for runner in runners:
                 tg.start_soon(runner.close)
+        await anyio.to_thread.run_sync(gitobjects.close_all)  # the kept `git cat-file` processes
