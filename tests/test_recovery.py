@@ -10,7 +10,7 @@ import anyio
 import orjson
 import pytest
 
-from cairnd import gitworktree
+from cairnd import gitfiles, gitworktree
 from cairnd.checkpoint import take_checkpoint
 from cairnd.creation import write_initial_log
 from cairnd.entries import checkpoint_entry, envelope_line
@@ -108,6 +108,27 @@ def test_step_2_rolls_half_made_sessions_back(state: State) -> None:
     assert done.rolled_back == ["half"]
     assert state.registry.get("half") is None and state.registry.by_request("r1") is None
     assert list_worktrees(state.repo) == [state.repo] and not worktree.exists()
+
+
+def test_step_2_removes_a_worktree_record_a_stop_left_half_built(state: State) -> None:
+    # kill -9 inside gitfiles.write_worktree_record: the record built aside, its .git
+    # written, the rename into .git/worktrees/ never done.
+    worktree = state.layout.worktree_parent("half") / "repo"
+    state.registry.begin_session(id="half", title="half", repo=state.repo, worktree=worktree, in_place=False,
+                                 agent="reference", parent_id=None, root_id="half", turns=0, request_id=None)
+    worktree.mkdir(parents=True)
+    aside = state.repo / ".git" / f"{gitfiles.WORKTREE_RECORD_TMP}{gitfiles.record_name(worktree)}"
+    aside.mkdir()
+    for name, text in (("gitdir", f"{worktree}/.git\n"), ("commondir", "../..\n"), ("HEAD", head(state.repo))):
+        (aside / name).write_text(text)
+    (worktree / ".git").write_text(f"gitdir: {state.repo / '.git' / 'worktrees' / aside.name}\n")
+    other = state.repo / ".git" / f"{gitfiles.WORKTREE_RECORD_TMP}cairnd-0123456789abcdef"
+    other.mkdir()  # another worktree's, being built right now: not ours to touch
+    done = Recovered()
+    finish_creations(state.layout, state.registry, done, CAP)
+    assert done.rolled_back == ["half"]
+    assert not aside.exists() and not worktree.exists() and other.is_dir()
+    assert list_worktrees(state.repo) == [state.repo]
 
 
 # -- steps 3 and 4 -----------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from cairnd import gitrefs, gitworktree
+from cairnd import gitfiles, gitrefs, gitworktree
 from cairnd.checkpoint import session_ref_prefix
 from cairnd.durable import fsync_dir, write_all
 from cairnd.entries import envelope_line
@@ -66,6 +66,9 @@ def roll_back(layout: StateLayout, registry: Registry, row: SessionRow) -> None:
     run on any prefix of creation, and again after a crash part-way through itself."""
     if not row.in_place:
         gitworktree.remove_worktree(row.repo, row.worktree)
+        dirs = gitfiles.git_dirs(row.repo)
+        if dirs is not None:  # a worktree record a stop left half-built
+            gitfiles.remove_record_aside(dirs, row.worktree)
         shutil.rmtree(layout.worktree_parent(row.id), ignore_errors=True)
     gitrefs.delete_refs(row.repo, session_ref_prefix(row.id))
     shutil.rmtree(layout.session_dir(row.id), ignore_errors=True)

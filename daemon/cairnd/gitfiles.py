@@ -253,9 +253,10 @@ def write_worktree_record(dirs: GitDirs, path: Path, head_sha: str) -> bool:
     nothing that reads the records (another add, a repack, `worktree list`, a remove
     after a crash) sees it half-made, and no lock is needed. Nor does it need git's
     `locked` file ("initializing"), which keeps `git worktree prune` from a record whose
-    `.git` is not written yet: here that file is always there first. Its name is random
-    (git's would be `path`'s base name, numbered), which git only shows inside
-    `.git/worktrees/`."""
+    `.git` is not written yet: here that file is always there first. Its name follows
+    from `path` (`record_name`; git's would be `path`'s base name, numbered), which git
+    only shows inside `.git/worktrees/`, so a record a stop left half-built is found
+    from the path alone (`remove_record_aside`)."""
     if not (plain_repository(dirs) and _is_sha1(head_sha)):
         return False
     try:
@@ -268,7 +269,7 @@ def write_worktree_record(dirs: GitDirs, path: Path, head_sha: str) -> bool:
         records.mkdir(exist_ok=True)
     except OSError:
         return False
-    name = f"cairnd-{os.urandom(8).hex()}"
+    name = record_name(path)
     aside = dirs.common_dir / f"{WORKTREE_RECORD_TMP}{name}"
     record = records / name
     try:
@@ -286,6 +287,19 @@ def write_worktree_record(dirs: GitDirs, path: Path, head_sha: str) -> bool:
         shutil.rmtree(aside, ignore_errors=True)
         return False
     return True
+
+
+def record_name(path: Path) -> str:
+    """The name of the record cairnd writes for a worktree at `path`: one worktree per
+    path at a time, so one name (a record of that name already there makes the write
+    fail, and git writes it instead)."""
+    return "cairnd-" + hashlib.sha1(os.fsencode(os.path.realpath(path))).hexdigest()[:16]
+
+
+def remove_record_aside(dirs: GitDirs, path: Path) -> None:
+    """Remove the record for `path` that a stop left half-built beside the records
+    (never renamed into `worktrees/`, so not a worktree to git, and left by nothing else)."""
+    shutil.rmtree(dirs.common_dir / f"{WORKTREE_RECORD_TMP}{record_name(path)}", ignore_errors=True)
 
 
 _PACK_TYPES = {b"commit": 1, b"tree": 2, b"blob": 3}

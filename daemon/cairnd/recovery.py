@@ -13,7 +13,8 @@ leaves what the next one reads consistent:
    then refuse every later write of that ref. Only this daemon writes its sessions'
    refs, and it holds the state lock, so no live writer owns them.
 2. **Half-made sessions**: a `creating` row is a session whose creation transaction
-   (creation.py) never reached its commit: every part of it is rolled back. A rewind
+   (creation.py) never reached its commit: every part of it is rolled back, a
+   worktree record a stop left half-built beside the repository's records included. A rewind
    past its commit point is rolled forward instead (rewind.recover).
 3. **Open turns**: a log whose last turn has no `turn_complete` (the prompt, or just
    cairnd's `turn_start`, went out and the daemon died) gets one, `interrupted`, with a
