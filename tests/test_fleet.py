@@ -130,9 +130,11 @@ def test_two_hosts_spread_route_to_the_owner_and_fork_across(fleet, tmp_path):
         assert fleet.stored_log(r["session"]) == Path(r["log"]).read_bytes()
 
     # Forks of that session land on either host; the one made on the other host holds the
-    # exact files of the cut and the history before it.
+    # exact files of the cut and the history before it. Which host takes a fork is a
+    # race between their pulls (nudged by the spread delay), so fork until one lands
+    # there: four were once not enough under a CPU hog (the five-run soak of 436663a).
     forks = []
-    for _ in range(4):
+    for _ in range(12):
         forks.append(a.ok({"kind": "fork", "session": first["session"], "user_message_index": 1,
                            "prompt": "write g.txt: in the fork"}))
         if any(fleet.host_of(f["worktree"]) != owner for f in forks):
