@@ -39,8 +39,8 @@ STDERR_KEEP_BYTES = 1 << 20
 STDOUT_GRACE_SECONDS = 1.0  # after the agent exits, how long its stdout and stderr may still drain
 TERMINATE_GRACE_SECONDS = 2.0  # between SIGTERM and SIGKILL
 # An agent stopped between turns (after a cancel, or idle) owes no answer, but may still
-# be writing its own record of the turn (Claude Code writes "[Request interrupted by
-# user]" to its transcript after claude-agent-acp has answered the cancel). After its
+# be writing its own record of the turn (Claude Code can write "[Request interrupted
+# by user]" to its transcript after claude-agent-acp has answered the cancel). After its
 # stdin closes it gets until its processes have used no CPU for RETIRE_QUIET_SECONDS, at
 # most RETIRE_SETTLE_SECONDS, not stop_timeout (claude-agent-acp never exits on EOF,
 # and the next prompt waits for it). Where /proc cannot tell: RETIRE_GRACE_SECONDS.
