@@ -13,7 +13,7 @@ import os
 import random
 from pathlib import Path
 
-from cairnd.entries import cairnd_entry, envelope_line
+from cairnd.sessionlog.entries import cairnd_entry, envelope_line
 from measure import CACHE
 
 _VERSION = 2

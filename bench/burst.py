@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from cairnd.storage import count_loose_refs
+from cairnd.checkpoints.storage import count_loose_refs
 from daemonkit import SpoolClient, running_daemon
 from measure import Row, command_of, main, ratio, target_text
 from synth import git, git_env, repo

@@ -18,8 +18,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from cairnd.checkpointer import Checkpointer
-from cairnd.worktreewatch import WatchSet
+from cairnd.checkpoints.checkpointer import Checkpointer
+from cairnd.checkpoints.watch import WatchSet
 from measure import Row, command_of, main, median, ms, ratio, target_text
 from synth import git, shaped_paths, shaped_repo
 

@@ -36,7 +36,7 @@ from fleetservers import S3_KEYS, Nats, Store, checkpoint_repo, fleet_table  # n
 from cairnd.fleet import remote  # noqa: E402
 from cairnd.fleet.logstore import LogStore, make_store  # noqa: E402
 from cairnd.fleet.materialise import refs_of, checkpoints_in  # noqa: E402
-from cairnd.fleet.settings import parse_fleet  # noqa: E402
+from cairnd.config.fleet import parse_fleet  # noqa: E402
 
 
 def _host_of(path: str, states: dict[str, Path]) -> str:

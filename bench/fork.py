@@ -23,12 +23,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from cairnd.layout import StateLayout
-from cairnd.forker import fork_session
-from cairnd.git import CHECKOUT
-from cairnd.forkpoint import find_fork_point
-from cairnd.log import iter_lines
-from cairnd.registry import Registry
+from cairnd.state.layout import StateLayout
+from cairnd.sessions.forker import fork_session
+from cairnd.git.run import CHECKOUT
+from cairnd.sessionlog.forkpoint import find_fork_point
+from cairnd.sessionlog.file import iter_lines
+from cairnd.state.registry import Registry
 from daemonkit import SpoolClient, running_daemon
 from measure import Row, command_of, main, median, ms, ratio, target_text
 from synth import dirty, git, repo

@@ -16,9 +16,9 @@ import tempfile
 from pathlib import Path
 
 from biglog import big_log
-from cairnd import cutindex
-from cairnd.forkpoint import find_fork_point
-from cairnd.log import copy_prefix, iter_lines
+from cairnd.sessionlog import cutindex
+from cairnd.sessionlog.forkpoint import find_fork_point
+from cairnd.sessionlog.file import copy_prefix, iter_lines
 from measure import (
     Row, command_of, main, median, mib, ms, peak_rss_of_child, ratio, run_quiet, target_text, timings,
 )

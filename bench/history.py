@@ -2,7 +2,7 @@
 
 Two parents of four turns each (a Write, a Bash command, two answers), one under a
 profile with `history = "native"`, one with `history = "replay"`, against the scripted
-Messages-API stub of tests/realagents (Claude Code runs offline; the stub answers at
+Messages-API stub of tests/scenarios/realagents (Claude Code runs offline; the stub answers at
 once, so the times are cairnd's and the agent's, not a model's). Each is forked at
 k = 3 with a prompt, several times, alternating between the two so load drift hits
 both:
@@ -15,7 +15,7 @@ both:
   calls and results included; replay one user message of rendered text).
 
 Ratios are native over replay, measured in the same run. Needs node and the npm
-agents of tests/realagents (installed by `.ci/run`); without them the row says so.
+agents of tests/scenarios/realagents (installed by `.ci/run`); without them the row says so.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import orjson
 from daemonkit import SpoolClient, running_daemon
 from measure import ROOT, Row, command_of, main, median, ms, target_text
 
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "scenarios")]
 from realagents import anthropic_stub, daemonkit as agentkit  # noqa: E402
 from realagents.harness import ensure_agents_installed, make_git_repo  # noqa: E402
 

@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from cairnd.git import CHECKOUT
+from cairnd.git.run import CHECKOUT
 from daemonkit import SpoolClient, running_daemon
 from measure import Row, command_of, main, median, ms, ratio, target_text
 from synth import dirty, git, git_text, repo

@@ -25,9 +25,9 @@ import anyio
 from measure import Row, command_of, main, median, ms, ratio, target_text
 from synth import git, repo
 
-from cairnd import sandbox
-from cairnd.agentproc import Launch, spawn_agent
-from cairnd.confinement import Confinement
+from cairnd.agent import sandbox
+from cairnd.agent.process import Launch, spawn_agent
+from cairnd.agent.confinement import Confinement
 
 INITIALIZE = b'{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":1,"clientCapabilities":{}}}\n'
 

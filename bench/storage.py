@@ -18,10 +18,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from cairnd import gitrefs
-from cairnd.checkpointer import Checkpointer
-from cairnd.storage import REFS_HARD_LIMIT, REPACK_EVERY, count_loose_refs, tree_bytes
-from cairnd.worktreewatch import WatchSet
+from cairnd.git import refs as gitrefs
+from cairnd.checkpoints.checkpointer import Checkpointer
+from cairnd.checkpoints.storage import REFS_HARD_LIMIT, REPACK_EVERY, count_loose_refs, tree_bytes
+from cairnd.checkpoints.watch import WatchSet
 from measure import Row, command_of, main, median, mib, ms, ratio, target_text, timings
 from synth import git, shaped_paths, shaped_repo
 

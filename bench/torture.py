@@ -1,5 +1,5 @@
-"""The long torture run: tests/test_crash.py's kill -9 loop for many iterations, or
-tests/test_concurrency.py's load at full size.
+"""The long torture run: tests/scenarios/test_crash.py's kill -9 loop for many iterations, or
+tests/scenarios/test_concurrency.py's load at full size.
 
     python bench/torture.py                      # 200 iterations of kill -9 at random moments
     python bench/torture.py --iterations 50 --seed 7
@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path[:0] = [str(Path(__file__).resolve().parent.parent / "tests"), str(Path(__file__).resolve().parent.parent / "tests" / "scenarios")]
 
 from daemonproc import Daemon  # noqa: E402
 from test_concurrency import Load, load_repo  # noqa: E402

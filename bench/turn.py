@@ -22,8 +22,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from cairnd.entries import parse_message
-from cairnd.log import SessionLog, iter_lines
+from cairnd.sessionlog.entries import parse_message
+from cairnd.sessionlog.file import SessionLog, iter_lines
 from daemonkit import SpoolClient, running_daemon
 from measure import Row, command_of, main, median, ms, target_text, timings
 from synth import git, repo

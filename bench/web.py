@@ -28,8 +28,8 @@ import urllib.request
 from pathlib import Path
 
 from biglog import big_log
-from cairnd import gitdiff
-from cairnd.registry import Registry
+from cairnd.git import diff as gitdiff
+from cairnd.state.registry import Registry
 from measure import Row, command_of, main, median, mib, ms, target_text, timings
 from synth import dirty, git, git_text
 from synth import repo as synth_repo

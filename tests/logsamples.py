@@ -10,7 +10,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from cairnd.entries import cairnd_entry, envelope_line
+from cairnd.sessionlog.entries import cairnd_entry, envelope_line
 
 SESSION = "s1"
 SDK_SESSION = "sdk-1"
@@ -157,7 +157,7 @@ def checkpoint(
 
 def checkpoint_params(line_bytes: bytes) -> dict[str, Any]:
     """The params a checkpoint line carries (to compare with a ForkPoint)."""
-    from cairnd.entries import parse_message
+    from cairnd.sessionlog.entries import parse_message
 
     message = parse_message(line_bytes)
     assert message is not None

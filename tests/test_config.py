@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cairnd.config import ConfigError, default_state_dir, load_config, parse_config
+from cairnd.config.settings import ConfigError, default_state_dir, load_config, parse_config
 from cairnd.errors import CairnError
 
 

@@ -1,5 +1,5 @@
 """`python -m cairnd`: the command line (cairnd.cli)."""
 
-from cairnd.cli import main
+from cairnd.cli.main import main
 
 raise SystemExit(main())

@@ -34,7 +34,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFound
 from nats.js.kv import KeyValue
 
 from cairnd.errors import CairnError
-from cairnd.fleet.settings import FleetConfig
+from cairnd.config.fleet import FleetConfig
 from cairnd.journal import event
 
 STREAM = "CAIRND_REQUESTS"

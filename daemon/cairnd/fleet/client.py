@@ -11,12 +11,12 @@ import anyio
 import orjson
 
 from cairnd.errors import CairnError
-from cairnd.entries import now_timestamp
+from cairnd.sessionlog.entries import now_timestamp
 from cairnd.fleet.bus import Bus
 from cairnd.fleet.host import route
 from cairnd.fleet.leases import Leases, hosts
-from cairnd.fleet.settings import FleetConfig
-from cairnd.requests import validate_request
+from cairnd.config.fleet import FleetConfig
+from cairnd.spool.requests import validate_request
 
 
 async def _connect(fleet: FleetConfig) -> Bus:

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import orjson
 
-from cairnd.entries import now_timestamp
+from cairnd.sessionlog.entries import now_timestamp
 from cairnd.errors import CairnError
 from cairnd.fleet import remote
 from cairnd.fleet.bus import (
@@ -42,13 +42,13 @@ from cairnd.fleet.leases import Leases, beat, hosts
 from cairnd.fleet.logstore import LogStore, StoreConflict, make_store
 from cairnd.fleet.mirror import LogMirror
 from cairnd.fleet.ownership import SessionOwnership
-from cairnd.fleet.settings import FleetConfig
+from cairnd.config.fleet import FleetConfig
 from cairnd.journal import event
-from cairnd.requests import ForkRequest, NewRequest, PromptRequest, Request, decode_json, validate_request
-from cairnd.spool import Claimed
+from cairnd.spool.requests import ForkRequest, NewRequest, PromptRequest, Request, decode_json, validate_request
+from cairnd.spool.protocol import Claimed
 
 if TYPE_CHECKING:
-    from cairnd.service import Daemon
+    from cairnd.serve.service import Daemon
 
 
 def route(request: Request, owner: str | None) -> str:

@@ -13,9 +13,9 @@ if TYPE_CHECKING:
     from cairnd.fleet.leases import Leases
     from cairnd.fleet.logstore import LogStore
     from cairnd.fleet.materialise import Descriptor
-    from cairnd.fleet.settings import FleetConfig
-    from cairnd.layout import StateLayout
-    from cairnd.service import Daemon
+    from cairnd.config.fleet import FleetConfig
+    from cairnd.state.layout import StateLayout
+    from cairnd.serve.service import Daemon
 
 
 class HostParts:

@@ -31,7 +31,7 @@ from obstore.exceptions import AlreadyExistsError
 from obstore.store import S3Store
 
 from cairnd.errors import CairnError
-from cairnd.fleet.settings import FleetConfig
+from cairnd.config.fleet import FleetConfig
 
 OFFSET_DIGITS = 16
 # One part at most this big: a log that grew by more while the store was away is

@@ -14,14 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cairnd import git, gitworktree
-from cairnd.layout import StateLayout
-from cairnd.durable import write_atomic
-from cairnd.entries import CHECKPOINT_METHOD, method_of, parse_message, params_of
+from cairnd.git import run as git
+from cairnd.git import worktree as gitworktree
+from cairnd.state.layout import StateLayout
+from cairnd.state.durable import write_atomic
+from cairnd.sessionlog.entries import CHECKPOINT_METHOD, method_of, parse_message, params_of
 from cairnd.errors import CairnError
 from cairnd.fleet import remote
-from cairnd.registry import Registry, SessionRow
-from cairnd.transcript import session_state
+from cairnd.state.registry import Registry, SessionRow
+from cairnd.sessionlog.transcript import session_state
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ from cairnd.fleet.logstore import StoreConflict
 from cairnd.fleet.materialise import Descriptor, materialise
 from cairnd.fleet.hostparts import HostParts
 from cairnd.journal import event
-from cairnd.log import SessionLog
-from cairnd.runner import close_open_turn
+from cairnd.sessionlog.file import SessionLog
+from cairnd.agent.runner import close_open_turn
 
 
 

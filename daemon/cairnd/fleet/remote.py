@@ -26,7 +26,7 @@ import stat
 import threading
 from pathlib import Path
 
-from cairnd import git
+from cairnd.git import run as git
 from cairnd.errors import CairnError
 
 GUARD_HOOK = """#!/bin/sh

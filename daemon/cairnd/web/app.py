@@ -25,16 +25,16 @@ from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from cairnd.client import locate, new_request_id, submit
-from cairnd.config import Config
+from cairnd.spool.client import locate, new_request_id, submit
+from cairnd.config.settings import Config
 from cairnd.errors import CairnError
 from cairnd.ids import is_request_id, is_session_id
-from cairnd.views import daemon_status, find_root, open_registry, read_forest, session_summary, show_session
+from cairnd.sessions.views import daemon_status, find_root, open_registry, read_forest, session_summary, show_session
 from cairnd.web import lineage as lineage_view
 from cairnd.web.guard import Guard
 from cairnd.web.pages import decode_cursor, encode_cursor, follow, read_page
-from cairnd.git import is_object_id
-from cairnd.gitdiff import diff_files, diff_files_many, diff_patches
+from cairnd.git.run import is_object_id
+from cairnd.git.diff import diff_files, diff_files_many, diff_patches
 
 HERE = Path(__file__).parent
 MAX_REQUEST_BYTES = 1 << 20
@@ -322,7 +322,7 @@ def build_app(config: Config, token: str = "", csrf_token: str | None = None) ->
 
     async def api_compare(request: Request) -> Response:
         """`cairnd diff A [B] --json`: checkpoints by name (SESSION or SESSION@N)."""
-        from cairnd.diffs import compare
+        from cairnd.sessions.diffs import compare
         try:
             found = await anyio.to_thread.run_sync(compare, view.layout, request.query_params.get("a", ""),
                                                    request.query_params.get("b") or None)

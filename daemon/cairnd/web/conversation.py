@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 
-from cairnd.entries import (
+from cairnd.sessionlog.entries import (
     CHECKPOINT_METHOD,
     FORK_META_METHOD,
     REWIND_METHOD,
@@ -37,7 +37,7 @@ from cairnd.entries import (
     parse_message,
 )
 # The fork rule's own counter, so that ordinals here are the ones a fork request means.
-from cairnd.forkpoint import CountState, MoreText, UserMessage, feed_line
+from cairnd.sessionlog.forkpoint import CountState, MoreText, UserMessage, feed_line
 
 Op = dict[str, Any]
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 from contextlib import closing
 from typing import Any
 
-from cairnd.layout import StateLayout
+from cairnd.state.layout import StateLayout
 from cairnd.errors import CairnError
-from cairnd.forkpoint import count_user_messages
-from cairnd.log import iter_lines
-from cairnd.views import LineageNode, find_root, read_forest
+from cairnd.sessionlog.forkpoint import count_user_messages
+from cairnd.sessionlog.file import iter_lines
+from cairnd.sessions.views import LineageNode, find_root, read_forest
 
 MAX_MESSAGES = 200  # per session on the drawing; the session page shows them all
 TEXT_CHARS = 140

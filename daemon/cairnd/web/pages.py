@@ -22,7 +22,7 @@ import anyio
 import orjson
 
 from cairnd.errors import CairnError
-from cairnd.log import iter_lines
+from cairnd.sessionlog.file import iter_lines
 from cairnd.web.conversation import ConversationReader, Op, fold
 
 PAGE_ITEMS = 60  # top-level items of a screenful (a reference-agent turn is about six)

@@ -18,7 +18,7 @@ import anyio
 import uvicorn
 from anyio.abc import TaskStatus
 
-from cairnd.config import DEFAULT_WEB_LISTEN, Config, ConfigError
+from cairnd.config.settings import DEFAULT_WEB_LISTEN, Config, ConfigError
 from cairnd.web.guard import is_loopback, split_listen
 
 GRACEFUL_SECONDS = 2.0  # live streams never end by themselves: cut them after this

@@ -1,0 +1,148 @@
+"""Every frame between cairnd and an agent into the session log, byte for byte, in the
+order it crossed (SPEC 3).
+
+The SDK never touches the agent's pipes. `Tap.pump` reads the agent's stdout, logs each
+line verbatim, then feeds it to the StreamReader the SDK reads; the SDK writes into
+`Tap.writer`, a transport that logs each line, then writes it to the agent's stdin. So
+the log holds what crossed the wire, including frames the SDK's schema rejects: session
+updates are not handed to the SDK at all (the log is all cairnd does with them), and
+the prompt's stop reason is read from the raw response, not from the SDK's model of
+it, so no frame an agent sends can break a turn.
+
+Each frame is one `os.write` on the event loop: page-cache fast, and deliberate, since
+a frame must be in the log before the SDK or the agent sees it. Durability is the
+turn's end (`fsync` in a worker thread), not each frame's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import anyio
+
+from cairnd.sessionlog.entries import ID_MARK, PROMPT_MARK, PROMPT_METHOD, UPDATE_MARK, UPDATE_METHOD, json_object
+from cairnd.sessionlog.file import SessionLog
+
+READ_CHUNK = 1 << 16
+SDK_READER_LIMIT = 50 * 1024 * 1024  # frames up to this size reach the SDK in one piece
+
+
+class Tap:
+    """Logs every frame as it crosses, and keeps the raw response to the prompt in
+    flight (its stop reason is taken from there, whatever the SDK makes of it)."""
+
+    def __init__(self, log: SessionLog) -> None:
+        self.log = log
+        self.prompt_id: Any = None
+        self.prompt_response: dict[str, Any] | None = None
+        self.prompt_sent = anyio.Event()
+
+    def expect_prompt(self) -> None:
+        self.prompt_id = None
+        self.prompt_response = None
+        self.prompt_sent = anyio.Event()
+
+    def outgoing(self, frame: bytes) -> None:
+        if not frame.strip():
+            return
+        self.log.append_raw(frame)
+        if PROMPT_MARK in frame:
+            message = json_object(frame)
+            if message and message.get("method") == PROMPT_METHOD and "id" in message:
+                self.prompt_id = message["id"]
+                self.prompt_sent.set()
+
+    def incoming(self, frame: bytes) -> bool:
+        """Log a frame from the agent; whether the SDK needs to see it. Session updates
+        it does not: the log is all cairnd does with them, and the SDK's model of each
+        streaming chunk would only cost time and log noise for every chunk that does not
+        validate (claude-agent-acp's `usage_update` with `used: null`)."""
+        if not frame.strip():
+            return False
+        self.log.append_raw(frame)
+        if UPDATE_MARK in frame:
+            message = json_object(frame)
+            if message and message.get("method") == UPDATE_METHOD and "id" not in message:
+                return False
+        if self.prompt_id is not None and self.prompt_response is None and ID_MARK in frame:
+            message = json_object(frame)
+            if message and "method" not in message and message.get("id") == self.prompt_id:
+                self.prompt_response = message
+        return True
+
+    def reader(self) -> asyncio.StreamReader:
+        """The stream the SDK reads the agent from (fed by `pump`)."""
+        return asyncio.StreamReader(limit=SDK_READER_LIMIT)
+
+    def writer(self, stdin: asyncio.StreamWriter) -> asyncio.StreamWriter:
+        """The stream the SDK writes the agent through: logged, then to `stdin`."""
+        loop = asyncio.get_running_loop()
+        return asyncio.StreamWriter(_TapTransport(stdin, self), _TapProtocol(stdin), None, loop)
+
+    async def pump(self, stdout: asyncio.StreamReader, reader: asyncio.StreamReader) -> None:
+        """Log each line of the agent's stdout, handing the SDK those it needs, until
+        stdout closes (or the log cannot be written: then as if it had)."""
+        pending = bytearray()
+        try:
+            while chunk := await stdout.read(READ_CHUNK):
+                scan_from = len(pending)
+                pending += chunk
+                while (end := pending.find(b"\n", scan_from)) >= 0:
+                    line = bytes(pending[:end + 1])
+                    del pending[:end + 1]
+                    scan_from = 0
+                    if self.incoming(line):
+                        reader.feed_data(line)
+            if pending and self.incoming(bytes(pending)):  # a last frame without its newline
+                reader.feed_data(bytes(pending) + b"\n")
+        except OSError:
+            pass  # the log could not be written: treat it as the end of the agent
+        finally:
+            reader.feed_eof()
+
+
+class _TapTransport(asyncio.WriteTransport):
+    """What the SDK writes to: each line is logged, then written to the agent's stdin."""
+
+    def __init__(self, stdin: asyncio.StreamWriter, tap: Tap) -> None:
+        super().__init__()
+        self._stdin = stdin
+        self._tap = tap
+        self._pending = bytearray()
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self._pending += data
+        while (end := self._pending.find(b"\n")) >= 0:
+            line = bytes(self._pending[:end + 1])
+            del self._pending[:end + 1]
+            self._tap.outgoing(line)
+            self._stdin.write(line)
+
+    def is_closing(self) -> bool:
+        return self._stdin.is_closing()
+
+    def close(self) -> None:
+        self._stdin.close()
+
+    def abort(self) -> None:
+        self._stdin.close()
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self._stdin.write_eof()
+
+    def get_write_buffer_size(self) -> int:
+        return self._stdin.transport.get_write_buffer_size()
+
+
+class _TapProtocol(asyncio.BaseProtocol):
+    """Gives the SDK's `drain()` the agent's real stdin backpressure."""
+
+    def __init__(self, stdin: asyncio.StreamWriter) -> None:
+        self._stdin = stdin
+
+    async def _drain_helper(self) -> None:  # the hook asyncio.StreamWriter.drain awaits
+        await self._stdin.drain()

@@ -1,0 +1,182 @@
+"""Linked worktrees: made from a snapshot's trees (files and index exactly), reset in
+place to another snapshot, removed. A worktree's record is written by cairnd where the
+repository is plain (`gitfiles.write_worktree_record`: whole at once, no lock), else by
+`git worktree add` under the repository's worktree records lock
+(`git.worktree_records_lock`), which removing one also holds. Git runs through
+`cairnd.git`; hooks never run (`read-tree`, not `checkout`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import NamedTuple
+
+from cairnd.git import run as git
+from cairnd.git import files as gitfiles
+from cairnd.git import objects as gitobjects
+from cairnd.errors import CairnError
+
+
+def add_worktree_detached(repo: Path, path: Path, head_sha: str) -> None:
+    """A new linked worktree at `path` with HEAD detached at `head_sha` and NO files or
+    index yet: `restore` fills it. `path` must not exist or be an empty directory."""
+    if not git.is_object_id(head_sha):
+        raise CairnError("commit_missing", f"{head_sha!r} is not a commit id")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dirs = gitfiles.git_dirs(repo)
+    if dirs is not None and gitfiles.write_worktree_record(dirs, path, head_sha):
+        return
+    with git.worktree_records_lock(repo):
+        proc = git.run(repo, ["worktree", "add", "--no-checkout", "--detach", str(path), head_sha])
+    if proc.returncode != 0:
+        if b"invalid reference" in proc.stderr:
+            raise CairnError("commit_missing", f"commit {head_sha} is not in {repo}")
+        raise git.failure(repo, ["worktree"], proc)
+
+
+def restore(worktree: Path, worktree_sha: str, index_tree: str | None) -> None:
+    """Make the files of `worktree` equal to the tree of commit `worktree_sha` and its index
+    equal to tree `index_tree` (None: HEAD's tree, for checkpoints that record only HEAD).
+
+    Meant for a worktree made by `add_worktree_detached`: files the index does not know
+    of are left where they are. HEAD is not moved."""
+    trees = trees_of(worktree, "HEAD", worktree_sha, index_tree)
+    _restore(worktree, worktree_sha, trees.worktree, trees.index)
+
+
+class Trees(NamedTuple):
+    """The trees of a restored state: its files, its index and its HEAD."""
+
+    worktree: str
+    index: str
+    head: str
+
+
+def trees_of(repo: Path, head: str, worktree_sha: str, index_tree: str | None) -> Trees:
+    """Check the objects of a state to restore exist, in one git call (commit_missing
+    names those that do not); return their trees. `index_tree` None: HEAD's tree."""
+    if head != "HEAD" and not git.is_object_id(head):
+        raise CairnError("commit_missing", f"headSha {head!r} is not a commit id")
+    for label, value in (("worktreeSha", worktree_sha), ("indexTree", index_tree)):
+        if value is not None and not git.is_object_id(value):
+            raise CairnError("commit_missing", f"{label} {value!r} is not an object id")
+    wanted = [("headSha commit", f"{head}^{{commit}}"), ("headSha commit", f"{head}^{{tree}}"),
+              ("worktreeSha commit", f"{worktree_sha}^{{commit}}"),
+              ("worktreeSha commit", f"{worktree_sha}^{{tree}}")]
+    if index_tree is not None:
+        wanted.append(("indexTree tree", f"{index_tree}^{{tree}}"))
+    found = gitobjects.object_types(repo, [spec for _, spec in wanted])
+    missing = [f"{label} {spec.split('^')[0]}" for (label, spec), answer in zip(wanted, found) if answer is None]
+    if missing:
+        raise CairnError("commit_missing", f"not in {repo}: {', '.join(dict.fromkeys(missing))}")
+    ids = [answer[0] for answer in found if answer is not None]
+    return Trees(worktree=ids[3], index=ids[4] if index_tree is not None else ids[1], head=ids[1])
+
+
+def _restore(worktree: Path, worktree_sha: str, worktree_tree: str, index_tree: str) -> None:
+    # One pass writes every file and an index whose stat data matches them (in
+    # parallel on large trees: `git.CHECKOUT`).
+    git.output(worktree, *git.CHECKOUT, "read-tree", "--reset", "-u", worktree_sha)
+    if index_tree != worktree_tree:
+        # A one-tree merge without -u keeps the stat data of every entry whose content
+        # is unchanged, so `git status` stays fast; files are not touched.
+        git.output(worktree, "read-tree", "-m", index_tree)
+
+
+def commit_of_tree(repo: Path, tree: str, parent: str, message: str = git.SNAPSHOT_MESSAGE) -> str:
+    """A commit whose tree is `tree` and whose parent is `parent` (a snapshot in the
+    shape of a checkpoint's worktreeSha, for a tree recorded without one: PostHog
+    Code's `worktreeTree`). commit_missing when either object is not there."""
+    for label, value in (("worktreeTree", tree), ("head", parent)):
+        if not git.is_object_id(value):
+            raise CairnError("commit_missing", f"{label} {value!r} is not an object id")
+    found = gitobjects.object_types(repo, [f"{tree}^{{tree}}", f"{parent}^{{commit}}"])
+    missing = [f"{label} {value}" for (label, value), answer in
+               zip((("worktreeTree tree", tree), ("head commit", parent)), found) if answer is None]
+    if missing:
+        raise CairnError("commit_missing", f"not in {repo}: {', '.join(missing)}")
+    return git.first_line(git.output(repo, "commit-tree", "--no-gpg-sign", tree, "-p", parent, "-m", message))
+
+
+def add_worktree(repo: Path, path: Path, head_sha: str, worktree_sha: str | None = None,
+                 index_tree: str | None = None, *, trees: Trees | None = None) -> Trees:
+    """A new linked worktree at `path` (its parent made if missing): HEAD detached at
+    `head_sha`, files equal to `worktree_sha`'s tree (default: `head_sha`'s: a plain
+    checkout), index equal to `index_tree` (default: HEAD's tree). No hook runs.
+    Returns the three trees (looked up anyway: a caller pinning them needs no git);
+    `trees`: what `trees_of` already answered for these objects (not asked again).
+
+    All or nothing: on failure the worktree is removed again. commit_missing when an
+    object is not in the repository (checked before anything is created). The
+    repository's worktree lock is held only while its worktree records are written
+    (adding, and removing on failure), not while the files are written: forks of one
+    repository fill their worktrees in parallel."""
+    worktree_sha = worktree_sha or head_sha
+    trees = trees or trees_of(repo, head_sha, worktree_sha, index_tree)
+    add_worktree_detached(repo, path, head_sha)
+    try:
+        _restore(path, worktree_sha, trees.worktree, trees.index)
+    except BaseException:
+        try:
+            remove_worktree(repo, path)
+        except CairnError:
+            pass  # the first failure is the one worth reporting
+        raise
+    return trees
+
+
+def remove_worktree(repo: Path, path: Path) -> None:
+    """Remove the linked worktree at `path` with everything in it, even if it has changes
+    or is locked; a worktree already gone is fine (git drops its record too).
+
+    No `git worktree prune`: that would also drop the records of the user's own
+    worktrees whose directories are merely out of reach (an unmounted disk)."""
+    with git.worktree_records_lock(repo):
+        proc = git.run(repo, ["worktree", "remove", "--force", "--force", str(path)])
+    if proc.returncode != 0 and b"is not a working tree" not in proc.stderr:
+        raise git.failure(repo, ["worktree"], proc)
+
+
+def reset_worktree(worktree: Path, current_sha: str, target_sha: str, index_tree: str | None,
+                   current_index: Path | None = None) -> None:
+    """Make the files of `worktree` (a session's own, in use) equal to the tree of commit
+    `target_sha` and its index equal to `index_tree` (None: the target's tree), where
+    `current_sha` is a snapshot of the files it holds now (`snapshot().worktree_sha`) and
+    `current_index`, if there is one, that snapshot's private index (`keep_index`): with
+    its stat data only the files that differ are written, else every file is.
+
+    Files the snapshot holds and the target does not (untracked ones too) are removed;
+    ignored files, and files the snapshot left out (over the size cap), stay. HEAD is
+    not touched. Idempotent: after a crash part-way, running it again with the same
+    snapshot finishes the job (what the target holds is written again, what the snapshot
+    alone holds is removed)."""
+    worktree, index_file = git.locate(Path(worktree))
+    target_tree, index_tree, _head = trees_of(worktree, target_sha, target_sha, index_tree)
+    fd, name = tempfile.mkstemp(prefix=git.INDEX_COPY_PREFIX, dir=index_file.parent)
+    os.close(fd)
+    scratch = Path(name)
+    try:
+        env = {"GIT_INDEX_FILE": str(scratch)}
+        # The scratch index names every file there is now, so `--reset -u` removes those
+        # the target lacks.
+        if current_index is not None and current_index.is_file():
+            shutil.copy2(current_index, scratch)  # the mtime too: racy-clean checks stay as strict
+        else:
+            scratch.unlink()
+            git.output(worktree, "read-tree", current_sha, env=env)
+        git.output(worktree, *git.CHECKOUT, "read-tree", "--reset", "-u", target_sha,
+             env=env)
+        os.replace(scratch, index_file)  # an index whose stat data matches the files just written
+        if index_tree != target_tree:
+            git.output(worktree, "read-tree", "-m", index_tree)
+    finally:
+        scratch.unlink(missing_ok=True)
+        Path(f"{scratch}.lock").unlink(missing_ok=True)
+
+
+def detach_head(worktree: Path, sha: str) -> None:
+    """Point the worktree's own HEAD at commit `sha`, detached; no file, index or branch moves."""
+    git.output(worktree, "update-ref", "--no-deref", "-m", "cairnd rewind", "HEAD", sha)

@@ -1,0 +1,419 @@
+"""Sessions as the daemon uses them: new, prompt, fork, rewind, land, cancel, delete.
+Validated requests and their `Origin` in, result dicts (SPEC 7) or CairnError out.
+(Recovery after a crash is recovery.py's.)
+
+Blocking work (git, SQLite, log scans) runs in worker threads; agent processes are
+owned by one AgentRunner per active session.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import threading
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import anyio
+
+from cairnd.sessionlog import cutindex
+from cairnd.git import run as git
+from cairnd.git import objects as gitobjects
+from cairnd.git import refs as gitrefs
+from cairnd.git import worktree as gitworktree
+from cairnd.checkpoints import storage
+from cairnd.checkpoints.checkpoint import session_ref_prefix
+from cairnd.checkpoints.checkpointer import checkpointer_for
+from cairnd.sessionlog.cutindex import find_cut
+from cairnd.config.settings import AgentProfile, Config
+from cairnd.agent.confinement import Confinement, detect
+from cairnd.errors import CairnError
+from cairnd.sessions.creation import creating, write_initial_log
+from cairnd.sessions.forker import fork_session
+from cairnd.agent.history import predict as predict_history
+from cairnd.ids import new_session_id
+from cairnd.journal import event
+from cairnd.sessionlog.entries import checkpoint_entry
+from cairnd.sessionlog.file import iter_lines
+from cairnd.state.registry import Registry, RewindRow, SessionRow
+from cairnd.sessions import rewind as rewinding
+from cairnd.sessions.land import land
+from cairnd.spool.requests import (
+    CancelRequest,
+    DeleteRequest,
+    ForkRequest,
+    LandRequest,
+    NewRequest,
+    Origin,
+    PromptRequest,
+    RewindRequest,
+    is_git_url,
+)
+from cairnd.agent.runner import AgentRunner
+from cairnd.sessionlog.transcript import turn_of_request
+
+
+class Sessions:
+    """Use as `async with Sessions(config) as sessions:`: its task group hosts the agent
+    processes, and leaving it stops every agent (always reaped)."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.layout = config.layout
+        self.registry = Registry(self.layout.db)
+        self.runners: dict[str, AgentRunner] = {}
+        self.turn_limiter = anyio.CapacityLimiter(config.max_parallel_turns)
+        # Forks (and rewinds) build their worktrees max_parallel_forks at once; the rest
+        # of making one (its log, its registry rows: fsyncs, waits more than work)
+        # overlaps with the next ones', so twice as many are under way.
+        self.fork_builders = threading.BoundedSemaphore(config.max_parallel_forks)
+        self.fork_limiter = anyio.CapacityLimiter(2 * config.max_parallel_forks)
+        # git and SQLite calls are short; more threads than cores only adds contention.
+        self.io_limiter = anyio.CapacityLimiter(8)
+        self.turns_in_flight = 0
+        self.sandbox = detect()  # once: what the kernel offers agents (SPEC 16)
+        # With [fleet]: (url, ref) -> (this host's clone, commit); see cairnd.fleet.
+        self.url_repos: Callable[[str, str], tuple[Path, str]] | None = None
+        self._stack = AsyncExitStack()
+        self._tg: anyio.abc.TaskGroup | None = None
+        self.checkpoints = checkpointer_for(self.layout.root)
+        self._background: set[anyio.CancelScope] = set()  # storage upkeep: cancelled when sessions close
+        self._maintaining = False
+
+    async def __aenter__(self) -> Sessions:
+        self._tg = await self._stack.enter_async_context(anyio.create_task_group())
+        self._stack.callback(self.checkpoints.close)
+        if self.checkpoints.watches is not None:
+            self._tg.start_soon(self.checkpoints.read_events)
+        self._stack.callback(lambda: [scope.cancel() for scope in self._background])
+        self._tg.start_soon(self._daily_gc)
+        return self
+
+    # -- storage (SPEC 15) ------------------------------------------------------------------
+
+    def _upkeep_scope(self) -> anyio.CancelScope:
+        scope = anyio.CancelScope()
+        self._background.add(scope)
+        return scope
+
+    async def _daily_gc(self) -> None:
+        with self._upkeep_scope():
+            while True:
+                try:
+                    removed = await self._thread(self.collect, dry_run=False)
+                except Exception as exc:  # noqa: BLE001  storage upkeep never stops the daemon
+                    event(logging.WARNING, f"gc of deleted sessions failed: {exc!r}")
+                else:
+                    for item in removed:
+                        event(logging.INFO, f"gc: removed the log of a session deleted "
+                                            f"{self.config.keep_deleted_days:g}+ days ago", session=item.session)
+                await anyio.sleep(storage.DAY)
+
+    def collect(self, dry_run: bool) -> list[storage.Collected]:
+        rows = self.registry.sessions(("deleted",))
+        return storage.collect(rows, self.layout.session_dir, self.config.keep_deleted_days, dry_run=dry_run)
+
+    def _maintain_soon(self) -> None:
+        """Pack refs and objects of repositories that need it, in the background, one
+        repository at a time: never on the turn path."""
+        if self._maintaining or self._tg is None or not self.checkpoints.refs.due():
+            return
+        self._maintaining = True
+        self._tg.start_soon(self._maintain)
+
+    async def _maintain(self) -> None:
+        scope = self._upkeep_scope()
+        try:
+            with scope:
+                for common in self.checkpoints.refs.due():
+                    try:
+                        await self._thread(self.checkpoints.refs.maintain, common)
+                    except CairnError as exc:
+                        event(logging.WARNING, f"packing checkpoints in {common} failed: {exc.message}")
+        finally:
+            self._background.discard(scope)
+            self._maintaining = False
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        try:
+            with anyio.CancelScope(shield=True):
+                await self.close()
+        finally:
+            await self._stack.__aexit__(exc_type, exc, tb)
+
+    @property
+    def active_agents(self) -> int:
+        return sum(1 for runner in self.runners.values() if runner.running)
+
+    def reload_agents(self, agents: dict[str, AgentProfile], default_agent: str) -> None:
+        # Running agents keep the profile they started with; the next start uses the new one.
+        self.config = dataclasses.replace(self.config, agents=dict(agents), default_agent=default_agent)
+
+    def profile(self, name: str | None) -> AgentProfile:
+        return self.config.agent(name)
+
+    async def _thread(self, fn, *args, **kwargs):
+        return await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs), limiter=self.io_limiter)
+
+    # -- lookups ----------------------------------------------------------------------
+
+    async def live(self, session_id: str) -> SessionRow:
+        return await self._thread(self._live_row, session_id)
+
+    def _live_row(self, session_id: str) -> SessionRow:
+        row = self.registry.get(session_id)
+        if row is None or row.state == "creating":
+            raise CairnError("unknown_session", f"session {session_id!r} does not exist")
+        if row.state == "deleted":
+            raise CairnError("session_deleted", f"session {session_id!r} was deleted")
+        return row
+
+    def runner(self, row: SessionRow) -> AgentRunner:
+        runner = self.runners.get(row.id)
+        if runner is None:
+            profile = self.profile(row.agent)
+            runner = AgentRunner(
+                row.id, row.worktree, self.layout.log_path(row.id), profile,
+                max_file_bytes=self.config.snapshot_max_file_bytes,
+                idle_seconds=self.config.idle_agent_seconds, limiter=self.io_limiter,
+                task_group=self._tg, stop_timeout=min(10.0, self.config.stop_timeout_seconds),
+                checkpoint=self.checkpoints.take,
+                confinement=self.confinement(row, profile),
+            )
+            self.runners[row.id] = runner
+        return runner
+
+    def confinement(self, row: SessionRow, profile: AgentProfile) -> Confinement | None:
+        """How the session's agent is confined; None runs it unconfined (`sandbox = "off"`,
+        or a kernel without Landlock, which the daemon reported at start)."""
+        if profile.sandbox == "off" or not self.sandbox.available:
+            return None
+        return Confinement(worktree=row.worktree, source=row.repo, state_dir=self.layout.root,
+                           tmpdir=self.layout.agent_tmp(row.id), agent_dir=self.layout.agent_dir(profile.name))
+
+    # -- requests -----------------------------------------------------------------------
+
+    async def new(self, request: NewRequest, origin: Origin) -> dict[str, Any]:
+        if origin.request_id and (done := await self._thread(self.registry.by_request, origin.request_id)):
+            # Created before a crash stopped us publishing: answer, don't create twice.
+            return await self._with_turn(done, request.prompt, origin)
+        profile = self.profile(request.agent)
+        if is_git_url(request.repo):
+            # SPEC 17: a fleet host clones a git URL under its state directory.
+            if self.url_repos is None:
+                raise CairnError("bad_request", f"repo {request.repo!r} is a git URL: only a fleet host "
+                                                "([fleet] in the configuration) clones one; give a path")
+            repo, commit = await self._thread(self.url_repos, request.repo, request.ref)
+        else:
+            repo = await self._thread(git.resolve_repo, request.repo)
+            commit = await self._thread(git.resolve_commit, repo, request.ref)
+        session_id = new_session_id()
+        worktree = repo if request.in_place else self.layout.worktree_parent(session_id) / repo.name
+        # One worker thread for the whole transaction: a cancelled caller does not stop
+        # it half-way, and its rollback runs there too.
+        await self._thread(lambda: self._create(
+            commit, id=session_id, title=request.title or repo.name, repo=repo, worktree=worktree,
+            in_place=request.in_place, agent=profile.name, parent_id=None, root_id=session_id, turns=0,
+            request_id=origin.request_id))
+        row = await self._thread(self.registry.get, session_id)
+        return await self._with_turn(row, request.prompt, origin)
+
+    def _create(self, commit: str, **fields: Any) -> None:
+        with creating(self.layout, self.registry, **fields) as made:
+            row = made.row
+            if not row.in_place:
+                gitworktree.add_worktree(row.repo, row.worktree, commit)
+            # Through the checkpointer: its full scan begins the watch, so turn 1 costs what it changes.
+            baseline = self.checkpoints.take(row.id, row.worktree, 0, self.config.snapshot_max_file_bytes)
+            log_path = write_initial_log(self.layout, row.id, None, 0, [checkpoint_entry(baseline)])
+            made.commit({
+                "session": row.id,
+                "title": row.title,
+                "worktree": str(row.worktree),
+                "headSha": baseline["headSha"],
+                "log": str(log_path),
+            })
+
+    async def fork(self, request: ForkRequest, origin: Origin) -> dict[str, Any]:
+        done, parent = await self._thread(self._fork_lookup, request.session, origin.request_id)
+        if done is not None:
+            return await self._with_turn(done, request.prompt, origin)
+        # The limit covers making the fork, not its first turn (that is a turn like any).
+        async with self.fork_limiter:
+            row = await anyio.to_thread.run_sync(self._make_fork, parent, request, origin)
+        self._maintain_soon()
+        return await self._with_turn(row, request.prompt, origin)
+
+    def _fork_lookup(self, session_id: str, request_id: str | None) -> tuple[SessionRow | None, SessionRow]:
+        """(the fork this request already made, or None; the parent, live)."""
+        done = self.registry.by_request(request_id) if request_id else None
+        return done, (self._live_row(session_id) if done is None else done)
+
+    def _make_fork(self, parent: SessionRow, request: ForkRequest, origin: Origin) -> SessionRow:
+        """The fork made, and the bookkeeping after it, in one worker thread: every
+        hand-over to a thread costs the event loop, and a burst of forks pays it each time."""
+        result = fork_session(
+            self.layout, self.registry, parent, request.user_message_index,
+            title=request.title, request_id=origin.request_id,
+            max_file_bytes=self.config.snapshot_max_file_bytes,
+            history=lambda log, end: self.predicted_history(parent, log, end),
+            building=self.fork_builders,
+        )
+        # The fork's baseline ref is one more loose ref to pack (at once past the hard limit).
+        self.checkpoints.refs.wrote(parent.repo)
+        row = self.registry.get(result["session"])
+        assert row is not None  # just committed; nobody else knows its id yet
+        return row
+
+    async def rewind(self, request: RewindRequest, origin: Origin) -> dict[str, Any]:
+        """SPEC 13. Runs in the session's queue, so no turn of it is in flight."""
+        journal = None
+        if origin.request_id:
+            journal = await self._thread(self.registry.rewind_by_request, origin.request_id)
+        if journal is None:
+            row = await self.live(request.session)
+            await self._finish_rewinds(row)
+            # Out of range or in a sub-session: said before the agent is stopped for nothing.
+            await self._thread(find_cut, self.layout.log_path(row.id), request.user_message_index, row.id)
+            # Its agent knows the conversation past the cut, and writes to the old log.
+            runner = self.runners.pop(row.id, None)
+            if runner is not None:
+                await runner.close()
+            async with self.fork_limiter:
+                journal = await anyio.to_thread.run_sync(lambda: self._abandon(row, request, origin))
+        if journal.state == "done" and journal.result is not None:
+            result = journal.result
+        else:
+            row = await self._thread(self.registry.get, journal.session_id)
+            assert row is not None
+            try:
+                with anyio.CancelScope(shield=True):  # past the commit point: finish it
+                    result = await self._thread(rewinding.finish, self.layout, self.registry, row, journal,
+                                                max_file_bytes=self.config.snapshot_max_file_bytes)
+            except CairnError as exc:
+                raise CairnError(exc.code, f"{exc.message} (the rewind is recorded, and session "
+                                           f"{journal.abandoned_id} holds what it left: it is finished before "
+                                           f"the session's next request)") from None
+            finally:
+                # What the checkpointer last saw of the session is no longer so.
+                self.checkpoints.forget(row.id)
+        row = await self._thread(self.registry.get, result["session"])
+        return await self._with_turn(row, request.prompt, origin, base=result)
+
+    def _abandon(self, row: SessionRow, request: RewindRequest, origin: Origin) -> RewindRow:
+        with self.fork_builders:  # a rewind builds a worktree as a fork does
+            return rewinding.abandon(self.layout, self.registry, row, request.user_message_index,
+                                     request_id=origin.request_id, max_file_bytes=self.config.snapshot_max_file_bytes,
+                                     history=lambda log, end: self.predicted_history(row, log, end))
+
+    def predicted_history(self, row: SessionRow, log: Path, end: int) -> str:
+        """How the agent of a fork or rewind of `row` that keeps the bytes of `log` before
+        `end` will get that history when it starts (SPEC 12; cairnd.history)."""
+        try:
+            profile = self.config.agent(row.agent)
+        except CairnError:
+            return "replay"  # its profile is gone from the configuration: it will fail to start anyway
+        return predict_history(iter_lines(log), end, profile.history, profile.name)
+
+    async def land(self, request: LandRequest, origin: Origin) -> dict[str, Any]:
+        row = await self.live(request.session)
+        return await self._thread(land, self.layout, row, request.branch, turn=request.turn,
+                                  message=request.message, force=request.force)
+
+    async def _with_turn(self, row: SessionRow, prompt: str | None, origin: Origin,
+                         base: dict[str, Any] | None = None) -> dict[str, Any]:
+        result = dict(row.result or {}) if base is None else dict(base)
+        if prompt is None:
+            return result
+        if row.state != "ready":
+            raise CairnError("session_deleted", f"session {row.id!r} was deleted before its first turn")
+        try:
+            result.update(await self._turn(row, prompt, origin))
+        except CairnError as exc:
+            # The session exists (or was rewound): say so, or the writer cannot find what it made.
+            done = (f"the rewind is done; session {base['abandoned']} holds what it left"
+                    if base is not None and "abandoned" in base else f"session {row.id} was created")
+            raise CairnError(exc.code, f"{exc.message} ({done})") from None
+        return result
+
+    async def prompt(self, request: PromptRequest, origin: Origin) -> dict[str, Any]:
+        row = await self.live(request.session)
+        await self._finish_rewinds(row)
+        return await self._turn(row, request.text, origin)
+
+    async def _finish_rewinds(self, row: SessionRow) -> None:
+        """A rewind whose finish failed after its commit point (git or the disk refused) is
+        finished before the session runs anything else."""
+        for journal in await self._thread(self.registry.rewinds_of, row.id):
+            if journal.state == "pending":
+                with anyio.CancelScope(shield=True):
+                    await self._thread(rewinding.finish, self.layout, self.registry, row, journal,
+                                       max_file_bytes=self.config.snapshot_max_file_bytes)
+                self.checkpoints.forget(row.id)
+
+    async def _turn(self, row: SessionRow, text: str, origin: Origin) -> dict[str, Any]:
+        if origin.recovered and origin.request_id:
+            # Did this request's turn start before the crash? Then it is not run again.
+            record = await self._thread(self._turn_record, row.id, origin.request_id)
+            if record is not None:
+                if record.get("stopReason") == "interrupted" or record.get("open"):
+                    raise CairnError("turn_interrupted",
+                                     f"turn {record.get('turn')} of session {row.id} was cut by a stop of cairnd")
+                return record["result"]
+        async with self.turn_limiter:
+            self.turns_in_flight += 1
+            runner = self.runner(row)
+            try:
+                result = await runner.prompt(text, request_id=origin.request_id)
+            finally:
+                self.turns_in_flight -= 1
+                # A turn that failed (agent_failed, turn_interrupted) is in the log too:
+                # the registry's count follows the log whatever the outcome.
+                if runner.turns is not None:
+                    with anyio.CancelScope(shield=True):
+                        await self._thread(self.registry.set_turns, row.id, runner.turns)
+        self._maintain_soon()
+        if self._tg is not None:  # the offsets index beside the log follows it, off the turn path
+            self._tg.start_soon(self._thread, cutindex.current, self.layout.log_path(row.id))
+        return result
+
+    def _turn_record(self, session_id: str, request_id: str) -> dict[str, Any] | None:
+        return turn_of_request(iter_lines(self.layout.log_path(session_id)), request_id)
+
+    async def cancel(self, request: CancelRequest, origin: Origin) -> dict[str, Any]:
+        row = await self.live(request.session)
+        runner = self.runners.get(row.id)
+        cancelled = await runner.cancel() if runner is not None else False
+        return {"session": row.id, "cancelled": cancelled}
+
+    async def delete(self, request: DeleteRequest, origin: Origin) -> dict[str, Any]:
+        row = await self.live(request.session)
+        runner = self.runners.pop(row.id, None)
+        if runner is not None:
+            await runner.close()
+        await self._thread(self._delete, row, request.keep_worktree)
+        return {"session": row.id, "worktree_kept": request.keep_worktree or row.in_place}
+
+    def _delete(self, row: SessionRow, keep_worktree: bool) -> None:
+        # The log stays in sessions/<id>/: nothing is ever lost, and lineage keeps the title.
+        if not keep_worktree and not row.in_place:
+            gitworktree.remove_worktree(row.repo, row.worktree)
+            shutil.rmtree(self.layout.worktree_parent(row.id), ignore_errors=True)
+        self.checkpoints.forget(row.id)
+        gitrefs.delete_refs(row.repo, session_ref_prefix(row.id))
+        shutil.rmtree(self.layout.agent_tmp(row.id), ignore_errors=True)
+        self.registry.mark_deleted(row.id)
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        runners, self.runners = list(self.runners.values()), {}
+        async with anyio.create_task_group() as tg:
+            for runner in runners:
+                tg.start_soon(runner.close)
+        await anyio.to_thread.run_sync(gitobjects.close_all)  # the kept `git cat-file` processes

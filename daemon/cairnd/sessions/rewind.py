@@ -1,0 +1,251 @@
+"""Rewind (SPEC section 13): a session goes back to before its user message k, in place.
+
+Two phases around one commit point, so a crash anywhere leaves the session as it was
+or the rewind whole:
+
+1. **abandon** (undone on failure, and by recovery's `creation.roll_back` of the
+   `creating` row after a crash): everything the session is now becomes a new
+   session, `abandoned`: a worktree with its files, index and HEAD (detached: the
+   branch stays with the session), its whole log then a `fork_session_meta` and a
+   baseline, its checkpoints pinned under `refs/cairnd/<abandoned>/`, a lineage row
+   under the session. The commit point is one registry transaction: the abandoned
+   session turns `ready` and the rewind's plan is journalled `pending`.
+2. **finish** (idempotent; rolled forward by recovery): HEAD (detached at the
+   checkpoint's `headSha` when the branch has moved on; branches never move), files
+   and index become the checkpoint's, the log is replaced by rename (the kept bytes,
+   copied from the abandoned log, then `_cairnd/rewind`, then a baseline), the
+   session's later refs go, and the journal turns `done` with the result.
+
+The session's agent must be stopped before (it is restarted by the next turn, with
+the kept history: `history` in the result says how).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from cairnd.git import run as git
+from cairnd.git import refs as gitrefs
+from cairnd.git import snapshot as gitsnapshot
+from cairnd.git import worktree as gitworktree
+from cairnd.checkpoints.checkpoint import checkpoint_params, checkpoint_ref, session_ref_prefix, take_checkpoint
+from cairnd.state.layout import StateLayout
+from cairnd.sessions.diffs import checkpoints_in
+from cairnd.sessionlog.entries import CHECKPOINT_MARK, TURN_START_MARK, checkpoint_entry, fork_meta_entry, rewind_entry
+from cairnd.sessions.creation import roll_back, write_initial_log
+from cairnd.sessionlog.cutindex import find_cut
+from cairnd.sessions.forker import kept_turns, state_at_cut
+from cairnd.sessionlog.forkpoint import count_user_messages
+from cairnd.ids import new_session_id
+from cairnd.sessionlog.file import iter_lines
+from cairnd.state.registry import ForkRow, Registry, RewindRow, SessionRow
+from cairnd.sessionlog.transcript import session_state
+
+_REWIND_SUFFIX = re.compile(r"\s*\(before rewind (\d+)\)\s*$")
+
+# The points between steps, in order: fault-injection tests stop a rewind at each.
+STEPS = ("planned", "abandoned_worktree", "abandoned_refs", "abandoned_log", "committed",
+         "head", "files", "log", "refs", "finished")
+
+
+def _reached(step: str) -> None:
+    """Called as each step completes. A seam for the fault-injection tests (they replace
+    it to kill the process there); does nothing otherwise."""
+
+
+def current_index_path(layout: StateLayout, session_id: str) -> Path:
+    """Where a rewind keeps the private index of the session's state before it."""
+    return layout.session_dir(session_id) / ".rewind.index"
+
+
+def abandoned_title(title: str, titles_in_root: Iterable[str]) -> str:
+    """`<title> (before rewind N)`: N one more than the highest used for the same title."""
+    base = _REWIND_SUFFIX.sub("", title)
+    highest = 0
+    for other in titles_in_root:
+        match = _REWIND_SUFFIX.search(other)
+        if match and _REWIND_SUFFIX.sub("", other) == base:
+            highest = max(highest, int(match.group(1)))
+    return f"{base} (before rewind {highest + 1})"
+
+
+def complete_length(path: Path) -> int:
+    """Bytes of a log up to its last whole line (a torn last line is not written)."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        end = size
+        while end > 0:
+            begin = max(0, end - (1 << 20))
+            f.seek(begin)
+            block = f.read(end - begin)
+            newline = block.rfind(b"\n")
+            if newline >= 0:
+                return begin + newline + 1
+            end = begin
+    return 0
+
+
+def kept_length(lines: Iterable[tuple[int, bytes]], cut: int) -> int:
+    """Bytes a rewind keeps of a log cut at byte `cut` (a prompt line): the fork's rule,
+    less the `_cairnd/turn_start` that opened the cut turn (it lies after the last
+    checkpoint), so the kept lines hold no turn that never ends."""
+    keep = cut
+    for offset, line in lines:
+        if offset >= cut:
+            break
+        if CHECKPOINT_MARK in line:
+            keep = cut
+        elif TURN_START_MARK in line and keep == cut:
+            keep = offset
+    return keep
+
+
+def pin_abandoned(repo: Path, abandoned_id: str, lines: Iterable[tuple[int, bytes]],
+                  baseline: dict[str, Any] | None = None) -> dict[str, str]:
+    """Pin every checkpoint of the old log under refs/cairnd/<abandoned>/<turns> (a second
+    checkpoint of one turn count, as a rewind or a fork leaves, gets `<turns>-<i>`; its
+    index tree `<turns>-index`), so they outlive the session's own refs being reused;
+    the index tree of the abandoned session's own `baseline` too. Returns name -> sha."""
+    taken = gitrefs.list_refs(repo, session_ref_prefix(abandoned_id))
+    pinned = set(taken.values())
+    wanted: dict[str, str] = {}
+    for params in [*([baseline] if baseline else []), *checkpoints_in(lines).checkpoints]:
+        turns = params.get("turns")
+        if not isinstance(turns, int):
+            continue
+        # The index tree is not reachable from worktreeSha: it gets a ref of its own.
+        for sha, suffix in ((params.get("worktreeSha") or params.get("headSha"), ""),
+                            (params.get("indexTree"), "-index")):
+            if not git.is_object_id(sha) or sha in pinned:
+                continue
+            name, i = f"{checkpoint_ref(abandoned_id, turns)}{suffix}", 0
+            while name in taken or name in wanted:
+                i += 1
+                name = f"{checkpoint_ref(abandoned_id, turns)}-{i}{suffix}"
+            wanted[name] = sha
+            pinned.add(sha)
+    # One ref transaction; objects collected long ago (a deleted parent's) are left out.
+    taken.update(gitrefs.pin_many(repo, wanted))
+    return taken
+
+
+def abandon(layout: StateLayout, registry: Registry, row: SessionRow, k: int, *, request_id: str | None,
+            max_file_bytes: int, history: Callable[[Path, int], str]) -> RewindRow:
+    """Phase 1: the abandoned session, and the plan, committed together. Synchronous."""
+    log_path = layout.log_path(row.id)
+    point = find_cut(log_path, k, row.id)  # from the offsets index beside the log
+    start = state_at_cut(point, row.repo, row.worktree)
+    turns = kept_turns(point, log_path)
+    # Its private index (stat data of every file now) lets finish write only what differs.
+    now = gitsnapshot.snapshot(row.worktree, max_file_bytes, message=f"cairnd rewind {row.id}: the state before",
+                       keep_index=current_index_path(layout, row.id))
+    old_length = complete_length(log_path)
+    old_state = session_state(iter_lines(log_path), agent_text=False)
+    old_messages = len(count_user_messages(iter_lines(log_path)))
+
+    # HEAD: kept on its branch when the branch is where the checkpoint was, else
+    # detached there; `detached` says the branch had moved on.
+    branch_at = git.ref_commit(row.worktree, f"refs/heads/{now.branch}") if now.branch else None
+    keep_branch = now.branch is not None and branch_at == start.head_sha
+    plan = {
+        "session": row.id, "k": k, "keep_bytes": kept_length(iter_lines(log_path), point.offset), "turns": turns,
+        "headSha": start.head_sha, "worktreeSha": start.worktree_sha, "indexTree": start.index_tree,
+        "state": start.state, "moveHead": not keep_branch, "detached": now.branch is not None and not keep_branch,
+        "prefill": point.prefill, "history": history(log_path, point.offset), "now": now.worktree_sha,
+    }
+    abandoned_id = new_session_id()
+    plan["abandoned"] = abandoned_id
+    title = abandoned_title(row.title, registry.titles_in_root(row.root_id))
+    worktree = layout.worktree_parent(abandoned_id) / row.repo.name
+    registry.begin_session(
+        id=abandoned_id, title=title, repo=row.repo, worktree=worktree, in_place=False, agent=row.agent,
+        parent_id=row.id, root_id=row.root_id, turns=old_state.turns, request_id=request_id,
+    )
+    creating = registry.get(abandoned_id)
+    assert creating is not None
+    try:
+        _reached("planned")
+        gitworktree.add_worktree(row.repo, worktree, now.head_sha, now.worktree_sha, now.index_tree)
+        _reached("abandoned_worktree")
+        # Its worktree was made from `now`'s objects: that snapshot is its baseline (HEAD
+        # detached), under its own ref, with no second scan.
+        baseline = checkpoint_params(abandoned_id, old_state.turns, dataclasses.replace(now, branch=None))
+        gitrefs.pin(row.repo, baseline["ref"], now.worktree_sha)
+        pin_abandoned(row.repo, abandoned_id, iter_lines(log_path), baseline)
+        _reached("abandoned_refs")
+        log = write_initial_log(layout, abandoned_id, log_path, old_length, [
+            fork_meta_entry(abandoned_id, row.id, old_messages, now.head_sha, now.worktree_sha),
+            checkpoint_entry(baseline)])
+        _reached("abandoned_log")
+        result = {"session": abandoned_id, "parent": row.id, "user_message_index": old_messages, "title": title,
+                  "worktree": str(worktree), "headSha": now.head_sha, "worktreeSha": now.worktree_sha,
+                  "state": "checkpoint", "prefill": None, "log": str(log), "abandoned_by_rewind": row.id}
+        journal = RewindRow(abandoned_id=abandoned_id, session_id=row.id, request_id=request_id, plan=plan)
+        registry.commit_session(abandoned_id, result, ForkRow(
+            id=abandoned_id, parent_id=row.id, parent_title=row.title, root_id=row.root_id,
+            user_message_index=old_messages, head_sha=now.head_sha, worktree_sha=now.worktree_sha,
+            created_at=time.time()), rewind=journal)
+    except BaseException:
+        roll_back(layout, registry, creating)
+        current_index_path(layout, row.id).unlink(missing_ok=True)
+        raise
+    _reached("committed")
+    return journal
+
+
+def finish(layout: StateLayout, registry: Registry, row: SessionRow, journal: RewindRow, *,
+           max_file_bytes: int) -> dict[str, Any]:
+    """Phase 2: the session becomes the checkpoint's. Idempotent: recovery runs it again
+    after a crash at any point of it. Synchronous."""
+    plan = journal.plan
+    head, target = plan["headSha"], plan["worktreeSha"] or plan["headSha"]
+    if plan["moveHead"]:
+        gitworktree.detach_head(row.worktree, head)
+    _reached("head")
+    gitworktree.reset_worktree(row.worktree, plan["now"], target, plan["indexTree"],
+                       current_index=current_index_path(layout, row.id))
+    current_index_path(layout, row.id).unlink(missing_ok=True)
+    _reached("files")
+    baseline = take_checkpoint(row.id, row.worktree, plan["turns"], max_file_bytes)
+    # The kept bytes come from the abandoned log, which holds the old log whole: the
+    # session's own may already be the new one when this runs again after a crash.
+    write_initial_log(layout, row.id, layout.log_path(journal.abandoned_id), plan["keep_bytes"], [
+        rewind_entry(row.id, plan["k"], journal.abandoned_id, head, plan["worktreeSha"]),
+        checkpoint_entry(baseline)])
+    _reached("log")
+    later = [name for name in gitrefs.list_refs(row.repo, session_ref_prefix(row.id))
+             if not _turns_at_most(name, plan["turns"])]
+    gitrefs.delete_ref_names(row.repo, later)
+    _reached("refs")
+    result = {
+        "session": row.id, "user_message_index": plan["k"], "headSha": head,
+        "worktreeSha": plan["worktreeSha"], "state": plan["state"], "prefill": plan["prefill"],
+        "history": plan["history"], "abandoned": journal.abandoned_id, "detached": plan["detached"],
+        "turns": plan["turns"], "log": str(layout.log_path(row.id)),
+    }
+    registry.finish_rewind(journal.abandoned_id, row.id, plan["turns"], result)
+    _reached("finished")
+    return result
+
+
+def _turns_at_most(ref_name: str, turns: int) -> bool:
+    last = ref_name.rsplit("/", 1)[-1].removesuffix("-index")  # a checkpoint's index tree goes with it
+    return last.isdigit() and int(last) <= turns
+
+
+def recover(layout: StateLayout, registry: Registry, *, max_file_bytes: int) -> list[str]:
+    """Finish every rewind a stop cut after its commit point; the sessions finished."""
+    finished = []
+    for journal in registry.rewinds(("pending",)):
+        row = registry.get(journal.session_id)
+        if row is None or row.state != "ready":
+            continue
+        finish(layout, registry, row, journal, max_file_bytes=max_file_bytes)
+        finished.append(row.id)
+    return finished

@@ -1,0 +1,86 @@
+"""Real Claude Code confined by cairnd's sandbox (SPEC 16), offline through the Messages-API stub.
+
+Claude's own Bash tool runs what the stub scripts: a write outside the session's
+worktree (the user's checkout, a sibling session's worktree) fails with EACCES, a
+write inside works, and Claude's own state under its HOME (~/.claude: transcripts,
+shell snapshots) is written as usual.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from cairnd.agent import sandbox
+from daemonproc import Daemon
+
+from . import daemonkit
+from .anthropic_stub import AnthropicStub, bash, text, tool_results
+from .harness import ensure_agents_installed, make_git_repo
+
+pytestmark = [pytest.mark.realagent,
+              pytest.mark.skipif(sandbox.abi_version() < 1, reason="this kernel offers no Landlock")]
+
+TURN_TIMEOUT = 120.0  # a bound against hangs, not an expectation
+
+
+@pytest.fixture(scope="module")
+def agents_installed() -> None:
+    problem = ensure_agents_installed()
+    if problem:
+        pytest.skip(f"real agents unavailable: {problem}")
+
+
+@pytest.fixture
+def stub() -> Iterator[AnthropicStub]:
+    with AnthropicStub() as running:
+        yield running
+
+
+def result_text(block: dict) -> str:
+    content = block.get("content")
+    if isinstance(content, list):
+        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+    return str(content)
+
+
+def test_claudes_bash_writes_inside_its_worktree_only(tmp_path: Path, agents_installed: None,
+                                                       stub: AnthropicStub) -> None:
+    repo = make_git_repo(tmp_path / "project", {"README.md": "# demo\n"})
+    home = tmp_path / "home"
+    profile = daemonkit.claude_profile(stub.agent_env(str(home)), home)  # sandbox: the default
+    settings = {**daemonkit.DAEMON_SETTINGS, "default_agent": "claude", "agents": {"claude": profile}}
+    daemon = Daemon(tmp_path / "state", settings).start()
+    try:
+        sibling = Path(daemon.ok({"kind": "new", "repo": str(repo)})["worktree"])
+        new = daemon.ok({"kind": "new", "repo": str(repo)})
+        worktree = Path(new["worktree"])
+        started = time.time()
+        stub.push(bash(f"echo escaped > {repo}/evil.txt"), bash(f"echo escaped > {sibling}/evil.txt"),
+                  bash("echo inside > inside.txt && cat inside.txt"), text("Tried three places."))
+        turn = daemon.ok({"kind": "prompt", "session": new["session"], "text": "Write three files."}, TURN_TIMEOUT)
+        assert turn["stopReason"] == "end_turn"
+
+        results = [result_text(block) for block in tool_results(stub.main_requests()[-1])]
+        assert len(results) == 3, results
+        assert "Permission denied" in results[0] and "Permission denied" in results[1], results
+        assert "inside" in results[2] and "Permission denied" not in results[2], results
+        assert not (repo / "evil.txt").exists() and not (sibling / "evil.txt").exists()
+        assert (worktree / "inside.txt").read_text() == "inside\n"
+        assert daemonkit.commit_files(worktree, turn["checkpoint"]["worktreeSha"])[b"inside.txt"][1] == b"inside\n"
+
+        # Claude kept its own state under its HOME, sandbox or not: the session transcript.
+        written = [p for p in (home / ".claude").rglob("*.jsonl") if p.stat().st_mtime >= started - 1]
+        assert written, sorted(str(p) for p in (home / ".claude").rglob("*"))
+        assert any(b"inside.txt" in p.read_bytes() for p in written)
+        # And the daemon ran it through the launcher.
+        log = daemon.state / "sessions" / new["session"] / "agent.stderr"
+        assert "starting" in log.read_text()
+        status = orjson.loads((daemon.state / "status.json").read_bytes())
+        assert status["sandbox"].startswith("landlock")
+    finally:
+        assert daemon.stop() == 0, daemon.stderr()[-3000:]
