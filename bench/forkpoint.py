@@ -24,7 +24,7 @@ from measure import (
 )
 
 _SESSION = "bench-session"
-_CHILD_IMPORTS = "import sys\nfrom cairnd.forkpoint import find_fork_point\nfrom cairnd.log import copy_prefix, iter_lines\n"
+_CHILD_IMPORTS = "import sys\nfrom cairnd.sessionlog.forkpoint import find_fork_point\nfrom cairnd.sessionlog.file import copy_prefix, iter_lines\n"
 _CHILD_WORK = (
     "point = find_fork_point(iter_lines(sys.argv[1]), int(sys.argv[2]), 's')\n"
     "copy_prefix(sys.argv[1], sys.argv[3], point.offset)\n"

@@ -22,7 +22,7 @@ from measure import Row, command_of, main, target_text
 from synth import git, repo
 
 _TICK = os.sysconf("SC_CLK_TCK")
-_IMPORTS = "import cairnd.service, cairnd.sessions, cairnd.runner, watchfiles, anyio, acp"
+_IMPORTS = "import cairnd.serve.service, cairnd.sessions.handlers, cairnd.agent.runner, watchfiles, anyio, acp"
 
 
 def _children(pid: int) -> list[int]:

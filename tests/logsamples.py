@@ -206,7 +206,7 @@ def usage_update(quirk: bool = True) -> bytes:
 
 
 def lines_of(*entries: bytes) -> list[tuple[int, bytes]]:
-    """Entries as `(offset, line)` pairs, as `cairnd.log.iter_lines` yields them."""
+    """Entries as `(offset, line)` pairs, as `cairnd.sessionlog.file.iter_lines` yields them."""
     pairs: list[tuple[int, bytes]] = []
     offset = 0
     for entry in entries:

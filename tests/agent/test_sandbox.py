@@ -1,4 +1,4 @@
-"""The Landlock launcher (SPEC 16): `python -m cairnd.sandbox --write DIR -- CMD` runs CMD
+"""The Landlock launcher (SPEC 16): `python -m cairnd.agent.sandbox --write DIR -- CMD` runs CMD
 able to write beneath DIR and nowhere else, reading everywhere."""
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def test_children_inherit_the_domain_and_cannot_leave_it(tmp_path: Path) -> None
     # A nested launcher asking for more cannot widen what its parent was given.
     (tmp_path / "a").mkdir()
     proc = launch(tmp_path, [tmp_path / "a"], f"""
-        {sys.executable} -m cairnd.sandbox --write {tmp_path} -- sh -c 'echo x > {tmp_path}/b || echo refused'
+        {sys.executable} -m cairnd.agent.sandbox --write {tmp_path} -- sh -c 'echo x > {tmp_path}/b || echo refused'
     """)
     assert proc.stdout.split() == ["refused"], proc.stderr
     assert not (tmp_path / "b").exists()

@@ -237,7 +237,7 @@ class Audit:
 
 def audit(state: Path, repo: Path, requests: dict[str, dict[str, Any]] | None) -> Audit:
     """Check every promise of SPEC 6 on a stopped daemon's state. Read with sqlite3, git
-    and the file system directly, and the log envelope through cairnd.log. `requests`:
+    and the file system directly, and the log envelope through cairnd.sessionlog.file. `requests`:
     every request dropped, by id (None: the spool's results are not checked)."""
     strict = requests is not None
     requests = requests or {}

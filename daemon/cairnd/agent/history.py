@@ -189,7 +189,7 @@ def _restart(facts: HistoryFacts, mode: str, live: dict[str, Any] | None) -> Pla
 
 
 def marked_lines(log: Any, end: int | None = None, messages: bool = True) -> Iterator[tuple[int, bytes]]:
-    """The lines `scan` reads, from a `cairnd.log.LogLines` (searched, not iterated:
+    """The lines `scan` reads, from a `cairnd.sessionlog.file.LogLines` (searched, not iterated:
     a long log's agent chatter never reaches Python unless `messages`), up to byte `end`."""
     marks = [PROMPT_MARK, _SDK_MARK, _CAPABILITIES_MARK, *_BOUNDARY_MARKS] + ([AGENT_TEXT_MARK] if messages else [])
     for _index, offset, line in log.marked(marks):
@@ -200,7 +200,7 @@ def marked_lines(log: Any, end: int | None = None, messages: bool = True) -> Ite
 
 def predict(log: Any, end: int, mode: str, profile: str) -> str:
     """The way a fork or rewind that keeps the bytes before `end` of `log` (a
-    `cairnd.log.LogLines`) will give its agent the history when it first starts, from
+    `cairnd.sessionlog.file.LogLines`) will give its agent the history when it first starts, from
     the log alone: for its result, before its agent starts (a result with a first turn
     says the way actually taken). The fork point's message id is not looked for (that
     would read every agent chunk): where the start finds none, it falls back."""

@@ -55,7 +55,7 @@ SUB_SESSION_MARK = b"subSession"
 POSTHOG_MARK = b"_posthog/"  # also within the `__posthog/` spelling
 ID_MARK = b'"id"'  # requests and responses
 
-Lines = Iterable[tuple[int, bytes]]  # `(offset, line)` pairs, as `cairnd.log.iter_lines` yields
+Lines = Iterable[tuple[int, bytes]]  # `(offset, line)` pairs, as `cairnd.sessionlog.file.iter_lines` yields
 
 
 # -- the envelope -------------------------------------------------------------------------

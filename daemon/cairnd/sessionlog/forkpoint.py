@@ -1,7 +1,7 @@
 """The fork rule (SPEC 4 and 5) as pure functions: log lines in, the cut out.
 
 Input everywhere is an iterable of `(offset, line)` pairs, exactly what
-`cairnd.log.iter_lines` yields; nothing here does I/O of its own (given a
+`cairnd.sessionlog.file.iter_lines` yields; nothing here does I/O of its own (given a
 `MarkedSource`, as `iter_lines` returns, it asks it for the marked lines instead of
 iterating, below).
 
@@ -70,7 +70,7 @@ _PRIMARY_MARKS = (PROMPT_MARK, USER_CHUNK_MARK, CHECKPOINT_MARK, GIT_CHECKPOINT_
 @runtime_checkable
 class MarkedSource(Protocol):
     """Log lines that can also be searched for marked lines without iterating them all
-    (`cairnd.log.LogLines`, what `iter_lines` returns, is one)."""
+    (`cairnd.sessionlog.file.LogLines`, what `iter_lines` returns, is one)."""
 
     start: int  # the line boundary its lines begin at
 

@@ -3,7 +3,7 @@ turns (each with the checkpoint it left: the one rule for which checkpoint belon
 which turn), whether a crash cut a turn, which agent session to resume, the replay text
 given to an agent that cannot load the conversation natively, and what became of a
 spool request's turn. Input is an iterable of `(offset, line)` pairs as
-`cairnd.log.iter_lines` yields them.
+`cairnd.sessionlog.file.iter_lines` yields them.
 """
 
 from __future__ import annotations
