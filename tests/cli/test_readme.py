@@ -1,12 +1,14 @@
-"""README.md followed literally: its two set-up commands (the fenced block right after
-"## Try it" and the one right after "## Run the tests"), its spool example, and the
-names it documents (commands, error codes, configuration keys)."""
+"""README.md and docs/ followed literally: the README's two set-up commands (the fenced
+block right after "## Try it" and the one right after "## Run the tests"), its tour and
+web view run as printed, the spool example of docs/cli.md, and the names the docs
+document (commands, error codes, configuration keys)."""
 
 from __future__ import annotations
 
 import os
 import re
 import shutil
+import sys
 import subprocess
 from pathlib import Path
 
@@ -22,16 +24,37 @@ from cairnd.errors import CODES
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
+DOCS = ROOT / "docs"
 CI_RUN = ROOT / ".ci" / "run"
 
 
-def first_block_after(heading: str) -> str:
+FENCE = re.compile(r"^```([a-z]*)\n(.*?)^```$", re.M | re.S)
+
+
+def first_block_after(heading: str, page: Path = README) -> str:
     """The body of the first fenced code block after the line `heading`."""
-    text = README.read_text()
+    text = page.read_text()
     start = text.index(f"\n{heading}\n")
-    match = re.compile(r"^```[a-z]*\n(.*?)^```$", re.M | re.S).search(text, start)
+    match = FENCE.search(text, start)
     assert match is not None, f"no code block after {heading!r}"
-    return match.group(1)
+    return match.group(2)
+
+
+def section(heading: str, page: Path = README) -> str:
+    """The text of the section `heading`, up to the next heading of its level."""
+    text = page.read_text()
+    start = text.index(f"\n{heading}\n") + 1
+    level = heading.split(" ", 1)[0]
+    end = text.find(f"\n{level} ", start + len(heading))
+    return text[start:] if end < 0 else text[start:end]
+
+
+def sh_blocks(text: str) -> list[str]:
+    return [m.group(2) for m in FENCE.finditer(text) if m.group(1) == "sh"]
+
+
+def documentation() -> str:
+    return README.read_text() + "".join(page.read_text() for page in sorted(DOCS.glob("*.md")))
 
 
 def ci_commands() -> str:
@@ -89,7 +112,7 @@ def test_the_spool_example_runs_as_written(tmp_path: Path):
     daemon.close_socket()  # nobody reads STATUS= updates after READY=1
     try:
         env = {**clean_env(), "CAIRND_STATE_DIR": str(daemon.state)}
-        proc = subprocess.run(["bash", "-c", first_block_after("## The spool protocol")], cwd=repo, env=env,
+        proc = subprocess.run(["bash", "-c", first_block_after("## The spool protocol", DOCS / "cli.md")], cwd=repo, env=env,
                               capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr
         result = orjson.loads(proc.stdout)
@@ -99,13 +122,78 @@ def test_the_spool_example_runs_as_written(tmp_path: Path):
         assert daemon.stop() == 0
 
 
-def test_the_readme_documents_every_command_error_code_and_setting():
-    text = README.read_text()
+def test_the_docs_document_every_command_error_code_and_setting():
+    cli, errors, configuration = ((DOCS / name).read_text() for name in ("cli.md", "errors.md", "configuration.md"))
     for command in COMMANDS:
-        assert f"`cairnd {command}" in text, command
+        assert f"`cairnd {command}" in cli, command
     for code in CODES:
-        assert f"| `{code}` |" in text, code
+        assert f"| `{code}` |" in errors, code
     for key in _TOP_KEYS:
-        assert re.search(rf"^\[?{key}\b", text, re.M), key
-    assert "\n## Benchmarks\n" in text
-    assert "| benchmark | figure | ratio | target | command |" in text
+        assert re.search(rf"^\[?{key}\b", configuration, re.M), key
+    assert "| benchmark | figure | ratio | target | command |" in (DOCS / "benchmarks.md").read_text()
+
+
+def test_the_readme_is_a_front_door():
+    """At most 300 lines, and every page it points at is there."""
+    text = README.read_text()
+    assert text.count("\n") <= 300
+    for target in re.findall(r"\]\((docs/[^)#]+)\)", text):
+        assert (ROOT / target).exists() or target == "docs/editors.md", target
+    for page in DOCS.glob("*.md"):
+        for target in re.findall(r"\]\(([a-z-]+\.(?:md|png))\)", page.read_text()):
+            assert (DOCS / target).exists() or target == "editors.md", (page.name, target)
+
+
+def newcomer(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A clone with "Try it"'s venv (this one, linked), and a home with a repository of
+    one's own at ~/src/project: where the README's tour starts."""
+    clone = tmp_path / "clone"
+    clone.mkdir()
+    (clone / ".venv").symlink_to(Path(sys.prefix))
+    home = tmp_path / "home"
+    make_repo(home / "src" / "project", {"README.md": "# project\n"})
+    env = {**clean_env(), "HOME": str(home)}
+    env.pop("XDG_STATE_HOME", None)
+    subprocess.run(["git", "config", "--global", "user.name", "A Newcomer"], env=env, check=True)
+    subprocess.run(["git", "config", "--global", "user.email", "newcomer@example.com"], env=env, check=True)
+    return clone, env
+
+
+def run_as_printed(blocks: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """The blocks, word for word, as one shell session that stops at the first failure;
+    whatever it left running in the background is stopped at its end."""
+    script = "set -e\ntrap 'kill $(jobs -p) 2>/dev/null; wait' EXIT\n" + "".join(blocks)
+    return subprocess.run(["bash", "-c", script], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_the_tour_runs_as_printed(tmp_path: Path):
+    blocks = sh_blocks(section("## A tour on your own repository"))
+    assert len(blocks) >= 3
+    clone, env = newcomer(tmp_path)
+    proc = run_as_printed(blocks, clone, env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    project = Path(env["HOME"]) / "src" / "project"
+    state = Path(env["HOME"]) / ".local" / "state" / "cairnd"
+    assert (state / "cairnd.db").exists(), "the tour's state directory is the default one"
+    landed = subprocess.run(["git", "-C", str(project), "show", "try-french:greet.py"], capture_output=True,
+                            text=True, check=True).stdout
+    assert landed == 'print("bonjour")\n'
+    assert "cut at message 1" in proc.stdout
+    # the user's own checkout is untouched: only the landed branch is new
+    status = subprocess.run(["git", "-C", str(project), "status", "--porcelain"], capture_output=True, text=True)
+    assert status.stdout == ""
+
+
+def test_the_web_view_block_runs_as_printed(tmp_path: Path):
+    import socket
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", 8765)) == 0:
+            pytest.skip("something else listens on 127.0.0.1:8765, the README's default")
+    blocks = sh_blocks(section("## The web view"))
+    assert len(blocks) == 1
+    clone, env = newcomer(tmp_path)
+    url = re.search(r"# (http://127\.0\.0\.1:\d+/)", blocks[0]).group(1)
+    wait = f"for i in $(seq 100); do curl -fsS {url}api/status >/dev/null 2>&1 && break; sleep 0.1; done\n"
+    proc = run_as_printed([*sh_blocks(section("## A tour on your own repository"))[:1], blocks[0], wait,
+                           f"curl -fsS {url}api/sessions\n"], clone, env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
