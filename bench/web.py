@@ -49,16 +49,18 @@ def _session_with_log(state: Path, registry: Registry, session: str, log: Path, 
     registry.commit_session(session, {"session": session})
 
 
-def _start_web(config: Path) -> tuple[subprocess.Popen[bytes], str, Path]:
+def _start_web(config: Path) -> tuple[subprocess.Popen[bytes], str, str, Path]:
+    """The server, its base URL and its token (the first line of its stdout)."""
     stderr = config.with_suffix(".stderr")
+    stdout = config.with_suffix(".stdout")
     env = {**os.environ, "CAIRND_CONFIG": str(config)}
     proc = subprocess.Popen([sys.executable, "-m", "cairnd", "web", "--listen", "127.0.0.1:0"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=open(stderr, "wb"))
+                            stdout=open(stdout, "wb"), stderr=open(stderr, "wb"))
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        found = re.search(r"on (http://\S+/)", stderr.read_text(errors="replace"))
+        found = re.match(r"(http://\S+/)\?token=(\S+)\n", stdout.read_text(errors="replace"))
         if found:
-            return proc, found.group(1), stderr
+            return proc, found.group(1), found.group(2), stderr
         if proc.poll() is not None:
             break
         time.sleep(0.05)
@@ -66,8 +68,9 @@ def _start_web(config: Path) -> tuple[subprocess.Popen[bytes], str, Path]:
     raise SystemExit(f"cairnd web did not start: {stderr.read_text(errors='replace')}")
 
 
-def _get(url: str) -> int:
-    with urllib.request.urlopen(url, timeout=60) as response:
+def _get(url: str, token: str) -> int:
+    request = urllib.request.Request(url, headers={"authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=60) as response:
         body = response.read()
         assert response.status == 200
     return len(body)
@@ -92,15 +95,15 @@ def run(quick: bool) -> list[Row]:
             _session_with_log(state, registry, f"bench{megabytes}mb", log, repo)
         config = base / "cairnd.toml"
         config.write_text(f'state_dir = "{state}"\n')
-        proc, url, _stderr = _start_web(config)
+        proc, url, token, _stderr = _start_web(config)
         try:
             pages = {megabytes: f"{url}sessions/{session}" for megabytes, (session, _log) in logs.items()}
-            html = {megabytes: _get(page) for megabytes, page in pages.items()}  # warm: cache, templates
+            html = {megabytes: _get(page, token) for megabytes, page in pages.items()}  # warm: cache, templates
             # Round robin over the sizes, so a drift of the machine's load hits every size alike.
             samples: dict[int, list[float]] = {megabytes: [] for megabytes in pages}
             for _ in range(repeat):
                 for megabytes, page in pages.items():
-                    samples[megabytes].extend(timings(lambda: _get(page), 1))
+                    samples[megabytes].extend(timings(lambda: _get(page, token), 1))
             figures = {megabytes: median(values) for megabytes, values in samples.items()}
             peer = figures[1]
             for megabytes, (_session, log) in logs.items():

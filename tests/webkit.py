@@ -24,32 +24,48 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 
 
 class WebServer:
-    """`cairnd web --listen 127.0.0.1:0` on a daemon's configuration; its URL is the
-    one it announces on stderr."""
+    """`cairnd web --listen 127.0.0.1:0` on a daemon's configuration; its URL and token
+    are the ones it prints as the first line of its stdout (`http://HOST:PORT/?token=T`)."""
 
     def __init__(self, config: Path, listen: str = "127.0.0.1:0") -> None:
         self.config = config
         self.listen = listen
         self.stderr_path = config.with_suffix(".web.stderr")
+        self.stdout_path = config.with_suffix(".web.stdout")
         self.proc: subprocess.Popen[bytes] | None = None
-        self.url = ""
+        self.url = ""  # without the token, no trailing slash
+        self.token = ""
 
     def start(self, timeout: float = 30) -> WebServer:
         env = {**os.environ, "CAIRND_CONFIG": str(self.config)}
         env.pop("CAIRND_STATE_DIR", None)
         self.proc = subprocess.Popen([sys.executable, "-m", "cairnd", "web", "--listen", self.listen], env=env,
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stdin=subprocess.DEVNULL, stdout=open(self.stdout_path, "wb"),
                                      stderr=open(self.stderr_path, "wb"))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            found = re.search(r"on (http://\S+/)", self.stderr())
+            found = re.match(r"(http://\S+)/\?token=(\S+)\n", self.stdout_path.read_text(errors="replace"))
             if found:
-                self.url = found.group(1).rstrip("/")
+                self.url, self.token = found.group(1), found.group(2)
                 return self
             if self.proc.poll() is not None:
                 raise AssertionError(f"cairnd web exited with {self.proc.returncode}: {self.stderr()}")
             time.sleep(0.05)
         raise AssertionError(f"cairnd web did not start: {self.stderr()}")
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.token}"}
+
+    @property
+    def entry(self) -> str:
+        """The address a person opens first: it sets the token's cookie."""
+        return f"{self.url}/?token={self.token}"
+
+    def http(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
+             timeout: float = 30) -> tuple[int, dict[str, str], bytes]:
+        """One request to `path` on this server, carrying the token."""
+        return http(method, self.url + path, body, {**self.auth, **(headers or {})}, timeout)
 
     def stderr(self) -> str:
         return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""

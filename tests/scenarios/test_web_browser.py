@@ -42,13 +42,16 @@ def browser() -> Any:
 
 
 @pytest.fixture
-def page(browser: Any) -> Any:
+def page(browser: Any, site: Any) -> Any:
     context = browser.new_context(viewport={"width": 1100, "height": 900})
     opened = context.new_page()
     opened.set_default_timeout(TIMEOUT_MS)
     errors: list[str] = []
     opened.on("pageerror", lambda exc: errors.append(str(exc)))
     opened.on("dialog", lambda dialog: dialog.accept())
+    # As a person does: the address `cairnd web` printed, whose token becomes a cookie.
+    opened.goto(site["web"].entry)
+    assert opened.url == site["web"].url + "/"
     yield opened
     context.close()
     assert not errors, errors  # no script error on any page

@@ -58,9 +58,9 @@ def reference_profile(state_dir: Path | None = None) -> AgentProfile:
 
 @dataclass(frozen=True)
 class WebConfig:
-    """`[web]` (SPEC 14): where the web view listens, and the token a non-loopback
-    address requires. `listen` None: not set (then `cairnd serve` runs no web view and
-    `cairnd web` listens on DEFAULT_WEB_LISTEN)."""
+    """`[web]` (SPEC 14): where the web view listens, and its token ("" when not set:
+    then the one kept in `<state>/web.token`, cairnd.web.token). `listen` None: not set
+    (then `cairnd serve` runs no web view and `cairnd web` listens on DEFAULT_WEB_LISTEN)."""
 
     listen: str | None = None
     token: str = ""
@@ -213,6 +213,11 @@ def _parse_agent(name: str, table: Any, base: AgentProfile | None, where: str) -
     return AgentProfile(name, tuple(command), dict(env), permission, fs, history, sandbox)
 
 
+def is_web_token(token: str) -> bool:
+    """It travels in a header, a cookie and a URL: characters all three carry as they are."""
+    return bool(token) and all(char.isascii() and (char.isalnum() or char in "-._~+/=") for char in token)
+
+
 def _parse_web(table: dict[str, Any], where: str) -> WebConfig:
     unknown = set(table) - {"listen", "token"}
     if unknown:
@@ -221,8 +226,7 @@ def _parse_web(table: dict[str, Any], where: str) -> WebConfig:
         if key in table and not isinstance(table[key], str):
             raise ConfigError(f"{where}: [web] {key} = {table[key]!r} must be a string")
     token = table.get("token", "")
-    if any(not (char.isascii() and (char.isalnum() or char in "-._~+/=")) for char in token):
-        # It travels in a header, a cookie and a URL: keep to characters all three carry as they are.
+    if token and not is_web_token(token):
         raise ConfigError(f"{where}: [web] token may hold only letters, digits and - . _ ~ + / =")
     return WebConfig(table.get("listen"), token)
 

@@ -132,10 +132,10 @@ class Daemon:
                 signals.start_soon(self._handle_signals, intake_scope, grace_scope)
                 web = None
                 if self.config.web.listen is not None:  # [web] listen: the web view too
-                    from cairnd.web.server import EmbeddedWeb  # uvicorn loads only then
+                    from cairnd.web.server import EmbeddedWeb, token_place  # uvicorn loads only then
                     web = EmbeddedWeb(self.config)
                     url = await signals.start(web.run)
-                    event(logging.INFO, f"web view on {url}")
+                    event(logging.INFO, f"web view on {url} (its token: {token_place(self.config)})")
                 async with Sessions(self.config) as sessions:
                     self.sessions = sessions
                     notice = fallback_notice(sessions.sandbox, [p.sandbox for p in self.config.agents.values()])
@@ -481,7 +481,9 @@ def serve(config_file: str | None = None, verbose: bool = False) -> int:
     config = load_config(config_file)
     if config.web.listen is not None:
         from cairnd.web.server import check_listen
+        from cairnd.web.token import web_token
         check_listen(config.web.listen, config.web.token)  # refused before anything starts
+        web_token(config)  # made, or a bad token file refused, before anything starts too
     daemon = Daemon(config, config_loader=lambda: load_config(config_file))
     try:
         return anyio.run(daemon.run)

@@ -4,6 +4,7 @@ folders. Nothing else in cairnd spells a name under the state directory.
     <state>/cairnd.lock              one daemon per state directory (statelock)
     <state>/status.json              what the running daemon is doing (`cairnd status`)
     <state>/cairnd.db                the registry (SQLite)
+    <state>/web.token                the web view's token when [web] token is unset (cairnd.web.token)
     <state>/spool/{tmp,new,cur,done,failed}/   the request spool (SPEC 6)
     <state>/sessions/<id>/log.ndjson           a session's log
     <state>/sessions/<id>/agent.stderr         the latest of what its agent wrote to stderr
@@ -44,6 +45,10 @@ class StateLayout:
     @property
     def status(self) -> Path:
         return self.root / STATUS_NAME
+
+    @property
+    def web_token(self) -> Path:
+        return self.root / "web.token"
 
     @property
     def db(self) -> Path:

@@ -185,8 +185,9 @@ def session_list(view: WebView, text: str, state: str) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------------- routes
 
 
-def build_app(config: Config, token: str = "", csrf_token: str | None = None) -> Guard:
-    """The ASGI application for `config`'s state directory, behind its guard."""
+def build_app(config: Config, token: str, csrf_token: str | None = None) -> Guard:
+    """The ASGI application for `config`'s state directory, behind its guard (every
+    request needs `token`)."""
     guard_holder: dict[str, Guard] = {}
     view: WebView
 

@@ -1,11 +1,12 @@
 """Who may use the web view, as one ASGI middleware (SPEC 14).
 
-- Loopback by default. Any other listen address needs `[web] token`: every request
-  then carries it (`Authorization: Bearer T`, the `cairnd_token` cookie, or once
-  `?token=T`, which sets the cookie and redirects to the same page without it), or
-  gets 401.
-- Without a token, only loopback host names are answered (a page on another site
-  cannot reach the view by pointing a DNS name at 127.0.0.1).
+- Every request carries the token, on every address (loopback is not a user boundary:
+  every local process can connect to it): `Authorization: Bearer T`, the
+  `cairnd_token` cookie, or once `?token=T` on a GET, which sets the cookie (HttpOnly,
+  SameSite=Strict) and redirects to the same path on the same origin without it; or it
+  gets 401, pages, API and static files alike. (A page on another site cannot borrow
+  the cookie either: SameSite=Strict, and a DNS name pointed at 127.0.0.1 is another
+  site, with no cookie of ours.)
 - Every state-changing request (any method but GET, HEAD, OPTIONS) carries the CSRF
   token the pages hold (`X-CSRF-Token`), or gets 403.
 - Every response says what it may load: a Content-Security-Policy allowing only the
@@ -21,7 +22,7 @@ import secrets
 from collections.abc import Awaitable, Callable, MutableMapping
 from http.cookies import SimpleCookie
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, quote, urlencode
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -65,16 +66,21 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _host_name(host_header: str) -> str:
-    if host_header.startswith("["):
-        return host_header[1:].split("]", 1)[0]
-    return host_header.rsplit(":", 1)[0] if host_header.count(":") == 1 else host_header
+def same_origin_location(path: str, query: str) -> str:
+    """Where the `?token=` redirect sends the browser: this origin's `path`, never another
+    host. A path starting `//` or `/\\` would read as a network-path reference (another
+    host) in a Location header, so it becomes one slash; the rest is percent-encoded, so
+    no byte of it can end the header or start a scheme."""
+    kept = "/" + path.lstrip("/\\")
+    return quote(kept, safe="/:@!$&'()*+,;=-._~") + (f"?{query}" if query else "")
 
 
 class Guard:
     """The middleware; `csrf_token` is what pages embed for their requests."""
 
-    def __init__(self, app: ASGIApp, token: str = "", csrf_token: str | None = None) -> None:
+    def __init__(self, app: ASGIApp, token: str, csrf_token: str | None = None) -> None:
+        if not token:
+            raise ValueError("the web view needs a token (cairnd.web.token.web_token)")
         self.app = app
         self.token = token
         self.csrf_token = csrf_token or secrets.token_urlsafe(32)
@@ -91,14 +97,9 @@ class Guard:
                 message["headers"] = [*message["headers"], *SECURITY_HEADERS]
             await send(message)
 
-        if self.token:
-            refused = self._authenticate(scope, headers)
-            if refused is not None:
-                await refused(send_secured)
-                return
-        elif not is_loopback(_host_name(headers.get("host", "127.0.0.1"))):
-            await _plain(403, "forbidden: this web view answers loopback host names only "
-                              "(set [web] token to serve other names)")(send_secured)
+        refused = self._authenticate(scope, headers)
+        if refused is not None:
+            await refused(send_secured)
             return
         if scope["method"] not in SAFE_METHODS:
             given = headers.get(CSRF_HEADER, "")
@@ -124,10 +125,11 @@ class Guard:
         given = [value for key, value in query if key == "token"]
         if given and hmac.compare_digest(given[-1].encode(), expected) and scope["method"] in SAFE_METHODS:
             rest = urlencode([(key, value) for key, value in query if key != "token"])
-            location = scope.get("root_path", "") + scope["path"] + (f"?{rest}" if rest else "")
+            location = same_origin_location(scope.get("root_path", "") + scope["path"], rest)
             secure = "; Secure" if headers.get("x-forwarded-proto") == "https" or scope.get("scheme") == "https" else ""
             return _redirect(location, f"{TOKEN_COOKIE}={self.token}; Path=/; HttpOnly; SameSite=Strict{secure}")
-        return _plain(401, "unauthorized: this web view needs its token ([web] token): open it once "
+        return _plain(401, "unauthorized: this web view needs its token ([web] token, or the one kept in "
+                           "<state>/web.token; `cairnd web` prints the address with it): open it once "
                            "with ?token=TOKEN, or send Authorization: Bearer TOKEN",
                       [(b"www-authenticate", b'Bearer realm="cairnd"')])
 

@@ -2,9 +2,11 @@
 `cairnd serve` when `[web] listen` is set.
 
 The listening socket is bound here, before uvicorn starts, so the address it really
-got (`--listen 127.0.0.1:0` picks a free port) is announced on stderr, and so a
-refused address (a non-loopback one without `[web] token`, a port in use) stops the
-start with a clear message.
+got (`--listen 127.0.0.1:0` picks a free port) is announced, and so a refused address
+(a non-loopback one without `[web] token`, a port in use) stops the start with a clear
+message. `cairnd web` prints the address with its token (`?token=`) as the first line
+of its stdout, for the user who started it; the daemon's log, which others may read,
+names only where the token is kept.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from anyio.abc import TaskStatus
 
 from cairnd.config.settings import DEFAULT_WEB_LISTEN, Config, ConfigError
 from cairnd.web.guard import is_loopback, split_listen
+from cairnd.web.token import web_token
 
 GRACEFUL_SECONDS = 2.0  # live streams never end by themselves: cut them after this
 
@@ -57,10 +60,15 @@ def url_of(sock: socket.socket) -> str:
     return f"http://{shown}:{port}/"
 
 
-def _server(config: Config, embedded: bool) -> uvicorn.Server:
+def token_place(config: Config) -> str:
+    """Where the token is, in words fit for a log."""
+    return "[web] token" if config.web.token else str(config.layout.web_token)
+
+
+def _server(config: Config, token: str, embedded: bool) -> uvicorn.Server:
     from cairnd.web.app import build_app  # Starlette and Jinja load only when serving
 
-    app = build_app(config, token=config.web.token)
+    app = build_app(config, token=token)
     settings = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
                               timeout_graceful_shutdown=GRACEFUL_SECONDS, server_header=False,
                               proxy_headers=False)
@@ -79,10 +87,12 @@ def run_web(config: Config, listen: str | None = None) -> int:
     """`cairnd web`: serve until SIGINT or SIGTERM."""
     listen = listen or config.web.listen or DEFAULT_WEB_LISTEN
     host, port = check_listen(listen, config.web.token)
+    token = web_token(config)
     sock = bind(host, port)
-    server = _server(config, embedded=False)
-    print(f"cairnd web: serving {config.layout.root} on {url_of(sock)}"
-          + (" (token required)" if config.web.token else ""), file=sys.stderr, flush=True)
+    server = _server(config, token, embedded=False)
+    print(f"{url_of(sock)}?token={token}", flush=True)
+    print(f"cairnd web: serving {config.layout.root} on {url_of(sock)} (the token: {token_place(config)}; "
+          "the address on stdout carries it)", file=sys.stderr, flush=True)
     try:
         anyio.run(server.serve, [sock])
     finally:
@@ -96,6 +106,7 @@ class EmbeddedWeb:
     def __init__(self, config: Config) -> None:
         assert config.web.listen is not None
         self.host, self.port = check_listen(config.web.listen, config.web.token)
+        self.token = web_token(config)
         self.config = config
         self.server: uvicorn.Server | None = None
         self.done = anyio.Event()
@@ -107,7 +118,7 @@ class EmbeddedWeb:
     async def run(self, *, task_status: TaskStatus[str] = anyio.TASK_STATUS_IGNORED) -> None:
         sock = bind(self.host, self.port)
         try:
-            self.server = _server(self.config, embedded=True)
+            self.server = _server(self.config, self.token, embedded=True)
             task_status.started(url_of(sock))
             await self.server.serve([sock])
         finally:
