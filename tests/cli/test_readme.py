@@ -192,8 +192,12 @@ def test_the_web_view_block_runs_as_printed(tmp_path: Path):
     blocks = sh_blocks(section("## The web view"))
     assert len(blocks) == 1
     clone, env = newcomer(tmp_path)
-    url = re.search(r"# (http://127\.0\.0\.1:\d+/)", blocks[0]).group(1)
-    wait = f"for i in $(seq 100); do curl -fsS {url}api/status >/dev/null 2>&1 && break; sleep 0.1; done\n"
+    url = re.search(r"# prints (http://127\.0\.0\.1:\d+/)\?token=", blocks[0]).group(1)
+    bearer = '-H "Authorization: Bearer $(cat ~/.local/state/cairnd/web.token 2>/dev/null)"'
+    wait = f"for i in $(seq 100); do curl -fsS {bearer} {url}api/status >/dev/null 2>&1 && break; sleep 0.1; done\n"
+    refused = f"test $(curl -s -o /dev/null -w '%{{http_code}}' {url}api/sessions) = 401\n"
     proc = run_as_printed([*sh_blocks(section("## A tour on your own repository"))[:1], blocks[0], wait,
-                           f"curl -fsS {url}api/sessions\n"], clone, env)
+                           refused, f"curl -fsS {bearer} {url}api/sessions\n"], clone, env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    token = (Path(env["HOME"]) / ".local" / "state" / "cairnd" / "web.token").read_text().strip()
+    assert f"{url}?token={token}\n" in proc.stdout  # the address printed is the one to open
