@@ -34,13 +34,21 @@ class Parent:
     """A session built by hand: a repo used in place, and a log whose checkpoints are
     real snapshots taken as the test changes files."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, linked: bool = False) -> None:
+        """`linked`: the session works in a linked worktree of the repository (as a session
+        made by `new` does), on branch main; `repo` is that worktree."""
         self.layout = StateLayout(tmp_path / "state")
         self.layout.create()
         self.registry = Registry(self.layout.db)
         self.repo = make_repo(tmp_path / "repo", {"a.txt": "a0\n", "keep.txt": "k\n"}, gitignore="*.log\n")
+        self.source = self.repo
         self.id = "parent1"
-        self.registry.begin_session(id=self.id, title="Plan", repo=self.repo, worktree=self.repo, in_place=True,
+        if linked:
+            cgit.output(self.source, "checkout", "-q", "--detach")
+            self.repo = self.layout.worktree_parent(self.id) / "repo"
+            cgit.output(self.source, "worktree", "add", "-q", str(self.repo), "main")
+        self.registry.begin_session(id=self.id, title="Plan", repo=self.source, worktree=self.repo,
+                                    in_place=not linked,
                                     agent="reference", parent_id=None, root_id=self.id, turns=0, request_id=None)
         self.registry.commit_session(self.id, {"session": self.id})
         self.log = self.layout.log_path(self.id)

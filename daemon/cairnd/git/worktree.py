@@ -18,6 +18,7 @@ from cairnd.git import run as git
 from cairnd.git import files as gitfiles
 from cairnd.git import objects as gitobjects
 from cairnd.errors import CairnError
+from cairnd.state.durable import fsync_dir, write_atomic
 
 
 def add_worktree_detached(repo: Path, path: Path, head_sha: str) -> None:
@@ -180,3 +181,49 @@ def reset_worktree(worktree: Path, current_sha: str, target_sha: str, index_tree
 def detach_head(worktree: Path, sha: str) -> None:
     """Point the worktree's own HEAD at commit `sha`, detached; no file, index or branch moves."""
     git.output(worktree, "update-ref", "--no-deref", "-m", "cairnd rewind", "HEAD", sha)
+
+
+def record_of(repo: Path, worktree: Path) -> Path | None:
+    """The record (`<common>/worktrees/<name>`) of the linked worktree at `worktree`, found
+    from the repository's side, never from the worktree's `.git` (the agent can write
+    that): the record whose `gitdir` names `worktree/.git`. None when there is none."""
+    dirs = gitfiles.git_dirs(repo)
+    if dirs is None:
+        return None
+    wanted = f"{os.path.realpath(worktree)}/.git"
+    records = dirs.common_dir / "worktrees"
+    try:
+        candidates = sorted(records.iterdir())
+    except OSError:
+        return None
+    for record in candidates:
+        try:
+            named = (record / "gitdir").read_text("utf-8", "surrogateescape").strip()
+        except OSError:
+            continue
+        if named == wanted or os.path.realpath(named) == wanted:
+            return record
+    return None
+
+
+def move_worktree(src: Path, dst: Path, src_record: Path, dst_record: Path) -> None:
+    """Move the linked worktree at `src` (record `src_record`) to `dst` (record
+    `dst_record`) by renaming both, then pointing each at the other: what `git worktree
+    move` does, plus the record's name, which cairnd derives from the path.
+
+    Idempotent, and its own undo: after a stop at any point, running it again finishes
+    the move, and running it with the arguments swapped puts everything back."""
+    if src_record.exists() and not dst_record.exists():
+        os.rename(src_record, dst_record)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if src.exists() and not dst.exists():
+        os.rename(src, dst)
+    if not dst.is_dir() or not dst_record.is_dir():
+        raise CairnError("git_failed", f"moving worktree {src} to {dst}: {dst} or its record {dst_record} is missing")
+    write_atomic(dst_record / "gitdir", f"{os.path.realpath(dst)}/.git\n".encode())
+    dot_git = dst / ".git"
+    if dot_git.is_dir() and not dot_git.is_symlink():
+        shutil.rmtree(dot_git)  # the agent's own: a linked worktree's .git is a file
+    write_atomic(dot_git, f"gitdir: {dst_record}\n".encode())
+    fsync_dir(dst.parent)
+    fsync_dir(dst_record.parent)

@@ -113,6 +113,7 @@ def finish_creations(layout: StateLayout, registry: Registry, done: Recovered, m
     """Step 2: roll half-made sessions back, roll committed rewinds forward."""
     for row in registry.sessions(("creating",)):
         event(logging.WARNING, "removing a session whose creation a stop cut short", session=row.id)
+        rewinding.undo_move(layout, row.id)  # a rewind's abandoned session may hold the present, moved
         roll_back(layout, registry, row)
         done.rolled_back.append(row.id)
     for session_id in rewinding.recover(layout, registry, max_file_bytes=max_file_bytes):

@@ -309,7 +309,9 @@ class Sessions:
         with self.fork_builders:  # a rewind builds a worktree as a fork does
             return rewinding.abandon(self.layout, self.registry, row, request.user_message_index,
                                      request_id=origin.request_id, max_file_bytes=self.config.snapshot_max_file_bytes,
-                                     history=lambda log, end: self.predicted_history(row, log, end))
+                                     history=lambda log, end: self.predicted_history(row, log, end),
+                                     snapshot=lambda tree, cap, message: self.checkpoints.snapshot(
+                                         row.id, tree, cap, message))
 
     def predicted_history(self, row: SessionRow, log: Path, end: int) -> str:
         """How the agent of a fork or rewind of `row` that keeps the bytes of `log` before

@@ -3,18 +3,23 @@
 Two phases around one commit point, so a crash anywhere leaves the session as it was
 or the rewind whole:
 
-1. **abandon** (undone on failure, and by recovery's `creation.roll_back` of the
-   `creating` row after a crash): everything the session is now becomes a new
-   session, `abandoned`: a worktree with its files, index and HEAD (detached: the
-   branch stays with the session), its whole log then a `fork_session_meta` and a
-   baseline, its checkpoints pinned under `refs/cairnd/<abandoned>/`, a lineage row
-   under the session. The commit point is one registry transaction: the abandoned
-   session turns `ready` and the rewind's plan is journalled `pending`.
-2. **finish** (idempotent; rolled forward by recovery): HEAD (detached at the
-   checkpoint's `headSha` when the branch has moved on; branches never move), files
-   and index become the checkpoint's, the log is replaced by rename (the kept bytes,
-   copied from the abandoned log, then `_cairnd/rewind`, then a baseline), the
-   session's later refs go, and the journal turns `done` with the result.
+1. **abandon** (undone on failure, and by recovery's `undo_move` then
+   `creation.roll_back` of the `creating` row after a crash): everything the session is
+   now becomes a new session, `abandoned`. Its worktree is the session's own, moved
+   (directory and record renamed: no file is copied; a marker beside the abandoned
+   session's log says where it came from until the commit point); an in-place session,
+   whose worktree is the repository's own, is copied instead. Its whole log then a
+   `fork_session_meta` and a baseline, its checkpoints pinned under
+   `refs/cairnd/<abandoned>/`, a lineage row under the session. The commit point is
+   one registry transaction: the abandoned session turns `ready` and the rewind's plan
+   is journalled `pending`.
+2. **finish** (idempotent; rolled forward by recovery): the abandoned worktree's HEAD
+   detached (the branch stays with the session); the session's worktree made anew at
+   the checkpoint as a fork's is (or, in place, reset to it), HEAD on its branch when
+   the branch is where the checkpoint was, else detached at `headSha` (branches never
+   move); the log replaced by rename (the kept bytes, copied from the abandoned log,
+   then `_cairnd/rewind`, then a baseline), the session's later refs gone, and the
+   journal `done` with the result.
 
 The session's agent must be stopped before (it is restarted by the next turn, with
 the kept history: `history` in the result says how).
@@ -25,24 +30,32 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import shutil
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import orjson
+
+from cairnd.errors import CairnError
+from cairnd.git import files as gitfiles
 from cairnd.git import run as git
 from cairnd.git import refs as gitrefs
 from cairnd.git import snapshot as gitsnapshot
 from cairnd.git import worktree as gitworktree
-from cairnd.checkpoints.checkpoint import checkpoint_params, checkpoint_ref, session_ref_prefix, take_checkpoint
+from cairnd.checkpoints.checkpoint import (checkpoint_params, checkpoint_ref, pin_checkpoint, session_ref_prefix,
+                                          take_checkpoint)
 from cairnd.state.layout import StateLayout
 from cairnd.sessions.diffs import checkpoints_in
 from cairnd.sessionlog.entries import CHECKPOINT_MARK, TURN_START_MARK, checkpoint_entry, fork_meta_entry, rewind_entry
 from cairnd.sessions.creation import roll_back, write_initial_log
 from cairnd.sessionlog.cutindex import find_cut
-from cairnd.sessions.forker import kept_turns, state_at_cut
+from cairnd.sessions.forker import baseline_at_cut, kept_turns, state_at_cut
 from cairnd.sessionlog.forkpoint import count_user_messages
 from cairnd.ids import new_session_id
+from cairnd.state.durable import write_atomic
+
 from cairnd.sessionlog.file import iter_lines
 from cairnd.state.registry import ForkRow, Registry, RewindRow, SessionRow
 from cairnd.sessionlog.transcript import session_state
@@ -50,7 +63,7 @@ from cairnd.sessionlog.transcript import session_state
 _REWIND_SUFFIX = re.compile(r"\s*\(before rewind (\d+)\)\s*$")
 
 # The points between steps, in order: fault-injection tests stop a rewind at each.
-STEPS = ("planned", "abandoned_worktree", "abandoned_refs", "abandoned_log", "committed",
+STEPS = ("planned", "moving", "abandoned_worktree", "abandoned_refs", "abandoned_log", "committed",
          "head", "files", "log", "refs", "finished")
 
 
@@ -135,16 +148,49 @@ def pin_abandoned(repo: Path, abandoned_id: str, lines: Iterable[tuple[int, byte
     return taken
 
 
+def move_marker(layout: StateLayout, abandoned_id: str) -> Path:
+    """Where an abandon that moves the session's worktree says what it moves, until its
+    commit point: recovery reads it to move everything back."""
+    return layout.session_dir(abandoned_id) / ".rewind-move.json"
+
+
+def _move(layout: StateLayout, abandoned_id: str, *, back: bool) -> None:
+    marker = move_marker(layout, abandoned_id)
+    try:
+        move = orjson.loads(marker.read_bytes())
+    except FileNotFoundError:
+        return
+    paths = [Path(move[key]) for key in ("from", "to", "fromRecord", "toRecord")]
+    if back:
+        paths = [paths[1], paths[0], paths[3], paths[2]]
+    gitworktree.move_worktree(*paths)
+
+
+def undo_move(layout: StateLayout, abandoned_id: str) -> None:
+    """Put back a session's worktree that an abandon cut before its commit point had
+    moved (or begun to): run before that abandoned session is rolled back, which would
+    otherwise remove the session's present with it."""
+    _move(layout, abandoned_id, back=True)
+    move_marker(layout, abandoned_id).unlink(missing_ok=True)
+
+
 def abandon(layout: StateLayout, registry: Registry, row: SessionRow, k: int, *, request_id: str | None,
-            max_file_bytes: int, history: Callable[[Path, int], str]) -> RewindRow:
-    """Phase 1: the abandoned session, and the plan, committed together. Synchronous."""
+            max_file_bytes: int, history: Callable[[Path, int], str],
+            snapshot: Callable[[Path, int, str], gitsnapshot.Snapshot] | None = None) -> RewindRow:
+    """Phase 1: the abandoned session, and the plan, committed together. Synchronous.
+    `snapshot`: how the present is seen (the checkpointer's, which knows what changed
+    since the last checkpoint); default a full scan."""
     log_path = layout.log_path(row.id)
     point = find_cut(log_path, k, row.id)  # from the offsets index beside the log
     start = state_at_cut(point, row.repo, row.worktree)
     turns = kept_turns(point, log_path)
-    # Its private index (stat data of every file now) lets finish write only what differs.
-    now = gitsnapshot.snapshot(row.worktree, max_file_bytes, message=f"cairnd rewind {row.id}: the state before",
-                       keep_index=current_index_path(layout, row.id))
+    message = f"cairnd rewind {row.id}: the state before"
+    moving = not row.in_place
+    if moving:
+        now = (snapshot or gitsnapshot.snapshot)(row.worktree, max_file_bytes, message)
+    else:
+        # Its private index (stat data of every file now) lets finish write only what differs.
+        now = gitsnapshot.snapshot(row.worktree, max_file_bytes, message, keep_index=current_index_path(layout, row.id))
     old_length = complete_length(log_path)
     old_state = session_state(iter_lines(log_path), agent_text=False)
     old_messages = len(count_user_messages(iter_lines(log_path)))
@@ -158,7 +204,11 @@ def abandon(layout: StateLayout, registry: Registry, row: SessionRow, k: int, *,
         "headSha": start.head_sha, "worktreeSha": start.worktree_sha, "indexTree": start.index_tree,
         "state": start.state, "moveHead": not keep_branch, "detached": now.branch is not None and not keep_branch,
         "prefill": point.prefill, "history": history(log_path, point.offset), "now": now.worktree_sha,
+        "nowHead": now.head_sha, "branch": now.branch if keep_branch else None, "moved": moving,
     }
+    # A worktree made anew at the cut is exactly its checkpoint: the baseline needs no scan.
+    cut_baseline = baseline_at_cut(point, start, row.id, turns) if moving else None
+    plan["cutDirty"] = cut_baseline["dirty"] if cut_baseline is not None else None
     abandoned_id = new_session_id()
     plan["abandoned"] = abandoned_id
     title = abandoned_title(row.title, registry.titles_in_root(row.root_id))
@@ -171,7 +221,20 @@ def abandon(layout: StateLayout, registry: Registry, row: SessionRow, k: int, *,
     assert creating is not None
     try:
         _reached("planned")
-        gitworktree.add_worktree(row.repo, worktree, now.head_sha, now.worktree_sha, now.index_tree)
+        if moving:
+            record = gitworktree.record_of(row.repo, row.worktree)
+            if record is None:
+                raise CairnError("git_failed", f"the worktree {row.worktree} of session {row.id} has no record "
+                                               f"in {row.repo}: `git worktree list` there says what git knows")
+            plan["abandonedWorktree"] = str(worktree)
+            layout.session_dir(abandoned_id).mkdir(parents=True, exist_ok=True)
+            write_atomic(move_marker(layout, abandoned_id), orjson.dumps({
+                "from": str(row.worktree), "to": str(worktree), "fromRecord": str(record),
+                "toRecord": str(record.parent / gitfiles.record_name(worktree))}))
+            _reached("moving")
+            _move(layout, abandoned_id, back=False)
+        else:
+            gitworktree.add_worktree(row.repo, worktree, now.head_sha, now.worktree_sha, now.index_tree)
         _reached("abandoned_worktree")
         # Its worktree was made from `now`'s objects: that snapshot is its baseline (HEAD
         # detached), under its own ref, with no second scan.
@@ -192,9 +255,11 @@ def abandon(layout: StateLayout, registry: Registry, row: SessionRow, k: int, *,
             user_message_index=old_messages, head_sha=now.head_sha, worktree_sha=now.worktree_sha,
             created_at=time.time()), rewind=journal)
     except BaseException:
+        undo_move(layout, abandoned_id)
         roll_back(layout, registry, creating)
         current_index_path(layout, row.id).unlink(missing_ok=True)
         raise
+    move_marker(layout, abandoned_id).unlink(missing_ok=True)  # past the commit point: nothing to undo
     _reached("committed")
     return journal
 
@@ -205,14 +270,24 @@ def finish(layout: StateLayout, registry: Registry, row: SessionRow, journal: Re
     after a crash at any point of it. Synchronous."""
     plan = journal.plan
     head, target = plan["headSha"], plan["worktreeSha"] or plan["headSha"]
-    if plan["moveHead"]:
-        gitworktree.detach_head(row.worktree, head)
-    _reached("head")
-    gitworktree.reset_worktree(row.worktree, plan["now"], target, plan["indexTree"],
-                       current_index=current_index_path(layout, row.id))
-    current_index_path(layout, row.id).unlink(missing_ok=True)
+    baseline = None
+    if plan.get("moved"):
+        trees = _remake(layout, row, journal)
+        if isinstance(plan.get("cutDirty"), bool):
+            baseline = checkpoint_params(row.id, plan["turns"], gitsnapshot.Snapshot(
+                head_sha=head, branch=plan.get("branch"), index_tree=plan["indexTree"], worktree_sha=target,
+                dirty=plan["cutDirty"], skipped=()))
+            pin_checkpoint(row.repo, baseline, (trees.worktree, trees.head))
+    else:
+        if plan["moveHead"]:
+            gitworktree.detach_head(row.worktree, head)
+        _reached("head")
+        gitworktree.reset_worktree(row.worktree, plan["now"], target, plan["indexTree"],
+                           current_index=current_index_path(layout, row.id))
+        current_index_path(layout, row.id).unlink(missing_ok=True)
     _reached("files")
-    baseline = take_checkpoint(row.id, row.worktree, plan["turns"], max_file_bytes)
+    if baseline is None:
+        baseline = take_checkpoint(row.id, row.worktree, plan["turns"], max_file_bytes)
     # The kept bytes come from the abandoned log, which holds the old log whole: the
     # session's own may already be the new one when this runs again after a crash.
     write_initial_log(layout, row.id, layout.log_path(journal.abandoned_id), plan["keep_bytes"], [
@@ -232,6 +307,29 @@ def finish(layout: StateLayout, registry: Registry, row: SessionRow, journal: Re
     registry.finish_rewind(journal.abandoned_id, row.id, plan["turns"], result)
     _reached("finished")
     return result
+
+
+def _remake(layout: StateLayout, row: SessionRow, journal: RewindRow) -> gitworktree.Trees:
+    """The session's worktree made anew at the checkpoint, its present having moved to the
+    abandoned session's. Idempotent: a worktree a stop left part-made there is removed
+    and made again (only the moved one holds anything of value, and it is elsewhere)."""
+    plan = journal.plan
+    move_marker(layout, journal.abandoned_id).unlink(missing_ok=True)
+    abandoned = Path(plan["abandonedWorktree"])
+    if abandoned.is_dir():  # the branch stays with the session: the abandoned HEAD lets go of it
+        gitworktree.detach_head(abandoned, plan["nowHead"])
+    _reached("head")
+    if row.worktree.exists() or os.path.lexists(row.worktree):
+        gitworktree.remove_worktree(row.repo, row.worktree)
+        shutil.rmtree(row.worktree, ignore_errors=True)
+    dirs = gitfiles.git_dirs(row.repo)
+    if dirs is not None:
+        gitfiles.remove_record_aside(dirs, row.worktree)
+    trees = gitworktree.add_worktree(row.repo, row.worktree, plan["headSha"],
+                                     plan["worktreeSha"] or plan["headSha"], plan["indexTree"])
+    if plan.get("branch"):
+        git.output(row.worktree, "symbolic-ref", "-m", "cairnd rewind", "HEAD", f"refs/heads/{plan['branch']}")
+    return trees
 
 
 def _turns_at_most(ref_name: str, turns: int) -> bool:
