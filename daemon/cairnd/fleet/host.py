@@ -24,6 +24,7 @@ about the fleet. Who owns a session and taking one over live in `fleet/ownership
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,7 +49,7 @@ from cairnd.spool.requests import ForkRequest, NewRequest, PromptRequest, Reques
 from cairnd.spool.protocol import Claimed
 
 if TYPE_CHECKING:
-    from cairnd.serve.service import Daemon
+    from cairnd.fleet.port import DaemonPort
 
 
 def route(request: Request, owner: str | None) -> str:
@@ -60,7 +61,7 @@ def route(request: Request, owner: str | None) -> str:
 
 
 class FleetHost(SessionOwnership, LogMirror):
-    def __init__(self, daemon: Daemon, fleet: FleetConfig) -> None:
+    def __init__(self, daemon: DaemonPort, fleet: FleetConfig) -> None:
         self.daemon = daemon
         self.fleet = fleet
         self.me = fleet.host
@@ -130,7 +131,7 @@ class FleetHost(SessionOwnership, LogMirror):
             except Exception as exc:
                 if time.monotonic() > deadline:
                     self.door_pending.pop(rid, None)
-                    await self.daemon._publish_local(claimed, orjson.loads(claimed.data), request.kind, CairnError(
+                    await self.daemon.publish_local(claimed, orjson.loads(claimed.data), request.kind, CairnError(
                         "fleet_unavailable",
                         f"request {rid} could not be put on the fleet's stream within "
                         f"{self.fleet.wait_seconds:g} s (fleet.wait_seconds): {exc}"))
@@ -142,7 +143,7 @@ class FleetHost(SessionOwnership, LogMirror):
         claimed = self.door_pending.pop(rid, None)
         if claimed is None:
             return
-        await self.daemon._write_spool_result(claimed, orjson.loads(body))
+        await self.daemon.write_result(claimed, orjson.loads(body))
 
     async def _watch_results(self) -> None:
         """Results of door requests, as they are created anywhere in the fleet; a poll
@@ -280,7 +281,7 @@ class FleetHost(SessionOwnership, LogMirror):
         if from_any:
             self.any_in_flight += 1
         self._tick(rid, msg)
-        self.daemon._dispatch(claimed)
+        self.daemon.dispatch(claimed)
 
     def _tick(self, rid: str, msg: Any) -> None:
         """Tell JetStream the request is being worked on, so it is not redelivered while
@@ -296,8 +297,7 @@ class FleetHost(SessionOwnership, LogMirror):
                         await msg.in_progress()
                     except Exception:
                         pass
-        assert self.daemon._work is not None
-        self.daemon._work.start_soon(ticker)
+        self.daemon.start_soon(ticker)
 
     # -- publishing a result -------------------------------------------------------------------
 
@@ -322,7 +322,7 @@ class FleetHost(SessionOwnership, LogMirror):
         kind = body.get("kind")
         named = [s for s in (result.get("session"), request.get("session"), result.get("abandoned"))
                  if isinstance(s, str)]
-        sessions = self.daemon._sessions
+        sessions = self.daemon.sessions
         for sid in dict.fromkeys(named):
             row = await anyio.to_thread.run_sync(sessions.registry.get, sid)
             if row is None:
@@ -391,9 +391,8 @@ class FleetHost(SessionOwnership, LogMirror):
             tg.start_soon(self._mirror_loop)
 
     async def _beat(self) -> None:
-        sessions = self.daemon.sessions
         info = {"sessions": len(self.leases.held) if self.leases else 0,
-                "turns": sessions.turns_in_flight if sessions else 0, "pid": __import__("os").getpid()}
+                "turns": self.daemon.sessions.turns_in_flight, "pid": os.getpid()}
         await beat(self._bus.hosts, self.me, self.fleet.lease_seconds, info)
         self.others = await hosts(self._bus.hosts)
 
@@ -405,7 +404,7 @@ class FleetHost(SessionOwnership, LogMirror):
                 for sid in list(self._leases.held):
                     if not await self._leases.renew(sid):
                         event(logging.ERROR, "fleet: lost the lease of a session (another host took it)", session=sid)
-                        runner = self.daemon._sessions.runners.pop(sid, None)
+                        runner = self.daemon.sessions.runners.pop(sid, None)
                         if runner is not None:
                             await runner.close()
             except Exception as exc:

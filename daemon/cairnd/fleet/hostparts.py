@@ -15,14 +15,14 @@ if TYPE_CHECKING:
     from cairnd.fleet.materialise import Descriptor
     from cairnd.config.fleet import FleetConfig
     from cairnd.state.layout import StateLayout
-    from cairnd.serve.service import Daemon
+    from cairnd.fleet.port import DaemonPort
 
 
 class HostParts:
     """The base of FleetHost's mixed-in parts."""
 
     if TYPE_CHECKING:  # FleetHost's state and helpers, which its parts work with
-        daemon: Daemon
+        daemon: DaemonPort
         fleet: FleetConfig
         me: str
         layout: StateLayout

@@ -30,7 +30,7 @@ class LogMirror(HostParts):
         """Push the session's new checkpoints, then mirror its log: a reader of the stored
         log always finds the checkpoints it names. Retries while the store or the
         remote are away, up to fleet.wait_seconds."""
-        sessions = self.daemon._sessions
+        sessions = self.daemon.sessions
         deadline = time.monotonic() + self.fleet.wait_seconds
         delay = 0.1
         async with self._lock(self.session_locks, session):
@@ -90,7 +90,7 @@ class LogMirror(HostParts):
         # Whole lines of the logs of running turns, so a takeover sees a cut turn's start.
         while True:
             await anyio.sleep(1.0)
-            for sid, runner in list(self.daemon._sessions.runners.items()):
+            for sid, runner in list(self.daemon.sessions.runners.items()):
                 if sid not in self._leases.held:
                     continue
                 done = self.logs.mirrored(sid)

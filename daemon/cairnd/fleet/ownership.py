@@ -82,7 +82,7 @@ class SessionOwnership(HostParts):
         lease was this host's own, so nobody else wrote since and the local copy is the
         latest (a restart): the store is not even read, so it may be away."""
         sid = descriptor.session
-        sessions = self.daemon._sessions
+        sessions = self.daemon.sessions
         local = self.layout.log_path(sid)
         row = await anyio.to_thread.run_sync(sessions.registry.get, sid)
         usable = (row is not None and row.state == "ready" and local.exists()

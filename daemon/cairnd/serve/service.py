@@ -16,7 +16,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 import orjson
@@ -48,6 +48,9 @@ from cairnd.serve.sdnotify import Notifier, watchdog_interval
 from cairnd.sessions.handlers import Sessions
 from cairnd.spool.protocol import Claimed, Spool, result_body
 from cairnd.state.statelock import AlreadyRunning
+
+if TYPE_CHECKING:
+    from cairnd.fleet.host import FleetHost  # imported when [fleet] is set: NATS and S3 load only then
 
 Lane = Literal["now", "beside", "queue", "exclusive"]
 
@@ -97,9 +100,9 @@ class Daemon:
         self.spool = Spool(self.layout.spool)
         self.notifier = notifier or Notifier()
         self.config_loader = config_loader
-        self.sessions: Sessions | None = None
+        self._running: Sessions | None = None  # the sessions, while the daemon runs
         self._recovered_requests: list[Claimed] = []  # found in cur/ at start, run once serving
-        self.fleet: Any = None  # cairnd.fleet.host.FleetHost with [fleet] (SPEC 17)
+        self.fleet: FleetHost | None = None  # with [fleet] (SPEC 17)
         self.queues: dict[str, SessionQueue] = {}
         self.claim_lock = anyio.Lock()
         self.in_flight = 0
@@ -137,7 +140,7 @@ class Daemon:
                     url = await signals.start(web.run)
                     event(logging.INFO, f"web view on {url} (its token: {token_place(self.config)})")
                 async with Sessions(self.config) as sessions:
-                    self.sessions = sessions
+                    self._running = sessions
                     notice = fallback_notice(sessions.sandbox, [p.sandbox for p in self.config.agents.values()])
                     if notice:
                         event(logging.WARNING, notice)
@@ -147,7 +150,7 @@ class Daemon:
                     self._recovered_requests = recovered.requests
                     if self.config.fleet is not None:
                         from cairnd.fleet.host import FleetHost  # NATS and S3 load only then
-                        self.fleet = FleetHost(self, self.config.fleet)
+                        self.fleet = FleetHost(self, self.config.fleet)  # self is its DaemonPort
                         sessions.url_repos = self.fleet.clone_repo
                         await self.fleet.connect()
                     try:
@@ -195,7 +198,7 @@ class Daemon:
                 event(logging.WARNING, "inotify did not confirm the watch in 5 s; relying on rescans")
             # Requests recovery found in cur/: run again, before anything new.
             for claimed in self._recovered_requests:
-                self._dispatch(claimed)
+                self.dispatch(claimed)
             self._recovered_requests = []
             await self.scan()
             intake.start_soon(self._rescan_loop)
@@ -238,7 +241,7 @@ class Daemon:
                     grace_scope.cancel()
 
     def _reload(self) -> None:
-        if self.config_loader is None or self.sessions is None:
+        if self.config_loader is None or self._running is None:
             return
         try:
             fresh = self.config_loader()
@@ -277,12 +280,13 @@ class Daemon:
                     return
                 claimed = await anyio.to_thread.run_sync(self.spool.claim, name)
                 if claimed is not None:
-                    self._dispatch(claimed)
+                    self.dispatch(claimed)
         await self._write_status()
 
     # -- dispatch -------------------------------------------------------------------
 
-    def _dispatch(self, claimed: Claimed) -> None:
+    def dispatch(self, claimed: Claimed) -> None:
+        """Schedule a claimed request (from the spool, or the fleet's stream)."""
         assert self._work is not None
         self._begin()
         admitted = admit(claimed.data, claimed.problem)
@@ -317,7 +321,7 @@ class Daemon:
                 self._work.start_soon(self._drain_session, session, queue)
 
     def _handler(self, request: Request) -> Callable[..., Awaitable[dict[str, Any]]]:
-        sessions = self._sessions
+        sessions = self.sessions
         handlers: dict[str, Callable[..., Awaitable[dict[str, Any]]]] = {
             "new": sessions.new, "prompt": sessions.prompt, "fork": sessions.fork, "rewind": sessions.rewind,
             "land": sessions.land, "cancel": sessions.cancel, "delete": sessions.delete,
@@ -331,9 +335,14 @@ class Daemon:
             self._end()
 
     @property
-    def _sessions(self) -> Sessions:
-        assert self.sessions is not None
-        return self.sessions
+    def sessions(self) -> Sessions:
+        assert self._running is not None, "the daemon's sessions exist only while it runs"
+        return self._running
+
+    def start_soon(self, func: Callable[[], Awaitable[Any]]) -> None:
+        """Start a task in the work group: it lives as long as the daemon's work."""
+        assert self._work is not None
+        self._work.start_soon(func)
 
     async def _drain_session(self, session_id: str, queue: SessionQueue) -> None:
         try:
@@ -403,18 +412,19 @@ class Daemon:
             await self.fleet.publish(claimed, body)
         else:
             # A request whose JSON cannot travel in its result is kept beside it as <name>.raw.
-            await self._write_spool_result(claimed, body, keep_raw=echo is None)
+            await self.write_result(claimed, body, keep_raw=echo is None)
         level = logging.INFO if error is None else logging.WARNING
         what = "ok" if error is None else f"failed: {error.code}: {error.message}"
         session = (result or {}).get("session") if result else (echo.get("session") if isinstance(echo, dict) else None)
         event(level, f"{kind or 'request'} {what}", request=claimed.request_id,
               session=session if isinstance(session, str) else None)
 
-    async def _publish_local(self, claimed: Claimed, echo: Any, kind: str | None, error: CairnError) -> None:
+    async def publish_local(self, claimed: Claimed, echo: Any, kind: str | None, error: CairnError) -> None:
         """A request of this host's spool answered here (the fleet could not take it)."""
         await self._publish(claimed, echo, kind, error=error, local=True)
 
-    async def _write_spool_result(self, claimed: Claimed, body: dict[str, Any], *, keep_raw: bool = False) -> None:
+    async def write_result(self, claimed: Claimed, body: dict[str, Any], *, keep_raw: bool = False) -> None:
+        """Write a result into this host's spool; retried while the disk refuses."""
         delay = 0.05
         while True:
             try:
@@ -449,7 +459,7 @@ class Daemon:
 
     def _status_line(self) -> str:
         depths = self.spool.depths()
-        turns = self.sessions.turns_in_flight if self.sessions else 0
+        turns = self._running.turns_in_flight if self._running else 0
         return f"queue: {depths['new']} new, {depths['cur']} in progress; {turns} turn(s) running"
 
     async def _write_status(self, force: bool = False) -> None:
@@ -464,10 +474,10 @@ class Daemon:
             "started_at": self.started_at,
             "updated_at": now_timestamp(),
             "in_flight": self.in_flight,
-            "turns_in_flight": self.sessions.turns_in_flight if self.sessions else 0,
-            "active_agents": self.sessions.active_agents if self.sessions else 0,
+            "turns_in_flight": self._running.turns_in_flight if self._running else 0,
+            "active_agents": self._running.active_agents if self._running else 0,
             "stopping": self.stopping,
-            "sandbox": self.sessions.sandbox.describe() if self.sessions else None,
+            "sandbox": self._running.sandbox.describe() if self._running else None,
         }
         path = self.layout.status
         try:
