@@ -17,7 +17,10 @@ from typing import Any
 
 from cairnd.git import run as git
 from cairnd.git import refs as gitrefs
+from cairnd.git import files as gitfiles
+from cairnd.git import inner
 from cairnd.git import snapshot as gitsnapshot
+from cairnd.checkpoints import innercheckpoint
 
 
 def session_ref_prefix(session_id: str) -> str:
@@ -65,9 +68,11 @@ def _pin(repo: Path, pins: dict[str, str]) -> None:
         gitrefs.pin_together(repo, pins)
 
 
-def checkpoint_params(session_id: str, turns: int, snap: gitsnapshot.Snapshot) -> dict[str, Any]:
-    """The params of an agent_checkpoint entry, in the order SPEC section 3 lists them."""
-    return {
+def checkpoint_params(session_id: str, turns: int, snap: gitsnapshot.Snapshot,
+                      inner_state: innercheckpoint.InnerState | None = None) -> dict[str, Any]:
+    """The params of an agent_checkpoint entry, in the order SPEC section 3 lists them
+    (`submodules` and `nested` only where the worktree has repositories inside it)."""
+    params = {
         "sessionId": session_id,
         "turns": turns,
         "headSha": snap.head_sha,
@@ -78,21 +83,49 @@ def checkpoint_params(session_id: str, turns: int, snap: gitsnapshot.Snapshot) -
         "dirty": snap.dirty,
         "skipped": list(snap.skipped),
     }
+    if inner_state is not None:
+        params["dirty"] = snap.dirty or inner_state.dirty
+        params["skipped"] = inner_state.skipped
+        if inner_state.submodules:
+            params["submodules"] = inner_state.submodules
+        if inner_state.nested:
+            params["nested"] = inner_state.nested
+    return params
 
 
-# (worktree, max_file_bytes, commit message) -> the snapshot: gitsnapshot.snapshot scans the
-# whole tree; cairnd.checkpointer's looks at the paths that changed.
-Snapshotter = Callable[[Path, int, str], gitsnapshot.Snapshot]
+# (worktree, max_file_bytes, commit message, gitlinks) -> the snapshot: gitsnapshot.snapshot
+# scans the whole tree; cairnd.checkpointer's looks at the paths that changed.
+Snapshotter = Callable[..., gitsnapshot.Snapshot]
 
 
 def take_checkpoint(session_id: str, worktree: Path, turns: int, max_file_bytes: int,
-                    snapshot: Snapshotter | None = None) -> dict[str, Any]:
-    """Snapshot `worktree`, pin the snapshot at refs/cairnd/<session>/<turns> (and its index
-    tree beside it when needed), and return the agent_checkpoint params. Synchronous: run it in a worker thread."""
+                    snapshot: Snapshotter | None = None, *, inner_map: Path | None = None,
+                    changed: set[bytes] | None = None, inner_cache: innercheckpoint.InnerCache | None = None
+                    ) -> dict[str, Any]:
+    """Snapshot `worktree` and the repositories inside it (the submodules `inner_map`
+    lists, the nested repositories found), pin the snapshot at refs/cairnd/<session>/<turns>
+    (and its index tree beside it when needed; each inner one in its store), and return
+    the agent_checkpoint params. `changed`/`inner_cache`: what the watch saw change since
+    the last checkpoint, and what that one saw of the inner repositories (None: look at
+    them all). Synchronous: run it in a worker thread."""
     if isinstance(turns, bool) or not isinstance(turns, int) or turns < 0:
         raise ValueError(f"turns must be a non-negative integer, not {turns!r}")
-    snap = (snapshot or gitsnapshot.snapshot)(worktree, max_file_bytes, f"cairnd checkpoint {session_id} turn {turns}")
-    params = checkpoint_params(session_id, turns, snap)
+    message = f"cairnd checkpoint {session_id} turn {turns}"
+    take = snapshot or gitsnapshot.snapshot
+    repos = inner.read_map(inner_map)
+
+    def common_dir() -> Path:
+        dirs = gitfiles.git_dirs(Path(worktree))
+        return dirs.common_dir if dirs is not None else git.common_dir(Path(worktree))
+
+    snap, state = innercheckpoint.take_inner(
+        Path(worktree), repos, session_id, turns, max_file_bytes, message, changed, inner_cache,
+        lambda gitlinks: (take(worktree, max_file_bytes, message) if gitlinks is None
+                          else take(worktree, max_file_bytes, message, gitlinks=gitlinks)), common_dir)
+    if inner_cache is not None:
+        inner_cache.nested = tuple(n["path"] for n in state.nested)
+    params = checkpoint_params(session_id, turns, snap, state if (repos or snap.nested) else None)
+    innercheckpoint.pin_all(state.pins)
     _pin(worktree, checkpoint_pins(params, snap))
     return params
 

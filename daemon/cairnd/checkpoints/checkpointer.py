@@ -32,10 +32,13 @@ from typing import Any
 
 from cairnd.git import run as git
 from cairnd.git import files as gitfiles
+from cairnd.git import inner
 from cairnd.git import snapshot as gitsnapshot
 from cairnd.state import privacy
 from cairnd.git import treeedit
 from cairnd.checkpoints.checkpoint import checkpoint_pins, take_checkpoint
+from cairnd.checkpoints import innercheckpoint
+from cairnd.state.layout import StateLayout
 from cairnd.errors import CairnError
 from cairnd.journal import event
 from cairnd.checkpoints.storage import RefKeeper
@@ -55,7 +58,7 @@ def checkpointer_for(state_dir: Path) -> Checkpointer:
     # What a previous run kept is of no use (its first checkpoints scan whole trees),
     # and a kill may have left index copies half-made there.
     shutil.rmtree(index_dir, ignore_errors=True)
-    return Checkpointer(watches, index_dir)
+    return Checkpointer(watches, index_dir, StateLayout(Path(state_dir)))
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,7 @@ class _Seen:
     # Paths whose entries in the private index are behind the snapshot (written by
     # treeedit, which leaves that index alone): git's way must look at them too.
     unsynced: frozenset[bytes] = frozenset()
+    gitlinks: tuple[tuple[bytes, str], ...] = ()  # the submodule commits its tree records
 
 
 def _covered(path: bytes, changed: set[bytes]) -> bool:
@@ -81,9 +85,11 @@ class Checkpointer:
     """Takes checkpoints of live sessions (see the module docstring). Thread-safe; one
     checkpoint of a session at a time."""
 
-    def __init__(self, watches: WatchSet | None, index_dir: Path) -> None:
+    def __init__(self, watches: WatchSet | None, index_dir: Path, layout: StateLayout | None = None) -> None:
         self.watches = watches
         self.index_dir = Path(index_dir)
+        self.layout = layout
+        self._inner: dict[str, innercheckpoint.InnerCache] = {}
         self._seen: dict[str, _Seen] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
@@ -97,12 +103,25 @@ class Checkpointer:
     def take(self, session_id: str, worktree: Path, turns: int, max_file_bytes: int) -> dict[str, Any]:
         """`checkpoint.take_checkpoint`, with this snapshot; its refs are counted for packing."""
         taken: list[gitsnapshot.Snapshot] = []
+        inner_map = None
+        if self.layout is not None and Path(worktree).parent == self.layout.worktree_parent(session_id):
+            inner_map = self.layout.inner_map(session_id)  # a worktree cairnd made: its submodules are listed
+        with self._lock(session_id):
+            try:
+                changed = self.watches.take(session_id, Path(worktree)) if self.watches is not None else None
+            except OSError:
+                changed = None
+            cache = self._inner.setdefault(session_id, innercheckpoint.InnerCache())
+            inside = [*(r.path for r in inner.read_map(inner_map)), *cache.nested]
 
-        def snapshot(tree: Path, cap: int, message: str) -> gitsnapshot.Snapshot:
-            taken.append(self.snapshot(session_id, tree, cap, message))
-            return taken[-1]
+            def snapshot(tree: Path, cap: int, message: str,
+                         gitlinks: dict[bytes, str] | None = None) -> gitsnapshot.Snapshot:
+                own = innercheckpoint.outside(changed, inside)
+                taken.append(self._snapshot(session_id, tree, cap, message, own, gitlinks))
+                return taken[-1]
 
-        params = take_checkpoint(session_id, worktree, turns, max_file_bytes, snapshot=snapshot)
+            params = take_checkpoint(session_id, worktree, turns, max_file_bytes, snapshot=snapshot,
+                                     inner_map=inner_map, changed=changed, inner_cache=cache)
         self.refs.wrote(Path(worktree), len(checkpoint_pins(params, taken[-1])))
         return params
 
@@ -132,6 +151,7 @@ class Checkpointer:
         """Stop watching a session (deleted, or its worktree goes away)."""
         with self._lock(session_id):
             self._seen.pop(session_id, None)
+            self._inner.pop(session_id, None)
             if self.watches is not None:
                 self.watches.unwatch(session_id)
             self._index_path(session_id).unlink(missing_ok=True)
@@ -145,41 +165,48 @@ class Checkpointer:
 
     def snapshot(self, session_id: str, worktree: Path, max_file_bytes: int, message: str) -> gitsnapshot.Snapshot:
         with self._lock(session_id):
-            dirs = gitfiles.git_dirs(Path(worktree)) if self.watches is not None else None
-            if dirs is None or self.watches is None:
-                self.counts["full"] += 1
-                return gitsnapshot.snapshot(worktree, max_file_bytes, message)
-            # Changes first, then the stamp, then the scan: whatever happens after the
-            # changes are taken is recorded for the next checkpoint.
             try:
-                changed = self.watches.take(session_id, Path(worktree))
+                changed = self.watches.take(session_id, Path(worktree)) if self.watches is not None else None
             except OSError:
                 changed = None
-            stamp = gitfiles.tree_stamp(dirs)
-            seen = self._seen.pop(session_id, None)
-            index = self._index_path(session_id)
-            kept: _Seen | None = None
-            if changed is not None and seen is not None and stamp is not None and stamp != seen.stamp:
-                seen = self._restamped(worktree, dirs, seen, stamp)
-            if changed is not None and seen is not None and stamp is not None and stamp == seen.stamp \
-                    and index.exists():
-                try:
-                    kept = self._from_paths(worktree, dirs, index, seen, changed, max_file_bytes, message)
-                except CairnError:
-                    kept = None  # the full scan below says what is wrong, if anything still is
-            if kept is not None:
-                self._seen[session_id] = replace(kept, stamp=stamp)
-                privacy.keep_private(index)
-                return kept.snapshot
+            return self._snapshot(session_id, worktree, max_file_bytes, message, changed, None)
+
+    def _snapshot(self, session_id: str, worktree: Path, max_file_bytes: int, message: str,
+                  changed: set[bytes] | None, gitlinks: dict[bytes, str] | None) -> gitsnapshot.Snapshot:
+        """The snapshot, the session's lock held and the watch's changes taken (changes
+        first, then the stamp, then the scan: whatever happens after the changes are
+        taken is recorded for the next checkpoint)."""
+        dirs = gitfiles.git_dirs(Path(worktree)) if self.watches is not None else None
+        if dirs is None or self.watches is None:
             self.counts["full"] += 1
-            self.index_dir.mkdir(parents=True, exist_ok=True)
-            index.unlink(missing_ok=True)
-            entries = gitfiles.index_entries(dirs.index)
-            snap = gitsnapshot.snapshot(worktree, max_file_bytes, message, keep_index=index)
-            if stamp is not None:
-                self._seen[session_id] = _Seen(snap, stamp, None if snap.dirty else snap.index_tree, entries)
-            privacy.keep_private(index)  # git wrote it with the user's umask: it names every file
-            return snap
+            return gitsnapshot.snapshot(worktree, max_file_bytes, message, gitlinks=gitlinks)
+        links = tuple(sorted((gitlinks or {}).items()))
+        stamp = gitfiles.tree_stamp(dirs)
+        seen = self._seen.pop(session_id, None)
+        index = self._index_path(session_id)
+        kept: _Seen | None = None
+        if changed is not None and seen is not None and stamp is not None and stamp != seen.stamp:
+            seen = self._restamped(worktree, dirs, seen, stamp)
+        if changed is not None and seen is not None and stamp is not None and stamp == seen.stamp \
+                and seen.gitlinks == links and index.exists():
+            try:
+                kept = self._from_paths(worktree, dirs, index, seen, changed, max_file_bytes, message)
+            except CairnError:
+                kept = None  # the full scan below says what is wrong, if anything still is
+        if kept is not None:
+            self._seen[session_id] = replace(kept, stamp=stamp)
+            privacy.keep_private(index)
+            return kept.snapshot
+        self.counts["full"] += 1
+        self.index_dir.mkdir(parents=True, exist_ok=True)
+        index.unlink(missing_ok=True)
+        entries = gitfiles.index_entries(dirs.index)
+        snap = gitsnapshot.snapshot(worktree, max_file_bytes, message, keep_index=index, gitlinks=gitlinks)
+        if stamp is not None:
+            self._seen[session_id] = _Seen(snap, stamp, None if snap.dirty else snap.index_tree, entries,
+                                           gitlinks=links)
+        privacy.keep_private(index)  # git wrote it with the user's umask: it names every file
+        return snap
 
     def _restamped(self, worktree: Path, dirs: gitfiles.GitDirs, seen: _Seen,
                    stamp: gitfiles.TreeStamp) -> _Seen | None:
@@ -230,8 +257,9 @@ class Checkpointer:
             worktree_sha = gitsnapshot.commit_tree(worktree, tree, last.head_sha, message)
         head_tree = seen.head_tree or git.tree_of(worktree, last.head_sha)
         self.counts["paths"] += 1
+        nested_now = tuple(sorted({p for p in last.nested if not _covered(p, changed)} | set(nested)))
         snap = replace(
-            last, worktree_sha=worktree_sha, worktree_tree=tree,
+            last, worktree_sha=worktree_sha, worktree_tree=tree, nested=nested_now,
             dirty=tree != head_tree or last.index_tree != head_tree or bool(skipped),
             skipped=tuple(sorted(git.display_path(p) for p in skipped)), skipped_paths=tuple(sorted(skipped)),
         )

@@ -36,6 +36,20 @@ class Snapshot:
     worktree_tree: str = ""  # the tree of worktree_sha
     skipped_paths: tuple[bytes, ...] = ()  # `skipped` as the bytes git names them by
     staged: bool = True  # the index differs from HEAD's tree (True where not known)
+    nested: tuple[bytes, ...] = ()  # of skipped_paths, the nested repositories (directories with a .git)
+
+
+@dataclass(frozen=True)
+class Place:
+    """A repository inside a worktree, as cairnd's git sees it (`cairnd.git.inner`): the
+    directory whose files are snapshotted, the index to start from, the environment
+    that names a git directory cairnd made (never the `.git` the agent can write), and
+    where new objects go."""
+
+    work_tree: Path
+    index_file: Path
+    env: Mapping[str, str]
+    objects: gitfiles.GitDirs
 
 
 @dataclass(frozen=True)
@@ -109,7 +123,8 @@ def oversized(worktree: Path, paths: Iterable[bytes], max_file_bytes: int) -> li
 
 
 def snapshot(worktree: Path, max_file_bytes: int, message: str = git.SNAPSHOT_MESSAGE,
-             keep_index: Path | None = None) -> Snapshot:
+             keep_index: Path | None = None, *, gitlinks: Mapping[bytes, str] | None = None,
+             place: Place | None = None) -> Snapshot:
     """Write the whole state of the working tree `worktree` is in as git objects.
 
     The session's index, HEAD, branches and files are never touched: all work
@@ -122,12 +137,21 @@ def snapshot(worktree: Path, max_file_bytes: int, message: str = git.SNAPSHOT_ME
 
     With `keep_index`, the private index, which then holds the whole working tree
     (the snapshot's tree), is kept there for `snapshot_paths` to go on from.
+
+    With `gitlinks` (path -> commit: the HEAD cairnd read of each submodule, from the
+    git directory it made), git does not look into submodules at all and their entries
+    in the snapshot's tree are those commits. With `place`, the repository is an inner
+    one (`cairnd.git.inner`) and git runs in the environment it names.
     """
     if not Path(worktree).is_dir():
         raise CairnError("repo_not_found", f"worktree {worktree} does not exist")
-    worktree, index_file = git.locate(Path(worktree))
+    if place is None:
+        worktree, index_file = git.locate(Path(worktree))
+        base_env: Mapping[str, str] = {}
+    else:
+        index_file, base_env = place.index_file, place.env
     with _index_copy(index_file, keep_index.parent if keep_index is not None else None) as index_copy:
-        env = {"GIT_INDEX_FILE": str(index_copy)}
+        env = {**base_env, "GIT_INDEX_FILE": str(index_copy)}
         # write-tree and status run at once on the same copy: status only reads it,
         # and write-tree replaces it by rename (keeping every entry), so status sees
         # one whole index either way.
@@ -137,7 +161,8 @@ def snapshot(worktree: Path, max_file_bytes: int, message: str = git.SNAPSHOT_ME
             # and the paths to add: no rev-parse, no diff-index on the hot path.
             scan = parse_status(git.output(
                 worktree, "--no-optional-locks", "status", "--porcelain=v2", "-z", "--branch",
-                "--untracked-files=all", "--no-renames", "--ignore-submodules=dirty", env=env,
+                "--untracked-files=all", "--no-renames",
+                "--ignore-submodules=dirty" if gitlinks is None else "--ignore-submodules=all", env=env,
             ))
         finally:
             staged = git.reap(staged_proc)
@@ -149,10 +174,14 @@ def snapshot(worktree: Path, max_file_bytes: int, message: str = git.SNAPSHOT_ME
         updates = [p for p in scan.worktree_paths if p not in left_out]
         if updates:
             _update_index(worktree, updates, env)
+        if gitlinks:
+            set_gitlinks(worktree, gitlinks, env)
+        if updates or gitlinks:
             tree = git.first_line(git.output(worktree, "write-tree", env=env))
         else:
             tree = index_tree
-        worktree_sha = commit_tree(worktree, tree, scan.head_sha, message)
+        worktree_sha = commit_tree(worktree, tree, scan.head_sha, message,
+                                   dirs=place.objects if place is not None else None)
         if keep_index is not None:
             os.replace(index_copy, keep_index)
     return Snapshot(
@@ -165,17 +194,30 @@ def snapshot(worktree: Path, max_file_bytes: int, message: str = git.SNAPSHOT_ME
         worktree_tree=tree,
         skipped_paths=tuple(skipped),
         staged=scan.staged,
+        nested=scan.nested_repos,
     )
 
 
-def commit_tree(worktree: Path, tree: str, parent: str, message: str) -> str:
+def set_gitlinks(worktree: Path, gitlinks: Mapping[bytes, str], env: Mapping[str, str]) -> None:
+    """Point each submodule entry of the index `env` names at its commit."""
+    git.output(worktree, "update-index", "-z", "--index-info", env=env,
+               input=b"".join(b"160000 %s\t%s\0" % (sha.encode(), path) for path, sha in sorted(gitlinks.items())))
+
+
+def commit_tree(worktree: Path, tree: str, parent: str, message: str,
+                dirs: gitfiles.GitDirs | None = None) -> str:
     """A commit of `tree` with the one parent `parent`, by cairnd's identity: written by
-    hand where the repository is plain (no process), else by `git commit-tree`."""
-    dirs = gitfiles.git_dirs(worktree)
+    hand where the repository is plain (no process), else by `git commit-tree`.
+    `dirs`: where to write it (an inner repository's store), else `worktree`'s own."""
+    store = dirs
+    dirs = dirs or gitfiles.git_dirs(worktree)
     if dirs is not None:
         sha = gitfiles.write_commit(dirs, tree, parent, message, git.IDENTITY_NAME, git.IDENTITY_EMAIL)
         if sha is not None:
             return sha
+    if store is not None:
+        return git.first_line(git.output(worktree, f"--git-dir={store.common_dir}", "commit-tree", "--no-gpg-sign",
+                                         tree, "-p", parent, "-m", message))
     return git.first_line(git.output(worktree, "commit-tree", "--no-gpg-sign", tree, "-p", parent, "-m", message))
 
 

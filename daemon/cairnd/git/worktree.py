@@ -11,12 +11,14 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from cairnd.git import run as git
 from cairnd.git import files as gitfiles
 from cairnd.git import objects as gitobjects
+from cairnd.git import inner
 from cairnd.errors import CairnError
 from cairnd.state.durable import fsync_dir, write_atomic
 
@@ -103,7 +105,8 @@ def commit_of_tree(repo: Path, tree: str, parent: str, message: str = git.SNAPSH
 
 
 def add_worktree(repo: Path, path: Path, head_sha: str, worktree_sha: str | None = None,
-                 index_tree: str | None = None, *, trees: Trees | None = None) -> Trees:
+                 index_tree: str | None = None, *, trees: Trees | None = None, inner_map: Path | None = None,
+                 checkpoint: Mapping[str, Any] | None = None) -> Trees:
     """A new linked worktree at `path` (its parent made if missing): HEAD detached at
     `head_sha`, files equal to `worktree_sha`'s tree (default: `head_sha`'s: a plain
     checkout), index equal to `index_tree` (default: HEAD's tree). No hook runs.
@@ -114,12 +117,18 @@ def add_worktree(repo: Path, path: Path, head_sha: str, worktree_sha: str | None
     object is not in the repository (checked before anything is created). The
     repository's worktree lock is held only while its worktree records are written
     (adding, and removing on failure), not while the files are written: forks of one
-    repository fill their worktrees in parallel."""
+    repository fill their worktrees in parallel.
+
+    With `inner_map`, the repositories inside it are made too (`make_inner`): each
+    submodule at the state `checkpoint` records for it (else at the commit the tree
+    records), each nested repository `checkpoint` lists; what was made is written there."""
     worktree_sha = worktree_sha or head_sha
     trees = trees or trees_of(repo, head_sha, worktree_sha, index_tree)
     add_worktree_detached(repo, path, head_sha)
     try:
         _restore(path, worktree_sha, trees.worktree, trees.index)
+        if inner_map is not None:
+            make_inner(path, trees.worktree, checkpoint or {}, inner_map)
     except BaseException:
         try:
             remove_worktree(repo, path)
@@ -127,6 +136,24 @@ def add_worktree(repo: Path, path: Path, head_sha: str, worktree_sha: str | None
             pass  # the first failure is the one worth reporting
         raise
     return trees
+
+
+def make_inner(path: Path, worktree_tree: str, checkpoint: Mapping[str, Any], inner_map: Path) -> list[inner.InnerRepo]:
+    """The submodules (recursively) and nested repositories of a worktree cairnd has just
+    filled with `worktree_tree`, at the states `checkpoint` records (`submodules`,
+    `nested`); the submodules made are listed in `inner_map`."""
+    dirs = gitfiles.git_dirs(path)  # the record cairnd has just written, not yet the agent's
+    if dirs is None:
+        git_dir, common = git.git_dirs(path)
+    else:
+        git_dir, common = dirs.git_dir, dirs.common_dir
+    submodules = {s["path"]: s for s in checkpoint.get("submodules") or () if isinstance(s, Mapping)}
+    made = inner.checkout(path, git_dir, common, worktree_tree, submodules)
+    nested = [n for n in checkpoint.get("nested") or () if isinstance(n, Mapping)]
+    if nested:
+        made += inner.restore_nested(path, nested, inner.ensure_nested_store(common))
+    inner.write_map(inner_map, [m for m in made if m.kind == inner.SUBMODULE])
+    return made
 
 
 def remove_worktree(repo: Path, path: Path) -> None:

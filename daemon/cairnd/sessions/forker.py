@@ -96,8 +96,9 @@ def baseline_at_cut(point: ForkPoint, start: ForkState, fork_id: str, turns: int
     checkpoint = point.checkpoint or {}
     if (start.state != "checkpoint" or start.worktree_sha is None or start.index_tree is None
             or checkpoint.get("worktreeSha") != start.worktree_sha or checkpoint.get("skipped") != []
-            or not isinstance(checkpoint.get("dirty"), bool)):
-        return None
+            or not isinstance(checkpoint.get("dirty"), bool)
+            or checkpoint.get("submodules") or checkpoint.get("nested")):
+        return None  # repositories inside it: snapshotted afresh, which pins them for the fork
     snap = gitsnapshot.Snapshot(head_sha=start.head_sha, branch=None, index_tree=start.index_tree,
                         worktree_sha=start.worktree_sha, dirty=checkpoint["dirty"], skipped=())
     return checkpoint_params(fork_id, turns, snap)
@@ -139,10 +140,12 @@ def fork_session(layout: StateLayout, registry: Registry, parent: SessionRow, k:
                   request_id=request_id) as made:
         with building:  # the part that makes files (max_parallel_forks at once)
             gitworktree.add_worktree(parent.repo, worktree, start.head_sha, start.worktree_sha, start.index_tree,
-                                     trees=trees)
+                                     trees=trees, inner_map=layout.inner_map(fork_id),
+                                     checkpoint=point.checkpoint if start.state == "checkpoint" else None)
             baseline = baseline_at_cut(point, start, fork_id, turns)
             if baseline is None:
-                baseline = take_checkpoint(fork_id, worktree, turns, max_file_bytes)
+                baseline = take_checkpoint(fork_id, worktree, turns, max_file_bytes,
+                                           inner_map=layout.inner_map(fork_id))
             else:
                 pin_checkpoint(parent.repo, baseline, (trees.worktree, trees.head))
         log_path = write_initial_log(layout, fork_id, parent_log, point.offset, [

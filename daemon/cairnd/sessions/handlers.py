@@ -227,7 +227,7 @@ class Sessions:
         with creating(self.layout, self.registry, **fields) as made:
             row = made.row
             if not row.in_place:
-                gitworktree.add_worktree(row.repo, row.worktree, commit)
+                gitworktree.add_worktree(row.repo, row.worktree, commit, inner_map=self.layout.inner_map(row.id))
             # Through the checkpointer: its full scan begins the watch, so turn 1 costs what it changes.
             baseline = self.checkpoints.take(row.id, row.worktree, 0, self.config.snapshot_max_file_bytes)
             log_path = write_initial_log(self.layout, row.id, None, 0, [checkpoint_entry(baseline)])

@@ -9,6 +9,7 @@ folders. Nothing else in cairnd spells a name under the state directory.
     <state>/sessions/<id>/log.ndjson           a session's log
     <state>/sessions/<id>/agent.stderr         the latest of what its agent wrote to stderr
     <state>/worktrees/<id>/<repo name>/        a session's worktree
+    <state>/worktrees/<id>/inner.json          the submodules cairnd made in it (git.inner)
     <state>/agents/<profile>/        an agent profile's own files (confined agents may write)
     <state>/tmp/<id>/                a confined agent's TMPDIR
     <state>/fleet/                   the fleet's local copies (cairnd.fleet)
@@ -85,6 +86,12 @@ class StateLayout:
 
     def worktree_parent(self, session_id: str) -> Path:
         return self.worktrees / session_id
+
+    def inner_map(self, session_id: str) -> Path:
+        """What cairnd made of the repositories inside a session's worktree (its
+        submodules' git directories and stores: `cairnd.git.inner`), beside the worktree
+        where its agent cannot write."""
+        return self.worktree_parent(session_id) / "inner.json"
 
     def agent_dir(self, profile: str) -> Path:
         """An agent profile's own place in the state directory (the reference agent's
