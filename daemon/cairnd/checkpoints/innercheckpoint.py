@@ -78,11 +78,15 @@ class _Taker:
         self.dirty = False
         self.pins: dict[Path, dict[str, str]] = {}
         self.fresh: dict[str, tuple[InnerStamp, inner.Captured]] = {}
+        self.inside: list[str] = [*(cache.seen if cache is not None else ())]  # inner paths last seen
 
     def one(self, repo: inner.InnerRepo, gitlinks: Mapping[bytes, str] | None) -> inner.Captured | None:
         stamp = _stamp(repo)
         last = self.cache.seen.get(repo.path) if self.cache is not None else None
-        if (last is not None and last[0] == stamp and not touched(self.changed, repo.path)
+        # Paths inside its own inner repositories are theirs: they change its snapshot
+        # only through their HEADs (its gitlinks), which are compared below.
+        own = outside(self.changed, [p for p in self.inside if p.startswith(repo.path + "/")])
+        if (last is not None and last[0] == stamp and not touched(own, repo.path)
                 and dict(gitlinks or {}) == last[1].gitlinks):
             captured = last[1]
         else:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 import urllib.parse
@@ -145,6 +146,61 @@ def ensure_nested_store(common_dir: Path) -> Path:
         except OSError:  # made meanwhile by another checkpoint
             shutil.rmtree(aside, ignore_errors=True)
     return store
+
+
+def relocate(source_map: Path, target_map: Path, worktree: Path, old_record: Path, new_record: Path) -> None:
+    """After a worktree moved to `worktree` (its record from `old_record` to `new_record`),
+    point each submodule `source_map` lists at its git directory again (the `.git` file,
+    `core.worktree`) and list them in `target_map`. Idempotent."""
+    repos = read_map(source_map)
+    if not repos:
+        return
+    old, new = os.path.realpath(old_record), os.path.realpath(new_record)
+    moved = []
+    for repo in repos:
+        git_dir = os.path.realpath(repo.git_dir)
+        if git_dir == old or git_dir.startswith(old + "/"):
+            git_dir = new + git_dir[len(old):]
+        work_tree = worktree / repo.path
+        config = Path(git_dir) / "config"
+        if config.is_file():
+            text = config.read_text("utf-8", "surrogateescape")
+            line = f"\tworktree = {_quote_config(str(work_tree))}"
+            config.write_text(re.sub(r"(?m)^[ \t]*worktree[ \t]*=.*$", lambda _m: line, text, count=1),
+                              "utf-8", "surrogateescape")
+            if work_tree.is_dir():
+                (work_tree / ".git").write_text(f"gitdir: {git_dir}\n")
+        moved.append(replace(repo, git_dir=Path(git_dir)))
+    write_map(target_map, moved)
+
+
+def stores(map_file: Path | None, common_dir: Path) -> dict[str, Path]:
+    """path -> store of each submodule a map lists, and "" -> the nested repositories' store."""
+    found = {repo.path: repo.store for repo in read_map(map_file)}
+    found[""] = Path(common_dir) / NESTED_STORE
+    return found
+
+
+def pin_checkpoints(stores_by_path: Mapping[str, Path], session_id: str,
+                    checkpoints: Sequence[Mapping[str, Any]]) -> None:
+    """Pin the inner states of `checkpoints` under `session_id`'s refs in their stores
+    (an abandoned session's, before the session's own refs are reused)."""
+    wanted: dict[Path, dict[str, str]] = {}
+    for params in checkpoints:
+        turns = params.get("turns")
+        if not isinstance(turns, int):
+            continue
+        for kind in ("submodules", "nested"):
+            for entry in params.get(kind) or ():
+                if not isinstance(entry, Mapping) or not git.is_object_id(entry.get("worktreeSha")):
+                    continue
+                store = stores_by_path.get(entry.get("path", "")) if kind == "submodules" else stores_by_path.get("")
+                if store is None or not (store / "objects").is_dir():
+                    continue
+                wanted.setdefault(store, {}).update(pins_of(session_id, turns, entry, None))
+    for store, refs in wanted.items():
+        present = gitobjects.object_types(store, list(refs.values()))
+        pin(store, {name: sha for (name, sha), found in zip(refs.items(), present) if found is not None})
 
 
 # --------------------------------------------------------------------------- making worktrees

@@ -41,6 +41,7 @@ import orjson
 from cairnd.errors import CairnError
 from cairnd.git import files as gitfiles
 from cairnd.git import run as git
+from cairnd.git import inner
 from cairnd.git import refs as gitrefs
 from cairnd.git import snapshot as gitsnapshot
 from cairnd.git import worktree as gitworktree
@@ -164,6 +165,11 @@ def _move(layout: StateLayout, abandoned_id: str, *, back: bool) -> None:
     if back:
         paths = [paths[1], paths[0], paths[3], paths[2]]
     gitworktree.move_worktree(*paths)
+    if "fromMap" in move:  # the submodules' .git files and core.worktree follow the move
+        if back:
+            inner.relocate(Path(move["fromMap"]), Path(move["fromMap"]), paths[1], paths[3], paths[3])
+        else:
+            inner.relocate(Path(move["fromMap"]), Path(move["toMap"]), paths[1], paths[2], paths[3])
 
 
 def undo_move(layout: StateLayout, abandoned_id: str) -> None:
@@ -205,6 +211,8 @@ def abandon(layout: StateLayout, registry: Registry, row: SessionRow, k: int, *,
         "state": start.state, "moveHead": not keep_branch, "detached": now.branch is not None and not keep_branch,
         "prefill": point.prefill, "history": history(log_path, point.offset), "now": now.worktree_sha,
         "nowHead": now.head_sha, "branch": now.branch if keep_branch else None, "moved": moving,
+        "inner": {key: (point.checkpoint or {}).get(key) for key in ("submodules", "nested")
+                  if (point.checkpoint or {}).get(key)},
     }
     # A worktree made anew at the cut is exactly its checkpoint: the baseline needs no scan.
     cut_baseline = baseline_at_cut(point, start, row.id, turns) if moving else None
@@ -230,7 +238,8 @@ def abandon(layout: StateLayout, registry: Registry, row: SessionRow, k: int, *,
             layout.session_dir(abandoned_id).mkdir(parents=True, exist_ok=True)
             write_atomic(move_marker(layout, abandoned_id), orjson.dumps({
                 "from": str(row.worktree), "to": str(worktree), "fromRecord": str(record),
-                "toRecord": str(record.parent / gitfiles.record_name(worktree))}))
+                "toRecord": str(record.parent / gitfiles.record_name(worktree)),
+                "fromMap": str(layout.inner_map(row.id)), "toMap": str(layout.inner_map(abandoned_id))}))
             _reached("moving")
             _move(layout, abandoned_id, back=False)
         else:
@@ -238,9 +247,17 @@ def abandon(layout: StateLayout, registry: Registry, row: SessionRow, k: int, *,
         _reached("abandoned_worktree")
         # Its worktree was made from `now`'s objects: that snapshot is its baseline (HEAD
         # detached), under its own ref, with no second scan.
-        baseline = checkpoint_params(abandoned_id, old_state.turns, dataclasses.replace(now, branch=None))
-        gitrefs.pin(row.repo, baseline["ref"], now.worktree_sha)
+        if moving and (now.nested or inner.read_map(layout.inner_map(abandoned_id))):
+            # Repositories inside it: their states are taken (and pinned) where they now are.
+            baseline = take_checkpoint(abandoned_id, worktree, old_state.turns, max_file_bytes,
+                                       inner_map=layout.inner_map(abandoned_id))
+            now = dataclasses.replace(now, worktree_sha=baseline["worktreeSha"], index_tree=baseline["indexTree"])
+        else:
+            baseline = checkpoint_params(abandoned_id, old_state.turns, dataclasses.replace(now, branch=None))
+            gitrefs.pin(row.repo, baseline["ref"], now.worktree_sha)
         pin_abandoned(row.repo, abandoned_id, iter_lines(log_path), baseline)
+        inner.pin_checkpoints(inner.stores(layout.inner_map(abandoned_id), git.common_dir(row.repo)),
+                              abandoned_id, checkpoints_in(iter_lines(log_path)).checkpoints)
         _reached("abandoned_refs")
         log = write_initial_log(layout, abandoned_id, log_path, old_length, [
             fork_meta_entry(abandoned_id, row.id, old_messages, now.head_sha, now.worktree_sha),
@@ -287,7 +304,8 @@ def finish(layout: StateLayout, registry: Registry, row: SessionRow, journal: Re
         current_index_path(layout, row.id).unlink(missing_ok=True)
     _reached("files")
     if baseline is None:
-        baseline = take_checkpoint(row.id, row.worktree, plan["turns"], max_file_bytes)
+        baseline = take_checkpoint(row.id, row.worktree, plan["turns"], max_file_bytes,
+                                   inner_map=layout.inner_map(row.id) if plan.get("moved") else None)
     # The kept bytes come from the abandoned log, which holds the old log whole: the
     # session's own may already be the new one when this runs again after a crash.
     write_initial_log(layout, row.id, layout.log_path(journal.abandoned_id), plan["keep_bytes"], [
@@ -326,7 +344,8 @@ def _remake(layout: StateLayout, row: SessionRow, journal: RewindRow) -> gitwork
     if dirs is not None:
         gitfiles.remove_record_aside(dirs, row.worktree)
     trees = gitworktree.add_worktree(row.repo, row.worktree, plan["headSha"],
-                                     plan["worktreeSha"] or plan["headSha"], plan["indexTree"])
+                                     plan["worktreeSha"] or plan["headSha"], plan["indexTree"],
+                                     inner_map=layout.inner_map(row.id), checkpoint=plan.get("inner") or {})
     if plan.get("branch"):
         git.output(row.worktree, "symbolic-ref", "-m", "cairnd rewind", "HEAD", f"refs/heads/{plan['branch']}")
     return trees
