@@ -15,8 +15,9 @@ requests of its spool (the door), and it feeds the daemon the requests of the fl
                   sessions whose lease lapsed are taken over, the requests left on a
                   dead host's subject are handled or forwarded
 
-The daemon calls `door`, `publish` and `intake`/`upkeep`; nothing else of it knows
-about the fleet. Who owns a session and taking one over live in `fleet/ownership`
+The daemon calls `door` and `intake`/`upkeep`, and answers a request taken from the
+stream through its origin (`FleetStream.reply`); nothing else of it knows about the
+fleet, and the fleet knows the daemon only through `fleet/port.DaemonPort`. Who owns a session and taking one over live in `fleet/ownership`
 (SessionOwnership); pushing checkpoints and mirroring logs in `fleet/mirror`
 (LogMirror); FleetHost mixes both in and holds the state they share.
 """
@@ -26,6 +27,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +52,19 @@ from cairnd.spool.protocol import Claimed
 
 if TYPE_CHECKING:
     from cairnd.fleet.port import DaemonPort
+
+
+@dataclass(frozen=True)
+class FleetStream:
+    """The origin of a request taken from the fleet's stream (a spool.protocol.Door): it
+    is answered in the results bucket, then its message is acked."""
+
+    host: FleetHost
+    message: Any  # the stream's message (nats.aio.msg.Msg)
+    from_any: bool  # taken from `any` (counts against this host's room), not its own subject
+
+    async def reply(self, claimed: Claimed, body: dict[str, Any]) -> None:
+        await self.host.publish(claimed, body, self)
 
 
 def route(request: Request, owner: str | None) -> str:
@@ -277,7 +292,7 @@ class FleetHost(SessionOwnership, LogMirror):
         await self._bus.claims.put(claim_key, orjson.dumps({"host": self.me, "at": time.time()}))
         claimed = Claimed(name=f"{rid}.json", request_id=rid, received_at=received, data=msg.data,
                           recovered=claim_value is not None and claim_value.get("host") == self.me,
-                          meta={"fleet": msg, "from_any": from_any})
+                          origin=FleetStream(self, msg, from_any))
         if from_any:
             self.any_in_flight += 1
         self._tick(rid, msg)
@@ -301,10 +316,9 @@ class FleetHost(SessionOwnership, LogMirror):
 
     # -- publishing a result -------------------------------------------------------------------
 
-    async def publish(self, claimed: Claimed, body: dict[str, Any]) -> None:
+    async def publish(self, claimed: Claimed, body: dict[str, Any], stream: FleetStream) -> None:
         """The result of a request this host ran: sessions synced, new ones leased and
         described, then the result created once in the bucket, then the ack."""
-        msg = claimed.meta["fleet"]
         rid = claimed.request_id
         assert rid is not None
         try:
@@ -312,8 +326,8 @@ class FleetHost(SessionOwnership, LogMirror):
         except CairnError as exc:
             event(logging.WARNING, f"fleet: {body.get('kind')} failed: {exc.code}: {exc.message}", request=rid)
             body = {**{k: v for k, v in body.items() if k != "result"}, "status": "error", "error": exc.as_dict()}
-        await self._publish_body(msg, rid, body)
-        if claimed.meta.get("from_any"):
+        await self._publish_body(stream.message, rid, body)
+        if stream.from_any:
             self.any_in_flight -= 1
 
     async def _settle(self, body: dict[str, Any]) -> dict[str, Any]:

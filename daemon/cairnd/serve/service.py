@@ -46,7 +46,7 @@ from cairnd.spool.requests import (
 )
 from cairnd.serve.sdnotify import Notifier, watchdog_interval
 from cairnd.sessions.handlers import Sessions
-from cairnd.spool.protocol import Claimed, Spool, result_body
+from cairnd.spool.protocol import Claimed, Spool, SpoolFile, result_body
 from cairnd.state.statelock import AlreadyRunning
 
 if TYPE_CHECKING:
@@ -297,7 +297,7 @@ class Daemon:
         work = Work(claimed, request, admitted.echo)
         event(logging.INFO, f"{request.kind} request received", request=claimed.request_id,
               session=getattr(request, "session", None))
-        if self.fleet is not None and "fleet" not in claimed.meta:
+        if self.fleet is not None and isinstance(claimed.origin, SpoolFile):
             # This host's spool is a door into the fleet: the request goes on the
             # stream, and its result comes back into done/ or failed/.
             self._work.start_soon(self._enter_fleet, claimed, request)
@@ -405,14 +405,14 @@ class Daemon:
             self._end()
 
     async def _publish(self, claimed: Claimed, echo: Any, kind: str | None, *,
-                       result: dict[str, Any] | None = None, error: CairnError | None = None,
-                       local: bool = False) -> None:
+                       result: dict[str, Any] | None = None, error: CairnError | None = None) -> None:
+        """Answer a request by the way it came in."""
         body = result_body(claimed, echo, kind, finished_at=now_timestamp(), result=result, error=error)
-        if self.fleet is not None and "fleet" in claimed.meta and not local:
-            await self.fleet.publish(claimed, body)
-        else:
+        if isinstance(claimed.origin, SpoolFile):
             # A request whose JSON cannot travel in its result is kept beside it as <name>.raw.
             await self.write_result(claimed, body, keep_raw=echo is None)
+        else:
+            await claimed.origin.reply(claimed, body)
         level = logging.INFO if error is None else logging.WARNING
         what = "ok" if error is None else f"failed: {error.code}: {error.message}"
         session = (result or {}).get("session") if result else (echo.get("session") if isinstance(echo, dict) else None)
@@ -421,7 +421,7 @@ class Daemon:
 
     async def publish_local(self, claimed: Claimed, echo: Any, kind: str | None, error: CairnError) -> None:
         """A request of this host's spool answered here (the fleet could not take it)."""
-        await self._publish(claimed, echo, kind, error=error, local=True)
+        await self._publish(claimed, echo, kind, error=error)
 
     async def write_result(self, claimed: Claimed, body: dict[str, Any], *, keep_raw: bool = False) -> None:
         """Write a result into this host's spool; retried while the disk refuses."""

@@ -19,9 +19,9 @@ import errno
 import os
 import re
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -36,6 +36,24 @@ _DUP_RE = re.compile(r"^(?P<id>.+)\.dup-(?P<n>[0-9]+)\.json$")
 NAME_MAX = 255
 
 
+@dataclass(frozen=True)
+class SpoolFile:
+    """Where a request came in, typed at intake: a file in this host's spool, answered
+    by its result file in done/ or failed/ (which the daemon writes)."""
+
+
+class Door(Protocol):
+    """Where a request came in when not this host's spool (the fleet's stream; later an
+    editor, the web), with its reply path: the request runs here and `reply` sends its
+    result back through the same door."""
+
+    async def reply(self, claimed: Claimed, body: dict[str, Any]) -> None: ...
+
+
+SPOOL_FILE = SpoolFile()
+Intake = SpoolFile | Door  # a claimed request's origin
+
+
 @dataclass
 class Claimed:
     """A request that cairnd owns: its file sits in `cur/<name>`."""
@@ -46,9 +64,7 @@ class Claimed:
     data: bytes | None = None       # the bytes, when the entry is a readable regular file within the cap
     problem: CairnError | None = None  # a failure found before parsing (bad_name, not_a_file, too_large, duplicate_id)
     recovered: bool = False  # found in cur/ at start: a stop came while it was being worked on
-    # Notes of the transport a request came through when not this spool (the fleet's
-    # stream message); the spool itself leaves it empty.
-    meta: dict[str, Any] = field(default_factory=dict)
+    origin: Intake = SPOOL_FILE
 
 
 def request_id_of(file_name: str) -> str:
