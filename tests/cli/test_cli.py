@@ -108,7 +108,7 @@ def test_help_says_what_each_command_does_and_shows_an_example():
     ["prompt", "s1"],                    # TEXT is missing
     ["prompt", "s1", "x", "--timeout", "-1"],
     ["new"],
-    ["completion", "fish"],
+    ["completion", "tcsh"],
     ["rewind", "s1"],                    # --at is required
     ["land", "s1"],                      # --branch is required
     ["land", "s1", "--branch", "b", "--turn", "x"],
@@ -214,11 +214,11 @@ def test_human_summaries(shared: Daemon, repo: Path):
     assert new.returncode == 0 and new.stderr == ""  # no progress noise when stderr is not a terminal
     session = re.search(r"^session (\S+) \(project\)$", new.stdout, re.M).group(1)
     assert re.search(r"^  worktree  /\S+/project$", new.stdout, re.M)
-    assert "turn 0: end_turn; checkpoint" in new.stdout and "uncommitted changes" in new.stdout
+    assert "turn 1: end_turn; checkpoint" in new.stdout and "uncommitted changes" in new.stdout
     assert "history=0" in new.stdout  # the agent's answer
 
     prompt = cairnd("prompt", session, "commit: a", config=config)
-    assert prompt.stdout.startswith(f"session {session} turn 1: end_turn;") and "(clean)" in prompt.stdout
+    assert prompt.stdout.startswith(f"session {session} turn 2: end_turn;") and "(clean)" in prompt.stdout
     fork = cairnd("fork", session, "--at", "1", config=config)
     assert f"fork of {session} at message 1" in fork.stdout and "prefill   commit: a" in fork.stdout
     assert "files from the checkpoint before that message" in fork.stdout
@@ -341,7 +341,7 @@ def test_progress_is_drawn_on_a_terminal(shared: Daemon, repo: Path):
     assert proc.returncode == 0
     assert f"prompt {session}: ".encode() in seen and b"\x1b[K" in seen
     assert seen.endswith(b"\r\x1b[K")  # the spinner line is wiped before the summary
-    assert out.startswith(f"session {session} turn 0")
+    assert out.startswith(f"session {session} turn 1")
 
 
 # --------------------------------------------------------------------------- read commands
@@ -397,7 +397,7 @@ def test_show_lists_turns_with_checkpoints_and_changed_files(shared: Daemon, lin
 
     text = cairnd("show", lineage["root"], config=shared.config).stdout
     assert f"session {lineage['root']} (plan): ready, 3 turns" in text
-    assert f"turn 1  end_turn  head {head[:7]}  dirty" in text
+    assert f"turn 2  end_turn  head {head[:7]}  dirty" in text  # the second turn: @2
     assert "  > write b.txt: two / write a.txt: changed\n  M a.txt\n  A b.txt" in text
 
     grandchild = ok_json("show", lineage["grandchild"], config=shared.config)

@@ -85,3 +85,22 @@ def test_demo_refuses_a_directory_in_use(tmp_path: Path):
     proc = run_demo("--dir", str(tmp_path / "tour"))
     assert proc.returncode == 2 and "is not empty" in proc.stderr
     assert os.listdir(tmp_path / "tour") == ["precious.txt"]
+
+
+def test_the_hints_run_as_printed(tmp_path: Path):
+    """Right after the README's install, cairnd is `.venv/bin/cairnd`, not on PATH: the
+    hints name what runs, from the directory the demo ran in."""
+    env = {k: v for k, v in os.environ.items() if k not in ("CAIRND_CONFIG", "CAIRND_STATE_DIR", "VIRTUAL_ENV")}
+    env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep)
+                                  if not (Path(p) / "cairnd").exists())
+    clone = tmp_path / "clone"
+    (clone / ".venv").mkdir(parents=True)
+    (clone / ".venv" / "bin").symlink_to(CAIRND.parent)
+    proc = subprocess.run([".venv/bin/cairnd", "demo", "--dir", str(tmp_path / "tour")], cwd=clone, env=env,
+                          capture_output=True, text=True, timeout=WALL_LIMIT_SECONDS)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    hints = re.findall(r"^   (\S*cairnd .* (?:tree|show \w+))$", proc.stdout, re.M)
+    assert len(hints) == 2 and all(h.startswith(".venv/bin/cairnd -c ") for h in hints), proc.stdout
+    for hint in hints:
+        ran = subprocess.run(["bash", "-c", hint], cwd=clone, env=env, capture_output=True, text=True)
+        assert ran.returncode == 0 and ran.stdout, (hint, ran.stderr)

@@ -98,6 +98,11 @@ def checkpoint_params(session_id: str, turns: int, snap: gitsnapshot.Snapshot,
 Snapshotter = Callable[..., gitsnapshot.Snapshot]
 
 
+def checkpoint_message(session_id: str, turns: int) -> str:
+    """A checkpoint commit's message: turn N is the one `SESSION@N` names (SPEC 13)."""
+    return f"cairnd checkpoint {session_id} " + (f"after turn {turns}" if turns else "at the start")
+
+
 def take_checkpoint(session_id: str, worktree: Path, turns: int, max_file_bytes: int,
                     snapshot: Snapshotter | None = None, *, inner_map: Path | None = None,
                     changed: set[bytes] | None = None, inner_cache: innercheckpoint.InnerCache | None = None
@@ -110,7 +115,7 @@ def take_checkpoint(session_id: str, worktree: Path, turns: int, max_file_bytes:
     them all). Synchronous: run it in a worker thread."""
     if isinstance(turns, bool) or not isinstance(turns, int) or turns < 0:
         raise ValueError(f"turns must be a non-negative integer, not {turns!r}")
-    message = f"cairnd checkpoint {session_id} turn {turns}"
+    message = checkpoint_message(session_id, turns)
     take = snapshot or gitsnapshot.snapshot
     repos = inner.read_map(inner_map)
 

@@ -10,6 +10,7 @@ everything is. It drives the daemon only through the spool, as any client would.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -246,6 +247,7 @@ def run_demo(directory: Path | None = None, as_json: bool = False) -> int:
     if as_json:
         sys.stdout.buffer.write(orjson.dumps(tour.as_dict(), option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE))
         return 0
+    me = f"{invoked_as()} -c {shlex.quote(str(tour.config))}"
     say("6. The daemon stopped cleanly (SIGTERM, exit 0).", "",
         "Where everything is:",
         f"   repository:       {tour.repo}",
@@ -258,14 +260,27 @@ def run_demo(directory: Path | None = None, as_json: bool = False) -> int:
         f"   fork worktree:    {tour.fork['worktree']}",
         "",
         "Look around (these read the state directly; no daemon needed):",
-        f"   cairnd -c {tour.config} tree",
-        f"   cairnd -c {tour.config} show {tour.fork['session']}",
+        f"   {me} tree",
+        f"   {me} show {tour.fork['session']}",
         "To go on, start the daemon again and talk to the fork:",
-        f"   cairnd -c {tour.config} serve &",
-        f"   cairnd -c {tour.config} prompt {tour.fork['session']} 'write hello.txt: hi'",
+        f"   {me} serve &",
+        f"   {me} prompt {tour.fork['session']} 'write hello.txt: hi'",
         f"To clean up: rm -rf {base}",
         f"({tour.seconds:.1f} s)")
     return 0
+
+
+def invoked_as(argv0: str | None = None) -> str:
+    """How to run this cairnd again from the same directory, as a shell word: `cairnd`
+    when that is what PATH finds, else the path it was started by (`.venv/bin/cairnd`
+    right after the README's install), else `python -m cairnd`."""
+    argv0 = sys.argv[0] if argv0 is None else argv0
+    if not argv0 or argv0.endswith("__main__.py") or argv0 == "-m":
+        return f"{shlex.quote(sys.executable)} -m cairnd"
+    found = shutil.which("cairnd")
+    if found and os.path.realpath(found) == os.path.realpath(argv0):
+        return "cairnd"
+    return shlex.quote(argv0)
 
 
 def _printer(*lines: str) -> None:

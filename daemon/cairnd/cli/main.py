@@ -34,16 +34,18 @@ from cairnd.spool.client import (
 from cairnd.cli.parser import REQUEST_COMMANDS, UsageError, build_parser
 from cairnd.config.settings import Config, ConfigError, load_config
 from cairnd.errors import CairnError
+from cairnd.sessionlog.entries import iso_timestamp
 from cairnd.cli.render import describe_request, format_show, format_status, format_tree, phase, shorten, summarize
 from cairnd.state.statelock import daemon_pid
 from cairnd.sessions.views import (
     agent_answer,
+    busy_sessions,
     daemon_status,
     find_root,
     read_forest,
     resolve_session,
     session_rows,
-    session_summary,
+    session_listing,
     show_session,
 )
 
@@ -232,14 +234,26 @@ def _timed_out(config: Config, request_id: str, timeout: float) -> int:
     return EXIT_TIMEOUT
 
 
+def command_line_wording(message: str) -> str:
+    """A daemon's message as the command line's user reads it: the spool's field `force`
+    is the flag `--force` here."""
+    return message.replace("(use force ", "(use --force ")
+
+
 def report_result(result: dict[str, Any], config: Config, *, as_json: bool) -> int:
-    """Print a result file: whole as JSON, or a short summary; the exit status."""
+    """Print a result file: whole as JSON (with the agent's answer of a turn it names, as
+    the summary prints it), or a short summary; the exit status."""
+    body = result.get("result")
+    if as_json and result.get("status") == "ok" and isinstance(body, dict) and "turn" in body \
+            and isinstance(body.get("session"), str):
+        result = {**result, "result": {**body, "answer": agent_answer(config.layout, body["session"], body["turn"])}}
     if as_json:
         sys.stdout.buffer.write(result_json(result))
         sys.stdout.flush()
     if result.get("status") != "ok":
         error = result.get("error") or {}
-        print(f"cairnd: {error.get('code', 'internal')}: {error.get('message', '')}", file=sys.stderr)
+        print(f"cairnd: {error.get('code', 'internal')}: {command_line_wording(error.get('message', ''))}",
+              file=sys.stderr)
         return EXIT_FAILED
     if not as_json:
         sys.stdout.write(summarize(result.get("kind") or "", result.get("result") or {},
@@ -256,15 +270,17 @@ def _print_json(value: Any) -> None:
 
 def _ls(args: argparse.Namespace, config: Config) -> int:
     rows = session_rows(config.layout, all_states=args.all)
+    busy = busy_sessions(config.layout.spool)  # a turn running shows as it does in the web view
     if args.json:
-        _print_json([session_summary(row) for row in rows])
+        _print_json(session_listing(config.layout, rows))
     elif args.quiet:
         sys.stdout.write("".join(f"{row.id}\n" for row in rows))
     elif not rows:
         print(f"no sessions in {config.layout.root}", file=sys.stderr)
     else:
         table = [["ID", "TITLE", "TURNS", "STATE", "PARENT"]]
-        table += [[row.id, shorten(row.title, 40), str(row.turns), row.state, row.parent_id or "-"] for row in rows]
+        table += [[row.id, shorten(row.title, 40), str(row.turns),
+                   "running" if row.state == "ready" and row.id in busy else row.state, row.parent_id or "-"] for row in rows]
         sys.stdout.write(render.table(table))
     return EXIT_OK
 
@@ -340,16 +356,28 @@ def _gc(args: argparse.Namespace, config: Config) -> int:
     layout = config.layout
     rows = Registry(layout.db).sessions(("deleted",)) if layout.db.exists() else []
     done = collect(rows, layout.session_dir, config.keep_deleted_days, dry_run=args.dry_run)
+    gone = {item.session for item in done}
+    # Deleted sessions whose logs are still inside their keep_deleted_days.
+    waiting = [row for row in rows if row.id not in gone and layout.session_dir(row.id).exists()]
+    days = config.keep_deleted_days
+    days_shown: int | float = int(days) if float(days).is_integer() else days
     if args.json:
-        _print_json({"dry_run": args.dry_run, "keep_deleted_days": config.keep_deleted_days,
-                     "sessions": [{"session": item.session, "deleted_at": item.deleted_at,
-                                   "log_bytes": item.log_bytes} for item in done]})
+        _print_json({"dry_run": args.dry_run, "keep_deleted_days": days_shown,
+                     "sessions": [{"session": item.session, "deleted_at": iso_timestamp(item.deleted_at),
+                                   "log_bytes": item.log_bytes} for item in done],
+                     "waiting": [{"session": row.id, "deleted_at": iso_timestamp(row.deleted_at or 0.0),
+                                  "removable_at": iso_timestamp((row.deleted_at or 0.0) + days * 86400)}
+                                 for row in waiting]})
         return EXIT_OK
     verb = "would remove" if args.dry_run else "removed"
     for item in done:
         sys.stdout.write(f"{verb} {item.session}: {render.size(item.log_bytes)}\n")
     sys.stdout.write(f"{verb} the logs of {len(done)} session(s) deleted more than "
-                     f"{config.keep_deleted_days:g} day(s) ago, {render.size(sum(i.log_bytes for i in done))}\n")
+                     f"{days_shown:g} day(s) ago, {render.size(sum(i.log_bytes for i in done))}\n")
+    if waiting:
+        first = min(row.deleted_at or 0.0 for row in waiting) + days * 86400
+        sys.stdout.write(f"{len(waiting)} deleted session(s) wait out their {days_shown:g} day(s); "
+                         f"the first can go from {iso_timestamp(first)}\n")
     return EXIT_OK
 
 

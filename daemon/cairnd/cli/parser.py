@@ -90,8 +90,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
             "cairnd web\n  cairnd web --listen 127.0.0.1:9000"),
     "gc": ("remove the logs of sessions deleted more than keep_deleted_days ago (and any refs left)",
            "cairnd gc --dry-run\n  cairnd gc --json"),
-    "completion": ("print a shell completion script for bash or zsh",
-                   "source <(cairnd completion bash)\n  cairnd completion zsh > ~/.zfunc/_cairnd"),
+    "completion": ("print a shell completion script for bash, zsh or fish",
+                   "source <(cairnd completion bash)\n  cairnd completion zsh > ~/.zfunc/_cairnd\n"
+                   "  cairnd completion fish > ~/.config/fish/completions/cairnd.fish"),
 }
 
 MAIN_EPILOG = """\
@@ -201,5 +202,5 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")
 
     completion = command("completion")
-    completion.add_argument("shell", choices=("bash", "zsh"))
+    completion.add_argument("shell", choices=("bash", "zsh", "fish"))
     return parser

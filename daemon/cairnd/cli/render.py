@@ -29,8 +29,10 @@ def _turn_lines(result: dict[str, Any], answer: Answer) -> list[str]:
         return []
     checkpoint = result.get("checkpoint") or {}
     dirty = "uncommitted changes" if checkpoint.get("dirty") else "clean"
-    lines = [f"turn {result['turn']}: {result.get('stopReason')}; "
-             f"checkpoint {short_sha(checkpoint.get('headSha'))} ({dirty})"]
+    # The result's `turn` counts from 0 (SPEC 7); a person reads turn N as the one @N names.
+    lines = [f"turn {result['turn'] + 1}: {result.get('stopReason')}; "
+             f"checkpoint {short_sha(checkpoint.get('worktreeSha'))}, "
+             f"HEAD {short_sha(checkpoint.get('headSha'))} ({dirty})"]
     text = answer(result["session"], result["turn"])
     if text:
         lines.append(text.rstrip("\n"))
@@ -102,7 +104,8 @@ def format_show(shown: dict[str, Any]) -> str:
     lines = [f"session {s['id']} ({s['title']}): {s['state']}, {s['turns']} turn{'s' if s['turns'] != 1 else ''}, "
              f"agent {s['agent']}",
              f"  repo      {s['repo']}",
-             f"  worktree  {s['worktree']}" + (" (in place)" if s["in_place"] else ""),
+             f"  worktree  {s['worktree']}" + (" (in place)" if s["in_place"] else "")
+             + ("" if s.get("worktree_exists", True) else " (removed)"),
              f"  log       {s['log']}"]
     fork = s.get("fork_of")
     if fork:
@@ -121,7 +124,7 @@ def format_show(shown: dict[str, Any]) -> str:
     if not turns:
         lines.append("no turns yet")
     for turn in turns:
-        for mark in marks.pop(turn["turn"], []):
+        for mark in marks.pop(turn["turn"] - 1, []):  # a rewind to message K: before turn K+1
             lines += ["", mark]
         dirty = {True: "dirty", False: "clean", None: "no checkpoint"}[turn["dirty"]]
         inherited = "  (kept from the parent)" if turn["inherited"] else ""

@@ -141,6 +141,7 @@ class Daemon:
                     event(logging.INFO, f"web view on {url} (its token: {token_place(self.config)})")
                 async with Sessions(self.config) as sessions:
                     self._running = sessions
+                    sessions.on_turn_start = self._status_soon
                     notice = fallback_notice(sessions.sandbox, [p.sandbox for p in self.config.agents.values()])
                     if notice:
                         event(logging.WARNING, notice)
@@ -454,6 +455,11 @@ class Daemon:
         # Keep `cairnd status` current: throttled while busy, always once idle.
         if self._work is not None and not self.stopping:
             self._work.start_soon(self._write_status, self.in_flight == 0)
+
+    def _status_soon(self) -> None:
+        """status.json rewritten now (a turn started): not throttled, so a reader sees it."""
+        if self._work is not None and not self.stopping:
+            self._work.start_soon(self._write_status, True)
 
     # -- status -------------------------------------------------------------------------
 

@@ -63,8 +63,13 @@ Lines = Iterable[tuple[int, bytes]]  # `(offset, line)` pairs, as `cairnd.sessio
 
 def now_timestamp() -> str:
     """The current UTC time as the envelope wants it: `2026-11-22T10:00:00.123Z`."""
-    now = datetime.now(timezone.utc)
-    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+    return iso_timestamp(datetime.now(timezone.utc).timestamp())
+
+
+def iso_timestamp(seconds: float) -> str:
+    """A Unix time in the envelope's ISO 8601 form, `2026-11-22T10:00:00.123Z`."""
+    moment = datetime.fromtimestamp(seconds, timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 def _envelope_head(timestamp: str | None) -> bytes:

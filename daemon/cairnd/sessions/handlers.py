@@ -75,6 +75,9 @@ class Sessions:
         # git and SQLite calls are short; more threads than cores only adds contention.
         self.io_limiter = anyio.CapacityLimiter(8)
         self.turns_in_flight = 0
+        # Called when a turn starts, so `cairnd status` sees it while it runs (the daemon
+        # sets it to rewrite status.json); the end of a request rewrites it anyway.
+        self.on_turn_start: Callable[[], None] = lambda: None
         self.sandbox = detect()  # once: what the kernel offers agents (SPEC 16)
         # With [fleet]: (url, ref) -> (this host's clone, commit); see cairnd.fleet.
         self.url_repos: Callable[[str, str], tuple[Path, str]] | None = None
@@ -168,7 +171,10 @@ class Sessions:
     def _live_row(self, session_id: str) -> SessionRow:
         row = self.registry.get(session_id)
         if row is None or row.state == "creating":
-            raise CairnError("unknown_session", f"session {session_id!r} does not exist")
+            longer = self.registry.ids_starting(session_id)
+            hint = (f"; it begins {', '.join(longer)}: requests take whole session ids, prefixes are the "
+                    "command line's" if longer else "")
+            raise CairnError("unknown_session", f"session {session_id!r} does not exist{hint}")
         if row.state == "deleted":
             raise CairnError("session_deleted", f"session {session_id!r} was deleted")
         return row
@@ -369,6 +375,7 @@ class Sessions:
                 return record["result"]
         async with self.turn_limiter:
             self.turns_in_flight += 1
+            self.on_turn_start()
             runner = self.runner(row)
             try:
                 result = await runner.prompt(text, request_id=origin.request_id)

@@ -7,6 +7,7 @@ Pure functions shape plain data (`lineage_forest`; a session's turns are
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from cairnd.config.settings import Config
 from cairnd.state.layout import StateLayout
 from cairnd.agent.confinement import detect as detect_sandbox
 from cairnd.errors import CairnError
-from cairnd.sessionlog.entries import REWIND_MARK, REWIND_METHOD, method_of, params_of, parse_message
+from cairnd.sessionlog.entries import iso_timestamp, REWIND_MARK, REWIND_METHOD, method_of, params_of, parse_message
 from cairnd.git.run import is_object_id
 from cairnd.git.diff import diff_files_many
 from cairnd.sessionlog.file import iter_lines
@@ -109,6 +110,24 @@ def resolve_session(layout: StateLayout, text: str) -> str:
     return text
 
 
+def busy_sessions(spool: Path) -> set[str]:
+    """Sessions with a request in the works (in `cur/`): a turn, a rewind, a fork of it.
+    What `ls` and the web view call running."""
+    busy: set[str] = set()
+    try:
+        entries = list(os.scandir(spool / "cur"))
+    except FileNotFoundError:
+        return busy
+    for entry in entries:
+        try:
+            request = orjson.loads(Path(entry.path).read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            continue
+        if isinstance(request, dict) and isinstance(request.get("session"), str):
+            busy.add(request["session"])
+    return busy
+
+
 def session_summary(row: SessionRow) -> dict[str, Any]:
     return {
         "id": row.id,
@@ -120,8 +139,15 @@ def session_summary(row: SessionRow) -> dict[str, Any]:
         "repo": str(row.repo),
         "worktree": str(row.worktree),
         "in_place": row.in_place,
-        "created_at": row.created_at,
+        "created_at": iso_timestamp(row.created_at),
+        "deleted_at": None if row.deleted_at is None else iso_timestamp(row.deleted_at),
     }
+
+
+def session_listing(layout: StateLayout, rows: list[SessionRow]) -> list[dict[str, Any]]:
+    """`ls --json` and `/api/sessions`: each session's summary, and whether it is running."""
+    busy = busy_sessions(layout.spool)
+    return [{**session_summary(row), "running": row.id in busy} for row in rows]
 
 
 def changed_paths(cwd: Path, pairs: list[tuple[Any, Any]]) -> list[list[tuple[str, str]] | None]:
@@ -171,7 +197,7 @@ def show_session(layout: StateLayout, session_id: str) -> dict[str, Any]:
     for index, (turn, changes) in enumerate(zip(turns, changed_paths(cwd, sides))):
         after = sides[index][1]
         shown.append({
-            "turn": index,
+            "turn": index + 1,  # turn N is the one @N and `land --turn N` name (SPEC 13)
             "prompt": turn.user_text,
             "stopReason": turn.stop_reason,
             "headSha": (turn.checkpoint or {}).get("headSha"),
@@ -181,6 +207,7 @@ def show_session(layout: StateLayout, session_id: str) -> dict[str, Any]:
             "changes": None if changes is None else [{"status": s, "path": p} for s, p in changes],
         })
     summary = session_summary(row)
+    summary["worktree_exists"] = row.worktree.is_dir()
     summary["log"] = str(log)
     summary["fork_of"] = None if fork is None else {
         "parent": fork.parent_id,

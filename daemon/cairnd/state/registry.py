@@ -228,6 +228,15 @@ class Registry:
             row = db.execute("SELECT * FROM sessions WHERE id = ?", (id,)).fetchone()
         return _session(row) if row else None
 
+    def ids_starting(self, prefix: str, limit: int = 3) -> list[str]:
+        """Up to `limit` session ids that begin with `prefix` (for an error's hint)."""
+        if not prefix:
+            return []
+        with self._connect() as db:
+            rows = db.execute("SELECT id FROM sessions WHERE substr(id, 1, ?) = ? AND state != 'creating' "
+                              "ORDER BY id LIMIT ?", (len(prefix), prefix, limit)).fetchall()
+        return [row[0] for row in rows]
+
     def by_request(self, request_id: str) -> SessionRow | None:
         with self._connect() as db:
             row = db.execute(

@@ -9,7 +9,6 @@ threads, never on the event loop.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -29,7 +28,7 @@ from cairnd.spool.client import locate, new_request_id, submit
 from cairnd.config.settings import Config
 from cairnd.errors import CairnError
 from cairnd.ids import is_request_id, is_session_id
-from cairnd.sessions.views import daemon_status, find_root, open_registry, read_forest, session_summary, show_session
+from cairnd.sessions.views import busy_sessions, session_listing, daemon_status, find_root, open_registry, read_forest, session_summary, show_session
 from cairnd.web import lineage as lineage_view
 from cairnd.web.guard import Guard
 from cairnd.web.pages import decode_cursor, encode_cursor, follow, read_page
@@ -136,23 +135,6 @@ def _when(stamp: float | None) -> str:
     if not stamp:
         return "-"
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp))
-
-
-def busy_sessions(spool: Path) -> set[str]:
-    """Sessions with a request in the works (`cur/`): a turn, a rewind, a fork."""
-    busy: set[str] = set()
-    try:
-        entries = list(os.scandir(spool / "cur"))
-    except FileNotFoundError:
-        return busy
-    for entry in entries:
-        try:
-            request = orjson.loads(Path(entry.path).read_bytes())
-        except (OSError, orjson.JSONDecodeError):
-            continue
-        if isinstance(request, dict) and isinstance(request.get("session"), str):
-            busy.add(request["session"])
-    return busy
 
 
 def session_list(view: WebView, text: str, state: str) -> list[dict[str, Any]]:
@@ -288,7 +270,7 @@ def build_app(config: Config, token: str, csrf_token: str | None = None) -> Guar
         registry = await anyio.to_thread.run_sync(open_registry, view.layout)
         states = ("ready", "deleted") if request.query_params.get("all") in ("1", "true") else ("ready",)
         rows = await anyio.to_thread.run_sync(lambda: registry.sessions(states) if registry else [])
-        return _json([session_summary(row) for row in rows])
+        return _json(await anyio.to_thread.run_sync(session_listing, view.layout, rows))
 
     async def api_session(request: Request) -> Response:
         try:
