@@ -31,7 +31,8 @@ from cairnd.errors import CairnError
 from cairnd.sessionlog.forkpoint import count_user_messages, find_fork_point
 from cairnd.sessionlog.file import SessionLog, copy_prefix, iter_lines
 from cairnd.state.layout import STDERR_NAME
-from cairnd.agent.runner import AgentRunner, close_open_turn, turn_outcome
+from cairnd.agent.runner import AgentRunner, turn_outcome
+from cairnd.sessionlog.turns import close_open_turn
 from cairnd.sessionlog.transcript import session_state, turn_of_request
 from gitrepos import git, make_repo, tree_state
 
@@ -95,7 +96,8 @@ def write_baseline(session: str, worktree: Path, log_path: Path) -> dict[str, An
 
 async def close_interrupted_turn(log_path: Path, worktree: Path) -> dict[str, Any] | None:
     with SessionLog(log_path) as log:
-        _turns, closed = await close_open_turn(log, SESSION, worktree, max_file_bytes=MAX_FILE_BYTES, limiter=None)
+        _turns, closed = await close_open_turn(log, SESSION, worktree, max_file_bytes=MAX_FILE_BYTES, limiter=None,
+                                                take=take_checkpoint)
     return closed
 
 

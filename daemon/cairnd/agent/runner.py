@@ -12,7 +12,7 @@ just before the prompt (so recovery can tell whether a request's turn began), th
 after the answer `_posthog/turn_complete` (stopReason as the agent said it, or
 `agent_exited`, `interrupted`, or `error` when it answered the prompt with a JSON-RPC
 error: see `turn_outcome`) and `_posthog/agent_checkpoint`, in one write, fsynced before
-the result is returned (`end_turn`).
+the result is returned (`sessionlog.turns.end_turn`).
 
 Cancel: a turn that ends `cancelled` retires its agent process (stdin closed, SIGTERM
 once its processes have finished what they were doing: see agentproc) and the next
@@ -30,7 +30,6 @@ always reaping it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,17 +44,15 @@ from cairnd.agent.process import AgentProcess, Launch, host_agent
 from cairnd.checkpoints.checkpoint import take_checkpoint
 from cairnd.config.settings import AgentProfile
 from cairnd.agent.confinement import Confinement
-from cairnd.sessionlog.entries import checkpoint_entry, sdk_session_entry, turn_complete_entry, turn_start_entry
+from cairnd.sessionlog.entries import sdk_session_entry, turn_start_entry
 from cairnd.errors import CairnError
 from cairnd.agent.history import HistoryFacts, marked_lines, open_history
 from cairnd.agent.history import scan as history_scan
 from cairnd.state.layout import STDERR_NAME
 from cairnd.sessionlog.file import SessionLog, iter_lines
 from cairnd.agent.tap import Tap
-from cairnd.sessionlog.transcript import SessionState, replay_prompt_block, session_state
-
-# (session, worktree, turns, max_file_bytes) -> the agent_checkpoint params
-TakeCheckpoint = Callable[[str, Path, int, int], dict[str, Any]]
+from cairnd.sessionlog.transcript import SessionState, replay_prompt_block
+from cairnd.sessionlog.turns import TakeCheckpoint, close_open_turn, end_turn, read_session_state
 
 
 # -- the functional core --------------------------------------------------------------
@@ -78,46 +75,6 @@ def turn_outcome(response: dict[str, Any] | None, stop_requested: bool, agent_na
     result = response.get("result")
     stop = result.get("stopReason") if isinstance(result, dict) else None
     return (stop if isinstance(stop, str) else "unknown"), None
-
-
-# -- a turn's record in the log -------------------------------------------------------------
-
-
-def read_session_state(log_path: Path, agent_text: bool = True) -> SessionState:
-    """What the log says (an empty state when there is no log yet). Blocking."""
-    if not log_path.exists():
-        return session_state([])
-    return session_state(iter_lines(log_path), agent_text)
-
-
-async def end_turn(log: SessionLog, session_id: str, worktree: Path, turn: int, stop_reason: str, *,
-                   max_file_bytes: int, limiter: anyio.CapacityLimiter | None,
-                   take: TakeCheckpoint = take_checkpoint) -> dict[str, Any]:
-    """Record turn `turn` as ended: turn_complete, then the checkpoint of what it left, in
-    one write, then fsync, so a crash leaves both or neither and an ended turn always
-    has its state. Returns the checkpoint params."""
-    checkpoint = await anyio.to_thread.run_sync(take, session_id, worktree, turn + 1, max_file_bytes,
-                                                limiter=limiter)
-    log.append_entries([turn_complete_entry(session_id, stop_reason), checkpoint_entry(checkpoint)])
-    # fsync can take seconds on a loaded disk: never on the event loop, which every
-    # other session's frames and the spool depend on.
-    await anyio.to_thread.run_sync(log.sync, limiter=limiter)
-    return checkpoint
-
-
-async def close_open_turn(log: SessionLog, session_id: str, worktree: Path, *, max_file_bytes: int,
-                          limiter: anyio.CapacityLimiter | None,
-                          take: TakeCheckpoint = take_checkpoint) -> tuple[int, dict[str, Any] | None]:
-    """If the log ends inside a turn (a crash of cairnd cut it), record that turn as
-    `interrupted` with a checkpoint of the state it left. Returns the turns the log then
-    holds, and the checkpoint written (None when no turn was open). The one way an open
-    turn is closed: by recovery at start, and by a runner opening a log."""
-    state = await anyio.to_thread.run_sync(read_session_state, log.path, False, limiter=limiter)
-    if not state.open_turn:
-        return state.turns, None
-    checkpoint = await end_turn(log, session_id, worktree, state.turns, "interrupted",
-                                max_file_bytes=max_file_bytes, limiter=limiter, take=take)
-    return state.turns + 1, checkpoint
 
 
 # -- the runner -------------------------------------------------------------------------------

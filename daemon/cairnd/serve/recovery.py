@@ -18,7 +18,7 @@ leaves what the next one reads consistent:
    past its commit point is rolled forward instead (rewind.recover).
 3. **Open turns**: a log whose last turn has no `turn_complete` (the prompt, or just
    cairnd's `turn_start`, went out and the daemon died) gets one, `interrupted`, with a
-   checkpoint of the state the turn left (runner.close_open_turn, the one way a turn
+   checkpoint of the state the turn left (sessionlog/turns.close_open_turn, the one way a turn
    is closed after a crash).
 4. **The registry's turn counts**: `sessions.turns` is a copy of the log's count of
    `turn_complete` entries, written after the log; a stop between the two leaves it
@@ -47,7 +47,8 @@ from cairnd.journal import event
 from cairnd.state.layout import StateLayout
 from cairnd.sessionlog.file import SessionLog
 from cairnd.state.registry import Registry
-from cairnd.agent.runner import close_open_turn
+from cairnd.checkpoints.checkpoint import take_checkpoint
+from cairnd.sessionlog.turns import close_open_turn
 from cairnd.spool.protocol import Claimed, Spool
 
 
@@ -132,7 +133,7 @@ async def close_turns(layout: StateLayout, registry: Registry, done: Recovered, 
         log = await anyio.to_thread.run_sync(SessionLog, log_path, limiter=limiter)
         try:
             turns, closed = await close_open_turn(log, row.id, row.worktree, max_file_bytes=max_file_bytes,
-                                                  limiter=limiter)
+                                                  limiter=limiter, take=take_checkpoint)
         finally:
             log.close()
         if closed is not None:
