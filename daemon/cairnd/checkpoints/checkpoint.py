@@ -103,16 +103,16 @@ def checkpoint_message(session_id: str, turns: int) -> str:
     return f"cairnd checkpoint {session_id} " + (f"after turn {turns}" if turns else "at the start")
 
 
-def take_checkpoint(session_id: str, worktree: Path, turns: int, max_file_bytes: int,
-                    snapshot: Snapshotter | None = None, *, inner_map: Path | None = None,
-                    changed: set[bytes] | None = None, inner_cache: innercheckpoint.InnerCache | None = None
-                    ) -> dict[str, Any]:
-    """Snapshot `worktree` and the repositories inside it (the submodules `inner_map`
-    lists, the nested repositories found), pin the snapshot at refs/cairnd/<session>/<turns>
-    (and its index tree beside it when needed; each inner one in its store), and return
-    the agent_checkpoint params. `changed`/`inner_cache`: what the watch saw change since
-    the last checkpoint, and what that one saw of the inner repositories (None: look at
-    them all). Synchronous: run it in a worker thread."""
+def capture(session_id: str, worktree: Path, turns: int, max_file_bytes: int,
+            snapshot: Snapshotter | None = None, *, inner_map: Path | None = None,
+            changed: set[bytes] | None = None, inner_cache: innercheckpoint.InnerCache | None = None
+            ) -> tuple[gitsnapshot.Snapshot, innercheckpoint.InnerState | None]:
+    """The first half of a checkpoint: snapshot `worktree` and the repositories inside it
+    (the submodules `inner_map` lists, the nested repositories found), with `snapshot`
+    for the worktree itself (gitsnapshot.snapshot's full scan when None). `changed`/
+    `inner_cache`: what the watch saw change since the last checkpoint, and what that one
+    saw of the inner repositories (None: look at them all). Returns the snapshot, and the
+    inner repositories' state (None when there are none). Synchronous."""
     if isinstance(turns, bool) or not isinstance(turns, int) or turns < 0:
         raise ValueError(f"turns must be a non-negative integer, not {turns!r}")
     message = checkpoint_message(session_id, turns)
@@ -129,10 +129,31 @@ def take_checkpoint(session_id: str, worktree: Path, turns: int, max_file_bytes:
                           else take(worktree, max_file_bytes, message, gitlinks=gitlinks)), common_dir)
     if inner_cache is not None:
         inner_cache.nested = tuple(n["path"] for n in state.nested)
-    params = checkpoint_params(session_id, turns, snap, state if (repos or snap.nested) else None)
-    innercheckpoint.pin_all(state.pins)
-    _pin(worktree, checkpoint_pins(params, snap))
-    return params
+    return snap, (state if (repos or snap.nested or state.pins) else None)
+
+
+def record(session_id: str, worktree: Path, turns: int, snap: gitsnapshot.Snapshot,
+           inner_state: innercheckpoint.InnerState | None) -> tuple[dict[str, Any], dict[str, str]]:
+    """The second half: pin what `capture` took at refs/cairnd/<session>/<turns> (and its
+    index tree beside it when needed; each inner one in its store). Returns the
+    agent_checkpoint params and the worktree repository's refs written. Synchronous."""
+    params = checkpoint_params(session_id, turns, snap, inner_state)
+    if inner_state is not None:
+        innercheckpoint.pin_all(inner_state.pins)
+    pins = checkpoint_pins(params, snap)
+    _pin(worktree, pins)
+    return params, pins
+
+
+def take_checkpoint(session_id: str, worktree: Path, turns: int, max_file_bytes: int, *,
+                    inner_map: Path | None = None, changed: set[bytes] | None = None,
+                    inner_cache: innercheckpoint.InnerCache | None = None) -> dict[str, Any]:
+    """A checkpoint by a full scan of the worktree: `capture`, then `record`; the
+    agent_checkpoint params. (The daemon's Checkpointer.take does the same with a
+    snapshot of what its watch saw change.) Synchronous: run it in a worker thread."""
+    snap, inner_state = capture(session_id, worktree, turns, max_file_bytes, inner_map=inner_map,
+                                changed=changed, inner_cache=inner_cache)
+    return record(session_id, worktree, turns, snap, inner_state)[0]
 
 
 def checkpoint_is_full(params: dict[str, Any]) -> bool:

@@ -36,7 +36,7 @@ from cairnd.git import inner
 from cairnd.git import snapshot as gitsnapshot
 from cairnd.state import privacy
 from cairnd.git import treeedit
-from cairnd.checkpoints.checkpoint import checkpoint_pins, take_checkpoint
+from cairnd.checkpoints.checkpoint import capture, record
 from cairnd.checkpoints import innercheckpoint
 from cairnd.state.layout import StateLayout
 from cairnd.errors import CairnError
@@ -101,8 +101,8 @@ class Checkpointer:
         self._reading: Any = None  # the CancelScope of read_events, while it runs
 
     def take(self, session_id: str, worktree: Path, turns: int, max_file_bytes: int) -> dict[str, Any]:
-        """`checkpoint.take_checkpoint`, with this snapshot; its refs are counted for packing."""
-        taken: list[gitsnapshot.Snapshot] = []
+        """A checkpoint whose cost follows the change: `checkpoint.capture` with this
+        snapshot, then `checkpoint.record`; its refs are counted for packing."""
         inner_map = None
         if self.layout is not None and Path(worktree).parent == self.layout.worktree_parent(session_id):
             inner_map = self.layout.inner_map(session_id)  # a worktree cairnd made: its submodules are listed
@@ -112,17 +112,16 @@ class Checkpointer:
             except OSError:
                 changed = None
             cache = self._inner.setdefault(session_id, innercheckpoint.InnerCache())
-            inside = [*(r.path for r in inner.read_map(inner_map)), *cache.nested]
+            own = innercheckpoint.outside(changed, [*(r.path for r in inner.read_map(inner_map)), *cache.nested])
 
             def snapshot(tree: Path, cap: int, message: str,
                          gitlinks: dict[bytes, str] | None = None) -> gitsnapshot.Snapshot:
-                own = innercheckpoint.outside(changed, inside)
-                taken.append(self._snapshot(session_id, tree, cap, message, own, gitlinks))
-                return taken[-1]
+                return self._snapshot(session_id, tree, cap, message, own, gitlinks)
 
-            params = take_checkpoint(session_id, worktree, turns, max_file_bytes, snapshot=snapshot,
-                                     inner_map=inner_map, changed=changed, inner_cache=cache)
-        self.refs.wrote(Path(worktree), len(checkpoint_pins(params, taken[-1])))
+            snap, inner_state = capture(session_id, worktree, turns, max_file_bytes, snapshot,
+                                        inner_map=inner_map, changed=changed, inner_cache=cache)
+        params, pins = record(session_id, worktree, turns, snap, inner_state)
+        self.refs.wrote(Path(worktree), len(pins))
         return params
 
     async def read_events(self) -> None:
