@@ -3,6 +3,7 @@ worktree, index or HEAD of the repository changes by a single byte."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -57,18 +58,41 @@ def test_new_branch_then_fast_forward_then_refusal_then_force(parent: Parent):
         "Plan\n\n- edit a\n- commit it\n- more"
 
     again = land(parent.layout, parent.row, "try/two")  # the same checkpoint lands as the same commit
-    assert again["commit"] == latest["commit"] and again["moved"] == "same"
+    assert again["commit"] == latest["commit"] and again["moved"] == "same" and again["unchanged"] is True
 
+    empty = subprocess.run(["git", "mktree"], cwd=parent.repo, input=b"", capture_output=True, check=True).stdout.decode().strip()
+    other = git_text(parent.repo, "commit-tree", "-m", "someone else's", "-p", first["commit"], empty)
+    git(parent.repo, "branch", "theirs", other)
     with pytest.raises(CairnError) as info:
-        land(parent.layout, parent.row, "try/one")  # turn 1's commit is not an ancestor of the latest
+        land(parent.layout, parent.row, "theirs")  # a tip no land of this session made
     assert info.value.code == "branch_exists"
-    assert git_text(parent.repo, "rev-parse", "try/one") == first["commit"]
-    forced = land(parent.layout, parent.row, "try/one", force=True, message="mine")
-    assert forced["previous"] == first["commit"] and forced["moved"] == "force"
+    with pytest.raises(CairnError) as info:
+        land(parent.layout, parent.row, "try/two", turn=1)  # an earlier checkpoint over a later one: going back
+    assert info.value.code == "branch_exists" and "go back" in info.value.message
+    assert git_text(parent.repo, "rev-parse", "try/two") == latest["commit"]
+    forced = land(parent.layout, parent.row, "try/two", turn=1, force=True, message="mine")
+    assert forced["previous"] == latest["commit"] and forced["moved"] == "force"
     assert git_text(parent.repo, "log", "-1", "--format=%B", forced["commit"]) == "mine"
 
     assert every_worktree(parent.repo) == before
     assert git_text(parent.repo, "rev-parse", "main") == main
+
+
+def test_land_again_is_a_fast_forward_on_top_of_the_earlier_land(parent: Parent):
+    """SPEC 13: land, keep working, land again: the new commit goes on the tip (parents:
+    the tip, and the checkpoint's headSha when the tip does not hold it)."""
+    first = land(parent.layout, parent.row, "pr", turn=1)
+    second = land(parent.layout, parent.row, "pr")  # turn 3: after a commit of the session's own
+    assert second["previous"] == first["commit"] and second["moved"] == "fast-forward"
+    assert second["unchanged"] is False and first["unchanged"] is False
+    assert git_text(parent.repo, "rev-parse", f"{second['commit']}^1") == first["commit"]
+    cp = checkpoint(parent, 3)
+    assert git_text(parent.repo, "rev-parse", f"{second['commit']}^2") == cp["headSha"]  # not held by the tip
+    assert tree_of(parent.repo, second["commit"]) == tree_of(parent.repo, cp["worktreeSha"])
+    assert second["files"] == ["b.txt"]  # what changed since the last land
+    third = land(parent.layout, parent.row, "pr")
+    assert third["unchanged"] is True and third["commit"] == second["commit"]
+    assert git_text(parent.repo, "rev-parse", "pr") == second["commit"]
 
 
 @pytest.mark.parametrize("branch", ["main", "elsewhere"])

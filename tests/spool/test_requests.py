@@ -172,3 +172,60 @@ def test_random_request_objects_only_ever_raise_documented_errors(obj):
         validate_request(obj)
     except CairnError as exc:
         assert exc.code in CODES
+
+
+# --------------------------------------------------------------------------- attempts and check (SPEC 19)
+
+FORK = {"kind": "fork", "session": "s1", "user_message_index": 1}
+
+
+def test_valid_attempts_and_checks():
+    from cairnd.spool.requests import CheckRequest
+    assert validate_request({**FORK, "count": 3, "prompt": "p"}) == ForkRequest("s1", 1, prompt="p", count=3)
+    assert validate_request({**FORK, "prompts": ["a", "b"], "agents": ["x", "y"], "check": ["pytest", "-q"]}) == \
+        ForkRequest("s1", 1, prompts=("a", "b"), agents=("x", "y"), check=("pytest", "-q"))
+    assert validate_request({**FORK, "agents": ["x"]}).tries == 1
+    assert validate_request(FORK).tries is None
+    assert validate_request({"kind": "check", "session": "s1", "command": ["make", ""], "timeout": 1.5}) == \
+        CheckRequest("s1", ("make", ""), 1.5)
+    assert validate_request({"kind": "check", "session": "s1", "command": ["true"]}).timeout == 600
+
+
+@pytest.mark.parametrize("fields, named", [
+    ({"count": 0}, "count 0 is out of range"),
+    ({"count": 17}, "count 17 is out of range"),
+    ({"count": True}, "count must be an integer, not true"),
+    ({"count": 2, "prompts": ["a", "b"]}, "count 2 and prompts cannot go together"),
+    ({"count": 2, "agents": ["x"]}, "count 2 and agents cannot go together"),
+    ({"prompt": "p", "prompts": ["a"]}, "prompt and prompts cannot go together"),
+    ({"prompts": ["a", "b"], "agents": ["x"]}, "prompts has 2 entries and agents 1"),
+    ({"prompts": []}, "prompts must not be an empty list"),
+    ({"agents": []}, "agents must not be an empty list"),
+    ({"prompts": ["a", ""]}, "prompts[1] must not be empty"),
+    ({"prompts": "a"}, 'prompts must be a list of strings, not "a"'),
+    ({"agents": ["x", 3]}, "agents[1] must be a string, not 3"),
+    ({"prompts": ["p"] * 17}, "prompts has 17 entries; the limit is 16"),
+    ({"check": []}, "check must not be an empty list"),
+    ({"check": "pytest -q"}, 'check must be a list of strings (an argv such as ["pytest", "-q"]), not "pytest -q"'),
+    ({"check": [""]}, "check[0] must not be empty"),
+])
+def test_bad_attempts_are_bad_requests_naming_the_value(fields, named):
+    with pytest.raises(CairnError) as info:
+        validate_request({**FORK, **fields})
+    assert info.value.code == "bad_request" and named in info.value.message, info.value.message
+
+
+@pytest.mark.parametrize("fields, named", [
+    ({"command": []}, "command must not be an empty list"),
+    ({"command": "ls"}, 'command must be a list of strings (an argv such as ["pytest", "-q"]), not "ls"'),
+    ({"command": ["ls", None]}, "command[1] must be a string, not null"),
+    ({"command": ["ls"], "timeout": 0}, "timeout 0 is out of range"),
+    ({"command": ["ls"], "timeout": "5"}, 'timeout must be a number of seconds, not "5"'),
+    ({"command": ["ls"], "timeout": True}, "timeout must be a number of seconds, not true"),
+    ({"command": ["ls"], "cwd": "/"}, "unknown field 'cwd' in a check request"),
+    ({}, "a check request needs 'command'"),
+])
+def test_bad_checks_are_bad_requests_naming_the_value(fields, named):
+    with pytest.raises(CairnError) as info:
+        validate_request({"kind": "check", "session": "s1", **fields})
+    assert info.value.code == "bad_request" and named in info.value.message, info.value.message

@@ -30,6 +30,8 @@ always reaping it.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -164,6 +166,17 @@ class AgentRunner:
                 self._turn_agent = None
                 if self._agent is not None and not self._closed:
                     self._arm_idle_timer(self._agent)
+
+    @asynccontextmanager
+    async def between_turns(self) -> AsyncIterator[SessionLog]:
+        """Hold the session between two turns (after the one in flight, before the next)
+        and hand over its log, of which the runner is the one writer: a check runs and
+        records itself here (SPEC 19), on files no turn is changing."""
+        async with self._turn_lock:
+            if self._closed:
+                raise CairnError("session_deleted", f"session {self.session_id} was closed")
+            log, _tap = await self._open_log()
+            yield log
 
     async def cancel(self) -> bool:
         """Send `session/cancel` for the turn in flight; whether one was running. A

@@ -51,6 +51,7 @@ from cairnd.sessions.views import (
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 3
 EXIT_INTERRUPTED = 130
+EXIT_CHECK_TIMED_OUT = 124  # as timeout(1) says it
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,7 +104,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command in REQUEST_COMMANDS:
         return _request_command(args, config)
     return {"ls": _ls, "show": _show, "tree": _tree, "status": _status, "diff": _diff,
-            "gc": _gc}[args.command](args, config)
+            "gc": _gc, "compare": _compare}[args.command](args, config)
 
 
 # --------------------------------------------------------------------------- request commands
@@ -130,11 +131,11 @@ def build_request(args: argparse.Namespace, config: Config) -> dict[str, Any]:
     if args.command == "prompt":
         return {"kind": "prompt", "session": session, "text": _text(args.text)}
     if args.command == "fork":
-        request = {"kind": "fork", "session": session, "user_message_index": args.at}
-        if args.title is not None:
-            request["title"] = args.title
-        if args.message is not None:
-            request["prompt"] = _text(args.message)
+        return fork_request(args, session)
+    if args.command == "check":
+        request = {"kind": "check", "session": session, "command": list(args.check_command)}
+        if args.check_timeout:
+            request["timeout"] = args.check_timeout
         return request
     if args.command == "rewind":
         request = {"kind": "rewind", "session": session, "user_message_index": args.at}
@@ -155,6 +156,30 @@ def build_request(args: argparse.Namespace, config: Config) -> dict[str, Any]:
     request = {"kind": "delete", "session": session}
     if args.keep_worktree:
         request["keep_worktree"] = True
+    return request
+
+
+def fork_request(args: argparse.Namespace, session: str) -> dict[str, Any]:
+    """A fork, or attempts (SPEC 19): `-n` tries, one per `-m`, one per `--agent`, or pairs."""
+    request: dict[str, Any] = {"kind": "fork", "session": session, "user_message_index": args.at}
+    if args.title is not None:
+        request["title"] = args.title
+    messages = [_text(text) for text in args.message or []]
+    if len(messages) > 1:
+        request["prompts"] = messages
+    elif messages:
+        request["prompt"] = messages[0]
+    if args.count is not None:
+        request["count"] = args.count
+    if args.agent:
+        request["agents"] = list(args.agent)
+    if args.check_command and not args.check:
+        raise UsageError(f"unexpected arguments {' '.join(args.check_command)!r}: a check command follows "
+                         "--check --, as in: cairnd fork S --at 1 -n 2 --check -- pytest -q")
+    if args.check:
+        if not args.check_command:
+            raise UsageError("--check needs the command after --, as in: --check -- pytest -q")
+        request["check"] = list(args.check_command)
     return request
 
 
@@ -258,6 +283,9 @@ def report_result(result: dict[str, Any], config: Config, *, as_json: bool) -> i
     if not as_json:
         sys.stdout.write(summarize(result.get("kind") or "", result.get("result") or {},
                                    lambda session, turn: agent_answer(config.layout, session, turn)))
+    if result.get("kind") == "check":  # `cairnd check` exits with the command's status
+        checked = result.get("result") or {}
+        return EXIT_CHECK_TIMED_OUT if checked.get("timed_out") else int(checked.get("exit") or 0) & 0xFF
     return EXIT_OK
 
 
@@ -314,6 +342,29 @@ def _diff(args: argparse.Namespace, config: Config) -> int:
         print(f"# {old.label} -> {new.label}", file=sys.stderr)
     sys.stdout.flush()
     sys.stdout.buffer.write(text)
+    return EXIT_OK
+
+
+def _compare(args: argparse.Namespace, config: Config) -> int:
+    from cairnd.sessions.attempts import compare, compare_siblings
+    from cairnd.state.registry import Registry
+
+    layout = config.layout
+    if args.siblings and args.sessions:
+        raise UsageError("give sessions to compare, or --siblings SESSION, not both")
+    if not args.siblings and not args.sessions:
+        raise UsageError("name the sessions to compare, or --siblings SESSION (it and its sibling tries)")
+    if not layout.db.exists():
+        raise CairnError("unknown_session", f"no sessions in {layout.root}")
+    registry = Registry(layout.db)
+    if args.siblings:
+        compared = compare_siblings(layout, registry, resolve_session(layout, args.siblings))
+    else:
+        compared = compare(layout, registry, [resolve_session(layout, text) for text in args.sessions])
+    if args.json:
+        _print_json(compared)
+    else:
+        sys.stdout.write(render.format_compare(compared))
     return EXIT_OK
 
 

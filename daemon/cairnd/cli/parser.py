@@ -9,7 +9,7 @@ from typing import Any
 from cairnd import __version__
 
 DEFAULT_TIMEOUT = 600.0
-REQUEST_COMMANDS = ("new", "prompt", "fork", "rewind", "land", "cancel", "rm")
+REQUEST_COMMANDS = ("new", "prompt", "fork", "rewind", "land", "cancel", "rm", "check")
 SESSION_HELP = "a session id, or a unique prefix of one"
 
 
@@ -66,8 +66,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
             "  cairnd new ~/src/app --ref main -m 'write notes.md: hello'"),
     "prompt": ("run one turn: send TEXT to the session's agent and wait for the answer",
                "cairnd prompt 01jb7 'add a README'\n  echo 'commit: wip' | cairnd prompt 01jb7 -"),
-    "fork": ("fork a session at a user message: new worktree with the files of that moment",
-             "cairnd fork 01jb7 --at 2\n  cairnd fork 01jb7 --at 1 -m 'try it the other way' --json"),
+    "fork": ("fork a session at a user message: new worktree with the files of that moment; or many tries",
+             "cairnd fork 01jb7 --at 2\n  cairnd fork 01jb7 --at 1 -m 'try it the other way' --json\n"
+             "  cairnd fork 01jb7 --at 1 -n 3 -m 'fix the parser' --check -- pytest -q\n"
+             "  cairnd fork 01jb7 --at 1 --agent claude --agent codex -m 'fix the parser'\n"
+             "  cairnd fork 01jb7 --at 1 -m 'use a regex' -m 'use a tokenizer'"),
+    "check": ("run a command in a session's worktree after its turn, confined as its agent; exit with its status",
+              "cairnd check 01jb7 -- pytest -q\n  cairnd check 01jb7 --check-timeout 60 -- make test"),
+    "compare": ("tries side by side: agent, turns, files changed since the cut, last check; reads state only",
+                "cairnd compare --siblings 01jb7\n  cairnd compare 01jb7 01jc2 --json"),
     "rewind": ("take a session back to before user message K, in place; what it was becomes a new session",
                "cairnd rewind 01jb7 --at 2\n  cairnd rewind 01jb7 --at 1 -m 'try it the other way' --json"),
     "diff": ("the files between two checkpoints (SESSION or SESSION@N, N a turn count); reads state only",
@@ -152,7 +159,14 @@ def build_parser() -> argparse.ArgumentParser:
     fork.add_argument("--at", type=int, required=True, metavar="K",
                       help="0-based user message to cut at: the fork keeps the K messages before it")
     fork.add_argument("--title", metavar="T", help="a title (default: '<parent title> (fork N)')")
-    fork.add_argument("-m", "--message", metavar="TEXT", help="run TEXT as the fork's first turn ('-': read stdin)")
+    fork.add_argument("-m", "--message", metavar="TEXT", action="append",
+                      help="run TEXT as the fork's first turn ('-': read stdin); repeated: one try per TEXT")
+    fork.add_argument("-n", "--count", type=int, metavar="N", help="make N tries at the cut (1-16), titled '(try N)'")
+    fork.add_argument("--agent", metavar="A", action="append",
+                      help="one try with agent profile A; repeat for more (with repeated -m: pairs)")
+    fork.add_argument("--check", action="store_true",
+                      help="after each try's first turn run the command given after `--` in its worktree")
+    fork.add_argument("check_command", nargs="*", metavar="-- CMD", help=argparse.SUPPRESS)
 
     rewind = command("rewind", request=True)
     rewind.add_argument("session", metavar="SESSION", help=SESSION_HELP)
@@ -167,6 +181,17 @@ def build_parser() -> argparse.ArgumentParser:
     land.add_argument("-m", "--message", metavar="MESSAGE",
                       help="commit message (default: the title, then one line per user message)")
     land.add_argument("--force", action="store_true", help="move the branch even when it is not a fast-forward")
+
+    check = command("check", request=True)
+    check.add_argument("session", metavar="SESSION", help=SESSION_HELP)
+    check.add_argument("--check-timeout", type=_timeout, metavar="SECONDS",
+                       help="stop the command after SECONDS (default 600)")
+    check.add_argument("check_command", nargs="+", metavar="-- CMD", help="the command and its arguments, after --")
+
+    compare = command("compare")
+    compare.add_argument("sessions", nargs="*", metavar="SESSION", help="sessions to set side by side")
+    compare.add_argument("--siblings", metavar="SESSION",
+                         help="SESSION and every fork of its parent at the same message")
 
     diff = command("diff")
     diff.add_argument("a", metavar="A[@N]", help="a session (its latest checkpoint), or SESSION@N (after turn N)")

@@ -51,7 +51,7 @@ def summarize(kind: str, result: dict[str, Any], answer: Answer) -> str:
     elif kind == "prompt":
         turn = _turn_lines(result, answer) or ["(no turn)"]
         lines = [f"session {result.get('session')} {turn[0]}", *turn[1:]]
-    elif kind == "fork":
+    elif kind == "fork" and "sessions" not in result:
         lines = [f"session {result.get('session')} ({result.get('title')}): fork of {result.get('parent')} "
                  f"at message {result.get('user_message_index')}",
                  f"  worktree  {result.get('worktree')}",
@@ -72,7 +72,7 @@ def summarize(kind: str, result: dict[str, Any], answer: Answer) -> str:
         lines += _turn_lines(result, answer)
     elif kind == "land":
         previous = result.get("previous")
-        how = ("created" if previous is None else "unchanged" if previous == result.get("commit")
+        how = ("created" if previous is None else "unchanged" if result.get("unchanged") or previous == result.get("commit")
                else f"moved from {short_sha(previous)}")
         files = result.get("files") or []
         lines = [f"branch {result.get('branch')} at {short_sha(result.get('commit'))} ({how}), "
@@ -80,6 +80,20 @@ def summarize(kind: str, result: dict[str, Any], answer: Answer) -> str:
                  *(f"  {path}" for path in files[:20])]
         if len(files) > 20:
             lines.append(f"  ... and {len(files) - 20} more")
+    elif kind == "fork" and "sessions" in result:
+        lines = [f"{len(result['sessions'])} tries of {result.get('parent')} at message "
+                 f"{result.get('user_message_index')}"]
+        for attempt in result["sessions"]:
+            lines.append(f"  {attempt.get('session')}  {attempt.get('title')}  {attempt.get('worktree')}")
+            if attempt.get("stopReason"):
+                lines.append(f"    turn {attempt.get('turn')}: {attempt.get('stopReason')}")
+            if attempt.get("check"):
+                lines.append(f"    check: {_check_words(attempt['check'])}")
+            if attempt.get("error"):
+                lines.append(f"    failed: {attempt['error'].get('code')}: {attempt['error'].get('message')}")
+    elif kind == "check":
+        lines = [result.get("output", "").rstrip("\n"),
+                 f"# check in {result.get('session')} after turn {result.get('turns')}: {_check_words(result)}"]
     elif kind == "cancel":
         lines = [f"session {result.get('session')}: "
                  + ("cancelled the running turn" if result.get("cancelled") else "no turn was running")]
@@ -89,6 +103,29 @@ def summarize(kind: str, result: dict[str, Any], answer: Answer) -> str:
     else:
         lines = [orjson.dumps(result).decode()]
     return "\n".join(lines) + "\n"
+
+
+def _check_words(check: dict[str, Any]) -> str:
+    if check.get("timed_out"):
+        return "timed out"
+    return "passed (exit 0)" if check.get("exit") == 0 else f"failed (exit {check.get('exit')})"
+
+
+def format_compare(compared: dict[str, Any]) -> str:
+    """`cairnd compare`: one row per session."""
+    head = ""
+    if compared.get("parent"):
+        head = f"forks of {compared['parent']} at message {compared['user_message_index']}\n"
+    rows = [["SESSION", "TITLE", "AGENT", "TURNS", "STATE", "FILES", "+", "-", "CHECK"]]
+    for s in compared["sessions"]:
+        check = s.get("check")
+        words = "-" if check is None else (
+            f"exit {check.get('exit')} @{check.get('turns')}" if check.get("exit") is not None
+            else f"timed out @{check.get('turns')}")
+        rows.append([s["session"], shorten(s["title"], 32), s["agent"], str(s["turns"]), s["state"],
+                     str(len(s["files"])), str(sum(f["added"] or 0 for f in s["files"])),
+                     str(sum(f["removed"] or 0 for f in s["files"])), words])
+    return head + table(rows)
 
 
 def table(rows: list[list[str]]) -> str:
@@ -237,6 +274,8 @@ def describe_request(request: dict[str, Any]) -> str:
         return f"rewind {request['session']} to message {request['user_message_index']}"
     if kind == "land":
         return f"land {request['session']} on {request['branch']}"
+    if kind == "check":
+        return f"check {request['session']}: {' '.join(request['command'])}"
     return f"{kind} {request['session']}"
 
 

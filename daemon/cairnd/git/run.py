@@ -362,13 +362,15 @@ def _user_identity(repo: Path) -> dict[str, str]:
             "GIT_COMMITTER_NAME": name, "GIT_COMMITTER_EMAIL": email}
 
 
-def commit_tree_of(repo: Path, source: str, parent: str, message: str) -> str:
-    """A commit with the tree of commit `source`, parent `parent` and `message`, dated as
-    `source` is: the same checkpoint and message give the same commit, so landing twice
-    (a retry after a crash) is a no-op rather than a diverging branch."""
+def commit_tree_of(repo: Path, source: str, parent: str, message: str, *, second_parent: str | None = None) -> str:
+    """A commit with the tree of commit `source`, parent `parent` (and `second_parent`)
+    and `message`, dated as `source` is: the same checkpoint and message give the same
+    commit, so landing twice (a retry after a crash) is a no-op rather than a diverging
+    branch."""
     date = first_line(output(repo, "show", "-s", "--format=%ct", source))
     env = {**_user_identity(repo), "GIT_AUTHOR_DATE": f"@{date} +0000", "GIT_COMMITTER_DATE": f"@{date} +0000"}
-    return first_line(output(repo, "commit-tree", "--no-gpg-sign", f"{source}^{{tree}}", "-p", parent, "-F", "-",
+    parents = ["-p", parent] + (["-p", second_parent] if second_parent else [])
+    return first_line(output(repo, "commit-tree", "--no-gpg-sign", f"{source}^{{tree}}", *parents, "-F", "-",
                       env=env, input=message.encode("utf-8")))
 
 

@@ -325,7 +325,7 @@ class Daemon:
         sessions = self.sessions
         handlers: dict[str, Callable[..., Awaitable[dict[str, Any]]]] = {
             "new": sessions.new, "prompt": sessions.prompt, "fork": sessions.fork, "rewind": sessions.rewind,
-            "land": sessions.land, "cancel": sessions.cancel, "delete": sessions.delete,
+            "land": sessions.land, "cancel": sessions.cancel, "delete": sessions.delete, "check": sessions.check,
         }
         return handlers[request.kind]
 

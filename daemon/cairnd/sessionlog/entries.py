@@ -31,6 +31,7 @@ FORK_META_METHOD = "_posthog/fork_session_meta"
 TURN_START_METHOD = "_cairnd/turn_start"
 REWIND_METHOD = "_cairnd/rewind"  # last line of the prefix a rewind kept (SPEC 13)
 INVALID_FRAME_METHOD = "_cairnd/invalid_frame"
+CHECK_METHOD = "_cairnd/check"  # a command run in the session's worktree, and how it ended (SPEC 19)
 
 # Readers must accept the SDK's double underscore (SPEC 3).
 _POSTHOG_QUIRK = "__posthog/"
@@ -272,6 +273,16 @@ def rewind_entry(session_id: str, user_message_index: int, abandoned: str, head_
     """`_cairnd/rewind`: the last line of the prefix a rewind kept (SPEC 13)."""
     return cairnd_entry(REWIND_METHOD, {"sessionId": session_id, "userMessageIndex": user_message_index,
                                         "abandoned": abandoned, "headSha": head_sha, "worktreeSha": worktree_sha})
+
+
+def check_entry(session_id: str, command: list[str], exit: int | None, output: str, turns: int | None,
+                worktree_sha: str | None, timed_out: bool) -> dict[str, Any]:
+    """`_cairnd/check`: a command run in the session's worktree after a turn (SPEC 19):
+    its exit (None when it ran out of time), the last 64 KiB of its output, and the
+    checkpoint it ran on."""
+    return cairnd_entry(CHECK_METHOD, {"sessionId": session_id, "command": command, "exit": exit,
+                                       "timedOut": timed_out, "output": output, "turns": turns,
+                                       "worktreeSha": worktree_sha})
 
 
 def invalid_frame_entry(raw: bytes) -> dict[str, Any]:

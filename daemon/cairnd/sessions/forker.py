@@ -113,6 +113,76 @@ def kept_turns(point: ForkPoint, log_path: Path) -> int:
     return session_state(kept, agent_text=False).turns
 
 
+@dataclass(frozen=True)
+class Cut:
+    """What every fork of one session at one message shares, found once (attempts make
+    several from it: SPEC 19): the cut, the state there, its trees (checked to exist)."""
+
+    parent: SessionRow
+    k: int
+    log: Path
+    point: ForkPoint
+    start: ForkState
+    turns: int
+    trees: gitworktree.Trees
+    history: str | None  # how the forks' agents will get the kept conversation (SPEC 12)
+
+
+def find_fork_cut(layout: StateLayout, parent: SessionRow, k: int,
+                  history: Callable[[Path, int], str] | None = None) -> Cut:
+    """The cut of `parent` at user message k and the state there; fork_out_of_range,
+    fork_in_sub_session or commit_missing before anything is made."""
+    parent_log = layout.log_path(parent.id)
+    point = find_cut(parent_log, k, parent.id)  # from the offsets index beside the log
+    start = state_at_cut(point, parent.repo, parent.worktree)
+    turns = kept_turns(point, parent_log)
+    # commit_missing before anything is made; and a read, so not part of `building`.
+    trees = gitworktree.trees_of(parent.repo, start.head_sha, start.worktree_sha or start.head_sha,
+                                 start.index_tree)
+    return Cut(parent, k, parent_log, point, start, turns, trees,
+               history(parent_log, point.offset) if history is not None else None)
+
+
+def build_fork(layout: StateLayout, cut: Cut, row: SessionRow, *, max_file_bytes: int,
+               building: AbstractContextManager[Any] = nullcontext()) -> tuple[dict[str, Any], ForkRow]:
+    """Make the fork `row` (its `creating` row begun) at `cut`: its worktree, its baseline
+    and its log. Returns its result and lineage row, for the caller to commit."""
+    parent, start = cut.parent, cut.start
+    with building:  # the part that makes files (max_parallel_forks at once)
+        gitworktree.add_worktree(parent.repo, row.worktree, start.head_sha, start.worktree_sha, start.index_tree,
+                                 trees=cut.trees, inner_map=layout.inner_map(row.id),
+                                 checkpoint=cut.point.checkpoint if start.state == "checkpoint" else None)
+        baseline = baseline_at_cut(cut.point, start, row.id, cut.turns)
+        if baseline is None:
+            baseline = take_checkpoint(row.id, row.worktree, cut.turns, max_file_bytes,
+                                       inner_map=layout.inner_map(row.id))
+        else:
+            pin_checkpoint(parent.repo, baseline, (cut.trees.worktree, cut.trees.head))
+    log_path = write_initial_log(layout, row.id, cut.log, cut.point.offset, [
+        fork_meta_entry(row.id, parent.id, cut.k, start.head_sha, start.worktree_sha),
+        checkpoint_entry(baseline),
+    ])
+    result = {
+        "session": row.id,
+        "parent": parent.id,
+        "user_message_index": cut.k,
+        "title": row.title,
+        "worktree": str(row.worktree),
+        "headSha": start.head_sha,
+        "worktreeSha": start.worktree_sha,
+        "state": start.state,
+        "prefill": cut.point.prefill,
+        "log": str(log_path),
+    }
+    if cut.history is not None:
+        result["history"] = cut.history
+    return result, ForkRow(
+        id=row.id, parent_id=parent.id, parent_title=parent.title, root_id=parent.root_id,
+        user_message_index=cut.k, head_sha=start.head_sha, worktree_sha=start.worktree_sha,
+        created_at=time.time(),
+    )
+
+
 def fork_session(layout: StateLayout, registry: Registry, parent: SessionRow, k: int, *,
                  title: str | None, request_id: str | None, max_file_bytes: int,
                  history: Callable[[Path, int], str] | None = None,
@@ -123,52 +193,13 @@ def fork_session(layout: StateLayout, registry: Registry, parent: SessionRow, k:
     whose cost is the machine's; the caller bounds how many forks do that at once
     (`max_parallel_forks`), while the rest (the cut, the log, the registry: waits on
     the disk more than work) overlaps with other forks' building."""
-    parent_log = layout.log_path(parent.id)
-    point = find_cut(parent_log, k, parent.id)  # from the offsets index beside the log
-    start = state_at_cut(point, parent.repo, parent.worktree)
-    turns = kept_turns(point, parent_log)
-
-    # commit_missing before anything is made; and a read, so not part of `building`.
-    trees = gitworktree.trees_of(parent.repo, start.head_sha, start.worktree_sha or start.head_sha,
-                                 start.index_tree)
-
+    cut = find_fork_cut(layout, parent, k, history)
     fork_id = new_session_id()
     named = title or fork_title(parent.title, registry.titles_in_root(parent.root_id))
     worktree = layout.worktree_parent(fork_id) / parent.repo.name
     with creating(layout, registry, id=fork_id, title=named, repo=parent.repo, worktree=worktree, in_place=False,
-                  agent=parent.agent, parent_id=parent.id, root_id=parent.root_id, turns=turns,
+                  agent=parent.agent, parent_id=parent.id, root_id=parent.root_id, turns=cut.turns,
                   request_id=request_id) as made:
-        with building:  # the part that makes files (max_parallel_forks at once)
-            gitworktree.add_worktree(parent.repo, worktree, start.head_sha, start.worktree_sha, start.index_tree,
-                                     trees=trees, inner_map=layout.inner_map(fork_id),
-                                     checkpoint=point.checkpoint if start.state == "checkpoint" else None)
-            baseline = baseline_at_cut(point, start, fork_id, turns)
-            if baseline is None:
-                baseline = take_checkpoint(fork_id, worktree, turns, max_file_bytes,
-                                           inner_map=layout.inner_map(fork_id))
-            else:
-                pin_checkpoint(parent.repo, baseline, (trees.worktree, trees.head))
-        log_path = write_initial_log(layout, fork_id, parent_log, point.offset, [
-            fork_meta_entry(fork_id, parent.id, k, start.head_sha, start.worktree_sha),
-            checkpoint_entry(baseline),
-        ])
-        result = {
-            "session": fork_id,
-            "parent": parent.id,
-            "user_message_index": k,
-            "title": named,
-            "worktree": str(worktree),
-            "headSha": start.head_sha,
-            "worktreeSha": start.worktree_sha,
-            "state": start.state,
-            "prefill": point.prefill,
-            "log": str(log_path),
-        }
-        if history is not None:  # how the fork's agent will get the kept conversation (SPEC 12)
-            result["history"] = history(parent_log, point.offset)
-        made.commit(result, ForkRow(
-            id=fork_id, parent_id=parent.id, parent_title=parent.title, root_id=parent.root_id,
-            user_message_index=k, head_sha=start.head_sha, worktree_sha=start.worktree_sha,
-            created_at=time.time(),
-        ))
+        result, lineage = build_fork(layout, cut, made.row, max_file_bytes=max_file_bytes, building=building)
+        made.commit(result, lineage)
     return result

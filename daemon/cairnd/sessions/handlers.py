@@ -42,8 +42,10 @@ from cairnd.sessionlog.file import iter_lines
 from cairnd.state.registry import Registry, RewindRow, SessionRow
 from cairnd.sessions import rewind as rewinding
 from cairnd.sessions.land import land
+from cairnd.sessions import attempts
 from cairnd.spool.requests import (
     CancelRequest,
+    CheckRequest,
     DeleteRequest,
     ForkRequest,
     LandRequest,
@@ -246,14 +248,24 @@ class Sessions:
             })
 
     async def fork(self, request: ForkRequest, origin: Origin) -> dict[str, Any]:
+        if request.tries is not None:  # attempts: many forks at one cut (SPEC 19)
+            result = await attempts.fork_tries(self, request, origin)
+            self._maintain_soon()
+            return result
         done, parent = await self._thread(self._fork_lookup, request.session, origin.request_id)
-        if done is not None:
-            return await self._with_turn(done, request.prompt, origin)
-        # The limit covers making the fork, not its first turn (that is a turn like any).
-        async with self.fork_limiter:
-            row = await anyio.to_thread.run_sync(self._make_fork, parent, request, origin)
-        self._maintain_soon()
-        return await self._with_turn(row, request.prompt, origin)
+        if done is None:
+            # The limit covers making the fork, not its first turn (that is a turn like any).
+            async with self.fork_limiter:
+                done = await anyio.to_thread.run_sync(self._make_fork, parent, request, origin)
+            self._maintain_soon()
+        result = await self._with_turn(done, request.prompt, origin)
+        if request.check is not None:
+            result["check"] = await attempts.check_session(self, done, request.check, None)
+        return result
+
+    async def check(self, request: CheckRequest, origin: Origin) -> dict[str, Any]:
+        """SPEC 19: a command in the session's worktree after its running turn."""
+        return await attempts.check(self, request, origin)
 
     def _fork_lookup(self, session_id: str, request_id: str | None) -> tuple[SessionRow | None, SessionRow]:
         """(the fork this request already made, or None; the parent, live)."""

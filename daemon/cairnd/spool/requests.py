@@ -21,6 +21,10 @@ from cairnd.ids import SESSION_ID_RE, is_session_id
 MAX_TEXT_CHARS = 512 * 1024
 MAX_TITLE_CHARS = 200
 MAX_PATH_CHARS = 4096
+MAX_TRIES = 16  # forks one request may make at one cut (SPEC 19)
+MAX_COMMAND_ARGS = 1024
+MAX_CHECK_SECONDS = 86_400.0
+DEFAULT_CHECK_SECONDS = 600.0
 
 
 @dataclass(frozen=True)
@@ -47,7 +51,28 @@ class ForkRequest:
     user_message_index: int
     title: str | None = None
     prompt: str | None = None
+    # Attempts (SPEC 19): `count` forks, or one per prompt, per agent, or per pair.
+    count: int | None = None
+    prompts: tuple[str, ...] | None = None
+    agents: tuple[str, ...] | None = None
+    check: tuple[str, ...] | None = None  # run after each fork's first turn
     kind: str = "fork"
+
+    @property
+    def tries(self) -> int | None:
+        """How many forks this request makes as attempts (its result lists `sessions`);
+        None for a single fork (its result is that fork's)."""
+        if self.count is not None:
+            return self.count
+        return len(self.prompts or self.agents or ()) or None
+
+
+@dataclass(frozen=True)
+class CheckRequest:
+    session: str
+    command: tuple[str, ...]
+    timeout: float = DEFAULT_CHECK_SECONDS
+    kind: str = "check"
 
 
 @dataclass(frozen=True)
@@ -81,17 +106,20 @@ class DeleteRequest:
     kind: str = "delete"
 
 
-Request = Union[NewRequest, PromptRequest, ForkRequest, RewindRequest, LandRequest, CancelRequest, DeleteRequest]
+Request = Union[NewRequest, PromptRequest, ForkRequest, RewindRequest, LandRequest, CancelRequest, DeleteRequest,
+                CheckRequest]
 
 # kind -> (class, required fields, optional fields)
 _KINDS: dict[str, tuple[type, tuple[str, ...], tuple[str, ...]]] = {
     "new": (NewRequest, ("repo",), ("ref", "title", "agent", "in_place", "prompt")),
     "prompt": (PromptRequest, ("session", "text"), ()),
-    "fork": (ForkRequest, ("session", "user_message_index"), ("title", "prompt")),
+    "fork": (ForkRequest, ("session", "user_message_index"),
+             ("title", "prompt", "count", "prompts", "agents", "check")),
     "rewind": (RewindRequest, ("session", "user_message_index"), ("prompt",)),
     "land": (LandRequest, ("session", "branch"), ("turn", "message", "force")),
     "cancel": (CancelRequest, ("session",), ()),
     "delete": (DeleteRequest, ("session",), ("keep_worktree",)),
+    "check": (CheckRequest, ("session", "command"), ("timeout",)),
 }
 
 
@@ -244,10 +272,10 @@ def validate_request(obj: Any) -> Request:
     if kind == "prompt":
         return PromptRequest(session=session, text=_string(fields, "text", max_chars=MAX_TEXT_CHARS))
     if kind == "fork":
-        return ForkRequest(
-            session=session, user_message_index=_index(fields, "user_message_index"), title=_title(fields),
-            prompt=_string(fields, "prompt", max_chars=MAX_TEXT_CHARS) if "prompt" in fields else None,
-        )
+        return _fork(session, fields)
+    if kind == "check":
+        return CheckRequest(session=session, command=command_of(fields["command"], "command"),
+                            timeout=_timeout(fields) if "timeout" in fields else DEFAULT_CHECK_SECONDS)
     if kind == "rewind":
         return RewindRequest(
             session=session, user_message_index=_index(fields, "user_message_index"),
@@ -260,6 +288,80 @@ def validate_request(obj: Any) -> Request:
     return DeleteRequest(
         session=session, keep_worktree=_boolean(fields, "keep_worktree") if "keep_worktree" in fields else False
     )
+
+
+def _fork(session: str, fields: dict[str, Any]) -> ForkRequest:
+    index = _index(fields, "user_message_index")
+    prompt = _string(fields, "prompt", max_chars=MAX_TEXT_CHARS) if "prompt" in fields else None
+    count = None
+    if "count" in fields:
+        count = fields["count"]
+        if isinstance(count, bool) or not isinstance(count, int):
+            raise CairnError("bad_request", f"count must be an integer, not {_describe(count)}")
+        if not 1 <= count <= MAX_TRIES:
+            raise CairnError("bad_request", f"count {count} is out of range: from 1 to {MAX_TRIES} tries")
+    prompts = _text_list(fields, "prompts", max_chars=MAX_TEXT_CHARS) if "prompts" in fields else None
+    agents = _text_list(fields, "agents", max_chars=128) if "agents" in fields else None
+    attempts_fields(count, prompts, agents, has_prompt=prompt is not None)
+    return ForkRequest(session=session, user_message_index=index, title=_title(fields), prompt=prompt,
+                       count=count, prompts=prompts, agents=agents,
+                       check=command_of(fields["check"], "check") if "check" in fields else None)
+
+
+def attempts_fields(count: int | None, prompts: tuple[str, ...] | None, agents: tuple[str, ...] | None, *,
+                    has_prompt: bool) -> None:
+    """The rules of SPEC 19 between a fork's `count`, `prompts`, `agents` and `prompt`."""
+    if count is not None and (prompts is not None or agents is not None):
+        other = "prompts" if prompts is not None else "agents"
+        raise CairnError("bad_request", f"count {count} and {other} cannot go together: {other} already says "
+                                        f"how many tries (one per entry)")
+    if prompts is not None and has_prompt:
+        raise CairnError("bad_request", "prompt and prompts cannot go together: give each try's prompt in prompts")
+    if prompts is not None and agents is not None and len(prompts) != len(agents):
+        raise CairnError("bad_request", f"prompts has {len(prompts)} entries and agents {len(agents)}: "
+                                        "as pairs they must be as many")
+
+
+def _text_list(fields: dict[str, Any], name: str, *, max_chars: int) -> tuple[str, ...]:
+    value = fields[name]
+    if not isinstance(value, list):
+        raise CairnError("bad_request", f"{name} must be a list of strings, not {_describe(value)}")
+    if not value:
+        raise CairnError("bad_request", f"{name} must not be an empty list")
+    if len(value) > MAX_TRIES:
+        raise CairnError("bad_request", f"{name} has {len(value)} entries; the limit is {MAX_TRIES} tries")
+    for i, item in enumerate(value):
+        if not isinstance(item, str):
+            raise CairnError("bad_request", f"{name}[{i}] must be a string, not {_describe(item)}")
+        _string({f"{name}[{i}]": item}, f"{name}[{i}]", max_chars=max_chars)
+    return tuple(value)
+
+
+def command_of(value: Any, name: str) -> tuple[str, ...]:
+    """A command as an argv: a non-empty list of strings, the first not empty (no shell
+    reads it: `["sh", "-c", "..."]` where one is wanted)."""
+    if not isinstance(value, list):
+        raise CairnError("bad_request", f"{name} must be a list of strings (an argv such as [\"pytest\", \"-q\"]), "
+                                        f"not {_describe(value)}")
+    if not value:
+        raise CairnError("bad_request", f"{name} must not be an empty list: name the program to run")
+    if len(value) > MAX_COMMAND_ARGS:
+        raise CairnError("bad_request", f"{name} has {len(value)} arguments; the limit is {MAX_COMMAND_ARGS}")
+    for i, arg in enumerate(value):
+        if not isinstance(arg, str):
+            raise CairnError("bad_request", f"{name}[{i}] must be a string, not {_describe(arg)}")
+        _string({f"{name}[{i}]": arg}, f"{name}[{i}]", max_chars=MAX_TEXT_CHARS, allow_empty=i > 0)
+    return tuple(value)
+
+
+def _timeout(fields: dict[str, Any]) -> float:
+    value = fields["timeout"]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise CairnError("bad_request", f"timeout must be a number of seconds, not {_describe(value)}")
+    if not 0 < value <= MAX_CHECK_SECONDS:
+        raise CairnError("bad_request", f"timeout {_describe(value)} is out of range: more than 0 and at most "
+                                        f"{MAX_CHECK_SECONDS:.0f} seconds")
+    return float(value)
 
 
 def _land(session: str, fields: dict[str, Any]) -> LandRequest:

@@ -122,6 +122,20 @@ def _session(row: sqlite3.Row) -> SessionRow:
     )
 
 
+def _commit(db: sqlite3.Connection, id: str, result: dict[str, Any], fork: ForkRow | None) -> None:
+    db.execute(
+        "UPDATE sessions SET state = 'ready', result = ?, updated_at = ? WHERE id = ? AND state = 'creating'",
+        (orjson.dumps(result), time.time(), id),
+    )
+    if fork is not None:
+        db.execute(
+            "INSERT INTO forks (id, parent_id, parent_title, root_id, user_message_index,"
+            " head_sha, worktree_sha, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (fork.id, fork.parent_id, fork.parent_title, fork.root_id,
+             fork.user_message_index, fork.head_sha, fork.worktree_sha, fork.created_at),
+        )
+
+
 def _fork(row: sqlite3.Row) -> ForkRow:
     return ForkRow(**{key: row[key] for key in row.keys()})
 
@@ -192,17 +206,14 @@ class Registry:
                     (rewind.abandoned_id, rewind.session_id, rewind.request_id, orjson.dumps(rewind.plan),
                      time.time()),
                 )
-            db.execute(
-                "UPDATE sessions SET state = 'ready', result = ?, updated_at = ? WHERE id = ? AND state = 'creating'",
-                (orjson.dumps(result), time.time(), id),
-            )
-            if fork is not None:
-                db.execute(
-                    "INSERT INTO forks (id, parent_id, parent_title, root_id, user_message_index,"
-                    " head_sha, worktree_sha, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (fork.id, fork.parent_id, fork.parent_title, fork.root_id,
-                     fork.user_message_index, fork.head_sha, fork.worktree_sha, fork.created_at),
-                )
+            _commit(db, id, result, fork)
+
+    def commit_sessions(self, made: list[tuple[str, dict[str, Any], ForkRow]]) -> None:
+        """The commit point of several forks made by one request (attempts, SPEC 19):
+        all turn `ready` with their lineage rows in one transaction, or none does."""
+        with self._transaction() as db:
+            for id, result, fork in made:
+                _commit(db, id, result, fork)
 
     def adopt_session(self, *, id: str, title: str, repo: Path, worktree: Path, agent: str,
                       parent_id: str | None, root_id: str, turns: int, result: dict[str, Any]) -> None:
@@ -244,6 +255,13 @@ class Registry:
                 (request_id,),
             ).fetchone()
         return _session(row) if row else None
+
+    def all_by_request(self, request_id: str) -> list[SessionRow]:
+        """Every session a request made (the tries of an attempts fork), in the order made."""
+        with self._connect() as db:
+            rows = db.execute("SELECT * FROM sessions WHERE request_id = ? AND state != 'creating'"
+                              " ORDER BY created_at, rowid", (request_id,)).fetchall()
+        return [_session(row) for row in rows]
 
     def sessions(self, states: tuple[str, ...] = ("ready",)) -> list[SessionRow]:
         marks = ",".join("?" * len(states))
@@ -301,6 +319,13 @@ class Registry:
     def forks(self) -> list[ForkRow]:
         with self._connect() as db:
             rows = db.execute("SELECT * FROM forks ORDER BY created_at, id").fetchall()
+        return [_fork(r) for r in rows]
+
+    def forks_at(self, parent_id: str, user_message_index: int) -> list[ForkRow]:
+        """The forks of a session at one cut (siblings: the tries of attempts, SPEC 19)."""
+        with self._connect() as db:
+            rows = db.execute("SELECT * FROM forks WHERE parent_id = ? AND user_message_index = ?"
+                              " ORDER BY created_at, id", (parent_id, user_message_index)).fetchall()
         return [_fork(r) for r in rows]
 
     def titles_in_root(self, root_id: str) -> list[str]:
