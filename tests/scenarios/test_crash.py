@@ -128,7 +128,9 @@ class Torture:
             if result is None:
                 still.append(rid)
                 continue
-            if result["status"] == "ok" and result["kind"] in ("new", "fork"):
+            if result["status"] == "ok" and result["kind"] in ("new", "fork") and "sessions" in result["result"]:
+                self.sessions.extend(attempt["session"] for attempt in result["result"]["sessions"])
+            elif result["status"] == "ok" and result["kind"] in ("new", "fork"):
                 self.sessions.append(result["result"]["session"])
             if result["status"] == "ok" and result["kind"] == "rewind":
                 self.sessions.append(result["result"]["abandoned"])
@@ -150,7 +152,9 @@ class Torture:
         if roll < 0.8:
             kind = "fork" if roll < 0.68 else "rewind"
             request = {"kind": kind, "session": session, "user_message_index": rng.randint(0, 3)}
-            if rng.random() < 0.3:
+            if kind == "fork" and rng.random() < 0.3:
+                request["count"] = rng.randint(2, 3)  # attempts (SPEC 19): all of them or none
+            elif rng.random() < 0.3:
                 request["prompt"] = rng.choice(PROMPTS).format(tag=tag)
             return request
         if roll < 0.92 or len(live) < 4:
@@ -285,6 +289,8 @@ def audit(state: Path, repo: Path, requests: dict[str, dict[str, Any]] | None) -
         lineage = {r[0]: r[1] for r in db.execute("SELECT id, parent_id FROM forks")}
         rewinds = {r[0]: (r[1], r[2], r[3]) for r in
                    db.execute("SELECT abandoned_id, session_id, request_id, state FROM rewinds")}
+        made_by = {r[0]: r[1] for r in db.execute("SELECT request_id, COUNT(*) FROM sessions WHERE state IN"
+                                                  " ('ready', 'deleted') AND request_id IS NOT NULL GROUP BY request_id")}
     ready = {sid for sid, row in rows.items() if row[0] == "ready"}
     deleted = {sid for sid, row in rows.items() if row[0] == "deleted"}
     for sid, row in rows.items():
@@ -333,6 +339,17 @@ def audit(state: Path, repo: Path, requests: dict[str, dict[str, Any]] | None) -
     lock_files = [p for p in (git_common_dir(repo) / "refs").rglob("*.lock")]
     if lock_files:
         problem(f"ref lock files left behind: {lock_files[:3]}")
+
+    # -- attempts: all the tries or none ---------------------------------------------------
+    for rid, request in requests.items():
+        if request["kind"] != "fork" or "count" not in request:
+            continue
+        made = made_by.get(rid, 0)
+        if made not in (0, request["count"]):
+            problem(f"attempts {rid} asked for {request['count']} tries and left {made}")
+        result = results.get(rid)
+        if result is not None and result["status"] == "ok" and made != request["count"]:
+            problem(f"attempts {rid} answered ok with {made} of its {request['count']} tries")
 
     # -- rewinds: none half-done ----------------------------------------------------------
     for abandoned, (session, rid, rewind_state) in sorted(rewinds.items()):

@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from gitrepos import git_text, make_repo
@@ -278,3 +279,44 @@ def test_fork_without_sending_puts_the_message_back_in_the_prompt_box(site: Any,
     assert page.locator("#prompt-text").input_value() == "write p2.txt: 2"  # the prefill, ready to edit
     assert page.locator("li.divider", has_text="forked here").count() == 1
     shot(page, tmp_path, "fork-prefill")
+
+
+def test_compare_tries_land_one_and_keep_it_deleting_the_others(site: Any, page: Any, tmp_path: Path) -> None:
+    """SPEC 19: three tries from message 1, a check in each; the compare page sets them
+    side by side, a diff is a click away, Land and Delete act per row, and "keep this
+    one" deletes the others in one action."""
+    session = new_session(site, "attempts", ["write plan.txt: one", "write plan.txt: two"])
+    made = site["daemon"].ok({"kind": "fork", "session": session, "user_message_index": 1,
+                              "prompts": ["write impl.txt: fast", "write impl.txt: slow\nwrite extra.txt: x",
+                                          "write other.txt: none"],
+                              "check": ["sh", "-c", "test -f impl.txt"]}, timeout=120)
+    tries = [t["session"] for t in made["sessions"]]
+    page.goto(site["web"].url + f"/sessions/{tries[0]}")
+    page.click("a.compare-link")
+    page.wait_for_url(re.compile(r"/compare\?siblings="))
+    rows = page.locator("#compare tr.try")
+    assert rows.count() == 3
+    assert [rows.nth(i).get_attribute("data-session") for i in range(3)] == tries
+    assert page.locator("#compare .check-pass").count() == 2 and page.locator("#compare .check-fail").count() == 1
+    assert "2 files" in rows.nth(1).locator("td.files").inner_text()
+    shot(page, tmp_path, "compare")
+    page.screenshot(path=str(tmp_path / "web-compare.png"), full_page=True)
+
+    rows.nth(1).locator("a.diff-link").click()  # the diff, a click away
+    page.wait_for_url(re.compile(r"/diff\?"))
+    assert page.locator("section.file-diff").count() == 2 and "+slow" in page.locator("main").inner_text()
+    page.go_back()
+
+    row = page.locator(f'#compare tr[data-session="{tries[1]}"]')
+    row.locator("input[name=branch]").fill("try/slow")
+    row.locator(".land-form button").click()
+    page.locator(".toast.ok", has_text="landed").wait_for()
+    landed = git_text(site["repo"], "show", "try/slow:impl.txt")
+    assert landed == "slow"
+
+    row.locator(".keep-btn").click()
+    for other in (tries[0], tries[2]):
+        page.locator(f'#compare tr[data-session="{other}"][data-state="deleted"]').wait_for()
+    assert row.get_attribute("data-state") == "ready"
+    status, _headers, body = site["web"].http("GET", f"/api/compare?siblings={tries[1]}")
+    assert status == 200 and [s["session"] for s in orjson.loads(body)["sessions"]] == [tries[1]]

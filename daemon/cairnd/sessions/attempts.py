@@ -225,17 +225,17 @@ def siblings_of(registry: Registry, session_id: str) -> tuple[str, int, list[str
     fork = registry.fork_of(session_id)
     if fork is None:
         raise CairnError("bad_request", f"session {session_id} is not a fork: it has no siblings to compare")
-    ids = []
-    for sibling in registry.forks_at(fork.parent_id, fork.user_message_index):
-        row = registry.get(sibling.id)
-        if row is not None and row.state == "ready" and row.title and "(before rewind" not in row.title:
-            ids.append(sibling.id)
+    rows = [registry.get(sibling.id) for sibling in registry.forks_at(fork.parent_id, fork.user_message_index)]
+    live = [row for row in rows if row is not None and row.state == "ready"]
+    # In the order made (the tries of one request are begun in order, built side by side).
+    ids = [row.id for row in sorted(live, key=lambda row: (row.created_at, row.title))]
     return fork.parent_id, fork.user_message_index, ids
 
 
-def compare(layout: StateLayout, registry: Registry, session_ids: list[str]) -> dict[str, Any]:
+def compare(layout: StateLayout, registry: Registry, session_ids: list[str], *, commits: bool = False) -> dict[str, Any]:
     """SPEC 19's comparison of sessions: per session its title, agent, turns, state, the
-    files changed since the cut (lines added and removed) and its last check."""
+    files changed since the cut (lines added and removed) and its last check. `commits`:
+    also `from` and `to` (the states compared), for the web view's diff links."""
     if not session_ids:
         raise CairnError("bad_request", "compare needs at least one session")
     rows = [diffs.session_row(registry, layout, text) for text in dict.fromkeys(session_ids)]
@@ -253,6 +253,7 @@ def compare(layout: StateLayout, registry: Registry, session_ids: list[str]) -> 
     for row, changed in zip(rows, changes):
         check_params = last_check(iter_lines(layout.log_path(row.id)))
         out.append({
+            **({"from": starts[len(out)], "to": latest[len(out)]} if commits else {}),
             "session": row.id, "title": row.title, "agent": row.agent, "turns": row.turns, "state": row.state,
             "files": [] if isinstance(changed, CairnError) else [
                 {"path": c.path, "status": c.status, "added": c.added, "removed": c.removed} for c in changed],
@@ -263,8 +264,8 @@ def compare(layout: StateLayout, registry: Registry, session_ids: list[str]) -> 
     return {"parent": parent, "user_message_index": index, "sessions": out}
 
 
-def compare_siblings(layout: StateLayout, registry: Registry, session_id: str) -> dict[str, Any]:
+def compare_siblings(layout: StateLayout, registry: Registry, session_id: str, *, commits: bool = False) -> dict[str, Any]:
     """compare of S and every fork of S's parent at S's cut."""
     diffs.session_row(registry, layout, session_id)
     _parent, _k, ids = siblings_of(registry, session_id)
-    return compare(layout, registry, ids if session_id in ids else [session_id, *ids])
+    return compare(layout, registry, ids if session_id in ids else [session_id, *ids], commits=commits)

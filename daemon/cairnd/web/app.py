@@ -81,6 +81,20 @@ class WebView:
 
     # ------------------------------------------------------------------ reading (threads)
 
+    def attempts(self, request: Request, commits: bool = False) -> dict[str, Any]:
+        """compare (SPEC 19) of `?siblings=S` or of every `?session=`."""
+        from cairnd.sessions.attempts import compare, compare_siblings
+        registry = open_registry(self.layout)
+        if registry is None:
+            raise CairnError("unknown_session", f"no sessions in {self.layout.root}")
+        siblings = request.query_params.get("siblings")
+        if siblings:
+            return compare_siblings(self.layout, registry, siblings, commits=commits)
+        named = request.query_params.getlist("session")
+        if not named:
+            raise CairnError("bad_request", "name the sessions to compare: ?siblings=S or ?session=A&session=B")
+        return compare(self.layout, registry, named, commits=commits)
+
     def session_row(self, session_id: str) -> Any:
         if not is_session_id(session_id):
             raise CairnError("bad_request", f"{session_id!r} is not a session id")
@@ -255,6 +269,22 @@ def build_app(config: Config, token: str, csrf_token: str | None = None) -> Guar
             return view.page("error.html", status=_STATUS_OF_CODE.get(exc.code, 400), error=exc)
         return view.page("diff.html", session=session_summary(row), files=files, old=old, new=new)
 
+    async def compare_page(request: Request) -> Response:
+        """SPEC 19: tries side by side, a diff a click away, Land and Delete per row."""
+        try:
+            compared = await anyio.to_thread.run_sync(lambda: view.attempts(request, commits=True))
+        except CairnError as exc:
+            return view.page("error.html", status=_STATUS_OF_CODE.get(exc.code, 400), error=exc)
+        return view.page("compare.html", compared=compared)
+
+    async def api_attempts(request: Request) -> Response:
+        """`cairnd compare --json`: ?siblings=S, or ?session=A&session=B..."""
+        try:
+            compared = await anyio.to_thread.run_sync(lambda: view.attempts(request))
+        except CairnError as exc:
+            return _error(exc.code, exc.message, _STATUS_OF_CODE.get(exc.code, 400))
+        return _json(compared)
+
     async def lineage_page(request: Request) -> Response:
         session_id = request.path_params["session"]
         try:
@@ -353,6 +383,8 @@ def build_app(config: Config, token: str, csrf_token: str | None = None) -> Guar
         Route("/sessions/{session}/events", session_events),
         Route("/sessions/{session}/diff", diff_page),
         Route("/sessions/{session}/lineage", lineage_page),
+        Route("/compare", compare_page),
+        Route("/api/compare", api_attempts),
         Route("/api/sessions", api_sessions),
         Route("/api/sessions/{session}", api_session),
         Route("/api/sessions/{session}/diff", api_diff),

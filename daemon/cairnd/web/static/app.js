@@ -242,7 +242,50 @@ function sessionPage(head) {
   if (head.dataset.atEnd === "true") followLive(head);
 }
 
+// ------------------------------------------------------------------ compare (tries side by side)
+
+function markDeleted(row) {
+  row.dataset.state = "deleted";
+  row.classList.add("state-deleted");
+  const badge = row.querySelector(".badge");
+  badge.className = "badge deleted";
+  badge.textContent = "deleted";
+  row.querySelector(".row-actions").textContent = "";
+}
+
+function comparePage(table) {
+  table.addEventListener("submit", async (e) => {
+    const form = e.target.closest(".land-form");
+    if (!form) return;
+    e.preventDefault();
+    const session = form.closest("tr").dataset.session;
+    const branch = form.elements.branch.value.trim();
+    const result = await act({kind: "land", session, branch}, "land on " + branch);
+    if (result && result.status === "ok") {
+      toast("landed " + result.result.commit.slice(0, 7) + " on " + result.result.branch, "ok");
+    }
+  });
+  table.addEventListener("click", async (e) => {
+    const row = e.target.closest("tr.try");
+    if (!row) return;
+    if (e.target.closest(".delete-btn")) {
+      if (!confirm("Delete this try? Its worktree, refs and agent go; its log and lineage stay.")) return;
+      const result = await act({kind: "delete", session: row.dataset.session}, "delete");
+      if (result && result.status === "ok") markDeleted(row);
+    } else if (e.target.closest(".keep-btn")) {
+      const others = [...table.querySelectorAll("tr.try")].filter((r) => r !== row && r.dataset.state === "ready");
+      if (!others.length) { toast("no other try to delete", "info"); return; }
+      if (!confirm("Keep this try and delete the " + others.length + " other(s)?")) return;
+      const results = await Promise.all(others.map((r) => act({kind: "delete", session: r.dataset.session}, "delete")));
+      results.forEach((result, i) => { if (result && result.status === "ok") markDeleted(others[i]); });
+      row.classList.add("kept");
+    }
+  });
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   const head = document.getElementById("session");
   if (head) sessionPage(head);
+  const compare = document.getElementById("compare");
+  if (compare) comparePage(compare);
 });
