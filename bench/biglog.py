@@ -3,8 +3,9 @@
 The mix is what a long agent session writes: mostly `agent_message_chunk` and
 `tool_call` / `tool_call_update` updates (some carrying file contents), and once per
 turn a `session/prompt` request, its echoed `user_message_chunk`, the response, a
-`turn_complete` and an `agent_checkpoint`. Deterministic (seeded), so every run of
-the benchmark reads the same bytes.
+`turn_complete` and an `agent_checkpoint`, each under the side that sent it (`from`:
+the prompt the client's, the updates and the response the agent's, the rest cairnd's).
+Deterministic (seeded), so every run of the benchmark reads the same bytes.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ import os
 import random
 from pathlib import Path
 
-from cairnd.sessionlog.entries import cairnd_entry, envelope_line
+from cairnd.sessionlog.entries import FROM_AGENT, FROM_CLIENT, cairnd_entry, envelope_line
 from measure import CACHE
 
-_VERSION = 2
+_VERSION = 3
 _SDK = "sdk-bench"
 _SESSION = "bench-session"
 _WORDS = (
@@ -41,9 +42,9 @@ def _turn_lines(rng: random.Random, turn: int, entries: int, stamp: str) -> list
     lines = [
         envelope_line({"jsonrpc": "2.0", "id": turn + 10, "method": "session/prompt",
                        "params": {"sessionId": _SDK, "prompt": [{"type": "text", "text": prompt}]}},
-                      stamp),
+                      stamp, FROM_CLIENT),
         envelope_line(_update({"sessionUpdate": "user_message_chunk",
-                               "content": {"type": "text", "text": prompt}}), stamp),
+                               "content": {"type": "text", "text": prompt}}), stamp, FROM_AGENT),
     ]
     tool = 0
     while len(lines) < entries - 3:
@@ -51,23 +52,23 @@ def _turn_lines(rng: random.Random, turn: int, entries: int, stamp: str) -> list
         if kind < 0.70:
             lines.append(envelope_line(_update({
                 "sessionUpdate": "agent_message_chunk",
-                "content": {"type": "text", "text": _text(rng, rng.randint(26, 262))}}), stamp))
+                "content": {"type": "text", "text": _text(rng, rng.randint(26, 262))}}), stamp, FROM_AGENT))
         elif kind < 0.85:
             tool += 1
             lines.append(envelope_line(_update({
                 "sessionUpdate": "tool_call", "toolCallId": f"call-{turn}-{tool}",
                 "title": f"Edit src/module_{rng.randint(0, 999)}.py", "kind": "edit",
                 "status": "pending",
-                "rawInput": {"path": f"src/module_{rng.randint(0, 999)}.py"}}), stamp))
+                "rawInput": {"path": f"src/module_{rng.randint(0, 999)}.py"}}), stamp, FROM_AGENT))
         else:
             body = _text(rng, rng.randint(65, 780))
             lines.append(envelope_line(_update({
                 "sessionUpdate": "tool_call_update", "toolCallId": f"call-{turn}-{tool}",
                 "status": "completed",
                 "content": [{"type": "content", "content": {"type": "text", "text": body}}]}),
-                stamp))
+                stamp, FROM_AGENT))
     lines.append(envelope_line({"jsonrpc": "2.0", "id": turn + 10,
-                                "result": {"stopReason": "end_turn"}}, stamp))
+                                "result": {"stopReason": "end_turn"}}, stamp, FROM_AGENT))
     lines.append(envelope_line(cairnd_entry("_posthog/turn_complete",
                                             {"sessionId": _SESSION, "stopReason": "end_turn"}),
                                stamp))

@@ -22,6 +22,25 @@ def line(message: dict[str, Any]) -> bytes:
     return envelope_line(message, TIMESTAMP)
 
 
+def as_agent(line_bytes: bytes) -> bytes:
+    """The same message as the agent would have sent it (`"from":"agent"`): what an agent
+    writes to its stdout, whatever it claims to be."""
+    import orjson
+
+    from cairnd.sessionlog.entries import envelope_raw_line
+
+    return envelope_raw_line(orjson.dumps(orjson.loads(line_bytes)["notification"]), TIMESTAMP, sender="agent")
+
+
+def legacy(line_bytes: bytes) -> bytes:
+    """The same line as a log written before provenance (or by PostHog Code) has it: no `from`."""
+    import orjson
+
+    envelope = orjson.loads(line_bytes)
+    envelope.pop("from", None)
+    return orjson.dumps(envelope) + b"\n"
+
+
 def _posthog(name: str, params: dict[str, Any], quirk: bool) -> bytes:
     prefix = "__posthog/" if quirk else "_posthog/"
     return line(cairnd_entry(prefix + name, params))

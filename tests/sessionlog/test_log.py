@@ -23,7 +23,7 @@ def test_appends_are_whole_lines_in_order(tmp_path: Path) -> None:
     path = tmp_path / "sessions" / "s1" / "log.ndjson"
     with SessionLog(path) as log:
         log.append(cairnd_entry("_posthog/sdk_session", {"sdkSessionId": "x"}))
-        log.append_raw(b'{"jsonrpc":"2.0","id":1,"method":"session/prompt","params":{}}')
+        log.append_raw(b'{"jsonrpc":"2.0","id":1,"method":"session/prompt","params":{}}', sender="client")
         log.append_line(agent_chunk("hi"))
         log.sync()
         assert log.size == path.stat().st_size

@@ -1,5 +1,7 @@
 """Every frame between cairnd and an agent into the session log, byte for byte, in the
-order it crossed (SPEC 3).
+order it crossed, each under the side that sent it (SPEC 3, provenance: `from` is
+`client` for what cairnd wrote to the agent's stdin, `agent` for what it read from the
+agent's stdout, whatever that frame claims to be).
 
 The SDK never touches the agent's pipes. `Tap.pump` reads the agent's stdout, logs each
 line verbatim, then feeds it to the StreamReader the SDK reads; the SDK writes into
@@ -21,7 +23,16 @@ from typing import Any
 
 import anyio
 
-from cairnd.sessionlog.entries import ID_MARK, PROMPT_MARK, PROMPT_METHOD, UPDATE_MARK, UPDATE_METHOD, json_object
+from cairnd.sessionlog.entries import (
+    FROM_AGENT,
+    FROM_CLIENT,
+    ID_MARK,
+    PROMPT_MARK,
+    PROMPT_METHOD,
+    UPDATE_MARK,
+    UPDATE_METHOD,
+    json_object,
+)
 from cairnd.sessionlog.file import SessionLog
 
 READ_CHUNK = 1 << 16
@@ -46,7 +57,7 @@ class Tap:
     def outgoing(self, frame: bytes) -> None:
         if not frame.strip():
             return
-        self.log.append_raw(frame)
+        self.log.append_raw(frame, sender=FROM_CLIENT)
         if PROMPT_MARK in frame:
             message = json_object(frame)
             if message and message.get("method") == PROMPT_METHOD and "id" in message:
@@ -60,7 +71,7 @@ class Tap:
         validate (claude-agent-acp's `usage_update` with `used: null`)."""
         if not frame.strip():
             return False
-        self.log.append_raw(frame)
+        self.log.append_raw(frame, sender=FROM_AGENT)
         if UPDATE_MARK in frame:
             message = json_object(frame)
             if message and message.get("method") == UPDATE_METHOD and "id" not in message:

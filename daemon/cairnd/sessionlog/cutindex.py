@@ -5,7 +5,7 @@ of a kilobyte one.
 One JSON object per line, appended:
 
     {"m": [ordinal, line_index, offset, top_level, sub_session], "c": checkpoint-or-null}
-    {"s": {"covered": N, "lines": L, "ordinal": K, "open": [sub, id] | null,
+    {"s": {"v": 2, "covered": N, "lines": L, "ordinal": K, "open": [sub, id] | null,
            "checkpoint": {...} | null, "inode": I, "tail": crc32}}
 
 An `m` line is one user message (SPEC 4) with the last checkpoint before it; an `s`
@@ -17,7 +17,9 @@ Crash-safe by distrust: only what precedes the last whole `s` line counts (a tor
 half-written tail is cut away before the next append), and an index is rebuilt from
 the log when it is missing, unreadable, or stale: the log has another inode (a rewind
 replaced it), is shorter than `covered`, or its bytes just before `covered` are not
-the ones the index saw (`tail`, a CRC of up to 4 KiB).
+the ones the index saw (`tail`, a CRC of up to 4 KiB), or it was counted by an
+older rule (`v`: 2 since prompts and checkpoints an agent forged stopped counting,
+SPEC 3 provenance).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from cairnd.sessionlog.forkpoint import CountState, ForkPoint, IndexedMessage, U
 from cairnd.sessionlog.file import iter_lines
 
 INDEX_NAME = "cuts.ndjson"
+VERSION = 2  # the counting rule an index was made by: any other is rebuilt
 _TAIL = 4096
 
 
@@ -83,9 +86,11 @@ def _load(path: Path) -> CutIndex | None:
             pending.append(IndexedMessage(UserMessage(ordinal, line_index, offset, bool(top_level), sub, ""),
                                           record.get("c")))
         elif "s" in record:
+            s = record["s"]
+            if s.get("v") != VERSION:
+                return None
             messages.extend(pending)
             pending = []
-            s = record["s"]
             state = CountState(s["ordinal"], tuple(s["open"]) if s["open"] else None, s["checkpoint"])
             index = CutIndex(messages, state, s["covered"], s["lines"], s["inode"], s["tail"], position)
     if index is not None:
@@ -165,7 +170,7 @@ def _write(path: Path, index: CutIndex, found: list[IndexedMessage], rebuilt: bo
                                    int(m.message.top_level), m.message.sub_session], "c": m.checkpoint})
                for m in (index.messages if rebuilt else found)]
     records.append(orjson.dumps({"s": {
-        "covered": index.covered, "lines": index.lines, "ordinal": index.state.ordinal,
+        "v": VERSION, "covered": index.covered, "lines": index.lines, "ordinal": index.state.ordinal,
         "open": list(index.state.open_sub) if index.state.open_sub else None,
         "checkpoint": index.state.checkpoint, "inode": index.inode, "tail": index.tail}}))
     data = b"\n".join(records) + b"\n"

@@ -2,10 +2,24 @@
 lines by, the envelope, accessors for the messages it holds, and the constructors of
 cairnd's own entries. No I/O: `cairnd.log` reads and writes the file.
 
-A log line is one envelope, `{"type":"notification","timestamp":...,"notification":<JSON-RPC
-message>}` (the format PostHog Code uses). Readers never trust a line: `parse_message`
-turns anything that is not an envelope into None, and every accessor takes whatever
-shape a message has without raising.
+A log line is one envelope, `{"type":"notification","timestamp":...,"from":...,
+"notification":<JSON-RPC message>}` (the format PostHog Code uses, whose reader ignores
+envelope keys it does not know). Readers never trust a line: `parse_message` turns
+anything that is not an envelope into None, and every accessor takes whatever shape a
+message has without raising.
+
+Provenance (SPEC 3). `from` says who sent the line's message: `agent` (a frame read
+from the agent's stdout), `client` (a frame cairnd sent the agent) or `cairnd` (an
+entry of cairnd's own). An agent can write any bytes to its stdout, so a frame from the
+agent is never read as what only cairnd says: a `session/prompt` (a top-level user
+message, a turn), or a `_posthog/` or `_cairnd/` entry (checkpoints, turn boundaries,
+the agent identity, forks, rewinds). `parse_message`, which every reader goes through,
+drops such a frame; the agent's own words (its updates, responses, requests) read as
+before. A line without `from` was written before cairnd recorded it, or by PostHog
+Code: its sender is inferred from the message's shape (what only a client or cairnd
+sends is taken as theirs), which is all such a log can say. A log cairnd writes has
+`from` on every line, so the inference never applies to a frame an agent sent it; a
+fork's copied prefix keeps each line's own `from`, or its absence.
 """
 
 from __future__ import annotations
@@ -18,6 +32,14 @@ from typing import Any
 import orjson
 
 ENVELOPE_TYPE = "notification"
+
+# -- who sent a line (the envelope's `from`) ------------------------------------------------
+
+SENDER_KEY = "from"
+FROM_AGENT = "agent"  # read from the agent's stdout: hostile input
+FROM_CLIENT = "client"  # cairnd sent it to the agent
+FROM_CAIRND = "cairnd"  # cairnd's own entry
+SENDERS = (FROM_AGENT, FROM_CLIENT, FROM_CAIRND)
 
 # -- method names ---------------------------------------------------------------------
 
@@ -73,33 +95,39 @@ def iso_timestamp(seconds: float) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
-def _envelope_head(timestamp: str | None) -> bytes:
+_SENDER_BYTES = {sender: b',"' + SENDER_KEY.encode() + b'":"' + sender.encode() + b'"' for sender in SENDERS}
+
+
+def _envelope_head(timestamp: str | None, sender: str) -> bytes:
     stamp = orjson.dumps(timestamp if timestamp is not None else now_timestamp())
-    return b'{"type":"notification","timestamp":' + stamp + b',"notification":'
+    return b'{"type":"notification","timestamp":' + stamp + _SENDER_BYTES[sender] + b',"notification":'
 
 
-def envelope_line(message: dict[str, Any], timestamp: str | None = None) -> bytes:
-    """One complete log line (with its `\\n`) holding `message`."""
-    return _envelope_head(timestamp) + orjson.dumps(message) + b"}\n"
+def envelope_line(message: dict[str, Any], timestamp: str | None = None, sender: str = FROM_CAIRND) -> bytes:
+    """One complete log line (with its `\\n`) holding `message`, cairnd's own unless
+    `sender` says otherwise."""
+    return _envelope_head(timestamp, sender) + orjson.dumps(message) + b"}\n"
 
 
-def envelope_raw_line(raw: bytes, timestamp: str | None = None) -> bytes:
+def envelope_raw_line(raw: bytes, timestamp: str | None = None, *, sender: str) -> bytes:
     """One log line holding a JSON-RPC frame exactly as it crossed the wire.
 
     The frame's bytes are spliced into the envelope, not re-serialised, so the log keeps
-    what the agent really sent (key order, number spelling, unknown fields). A frame
-    that is not one JSON object (garbage on the agent's stdout) is logged as a
-    `_cairnd/invalid_frame` entry instead, so every line of the log stays parseable.
+    what the agent really sent (key order, number spelling, unknown fields), under the
+    envelope's `from` = `sender` (`agent` or `client`), which the frame cannot reach:
+    it is one whole JSON object, nested in the envelope. A frame that is not one JSON
+    object (garbage on the agent's stdout) is logged as a `_cairnd/invalid_frame` entry
+    instead, still under its sender, so every line of the log stays parseable.
     """
     frame = raw.strip(b" \t\r\n")
     parsed = json_object(frame)
     if parsed is None:
-        return envelope_line(invalid_frame_entry(raw), timestamp)
+        return envelope_line(invalid_frame_entry(raw), timestamp, sender)
     if b"\n" in frame:
         # Pretty-printed JSON (newlines between tokens: a string cannot hold a raw
         # newline) would break the one-line-per-entry rule; only here is it re-serialised.
         frame = orjson.dumps(parsed)
-    return _envelope_head(timestamp) + frame + b"}\n"
+    return _envelope_head(timestamp, sender) + frame + b"}\n"
 
 
 def json_object(data: bytes) -> dict[str, Any] | None:
@@ -111,9 +139,11 @@ def json_object(data: bytes) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def parse_message(line: bytes) -> dict[str, Any] | None:
-    """The JSON-RPC message of one envelope line, or None when the line is not a
-    valid envelope (bad JSON, invalid UTF-8, not an object, no message). Never raises."""
+def parse_envelope(line: bytes) -> tuple[dict[str, Any], str] | None:
+    """The JSON-RPC message of one envelope line and who sent it (`from`, or for a line
+    without it, the sender its shape implies: `sender_by_shape`); None when the line is
+    not a valid envelope (bad JSON, invalid UTF-8, not an object, no message). Never
+    raises. For the rare reader that shows every frame; the rest use `parse_message`."""
     try:
         envelope = orjson.loads(line)
     except (orjson.JSONDecodeError, TypeError):
@@ -121,7 +151,40 @@ def parse_message(line: bytes) -> dict[str, Any] | None:
     if not isinstance(envelope, dict):
         return None
     message = envelope.get("notification")
-    return message if isinstance(message, dict) else None
+    if not isinstance(message, dict):
+        return None
+    sender = envelope.get(SENDER_KEY)
+    return message, sender if sender in SENDERS else sender_by_shape(message)
+
+
+def parse_message(line: bytes) -> dict[str, Any] | None:
+    """The JSON-RPC message of one envelope line as a reader may believe it: None when
+    the line is not a valid envelope, or when the agent sent a message only cairnd may
+    say (`speaks_for_cairnd`: a forged prompt or cairnd entry). Never raises."""
+    parsed = parse_envelope(line)
+    if parsed is None:
+        return None
+    message, sender = parsed
+    if sender == FROM_AGENT and speaks_for_cairnd(message):
+        return None
+    return message
+
+
+def speaks_for_cairnd(message: dict[str, Any]) -> bool:
+    """Whether only cairnd, as the client or in its own entries, may say `message`: a
+    `session/prompt` (a user message, a turn), or a `_posthog/` (`__posthog/`) or
+    `_cairnd/` method (checkpoints, turn boundaries, the agent identity, forks, rewinds)."""
+    method = method_of(message)
+    return method is not None and (method == PROMPT_METHOD or method.startswith((_POSTHOG, "_cairnd/")))
+
+
+def sender_by_shape(message: dict[str, Any]) -> str:
+    """Who sent a message, for a line without `from` (written before cairnd recorded
+    it, or by PostHog Code): what only cairnd says is taken as cairnd's, as those logs
+    were always read; anything else as the agent's (readers believe it either way)."""
+    if not speaks_for_cairnd(message):
+        return FROM_AGENT
+    return FROM_CLIENT if message.get("method") == PROMPT_METHOD else FROM_CAIRND
 
 
 def method_of(message: dict[str, Any]) -> str | None:

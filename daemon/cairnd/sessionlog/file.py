@@ -333,12 +333,13 @@ class SessionLog:
         return self._size
 
     def append(self, message: dict[str, Any], timestamp: str | None = None) -> None:
-        """Append `message` in a fresh envelope."""
+        """Append `message`, an entry of cairnd's own, in a fresh envelope."""
         self.append_line(envelope_line(message, timestamp))
 
-    def append_raw(self, raw: bytes, timestamp: str | None = None) -> None:
-        """Append a wire frame verbatim (see `envelope_raw_line`)."""
-        self.append_line(envelope_raw_line(raw, timestamp))
+    def append_raw(self, raw: bytes, timestamp: str | None = None, *, sender: str) -> None:
+        """Append a wire frame verbatim, under who sent it (`agent` or `client`: see
+        `envelope_raw_line`)."""
+        self.append_line(envelope_raw_line(raw, timestamp, sender=sender))
 
     def append_line(self, line: bytes) -> None:
         """Append one complete line: it must end with its only `\\n`."""

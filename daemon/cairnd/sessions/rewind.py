@@ -49,7 +49,17 @@ from cairnd.checkpoints.checkpoint import (checkpoint_params, checkpoint_ref, pi
                                           take_checkpoint)
 from cairnd.state.layout import StateLayout
 from cairnd.sessions.diffs import checkpoints_in
-from cairnd.sessionlog.entries import CHECKPOINT_MARK, TURN_START_MARK, checkpoint_entry, fork_meta_entry, rewind_entry
+from cairnd.sessionlog.entries import (
+    CHECKPOINT_MARK,
+    CHECKPOINT_METHOD,
+    TURN_START_MARK,
+    TURN_START_METHOD,
+    checkpoint_entry,
+    fork_meta_entry,
+    method_of,
+    parse_message,
+    rewind_entry,
+)
 from cairnd.sessions.creation import roll_back, write_initial_log
 from cairnd.sessionlog.cutindex import find_cut
 from cairnd.sessions.forker import baseline_at_cut, kept_turns, state_at_cut
@@ -108,14 +118,19 @@ def complete_length(path: Path) -> int:
 def kept_length(lines: Iterable[tuple[int, bytes]], cut: int) -> int:
     """Bytes a rewind keeps of a log cut at byte `cut` (a prompt line): the fork's rule,
     less the `_cairnd/turn_start` that opened the cut turn (it lies after the last
-    checkpoint), so the kept lines hold no turn that never ends."""
+    checkpoint), so the kept lines hold no turn that never ends. Only cairnd's own
+    entries count (an agent's frame that names them is its own words: SPEC 3)."""
     keep = cut
     for offset, line in lines:
         if offset >= cut:
             break
-        if CHECKPOINT_MARK in line:
+        if CHECKPOINT_MARK not in line and TURN_START_MARK not in line:
+            continue
+        message = parse_message(line)
+        method = method_of(message) if message is not None else None
+        if method == CHECKPOINT_METHOD:
             keep = cut
-        elif TURN_START_MARK in line and keep == cut:
+        elif method == TURN_START_METHOD and keep == cut:
             keep = offset
     return keep
 
