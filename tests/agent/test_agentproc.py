@@ -29,11 +29,6 @@ from cairnd.agent.tap import Tap
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def launch(tmp_path: Path, script: str, stop_timeout: float = 0.3) -> Launch:
     return Launch(session_id="s1", name="test", command=(sys.executable, "-c", script), cwd=tmp_path,
                   env={"CAIRND_AGENTPROC_TEST": "yes"}, stderr_path=tmp_path / "s1" / "agent.stderr",

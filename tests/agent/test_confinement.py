@@ -7,6 +7,7 @@ import os
 import stat
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -79,20 +80,22 @@ def place(tmp_path: Path) -> dict[str, Path]:
             "repo": make_repo(home / "src/project", {"README.md": "hello\n"})}
 
 
-def start(place: dict[str, Path], agents: dict[str, Any] | None = None, env: dict[str, str] | None = None) -> Daemon:
-    place["agent_home"].mkdir(exist_ok=True)
-    place["state"].parent.mkdir(parents=True, exist_ok=True)
-    settings = {"agents": agents or {"own_home": {"command": [sys.executable, "-m", "cairnd.agents.reference"],
-                                                  "env": {"HOME": str(place["agent_home"])}}}}
-    return Daemon(place["state"], settings, env={"HOME": str(place["home"]), **(env or {})}).start()
+@pytest.fixture
+def start(place: dict[str, Path], start_daemon: Callable[..., Daemon]) -> Callable[..., Daemon]:
+    """A daemon whose state directory is in the user's home (HOME is that home), with
+    these agent profiles (by default one, own_home, whose HOME is a directory of its own)."""
+    def started(agents: dict[str, Any] | None = None, env: dict[str, str] | None = None) -> Daemon:
+        place["agent_home"].mkdir(exist_ok=True)
+        place["state"].parent.mkdir(parents=True, exist_ok=True)
+        settings = {"agents": agents or {"own_home": {"command": [sys.executable, "-m", "cairnd.agents.reference"],
+                                                      "env": {"HOME": str(place["agent_home"])}}}}
+        return start_daemon(settings, env={"HOME": str(place["home"]), **(env or {})}, state=place["state"])
+    return started
 
 
 @pytest.fixture
-def daemon(place: dict[str, Path]):
-    d = start(place)
-    yield d
-    if d.proc and d.proc.poll() is None:
-        assert d.stop() == 0
+def daemon(start: Callable[..., Daemon]) -> Daemon:
+    return start()
 
 
 def tool_outcomes(log: Path) -> list[tuple[str, str]]:
@@ -176,10 +179,10 @@ def test_a_fork_is_confined_to_its_own_worktree(daemon: Daemon, place: dict[str,
 
 
 @landlock
-def test_an_agent_whose_home_holds_the_state_dir_and_the_checkout(place: dict[str, Path]) -> None:
+def test_an_agent_whose_home_holds_the_state_dir_and_the_checkout(place: dict[str, Path], start: Callable[..., Daemon]) -> None:
     # The reference profile's HOME is cairnd's own: all of it is the agent's, less the
     # state directory and the source checkout that lie inside it.
-    daemon = start(place, agents={"reference": {}})
+    daemon = start(agents={"reference": {}})
     try:
         home, state, repo = place["home"], place["state"], place["repo"]
         session = daemon.ok({"kind": "new", "repo": str(repo)})["session"]
@@ -192,8 +195,8 @@ def test_an_agent_whose_home_holds_the_state_dir_and_the_checkout(place: dict[st
         assert daemon.stop() == 0
 
 
-def test_sandbox_off_lets_the_same_write_through(place: dict[str, Path]) -> None:
-    daemon = start(place, agents={"loose": {"command": [sys.executable, "-m", "cairnd.agents.reference"],
+def test_sandbox_off_lets_the_same_write_through(place: dict[str, Path], start: Callable[..., Daemon]) -> None:
+    daemon = start(agents={"loose": {"command": [sys.executable, "-m", "cairnd.agents.reference"],
                                             "sandbox": "off"}})
     try:
         session = daemon.ok({"kind": "new", "repo": str(place["repo"]), "agent": "loose"})["session"]
@@ -204,8 +207,8 @@ def test_sandbox_off_lets_the_same_write_through(place: dict[str, Path]) -> None
         assert daemon.stop() == 0
 
 
-def test_without_landlock_cairnd_says_so_once_and_runs_agents_unconfined(place: dict[str, Path]) -> None:
-    daemon = start(place, env={sandbox.FORCE_UNAVAILABLE_ENV: "1"})
+def test_without_landlock_cairnd_says_so_once_and_runs_agents_unconfined(place: dict[str, Path], start: Callable[..., Daemon]) -> None:
+    daemon = start(env={sandbox.FORCE_UNAVAILABLE_ENV: "1"})
     try:
         repo = place["repo"]
         for n in range(2):  # two agents start; the notice was given once, at start

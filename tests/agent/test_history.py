@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,6 @@ from cairnd.agents.reference import read_transcript
 from cairnd.sessionlog.entries import cairnd_entry, envelope_line
 from cairnd.agent.history import HistoryFacts, advertises, plan, scan
 from daemonproc import Daemon
-from gitrepos import make_repo
 from logsamples import prompt_request, prompt_response
 
 FORK_CAPS = {"loadSession": False, "sessionCapabilities": {"fork": {}, "resume": {}}}
@@ -117,21 +117,14 @@ def test_advertises_reads_initialize_capabilities():
 # -- through the daemon, with the reference agent ---------------------------------------------
 
 
-@pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    return make_repo(tmp_path / "project", {"README.md": "hello\n"})
-
-
-def start(tmp_path: Path, history: str = "auto") -> Daemon:
-    return Daemon(tmp_path / "state", {"agents": {"reference": {"history": history}}}).start()
+def reference_with(history: str) -> dict[str, Any]:
+    """Settings whose reference profile keeps its sessions' history this way."""
+    return {"agents": {"reference": {"history": history}}}
 
 
 @pytest.fixture
-def daemon(tmp_path: Path):
-    d = start(tmp_path)
-    yield d
-    if d.proc and d.proc.poll() is None:
-        assert d.stop() == 0
+def daemon(start_daemon: Callable[..., Daemon]) -> Daemon:
+    return start_daemon(reference_with("auto"))
 
 
 def store(daemon: Daemon) -> Path:
@@ -212,28 +205,22 @@ def test_a_removed_parent_transcript_falls_back_to_replay_and_says_why(daemon: D
     assert "by replay" in line and "session/fork of " + parent_sdk in line and "-32002" in line
 
 
-def test_native_insists_a_removed_transcript_is_agent_failed(tmp_path: Path, repo: Path):
-    daemon = start(tmp_path, history="native")
-    try:
-        parent = four_turns(daemon, repo)
-        (store(daemon) / f"{sdk_entries(daemon, parent)[-1]['sdkSessionId']}.jsonl").unlink()
-        failed = daemon.request({"kind": "fork", "session": parent, "user_message_index": 2, "prompt": "after"})
-        assert failed["status"] == "error" and failed["error"]["code"] == "agent_failed"
-        assert "session/fork of" in failed["error"]["message"] and "history = native" in failed["error"]["message"]
-    finally:
-        assert daemon.stop() == 0
+def test_native_insists_a_removed_transcript_is_agent_failed(start_daemon: Callable[..., Daemon], repo: Path):
+    daemon = start_daemon(reference_with("native"))
+    parent = four_turns(daemon, repo)
+    (store(daemon) / f"{sdk_entries(daemon, parent)[-1]['sdkSessionId']}.jsonl").unlink()
+    failed = daemon.request({"kind": "fork", "session": parent, "user_message_index": 2, "prompt": "after"})
+    assert failed["status"] == "error" and failed["error"]["code"] == "agent_failed"
+    assert "session/fork of" in failed["error"]["message"] and "history = native" in failed["error"]["message"]
 
 
-def test_replay_mode_replays_forks_and_restarts(tmp_path: Path, repo: Path):
-    daemon = start(tmp_path, history="replay")
-    try:
-        parent = four_turns(daemon, repo)
-        fork = daemon.ok({"kind": "fork", "session": parent, "user_message_index": 3, "prompt": "after"})
-        assert fork["history"] == "replay" and history_n(daemon, fork["session"]) == 3
-        held = read_transcript(sdk_entries(daemon, fork["session"])[-1]["sdkSessionId"], store(daemon))
-        assert user_texts(held) == ["after"] and held[0] == {"kind": "replay", "userMessages": 3}
-    finally:
-        assert daemon.stop() == 0
+def test_replay_mode_replays_forks_and_restarts(start_daemon: Callable[..., Daemon], repo: Path):
+    daemon = start_daemon(reference_with("replay"))
+    parent = four_turns(daemon, repo)
+    fork = daemon.ok({"kind": "fork", "session": parent, "user_message_index": 3, "prompt": "after"})
+    assert fork["history"] == "replay" and history_n(daemon, fork["session"]) == 3
+    held = read_transcript(sdk_entries(daemon, fork["session"])[-1]["sdkSessionId"], store(daemon))
+    assert user_texts(held) == ["after"] and held[0] == {"kind": "replay", "userMessages": 3}
 
 
 def test_a_restart_after_a_crash_resumes_the_same_agent_session(daemon: Daemon, repo: Path):

@@ -34,23 +34,13 @@ from cairnd.state.layout import STDERR_NAME
 from cairnd.agent.runner import AgentRunner, turn_outcome
 from cairnd.sessionlog.turns import close_open_turn
 from cairnd.sessionlog.transcript import session_state, turn_of_request
-from gitrepos import git, make_repo, tree_state
+from gitrepos import git, tree_state
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.repo(files={"README": "hello\n"})]
 
 PLAIN_AGENT = Path(__file__).parent / "agents" / "plain_agent.py"
 MAX_FILE_BYTES = 1 << 20
 SESSION = "s1"
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    return make_repo(tmp_path / "repo", {"README": "hello\n"})
 
 
 @pytest.fixture(autouse=True)

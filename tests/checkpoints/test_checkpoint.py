@@ -69,10 +69,7 @@ def restore_into(repo: Path, target: Path, params: dict[str, object]) -> Path:
     return target
 
 
-@pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    return make_repo(tmp_path / "repo", {"README.md": "hello\n", "src/app.py": "print('hi')\n"},
-                     gitignore=GITIGNORE)
+pytestmark = pytest.mark.repo(files={"README.md": "hello\n", "src/app.py": "print('hi')\n"}, gitignore=GITIGNORE)
 
 
 # --------------------------------------------------------------------------- the params

@@ -30,9 +30,7 @@ def same_as_full_scan(checkpoints: Checkpointer, repo: Path, session: str = "s")
     return ours
 
 
-@pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    return make_repo(tmp_path / "repo", {"a.txt": "a\n", "src/app.py": "print(1)\n"}, gitignore=GITIGNORE)
+pytestmark = pytest.mark.repo(files={"a.txt": "a\n", "src/app.py": "print(1)\n"}, gitignore=GITIGNORE)
 
 
 @pytest.fixture

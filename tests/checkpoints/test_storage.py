@@ -18,12 +18,10 @@ from cairnd.config.settings import parse_config, ConfigError
 from cairnd.state.registry import Registry
 from cairnd.checkpoints.storage import REFS_HARD_LIMIT, DAY, RefKeeper, collect, count_loose_refs, expired, repository_figures
 from cairnd.checkpoints.watch import WatchSet
-from gitrepos import commit_exists, git_text, make_repo, write
+from gitrepos import commit_exists, git_text, write
 
 
-@pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    return make_repo(tmp_path / "repo", {"a.txt": "a\n"})
+pytestmark = pytest.mark.repo(files={"a.txt": "a\n"})
 
 
 def test_checkpoint_refs_never_pile_up_past_the_hard_limit(repo: Path, tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,11 +48,6 @@ def ok_json(*args: str, config: Path, cwd: Path | None = None) -> Any:
     return orjson.loads(proc.stdout)
 
 
-@pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    return make_repo(tmp_path / "project", {"README.md": "hello\n"})
-
-
 def start(d: Daemon) -> Daemon:
     d.start()
     # Nobody reads the notify socket after READY=1: closed, the daemon's later STATUS=
@@ -61,12 +57,11 @@ def start(d: Daemon) -> Daemon:
 
 
 @pytest.fixture
-def daemon(tmp_path: Path):
+def daemon(start_daemon: Callable[..., Daemon]) -> Daemon:
     """A daemon of the test's own, for tests that stop it or count what is in its spool."""
-    d = start(Daemon(tmp_path / "state"))
-    yield d
-    if d.proc and d.proc.poll() is None:
-        assert d.stop() == 0
+    made = start_daemon()
+    made.close_socket()  # as start() does
+    return made
 
 
 @pytest.fixture(scope="module")

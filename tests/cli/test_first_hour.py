@@ -19,7 +19,7 @@ import orjson
 import pytest
 
 from daemonproc import Daemon
-from gitrepos import git_text, make_repo
+from gitrepos import git_text
 
 CAIRND = Path(sys.executable).parent / "cairnd"
 if not CAIRND.exists():
@@ -54,11 +54,6 @@ def shared(tmp_path_factory: pytest.TempPathFactory):
     d.close_socket()
     yield d
     assert d.stop() == 0
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    return make_repo(tmp_path / "project", {"README.md": "hello\n"})
 
 
 def test_turn_n_is_what_at_n_and_land_turn_n_name(shared: Daemon, repo: Path):

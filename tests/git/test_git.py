@@ -39,10 +39,7 @@ from gitrepos import (
 NO_CAP = 1 << 40
 
 
-@pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    return make_repo(tmp_path / "repo", {"README.md": "hello\n", "src/app.py": "print('hi')\n"},
-                     gitignore="*.log\n")
+pytestmark = pytest.mark.repo(files={"README.md": "hello\n", "src/app.py": "print('hi')\n"}, gitignore="*.log\n")
 
 
 def raises(code: str) -> pytest.RaisesContext[CairnError]:
@@ -472,7 +469,7 @@ def test_every_reader_and_writer_of_worktree_records_takes_the_repositorys_one_l
     snap = gitsnapshot.snapshot(repo, NO_CAP)
     linked = tmp_path / "linked" / "repo"
     gitworktree.add_worktree(repo, linked, snap.head_sha)
-    assert git.records_lock(linked) is git.records_lock(repo) is git.records_lock(tmp_path / "." / "repo")
+    assert git.records_lock(linked) is git.records_lock(repo) is git.records_lock(repo.parent / "." / repo.name)
     for reader in (lambda: git.checked_out_branches(linked), lambda: gitrefs.repack_incremental(linked),
                    lambda: gitworktree.remove_worktree(repo, linked)):
         with ThreadPoolExecutor(max_workers=1) as pool:

@@ -16,15 +16,13 @@ import pytest
 from cairnd.git import files as gitfiles
 from cairnd.git import snapshot as gitsnapshot
 from cairnd.git import treeedit
-from gitrepos import git as run_git, make_repo, write
+from gitrepos import git as run_git, write
 
 NO_CAP = 1 << 40
 
 
-@pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    return make_repo(tmp_path / "repo", {"a.txt": "a\n", "src/app.py": "print(1)\n", "src/lib/x.py": "x\n"},
-                     gitignore="*.log\nbuild/\n")
+pytestmark = pytest.mark.repo(files={"a.txt": "a\n", "src/app.py": "print(1)\n", "src/lib/x.py": "x\n"},
+                              gitignore="*.log\nbuild/\n")
 
 
 def edit(repo: Path, reader: treeedit.TreeReader, changed: set[bytes], cap: int = NO_CAP) -> tuple[str, list[bytes]]:

@@ -22,7 +22,7 @@ import orjson
 import pytest
 
 from daemonproc import Daemon
-from gitrepos import git_text, make_repo
+from gitrepos import git_text
 from test_crash import audit, eventually, restart
 
 
@@ -91,16 +91,7 @@ def stop(daemon: Daemon) -> None:
         assert daemon.stop() == 0, daemon.stderr()[-3000:]
 
 
-@pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    return make_repo(tmp_path / "project", {"README.md": "hello\n", "log.txt": "start\n"})
-
-
-@pytest.fixture
-def daemon(tmp_path: Path):
-    d = Daemon(tmp_path / "state").start()
-    yield d
-    stop(d)
+pytestmark = pytest.mark.repo(files={"README.md": "hello\n", "log.txt": "start\n"})
 
 
 # -- results that cannot be written, for a while ------------------------------------------

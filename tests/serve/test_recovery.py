@@ -35,11 +35,6 @@ from logsamples import prompt_request, prompt_response, turn_complete
 CAP = 1 << 20
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 class State:
     """A state directory, a registry and a repository, made by hand."""
 

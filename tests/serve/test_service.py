@@ -10,20 +10,10 @@ from pathlib import Path
 import pytest
 
 from daemonproc import Daemon
-from gitrepos import git_text, make_repo, tree_state
+from gitrepos import git_text
 
 
-@pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    return make_repo(tmp_path / "project", {"README.md": "hello\n", "src/app.py": "print('hi')\n"})
-
-
-@pytest.fixture
-def daemon(tmp_path: Path):
-    d = Daemon(tmp_path / "state").start()
-    yield d
-    if d.proc and d.proc.poll() is None:
-        assert d.stop() == 0
+pytestmark = pytest.mark.repo(files={"README.md": "hello\n", "src/app.py": "print('hi')\n"})
 
 
 def test_new_prompt_fork_cancel_delete(daemon: Daemon, repo: Path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -25,11 +26,9 @@ SECOND = {"command": [sys.executable, "-m", "cairnd.agents.reference"]}
 
 
 @pytest.fixture
-def daemon(tmp_path: Path):
-    d = Daemon(tmp_path / "state", {"agents": {"second": SECOND}}).start()
-    yield d
-    if d.proc and d.proc.poll() is None:
-        assert d.stop() == 0
+def daemon(start_daemon: Callable[..., Daemon]) -> Daemon:
+    """A daemon with a second agent profile beside the reference one."""
+    return start_daemon({"agents": {"second": SECOND}})
 
 
 def two_turns(daemon: Daemon, tmp_path: Path) -> tuple[str, Path]:

@@ -14,7 +14,7 @@ from cairnd.sessions.creation import creating, roll_back, write_initial_log
 from cairnd.sessionlog.entries import checkpoint_entry, envelope_line
 from cairnd.state.layout import StateLayout
 from cairnd.state.registry import Registry
-from gitrepos import git_text, head, list_worktrees, make_repo
+from gitrepos import git_text, head, list_worktrees
 
 CAP = 1 << 20
 
@@ -26,9 +26,7 @@ def layout(tmp_path: Path) -> StateLayout:
     return layout
 
 
-@pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    return make_repo(tmp_path / "repo", {"a.txt": "a\n"})
+pytestmark = pytest.mark.repo(files={"a.txt": "a\n"})
 
 
 def fields(layout: StateLayout, repo: Path, session_id: str = "s1") -> dict:

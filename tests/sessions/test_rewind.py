@@ -247,15 +247,6 @@ def test_a_crash_at_any_step_leaves_the_session_as_it_was_or_the_rewind_whole(an
 # --------------------------------------------------------------------------- through the daemon
 
 
-@pytest.fixture
-def daemon(tmp_path: Path):
-    from daemonproc import Daemon
-    d = Daemon(tmp_path / "state").start()
-    yield d
-    if d.proc and d.proc.poll() is None:
-        assert d.stop() == 0
-
-
 def test_rewind_with_prompt_queued_behind_a_turn_restarts_the_agent_with_the_kept_history(daemon, tmp_path: Path):
     from gitrepos import make_repo
     repo = make_repo(tmp_path / "project", {"README.md": "hello\n"})

@@ -22,19 +22,9 @@ from cairnd.sessionlog.file import iter_lines
 from cairnd.spool.requests import CancelRequest, DeleteRequest, ForkRequest, NewRequest, Origin, PromptRequest
 from cairnd.sessions.handlers import Sessions
 from cairnd.sessionlog.transcript import session_state, turn_of_request
-from gitrepos import list_worktrees, make_repo
+from gitrepos import list_worktrees
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    return make_repo(tmp_path / "repo", {"README.md": "hello\n"})
 
 
 @pytest.fixture
@@ -56,7 +46,7 @@ def log_turns(sessions: Sessions, session: str) -> int:
 async def test_new_prompt_fork_and_delete(sessions: Sessions, repo: Path) -> None:
     made = await sessions.new(new(repo, "write a.txt: one"), Origin("r1"))
     sid = made["session"]
-    assert made["turn"] == 0 and made["stopReason"] == "end_turn" and made["title"] == "repo"
+    assert made["turn"] == 0 and made["stopReason"] == "end_turn" and made["title"] == repo.name
     second = await sessions.prompt(PromptRequest(session=sid, text="write b.txt: two"), Origin("r2"))
     assert second["turn"] == 1
     assert sessions.registry.get(sid).turns == 2 == log_turns(sessions, sid)
@@ -64,7 +54,7 @@ async def test_new_prompt_fork_and_delete(sessions: Sessions, repo: Path) -> Non
     fork = await sessions.fork(ForkRequest(session=sid, user_message_index=1, title=None, prompt=None),
                                Origin("r3"))
     worktree = Path(fork["worktree"])
-    assert fork["parent"] == sid and fork["title"] == "repo (fork 1)" and fork["prefill"] == "write b.txt: two"
+    assert fork["parent"] == sid and fork["title"] == f"{repo.name} (fork 1)" and fork["prefill"] == "write b.txt: two"
     assert (worktree / "a.txt").exists() and not (worktree / "b.txt").exists()
     assert sessions.registry.get(fork["session"]).turns == 1 == log_turns(sessions, fork["session"])
 

@@ -15,11 +15,6 @@ from cairnd.spool import doorbell
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.mark.parametrize("portable", [False, True], ids=["inotify", "watchfiles"])
 async def test_an_arrival_rings_once_the_watch_is_up(tmp_path: Path, portable: bool,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:

@@ -26,20 +26,9 @@ from cairnd.sessionlog.entries import method_of, parse_message
 from cairnd.sessionlog.file import iter_lines
 from cairnd.agent.runner import AgentRunner
 from cairnd.sessionlog.transcript import session_state
-from gitrepos import make_repo
 
 PLAIN_AGENT = Path(__file__).resolve().parents[2] / "agent" / "agents" / "plain_agent.py"
 SESSION = "s1"
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    return make_repo(tmp_path / "repo", {"README": "hello\n"})
 
 
 @pytest.fixture

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 from acp.schema import SessionNotification
@@ -24,50 +23,10 @@ from gitrepos import git_text, head, tree_state
 
 from . import daemonkit
 from .anthropic_stub import AnthropicStub, bash, edit_file, prompt_texts, stall, text, write_file
-from .harness import ensure_agents_installed, make_git_repo
 
 pytestmark = pytest.mark.realagent
 
 TURN_TIMEOUT = 120.0  # a bound against hangs, not an expectation: turns take about a second
-
-
-@pytest.fixture(scope="module")
-def agents_installed() -> None:
-    problem = ensure_agents_installed()
-    if problem:
-        pytest.skip(f"real agents unavailable: {problem}")
-
-
-@pytest.fixture
-def stub() -> Iterator[AnthropicStub]:
-    with AnthropicStub() as running:
-        yield running
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    # with a local identity: Claude's `git commit` runs with the agent's HOME, which has none
-    return make_git_repo(tmp_path / "project", {"README.md": "# demo\n"})
-
-
-def start_daemon(tmp_path: Path, stub: AnthropicStub, wiretap: Path | None = None) -> Daemon:
-    profile = daemonkit.claude_profile(stub.agent_env(str(tmp_path / "home")), tmp_path / "home", wiretap)
-    settings = {**daemonkit.DAEMON_SETTINGS, "default_agent": "claude", "agents": {"claude": profile}}
-    return Daemon(tmp_path / "state", settings).start()
-
-
-@pytest.fixture
-def daemon_factory(tmp_path: Path) -> Iterator[Any]:
-    started: list[Daemon] = []
-
-    def make(stub: AnthropicStub, wiretap: Path | None = None) -> Daemon:
-        started.append(start_daemon(tmp_path, stub, wiretap))
-        return started[-1]
-
-    yield make
-    for daemon in started:
-        if daemon.proc is not None and daemon.proc.poll() is None:
-            assert daemon.stop() == 0, daemon.stderr()[-3000:]
 
 
 def log_path(daemon: Daemon, session: str) -> Path:
@@ -81,16 +40,15 @@ PROMPTS = [
 ]
 
 
-def test_three_turns_write_bash_edit_then_forks_at_1_and_2(tmp_path: Path, agents_installed: None,
-                                                           stub: AnthropicStub, repo: Path,
-                                                           daemon_factory: Any) -> None:
+def test_three_turns_write_bash_edit_then_forks_at_1_and_2(tmp_path: Path, anthropic_api: AnthropicStub,
+                                                           repo: Path, claude_daemon: Callable[..., Daemon]) -> None:
     wiretap = tmp_path / "home" / "wire"  # inside the agent's HOME: the sandbox lets the tap write there
-    daemon = daemon_factory(stub, wiretap)
+    daemon = claude_daemon(wiretap)
     new = daemon.ok({"kind": "new", "repo": str(repo), "title": "claude"})
     session, worktree = new["session"], Path(new["worktree"])
     notes = worktree / "notes.txt"
 
-    stub.push(write_file(str(notes), "first line\n"), text("Wrote notes.txt."),
+    anthropic_api.push(write_file(str(notes), "first line\n"), text("Wrote notes.txt."),
               bash("mkdir build && printf 'built\\n' > build/log.txt && git add -A && git commit -q -m 'notes and build'"),
               text("Committed."),
               edit_file(str(notes), "first line", "changed line"), text("Edited."))
@@ -105,8 +63,8 @@ def test_three_turns_write_bash_edit_then_forks_at_1_and_2(tmp_path: Path, agent
     assert notes.read_text() == "changed line\n"
     assert (worktree / "build" / "log.txt").read_text() == "built\n"
     assert git_text(worktree, "log", "-1", "--format=%s") == "notes and build"
-    assert stub.remaining() == [] and stub.unscripted == 0
-    assert prompt_texts(stub.main_requests()[-1]) == PROMPTS  # the model saw the whole session
+    assert anthropic_api.remaining() == [] and anthropic_api.unscripted == 0
+    assert prompt_texts(anthropic_api.main_requests()[-1]) == PROMPTS  # the model saw the whole session
 
     # Every checkpoint is the worktree as the turn left it, Bash's commit included.
     for turn, (files, head_sha) in zip(turns, states):
@@ -141,7 +99,7 @@ def test_three_turns_write_bash_edit_then_forks_at_1_and_2(tmp_path: Path, agent
     assert head(Path(fork1["worktree"])) == states[0][1] == new["headSha"]
     assert not (Path(fork1["worktree"]) / "build").exists()
 
-    stub.push(text("Forked answer."))
+    anthropic_api.push(text("Forked answer."))
     fork2 = daemon.ok({"kind": "fork", "session": session, "user_message_index": 2,
                        "prompt": "What did we do so far?"}, TURN_TIMEOUT)
     fork_tree = Path(fork2["worktree"])
@@ -154,45 +112,44 @@ def test_three_turns_write_bash_edit_then_forks_at_1_and_2(tmp_path: Path, agent
     # natively (session/fork at the last answer of turn 1, SPEC 12), so the model sees
     # user messages 0 and 1, the Write, the Bash and their results, not message 2.
     assert fork2["history"] == "native"
-    assert prompt_texts(stub.main_requests()[-1]) == [PROMPTS[0], PROMPTS[1], "What did we do so far?"]
-    assert "cairnd://replay" not in repr(stub.main_requests()[-1])
-    assert {"Write", "Bash"} <= {b["name"] for m in stub.main_requests()[-1]["messages"] if m["role"] == "assistant"
+    assert prompt_texts(anthropic_api.main_requests()[-1]) == [PROMPTS[0], PROMPTS[1], "What did we do so far?"]
+    assert "cairnd://replay" not in repr(anthropic_api.main_requests()[-1])
+    assert {"Write", "Bash"} <= {b["name"] for m in anthropic_api.main_requests()[-1]["messages"] if m["role"] == "assistant"
                                  for b in m["content"] if b.get("type") == "tool_use"}
     fork_sdk = daemonkit.entries(daemonkit.log_frames(Path(fork2["log"])), "_posthog/sdk_session")[-1]
     assert fork_sdk["sessionId"] == fork2["session"] and fork_sdk["sdkSessionId"] != opened_id
 
 
-def test_cancel_and_kill_mid_turn_then_the_session_goes_on(tmp_path: Path, agents_installed: None,
-                                                          stub: AnthropicStub, repo: Path,
-                                                          daemon_factory: Any) -> None:
-    daemon = daemon_factory(stub)
+def test_cancel_and_kill_mid_turn_then_the_session_goes_on(tmp_path: Path, anthropic_api: AnthropicStub,
+                                                          repo: Path, claude_daemon: Callable[..., Daemon]) -> None:
+    daemon = claude_daemon()
     new = daemon.ok({"kind": "new", "repo": str(repo)})
     session, worktree = new["session"], Path(new["worktree"])
     prompts = ["Create a.txt.", "Think for a long time.", "Create b.txt.", "Think again.", "Create c.txt."]
 
-    stub.push(write_file(str(worktree / "a.txt"), "a\n"), text("Wrote a.txt."), stall("Let me think"))
+    anthropic_api.push(write_file(str(worktree / "a.txt"), "a\n"), text("Wrote a.txt."), stall("Let me think"))
     daemon.ok({"kind": "prompt", "session": session, "text": prompts[0]}, TURN_TIMEOUT)
 
     # Cancel while the model's answer is stalled mid-stream.
     stalled = daemon.drop({"kind": "prompt", "session": session, "text": prompts[1]})
-    assert stub.wait_stalled(TURN_TIMEOUT)
+    assert anthropic_api.wait_stalled(TURN_TIMEOUT)
     assert daemon.ok({"kind": "cancel", "session": session}) == {"session": session, "cancelled": True}
     cancelled = daemon.wait(stalled, TURN_TIMEOUT)
     assert cancelled["status"] == "ok" and cancelled["result"]["stopReason"] == "cancelled", cancelled
-    assert stub.wait_requests(lambda requests: any(r.aborted_by_client for r in requests), TURN_TIMEOUT)
+    assert anthropic_api.wait_requests(lambda requests: any(r.aborted_by_client for r in requests), TURN_TIMEOUT)
 
     # The turn after a cancel is its own (claude-agent-acp alone would be one turn
     # behind from here on: cairnd restarts it, and it loads its session natively).
-    stub.push(write_file(str(worktree / "b.txt"), "b\n"), text("Wrote b.txt."), stall("Hmm"))
+    anthropic_api.push(write_file(str(worktree / "b.txt"), "b\n"), text("Wrote b.txt."), stall("Hmm"))
     after_cancel = daemon.ok({"kind": "prompt", "session": session, "text": prompts[2]}, TURN_TIMEOUT)
     assert after_cancel["stopReason"] == "end_turn"
     assert b"b.txt" in daemonkit.commit_files(worktree, after_cancel["checkpoint"]["worktreeSha"])
-    assert [t.strip() for t in prompt_texts(stub.main_requests()[-1])] == [
+    assert [t.strip() for t in prompt_texts(anthropic_api.main_requests()[-1])] == [
         prompts[0], prompts[1], "[Request interrupted by user]", prompts[2]]  # Claude's own history
 
     # Kill the agent while the model's answer is stalled: the turn fails, recorded.
     killed = daemon.drop({"kind": "prompt", "session": session, "text": prompts[3]})
-    assert stub.wait_stalled(TURN_TIMEOUT)
+    assert anthropic_api.wait_stalled(TURN_TIMEOUT)
     [agent] = daemonkit.agent_pids(daemon.proc.pid, "claude-agent-acp")
     os.kill(agent, signal.SIGKILL)
     failed = daemon.wait(killed, TURN_TIMEOUT)
@@ -200,13 +157,13 @@ def test_cancel_and_kill_mid_turn_then_the_session_goes_on(tmp_path: Path, agent
     assert "killed by signal 9" in failed["error"]["message"]
 
     # ... and the next prompt works, in a new agent process that has the history.
-    stub.push(write_file(str(worktree / "c.txt"), "c\n"), text("Wrote c.txt."))
+    anthropic_api.push(write_file(str(worktree / "c.txt"), "c\n"), text("Wrote c.txt."))
     last = daemon.ok({"kind": "prompt", "session": session, "text": prompts[4]}, TURN_TIMEOUT)
     assert last["stopReason"] == "end_turn" and last["turn"] == 4
     assert tree_state(worktree).keys() >= {b"a.txt", b"b.txt", b"c.txt"}
     assert daemonkit.commit_files(worktree, last["checkpoint"]["worktreeSha"]) == tree_state(worktree)
-    assert [t.strip() for t in prompt_texts(stub.main_requests()[-1]) if t.strip() in prompts] == prompts
-    assert stub.remaining() == [] and stub.unscripted == 0
+    assert [t.strip() for t in prompt_texts(anthropic_api.main_requests()[-1]) if t.strip() in prompts] == prompts
+    assert anthropic_api.remaining() == [] and anthropic_api.unscripted == 0
 
     frames = daemonkit.log_frames(log_path(daemon, session))
     assert [e["stopReason"] for e in daemonkit.entries(frames, "_posthog/turn_complete")] == [

@@ -1,4 +1,4 @@
-"""Real Claude Code confined by cairnd's sandbox (SPEC 16), offline through the Messages-API stub.
+"""Real Claude Code confined by cairnd's sandbox (SPEC 16), offline through the Messages-API anthropic_api.
 
 Claude's own Bash tool runs what the stub scripts: a write outside the session's
 worktree (the user's checkout, a sibling session's worktree) fails with EACCES, a
@@ -9,7 +9,7 @@ shell snapshots) is written as usual.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -20,25 +20,11 @@ from daemonproc import Daemon
 
 from . import daemonkit
 from .anthropic_stub import AnthropicStub, bash, text, tool_results
-from .harness import ensure_agents_installed, make_git_repo
 
 pytestmark = [pytest.mark.realagent,
               pytest.mark.skipif(sandbox.abi_version() < 1, reason="this kernel offers no Landlock")]
 
 TURN_TIMEOUT = 120.0  # a bound against hangs, not an expectation
-
-
-@pytest.fixture(scope="module")
-def agents_installed() -> None:
-    problem = ensure_agents_installed()
-    if problem:
-        pytest.skip(f"real agents unavailable: {problem}")
-
-
-@pytest.fixture
-def stub() -> Iterator[AnthropicStub]:
-    with AnthropicStub() as running:
-        yield running
 
 
 def result_text(block: dict) -> str:
@@ -48,24 +34,21 @@ def result_text(block: dict) -> str:
     return str(content)
 
 
-def test_claudes_bash_writes_inside_its_worktree_only(tmp_path: Path, agents_installed: None,
-                                                       stub: AnthropicStub) -> None:
-    repo = make_git_repo(tmp_path / "project", {"README.md": "# demo\n"})
+def test_claudes_bash_writes_inside_its_worktree_only(tmp_path: Path, anthropic_api: AnthropicStub, repo: Path,
+                                                       claude_daemon: Callable[..., Daemon]) -> None:
     home = tmp_path / "home"
-    profile = daemonkit.claude_profile(stub.agent_env(str(home)), home)  # sandbox: the default
-    settings = {**daemonkit.DAEMON_SETTINGS, "default_agent": "claude", "agents": {"claude": profile}}
-    daemon = Daemon(tmp_path / "state", settings).start()
+    daemon = claude_daemon()  # sandbox: the default
     try:
         sibling = Path(daemon.ok({"kind": "new", "repo": str(repo)})["worktree"])
         new = daemon.ok({"kind": "new", "repo": str(repo)})
         worktree = Path(new["worktree"])
         started = time.time()
-        stub.push(bash(f"echo escaped > {repo}/evil.txt"), bash(f"echo escaped > {sibling}/evil.txt"),
+        anthropic_api.push(bash(f"echo escaped > {repo}/evil.txt"), bash(f"echo escaped > {sibling}/evil.txt"),
                   bash("echo inside > inside.txt && cat inside.txt"), text("Tried three places."))
         turn = daemon.ok({"kind": "prompt", "session": new["session"], "text": "Write three files."}, TURN_TIMEOUT)
         assert turn["stopReason"] == "end_turn"
 
-        results = [result_text(block) for block in tool_results(stub.main_requests()[-1])]
+        results = [result_text(block) for block in tool_results(anthropic_api.main_requests()[-1])]
         assert len(results) == 3, results
         assert "Permission denied" in results[0] and "Permission denied" in results[1], results
         assert "inside" in results[2] and "Permission denied" not in results[2], results

@@ -9,7 +9,6 @@ run_shell_command and replace tools in the session worktree.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,6 @@ from gitrepos import git_text, head, tree_state
 
 from . import daemonkit
 from .gemini_stub import GeminiStub, edit_file, prompt_texts, run_shell_command, stall, text, write_file
-from .harness import ensure_agents_installed, make_git_repo
 
 pytestmark = pytest.mark.realagent
 
@@ -32,38 +30,14 @@ PROMPTS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def agents_installed() -> None:
-    problem = ensure_agents_installed()
-    if problem:
-        pytest.skip(f"real agents unavailable: {problem}")
-
-
-@pytest.fixture
-def stub() -> Iterator[GeminiStub]:
-    with GeminiStub() as running:
-        yield running
-
-
-@pytest.fixture
-def daemon(tmp_path: Path, stub: GeminiStub, agents_installed: None) -> Iterator[Daemon]:
-    home = tmp_path / "home"
-    # The wiretap runs inside the agent sandbox: its captures go in the agent's HOME.
-    profile = daemonkit.gemini_profile(stub.agent_env(str(home)), home, wiretap=home / "wire")
-    settings = {**daemonkit.DAEMON_SETTINGS, "default_agent": "gemini", "agents": {"gemini": profile}}
-    started = Daemon(tmp_path / "state", settings).start()
-    yield started
-    if started.proc is not None and started.proc.poll() is None:
-        assert started.stop() == 0, started.stderr()[-3000:]
-
-
-def test_gemini_turns_checkpoints_forks_and_a_cancel(tmp_path: Path, stub: GeminiStub, daemon: Daemon) -> None:
-    repo = make_git_repo(tmp_path / "project", {"README.md": "# demo\n"})
+def test_gemini_turns_checkpoints_forks_and_a_cancel(tmp_path: Path, gemini_api: GeminiStub, repo: Path,
+                                                     gemini_daemon: Daemon) -> None:
+    daemon = gemini_daemon
     new = daemon.ok({"kind": "new", "repo": str(repo), "title": "gemini"})
     session, worktree = new["session"], Path(new["worktree"])
     notes = worktree / "notes.txt"
 
-    stub.push(write_file(str(notes), "first line\n"), text("Wrote notes.txt."),
+    gemini_api.push(write_file(str(notes), "first line\n"), text("Wrote notes.txt."),
               run_shell_command("mkdir build && printf 'built\\n' > build/log.txt && git add -A "
                                 "&& git commit -q -m 'notes and build'"), text("Committed."),
               edit_file(str(notes), "first line", "changed line"), text("Edited."))
@@ -75,7 +49,7 @@ def test_gemini_turns_checkpoints_forks_and_a_cancel(tmp_path: Path, stub: Gemin
     assert [t["stopReason"] for t in turns] == ["end_turn"] * 3
     assert notes.read_text() == "changed line\n"
     assert git_text(worktree, "log", "-1", "--format=%s") == "notes and build"
-    assert prompt_texts(stub.main_requests()[-1])[:3] == PROMPTS
+    assert prompt_texts(gemini_api.main_requests()[-1])[:3] == PROMPTS
     for turn, (files, head_sha) in zip(turns, states):
         assert daemonkit.commit_files(worktree, turn["checkpoint"]["worktreeSha"]) == files
         assert turn["checkpoint"]["headSha"] == head_sha
@@ -93,7 +67,7 @@ def test_gemini_turns_checkpoints_forks_and_a_cancel(tmp_path: Path, stub: Gemin
     fork1 = daemon.ok({"kind": "fork", "session": session, "user_message_index": 1})
     assert tree_state(Path(fork1["worktree"])) == states[0][0]
     assert head(Path(fork1["worktree"])) == new["headSha"]
-    stub.push(text("Forked answer."))
+    gemini_api.push(text("Forked answer."))
     fork2 = daemon.ok({"kind": "fork", "session": session, "user_message_index": 2,
                        "prompt": "What did we do so far?"}, TURN_TIMEOUT)
     assert fork2["stopReason"] == "end_turn" and fork2["prefill"] == PROMPTS[2]
@@ -107,7 +81,7 @@ def test_gemini_turns_checkpoints_forks_and_a_cancel(tmp_path: Path, stub: Gemin
 
     # The fork's prompt reached Gemini with the kept history (cairnd's replay: Gemini
     # CLI inlines a resource block as "Content from @<uri>"), cut at the fork.
-    texts = prompt_texts(stub.main_requests()[-1])
+    texts = prompt_texts(gemini_api.main_requests()[-1])
     # (Gemini CLI glues the text parts of one prompt together: "@<uri>" + the prompt)
     assert texts[0] == f"@cairnd://replay/{fork2['session']}What did we do so far?"
     replay = "\n".join(texts[1:])
@@ -116,20 +90,20 @@ def test_gemini_turns_checkpoints_forks_and_a_cancel(tmp_path: Path, stub: Gemin
     assert PROMPTS[2] not in replay
 
     # Cancel mid-turn in the fork, then a turn after it that still has the history.
-    stub.push(stall("Let me think"))
+    gemini_api.push(stall("Let me think"))
     stalled = daemon.drop({"kind": "prompt", "session": fork2["session"], "text": "Think for a long time."})
-    assert stub.wait_stalled(TURN_TIMEOUT)
+    assert gemini_api.wait_stalled(TURN_TIMEOUT)
     assert daemon.ok({"kind": "cancel", "session": fork2["session"]})["cancelled"] is True
     cancelled = daemon.wait(stalled, TURN_TIMEOUT)
     assert cancelled["status"] == "ok" and cancelled["result"]["stopReason"] == "cancelled", cancelled
-    stub.push(text("Still here."))
+    gemini_api.push(text("Still here."))
     after = daemon.ok({"kind": "prompt", "session": fork2["session"], "text": "Are you there?"}, TURN_TIMEOUT)
     assert after["stopReason"] == "end_turn"
     # The restart tries session/load; Gemini CLI 0.61 refuses it within the UTC minute
     # the session began ("No previous sessions found", NOTES.md), and cairnd then
     # replays. Either way the model gets the history (Gemini CLI's own drops the
     # cancelled prompt; cairnd's replay keeps it, marked cancelled).
-    seen = "\n".join(prompt_texts(stub.main_requests()[-1]))
+    seen = "\n".join(prompt_texts(gemini_api.main_requests()[-1]))
     for earlier in (PROMPTS[0], PROMPTS[1], "What did we do so far?", "Are you there?"):
         assert earlier in seen
     assert PROMPTS[2] not in seen
@@ -137,4 +111,4 @@ def test_gemini_turns_checkpoints_forks_and_a_cancel(tmp_path: Path, stub: Gemin
     opened = [f.method for f in fork_log if f.method in ("session/new", "session/load")]
     assert opened in (["session/new", "session/new", "session/load"],  # the parent's, the fork's, the restart
                       ["session/new", "session/new", "session/load", "session/new"])
-    assert stub.remaining() == [] and stub.unscripted == 0
+    assert gemini_api.remaining() == [] and gemini_api.unscripted == 0

@@ -33,7 +33,7 @@ from daemonproc import Daemon
 
 from . import anthropic_stub, daemonkit, responses_stub
 from .anthropic_stub import AnthropicStub
-from .harness import codex_agent_bin, ensure_agents_installed, make_git_repo
+from .harness import codex_agent_bin
 from .responses_stub import ResponsesStub
 from .scripted import ScriptedModelStub
 
@@ -41,13 +41,6 @@ pytestmark = pytest.mark.realagent
 
 TURN_TIMEOUT = 120.0  # a bound against hangs, not an expectation
 PROMPTS = ["Create notes.txt.", "Build it.", "Say hi.", "Say bye."]
-
-
-@pytest.fixture(scope="module")
-def agents_installed() -> None:
-    problem = ensure_agents_installed()
-    if problem:
-        pytest.skip(f"real agents unavailable: {problem}")
 
 
 # -- the two agents, as a test sees them ---------------------------------------------------------
@@ -136,24 +129,11 @@ def agent(request: pytest.FixtureRequest, tmp_path: Path, agents_installed: None
 
 
 @pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    return make_git_repo(tmp_path / "project", {"README.md": "# demo\n"})
-
-
-@pytest.fixture
-def daemons(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
-    started: list[Daemon] = []
-
+def daemons(agent_daemon: Callable[..., Daemon]) -> Callable[..., Daemon]:
+    """A daemon running this agent, keeping its sessions' history this way."""
     def start(agent: Agent, history: str = "auto", name: str = "state") -> Daemon:
-        profile = {**agent.profile, "history": history}
-        settings = {**daemonkit.DAEMON_SETTINGS, "default_agent": agent.name, "agents": {agent.name: profile}}
-        started.append(Daemon(tmp_path / name, settings).start())
-        return started[-1]
-
-    yield start
-    for daemon in started:
-        if daemon.proc is not None and daemon.proc.poll() is None:
-            assert daemon.stop() == 0, daemon.stderr()[-3000:]
+        return agent_daemon(agent.name, {**agent.profile, "history": history}, state=name)
+    return start
 
 
 class Run:
