@@ -100,9 +100,9 @@ def run(quick: bool) -> list[Row]:
     command = command_of(__file__, quick)
     rows = []
     with tempfile.TemporaryDirectory(prefix="cairnd-bench-attempts-") as tmp:
-        rows.append(_tries(1_000 if quick else 10_000, 8, 1 if quick else 3, Path(tmp), command))
+        rows.append(_tries(1_000 if quick else 10_000, 4 if quick else 8, 1 if quick else 3, Path(tmp), command))
     with tempfile.TemporaryDirectory(prefix="cairnd-bench-attempts-") as tmp:
-        rows.append(_rewind(3_000, 2 if quick else 5, Path(tmp), command))
+        rows.append(_rewind(1_000 if quick else 3_000, 1 if quick else 5, Path(tmp), command))
     return rows
 
 

@@ -34,6 +34,8 @@ EXPECTED_ROWS = (
     "web: changed files of 50 turns, one git process per page",
     "sandbox",  # "sandbox: agent start", or a skipped row on a kernel without Landlock
     "history:",
+    "4 tries at message 1, 1000 files, dirty",
+    "rewind at message 1, 1000 files all changed since the cut",
     "fleet: fork made on another host",
     "fleet: per-turn cost of mirroring",  # native vs replay fork on Claude Code, or a skipped row without the npm agents
 )

@@ -229,3 +229,18 @@ def test_a_failure_while_building_one_try_rolls_every_try_back(tmp_path: Path, m
     assert [row.id for row in parent.registry.sessions(("ready", "creating"))] == [parent.id]
     assert sorted(p.name for p in (parent.layout.root / "worktrees").iterdir()) == [parent.id]
     assert sorted(p.name for p in (parent.layout.root / "sessions").iterdir()) == [parent.id]
+
+
+def test_land_prompt_land_again_is_a_fast_forward_through_the_daemon(daemon, tmp_path: Path):
+    from gitrepos import git_text
+    session, repo = two_turns(daemon, tmp_path)
+    first = daemon.ok({"kind": "land", "session": session, "branch": "pr"})
+    daemon.ok({"kind": "prompt", "session": session, "text": "write more.txt: m\ncommit: the agent's own"})
+    again = daemon.ok({"kind": "land", "session": session, "branch": "pr"})
+    assert again["previous"] == first["commit"] and again["moved"] == "fast-forward" and again["unchanged"] is False
+    assert git_text(repo, "rev-parse", f"{again['commit']}^1") == first["commit"]
+    assert git_text(repo, "show", "pr:more.txt") == "m"
+    same = daemon.ok({"kind": "land", "session": session, "branch": "pr"})
+    assert same["unchanged"] is True and git_text(repo, "rev-parse", "pr") == again["commit"]
+    back = daemon.request({"kind": "land", "session": session, "branch": "pr", "turn": 1})
+    assert back["error"]["code"] == "branch_exists"
