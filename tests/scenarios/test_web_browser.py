@@ -4,6 +4,7 @@ Each test saves a screenshot of its page under its own tmp_path."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from pathlib import Path
@@ -71,6 +72,9 @@ def shot(page: Any, tmp_path: Path, name: str) -> Path:
     page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
     page.screenshot(path=str(path), full_page=True)
     assert path.stat().st_size > 10_000
+    docs = os.environ.get("CAIRND_DOCS_SCREENSHOTS")  # a directory: the docs' pictures, refreshed
+    if docs:
+        shutil.copyfile(path, Path(docs) / f"web-{name}.png")
     return path
 
 
@@ -160,7 +164,7 @@ def live_path(site: Any, session: str) -> Path:
 def test_the_diff_of_a_turn_shows_its_changed_lines(site: Any, page: Any, tmp_path: Path) -> None:
     session = new_session(site, "diffs", ["write notes.txt: first line", "append notes.txt: second line"])
     page.goto(f"{site['web'].url}/sessions/{session}")
-    checkpoint = page.locator("li.checkpoint", has_text="after 2 turns")
+    checkpoint = page.locator("li.checkpoint", has_text="after turn 2")
     assert "M notes.txt" in checkpoint.inner_text()
     checkpoint.locator("a.diff-link").click()
     page.wait_for_url(re.compile(r"/diff\?"))
@@ -320,3 +324,119 @@ def test_compare_tries_land_one_and_keep_it_deleting_the_others(site: Any, page:
     assert row.get_attribute("data-state") == "ready"
     status, _headers, body = site["web"].http("GET", f"/api/compare?siblings={tries[1]}")
     assert status == 200 and [s["session"] for s in orjson.loads(body)["sessions"]] == [tries[1]]
+
+
+# -- what a first hour in the browser found -------------------------------------------------------
+
+def test_the_diff_page_lines_are_one_line_high_with_the_files_on_top(site: Any, page: Any, tmp_path: Path) -> None:
+    session = new_session(site, "long diff", ["write d.txt: one\nappend d.txt: two\nappend d.txt: three\n"
+                                              "write e.txt: other"])
+    site["daemon"].ok({"kind": "prompt", "session": session, "text": "write d.txt: ONE\nappend d.txt: two\n"
+                                                                          "append d.txt: 3\ndelete e.txt"})
+    page.goto(f"{site['web'].url}/sessions/{session}")
+    page.locator("li.checkpoint", has_text="after turn 2").locator("a.diff-link").click()
+    page.wait_for_url(re.compile(r"/diff\?"))
+    # the list of files first, each a link to its diff
+    assert page.locator("#file-list a").all_inner_texts() == ["M d.txt", "D e.txt"]
+    assert page.evaluate("document.querySelector('#file-list').getBoundingClientRect().bottom"
+                         " <= document.querySelector('.file-diff').getBoundingClientRect().top")
+    # each line of the diff is one line of text high: no empty line after it
+    heights = page.evaluate("""() => {
+        const pre = document.querySelector('pre.diff');
+        const line = parseFloat(getComputedStyle(pre).lineHeight);
+        const spans = [...pre.querySelectorAll('span')].map(s => s.getBoundingClientRect().height);
+        const style = getComputedStyle(pre);
+        const inner = pre.clientHeight - parseFloat(style.paddingTop) - parseFloat(style.paddingBottom);
+        return {line, spans, inner};
+    }""")
+    assert heights["spans"] and all(abs(h - heights["line"]) < 1 for h in heights["spans"]), heights
+    assert abs(heights["inner"] - heights["line"] * len(heights["spans"])) < 2, heights
+    assert page.locator("pre.diff .add").first.inner_text() == "+ONE"
+    assert "\n-one\n+ONE\n" in page.evaluate("document.querySelector('pre.diff').innerText")  # copied as lines
+    shot(page, tmp_path, "diff-files")
+    page.click("a.view-switch")
+    page.wait_for_url(re.compile(r"view=split"))
+    changed = page.locator("table.diff-split tr.change").first
+    assert changed.locator("td.del").inner_text() == "one" and changed.locator("td.add").inner_text() == "ONE"
+    shot(page, tmp_path, "diff-split")
+
+
+def test_the_lineage_tells_a_rewind_from_a_fork(site: Any, page: Any, tmp_path: Path) -> None:
+    session = new_session(site, "rewound", ["write a.txt: 1", "write b.txt: 2", "write c.txt: 3"])
+    fork = site["daemon"].ok({"kind": "fork", "session": session, "user_message_index": 2})["session"]
+    rewind = site["daemon"].ok({"kind": "rewind", "session": session, "user_message_index": 1,
+                                "prompt": "write b.txt: another 2"})
+    for text in ("write x.txt: 3", "write y.txt: 4", "write z.txt: 5"):
+        site["daemon"].ok({"kind": "prompt", "session": session, "text": text})
+    abandoned = rewind["abandoned"]
+    page.goto(f"{site['web'].url}/sessions/{session}/lineage")
+    left = page.locator(f'.branch:has(> #node-{abandoned})')
+    assert left.locator("> .branch-label").inner_text() == "left behind by a rewind to message 1"
+    assert left.get_attribute("data-at") == "1"
+    # it hangs at message 1 of the rewound session, not at the end of its copy of the log
+    assert page.locator(f'#node-{session} > ol > li[data-ordinal="1"] > .branch > #node-{abandoned}').count() == 1
+    forked = page.locator(f'.branch:has(> #node-{fork})')
+    assert forked.locator("> .branch-label").inner_text() == "fork at message 2"
+    shot(page, tmp_path, "lineage-rewind")
+    status, _headers, tree = site["web"].http("GET", f"/api/tree?session={session}")
+    assert status == 200 and b'"rewound_at":1' in tree.replace(b" ", b"")
+    page.goto(f"{site['web'].url}/sessions/{abandoned}")
+    banner = page.locator(".rewind-banner")
+    assert "Left behind by a rewind of" in banner.inner_text() and "to message 1" in banner.inner_text()
+    assert page.locator(".fork-banner").count() == 0
+
+
+def contrast(page: Any, selector: str) -> dict[str, float]:
+    """The WCAG contrast of an element's text against the background it is drawn on, and
+    the opacity it is drawn with (its own and its ancestors')."""
+    return page.evaluate("""(selector) => {
+        const el = document.querySelector(selector);
+        const rgb = (c) => c.match(/[\\d.]+/g).map(Number);
+        const lum = ([r, g, b]) => { const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
+                                     return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b); };
+        let back = null, opacity = 1;
+        for (let n = el; n && n.nodeType === 1; n = n.parentElement) {
+            const style = getComputedStyle(n);
+            opacity *= parseFloat(style.opacity);
+            const bg = rgb(style.backgroundColor);
+            if (!back && (bg.length < 4 || bg[3] > 0)) back = bg.slice(0, 3);
+        }
+        const fg = lum(rgb(getComputedStyle(el).color)), bg = lum(back || [255, 255, 255]);
+        return {ratio: (Math.max(fg, bg) + 0.05) / (Math.min(fg, bg) + 0.05), opacity};
+    }""", selector)
+
+
+def test_buttons_look_enabled_and_cancel_shows_only_while_running(browser: Any, site: Any, tmp_path: Path) -> None:
+    session = new_session(site, "buttons", ["write a.txt: a"])
+    # a touch screen: nothing hovers
+    context = browser.new_context(viewport={"width": 400, "height": 800}, has_touch=True, is_mobile=True)
+    try:
+        touch = context.new_page()
+        touch.goto(site["web"].entry)
+        touch.goto(f"{site['web'].url}/sessions/{session}")
+        for selector in ("#u0 .fork-btn", "#u0 .rewind-btn"):
+            seen = contrast(touch, selector)
+            assert seen["opacity"] == 1 and seen["ratio"] >= 4.5, (selector, seen)
+        assert touch.locator("#cancel-btn").is_hidden()  # nothing to cancel
+        touch.locator("#live").wait_for()
+        touch.fill("#prompt-text", "sleep: 60")
+        touch.click("#prompt-form button")
+        touch.locator("#running").wait_for()
+        touch.locator("#cancel-btn").wait_for(state="visible")
+        touch.click("#cancel-btn")
+        touch.locator("#u1 ~ li.turn-end .stop", has_text="cancelled").wait_for()
+        touch.locator("#cancel-btn").wait_for(state="hidden")
+        shot(touch, tmp_path, "touch")
+    finally:
+        context.close()
+
+
+def test_a_crashed_turn_shows_why(site: Any, page: Any, tmp_path: Path) -> None:
+    session = new_session(site, "crashes", ["write a.txt: a"])
+    failed = site["daemon"].request({"kind": "prompt", "session": session, "text": "crash"})
+    assert failed["error"]["code"] == "agent_failed"
+    page.goto(f"{site['web'].url}/sessions/{session}")
+    end = page.locator("#u1 ~ li.turn-end")
+    assert end.locator(".stop").inner_text() == "agent_exited"
+    why = end.locator("pre.failure").inner_text()
+    assert why and why in failed["error"]["message"]

@@ -228,7 +228,7 @@ class AgentRunner:
         stop_reason, failure = turn_outcome(response, agent.stop_requested, self.profile.name,
                                             agent.describe_exit())
         with anyio.CancelScope(shield=True):
-            checkpoint = await self._end_turn(turn, stop_reason)
+            checkpoint = await self._end_turn(turn, stop_reason, failure)
         if stop_reason == "cancelled" and self._agent is agent:
             self._retire(agent, between_turns=True)  # see "Cancel" in the module docstring
         if stop_reason == "interrupted":
@@ -242,11 +242,11 @@ class AgentRunner:
             result["sdkSessionId"] = agent.sdk_session_id
         return result
 
-    async def _end_turn(self, turn: int, stop_reason: str) -> dict[str, Any]:
+    async def _end_turn(self, turn: int, stop_reason: str, failure: str | None = None) -> dict[str, Any]:
         log, _tap = await self._open_log()
         checkpoint = await end_turn(log, self.session_id, self.worktree, turn, stop_reason,
                                     max_file_bytes=self.max_file_bytes, limiter=self.limiter,
-                                    take=self._take_checkpoint)
+                                    take=self._take_checkpoint, failure=failure)
         self._turns = turn + 1
         return checkpoint
 

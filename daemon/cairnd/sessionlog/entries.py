@@ -298,8 +298,13 @@ def checkpoint_entry(params: dict[str, Any]) -> dict[str, Any]:
     return cairnd_entry(CHECKPOINT_METHOD, params)
 
 
-def turn_complete_entry(session_id: str, stop_reason: str) -> dict[str, Any]:
-    return cairnd_entry(TURN_COMPLETE_METHOD, {"sessionId": session_id, "stopReason": stop_reason})
+def turn_complete_entry(session_id: str, stop_reason: str, failure: str | None = None) -> dict[str, Any]:
+    """The end of a turn; `failure` says why an agent that failed it did (its exit and
+    the last line of its stderr, as the request's error says), for readers of the log."""
+    params: dict[str, Any] = {"sessionId": session_id, "stopReason": stop_reason}
+    if failure is not None:
+        params["failure"] = failure
+    return cairnd_entry(TURN_COMPLETE_METHOD, params)
 
 
 def turn_start_entry(session_id: str, turn: int, request_id: str | None) -> dict[str, Any]:

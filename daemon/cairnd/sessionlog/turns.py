@@ -31,13 +31,13 @@ def read_session_state(log_path: Path, agent_text: bool = True) -> SessionState:
 
 async def end_turn(log: SessionLog, session_id: str, worktree: Path, turn: int, stop_reason: str, *,
                    max_file_bytes: int, limiter: anyio.CapacityLimiter | None,
-                   take: TakeCheckpoint) -> dict[str, Any]:
-    """Record turn `turn` as ended: turn_complete, then the checkpoint of what it left, in
+                   take: TakeCheckpoint, failure: str | None = None) -> dict[str, Any]:
+    """Record turn `turn` as ended (`failure`: why the agent failed it): turn_complete, then the checkpoint of what it left, in
     one write, then fsync, so a crash leaves both or neither and an ended turn always
     has its state. Returns the checkpoint params."""
     checkpoint = await anyio.to_thread.run_sync(take, session_id, worktree, turn + 1, max_file_bytes,
                                                 limiter=limiter)
-    log.append_entries([turn_complete_entry(session_id, stop_reason), checkpoint_entry(checkpoint)])
+    log.append_entries([turn_complete_entry(session_id, stop_reason, failure), checkpoint_entry(checkpoint)])
     # fsync can take seconds on a loaded disk: never on the event loop, which every
     # other session's frames and the spool depend on.
     await anyio.to_thread.run_sync(log.sync, limiter=limiter)

@@ -25,7 +25,7 @@ from cairnd.git.run import is_object_id
 from cairnd.git.diff import diff_files_many
 from cairnd.sessionlog.file import iter_lines
 from cairnd.spool.protocol import count_entries
-from cairnd.state.registry import ForkRow, Registry, SessionRow
+from cairnd.state.registry import ForkRow, Registry, RewindRow, SessionRow
 from cairnd.state.statelock import daemon_pid
 from cairnd.sessionlog.transcript import session_state
 
@@ -219,6 +219,13 @@ def show_session(layout: StateLayout, session_id: str) -> dict[str, Any]:
     }
     summary["rewinds"] = rewinds_shown(registry, row.id, log)
     return {"session": summary, "turns": shown}
+
+
+def left_behind_by(registry: Registry | None, session_id: str) -> RewindRow | None:
+    """The rewind that left this session behind (it holds what its session was), if any."""
+    if registry is None:
+        return None
+    return next((j for j in registry.rewinds(("pending", "done")) if j.abandoned_id == session_id), None)
 
 
 def rewinds_shown(registry: Registry | None, session_id: str, log: Path) -> list[dict[str, Any]]:

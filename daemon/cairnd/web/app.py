@@ -28,7 +28,8 @@ from cairnd.spool.client import locate, new_request_id, submit
 from cairnd.config.settings import Config
 from cairnd.errors import CairnError
 from cairnd.ids import is_request_id, is_session_id
-from cairnd.sessions.views import busy_sessions, session_listing, daemon_status, find_root, open_registry, read_forest, session_summary, show_session
+from cairnd.web.diffview import split_rows, unified_lines
+from cairnd.sessions.views import left_behind_by, busy_sessions, session_listing, daemon_status, find_root, open_registry, read_forest, session_summary, show_session
 from cairnd.web import lineage as lineage_view
 from cairnd.web.guard import Guard
 from cairnd.web.pages import decode_cursor, encode_cursor, follow, read_page
@@ -141,7 +142,7 @@ def file_diffs(repo: Path, old: str | None, new: str) -> list[dict[str, Any]]:
         text = patch[:MAX_SHOWN_PATCH].decode("utf-8", "replace")
         if len(patch) > MAX_SHOWN_PATCH:
             text += f"\n... {len(patch) - MAX_SHOWN_PATCH} more bytes of this file's diff not shown\n"
-        shown.append({**change.as_dict(), "text": text})
+        shown.append({**change.as_dict(), "text": text, "lines": unified_lines(text), "rows": split_rows(text)})
     return shown
 
 
@@ -204,9 +205,11 @@ def build_app(config: Config, token: str, csrf_token: str | None = None) -> Guar
         parent = None
         if fork is not None:
             parent_row = await anyio.to_thread.run_sync(lambda: _registry.get(fork.parent_id) if _registry else None)
+            rewind = await anyio.to_thread.run_sync(left_behind_by, _registry, row.id)
             parent = {"id": fork.parent_id, "title": fork.parent_title,
                       "exists": parent_row is not None and parent_row.state == "ready",
-                      "at": fork.user_message_index}
+                      "at": fork.user_message_index,
+                      "rewound_at": rewind.plan.get("k") if rewind is not None else None}
         log = view.layout.log_path(row.id)
         page = await anyio.to_thread.run_sync(read_page, log)
         await anyio.to_thread.run_sync(view.add_changes, page.items, row.repo)
@@ -267,7 +270,8 @@ def build_app(config: Config, token: str, csrf_token: str | None = None) -> Guar
             files = await anyio.to_thread.run_sync(file_diffs, row.repo, old, new)
         except CairnError as exc:
             return view.page("error.html", status=_STATUS_OF_CODE.get(exc.code, 400), error=exc)
-        return view.page("diff.html", session=session_summary(row), files=files, old=old, new=new)
+        split = request.query_params.get("view") == "split"
+        return view.page("diff.html", session=session_summary(row), files=files, old=old, new=new, split=split)
 
     async def compare_page(request: Request) -> Response:
         """SPEC 19: tries side by side, a diff a click away, Land and Delete per row."""

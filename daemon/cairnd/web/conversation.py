@@ -139,8 +139,10 @@ class ConversationReader:
         elif method == TURN_COMPLETE_METHOD:
             self.s["running"] = False
             self.s["agent"] = None
+            failure = params.get("failure")
             return [self._add({"key": f"te{offset}", "kind": "turn_end", "turn": self.s["turn"],
-                               "stopReason": params.get("stopReason")})]
+                               "stopReason": params.get("stopReason"),
+                               "failure": failure if isinstance(failure, str) else None})]
         elif method == CHECKPOINT_METHOD:
             previous = self.s["worktree_sha"]
             self.s["worktree_sha"] = params.get("worktreeSha")

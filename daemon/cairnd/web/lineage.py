@@ -1,6 +1,7 @@
 """The lineage of a root as the page draws it: each session with its top-level user
 messages, and each fork hung at the message it was cut at (a fork at k keeps the
-messages before k and puts its own in the place of message k)."""
+messages before k and puts its own in the place of message k). What a rewind to message
+k left behind hangs at k too, said as such: it holds what followed."""
 
 from __future__ import annotations
 
@@ -39,7 +40,9 @@ def draw(layout: StateLayout, node: LineageNode) -> dict[str, Any]:
     children = [draw(layout, child) for child in node.children]
     by_message: dict[int, list[dict[str, Any]]] = {}
     for child in children:
-        at = child["user_message_index"]
+        # What a rewind left behind is the whole session as it was: it branches where the
+        # session went back to, not where its copy of the log ends.
+        at = child["rewound_at"] if child["rewound_at"] is not None else child["user_message_index"]
         by_message.setdefault(at if isinstance(at, int) else -1, []).append(child)
     rows = []
     ordinals = set()
@@ -51,6 +54,7 @@ def draw(layout: StateLayout, node: LineageNode) -> dict[str, Any]:
     rest = [child for at, group in sorted(by_message.items()) if at not in ordinals for child in group]
     return {"id": node.id, "title": node.title, "state": node.state, "turns": node.turns,
             "user_message_index": node.user_message_index, "parent_exists": node.parent_exists,
+            "rewound_at": node.rewound_at,
             "messages": rows, "more": max(0, len(messages) - MAX_MESSAGES), "rest": rest}
 
 

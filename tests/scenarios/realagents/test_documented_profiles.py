@@ -23,7 +23,7 @@ from .gemini_stub import GeminiStub
 from .harness import NODE_BIN, ensure_agents_installed, make_git_repo, prepare_claude_home, prepare_gemini_home
 from .responses_stub import ResponsesStub
 
-pytestmark = pytest.mark.realagent
+pytestmark = [pytest.mark.realagent, pytest.mark.slow]
 
 AGENTS_PAGE = Path(__file__).resolve().parents[3] / "docs" / "agents.md"
 TOML = re.compile(r"^```toml\n(.*?)^```$", re.M | re.S)

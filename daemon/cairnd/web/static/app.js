@@ -116,6 +116,8 @@ function setState(state) {
 function setRunning(running) {
   const badge = document.getElementById("running");
   if (badge) badge.hidden = !running;
+  const cancel = document.getElementById("cancel-btn");  // only a running turn can be cancelled
+  if (cancel) cancel.hidden = !running;
 }
 
 let events = null;
