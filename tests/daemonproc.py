@@ -92,16 +92,39 @@ class Daemon:
         self.notifications.extend(messages)
         return messages
 
-    def wait_for(self, notification: str, timeout: float = 30) -> None:
+    def wait_for(self, notification: str, timeout: float = 30, *, count: int = 1, since: int = 0) -> None:
+        """Until `count` datagrams holding `notification` have come after the first
+        `since` notifications (a bound against hangs, `timeout`, not a timing claim)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if notification in self.notifications:
+            if self.notifications[since:].count(notification) >= count:
                 return
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise AssertionError(f"daemon exited with {self.proc.returncode}: {self.stderr()}")
             self.read_notifications(0.2)
-        raise AssertionError(f"no {notification} within {timeout} s: {self.stderr()}")
+        raise AssertionError(f"no {count} x {notification} within {timeout} s: {self.notifications[since:][-20:]} "
+                             f"{self.stderr()[-3000:]}")
+
+    def drain_notifications(self) -> int:
+        """Read every notification already queued; how many there are now, to wait
+        for what comes after (the daemon's STATUS= lines, one per rescan at most)."""
+        while self.read_notifications(0.001):
+            pass
+        return len(self.notifications)
+
+    def wait_rescans(self, count: int, timeout: float = 60) -> None:
+        """Until the daemon has scanned its spool `count` times more, all of them
+        after every request answered so far. A rescan ends with a STATUS= line
+        (throttled to one a second); the ends of requests add at most two more (one
+        throttled, and the one once nothing is in flight), so `count` + 2 lines prove
+        `count` rescans."""
+        since = self.drain_notifications()
+        deadline = time.monotonic() + timeout
+        while sum(n.startswith("STATUS=") for n in self.notifications[since:]) < count + 2:
+            assert time.monotonic() < deadline, f"fewer than {count} rescans in {timeout} s: {self.stderr()[-3000:]}"
+            assert self.proc is not None and self.proc.poll() is None, self.stderr()[-3000:]
+            self.read_notifications(0.2)
 
     def stderr(self) -> str:
         return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""

@@ -389,8 +389,7 @@ def test_a_burst_of_bad_requests(running):
     for case in cases:
         check(daemon, case, wait_result(daemon, case.answer))
     good = good_request_after(daemon, ctx)
-    # Two rescans later (rescan_seconds = 1) the dot names are still there, unanswered.
-    time.sleep(2.2)
+    daemon.wait_rescans(2)  # two rescans later the dot names are still there, unanswered
     assert_ignored_stay(daemon)
     assert_one_result_each(daemon, cases, done_before | {good})
     assert_untouched(daemon, ctx, passwd_before)
@@ -408,7 +407,7 @@ def test_bad_requests_one_by_one(running):
         check(daemon, case, wait_result(daemon, case.answer))
         assert daemon.proc is not None and daemon.proc.poll() is None
     good = good_request_after(daemon, ctx)
-    time.sleep(2.2)
+    daemon.wait_rescans(2)
     assert_ignored_stay(daemon)
     assert_one_result_each(daemon, cases, done_before | {good})
     assert_untouched(daemon, ctx, passwd_before)

@@ -228,13 +228,15 @@ def test_a_killed_agent_is_resumed_and_the_model_sees_the_whole_conversation(age
     run = Run(daemon, agent)
     session, firsts = run.parent(repo)
     assert daemon.proc is not None
-    for pid in daemonkit.agent_pids(daemon.proc.pid, agent.bin_name):
+    killed = daemonkit.agent_pids(daemon.proc.pid, agent.bin_name)
+    for pid in killed:
         os.killpg(pid, signal.SIGKILL)
+    # Until cairnd has reaped it (a zombie is still its child): reaped, it is no longer
+    # running to the runner (its returncode is set), so the next prompt starts a new agent.
     deadline = time.monotonic() + TURN_TIMEOUT
-    while daemonkit.agent_pids(daemon.proc.pid, agent.bin_name):  # until cairnd has reaped it
+    while set(killed) & set(daemonkit.children(daemon.proc.pid)):
         assert time.monotonic() < deadline, "the killed agent was never reaped"
         time.sleep(0.05)
-    time.sleep(1.0)  # and noticed it: the runner watches an idle agent's exit at most 0.5 s apart
     agent.stub.push(agent.text("Still here."))
     result, first = run.first_request({"kind": "prompt", "session": session, "text": "After the restart."})
     assert result["history"] == "resume" and run.sdk_session(session)["history"] == "resume"
