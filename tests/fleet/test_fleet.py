@@ -17,7 +17,7 @@ import pytest
 from cairnd.fleet.bus import Bus
 from cairnd.fleet.logstore import LogStore, make_store
 from cairnd.config.fleet import parse_fleet
-from daemonproc import Daemon
+from daemonproc import Daemon, write_config
 from fleetservers import S3_KEYS, Nats, Store, checkpoint_repo, fleet_table
 from gitrepos import git_text, make_repo
 
@@ -105,8 +105,9 @@ def history_of(log: str) -> int:
 
 def test_two_hosts_spread_route_to_the_owner_and_fork_across(fleet, tmp_path):
     repo = make_repo(tmp_path / "repo", {"README.md": "hello\n"})
-    a = fleet.host("alpha")
-    b = fleet.host("beta")
+    # Leases long enough that the owner's restart below keeps its sessions.
+    a = fleet.host("alpha", lease=30)
+    b = fleet.host("beta", lease=30)
 
     # new requests go to any host: made through either door, they spread over both.
     made = []
@@ -129,19 +130,17 @@ def test_two_hosts_spread_route_to_the_owner_and_fork_across(fleet, tmp_path):
     for r in made:
         assert fleet.stored_log(r["session"]) == Path(r["log"]).read_bytes()
 
-    # Forks of that session land on either host; the one made on the other host holds the
-    # exact files of the cut and the history before it. Which host takes a fork is a
-    # race between their pulls (nudged by the spread delay), so fork until one lands
-    # there: four were once not enough under a CPU hog (the five-run soak of 436663a).
-    forks = []
-    for _ in range(12):
-        forks.append(a.ok({"kind": "fork", "session": first["session"], "user_message_index": 1,
-                           "prompt": "write g.txt: in the fork"}))
-        if any(fleet.host_of(f["worktree"]) != owner for f in forks):
-            break
-    remote = [f for f in forks if fleet.host_of(f["worktree"]) != owner]
-    assert remote, "no fork was made on the other host"
-    fork = remote[0]
+    # The owner restarted with accept_new = false (drained) keeps its sessions but takes
+    # no new work: a fork of its session, dropped at its own door, is made on the other
+    # host, with the exact files of the cut and the history before it.
+    owner_daemon = a if owner == "alpha" else b
+    owner_daemon.stop()
+    owner_daemon.settings["fleet"] = {**owner_daemon.settings["fleet"], "accept_new": False}
+    write_config(owner_daemon.config, owner_daemon.settings)
+    owner_daemon.start()
+    fork = owner_daemon.ok({"kind": "fork", "session": first["session"], "user_message_index": 1,
+                            "prompt": "write g.txt: in the fork"})
+    assert fleet.host_of(fork["worktree"]) != owner
     files = sorted(p.name for p in Path(fork["worktree"]).iterdir() if p.name != ".git")
     assert files == ["README.md", "f0.txt", "g.txt"]
     assert Path(fork["worktree"], "f0.txt").read_text() == "from session 0\n"  # the file at the cut

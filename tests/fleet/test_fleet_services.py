@@ -240,7 +240,8 @@ def test_fleet_table_parses_with_defaults():
     fleet = parse_fleet({**GOOD, "host": "builder-3", "store_endpoint": "http://127.0.0.1:8333"})
     assert fleet.host == "builder-3" and fleet.nats == ("nats://127.0.0.1:4222",)
     assert (fleet.bucket, fleet.prefix) == ("cairnd", "prod/")
-    assert fleet.lease_seconds == 15.0 and fleet.wait_seconds == 120.0
+    assert fleet.lease_seconds == 15.0 and fleet.wait_seconds == 120.0 and fleet.accept_new is True
+    assert parse_fleet({**GOOD, "accept_new": False}).accept_new is False
     assert parse_fleet({**GOOD, "store": "s3://cairnd"}).prefix == ""
     assert parse_fleet(GOOD).host  # the hostname by default
     assert parse_fleet({**GOOD, "checkpoints": "git@host:cairnd.git"}).checkpoints == "git@host:cairnd.git"
@@ -257,6 +258,7 @@ def test_fleet_table_parses_with_defaults():
     ({"host": "has space"}, "fleet.host"),
     ({"lease_seconds": 0}, "fleet.lease_seconds"),
     ({"wait_seconds": True}, "fleet.wait_seconds"),
+    ({"accept_new": "no"}, "fleet.accept_new"),
     ({"natz": "x"}, "fleet.natz"),
 ])
 def test_bad_fleet_values_are_refused_by_key(change, key):

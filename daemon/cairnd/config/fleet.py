@@ -14,7 +14,7 @@ HOST_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 KEYS = ("host", "nats", "store", "store_endpoint", "store_region", "checkpoints",
-        "lease_seconds", "wait_seconds")
+        "lease_seconds", "wait_seconds", "accept_new")
 
 
 class FleetConfigError(ValueError):
@@ -32,6 +32,7 @@ class FleetConfig:
     checkpoints: str               # URL or absolute path of the bare checkpoint repository
     lease_seconds: float = 15.0    # a lease not renewed for this long has lapsed
     wait_seconds: float = 120.0    # how long a result waits for NATS or the store before failing
+    accept_new: bool = True        # false: this host takes no unowned work (draining it)
 
     @property
     def store_url(self) -> str:
@@ -110,9 +111,14 @@ def parse_fleet(table: Any) -> FleetConfig:
             or re.match(r"^[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:", checkpoints)):
         raise FleetConfigError(f"fleet.checkpoints = {checkpoints!r} must be a git URL or an absolute path")
 
+    accept_new = table.get("accept_new", True)
+    if not isinstance(accept_new, bool):
+        raise FleetConfigError(f"fleet.accept_new = {accept_new!r} must be true or false")
+
     return FleetConfig(
         host=host, nats=servers, bucket=parts.netloc, prefix=prefix, store_endpoint=endpoint,
         store_region=region, checkpoints=checkpoints,
         lease_seconds=_seconds(table, "lease_seconds", 15.0),
         wait_seconds=_seconds(table, "wait_seconds", 120.0),
+        accept_new=accept_new,
     )

@@ -6,7 +6,8 @@ requests of its spool (the door), and it feeds the daemon the requests of the fl
                   host); its result comes back from the results bucket into done/
                   or failed/, as the spool client expects
     intake        this host pulls from its own subject always, and from `any` while
-                  it has room; a request about a session another live host owns is
+                  it has room (never with fleet.accept_new = false: a host being
+                  drained); a request about a session another live host owns is
                   forwarded there; one about an unowned session is taken over first
     publishing    before a result leaves this host, every checkpoint of the sessions
                   it names is pushed and their logs are mirrored; then the result is
@@ -200,7 +201,8 @@ class FleetHost(SessionOwnership, LogMirror):
         anyone = await ensure_consumer(self._bus.js, ANY_CONSUMER, SUBJECT_ANY, ack_wait)
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._pull, own, False)
-            tg.start_soon(self._pull, anyone, True)
+            if self.fleet.accept_new:
+                tg.start_soon(self._pull, anyone, True)
             tg.start_soon(self._watch_results)
             tg.start_soon(self._sweep_loop)
 

@@ -151,6 +151,8 @@ class SessionOwnership(HostParts):
                 event(logging.WARNING, f"fleet: sweep failed ({exc})")
 
     async def _sweep(self) -> None:
+        if not self.fleet.accept_new:
+            return  # a host being drained takes on no session nobody holds: the others do
         now = time.time()
         for sid, lease in (await self._leases.all()).items():
             if lease.host == self.me or lease.alive(now) or lease.until == 0:
