@@ -99,6 +99,7 @@ def test_the_hints_run_as_printed(tmp_path: Path):
     proc = subprocess.run([".venv/bin/cairnd", "demo", "--dir", str(tmp_path / "tour")], cwd=clone, env=env,
                           capture_output=True, text=True, timeout=WALL_LIMIT_SECONDS)
     assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert re.search(r"^   turn 1: ", proc.stdout, re.M) and "(before turn 3)" in proc.stdout  # turns from 1
     hints = re.findall(r"^   (\S*cairnd .* (?:tree|show \w+))$", proc.stdout, re.M)
     assert len(hints) == 2 and all(h.startswith(".venv/bin/cairnd -c ") for h in hints), proc.stdout
     for hint in hints:

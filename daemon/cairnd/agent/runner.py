@@ -232,10 +232,10 @@ class AgentRunner:
         if stop_reason == "cancelled" and self._agent is agent:
             self._retire(agent, between_turns=True)  # see "Cancel" in the module docstring
         if stop_reason == "interrupted":
-            raise CairnError("turn_interrupted", f"session {self.session_id}: turn {turn} was cut short: "
+            raise CairnError("turn_interrupted", f"session {self.session_id}: turn {turn + 1} was cut short: "
                                                  "cairnd stopped its agent")
         if failure is not None:
-            raise CairnError("agent_failed", f"session {self.session_id}, turn {turn}: {failure}")
+            raise CairnError("agent_failed", f"session {self.session_id}, turn {turn + 1}: {failure}")
         result = {"session": self.session_id, "turn": turn, "stopReason": stop_reason, "checkpoint": checkpoint}
         if opened_as is not None:  # this turn started the agent: how it got the history, and its session
             result["history"] = opened_as

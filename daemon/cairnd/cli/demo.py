@@ -294,7 +294,7 @@ def _tour(tour: Tour, say: Any) -> None:
     session, worktree = new["session"], Path(new["worktree"])
     say(f"3. Session {session} works in a worktree of its own: {worktree}",
         "   Three turns, each ending in a checkpoint of the whole working tree:")
-    for number, text in enumerate(TURNS):
+    for number, text in enumerate(TURNS, start=1):  # turn N: the one SESSION@N names
         turn = _request(tour.state, {"kind": "prompt", "session": session, "text": text})
         checkpoint = turn["checkpoint"]
         left = "uncommitted changes left in the tree" if checkpoint["dirty"] else "clean"
@@ -306,8 +306,8 @@ def _tour(tour: Tour, say: Any) -> None:
     fork_tree = Path(fork["worktree"])
     tour.fork = {"session": fork["session"], "worktree": str(fork_tree), "log": fork["log"],
                  "user_message_index": FORK_AT, "headSha": fork["headSha"], "worktreeSha": fork["worktreeSha"]}
-    say("", f"4. Fork at user message {FORK_AT} (before turn {FORK_AT}): session {fork['session']}",
-        f"   its worktree holds the files as turn {FORK_AT - 1} left them, uncommitted and untracked ones too;",
+    say("", f"4. Fork at user message {FORK_AT} (before turn {FORK_AT + 1}): session {fork['session']}",
+        f"   its worktree holds the files as turn {FORK_AT} left them, uncommitted and untracked ones too;",
         f"   the message it was cut at comes back as prefill: {shorten(fork['prefill'], 50)!r}", "")
 
     parent_files, fork_files = files_of(worktree), files_of(fork_tree)

@@ -59,6 +59,11 @@ from cairnd.agent.runner import AgentRunner
 from cairnd.sessionlog.transcript import turn_of_request
 
 
+def _shown_turn(turn: object) -> object:
+    """A logged turn index as people count turns: from 1 (turn N is `SESSION@N`)."""
+    return turn + 1 if isinstance(turn, int) and not isinstance(turn, bool) else turn
+
+
 class Sessions:
     """Use as `async with Sessions(config) as sessions:`: its task group hosts the agent
     processes, and leaving it stops every agent (always reaped)."""
@@ -383,7 +388,7 @@ class Sessions:
             if record is not None:
                 if record.get("stopReason") == "interrupted" or record.get("open"):
                     raise CairnError("turn_interrupted",
-                                     f"turn {record.get('turn')} of session {row.id} was cut by a stop of cairnd")
+                                     f"turn {_shown_turn(record.get('turn'))} of session {row.id} was cut by a stop of cairnd")
                 return record["result"]
         async with self.turn_limiter:
             self.turns_in_flight += 1
