@@ -59,6 +59,25 @@ def _tries(files: int, tries: int, repeat: int, root: Path, command: str) -> Row
                target_text("at most 0.6x", batch / single <= 0.6), command)
 
 
+def _agents_retired(daemon_pid: int, timeout: float = 60) -> None:
+    """Wait until the daemon has no child process left (its agents retired when idle)."""
+    deadline = time.monotonic() + timeout
+    children = Path(f"/proc/{daemon_pid}/task/{daemon_pid}/children")
+    while time.monotonic() < deadline:
+        # git processes of the daemon's own come and go; an agent is a Python process.
+        if not any("python" in _cmdline(pid) for pid in children.read_text().split()):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"the daemon's agent did not retire within {timeout:g} s")
+
+
+def _cmdline(pid: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:  # gone meanwhile
+        return ""
+
+
 def _rewind(files: int, repeat: int, root: Path, command: str) -> Row:
     source = root / "repo-rewind"
     git(root, "clone", "-q", "--shared", repo(files), source)
@@ -75,7 +94,7 @@ def _rewind(files: int, repeat: int, root: Path, command: str) -> Row:
                     f.write(f"round {attempt}\n".encode())
             dirty(worktree, files, seed=attempt + 2)
             client.ok({"kind": "prompt", "session": session, "text": f"second turn {attempt}"}, timeout=600)
-            time.sleep(0.6)  # the agent retires: its stop is not measured
+            _agents_retired(daemon.proc.pid)  # the agent's stop is not what is measured
             fork, took_fork = client.request({"kind": "fork", "session": session, "user_message_index": 1},
                                              timeout=600)
             rewind, took_rewind = client.request({"kind": "rewind", "session": session, "user_message_index": 1},

@@ -226,7 +226,9 @@ def siblings_of(registry: Registry, session_id: str) -> tuple[str, int, list[str
     if fork is None:
         raise CairnError("bad_request", f"session {session_id} is not a fork: it has no siblings to compare")
     rows = [registry.get(sibling.id) for sibling in registry.forks_at(fork.parent_id, fork.user_message_index)]
-    live = [row for row in rows if row is not None and row.state == "ready"]
+    # What a rewind left behind is its session's child, not a try at a cut.
+    abandoned = {journal.abandoned_id for journal in registry.rewinds(("pending", "done"))}
+    live = [row for row in rows if row is not None and row.state == "ready" and row.id not in abandoned]
     # In the order made (the tries of one request are begun in order, built side by side).
     ids = [row.id for row in sorted(live, key=lambda row: (row.created_at, row.title))]
     return fork.parent_id, fork.user_message_index, ids
