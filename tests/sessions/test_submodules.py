@@ -250,3 +250,36 @@ def test_a_turn_that_touched_no_submodule_costs_no_git_process_for_it(tmp_path: 
     take_checkpoint(s.id, s.worktree, 3, CAP, inner_map=s.layout.inner_map(s.id), changed={b"lib/deep/d.txt"},
                     inner_cache=cache)
     assert calls == ["lib/deep"]  # lib itself: nothing of its own changed
+
+
+def test_diff_shows_the_files_changed_inside_each_submodule(session: Session):
+    from cairnd.sessions.diffs import compare, compare_text
+
+    result = compare(session.layout, f"{session.id}@3", f"{session.id}@4")
+    paths = {f["path"] for f in result["files"]}
+    assert {"lib/deep/d.txt", "lib/deep/more.txt"} <= paths
+    whole = {f["path"] for f in compare(session.layout, session.id)["files"]}
+    assert {"a.txt", "lib", "lib/l.txt", "lib/keep.txt", "lib/new dir/u.txt", "lib/deep/d.txt"} <= whole
+    _old, _new, text = compare_text(session.layout, f"{session.id}@3", f"{session.id}@4")
+    assert b"a/lib/deep/d.txt" in text and b"+deep 1" in text
+
+
+def test_land_records_the_submodule_commit_and_makes_it_reachable_in_the_users_submodule(session: Session):
+    from cairnd.sessions.land import land
+
+    result = land(session.layout, session.row, "feature")
+    lib = session.params[-1]["submodules"][0]
+    assert git_text(session.source, "rev-parse", "feature:lib") == lib["headSha"]
+    assert {"path": "lib", "commit": lib["headSha"], "moved": "created"} in result["submodules"]
+    store = session.source / ".git" / "modules" / "lib"
+    assert git_text(store, "rev-parse", "refs/heads/feature") == lib["headSha"]
+    assert git_text(store, "log", "-1", "--format=%s", "feature") == "agent's commit"
+
+
+def test_deleting_a_session_removes_its_pins_from_the_submodule_stores(session: Session):
+    from cairnd.git import inner
+
+    store = session.source / ".git" / "modules" / "lib"
+    assert git(store, "for-each-ref", f"refs/cairnd/{session.id}/")
+    inner.forget_session(session.layout.inner_map(session.id), session.source, session.id)
+    assert git(store, "for-each-ref", f"refs/cairnd/{session.id}/") == b""

@@ -152,14 +152,17 @@ def diff_files(repo: Path, old: str | None, new: str) -> list[FileChange]:
     return found
 
 
-def diff_text(repo: Path, old: str | None, new: str, *, stat: bool = False, stat_width: int = 80) -> bytes:
+def diff_text(repo: Path, old: str | None, new: str, *, stat: bool = False, stat_width: int = 80,
+              prefix: str = "") -> bytes:
     """The unified diff (or `--stat`) between the trees of `old` and `new`, as git prints it:
-    renames, mode changes, symlinks and `Binary files ... differ` included."""
+    renames, mode changes, symlinks and `Binary files ... differ` included. `prefix`: a
+    directory the paths are shown under (an inner repository's path)."""
     old_tree, new_tree = _tree_pair(repo, old, new)
     if old_tree == new_tree:
         return b""
     form = (f"--stat={stat_width}", "--summary") if stat else ("-p", "--full-index")
-    return git.output(repo, *_DIFF_ARGS, *form, old_tree, new_tree)
+    where = (f"--src-prefix=a/{prefix}", f"--dst-prefix=b/{prefix}") if prefix and not stat else ()
+    return git.output(repo, *_DIFF_ARGS, *form, *where, old_tree, new_tree)
 
 
 def split_patch(files: Sequence[FileChange], patch: bytes) -> list[bytes]:

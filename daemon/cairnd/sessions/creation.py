@@ -23,6 +23,7 @@ from typing import Any
 from cairnd.git import files as gitfiles
 from cairnd.git import refs as gitrefs
 from cairnd.git import worktree as gitworktree
+from cairnd.git import inner
 from cairnd.checkpoints.checkpoint import session_ref_prefix
 from cairnd.state.durable import fsync_dir, write_all
 from cairnd.sessionlog.entries import envelope_line
@@ -67,6 +68,7 @@ def roll_back(layout: StateLayout, registry: Registry, row: SessionRow) -> None:
     """Remove everything a session in `creating` may have made, then its row. Safe to
     run on any prefix of creation, and again after a crash part-way through itself."""
     if not row.in_place:
+        inner.forget_session(layout.inner_map(row.id), row.repo, row.id)
         gitworktree.remove_worktree(row.repo, row.worktree)
         dirs = gitfiles.git_dirs(row.repo)
         if dirs is not None:  # a worktree record a stop left half-built

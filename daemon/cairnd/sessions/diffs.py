@@ -19,6 +19,7 @@ from typing import Any
 
 from cairnd.git import run as git
 from cairnd.git import diff as gitdiff
+from cairnd.git import inner
 from cairnd.state.layout import StateLayout
 from cairnd.errors import CairnError
 from cairnd.ids import is_session_id
@@ -57,6 +58,7 @@ class Named:
     session: str
     turns: int | None
     commit: str  # whose tree is the state: worktreeSha, or headSha for a checkpoint of HEAD alone
+    inner: tuple[tuple[str, str, str], ...] = ()  # (kind, path, worktreeSha) of each repository inside it
 
     def as_dict(self) -> dict[str, Any]:
         return {"label": self.label, "session": self.session, "turns": self.turns, "commit": self.commit}
@@ -93,6 +95,13 @@ def checkpoints_in(lines: Lines) -> LogCheckpoints:
     return LogCheckpoints(checkpoints, fork_meta, first_own)
 
 
+def inner_of(params: dict[str, Any]) -> tuple[tuple[str, str, str], ...]:
+    """(kind, path, worktreeSha) of each submodule and nested repository a checkpoint records."""
+    return tuple((kind, e["path"], e["worktreeSha"]) for kind in ("submodules", "nested")
+                 for e in params.get(kind) or () if isinstance(e, dict) and isinstance(e.get("path"), str)
+                 and git.is_object_id(e.get("worktreeSha")))
+
+
 def state_commit(params: dict[str, Any]) -> str | None:
     """The commit whose tree is a checkpoint's whole state."""
     for key in ("worktreeSha", "headSha"):
@@ -121,11 +130,13 @@ def start_of(found: LogCheckpoints, session_id: str) -> Named:
     if meta is not None:
         commit = meta.get("worktreeSha") or meta.get("headSha")
         if git.is_object_id(commit):
+            own = found.checkpoints[found.first_own] if found.first_own < len(found.checkpoints) else {}
             return Named(f"{meta.get('parentSessionId')} at message {meta.get('userMessageIndex')}",
-                         str(meta.get("parentSessionId")), None, commit)
+                         str(meta.get("parentSessionId")), None, commit, inner_of(own))
     pick_checkpoint(found, session_id, None)  # says so when there is none
     first = found.checkpoints[0]
-    return Named(f"{session_id}@{first.get('turns')}", session_id, first.get("turns"), state_commit(first) or "")
+    return Named(f"{session_id}@{first.get('turns')}", session_id, first.get("turns"), state_commit(first) or "",
+                 inner_of(first))
 
 
 def session_row(registry: Registry | None, layout: StateLayout, text: str) -> SessionRow:
@@ -158,7 +169,7 @@ def resolve(layout: StateLayout, registry: Registry | None, text: str) -> tuple[
     row = session_row(registry, layout, session)
     params = pick_checkpoint(read_checkpoints(layout, row), row.id, turns)
     label = f"{row.id}@{params.get('turns')}"
-    return row, Named(label, row.id, params.get("turns"), state_commit(params) or "")
+    return row, Named(label, row.id, params.get("turns"), state_commit(params) or "", inner_of(params))
 
 
 def _same_repository(a: SessionRow, b: SessionRow) -> bool:
@@ -182,12 +193,39 @@ def sides(layout: StateLayout, registry: Registry | None, a: str, b: str | None)
     return git_dir_of(row_a), named_a, named_b
 
 
+def inner_pairs(layout: StateLayout, where: Path, old: Named, new: Named) -> list[tuple[Path, str, str | None, str]]:
+    """(store, path, old commit or None, new commit) of each repository inside the newer
+    state that changed: where its files are compared (`cairnd.git.inner` stores)."""
+    if not new.inner:
+        return []
+    common = git.common_dir(where)
+    stores: dict[str, Path] = {}
+    for session in (new.session, old.session):
+        for path, store in inner.stores(layout.inner_map(session), common).items():
+            stores.setdefault(path, store)
+    before = {(kind, path): sha for kind, path, sha in old.inner}
+    pairs = []
+    for kind, path, sha in new.inner:
+        store = stores.get(path if kind == "submodules" else "")
+        if store is None or before.get((kind, path)) == sha:
+            continue
+        pairs.append((store, path, before.get((kind, path)), sha))
+    return pairs
+
+
 def compare(layout: StateLayout, a: str, b: str | None = None) -> dict[str, Any]:
     """The structured comparison: `{from, to, files: [{path, status, added, removed, binary, ...}]}`."""
     registry = Registry(layout.db) if layout.db.exists() else None
     where, old, new = sides(layout, registry, a, b)
-    files = gitdiff.diff_files(where, old.commit, new.commit)
-    return {"from": old.as_dict(), "to": new.as_dict(), "files": [change.as_dict() for change in files]}
+    files = [change.as_dict() for change in gitdiff.diff_files(where, old.commit, new.commit)]
+    for store, path, before, after in inner_pairs(layout, where, old, new):
+        for change in gitdiff.diff_files(store, before, after):  # the files inside it, under its path
+            entry = change.as_dict()
+            entry["path"] = f"{path}/{entry['path']}"
+            if entry.get("old_path"):
+                entry["old_path"] = f"{path}/{entry['old_path']}"
+            files.append(entry)
+    return {"from": old.as_dict(), "to": new.as_dict(), "files": files}
 
 
 def compare_text(layout: StateLayout, a: str, b: str | None = None, *, stat: bool = False,
@@ -195,4 +233,8 @@ def compare_text(layout: StateLayout, a: str, b: str | None = None, *, stat: boo
     """(from, to, git's unified diff or --stat of the two states)."""
     registry = Registry(layout.db) if layout.db.exists() else None
     where, old, new = sides(layout, registry, a, b)
-    return old, new, gitdiff.diff_text(where, old.commit, new.commit, stat=stat, stat_width=width)
+    text = gitdiff.diff_text(where, old.commit, new.commit, stat=stat, stat_width=width)
+    if not stat:
+        for store, path, before, after in inner_pairs(layout, where, old, new):
+            text += gitdiff.diff_text(store, before, after, prefix=f"{path}/")
+    return old, new, text

@@ -25,6 +25,7 @@ from cairnd.git import run as git
 from cairnd.git import objects as gitobjects
 from cairnd.git import refs as gitrefs
 from cairnd.git import worktree as gitworktree
+from cairnd.git import inner
 from cairnd.checkpoints import storage
 from cairnd.checkpoints.checkpoint import session_ref_prefix
 from cairnd.checkpoints.checkpointer import checkpointer_for
@@ -427,6 +428,7 @@ class Sessions:
 
     def _delete(self, row: SessionRow, keep_worktree: bool) -> None:
         # The log stays in sessions/<id>/: nothing is ever lost, and lineage keeps the title.
+        inner.forget_session(self.layout.inner_map(row.id) if not row.in_place else None, row.repo, row.id)
         if not keep_worktree and not row.in_place:
             gitworktree.remove_worktree(row.repo, row.worktree)
             shutil.rmtree(self.layout.worktree_parent(row.id), ignore_errors=True)

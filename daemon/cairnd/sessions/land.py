@@ -22,6 +22,7 @@ from typing import Any
 from cairnd.git import run as git
 from cairnd.git import diff as gitdiff
 from cairnd.git import objects as gitobjects
+from cairnd.git import inner
 from cairnd.state.layout import StateLayout
 from cairnd.sessions.diffs import pick_checkpoint, read_checkpoints, state_commit
 from cairnd.errors import CairnError
@@ -120,8 +121,10 @@ def land(layout: StateLayout, row: SessionRow, branch: str, *, turn: int | None 
     if how != "same" and not git.set_ref(repo, ref, commit, previous, f"cairnd land {row.id}"):
         raise CairnError("branch_exists", f"branch {branch!r} moved while landing onto it: try again")
     files = gitdiff.diff_files(repo, previous or head, commit)
-    return _result(row, branch, commit, head, previous, checkpoint, how, [change.path for change in files],
-                   unchanged=how == "same")
+    result = _result(row, branch, commit, head, previous, checkpoint, how, [change.path for change in files],
+                     unchanged=how == "same")
+    submodules = _publish_submodules(layout, row, checkpoint, ref)
+    return {**result, "submodules": submodules} if submodules else result
 
 
 def _lands_again(repo: Any, checkpoints: list[dict[str, Any]], checkpoint: dict[str, Any], tip: str) -> str:
@@ -151,3 +154,21 @@ def _result(row: SessionRow, branch: str, commit: str, head: str, previous: str 
         "unchanged": unchanged,
         "files": files,
     }
+
+
+def _publish_submodules(layout: StateLayout, row: SessionRow, checkpoint: dict[str, Any], ref: str) -> list[dict[str, Any]]:
+    """Each submodule commit the landed checkpoint records that only the session has,
+    made reachable from the same branch name in the user's submodule repository (docs/
+    submodules.md: how to push it)."""
+    entries = [e for e in checkpoint.get("submodules") or () if isinstance(e, dict) and git.is_object_id(e.get("headSha"))]
+    if not entries:
+        return []
+    stores = inner.stores(layout.inner_map(row.id), git.common_dir(row.repo))
+    done = []
+    for entry in entries:
+        store = stores.get(entry.get("path", ""))
+        if store is None or not entry.get("path"):
+            continue
+        moved = inner.publish_commit(store, ref, entry["headSha"])
+        done.append({"path": entry["path"], "commit": entry["headSha"], "moved": moved})
+    return done
