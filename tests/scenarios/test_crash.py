@@ -36,7 +36,7 @@ import pytest
 from cairnd.sessionlog.entries import method_of, parse_message
 from cairnd.sessionlog.file import iter_lines
 from daemonproc import Daemon
-from gitrepos import git, git_text, make_repo
+from gitrepos import commit_all, git, git_text, make_repo
 
 TURN_START = "_cairnd/turn_start"
 TURN_COMPLETE = "_posthog/turn_complete"
@@ -838,4 +838,57 @@ def test_the_audit_follows_a_turn_through_rewinds_of_rewinds(tmp_path: Path):
     # Both cuts came before it: only the second abandoned log holds it, under `session`'s id.
     assert [holds_the_turn(sid) for sid in (session, first, second)] == [False, False, True]
     report = audit(daemon.state, repo, requests)
+    assert not report.problems, report.problems
+
+
+def submodule_files(worktree: Path) -> dict[str, bytes]:
+    """Every file of the worktree, submodules included (no `.git` of any of them), and the
+    HEAD of each submodule."""
+    files = worktree_files(worktree)
+    for sub in ("lib", "lib/deep"):
+        if (worktree / sub / ".git").exists():
+            files[f"{sub} HEAD"] = git(worktree / sub, "rev-parse", "HEAD")
+    return files
+
+
+@pytest.mark.slow
+def test_kill_9_with_submodules_loses_nothing_inside_them(tmp_path: Path):
+    """A session of a superproject with a submodule (which has one of its own), driven by
+    the reference agent: files written inside the submodule, a commit there, then kill -9
+    mid-turn after a change inside it and a change by hand while cairnd is down. After
+    the restart the recovered checkpoint holds them, and a fork at every message has
+    the files and the submodules' HEADs of that moment."""
+    deep = make_repo(tmp_path / "deep", {"d.txt": "deep\n"})
+    lib = make_repo(tmp_path / "lib", {"l.txt": "lib\n"})
+    git(lib, "-c", "protocol.file.allow=always", "submodule", "add", "-q", str(deep), "deep")
+    commit_all(lib, "deep")
+    repo = torture_repo(tmp_path / "project")
+    git(repo, "-c", "protocol.file.allow=always", "submodule", "add", "-q", str(lib), "lib")
+    commit_all(repo, "lib")
+    git(repo, "-c", "protocol.file.allow=always", "submodule", "update", "--init", "--recursive", "-q")
+    daemon = Daemon(tmp_path / "state").start()
+    session = daemon.ok({"kind": "new", "repo": str(repo)})["session"]
+    worktree = daemon.state / "worktrees" / session / repo.name
+    states = [submodule_files(worktree)]
+    assert states[0]["lib/l.txt"] == b"lib\n" and states[0]["lib/deep/d.txt"] == b"deep\n"
+    daemon.ok({"kind": "prompt", "session": session,
+               "text": "write lib/a.txt: one\nwrite lib/deep/d.txt: deep one\n"
+                       "run: cd lib && git add a.txt && git -c user.name=a -c user.email=a@a commit -qm 'in lib'"})
+    states.append(submodule_files(worktree))
+    daemon.drop({"kind": "prompt", "session": session, "text": "write lib/b.txt: two\nsleep: 30"})
+    eventually(lambda: (worktree / "lib" / "b.txt").exists())
+    daemon.kill9()
+    (worktree / "lib" / "c.txt").write_text("made while cairnd was down\n")
+    restart(daemon)
+    try:
+        states.append(submodule_files(worktree))
+        third = daemon.ok({"kind": "prompt", "session": session, "text": "write lib/deep/e.txt: four"})["checkpoint"]
+        states.append(submodule_files(worktree))
+        assert [s["path"] for s in third["submodules"]] == ["lib", "lib/deep"] and third["skipped"] == []
+        for k, expected in enumerate(states[:-1]):
+            fork = daemon.ok({"kind": "fork", "session": session, "user_message_index": k})
+            assert submodule_files(Path(fork["worktree"])) == expected, k
+    finally:
+        assert daemon.stop() == 0
+    report = audit(daemon.state, repo, None)
     assert not report.problems, report.problems

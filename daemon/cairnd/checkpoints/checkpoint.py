@@ -21,6 +21,7 @@ from cairnd.git import files as gitfiles
 from cairnd.git import inner
 from cairnd.git import snapshot as gitsnapshot
 from cairnd.checkpoints import innercheckpoint
+from cairnd.state.layout import StateLayout
 
 
 def session_ref_prefix(session_id: str) -> str:
@@ -154,6 +155,16 @@ def take_checkpoint(session_id: str, worktree: Path, turns: int, max_file_bytes:
     snap, inner_state = capture(session_id, worktree, turns, max_file_bytes, inner_map=inner_map,
                                 changed=changed, inner_cache=inner_cache)
     return record(session_id, worktree, turns, snap, inner_state)[0]
+
+
+def taker_for(layout: StateLayout) -> Callable[[str, Path, int, int], dict[str, Any]]:
+    """`take_checkpoint` for the sessions of a state directory: a worktree cairnd made
+    gets its submodules from the map beside it (`StateLayout.inner_map`)."""
+    def take(session_id: str, worktree: Path, turns: int, max_file_bytes: int) -> dict[str, Any]:
+        made = Path(worktree).parent == layout.worktree_parent(session_id)
+        return take_checkpoint(session_id, worktree, turns, max_file_bytes,
+                               inner_map=layout.inner_map(session_id) if made else None)
+    return take
 
 
 def checkpoint_is_full(params: dict[str, Any]) -> bool:

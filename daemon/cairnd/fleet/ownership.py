@@ -19,7 +19,7 @@ from cairnd.fleet.materialise import Descriptor, materialise
 from cairnd.fleet.hostparts import HostParts
 from cairnd.journal import event
 from cairnd.sessionlog.file import SessionLog
-from cairnd.checkpoints.checkpoint import take_checkpoint
+from cairnd.checkpoints.checkpoint import taker_for
 from cairnd.sessionlog.turns import close_open_turn
 
 
@@ -111,8 +111,9 @@ class SessionOwnership(HostParts):
             # A turn its host's death cut ends interrupted, as after a local crash.
             log = await anyio.to_thread.run_sync(SessionLog, local)
             try:
-                turns, closed = await close_open_turn(log, sid, row.worktree, limiter=None, take=take_checkpoint,
-                                                      max_file_bytes=self.daemon.config.snapshot_max_file_bytes)
+                turns, closed = await close_open_turn(log, sid, row.worktree, limiter=None,
+                                                      max_file_bytes=self.daemon.config.snapshot_max_file_bytes,
+                                                      take=taker_for(self.layout))
             finally:
                 log.close()
             if closed is not None:

@@ -47,7 +47,7 @@ from cairnd.journal import event
 from cairnd.state.layout import StateLayout
 from cairnd.sessionlog.file import SessionLog
 from cairnd.state.registry import Registry
-from cairnd.checkpoints.checkpoint import take_checkpoint
+from cairnd.checkpoints.checkpoint import taker_for
 from cairnd.sessionlog.turns import close_open_turn
 from cairnd.spool.protocol import Claimed, Spool
 
@@ -133,7 +133,7 @@ async def close_turns(layout: StateLayout, registry: Registry, done: Recovered, 
         log = await anyio.to_thread.run_sync(SessionLog, log_path, limiter=limiter)
         try:
             turns, closed = await close_open_turn(log, row.id, row.worktree, max_file_bytes=max_file_bytes,
-                                                  limiter=limiter, take=take_checkpoint)
+                                                  limiter=limiter, take=taker_for(layout))
         finally:
             log.close()
         if closed is not None:
