@@ -28,6 +28,7 @@ CODES: frozenset[str] = frozenset(
         "agent_unknown",
         "agent_failed",
         "turn_interrupted",
+        "session_busy",  # another process writes the session now (SPEC 18: cairnd acp, a daemon)
         "branch_exists",
         "branch_checked_out",
         "git_failed",

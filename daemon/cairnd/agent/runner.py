@@ -30,8 +30,9 @@ always reaping it.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,17 @@ from cairnd.sessionlog.file import SessionLog, iter_lines
 from cairnd.agent.tap import Tap
 from cairnd.sessionlog.transcript import SessionState, replay_prompt_block
 from cairnd.sessionlog.turns import TakeCheckpoint, close_open_turn, end_turn, read_session_state
+
+
+@dataclass(frozen=True)
+class Front:
+    """An editor in front of the session (`cairnd acp`, SPEC 18): the agent's requests to
+    its client go to `client` (an `acp.Client`), the agent is offered the editor's
+    `capabilities`, and `observe` sees every frame the agent sends, once it is logged."""
+
+    client: Any
+    capabilities: ClientCapabilities
+    observe: Callable[[bytes], None]
 
 
 # -- the functional core --------------------------------------------------------------
@@ -95,8 +107,9 @@ class AgentRunner:
                  task_group: anyio.abc.TaskGroup, max_file_bytes: int, idle_seconds: float | None = None,
                  limiter: anyio.CapacityLimiter | None = None, stop_timeout: float = 10.0,
                  start_timeout: float = 60.0, checkpoint: TakeCheckpoint | None = None,
-                 confinement: Confinement | None = None) -> None:
+                 confinement: Confinement | None = None, front: Front | None = None) -> None:
         self.session_id = session_id
+        self.front = front  # None: cairnd answers the agent itself (WorktreeClient)
         self.confinement = confinement  # None: the agent runs unconfined
         # The daemon gives its Checkpointer's, whose cost follows what the turn changed.
         self._take_checkpoint = checkpoint or take_checkpoint
@@ -108,7 +121,8 @@ class AgentRunner:
         self.limiter = limiter
         self.stop_timeout = stop_timeout
         self.start_timeout = start_timeout
-        self.client = WorktreeClient(self.worktree, profile.permission, limiter)
+        self.client = front.client if front is not None else WorktreeClient(self.worktree, profile.permission,
+                                                                             limiter)
         self._tg = task_group
         self._log: SessionLog | None = None
         self._tap: Tap | None = None
@@ -139,7 +153,8 @@ class AgentRunner:
 
     # -- turns ----------------------------------------------------------------------
 
-    async def prompt(self, text: str, request_id: str | None = None) -> dict[str, Any]:
+    async def prompt(self, text: str, request_id: str | None = None, content: list[Any] | None = None
+                     ) -> dict[str, Any]:
         """Run one turn; returns `{"session", "turn", "stopReason", "checkpoint"}` once
         turn_complete and the checkpoint are durable in the log.
 
@@ -157,7 +172,7 @@ class AgentRunner:
                                                      "agent before this turn began")
             self._disarm_idle_timer()
             try:
-                return await self._turn(text, request_id)
+                return await self._turn(text, request_id, content)
             finally:
                 # Reset as the turn ends, not as it begins: taking the lock is a scheduling
                 # point, and a cancel that came in it (the lock held, the turn not yet
@@ -177,6 +192,35 @@ class AgentRunner:
                 raise CairnError("session_deleted", f"session {self.session_id} was closed")
             log, _tap = await self._open_log()
             yield log
+    async def start(self) -> None:
+        """Start the agent and open its session now, not at the first prompt (an editor
+        wants its modes, and to hear at once that it cannot start). Raises as prompt()."""
+        async with self._turn_lock:
+            if self._closed:
+                raise CairnError("turn_interrupted", f"session {self.session_id}: cairnd stopped the session's agent")
+            self._disarm_idle_timer()
+            await self._open_log()
+            await self._completed_turns()
+            agent = await self._ensure_agent()
+            self._arm_idle_timer(agent)
+
+    async def call_agent(self, call: Callable[[Any, str], Awaitable[Any]]) -> Any:
+        """`call(conn, sdk_session_id)` on the running agent, started first if it is not
+        (for what an editor passes through: modes, config options)."""
+        if not self.running:
+            await self.start()
+        agent = self._agent
+        if agent is None or agent.sdk_session_id is None:
+            raise CairnError("agent_failed", f"session {self.session_id}: its agent is not running")
+        return await call(agent.conn, agent.sdk_session_id)
+
+    async def note(self, entry: dict[str, Any]) -> None:
+        """Append one of cairnd's own entries between turns (a slash command's answer,
+        SPEC 18), durably; the runner stays the log's one writer."""
+        async with self._turn_lock:
+            log, _tap = await self._open_log()
+            log.append(entry)
+            await anyio.to_thread.run_sync(log.sync, limiter=self.limiter)
 
     async def cancel(self) -> bool:
         """Send `session/cancel` for the turn in flight; whether one was running. A
@@ -200,7 +244,7 @@ class AgentRunner:
             self._retire(self._agent)
         await self._await_retired()
 
-    async def _turn(self, text: str, request_id: str | None) -> dict[str, Any]:
+    async def _turn(self, text: str, request_id: str | None, content: list[Any] | None = None) -> dict[str, Any]:
         log, tap = await self._open_log()
         turn = await self._completed_turns()
         agent = await self._ensure_agent()
@@ -210,7 +254,8 @@ class AgentRunner:
         if agent.replay is not None:
             blocks.append(EmbeddedResourceContentBlock.model_validate(agent.replay))
             agent.replay = None  # sent once per agent session, even if this turn fails
-        blocks.append(acp.text_block(text))
+        # An editor's own blocks (files, images, resources) as it sent them; else the text.
+        blocks.extend(content if content is not None else [acp.text_block(text)])
         log.append(turn_start_entry(self.session_id, turn, request_id))
         try:
             response = await self._request_prompt(agent, tap, blocks)
@@ -337,7 +382,7 @@ class AgentRunner:
         `_posthog/sdk_session`."""
         init = await agent.conn.initialize(
             protocol_version=acp.PROTOCOL_VERSION,
-            client_capabilities=ClientCapabilities(
+            client_capabilities=self.front.capabilities if self.front is not None else ClientCapabilities(
                 fs=FileSystemCapabilities(read_text_file=self.profile.fs, write_text_file=self.profile.fs),
                 terminal=False),
             client_info=Implementation(name="cairnd", version=__version__),
@@ -396,7 +441,7 @@ class AgentRunner:
             if self._log is not None:  # another task opened it meanwhile
                 log.close()
             else:
-                self._log, self._tap = log, Tap(log)
+                self._log, self._tap = log, Tap(log, self.front.observe if self.front is not None else None)
         assert self._log is not None and self._tap is not None
         return self._log, self._tap
 

@@ -19,6 +19,7 @@ turn's end (`fsync` in a worker thread), not each frame's.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -43,8 +44,11 @@ class Tap:
     """Logs every frame as it crosses, and keeps the raw response to the prompt in
     flight (its stop reason is taken from there, whatever the SDK makes of it)."""
 
-    def __init__(self, log: SessionLog) -> None:
+    def __init__(self, log: SessionLog, observe: Callable[[bytes], None] | None = None) -> None:
         self.log = log
+        # An editor in front of the session (cairnd acp) sees each frame from the agent
+        # once it is in the log, before the SDK acts on it.
+        self.observe = observe
         self.prompt_id: Any = None
         self.prompt_response: dict[str, Any] | None = None
         self.prompt_sent = anyio.Event()
@@ -72,6 +76,8 @@ class Tap:
         if not frame.strip():
             return False
         self.log.append_raw(frame, sender=FROM_AGENT)
+        if self.observe is not None:
+            self.observe(frame)
         if UPDATE_MARK in frame:
             message = json_object(frame)
             if message and message.get("method") == UPDATE_METHOD and "id" not in message:

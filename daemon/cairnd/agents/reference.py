@@ -12,6 +12,8 @@ It reads each prompt's text line by line and acts on it:
     delegate: TEXT       a sub-session: a sub-session user message TEXT, TEXT run as a line
                          inside it, and an answer; `delegate: delegate: X` nests
     sleep: SECONDS       waits, ending the turn `cancelled` on session/cancel
+    ask: TEXT            asks the client's permission (session/request_permission, allow once or
+                         reject once) to do TEXT; the tool call completes when allowed, fails when not
     crash                exits at once with status 1
     anything else        echoed
 
@@ -53,12 +55,14 @@ from acp.schema import (
     InitializeResponse,
     NewSessionResponse,
     PromptCapabilities,
+    PermissionOption,
     PromptResponse,
     ResumeSessionResponse,
     SessionCapabilities,
     SessionForkCapabilities,
     SessionResumeCapabilities,
     TextContentBlock,
+    ToolCallUpdate,
     ToolKind,
     UserMessageChunk,
 )
@@ -76,7 +80,7 @@ RESOURCE_NOT_FOUND = -32002
 
 
 class Action(NamedTuple):
-    verb: str  # write | append | delete | commit | run | delegate | sleep | crash | echo
+    verb: str  # write | append | delete | commit | run | delegate | sleep | ask | crash | echo
     arg: str = ""  # the path, message, text or seconds
     text: str = ""  # the text of write / append
 
@@ -91,7 +95,7 @@ def parse_line(line: str) -> Action:
                 return Action(verb, path.strip(), text)
     if stripped.startswith("delete ") and stripped[7:].strip():
         return Action("delete", stripped[7:].strip())
-    for verb in ("commit", "run", "delegate", "sleep"):
+    for verb in ("commit", "run", "delegate", "sleep", "ask"):
         if stripped.startswith(verb + ":"):
             return Action(verb, stripped[len(verb) + 1:].strip())
     if stripped == "crash":
@@ -317,7 +321,7 @@ class ReferenceAgent:
         session.tool_calls += 1
         call_id = f"call-{session.tool_calls}"
         kind: ToolKind = {"write": "edit", "append": "edit", "delete": "delete", "commit": "execute",
-                          "run": "execute"}[action.verb]
+                          "run": "execute", "ask": "other"}[action.verb]
         title = f"{action.verb} {action.arg}"
         meta = _sub_session_meta(sub)
         await self._update(session_id, acp.start_tool_call(
@@ -325,7 +329,7 @@ class ReferenceAgent:
         try:
             outcome = await self._act(session_id, session, action)
             status = "completed"
-        except (OSError, acp.RequestError, GitFailed, CommandFailed) as exc:
+        except (OSError, acp.RequestError, GitFailed, CommandFailed, PermissionRefused) as exc:
             outcome = f"{title} failed: {describe_error(exc)}"
             status = "failed"
         await self._update(session_id, acp.update_tool_call(
@@ -346,7 +350,20 @@ class ReferenceAgent:
             return f"deleted {action.arg}"
         if action.verb == "run":
             return await run_command(session.cwd, action.arg)
+        if action.verb == "ask":
+            return await self._ask(session_id, session, action.arg)
         return await git_commit(session.cwd, action.arg)
+
+    async def _ask(self, session_id: str, session: Session, text: str) -> str:
+        answer = await self._client.request_permission(
+            session_id=session_id,
+            tool_call=ToolCallUpdate(tool_call_id=f"call-{session.tool_calls}", title=f"ask {text}", kind="other"),
+            options=[PermissionOption(option_id="allow", name="Allow", kind="allow_once"),
+                     PermissionOption(option_id="reject", name="Reject", kind="reject_once")])
+        outcome = answer.outcome
+        if getattr(outcome, "outcome", None) == "selected" and getattr(outcome, "option_id", None) == "allow":
+            return f"permission granted: {text}"
+        raise PermissionRefused(f"permission refused: {text} ({getattr(outcome, 'option_id', None) or 'cancelled'})")
 
     async def _read(self, session_id: str, path: str) -> str:
         if self._fs_read:
@@ -392,6 +409,10 @@ def describe_error(exc: Exception) -> str:
 
 def _sub_session_meta(sub: str | None) -> dict[str, Any] | None:
     return {"cairnd": {"subSession": sub}} if sub else None
+
+
+class PermissionRefused(Exception):
+    """The client did not allow an `ask:` line."""
 
 
 class CommandFailed(Exception):

@@ -98,6 +98,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         return run_demo(Path(args.dir) if args.dir else None, as_json=args.json)
     config = load_config(args.config)
     privacy.claim(config.state_dir)  # what this command creates there is private too (SPEC 16)
+    if args.command == "acp":
+        from cairnd.acp import run_acp  # the ACP SDK's agent side: only here
+        return run_acp(config, args.agent)
     if args.command == "web":
         from cairnd.web.server import run_web  # Starlette, uvicorn, Jinja: only here
         return run_web(config, args.listen)

@@ -93,6 +93,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
              "cairnd tree\n  cairnd tree 01jb7"),
     "status": ("the daemon: running?, queue depths, turns in flight",
                "cairnd status\n  cairnd status --json"),
+    "acp": ("an ACP agent on stdio for editors (Zed, JetBrains, Neovim, Emacs, Toad, acpx): cairnd sessions "
+            "running a profile's agent in place, with /checkpoints /rewind /fork /diff /land",
+            "cairnd acp\n  cairnd acp --agent claude"),
     "web": ("serve the web view: sessions, conversations, forks, live turns (loopback by default)",
             "cairnd web\n  cairnd web --listen 127.0.0.1:9000"),
     "gc": ("remove the logs of sessions deleted more than keep_deleted_days ago (and any refs left)",
@@ -218,6 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     tree.add_argument("-a", "--all", action="store_true", help="include trees whose sessions are all deleted")
 
     command("status")
+
+    acp = command("acp")
+    acp.add_argument("--agent", metavar="PROFILE", help="agent profile (default: the configuration's default_agent)")
 
     web = command("web")
     web.add_argument("--listen", metavar="ADDR",

@@ -49,6 +49,7 @@ from cairnd.sessionlog.file import SessionLog
 from cairnd.state.registry import Registry
 from cairnd.checkpoints.checkpoint import taker_for
 from cairnd.sessionlog.turns import close_open_turn
+from cairnd.state.sessionlock import held_elsewhere
 from cairnd.spool.protocol import Claimed, Spool
 
 
@@ -98,6 +99,8 @@ def remove_stale_ref_locks(registry: Registry, done: Recovered) -> None:
     """Step 1, in the repositories: lock files a stop left under this state directory's
     sessions' own checkpoint refs."""
     for row in registry.sessions(("creating", "ready", "deleted")):
+        if held_elsewhere(StateLayout(registry.path.parent), row.id):
+            continue  # its writer (an editor's cairnd acp) is alive: the locks may be its own
         dirs = gitfiles.git_dirs(row.repo) or gitfiles.git_dirs(row.worktree)
         if dirs is None:
             continue
@@ -130,6 +133,8 @@ async def close_turns(layout: StateLayout, registry: Registry, done: Recovered, 
         log_path = layout.log_path(row.id)
         if not log_path.exists() or not row.worktree.exists():
             continue
+        if held_elsewhere(layout, row.id):
+            continue  # an editor's cairnd acp serves it: its open turn is running, not cut
         log = await anyio.to_thread.run_sync(SessionLog, log_path, limiter=limiter)
         try:
             turns, closed = await close_open_turn(log, row.id, row.worktree, max_file_bytes=max_file_bytes,

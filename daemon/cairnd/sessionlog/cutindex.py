@@ -193,9 +193,13 @@ def _write(path: Path, index: CutIndex, found: list[IndexedMessage], rebuilt: bo
         path.unlink(missing_ok=True)  # an index it cannot keep is rebuilt next time
 
 
-def find_cut(log_path: Path, k: int, session_id: str) -> ForkPoint:
-    """`forkpoint.find_fork_point` of the log, answered from its index."""
+def find_cut(log_path: Path, k: int, session_id: str, tip: bool = False) -> ForkPoint:
+    """`forkpoint.find_fork_point` of the log, answered from its index. `tip`: k may
+    also be the number of user messages, a cut after the whole log (an editor's
+    session/fork with no message named, SPEC 18)."""
     index = current(log_path)
+    if tip and k == index.state.ordinal:
+        return ForkPoint(k, index.lines, index.covered, index.state.checkpoint, "")
     found = index.messages[k] if 0 <= k < len(index.messages) else None
     prefill = ""
     if found is not None and found.message.top_level:

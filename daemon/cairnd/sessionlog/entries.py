@@ -54,6 +54,7 @@ TURN_START_METHOD = "_cairnd/turn_start"
 REWIND_METHOD = "_cairnd/rewind"  # last line of the prefix a rewind kept (SPEC 13)
 INVALID_FRAME_METHOD = "_cairnd/invalid_frame"
 CHECK_METHOD = "_cairnd/check"  # a command run in the session's worktree, and how it ended (SPEC 19)
+COMMAND_METHOD = "_cairnd/command"  # a slash command cairnd acp answered (SPEC 18)
 
 # Readers must accept the SDK's double underscore (SPEC 3).
 _POSTHOG_QUIRK = "__posthog/"
@@ -351,6 +352,12 @@ def check_entry(session_id: str, command: list[str], exit: int | None, output: s
     return cairnd_entry(CHECK_METHOD, {"sessionId": session_id, "command": command, "exit": exit,
                                        "timedOut": timed_out, "output": output, "turns": turns,
                                        "worktreeSha": worktree_sha})
+
+
+def command_entry(session_id: str, command: str, result: str) -> dict[str, Any]:
+    """`_cairnd/command`: a slash command `cairnd acp` answered itself (SPEC 18); not a
+    user message, never seen by the agent."""
+    return cairnd_entry(COMMAND_METHOD, {"sessionId": session_id, "command": command, "result": result})
 
 
 def invalid_frame_entry(raw: bytes) -> dict[str, Any]:

@@ -129,11 +129,12 @@ class Cut:
 
 
 def find_fork_cut(layout: StateLayout, parent: SessionRow, k: int,
-                  history: Callable[[Path, int], str] | None = None) -> Cut:
+                  history: Callable[[Path, int], str] | None = None, tip: bool = False) -> Cut:
     """The cut of `parent` at user message k and the state there; fork_out_of_range,
-    fork_in_sub_session or commit_missing before anything is made."""
+    fork_in_sub_session or commit_missing before anything is made. `tip`: k may be the
+    number of user messages, a cut after the whole log (cutindex.find_cut)."""
     parent_log = layout.log_path(parent.id)
-    point = find_cut(parent_log, k, parent.id)  # from the offsets index beside the log
+    point = find_cut(parent_log, k, parent.id, tip)  # from the offsets index beside the log
     start = state_at_cut(point, parent.repo, parent.worktree)
     turns = kept_turns(point, parent_log)
     # commit_missing before anything is made; and a read, so not part of `building`.
@@ -186,14 +187,14 @@ def build_fork(layout: StateLayout, cut: Cut, row: SessionRow, *, max_file_bytes
 def fork_session(layout: StateLayout, registry: Registry, parent: SessionRow, k: int, *,
                  title: str | None, request_id: str | None, max_file_bytes: int,
                  history: Callable[[Path, int], str] | None = None,
-                 building: AbstractContextManager[Any] = nullcontext()) -> dict[str, Any]:
+                 building: AbstractContextManager[Any] = nullcontext(), tip: bool = False) -> dict[str, Any]:
     """Fork `parent` at user message k. Synchronous: run it in a worker thread.
 
     `building`: held while the fork's worktree is made (its files written), the part
     whose cost is the machine's; the caller bounds how many forks do that at once
     (`max_parallel_forks`), while the rest (the cut, the log, the registry: waits on
     the disk more than work) overlaps with other forks' building."""
-    cut = find_fork_cut(layout, parent, k, history)
+    cut = find_fork_cut(layout, parent, k, history, tip)
     fork_id = new_session_id()
     named = title or fork_title(parent.title, registry.titles_in_root(parent.root_id))
     worktree = layout.worktree_parent(fork_id) / parent.repo.name

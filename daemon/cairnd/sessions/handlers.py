@@ -13,7 +13,9 @@ import logging
 import shutil
 import threading
 from collections.abc import Callable
-from contextlib import AsyncExitStack
+import os
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -41,6 +43,7 @@ from cairnd.journal import event
 from cairnd.sessionlog.entries import checkpoint_entry
 from cairnd.sessionlog.file import iter_lines
 from cairnd.state.registry import Registry, RewindRow, SessionRow
+from cairnd.state.sessionlock import SessionLocks
 from cairnd.sessions import rewind as rewinding
 from cairnd.sessions.land import land
 from cairnd.sessions import attempts
@@ -56,7 +59,7 @@ from cairnd.spool.requests import (
     RewindRequest,
     is_git_url,
 )
-from cairnd.agent.runner import AgentRunner
+from cairnd.agent.runner import AgentRunner, Front
 from cairnd.sessionlog.transcript import turn_of_request
 
 
@@ -74,6 +77,13 @@ class Sessions:
         self.layout = config.layout
         self.registry = Registry(self.layout.db)
         self.runners: dict[str, AgentRunner] = {}
+        # Sessions an editor fronts (cairnd acp, SPEC 18): their agents talk to it.
+        self.fronts: dict[str, Front] = {}
+        # One writer per session (state/sessionlock): a daemon holds a session's lock for
+        # each request that writes it; `cairnd acp` (hold_locks) for as long as it serves it.
+        self.locks = SessionLocks(self.layout)
+        self.hold_locks = False
+        self._log_marks: dict[str, tuple[int, int]] = {}  # each log as this process last left it
         self.turn_limiter = anyio.CapacityLimiter(config.max_parallel_turns)
         # Forks (and rewinds) build their worktrees max_parallel_forks at once; the rest
         # of making one (its log, its registry rows: fsyncs, waits more than work)
@@ -197,7 +207,7 @@ class Sessions:
                 idle_seconds=self.config.idle_agent_seconds, limiter=self.io_limiter,
                 task_group=self._tg, stop_timeout=min(10.0, self.config.stop_timeout_seconds),
                 checkpoint=self.checkpoints.take,
-                confinement=self.confinement(row, profile),
+                confinement=self.confinement(row, profile), front=self.fronts.get(row.id),
             )
             self.runners[row.id] = runner
         return runner
@@ -209,6 +219,25 @@ class Sessions:
             return None
         return Confinement(worktree=row.worktree, source=row.repo, state_dir=self.layout.root,
                            tmpdir=self.layout.agent_tmp(row.id), agent_dir=self.layout.agent_dir(profile.name))
+
+    @asynccontextmanager
+    async def writing(self, session_id: str) -> AsyncIterator[None]:
+        """Hold the session's lock while writing it (CairnError session_busy when another
+        process does). A runner kept from before is dropped if another writer changed
+        the log since this process last left it: its agent and its count of turns are
+        out of date."""
+        fresh = not self.locks.holds(session_id)
+        self.locks.claim(session_id)
+        try:
+            path = self.layout.log_path(session_id)
+            mark = self._log_marks.get(session_id)
+            if fresh and mark is not None and mark != _log_mark(path) and session_id in self.runners:
+                await self.runners.pop(session_id).close()
+            yield
+        finally:
+            self._log_marks[session_id] = _log_mark(self.layout.log_path(session_id))
+            if not self.hold_locks:
+                self.locks.release(session_id)
 
     # -- requests -----------------------------------------------------------------------
 
@@ -253,7 +282,9 @@ class Sessions:
                 "log": str(log_path),
             })
 
-    async def fork(self, request: ForkRequest, origin: Origin) -> dict[str, Any]:
+    async def fork(self, request: ForkRequest, origin: Origin, tip: bool = False) -> dict[str, Any]:
+        """`tip`: the index may also be the number of user messages (an editor's fork of
+        the whole session, SPEC 18)."""
         if request.tries is not None:  # attempts: many forks at one cut (SPEC 19)
             result = await attempts.fork_tries(self, request, origin)
             self._maintain_soon()
@@ -262,7 +293,7 @@ class Sessions:
         if done is None:
             # The limit covers making the fork, not its first turn (that is a turn like any).
             async with self.fork_limiter:
-                done = await anyio.to_thread.run_sync(self._make_fork, parent, request, origin)
+                done = await anyio.to_thread.run_sync(self._make_fork, parent, request, origin, tip)
             self._maintain_soon()
         result = await self._with_turn(done, request.prompt, origin)
         if request.check is not None:
@@ -278,7 +309,7 @@ class Sessions:
         done = self.registry.by_request(request_id) if request_id else None
         return done, (self._live_row(session_id) if done is None else done)
 
-    def _make_fork(self, parent: SessionRow, request: ForkRequest, origin: Origin) -> SessionRow:
+    def _make_fork(self, parent: SessionRow, request: ForkRequest, origin: Origin, tip: bool = False) -> SessionRow:
         """The fork made, and the bookkeeping after it, in one worker thread: every
         hand-over to a thread costs the event loop, and a burst of forks pays it each time."""
         result = fork_session(
@@ -286,7 +317,7 @@ class Sessions:
             title=request.title, request_id=origin.request_id,
             max_file_bytes=self.config.snapshot_max_file_bytes,
             history=lambda log, end: self.predicted_history(parent, log, end),
-            building=self.fork_builders,
+            building=self.fork_builders, tip=tip,
         )
         # The fork's baseline ref is one more loose ref to pack (at once past the hard limit).
         self.checkpoints.refs.wrote(parent.repo)
@@ -296,6 +327,12 @@ class Sessions:
 
     async def rewind(self, request: RewindRequest, origin: Origin) -> dict[str, Any]:
         """SPEC 13. Runs in the session's queue, so no turn of it is in flight."""
+        async with self.writing(request.session):
+            result = await self._rewind(request, origin)
+        row = await self._thread(self.registry.get, result["session"])
+        return await self._with_turn(row, request.prompt, origin, base=result)
+
+    async def _rewind(self, request: RewindRequest, origin: Origin) -> dict[str, Any]:
         journal = None
         if origin.request_id:
             journal = await self._thread(self.registry.rewind_by_request, origin.request_id)
@@ -326,8 +363,7 @@ class Sessions:
             finally:
                 # What the checkpointer last saw of the session is no longer so.
                 self.checkpoints.forget(row.id)
-        row = await self._thread(self.registry.get, result["session"])
-        return await self._with_turn(row, request.prompt, origin, base=result)
+        return result
 
     def _abandon(self, row: SessionRow, request: RewindRequest, origin: Origin) -> RewindRow:
         with self.fork_builders:  # a rewind builds a worktree as a fork does
@@ -367,10 +403,13 @@ class Sessions:
             raise CairnError(exc.code, f"{exc.message} ({done})") from None
         return result
 
-    async def prompt(self, request: PromptRequest, origin: Origin) -> dict[str, Any]:
+    async def prompt(self, request: PromptRequest, origin: Origin, content: list[Any] | None = None
+                     ) -> dict[str, Any]:
+        """`content`: the prompt's ACP content blocks as an editor sent them (SPEC 18), in
+        place of `request.text` alone."""
         row = await self.live(request.session)
         await self._finish_rewinds(row)
-        return await self._turn(row, request.text, origin)
+        return await self._turn(row, request.text, origin, content)
 
     async def _finish_rewinds(self, row: SessionRow) -> None:
         """A rewind whose finish failed after its commit point (git or the disk refused) is
@@ -382,7 +421,8 @@ class Sessions:
                                        max_file_bytes=self.config.snapshot_max_file_bytes)
                 self.checkpoints.forget(row.id)
 
-    async def _turn(self, row: SessionRow, text: str, origin: Origin) -> dict[str, Any]:
+    async def _turn(self, row: SessionRow, text: str, origin: Origin, content: list[Any] | None = None
+                    ) -> dict[str, Any]:
         if origin.recovered and origin.request_id:
             # Did this request's turn start before the crash? Then it is not run again.
             record = await self._thread(self._turn_record, row.id, origin.request_id)
@@ -391,12 +431,12 @@ class Sessions:
                     raise CairnError("turn_interrupted",
                                      f"turn {_shown_turn(record.get('turn'))} of session {row.id} was cut by a stop of cairnd")
                 return record["result"]
-        async with self.turn_limiter:
+        async with self.turn_limiter, self.writing(row.id):
             self.turns_in_flight += 1
             self.on_turn_start()
             runner = self.runner(row)
             try:
-                result = await runner.prompt(text, request_id=origin.request_id)
+                result = await runner.prompt(text, request_id=origin.request_id, content=content)
             finally:
                 self.turns_in_flight -= 1
                 # A turn that failed (agent_failed, turn_interrupted) is in the log too:
@@ -420,10 +460,11 @@ class Sessions:
 
     async def delete(self, request: DeleteRequest, origin: Origin) -> dict[str, Any]:
         row = await self.live(request.session)
-        runner = self.runners.pop(row.id, None)
-        if runner is not None:
-            await runner.close()
-        await self._thread(self._delete, row, request.keep_worktree)
+        async with self.writing(row.id):
+            runner = self.runners.pop(row.id, None)
+            if runner is not None:
+                await runner.close()
+            await self._thread(self._delete, row, request.keep_worktree)
         return {"session": row.id, "worktree_kept": request.keep_worktree or row.in_place}
 
     def _delete(self, row: SessionRow, keep_worktree: bool) -> None:
@@ -445,3 +486,13 @@ class Sessions:
             for runner in runners:
                 tg.start_soon(runner.close)
         await anyio.to_thread.run_sync(gitobjects.close_all)  # the kept `git cat-file` processes
+        self.locks.release_all()
+
+
+def _log_mark(path: Path) -> tuple[int, int]:
+    """(inode, size) of a log: another writer's append or a rewind's rename changes it."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (0, 0)
+    return (st.st_ino, st.st_size)

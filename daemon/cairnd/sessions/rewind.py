@@ -47,6 +47,7 @@ from cairnd.git import snapshot as gitsnapshot
 from cairnd.git import worktree as gitworktree
 from cairnd.checkpoints.checkpoint import (checkpoint_params, checkpoint_ref, pin_checkpoint, session_ref_prefix,
                                           take_checkpoint)
+from cairnd.state.sessionlock import held_elsewhere
 from cairnd.state.layout import StateLayout
 from cairnd.sessions.diffs import checkpoints_in
 from cairnd.sessionlog.entries import (
@@ -376,8 +377,8 @@ def recover(layout: StateLayout, registry: Registry, *, max_file_bytes: int) -> 
     finished = []
     for journal in registry.rewinds(("pending",)):
         row = registry.get(journal.session_id)
-        if row is None or row.state != "ready":
-            continue
+        if row is None or row.state != "ready" or held_elsewhere(layout, row.id):
+            continue  # (held: its writer, an editor's cairnd acp, is alive and finishes it)
         finish(layout, registry, row, journal, max_file_bytes=max_file_bytes)
         finished.append(row.id)
     return finished
