@@ -299,9 +299,9 @@ def advertised(agent_init: dict[str, Any], protocol_version: int) -> dict[str, A
     """The initialize answer: the real agent's, with what cairnd serves itself added."""
     caps = dict(agent_init.get("agentCapabilities") or {})
     caps["loadSession"] = True
-    session_caps = dict(caps.get("sessionCapabilities") or {})
-    session_caps.update(SERVED)
-    caps["sessionCapabilities"] = session_caps
+    # Only what cairnd answers: the agent's own (close, ...) would reach a cairnd acp that
+    # does not pass them on.
+    caps["sessionCapabilities"] = dict(SERVED)
     answer = {"protocolVersion": min(protocol_version, int(agent_init.get("protocolVersion") or acp.PROTOCOL_VERSION)),
               "agentCapabilities": caps, "authMethods": agent_init.get("authMethods") or [],
               "agentInfo": {"name": "cairnd", "title": "cairnd: " + str(

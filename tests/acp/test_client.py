@@ -1,0 +1,129 @@
+"""`cairnd acp` through the ACP Python SDK's client side, for what acpx does not expose:
+session/list, session/load (the conversation replayed from the log), session/fork at a
+message id and at the tip, the slash commands, and bad input that leaves the session
+going on (SPEC 18)."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import acp
+import orjson
+import pytest
+from acp import PROTOCOL_VERSION, spawn_agent_process, text_block
+from acp.schema import ClientCapabilities, FileSystemCapabilities
+
+from acpkit import acp_env, cairnd_acp, repo_at
+from gitrepos import git_text
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scenarios"))
+from realagents.harness import RecordingClient  # noqa: E402
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class Editor:
+    """One `cairnd acp` process and the client talking to it."""
+
+    def __init__(self, conn, client: RecordingClient) -> None:
+        self.conn, self.client = conn, client
+
+    async def say(self, session: str, text: str) -> tuple[str, str]:
+        """(the stop reason, the agent's text of this turn)."""
+        before = len(self.client.updates("agent_message_chunk"))
+        answer = await self.conn.prompt(session_id=session, prompt=[text_block(text)])
+        chunks = self.client.updates("agent_message_chunk")[before:]
+        assert all(c["sessionId"] == session for c in chunks)
+        return answer.stop_reason, "".join((c["update"].get("content") or {}).get("text") or "" for c in chunks)
+
+
+def editor(tmp_path: Path, repo: Path):
+    client = RecordingClient(root=repo)
+    command = cairnd_acp()
+    return client, spawn_agent_process(client, command[0], *command[1:], env=acp_env(tmp_path), cwd=repo,
+                                       observers=[client.observe], use_unstable_protocol=True)
+
+
+async def opened(conn) -> dict:
+    init = await conn.initialize(protocol_version=PROTOCOL_VERSION, client_capabilities=ClientCapabilities(
+        fs=FileSystemCapabilities(read_text_file=True, write_text_file=True), terminal=False))
+    return init.model_dump(by_alias=True, exclude_none=True)
+
+
+async def test_commands_list_load_and_fork_from_a_python_client(tmp_path):
+    repo = repo_at(tmp_path)
+    client, spawned = editor(tmp_path, repo)
+    async with spawned as (conn, _proc):
+        ed = Editor(conn, client)
+        init = await opened(conn)
+        caps = init["agentCapabilities"]
+        assert caps["loadSession"] is True and {"list", "resume", "fork"} <= set(caps["sessionCapabilities"])
+        assert caps["promptCapabilities"]["embeddedContext"] is True  # the reference agent's, passed through
+
+        with pytest.raises(acp.RequestError) as refused:
+            await conn.new_session(cwd=str(tmp_path), mcp_servers=[])
+        assert "git repository" in str(refused.value.data) and str(tmp_path) in str(refused.value.data)
+
+        session = (await conn.new_session(cwd=str(repo), mcp_servers=[])).session_id
+        commands = client.updates("available_commands_update")[-1]["update"]["availableCommands"]
+        assert {"checkpoints", "rewind", "fork", "diff", "land"} <= {c["name"] for c in commands}
+
+        assert (await ed.say(session, "write a.txt: one"))[0] == "end_turn"
+        assert (repo / "a.txt").read_text() == "one\n"  # in place: the editor's own files
+        await ed.say(session, "write b.txt: two")
+
+        stop, text = await ed.say(session, "/checkpoints")
+        assert stop == "end_turn"
+        assert "0  turn 1  'write a.txt: one'  a.txt (A)  dirty" in text, text
+        assert "1  turn 2  'write b.txt: two'  b.txt (A)  dirty" in text, text
+        _, diff = await ed.say(session, "/diff 1")
+        assert "b.txt" in diff and "a.txt" not in diff, diff
+        _, text = await ed.say(session, "/rewind 5")
+        assert "user_message_index 5: session" in text and "2 user messages" in text, text
+        _, text = await ed.say(session, "/frobnicate")
+        assert "unknown command /frobnicate" in text, text
+        _, text = await ed.say(session, "/fork 1 write c.txt: three")
+        found = re.search(r"session (\S+), worktree (\S+)\. Its first turn is running", text)
+        assert found, text
+        fork_id, fork_tree = found[1], Path(found[2])
+        assert (fork_tree / "a.txt").exists() and not (fork_tree / "b.txt").exists()
+        _, text = await ed.say(session, "/land from-editor")
+        assert "Landed on branch from-editor" in text, text
+        assert git_text(repo, "show", "from-editor:b.txt") == "two"
+        _, text = await ed.say(session, "echo still here")
+        assert "history=2" in text  # the bad commands left the session going, and no command counted
+
+        # session/list: this repository's sessions, the fork and this one among them
+        listed = {s.session_id: s for s in (await conn.list_sessions(cwd=str(repo))).sessions}
+        assert session in listed and fork_id in listed and listed[session].title == "repo"
+
+        # session/fork at the agent message that answered the first prompt
+        log = tmp_path / "state" / "sessions" / session / "log.ndjson"
+        first_answer = next(
+            m["params"]["update"]["messageId"] for m in (orjson.loads(l)["notification"] for l in log.read_bytes().splitlines())
+            if m.get("method") == "session/update" and m["params"]["update"].get("sessionUpdate") == "agent_message_chunk")
+        forked = await conn.fork_session(session_id=session, cwd=str(repo), mcp_servers=[],
+                                         jetbrains={"air": {"fork": {"version": 1, "messageId": first_answer}}})
+        assert forked.session_id not in (session, fork_id)
+        _, text = await ed.say(forked.session_id, "echo in the fork")
+        assert "history=1" in text, text  # it holds the first turn, natively, and nothing after
+        tip = await conn.fork_session(session_id=session, cwd=str(repo), mcp_servers=[])
+        _, text = await ed.say(tip.session_id, "echo at the tip")
+        assert "history=3" in text, text
+
+    # a new process (another editor window) loads the session: its conversation replayed
+    client2, spawned2 = editor(tmp_path, repo)
+    async with spawned2 as (conn2, _proc):
+        await opened(conn2)
+        await conn2.load_session(session_id=session, cwd=str(repo), mcp_servers=[])
+        users = [u["update"]["content"]["text"] for u in client2.updates("user_message_chunk")]
+        assert users == ["write a.txt: one", "write b.txt: two", "echo still here"], users
+        _, text = await Editor(conn2, client2).say(session, "echo after load")
+        assert "history=3" in text, text
