@@ -44,6 +44,13 @@ class Editor:
         return answer.stop_reason, "".join((c["update"].get("content") or {}).get("text") or "" for c in chunks)
 
 
+async def until(condition, seconds: float = 30) -> None:
+    import anyio
+    with anyio.fail_after(seconds):
+        while not condition():
+            await anyio.sleep(0.02)
+
+
 def editor(tmp_path: Path, repo: Path):
     client = RecordingClient(root=repo)
     command = cairnd_acp()
@@ -72,6 +79,7 @@ async def test_commands_list_load_and_fork_from_a_python_client(tmp_path):
         assert "git repository" in str(refused.value.data) and str(tmp_path) in str(refused.value.data)
 
         session = (await conn.new_session(cwd=str(repo), mcp_servers=[])).session_id
+        await until(lambda: client.updates("available_commands_update"))  # sent right after the answer
         commands = client.updates("available_commands_update")[-1]["update"]["availableCommands"]
         assert {"checkpoints", "rewind", "fork", "diff", "land"} <= {c["name"] for c in commands}
 

@@ -46,7 +46,8 @@ from cairnd.agent.runner import Front
 from cairnd.config.settings import Config
 from cairnd.errors import CairnError
 from cairnd.git import run as git
-from cairnd.sessionlog.entries import command_entry, prompt_text
+from cairnd.sessionlog import cutindex
+from cairnd.sessionlog.entries import AGENT_TEXT_MARK, command_entry, parse_message, prompt_text, update_of
 from cairnd.sessionlog.file import iter_lines
 from cairnd.sessionlog.transcript import session_state
 from cairnd.sessions.handlers import Sessions
@@ -132,12 +133,12 @@ class CairnAgent:
                 raise acp.RequestError.invalid_params(
                     {"cwd": cwd, "message": f"cairnd acp works in a git repository: {exc.message}"}) from None
             raise _error(exc) from None
-        opened = await self._open(result["session"])
+        opened = await self._open(result["session"], mcp_servers)
         return NewSessionResponse(session_id=opened.row.id, **self._setup(opened))
 
     async def load_session(self, cwd: str, session_id: str, mcp_servers: list[Any] | None = None,
                            **kwargs: Any) -> LoadSessionResponse:
-        opened = await self._reopen(session_id)
+        opened = await self._reopen(session_id, mcp_servers)
         for update in await anyio.to_thread.run_sync(conversation_updates, self.sessions.layout.log_path(session_id)):
             self.outbox.update(session_id, update)
         await self.outbox.flush()
@@ -145,7 +146,7 @@ class CairnAgent:
 
     async def resume_session(self, cwd: str, session_id: str, mcp_servers: list[Any] | None = None,
                              **kwargs: Any) -> ResumeSessionResponse:
-        opened = await self._reopen(session_id)
+        opened = await self._reopen(session_id, mcp_servers)
         return ResumeSessionResponse(**self._setup(opened))
 
     async def list_sessions(self, cwd: str | None = None, cursor: str | None = None,
@@ -176,19 +177,19 @@ class CairnAgent:
                                                   tip=tip)
         except CairnError as exc:
             raise _error(exc) from None
-        fork = await self._open(result["session"])
+        fork = await self._open(result["session"], mcp_servers)
         return ForkSessionResponse(session_id=fork.row.id, **self._setup(fork))
 
-    async def _reopen(self, session_id: str) -> Opened:
+    async def _reopen(self, session_id: str, mcp_servers: list[Any] | None) -> Opened:
         if session_id in self.opened:
             return self.opened[session_id]
         try:
             await self.sessions.live(session_id)
         except CairnError as exc:
             raise _error(exc) from None
-        return await self._open(session_id)
+        return await self._open(session_id, mcp_servers)
 
-    async def _open(self, session_id: str) -> Opened:
+    async def _open(self, session_id: str, mcp_servers: list[Any] | None) -> Opened:
         """Serve a session: its agent's requests come to the editor; its agent starts now
         (its modes for the editor, and a failure to start said at once: the session
         goes on, and the next prompt tries again)."""
@@ -201,7 +202,7 @@ class CairnAgent:
         local = WorktreeClient(row.worktree, self.profile.permission, self.sessions.io_limiter)
         client = EditorClient(self.editor, row.id, self.editor_caps, local)
         self.sessions.fronts[row.id] = Front(client, offered_capabilities(self.editor_caps, self.profile.fs),
-                                             relay.observe)
+                                             relay.observe, list(mcp_servers or []))
         opened = Opened(row, relay, anyio.Lock())
         self.opened[row.id] = opened
         try:
@@ -339,27 +340,24 @@ def _fork_message_id(meta: dict[str, Any]) -> str | None:
 
 def fork_index(log: Path, message_id: str | None) -> tuple[int, bool]:
     """Where an editor's session/fork cuts (SPEC 18): after the agent message
-    `message_id` (before the next top-level user message), or at the tip. Returns (the
-    user message index, whether it is the tip). Blocking."""
-    from cairnd.sessionlog.entries import AGENT_TEXT_MARK, PROMPT_MARK, is_prompt_request, parse_message, update_of
-    count = 0
-    found = message_id is None
-    for _offset, line in iter_lines(log):
-        if not (PROMPT_MARK in line or (not found and AGENT_TEXT_MARK in line)):
-            continue
-        message = parse_message(line)
-        if message is None:
-            continue
-        if is_prompt_request(message):
-            if found:
-                return count, False
-            count += 1
-        elif not found:
-            update = update_of(message) or {}
-            found = update.get("messageId") == message_id and update.get("sessionUpdate") == "agent_message_chunk"
-    if not found:
+    `message_id` (before the next user message), or at the tip. Returns (the user
+    message index, whether that is the tip). User messages are counted as a fork
+    counts them (the cut index: only what cairnd sent is a user message). Blocking."""
+    index = cutindex.current(log)
+    if message_id is None:
+        return index.state.ordinal, True
+    wanted = message_id.encode()
+    at = None
+    for offset, line in iter_lines(log):
+        if AGENT_TEXT_MARK in line and wanted in line:
+            update = update_of(parse_message(line) or {}) or {}
+            if update.get("sessionUpdate") == "agent_message_chunk" and update.get("messageId") == message_id:
+                at = offset
+                break
+    if at is None:
         raise CairnError("fork_out_of_range", f"messageId {message_id!r}: no agent message with that id in the session")
-    return count, True
+    k = sum(1 for found in index.messages if found.message.offset < at)
+    return k, k == index.state.ordinal
 
 
 def conversation_updates(log: Path) -> list[dict[str, Any]]:

@@ -233,16 +233,17 @@ def _refusal(exc: BaseException) -> str:
 
 
 async def open_history(conn: Any, facts: HistoryFacts, *, mode: str, profile: str, cwd: str,
-                       live: dict[str, Any], session_id: str) -> Opened:
+                       live: dict[str, Any], session_id: str, mcp_servers: list[Any] | None = None) -> Opened:
     """Open an agent session for `session_id` on `conn` that holds the kept conversation
     (or will, by replay), following `plan`. Falls back to replay when the agent refuses
     (auto), logging why; with `mode = native` a refused native fork is agent_failed."""
     decided = plan(facts, mode, profile, live)
+    mcp = list(mcp_servers or [])  # an editor's MCP servers (cairnd acp), else none
     tried: list[str] = []
     if decided.way == "native":
         try:
             fork_point = {"air": {"fork": {"version": 1, "messageId": decided.message_id}}}
-            response = await conn.fork_session(session_id=decided.session, cwd=cwd, mcp_servers=[],
+            response = await conn.fork_session(session_id=decided.session, cwd=cwd, mcp_servers=mcp,
                                                jetbrains=fork_point)
             return Opened(response.session_id, "native", False)
         except acp.RequestError as exc:
@@ -255,9 +256,9 @@ async def open_history(conn: Any, facts: HistoryFacts, *, mode: str, profile: st
         for way in _restart_ways(decided.way, live):
             try:
                 if way == "resume":
-                    await conn.resume_session(session_id=decided.session, cwd=cwd, mcp_servers=[])
+                    await conn.resume_session(session_id=decided.session, cwd=cwd, mcp_servers=mcp)
                 else:
-                    await conn.load_session(session_id=decided.session, cwd=cwd, mcp_servers=[])
+                    await conn.load_session(session_id=decided.session, cwd=cwd, mcp_servers=mcp)
                 return Opened(str(decided.session), way, False)
             except acp.RequestError as exc:
                 tried.append(f"session/{way} of {decided.session} failed ({_refusal(exc)})")
@@ -267,7 +268,7 @@ async def open_history(conn: Any, facts: HistoryFacts, *, mode: str, profile: st
     elif decided.why and mode == "native" and decided.why != "history = replay":
         raise CairnError("agent_failed", f"session {session_id}: agent {profile!r} cannot take the history "
                                          f"natively: {decided.why} (history = native)")
-    new_id = (await conn.new_session(cwd=cwd, mcp_servers=[])).session_id
+    new_id = (await conn.new_session(cwd=cwd, mcp_servers=mcp)).session_id
     way = "replay" if facts.user_messages else "none"
     reasons = tried or ([decided.why] if decided.why and decided.way != "none" else [])
     if reasons and way == "replay":

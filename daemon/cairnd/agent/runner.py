@@ -67,6 +67,7 @@ class Front:
     client: Any
     capabilities: ClientCapabilities
     observe: Callable[[bytes], None]
+    mcp_servers: list[Any] = field(default_factory=list)  # the editor's, for the agent's sessions
 
 
 # -- the functional core --------------------------------------------------------------
@@ -390,7 +391,8 @@ class AgentRunner:
         live = init.agent_capabilities.model_dump(by_alias=True, exclude_none=True) if init.agent_capabilities else {}
         facts = await anyio.to_thread.run_sync(_history_facts, self.log_path, limiter=self.limiter)
         opened = await open_history(agent.conn, facts, mode=self.profile.history, profile=self.profile.name,
-                                    cwd=str(self.worktree), live=live, session_id=self.session_id)
+                                    cwd=str(self.worktree), live=live, session_id=self.session_id,
+                                    mcp_servers=self.front.mcp_servers if self.front is not None else None)
         agent.sdk_session_id = opened.sdk_session_id
         agent.history = opened.history
         if opened.replay and state.conversation:
