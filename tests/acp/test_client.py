@@ -135,3 +135,32 @@ async def test_commands_list_load_and_fork_from_a_python_client(tmp_path):
         assert users == ["write a.txt: one", "write b.txt: two", "echo still here"], users
         _, text = await Editor(conn2, client2).say(session, "echo after load")
         assert "history=3" in text, text
+
+
+async def test_an_agent_that_cannot_start_and_a_session_open_elsewhere(tmp_path):
+    from daemonproc import write_config
+    repo = repo_at(tmp_path)
+    config = write_config(tmp_path / "cairnd.toml", {"agents": {"broken": {"command": [str(tmp_path / "no-such")]}}})
+    client = RecordingClient(root=repo)
+    command = cairnd_acp("broken")
+    env = acp_env(tmp_path, config)
+    async with spawn_agent_process(client, command[0], *command[1:], env=env, cwd=repo,
+                                   observers=[client.observe], use_unstable_protocol=True) as (conn, _proc):
+        await opened(conn)  # answered, with cairnd's own capabilities, though the agent is missing
+        session = (await conn.new_session(cwd=str(repo), mcp_servers=[])).session_id
+        ed = Editor(conn, client)
+        await until(lambda: "did not start" in client.agent_text())
+        assert str(tmp_path / "no-such") in client.agent_text()
+        stop, text = await ed.say(session, "hello")
+        assert stop == "end_turn" and "cannot start agent 'broken'" in text, text
+        _, text = await ed.say(session, "/checkpoints")  # the session goes on; no turn began
+        assert "No user messages yet." in text, text
+
+        # another editor (another cairnd acp) cannot write the same session while this one serves it
+        client2 = RecordingClient(root=repo)
+        async with spawn_agent_process(client2, command[0], *command[1:], env=env, cwd=repo,
+                                       observers=[client2.observe], use_unstable_protocol=True) as (conn2, proc2):
+            await opened(conn2)
+            with pytest.raises(acp.RequestError) as busy:
+                await conn2.load_session(session_id=session, cwd=str(repo), mcp_servers=[])
+            assert busy.value.data["code"] == "session_busy", busy.value.data

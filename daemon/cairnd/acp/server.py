@@ -15,9 +15,11 @@ go (forks, diffs and reads go on).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -170,7 +172,7 @@ class CairnAgent:
         log = self.sessions.layout.log_path(session_id)
         opened = self.opened.get(session_id)
         try:
-            async with opened.busy if opened is not None else _nothing():  # after a running turn
+            async with opened.busy if opened is not None else contextlib.nullcontext():  # after a running turn
                 row = await self.sessions.live(session_id)
                 k, tip = await anyio.to_thread.run_sync(fork_index, log, message_id)
                 result = await self.sessions.fork(ForkRequest(session=row.id, user_message_index=k), Origin(None),
@@ -373,16 +375,7 @@ def conversation_updates(log: Path) -> list[dict[str, Any]]:
 
 
 def _iso(timestamp: float) -> str:
-    from datetime import datetime, timezone
     return datetime.fromtimestamp(timestamp, timezone.utc).isoformat().replace("+00:00", "Z")
-
-
-class _nothing:
-    async def __aenter__(self) -> None:
-        return None
-
-    async def __aexit__(self, *exc: Any) -> None:
-        return None
 
 
 # -- the imperative shell ------------------------------------------------------------------

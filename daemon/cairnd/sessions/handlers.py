@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import shutil
 import threading
-from collections.abc import Callable
-import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from types import TracebackType

@@ -26,8 +26,8 @@ def lock_path(layout: StateLayout, session_id: str) -> Path:
 
 
 def held_elsewhere(layout: StateLayout, session_id: str) -> bool:
-    """Whether another process holds the session's lock now (recovery leaves its
-    sessions alone: their writer is alive)."""
+    """Whether a writer holds the session's lock now (recovery, which runs before its
+    daemon holds any, leaves such sessions alone: their writer is alive)."""
     try:
         fd = os.open(lock_path(layout, session_id), os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
@@ -57,7 +57,10 @@ class SessionLocks:
         if session_id in self._held:
             return
         path = lock_path(self.layout, session_id)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        except FileNotFoundError:
+            raise CairnError("unknown_session", f"session {session_id!r} does not exist") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
