@@ -218,8 +218,7 @@ class AgentRunner:
     async def note(self, entry: dict[str, Any]) -> None:
         """Append one of cairnd's own entries between turns (a slash command's answer,
         SPEC 18), durably; the runner stays the log's one writer."""
-        async with self._turn_lock:
-            log, _tap = await self._open_log()
+        async with self.between_turns() as log:
             log.append(entry)
             await anyio.to_thread.run_sync(log.sync, limiter=self.limiter)
 
