@@ -11,6 +11,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # The first words of each benchmark's rows.
 EXPECTED_ROWS = (
+    "cairnd acp: session/prompt to the first session/update",
+    "cairnd acp: /rewind N against /fork N",
     "fork point: find the cut, middle",
     "fork point: find and copy the prefix, near the end",
     "fork point: peak memory",

@@ -68,6 +68,7 @@ class Opened:
     row: SessionRow
     relay: Relay
     busy: anyio.Lock  # its turns and commands, one at a time
+    rewound: bool = False  # a /rewind ran since the last turn
 
 
 def _error(exc: CairnError) -> acp.RequestError:
@@ -239,8 +240,12 @@ class CairnAgent:
         async with opened.busy:
             opened.relay.in_turn = True
             try:
-                result = await self.sessions.prompt(PromptRequest(session=session_id, text=text), Origin(None),
-                                                    content=list(prompt))
+                if opened.rewound:  # a rewind that failed past its commit point is finished first
+                    opened.rewound = False
+                    result = await self.sessions.prompt(PromptRequest(session=session_id, text=text), Origin(None),
+                                                        content=list(prompt))
+                else:
+                    result = await self.sessions.turn_of(opened.row, text, list(prompt))
                 stop = result.get("stopReason", "end_turn")
             except CairnError as exc:
                 self.outbox.say(session_id, f"cairnd: {exc.message}")
@@ -255,6 +260,7 @@ class CairnAgent:
     async def _command(self, opened: Opened, command: Any) -> PromptResponse:
         session_id = opened.row.id
         async with opened.busy:  # a rewind or fork waits for the running turn
+            opened.rewound = opened.rewound or command.name == "rewind"
             try:
                 answer = await self.commands.run(session_id, command)
             except CairnError as exc:

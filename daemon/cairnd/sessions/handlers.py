@@ -410,6 +410,12 @@ class Sessions:
         await self._finish_rewinds(row)
         return await self._turn(row, request.text, origin, content)
 
+    async def turn_of(self, row: SessionRow, text: str, content: list[Any] | None = None) -> dict[str, Any]:
+        """A turn of a session this process already holds (cairnd acp, SPEC 18): no
+        lookup of its row nor of unfinished rewinds (it holds the session's lock, so no
+        other process rewound or deleted it since it looked)."""
+        return await self._turn(row, text, Origin(None), content)
+
     async def _finish_rewinds(self, row: SessionRow) -> None:
         """A rewind whose finish failed after its commit point (git or the disk refused) is
         finished before the session runs anything else."""
