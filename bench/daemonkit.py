@@ -1,60 +1,96 @@
-"""The daemon as the benchmarks drive it: started as a subprocess by the test suite's
-harness (tests/daemonproc.py), and talked to only through its spool, by a client
-that learns of each result the instant it lands (inotify), so the latencies it
-measures hold no polling period."""
+"""The daemon as the benchmarks drive it: `cairnd serve` started by cairnd's own
+launcher (cairnd.cli.demo.DemoDaemon: a child process, ready when it says READY=1 on
+a notify socket) with a configuration file written here, and talked to only through
+its spool, by a client that learns of each result the instant it lands (inotify), so
+the latencies it measures hold no polling period. Nothing here reaches into tests/."""
 
 from __future__ import annotations
 
 import itertools
 import os
-import subprocess
-import sys
+import signal
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from cairnd.cli.demo import DemoDaemon
 from inotify import IN_MOVED_TO, Inotify
-from measure import ROOT
 
-sys.path.insert(0, str(ROOT / "tests"))
-from daemonproc import Daemon  # noqa: E402  (the suite's harness: one way to start cairnd)
-
-__all__ = ["Daemon", "SpoolClient", "running_daemon"]
+__all__ = ["BenchDaemon", "SpoolClient", "running_daemon"]
 
 _ids = itertools.count(1)
 
 
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return orjson.dumps(value).decode()  # a JSON string is a TOML basic string
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
+    raise TypeError(f"no TOML for {value!r}")
+
+
+def config_text(settings: dict[str, Any]) -> str:
+    """Settings as cairnd.toml: plain keys first, then [fleet]-like tables and one
+    [agents.NAME] table per agent profile."""
+    lines, tables = [], []
+    for key, value in settings.items():
+        if key == "agents":
+            for name, profile in value.items():
+                tables += [f"[agents.{name}]", *(f"{k} = {toml_value(v)}" for k, v in profile.items())]
+        elif isinstance(value, dict):
+            tables += [f"[{key}]", *(f"{k} = {toml_value(v)}" for k, v in value.items())]
+        else:
+            lines.append(f"{key} = {toml_value(value)}")
+    return "\n".join(lines + tables) + "\n"
+
+
+@dataclass
+class BenchDaemon:
+    state: Path
+    launcher: DemoDaemon
+
+    @property
+    def spool(self) -> Path:
+        return self.state / "spool"
+
+    @property
+    def proc(self) -> Any:
+        return self.launcher.proc
+
+    def log_tail(self, size: int = 1500) -> str:
+        return self.launcher.log.read_text(errors="replace")[-size:] if self.launcher.log.exists() else ""
+
+
 @contextmanager
-def running_daemon(state: Path, **settings: Any) -> Iterator[Daemon]:
+def running_daemon(state: Path, **settings: Any) -> Iterator[BenchDaemon]:
     """A daemon on `state`, ready (READY=1 seen), stopped on leaving (killed if it does
     not stop in time: that is an error of its own, unless another is on its way).
     Rescans are left at a minute so they add no noise: every pickup measured is
     inotify's."""
-    defaults: dict[str, Any] = {"rescan_seconds": 60, "idle_agent_seconds": 600}
-    daemon = Daemon(state, {**defaults, **settings})
+    defaults: dict[str, Any] = {"state_dir": str(state), "rescan_seconds": 60, "stop_timeout_seconds": 10,
+                                "idle_agent_seconds": 600}
+    config = state.parent / f"{state.name}.toml"
+    config.write_text(config_text({**defaults, **settings}))
+    daemon = BenchDaemon(state, DemoDaemon(config, state.parent / f"{state.name}.log"))
     try:
-        daemon.start(timeout=120)
+        daemon.launcher.start()
         yield daemon
     except BaseException:
-        _stop(daemon, quietly=True)
+        daemon.launcher.stop()
         raise
-    _stop(daemon, quietly=False)
-
-
-def _stop(daemon: Daemon, quietly: bool, timeout: float = 120) -> None:
-    if daemon.proc is None:
-        return
-    try:
-        daemon.stop(timeout)
-    except subprocess.TimeoutExpired:
-        daemon.kill9()
-        if not quietly:
-            raise RuntimeError(f"cairnd did not stop within {timeout:g} s of SIGTERM; "
-                               f"its stderr ends: {daemon.stderr()[-1500:]}") from None
+    if daemon.launcher.stop() == -signal.SIGKILL:
+        raise RuntimeError(f"cairnd did not stop in time after SIGTERM; its log ends: {daemon.log_tail()}")
 
 
 class SpoolClient:
