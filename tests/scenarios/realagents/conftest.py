@@ -2,7 +2,8 @@
 their models on a loopback port, and daemons whose default agent is one of them.
 
 - `agents_installed`: skips the test when the npm agents cannot be had.
-- `anthropic_api`, `gemini_api`: the scripted Messages API and Gemini API stubs.
+- `anthropic_api`, `gemini_api`: the scripted Messages API and Gemini API stubs; what
+  they were asked is left in tmp_path/model-requests.jsonl.
 - `repo`: a repository with one commit and a local identity (the agents commit with a
   HOME of their own, which has none).
 - `agent_daemon(name, profile, state=...)`: a daemon whose default agent is this profile.
@@ -34,15 +35,17 @@ def agents_installed() -> None:
 
 
 @pytest.fixture
-def anthropic_api() -> Iterator[AnthropicStub]:
+def anthropic_api(tmp_path: Path) -> Iterator[AnthropicStub]:
     with AnthropicStub() as running:
         yield running
+        running.write_log(tmp_path / "model-requests.jsonl")  # kept with the test's files
 
 
 @pytest.fixture
-def gemini_api() -> Iterator[GeminiStub]:
+def gemini_api(tmp_path: Path) -> Iterator[GeminiStub]:
     with GeminiStub() as running:
         yield running
+        running.write_log(tmp_path / "model-requests.jsonl")
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -216,6 +217,16 @@ class ScriptedModelStub:
     def requests(self) -> list[RecordedRequest]:
         with self._lock:
             return list(self._records)
+
+    def write_log(self, path: Path) -> Path:
+        """Every request as the stub saw it and what it answered, one JSON line each:
+        what a failing run is compared by with a passing one."""
+        with path.open("wb") as out:
+            for rec in self.requests():
+                out.write(orjson.dumps({"seq": rec.seq, "at": rec.at, "method": rec.method, "path": rec.path,
+                                        "kind": rec.kind, "reply": rec.reply, "aborted_by_client": rec.aborted_by_client,
+                                        "body": rec.body}) + b"\n")
+        return path
 
     def main_requests(self) -> list[JsonObject]:
         """Bodies of the calls that consumed the script, in order."""
