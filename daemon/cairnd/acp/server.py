@@ -37,6 +37,7 @@ from acp.schema import (
     PromptResponse,
     ResumeSessionResponse,
     SessionInfo,
+    TextContentBlock,
 )
 
 from cairnd import __version__
@@ -49,7 +50,7 @@ from cairnd.config.settings import Config
 from cairnd.errors import CairnError
 from cairnd.git import run as git
 from cairnd.sessionlog import cutindex
-from cairnd.sessionlog.entries import AGENT_TEXT_MARK, command_entry, parse_message, prompt_text, update_of
+from cairnd.sessionlog.entries import AGENT_TEXT_MARK, command_entry, parse_message, update_of
 from cairnd.sessionlog.file import iter_lines
 from cairnd.sessionlog.transcript import session_state
 from cairnd.sessions.handlers import Sessions
@@ -232,8 +233,7 @@ class CairnAgent:
 
     async def prompt(self, session_id: str, prompt: list[Any], **kwargs: Any) -> PromptResponse:
         opened = self._get(session_id)
-        blocks = [block.model_dump(by_alias=True, exclude_none=True) for block in prompt]
-        text = prompt_text({"prompt": blocks})
+        text = "".join(block.text for block in prompt if isinstance(block, TextContentBlock))  # SPEC 4
         command = parse(text)
         if command is not None and not opened.relay.agent_knows(command.name):
             return await self._command(opened, command)
