@@ -244,3 +244,30 @@ def test_land_prompt_land_again_is_a_fast_forward_through_the_daemon(daemon, tmp
     assert same["unchanged"] is True and git_text(repo, "rev-parse", "pr") == again["commit"]
     back = daemon.request({"kind": "land", "session": session, "branch": "pr", "turn": 1})
     assert back["error"]["code"] == "branch_exists"
+
+
+def test_the_command_line_forks_tries_checks_and_compares(daemon, tmp_path: Path):
+    session, _repo = two_turns(daemon, tmp_path)
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "cairnd", "-c", str(daemon.config), *args],
+                              capture_output=True, text=True, timeout=120)
+
+    made = cli("fork", session, "--at", "1", "-n", "2", "-m", "write x.txt: 1", "--json",
+               "--check", "--", "sh", "-c", "test -f x.txt")
+    assert made.returncode == 0, made.stderr
+    tries = orjson.loads(made.stdout)["result"]["sessions"]
+    assert [t["title"] for t in tries] == ["Plan (try 1)", "Plan (try 2)"]
+    assert all(t["check"]["exit"] == 0 and t["turn"] == 1 for t in tries)
+    pairs = cli("fork", session, "--at", "1", "--agent", "second", "--agent", "reference", "-m", "a", "-m", "b",
+                "--json")
+    assert pairs.returncode == 0, pairs.stderr
+    assert [t["title"] for t in orjson.loads(pairs.stdout)["result"]["sessions"]] == ["Plan (try 3)", "Plan (try 4)"]
+    failing = cli("check", tries[0]["session"], "--", "sh", "-c", "echo nope; exit 3")
+    assert failing.returncode == 3 and "nope" in failing.stdout and "failed (exit 3)" in failing.stdout
+    table = cli("compare", "--siblings", tries[0]["session"])
+    assert table.returncode == 0 and "Plan (try 4)" in table.stdout and "exit 3 @2" in table.stdout
+    usage = cli("fork", session, "--at", "1", "-n", "2", "--check")
+    assert usage.returncode == 2 and "--check needs the command" in usage.stderr
+    bad = cli("fork", session, "--at", "1", "-n", "17")
+    assert bad.returncode == 1 and "count 17 is out of range" in bad.stderr

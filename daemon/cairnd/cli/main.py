@@ -31,7 +31,7 @@ from cairnd.spool.client import (
     submit,
     wait_for_result,
 )
-from cairnd.cli.parser import REQUEST_COMMANDS, UsageError, build_parser
+from cairnd.cli.parser import REQUEST_COMMANDS, UsageError, build_parser, command_after
 from cairnd.config.settings import Config, ConfigError, load_config
 from cairnd.errors import CairnError
 from cairnd.sessionlog.entries import iso_timestamp
@@ -56,7 +56,12 @@ EXIT_CHECK_TIMED_OUT = 124  # as timeout(1) says it
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv, command = command_after(list(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(argv)
+    if command is not None:
+        if args.command not in ("fork", "check"):
+            parser.error(f"`-- {' '.join(command)}`: only fork --check and check take a command after --")
+        args.check_command = command
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
@@ -136,6 +141,8 @@ def build_request(args: argparse.Namespace, config: Config) -> dict[str, Any]:
     if args.command == "fork":
         return fork_request(args, session)
     if args.command == "check":
+        if not args.check_command:
+            raise UsageError("check needs the command after --, as in: cairnd check S -- pytest -q")
         request = {"kind": "check", "session": session, "command": list(args.check_command)}
         if args.check_timeout:
             request["timeout"] = args.check_timeout

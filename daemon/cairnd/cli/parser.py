@@ -118,6 +118,18 @@ exit status: 0 ok, 1 the request failed (its code on stderr), 2 usage, 3 no resu
 """
 
 
+def command_after(argv: list[str]) -> tuple[list[str], list[str] | None]:
+    """(the arguments argparse reads, the command after `--`) for `fork ... --check --
+    CMD...` and `check S -- CMD...`: argparse cannot give a positional list after
+    another positional, so the command is split off first (None: no `--` there)."""
+    if "--" not in argv:
+        return argv, None
+    cut = argv.index("--")
+    if not {"fork", "check"} & set(argv[:cut]):
+        return argv, None  # another command's own use of `--`
+    return argv[:cut], argv[cut + 1:]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cairnd", parents=[_common(suppress=False)], formatter_class=_Formatter,
@@ -169,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="one try with agent profile A; repeat for more (with repeated -m: pairs)")
     fork.add_argument("--check", action="store_true",
                       help="after each try's first turn run the command given after `--` in its worktree")
-    fork.add_argument("check_command", nargs="*", metavar="-- CMD", help=argparse.SUPPRESS)
+    fork.set_defaults(check_command=[])  # what follows `--` (split off by the caller: `command_after`)
 
     rewind = command("rewind", request=True)
     rewind.add_argument("session", metavar="SESSION", help=SESSION_HELP)
@@ -189,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("session", metavar="SESSION", help=SESSION_HELP)
     check.add_argument("--check-timeout", type=_timeout, metavar="SECONDS",
                        help="stop the command after SECONDS (default 600)")
-    check.add_argument("check_command", nargs="+", metavar="-- CMD", help="the command and its arguments, after --")
+    check.set_defaults(check_command=[])  # `-- CMD...`: split off by the caller (`command_after`)
 
     compare = command("compare")
     compare.add_argument("sessions", nargs="*", metavar="SESSION", help="sessions to set side by side")
