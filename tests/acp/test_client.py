@@ -132,7 +132,13 @@ async def test_commands_list_load_and_fork_from_a_python_client(tmp_path):
         await opened(conn2)
         await conn2.load_session(session_id=session, cwd=str(repo), mcp_servers=[])
         users = [u["update"]["content"]["text"] for u in client2.updates("user_message_chunk")]
-        assert users == ["write a.txt: one", "write b.txt: two", "echo still here"], users
+        assert [u for u in users if not u.startswith("/")] == ["write a.txt: one", "write b.txt: two",
+                                                                "echo still here"], users
+        assert "/checkpoints" in users and "/land from-editor" in users  # with cairnd's answers
+        assert any("Landed on branch from-editor" in (u["update"]["content"].get("text") or "")
+                   for u in client2.updates("agent_message_chunk"))
+        calls = [u["update"]["title"] for u in client2.updates("tool_call")]
+        assert calls == ["write a.txt", "write b.txt"], calls  # the turns' tool calls, as they ran
         _, text = await Editor(conn2, client2).say(session, "echo after load")
         assert "history=3" in text, text
 

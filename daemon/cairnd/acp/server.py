@@ -42,6 +42,7 @@ from acp.schema import (
 
 from cairnd import __version__
 from cairnd.acp.commands import COMMANDS, Commands, parse
+from cairnd.acp.replay import conversation_updates, fork_index
 from cairnd.acp.relay import EditorClient, Outbox, Relay, offered_capabilities
 from cairnd.agent.acpclient import WorktreeClient
 from cairnd.agent.process import Launch, spawn_agent
@@ -49,10 +50,7 @@ from cairnd.agent.runner import Front
 from cairnd.config.settings import Config
 from cairnd.errors import CairnError
 from cairnd.git import run as git
-from cairnd.sessionlog import cutindex
-from cairnd.sessionlog.entries import AGENT_TEXT_MARK, command_entry, parse_message, update_of
-from cairnd.sessionlog.file import iter_lines
-from cairnd.sessionlog.transcript import session_state
+from cairnd.sessionlog.entries import command_entry
 from cairnd.sessions.handlers import Sessions
 from cairnd.spool.requests import ForkRequest, NewRequest, Origin, PromptRequest
 from cairnd.state.registry import SessionRow
@@ -344,40 +342,6 @@ def _fork_message_id(meta: dict[str, Any]) -> str | None:
         if isinstance(fork.get("messageId"), str) and fork["messageId"]:
             return fork["messageId"]
     return None
-
-
-def fork_index(log: Path, message_id: str | None) -> tuple[int, bool]:
-    """Where an editor's session/fork cuts (SPEC 18): after the agent message
-    `message_id` (before the next user message), or at the tip. Returns (the user
-    message index, whether that is the tip). User messages are counted as a fork
-    counts them (the cut index: only what cairnd sent is a user message). Blocking."""
-    index = cutindex.current(log)
-    if message_id is None:
-        return index.state.ordinal, True
-    wanted = message_id.encode()
-    at = None
-    for offset, line in iter_lines(log):
-        if AGENT_TEXT_MARK in line and wanted in line:
-            update = update_of(parse_message(line) or {}) or {}
-            if update.get("sessionUpdate") == "agent_message_chunk" and update.get("messageId") == message_id:
-                at = offset
-                break
-    if at is None:
-        raise CairnError("fork_out_of_range", f"messageId {message_id!r}: no agent message with that id in the session")
-    k = sum(1 for found in index.messages if found.message.offset < at)
-    return k, k == index.state.ordinal
-
-
-def conversation_updates(log: Path) -> list[dict[str, Any]]:
-    """A session's conversation as the updates session/load replays to the editor: each
-    top-level turn's user message and the agent's answer, from the log. Blocking."""
-    updates: list[dict[str, Any]] = []
-    for turn in session_state(iter_lines(log)).conversation:
-        updates.append({"sessionUpdate": "user_message_chunk", "content": {"type": "text", "text": turn.user_text}})
-        if turn.agent_text:
-            updates.append({"sessionUpdate": "agent_message_chunk",
-                            "content": {"type": "text", "text": turn.agent_text}})
-    return updates
 
 
 def _iso(timestamp: float) -> str:
