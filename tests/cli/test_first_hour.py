@@ -142,11 +142,14 @@ def test_show_of_a_deleted_session_says_its_worktree_is_gone(shared: Daemon, rep
 
 def test_errors_name_the_flag_the_command_line_has(shared: Daemon, repo: Path):
     session = ok_json(shared, "new", str(repo), "-m", "write a.txt: one\ncommit: one")["result"]["session"]
-    subprocess.run(["git", "-C", str(repo), "branch", "elsewhere", "HEAD"], check=True)
-    subprocess.run(["git", "-C", str(repo), "commit", "-q", "--allow-empty", "-m", "x"], check=True,
-                   env={**os.environ, "GIT_AUTHOR_NAME": "a", "GIT_AUTHOR_EMAIL": "a@b", "GIT_COMMITTER_NAME": "a",
-                        "GIT_COMMITTER_EMAIL": "a@b"})
-    subprocess.run(["git", "-C", str(repo), "branch", "-f", "elsewhere", "HEAD"], check=True)
+    # a branch the checkpoint does not descend from: an unrelated history
+    ident = {**os.environ, "GIT_AUTHOR_NAME": "a", "GIT_AUTHOR_EMAIL": "a@b", "GIT_COMMITTER_NAME": "a",
+             "GIT_COMMITTER_EMAIL": "a@b"}
+    tree = subprocess.run(["git", "-C", str(repo), "mktree"], input="", capture_output=True, text=True,
+                          check=True).stdout.strip()
+    orphan = subprocess.run(["git", "-C", str(repo), "commit-tree", tree, "-m", "unrelated"], capture_output=True,
+                            text=True, check=True, env=ident).stdout.strip()
+    subprocess.run(["git", "-C", str(repo), "branch", "elsewhere", orphan], check=True)
     proc = cairnd(shared, "land", session, "--branch", "elsewhere")
     assert proc.returncode == 1 and "cairnd: branch_exists: " in proc.stderr
     assert "(use --force to move it" in proc.stderr
