@@ -54,7 +54,8 @@ def test_wrap_names_every_writable_place_and_gives_a_private_tmpdir(tmp_path: Pa
     git_text(repo, "worktree", "add", "-q", "--detach", str(worktree))
     (home / ".cache").mkdir()
     confinement = Confinement(worktree=worktree, source=repo, state_dir=state, tmpdir=state / "tmp/s1",
-                              agent_dir=state / "agents/reference")
+                              agent_dir=state / "agents/reference", git_dir=repo / ".git/worktrees/project",
+                              common_dir=repo / ".git")
     argv, env = confinement.wrap(["sh", "-c", "true"], {"HOME": str(home), "PATH": os.environ["PATH"]})
     assert argv[-4:] == ["--", "sh", "-c", "true"]
     written = {Path(argv[i + 1]) for i, arg in enumerate(argv) if arg == "--write"}

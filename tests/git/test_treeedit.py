@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from cairnd.git import files as gitfiles
+from cairnd.git import places
 from cairnd.git import snapshot as gitsnapshot
 from cairnd.git import treeedit
 from gitrepos import git as run_git, write
@@ -40,7 +41,7 @@ def test_tree_objects_are_the_ones_git_writes(repo: Path) -> None:
         mode + b" " + (b"tree" if mode == treeedit.TREE else b"blob") + b" " + sha.hex().encode() + b"\t" + name + b"\0"
         for name, (mode, sha) in tree.items())
     by_git = run_git(repo, "mktree", "-z", "--missing", input=listing).strip().decode()
-    dirs = gitfiles.git_dirs(repo)
+    dirs = places.discover(repo)
     assert dirs is not None
     assert gitfiles.write_object(dirs, b"tree", treeedit.tree_body(tree)) == by_git
     assert treeedit.parse_tree(treeedit.tree_body(tree)) == tree
@@ -91,14 +92,14 @@ def test_the_cache_forgets_the_least_recently_used(repo: Path) -> None:
 @pytest.mark.parametrize("setting", [("core.autocrlf", "true"), ("core.fileMode", "false"),
                                      ("filter.lfs.clean", "git-lfs clean -- %f"), ("core.sharedRepository", "group")])
 def test_settings_that_change_what_git_stores_are_not_plain(repo: Path, setting: tuple[str, str]) -> None:
-    dirs = gitfiles.git_dirs(repo)
+    dirs = places.discover(repo)
     assert dirs is not None and treeedit.plain_content(dirs, [dirs.index])
     run_git(repo, "config", *setting)
     assert not treeedit.plain_content(dirs, [dirs.index])
 
 
 def test_an_attributes_file_anywhere_is_not_plain(repo: Path) -> None:
-    dirs = gitfiles.git_dirs(repo)
+    dirs = places.discover(repo)
     assert dirs is not None
     write(repo, "src/lib/.gitattributes", "*.py text\n")
     run_git(repo, "add", "src/lib/.gitattributes")

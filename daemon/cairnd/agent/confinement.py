@@ -30,8 +30,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from cairnd.git import run as git
-from cairnd.git import files as gitfiles
 from cairnd.agent import sandbox
 
 DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty", "/dev/ptmx",
@@ -112,13 +110,15 @@ class Confinement:
     state_dir: Path
     tmpdir: Path
     agent_dir: Path | None = None  # the profile's own place in the state directory
+    git_dir: Path | None = None  # the session's git directories, from cairnd's registry:
+    common_dir: Path | None = None  # never from the worktree's `.git`, which the agent writes
 
     def writable_paths(self, home: Path | None) -> list[Path]:
-        """Blocking: reads where the git directory is (asking git only when the worktree's
-        `.git` does not say), and HOME's entries."""
-        dirs = gitfiles.git_dirs(self.worktree)
-        git_dir, common_dir = (dirs.git_dir, dirs.common_dir) if dirs else git.git_dirs(self.worktree)
-        paths = [self.worktree, *git_paths(git_dir, common_dir), self.tmpdir]
+        """Blocking: reads HOME's entries. The git grants come from the registry's record
+        alone: an agent that rewrites its `.git` file and restarts gains no path."""
+        paths = [self.worktree, self.tmpdir]
+        if self.git_dir is not None and self.common_dir is not None:
+            paths[1:1] = git_paths(self.git_dir, self.common_dir)
         if self.agent_dir is not None:
             paths.append(self.agent_dir)
         if home is not None:

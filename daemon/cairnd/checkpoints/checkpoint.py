@@ -17,7 +17,6 @@ from typing import Any
 
 from cairnd.git import run as git
 from cairnd.git import refs as gitrefs
-from cairnd.git import files as gitfiles
 from cairnd.git import inner
 from cairnd.git import snapshot as gitsnapshot
 from cairnd.checkpoints import innercheckpoint
@@ -121,8 +120,7 @@ def capture(session_id: str, worktree: Path, turns: int, max_file_bytes: int,
     repos = inner.read_map(inner_map)
 
     def common_dir() -> Path:
-        dirs = gitfiles.git_dirs(Path(worktree))
-        return dirs.common_dir if dirs is not None else git.common_dir(Path(worktree))
+        return git.common_dir(Path(worktree))  # from cairnd's records (places), else asked of git
 
     snap, state = innercheckpoint.take_inner(
         Path(worktree), repos, session_id, turns, max_file_bytes, message, changed, inner_cache,

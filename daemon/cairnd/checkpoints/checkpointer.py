@@ -33,6 +33,7 @@ from typing import Any
 from cairnd.git import run as git
 from cairnd.git import files as gitfiles
 from cairnd.git import inner
+from cairnd.git import places
 from cairnd.git import snapshot as gitsnapshot
 from cairnd.state import privacy
 from cairnd.git import treeedit
@@ -175,7 +176,7 @@ class Checkpointer:
         """The snapshot, the session's lock held and the watch's changes taken (changes
         first, then the stamp, then the scan: whatever happens after the changes are
         taken is recorded for the next checkpoint)."""
-        dirs = gitfiles.git_dirs(Path(worktree)) if self.watches is not None else None
+        dirs = places.dirs_or_none(Path(worktree)) if self.watches is not None else None
         if dirs is None or self.watches is None:
             self.counts["full"] += 1
             return gitsnapshot.snapshot(worktree, max_file_bytes, message, gitlinks=gitlinks)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from cairnd.git import run as git
-from cairnd.git import files as gitfiles
+from cairnd.git import places
 from cairnd.git import refs as gitrefs
 from cairnd.state.registry import SessionRow
 
@@ -51,7 +51,7 @@ class RefKeeper:
     def wrote(self, worktree: Path, refs: int = 1) -> None:
         """A checkpoint pinned `refs` refs in `worktree`'s repository: pack at once when the
         loose refs reach the hard limit (the background is behind)."""
-        dirs = gitfiles.git_dirs(Path(worktree))
+        dirs = places.dirs_or_none(Path(worktree))
         if dirs is None:
             return
         common = dirs.common_dir
@@ -178,7 +178,7 @@ def repository_figures(rows: list[SessionRow], log_bytes: Any) -> list[dict[str,
                 objects = gitrefs.object_sizes(repo)
                 entry["objects_bytes"] = objects["loose_bytes"] + objects["pack_bytes"]
                 entry["loose_objects"] = objects["loose"]
-                dirs = gitfiles.git_dirs(repo)
+                dirs = places.dirs_or_none(repo)
                 common = dirs.common_dir if dirs else repo
                 entry["loose_checkpoint_refs"] = count_loose_refs(common)
             except Exception as exc:  # noqa: BLE001  status shows what it can

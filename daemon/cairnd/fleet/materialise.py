@@ -16,6 +16,7 @@ from typing import Any
 
 from cairnd.git import run as git
 from cairnd.git import worktree as gitworktree
+from cairnd.git import places
 from cairnd.state.layout import StateLayout
 from cairnd.state.durable import write_atomic
 from cairnd.sessionlog.entries import CHECKPOINT_METHOD, method_of, parse_message, params_of
@@ -105,7 +106,8 @@ def materialise(layout: StateLayout, registry: Registry, descriptor: Descriptor,
             gitworktree.remove_worktree(old.repo, old.worktree)
         shutil.rmtree(layout.worktree_parent(sid), ignore_errors=True)
         if with_worktree:
-            gitworktree.add_worktree(repo, worktree, last["headSha"], last.get("worktreeSha"), last.get("indexTree"))
+            gitworktree.add_worktree(repo, worktree, last["headSha"], last.get("worktreeSha"), last.get("indexTree"),
+                                     views=places.root_of(layout.root))
     layout.session_dir(sid).mkdir(parents=True, exist_ok=True)
     write_atomic(layout.log_path(sid), log_bytes)
     turns = session_state(iter(enumerate_lines(log_bytes)), agent_text=False).turns
@@ -113,6 +115,9 @@ def materialise(layout: StateLayout, registry: Registry, descriptor: Descriptor,
               "log": str(layout.log_path(sid))}
     registry.adopt_session(id=sid, title=descriptor.title, repo=repo, worktree=worktree, agent=descriptor.agent,
                            parent_id=descriptor.parent, root_id=descriptor.root, turns=turns, result=result)
+    place = places.lookup(worktree) if with_worktree else None
+    if place is not None:
+        registry.set_git_dirs(sid, place.git_dir, place.common_dir)
     row = registry.get(sid)
     assert row is not None
     return row

@@ -39,31 +39,6 @@ class GitDirs:
         return self.git_dir / "index"
 
 
-def git_dirs(worktree: Path) -> GitDirs | None:
-    """The git directories of the working tree whose top level is `worktree`, from its
-    `.git` (a directory, or a `gitdir:` file as linked worktrees have); None otherwise."""
-    dot_git = Path(worktree) / ".git"
-    try:
-        if dot_git.is_dir():
-            return GitDirs(dot_git, dot_git)
-        text = dot_git.read_text("utf-8", "surrogateescape").strip()
-    except OSError:
-        return None
-    if not text.startswith("gitdir: "):
-        return None
-    git_dir = Path(text[len("gitdir: "):])
-    if not git_dir.is_absolute():
-        git_dir = Path(worktree) / git_dir
-    try:
-        common = (git_dir / "commondir").read_text("utf-8", "surrogateescape").strip()
-    except FileNotFoundError:
-        return GitDirs(git_dir, git_dir)
-    except OSError:
-        return None
-    common_dir = Path(common) if os.path.isabs(common) else git_dir / common
-    return GitDirs(git_dir, Path(os.path.normpath(common_dir)))
-
-
 def plain_repository(dirs: GitDirs) -> bool:
     """Whether the repository uses the files ref storage and SHA-1 objects (the formats
     this module reads and writes): no `extensions.refStorage` / `objectFormat`."""

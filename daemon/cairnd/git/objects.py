@@ -69,7 +69,7 @@ class _Checker:
         self.stamp = stamp
         self.lock = threading.Lock()
         self.used = time.monotonic()
-        self.proc = subprocess.Popen(["git", "cat-file", "--batch-check"], cwd=repo, env=git.git_env(),
+        self.proc = subprocess.Popen(["git", "cat-file", "--batch-check"], cwd=repo, env=git.env_for(repo, ["cat-file"]),
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
 
     def ask(self, specs: Sequence[str]) -> list[Answer] | None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from cairnd.git import run as git
 from cairnd.git import files as gitfiles
+from cairnd.git import places
 from cairnd.git import objects as gitobjects
 from cairnd.errors import CairnError
 
@@ -30,7 +31,7 @@ def pin(repo: Path, ref_name: str, sha: str, *, written: bool = False) -> None:
     if not git.is_object_id(sha) or not sha.strip("0"):
         # The all-zero id would make update-ref delete the ref instead.
         raise CairnError("commit_missing", f"{sha!r} is not an object id")
-    dirs = gitfiles.git_dirs(repo) if written else None
+    dirs = places.dirs_or_none(repo) if written else None
     if dirs is not None and gitfiles.write_loose_ref(dirs, ref_name, sha):
         return
     proc = git.run(repo, ["update-ref", ref_name, sha])

@@ -29,12 +29,13 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from cairnd.git import files as gitfiles
+from cairnd.git import places
 from cairnd.errors import CairnError
 from cairnd.state.privacy import child_umask
 
-IDENTITY_NAME = "cairnd"
-IDENTITY_EMAIL = "cairnd@localhost"
+IDENTITY_NAME = places.IDENTITY_NAME
+IDENTITY_EMAIL = places.IDENTITY_EMAIL
+git_env = places.git_env
 REF_NAMESPACE = "refs/cairnd/"
 SNAPSHOT_MESSAGE = "cairnd snapshot"
 # Git's parallel checkout (8 workers) pays on large trees even on few cores, since
@@ -48,20 +49,13 @@ _HEX_ID = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
 # --------------------------------------------------------------------------- running git
 
 
-def git_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """cairnd's environment minus every GIT_* variable, plus what makes git predictable."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
-    env.update(
-        LC_ALL="C",
-        GIT_TERMINAL_PROMPT="0",
-        GIT_AUTHOR_NAME=IDENTITY_NAME,
-        GIT_AUTHOR_EMAIL=IDENTITY_EMAIL,
-        GIT_COMMITTER_NAME=IDENTITY_NAME,
-        GIT_COMMITTER_EMAIL=IDENTITY_EMAIL,
-    )
-    if extra:
-        env.update(extra)
-    return env
+def env_for(cwd: Path | str, args: Sequence[str | bytes], extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of a git command run in `cwd`: the fixed configuration, and, where
+    `cwd` is a session's worktree, its directories from cairnd's records (`places`)."""
+    place = places.lookup(cwd)
+    if place is None or (extra and "GIT_DIR" in extra):  # the caller named its git directory itself
+        return git_env(extra)
+    return git_env({**places.scoped_env(place, args), **(extra or {})})
 
 
 def run(cwd: Path, args: Sequence[str | bytes], *, env: Mapping[str, str] | None = None,
@@ -69,7 +63,7 @@ def run(cwd: Path, args: Sequence[str | bytes], *, env: Mapping[str, str] | None
     """Run git in `cwd`; return the finished process whatever its exit status."""
     try:
         return subprocess.run(
-            ["git", *args], cwd=cwd, env=git_env(env), input=input,
+            ["git", *args], cwd=cwd, env=env_for(cwd, args, env), input=input,
             stdin=None if input is not None else subprocess.DEVNULL,
             capture_output=True, check=False, umask=child_umask(),  # worktrees keep the user's modes
         )
@@ -90,7 +84,7 @@ def spawn(cwd: Path, args: Sequence[str], env: Mapping[str, str] | None = None,
     """Start git without waiting; the caller must `reap` it whatever happens (with its
     input, when `takes_input`)."""
     try:
-        return subprocess.Popen(["git", *args], cwd=cwd, env=git_env(env),
+        return subprocess.Popen(["git", *args], cwd=cwd, env=env_for(cwd, args, env),
                                 stdin=subprocess.PIPE if takes_input else subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, umask=child_umask())
     except OSError as exc:
@@ -178,6 +172,9 @@ def is_object_id(value: object) -> bool:
 
 def head_state(worktree: Path) -> tuple[str, str | None]:
     """(HEAD's commit id, its branch name or None when detached)."""
+    place = places.lookup(worktree)
+    if place is not None and (head := places.head_of(place)) is not None:
+        return head
     # "--" so that a file named HEAD cannot make the argument ambiguous.
     proc = run(worktree, ["rev-parse", "HEAD", "--symbolic-full-name", "HEAD", "--"])
     if proc.returncode != 0:
@@ -201,16 +198,11 @@ def display_path(path: bytes) -> str:
 
 
 def locate(worktree: Path) -> tuple[Path, Path]:
-    """(top level of the working tree, its index file), without running git when `worktree`
-    is a top level with an ordinary `.git` directory or `gitdir:` file."""
-    dot_git = worktree / ".git"
-    if dot_git.is_dir():
-        return worktree, dot_git / "index"
-    if dot_git.is_file():
-        text = dot_git.read_text("utf-8", "surrogateescape").strip()
-        if text.startswith("gitdir: "):
-            git_dir = Path(text[len("gitdir: "):])
-            return worktree, (git_dir if git_dir.is_absolute() else worktree / git_dir) / "index"
+    """(top level of the working tree, its index file): a session's from cairnd's records
+    (`places`), never from its `.git`; any other path's (the user's own checkout) from git."""
+    place = places.lookup(worktree)
+    if place is not None:
+        return place.work_tree, place.index
     proc = run(worktree, ["rev-parse", "--path-format=absolute", "--show-toplevel", "--git-path", "index"])
     if proc.returncode != 0:
         if b"must be run in a work tree" in proc.stderr:
@@ -221,14 +213,10 @@ def locate(worktree: Path) -> tuple[Path, Path]:
 
 
 def git_dirs(worktree: Path) -> tuple[Path, Path]:
-    """(the worktree's own git directory, the repository's common one), absolute: for a
-    linked worktree `<common>/worktrees/<name>` and `<common>`; for the main one, both
-    the same."""
-    proc = run(worktree, ["rev-parse", "--path-format=absolute", "--git-dir", "--git-common-dir"])
-    if proc.returncode != 0:
-        raise failure(worktree, ["rev-parse"], proc)
-    git_dir, common_dir = first_line(proc.stdout).split("\n")
-    return Path(git_dir), Path(common_dir)
+    """(the worktree's own git directory, the repository's common one), absolute: a
+    session's from cairnd's records, any other path's from git (`places.discover`)."""
+    dirs = places.discover(worktree)
+    return dirs.git_dir, dirs.common_dir
 
 
 def tree_of(repo: Path, commit: str) -> str:
@@ -274,7 +262,7 @@ def records_lock(repo: Path) -> threading.Lock:
     """The worktree records lock of the repository `repo` is in, keyed by its common git
     directory: the repository's main worktree and each linked one (or another spelling
     of the path) get the same lock."""
-    dirs = gitfiles.git_dirs(Path(repo))
+    dirs = places.dirs_or_none(Path(repo))
     key = os.path.realpath(dirs.common_dir if dirs is not None else repo)
     with _records_locks_guard:
         return _records_locks.setdefault(key, threading.Lock())
@@ -295,7 +283,7 @@ def worktree_records_lock(repo: Path) -> Iterator[None]:
 def common_dir(path: Path) -> Path:
     """The git directory a repository's worktrees share: tells whether two paths are
     worktrees of one repository."""
-    return Path(first_line(output(path, "rev-parse", "--path-format=absolute", "--git-common-dir")))
+    return places.discover(path).common_dir
 
 
 # --------------------------------------------------------------------------- branches
@@ -353,9 +341,17 @@ def tree_id(repo: Path, commit: str) -> str:
 def _user_identity(repo: Path) -> dict[str, str]:
     """The repository's configured user.name/user.email for a commit meant for people
     (land), else cairnd's fixed identity (git_env's)."""
-    proc = run(repo, ["config", "--get-regexp", r"^user\.(name|email)$"])
-    values = dict(line.split(" ", 1) for line in first_line(proc.stdout).splitlines() if " " in line)
-    if proc.returncode != 0 or not values.get("user.name") or not values.get("user.email"):
+    # The user's global files as git would read them (the XDG one, then ~/.gitconfig),
+    # then the repository's: each read as settings by `git config`, which runs nothing.
+    xdg = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "git" / "config"
+    values: dict[str, str] = {}
+    for source in (["--file", str(xdg)], ["--file", str(Path.home() / ".gitconfig")], []):
+        if source and not Path(source[1]).is_file():
+            continue
+        proc = run(repo, ["config", *source, "--get-regexp", r"^user\.(name|email)$"])
+        if proc.returncode == 0:
+            values.update(line.split(" ", 1) for line in first_line(proc.stdout).splitlines() if " " in line)
+    if not values.get("user.name") or not values.get("user.email"):
         return {}
     name, email = values["user.name"], values["user.email"]
     return {"GIT_AUTHOR_NAME": name, "GIT_AUTHOR_EMAIL": email,

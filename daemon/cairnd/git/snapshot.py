@@ -8,6 +8,7 @@ through `cairnd.git`.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import stat
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from cairnd.git import run as git
 from cairnd.git import files as gitfiles
+from cairnd.git import places
 from cairnd.errors import CairnError
 
 
@@ -167,6 +169,10 @@ def snapshot(worktree: Path, max_file_bytes: int, message: str = git.SNAPSHOT_ME
         finally:
             staged = git.reap(staged_proc)
         index_tree = _index_tree(worktree, staged, env)
+        place = places.lookup(worktree)
+        if place is not None:  # git ran in cairnd's view (HEAD detached): the branch is the session's
+            head = places.head_of(place)
+            scan = dataclasses.replace(scan, branch=head[1] if head is not None and head[0] == scan.head_sha else None)
         if scan.head_sha is None:
             raise CairnError("bad_ref", f"HEAD of {worktree} has no commit yet (unborn branch {scan.branch})")
         skipped = [*oversized(worktree, scan.worktree_paths, max_file_bytes), *scan.nested_repos]
@@ -210,7 +216,7 @@ def commit_tree(worktree: Path, tree: str, parent: str, message: str,
     hand where the repository is plain (no process), else by `git commit-tree`.
     `dirs`: where to write it (an inner repository's store), else `worktree`'s own."""
     store = dirs
-    dirs = dirs or gitfiles.git_dirs(worktree)
+    dirs = dirs or places.dirs_or_none(worktree)
     if dirs is not None:
         sha = gitfiles.write_commit(dirs, tree, parent, message, git.IDENTITY_NAME, git.IDENTITY_EMAIL)
         if sha is not None:

@@ -33,6 +33,7 @@ from typing import Self
 
 from cairnd.git import run as git
 from cairnd.git import files as gitfiles
+from cairnd.git import places
 
 Entry = tuple[bytes, bytes]  # (mode as git writes it in a tree, binary object id)
 Tree = dict[bytes, Entry]  # name -> entry
@@ -341,7 +342,7 @@ def edit_tree(worktree: Path, reader: TreeReader, last_tree: str, index_tree: st
     is ignored but tracked there is kept, as git keeps it. `skipped`: what the last
     snapshot left out (nested repositories among them). `files`: about how many files
     the tree holds, when known: a small tree is read whole, once. Raises Unsupported."""
-    dirs = gitfiles.git_dirs(Path(worktree))
+    dirs = places.dirs_or_none(Path(worktree))
     if dirs is None:
         raise Unsupported("not a plain worktree")
     root = os.fsencode(worktree)

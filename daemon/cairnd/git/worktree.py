@@ -17,20 +17,28 @@ from typing import Any, NamedTuple
 
 from cairnd.git import run as git
 from cairnd.git import files as gitfiles
+from cairnd.git import places
 from cairnd.git import objects as gitobjects
 from cairnd.git import inner
 from cairnd.errors import CairnError
 from cairnd.state.durable import fsync_dir, write_atomic
 
 
-def add_worktree_detached(repo: Path, path: Path, head_sha: str) -> None:
+def add_worktree_detached(repo: Path, path: Path, head_sha: str, views: Path | None = None) -> None:
     """A new linked worktree at `path` with HEAD detached at `head_sha` and NO files or
-    index yet: `restore` fills it. `path` must not exist or be an empty directory."""
+    index yet: `restore` fills it. `path` must not exist or be an empty directory.
+
+    With `views` (cairnd's `<state>/git`), the worktree's place is recorded there
+    (`places.register`) before anything runs in it: from then on cairnd's git finds its
+    directories from that record, never from the `.git` file an agent may rewrite."""
     if not git.is_object_id(head_sha):
         raise CairnError("commit_missing", f"{head_sha!r} is not a commit id")
     path.parent.mkdir(parents=True, exist_ok=True)
-    dirs = gitfiles.git_dirs(repo)
+    dirs = places.dirs_or_none(repo)
     if dirs is not None and gitfiles.write_worktree_record(dirs, path, head_sha):
+        if views is not None:
+            record = Path(os.path.realpath(dirs.common_dir / "worktrees")) / gitfiles.record_name(path)
+            places.register(path, record, dirs.common_dir, views)
         return
     with git.worktree_records_lock(repo):
         proc = git.run(repo, ["worktree", "add", "--no-checkout", "--detach", str(path), head_sha])
@@ -38,6 +46,20 @@ def add_worktree_detached(repo: Path, path: Path, head_sha: str) -> None:
         if b"invalid reference" in proc.stderr:
             raise CairnError("commit_missing", f"commit {head_sha} is not in {repo}")
         raise git.failure(repo, ["worktree"], proc)
+    if views is not None:
+        # git named the record: read it from the `.git` git has just written, before any
+        # agent has run in the worktree (the only time cairnd reads one).
+        record = _record_git_wrote(path)
+        common = dirs.common_dir if dirs is not None else places.discover(repo).common_dir
+        places.register(path, record, common, views)
+
+
+def _record_git_wrote(path: Path) -> Path:
+    text = (path / ".git").read_text("utf-8", "surrogateescape").strip()
+    if not text.startswith("gitdir: "):
+        raise CairnError("git_failed", f"git worktree add left no gitdir file in {path}")
+    record = Path(text[len("gitdir: "):])
+    return record if record.is_absolute() else Path(os.path.normpath(path / record))
 
 
 def restore(worktree: Path, worktree_sha: str, index_tree: str | None) -> None:
@@ -106,7 +128,7 @@ def commit_of_tree(repo: Path, tree: str, parent: str, message: str = git.SNAPSH
 
 def add_worktree(repo: Path, path: Path, head_sha: str, worktree_sha: str | None = None,
                  index_tree: str | None = None, *, trees: Trees | None = None, inner_map: Path | None = None,
-                 checkpoint: Mapping[str, Any] | None = None) -> Trees:
+                 checkpoint: Mapping[str, Any] | None = None, views: Path | None = None) -> Trees:
     """A new linked worktree at `path` (its parent made if missing): HEAD detached at
     `head_sha`, files equal to `worktree_sha`'s tree (default: `head_sha`'s: a plain
     checkout), index equal to `index_tree` (default: HEAD's tree). No hook runs.
@@ -124,7 +146,7 @@ def add_worktree(repo: Path, path: Path, head_sha: str, worktree_sha: str | None
     records), each nested repository `checkpoint` lists; what was made is written there."""
     worktree_sha = worktree_sha or head_sha
     trees = trees or trees_of(repo, head_sha, worktree_sha, index_tree)
-    add_worktree_detached(repo, path, head_sha)
+    add_worktree_detached(repo, path, head_sha, views)
     try:
         _restore(path, worktree_sha, trees.worktree, trees.index)
         if inner_map is not None:
@@ -142,11 +164,8 @@ def make_inner(path: Path, worktree_tree: str, checkpoint: Mapping[str, Any], in
     """The submodules (recursively) and nested repositories of a worktree cairnd has just
     filled with `worktree_tree`, at the states `checkpoint` records (`submodules`,
     `nested`); the submodules made are listed in `inner_map`."""
-    dirs = gitfiles.git_dirs(path)  # the record cairnd has just written, not yet the agent's
-    if dirs is None:
-        git_dir, common = git.git_dirs(path)
-    else:
-        git_dir, common = dirs.git_dir, dirs.common_dir
+    dirs = places.discover(path)  # the record cairnd has just written (its place), not yet the agent's
+    git_dir, common = dirs.git_dir, dirs.common_dir
     submodules = {s["path"]: s for s in checkpoint.get("submodules") or () if isinstance(s, Mapping)}
     made = inner.checkout(path, git_dir, common, worktree_tree, submodules)
     nested = [n for n in checkpoint.get("nested") or () if isinstance(n, Mapping)]
@@ -166,6 +185,7 @@ def remove_worktree(repo: Path, path: Path) -> None:
         proc = git.run(repo, ["worktree", "remove", "--force", "--force", str(path)])
     if proc.returncode != 0 and b"is not a working tree" not in proc.stderr:
         raise git.failure(repo, ["worktree"], proc)
+    places.forget(path)
 
 
 def reset_worktree(worktree: Path, current_sha: str, target_sha: str, index_tree: str | None,
@@ -208,13 +228,16 @@ def reset_worktree(worktree: Path, current_sha: str, target_sha: str, index_tree
 def detach_head(worktree: Path, sha: str) -> None:
     """Point the worktree's own HEAD at commit `sha`, detached; no file, index or branch moves."""
     git.output(worktree, "update-ref", "--no-deref", "-m", "cairnd rewind", "HEAD", sha)
+    place = places.lookup(worktree)
+    if place is not None:
+        places.sync_head(place)
 
 
 def record_of(repo: Path, worktree: Path) -> Path | None:
     """The record (`<common>/worktrees/<name>`) of the linked worktree at `worktree`, found
     from the repository's side, never from the worktree's `.git` (the agent can write
     that): the record whose `gitdir` names `worktree/.git`. None when there is none."""
-    dirs = gitfiles.git_dirs(repo)
+    dirs = places.dirs_or_none(repo)
     if dirs is None:
         return None
     wanted = f"{os.path.realpath(worktree)}/.git"

@@ -39,7 +39,7 @@ from pathlib import Path
 import anyio
 
 from cairnd.git import run as git
-from cairnd.git import files as gitfiles
+from cairnd.git import places
 from cairnd.sessions import rewind as rewinding
 from cairnd.sessions.creation import roll_back
 from cairnd.state.durable import remove_stale_temps
@@ -73,12 +73,27 @@ async def recover(layout: StateLayout, registry: Registry, spool: Spool, *, max_
     """Run the five steps in order (see the module docstring); the requests of step 5
     are returned for the caller to dispatch once it serves."""
     done = Recovered()
+    places.attach(registry)
+    await anyio.to_thread.run_sync(record_legacy_git_dirs, layout, registry, limiter=limiter)
     await anyio.to_thread.run_sync(remove_temporaries, layout, done, limiter=limiter)
     await anyio.to_thread.run_sync(remove_stale_ref_locks, registry, done, limiter=limiter)
     await anyio.to_thread.run_sync(finish_creations, layout, registry, done, max_file_bytes, limiter=limiter)
     await close_turns(layout, registry, done, max_file_bytes=max_file_bytes, limiter=limiter)
     await anyio.to_thread.run_sync(requests_in_progress, spool, done, limiter=limiter)
     return done
+
+
+def record_legacy_git_dirs(layout: StateLayout, registry: Registry) -> None:
+    """Once, for sessions made before cairnd recorded where their git state is: ask git
+    (cairnd's own records start with the next session; SPEC 16)."""
+    for row in registry.sessions(("ready",)):
+        if row.git_dir is not None or not row.worktree.is_dir():
+            continue
+        dirs = places.dirs_or_none(row.worktree)
+        if dirs is not None:
+            registry.set_git_dirs(row.id, dirs.git_dir, dirs.common_dir)
+            places.register(row.worktree, dirs.git_dir, dirs.common_dir, places.root_of(layout.root))
+            event(logging.INFO, "recorded where a session's git state is", session=row.id)
 
 
 def remove_temporaries(layout: StateLayout, done: Recovered) -> None:
@@ -101,7 +116,7 @@ def remove_stale_ref_locks(registry: Registry, done: Recovered) -> None:
     for row in registry.sessions(("creating", "ready", "deleted")):
         if held_elsewhere(StateLayout(registry.path.parent), row.id):
             continue  # its writer (an editor's cairnd acp) is alive: the locks may be its own
-        dirs = gitfiles.git_dirs(row.repo) or gitfiles.git_dirs(row.worktree)
+        dirs = places.dirs_or_none(row.repo) or places.dirs_or_none(row.worktree)
         if dirs is None:
             continue
         refs = dirs.common_dir / "refs" / "cairnd" / row.id

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from cairnd.git import files as gitfiles
+from cairnd.git import places
 from cairnd.git import refs as gitrefs
 from cairnd.git import worktree as gitworktree
 from cairnd.git import inner
@@ -42,7 +43,9 @@ class Creation:
 
     def commit(self, result: dict[str, Any], fork: ForkRow | None = None, **extra: Any) -> None:
         """The session turns `ready` with `result` (what its request answers), and its
-        lineage row when it is a fork, in one registry transaction."""
+        lineage row when it is a fork, in one registry transaction. Where its git state
+        is was recorded as its worktree was made (`places`): the registry keeps it."""
+        record_git_dirs(self.registry, self.row)
         self.registry.commit_session(self.row.id, result, fork, **extra)
         self.committed = True
 
@@ -70,13 +73,21 @@ def roll_back(layout: StateLayout, registry: Registry, row: SessionRow) -> None:
     if not row.in_place:
         inner.forget_session(layout.inner_map(row.id), row.repo, row.id)
         gitworktree.remove_worktree(row.repo, row.worktree)
-        dirs = gitfiles.git_dirs(row.repo)
+        dirs = places.dirs_or_none(row.repo)
         if dirs is not None:  # a worktree record a stop left half-built
             gitfiles.remove_record_aside(dirs, row.worktree)
         shutil.rmtree(layout.worktree_parent(row.id), ignore_errors=True)
     gitrefs.delete_refs(row.repo, session_ref_prefix(row.id))
     shutil.rmtree(layout.session_dir(row.id), ignore_errors=True)
     registry.forget_creating(row.id)
+
+
+def record_git_dirs(registry: Registry, row: SessionRow) -> None:
+    """Keep in the registry the git directories cairnd recorded for `row`'s worktree when
+    it made it (`places.register`)."""
+    place = places.lookup(row.worktree)
+    if place is not None:
+        registry.set_git_dirs(row.id, place.git_dir, place.common_dir)
 
 
 def write_initial_log(layout: StateLayout, session_id: str, source: Path | None, keep_bytes: int,

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cairnd.git import places
 from cairnd.git import run as git
 from cairnd.git import diff as gitdiff
 from cairnd.git import inner
@@ -216,6 +217,8 @@ def inner_pairs(layout: StateLayout, where: Path, old: Named, new: Named) -> lis
 def compare(layout: StateLayout, a: str, b: str | None = None) -> dict[str, Any]:
     """The structured comparison: `{from, to, files: [{path, status, added, removed, binary, ...}]}`."""
     registry = Registry(layout.db) if layout.db.exists() else None
+    if registry is not None:
+        places.attach(registry)
     where, old, new = sides(layout, registry, a, b)
     files = [change.as_dict() for change in gitdiff.diff_files(where, old.commit, new.commit)]
     for store, path, before, after in inner_pairs(layout, where, old, new):
@@ -232,6 +235,8 @@ def compare_text(layout: StateLayout, a: str, b: str | None = None, *, stat: boo
                  width: int = 80) -> tuple[Named, Named, bytes]:
     """(from, to, git's unified diff or --stat of the two states)."""
     registry = Registry(layout.db) if layout.db.exists() else None
+    if registry is not None:
+        places.attach(registry)
     where, old, new = sides(layout, registry, a, b)
     text = gitdiff.diff_text(where, old.commit, new.commit, stat=stat, stat_width=width)
     if not stat:

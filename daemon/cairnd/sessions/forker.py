@@ -23,6 +23,7 @@ from typing import Any
 from cairnd.git import run as git
 from cairnd.git import snapshot as gitsnapshot
 from cairnd.git import worktree as gitworktree
+from cairnd.git import places
 from cairnd.checkpoints.checkpoint import checkpoint_params, pin_checkpoint, take_checkpoint
 from cairnd.sessions.creation import creating, write_initial_log
 from cairnd.sessionlog.cutindex import find_cut

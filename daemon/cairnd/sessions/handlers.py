@@ -27,6 +27,7 @@ from cairnd.git import objects as gitobjects
 from cairnd.git import refs as gitrefs
 from cairnd.git import worktree as gitworktree
 from cairnd.git import inner
+from cairnd.git import places
 from cairnd.checkpoints import storage
 from cairnd.checkpoints.checkpoint import session_ref_prefix
 from cairnd.checkpoints.checkpointer import checkpointer_for
@@ -75,6 +76,7 @@ class Sessions:
         self.config = config
         self.layout = config.layout
         self.registry = Registry(self.layout.db)
+        places.attach(self.registry)  # cairnd's git finds sessions' git state from here (SPEC 16)
         self.runners: dict[str, AgentRunner] = {}
         # Sessions an editor fronts (cairnd acp, SPEC 18): their agents talk to it.
         self.fronts: dict[str, Front] = {}
@@ -217,7 +219,8 @@ class Sessions:
         if profile.sandbox == "off" or not self.sandbox.available:
             return None
         return Confinement(worktree=row.worktree, source=row.repo, state_dir=self.layout.root,
-                           tmpdir=self.layout.agent_tmp(row.id), agent_dir=self.layout.agent_dir(profile.name))
+                           tmpdir=self.layout.agent_tmp(row.id), agent_dir=self.layout.agent_dir(profile.name),
+                           git_dir=row.git_dir, common_dir=row.common_dir)
 
     @asynccontextmanager
     async def writing(self, session_id: str) -> AsyncIterator[None]:
@@ -269,7 +272,11 @@ class Sessions:
         with creating(self.layout, self.registry, **fields) as made:
             row = made.row
             if not row.in_place:
-                gitworktree.add_worktree(row.repo, row.worktree, commit, inner_map=self.layout.inner_map(row.id))
+                gitworktree.add_worktree(row.repo, row.worktree, commit, inner_map=self.layout.inner_map(row.id),
+                                         views=places.root_of(self.layout.root))
+            else:  # the user's own checkout: its directories are the user's, found once, now
+                dirs = places.discover(row.repo)
+                places.register(row.worktree, dirs.git_dir, dirs.common_dir, places.root_of(self.layout.root))
             # Through the checkpointer: its full scan begins the watch, so turn 1 costs what it changes.
             baseline = self.checkpoints.take(row.id, row.worktree, 0, self.config.snapshot_max_file_bytes)
             log_path = write_initial_log(self.layout, row.id, None, 0, [checkpoint_entry(baseline)])

@@ -45,6 +45,7 @@ from cairnd.git import inner
 from cairnd.git import refs as gitrefs
 from cairnd.git import snapshot as gitsnapshot
 from cairnd.git import worktree as gitworktree
+from cairnd.git import places
 from cairnd.checkpoints.checkpoint import (checkpoint_params, checkpoint_ref, pin_checkpoint, session_ref_prefix,
                                           take_checkpoint)
 from cairnd.state.sessionlock import held_elsewhere
@@ -61,7 +62,7 @@ from cairnd.sessionlog.entries import (
     parse_message,
     rewind_entry,
 )
-from cairnd.sessions.creation import roll_back, write_initial_log
+from cairnd.sessions.creation import record_git_dirs, roll_back, write_initial_log
 from cairnd.sessionlog.cutindex import find_cut
 from cairnd.sessions.forker import baseline_at_cut, kept_turns, state_at_cut
 from cairnd.sessionlog.forkpoint import count_user_messages
@@ -246,7 +247,7 @@ def abandon(layout: StateLayout, registry: Registry, row: SessionRow, k: int, *,
     try:
         _reached("planned")
         if moving:
-            record = gitworktree.record_of(row.repo, row.worktree)
+            record = row.git_dir if row.git_dir is not None else gitworktree.record_of(row.repo, row.worktree)
             if record is None:
                 raise CairnError("git_failed", f"the worktree {row.worktree} of session {row.id} has no record "
                                                f"in {row.repo}: `git worktree list` there says what git knows")
@@ -258,8 +259,14 @@ def abandon(layout: StateLayout, registry: Registry, row: SessionRow, k: int, *,
                 "fromMap": str(layout.inner_map(row.id)), "toMap": str(layout.inner_map(abandoned_id))}))
             _reached("moving")
             _move(layout, abandoned_id, back=False)
+            # Where the moved git state now is, as cairnd moved it (its records, not the .git file).
+            common = row.common_dir if row.common_dir is not None else git.common_dir(row.repo)
+            places.register(worktree, record.parent / gitfiles.record_name(worktree), common,
+                            places.root_of(layout.root))
         else:
-            gitworktree.add_worktree(row.repo, worktree, now.head_sha, now.worktree_sha, now.index_tree)
+            gitworktree.add_worktree(row.repo, worktree, now.head_sha, now.worktree_sha, now.index_tree,
+                                     views=places.root_of(layout.root))
+        record_git_dirs(registry, creating)
         _reached("abandoned_worktree")
         # Its worktree was made from `now`'s objects: that snapshot is its baseline (HEAD
         # detached), under its own ref, with no second scan.
@@ -305,7 +312,7 @@ def finish(layout: StateLayout, registry: Registry, row: SessionRow, journal: Re
     head, target = plan["headSha"], plan["worktreeSha"] or plan["headSha"]
     baseline = None
     if plan.get("moved"):
-        trees = _remake(layout, row, journal)
+        trees = _remake(layout, registry, row, journal)
         if isinstance(plan.get("cutDirty"), bool):
             baseline = checkpoint_params(row.id, plan["turns"], gitsnapshot.Snapshot(
                 head_sha=head, branch=plan.get("branch"), index_tree=plan["indexTree"], worktree_sha=target,
@@ -343,7 +350,7 @@ def finish(layout: StateLayout, registry: Registry, row: SessionRow, journal: Re
     return result
 
 
-def _remake(layout: StateLayout, row: SessionRow, journal: RewindRow) -> gitworktree.Trees:
+def _remake(layout: StateLayout, registry: Registry, row: SessionRow, journal: RewindRow) -> gitworktree.Trees:
     """The session's worktree made anew at the checkpoint, its present having moved to the
     abandoned session's. Idempotent: a worktree a stop left part-made there is removed
     and made again (only the moved one holds anything of value, and it is elsewhere)."""
@@ -356,12 +363,14 @@ def _remake(layout: StateLayout, row: SessionRow, journal: RewindRow) -> gitwork
     if row.worktree.exists() or os.path.lexists(row.worktree):
         gitworktree.remove_worktree(row.repo, row.worktree)
         shutil.rmtree(row.worktree, ignore_errors=True)
-    dirs = gitfiles.git_dirs(row.repo)
+    dirs = places.dirs_or_none(row.repo)
     if dirs is not None:
         gitfiles.remove_record_aside(dirs, row.worktree)
     trees = gitworktree.add_worktree(row.repo, row.worktree, plan["headSha"],
                                      plan["worktreeSha"] or plan["headSha"], plan["indexTree"],
-                                     inner_map=layout.inner_map(row.id), checkpoint=plan.get("inner") or {})
+                                     inner_map=layout.inner_map(row.id), checkpoint=plan.get("inner") or {},
+                                     views=places.root_of(layout.root))
+    record_git_dirs(registry, row)
     if plan.get("branch"):
         git.output(row.worktree, "symbolic-ref", "-m", "cairnd rewind", "HEAD", f"refs/heads/{plan['branch']}")
     return trees

@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from cairnd.git import places
 from cairnd.config.settings import Config
 from cairnd.state.layout import StateLayout
 from cairnd.agent.confinement import detect as detect_sandbox
@@ -81,7 +82,9 @@ def open_registry(layout: StateLayout) -> Registry | None:
     """The registry, or None when no daemon has made one yet (reading must not create it)."""
     if not layout.db.exists():
         return None
-    return Registry(layout.db)
+    registry = Registry(layout.db)
+    places.attach(registry)
+    return registry
 
 
 def session_rows(layout: StateLayout, all_states: bool = False) -> list[SessionRow]:

@@ -35,7 +35,9 @@ CREATE TABLE IF NOT EXISTS sessions (
     result        BLOB,
     created_at    REAL NOT NULL,
     updated_at    REAL NOT NULL,
-    deleted_at    REAL
+    deleted_at    REAL,
+    git_dir       TEXT,
+    common_dir    TEXT
 );
 CREATE INDEX IF NOT EXISTS sessions_request ON sessions(request_id);
 CREATE TABLE IF NOT EXISTS forks (
@@ -79,6 +81,8 @@ class SessionRow:
     created_at: float
     updated_at: float
     deleted_at: float | None
+    git_dir: Path | None = None  # the session's own git directory (HEAD, index), as cairnd made it
+    common_dir: Path | None = None  # its repository's common one (objects, refs)
 
 
 @dataclass(frozen=True)
@@ -119,6 +123,8 @@ def _session(row: sqlite3.Row) -> SessionRow:
         parent_id=row["parent_id"], root_id=row["root_id"], turns=row["turns"],
         request_id=row["request_id"], result=orjson.loads(row["result"]) if row["result"] else None,
         created_at=row["created_at"], updated_at=row["updated_at"], deleted_at=row["deleted_at"],
+        git_dir=Path(row["git_dir"]) if row["git_dir"] else None,
+        common_dir=Path(row["common_dir"]) if row["common_dir"] else None,
     )
 
 
@@ -149,6 +155,10 @@ class Registry:
         self._local = threading.local()
         with self._connect() as db:
             db.executescript(SCHEMA)
+            columns = {r["name"] for r in db.execute("PRAGMA table_info(sessions)")}
+            for column in ("git_dir", "common_dir"):  # a registry from before cairnd recorded them
+                if column not in columns:
+                    db.execute(f"ALTER TABLE sessions ADD COLUMN {column} TEXT")
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -229,6 +239,21 @@ class Registry:
                 " worktree = excluded.worktree, in_place = 0, turns = excluded.turns, updated_at = excluded.updated_at",
                 (id, title, str(repo), str(worktree), agent, parent_id, root_id, turns, orjson.dumps(result), now, now),
             )
+
+    def set_git_dirs(self, id: str, git_dir: Path, common_dir: Path) -> None:
+        """Record where a session's git state is (SPEC 16: cairnd's git and the sandbox's
+        grants take it from here, never from the worktree's `.git`)."""
+        with self._transaction() as db:
+            db.execute("UPDATE sessions SET git_dir = ?, common_dir = ? WHERE id = ?",
+                       (str(git_dir), str(common_dir), id))
+
+    def git_place(self, worktree: Path) -> tuple[Path, Path, Path] | None:
+        """(worktree, git dir, common dir) of the live session whose worktree is `worktree`."""
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT worktree, git_dir, common_dir FROM sessions WHERE worktree = ? AND git_dir IS NOT NULL"
+                " AND state IN ('creating', 'ready') ORDER BY created_at DESC LIMIT 1", (str(worktree),)).fetchone()
+        return (Path(row["worktree"]), Path(row["git_dir"]), Path(row["common_dir"])) if row else None
 
     def forget_creating(self, id: str) -> None:
         with self._transaction() as db:
