@@ -169,9 +169,9 @@ def snapshot(worktree: Path, max_file_bytes: int, message: str = git.SNAPSHOT_ME
         finally:
             staged = git.reap(staged_proc)
         index_tree = _index_tree(worktree, staged, env)
-        place = places.lookup(worktree)
-        if place is not None:  # git ran in cairnd's view (HEAD detached): the branch is the session's
-            head = places.head_of(place)
+        session_place = places.lookup(worktree) if place is None else None
+        if session_place is not None:  # git ran in cairnd's view (HEAD detached): the branch is the session's
+            head = places.head_of(session_place)
             scan = dataclasses.replace(scan, branch=head[1] if head is not None and head[0] == scan.head_sha else None)
         if scan.head_sha is None:
             raise CairnError("bad_ref", f"HEAD of {worktree} has no commit yet (unborn branch {scan.branch})")
