@@ -18,6 +18,7 @@ from cairnd.git import refs as gitrefs
 from cairnd.git import snapshot as gitsnapshot
 from cairnd.git import worktree as gitworktree
 from cairnd.errors import CairnError
+from cairnd.sessions.land import checked_out_branches
 from gitrepos import (
     commit_exists,
     list_worktrees,
@@ -370,8 +371,7 @@ def test_restore_with_no_index_tree_gives_heads_index(repo: Path, tmp_path: Path
     run_git(repo, "add", "README.md")
     snap = gitsnapshot.snapshot(repo, NO_CAP)
     fork = tmp_path / "fork"
-    gitworktree.add_worktree_detached(repo, fork, snap.head_sha)
-    gitworktree.restore(fork, snap.worktree_sha, None)
+    gitworktree.add_worktree(repo, fork, snap.head_sha, snap.worktree_sha, None)
     assert (fork / "README.md").read_text() == "edited\n"
     assert git_text(fork, "write-tree") == tree_of(repo, "HEAD")
     assert status(fork) == b" M README.md\0"
@@ -470,7 +470,7 @@ def test_every_reader_and_writer_of_worktree_records_takes_the_repositorys_one_l
     linked = tmp_path / "linked" / "repo"
     gitworktree.add_worktree(repo, linked, snap.head_sha)
     assert git.records_lock(linked) is git.records_lock(repo) is git.records_lock(repo.parent / "." / repo.name)
-    for reader in (lambda: git.checked_out_branches(linked), lambda: gitrefs.repack_incremental(linked),
+    for reader in (lambda: checked_out_branches(linked), lambda: gitrefs.repack_incremental(linked),
                    lambda: gitworktree.remove_worktree(repo, linked)):
         with ThreadPoolExecutor(max_workers=1) as pool:
             with git.worktree_records_lock(repo):

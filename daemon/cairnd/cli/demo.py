@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,13 +75,13 @@ class Tour:
 
 
 def make_repository(path: Path) -> None:
-    git.init_repository(path, REPO_FILES, "initial commit")
+    init_repository(path, REPO_FILES, "initial commit")
 
 
 def worktree_status(worktree: Path) -> dict[str, str]:
     """path -> 'modified' / 'untracked' / 'staged' / 'deleted' for what differs from HEAD."""
     found: dict[str, str] = {}
-    for path, code in git.status_codes(worktree).items():
+    for path, code in status_codes(worktree).items():
         if code == "??":
             found[path] = "untracked"
         elif "D" in code:
@@ -93,7 +94,7 @@ def worktree_status(worktree: Path) -> dict[str, str]:
 
 
 def head_line(worktree: Path) -> str:
-    return git.head_summary(worktree)
+    return head_summary(worktree)
 
 
 def files_of(worktree: Path) -> dict[str, str]:
@@ -205,6 +206,8 @@ def _user_messages(log: Path) -> list[str]:
 
 
 def run_demo(directory: Path | None = None, as_json: bool = False) -> int:
+    """`cairnd demo`: the tour in `directory` (a new temporary one when None); its exit
+    status."""
     started = time.monotonic()
     say = (lambda *lines: None) if as_json else _printer
     if directory is None:
@@ -246,7 +249,14 @@ def run_demo(directory: Path | None = None, as_json: bool = False) -> int:
         return 1
     if as_json:
         sys.stdout.buffer.write(orjson.dumps(tour.as_dict(), option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE))
-        return 0
+    else:
+        _say_where(tour, say)
+    return 0
+
+
+def _say_where(tour: Tour, say: Callable[..., None]) -> None:
+    """The tour's last words: where everything is, and what to try next."""
+    base = tour.base
     me = f"{invoked_as()} -c {shlex.quote(str(tour.config))}"
     say("6. The daemon stopped cleanly (SIGTERM, exit 0).", "",
         "Where everything is:",
@@ -267,7 +277,6 @@ def run_demo(directory: Path | None = None, as_json: bool = False) -> int:
         f"   {me} prompt {tour.fork['session']} 'write hello.txt: hi'",
         f"To clean up: rm -rf {base}",
         f"({tour.seconds:.1f} s)")
-    return 0
 
 
 def invoked_as(argv0: str | None = None) -> str:
@@ -328,3 +337,36 @@ def _tour(tour: Tour, say: Any) -> None:
         "   and the parent's worktree is untouched: "
         + ("idea.txt is still absent there." if not (worktree / "idea.txt").exists() else "(unexpected: it changed)"))
     tour.fork["turn"] = answer["turn"]
+
+
+# -- git, as only the demo uses it: a repository of its own -------------------------------
+
+
+def init_repository(path: Path, files: Mapping[str, str], message: str, branch: str = "main") -> str:
+    """A new repository at `path` whose branch `branch` holds `files` (name -> text) in one
+    commit, made with plumbing (no hook, no signing, cairnd's identity); the commit's id."""
+    path.mkdir(parents=True)
+    git.output(path, "init", "-q")
+    git.output(path, "symbolic-ref", "HEAD", f"refs/heads/{branch}")
+    for name, text in files.items():
+        (path / name).write_text(text)
+    git.output(path, "update-index", "--add", "--", *files)
+    tree = git.first_line(git.output(path, "write-tree"))
+    commit = git.first_line(git.output(path, "commit-tree", "--no-gpg-sign", tree, "-m", message))
+    git.output(path, "update-ref", f"refs/heads/{branch}", commit)
+    return commit
+
+
+def status_codes(worktree: Path) -> dict[str, str]:
+    """What differs from HEAD: path -> its two-letter `git status --porcelain` code."""
+    out = git.output(worktree, "--no-optional-locks", "status", "--porcelain=v1", "-z", "--untracked-files=all")
+    found: dict[str, str] = {}
+    for record in out.decode("utf-8", "replace").split("\0"):
+        if len(record) >= 4:
+            found[record[3:]] = record[:2]
+    return found
+
+
+def head_summary(worktree: Path) -> str:
+    """HEAD's short id and subject, as `git log -1 --format='%h %s'` shows it."""
+    return git.first_line(git.output(worktree, "log", "-1", "--format=%h %s"))

@@ -34,7 +34,6 @@ from collections import OrderedDict
 
 import orjson
 
-from cairnd.git import files as gitfiles
 from cairnd.sessionlog.entries import parse_message, prompt_text
 from cairnd.sessionlog.forkpoint import CountState, ForkPoint, IndexedMessage, UserMessage, count_from, fork_point_of
 from cairnd.sessionlog.file import iter_lines
@@ -118,11 +117,20 @@ def _lock(path: Path) -> threading.Lock:
 # The indexes last used, kept parsed while their file is unchanged: a fork then costs a
 # stat of the index, a look at the log's end and a list lookup, whatever the log's size.
 _CACHE_SIZE = 64
-_cache: OrderedDict[str, tuple[gitfiles.FileStamp, CutIndex]] = OrderedDict()
+_Stamp = tuple[int, int, int] | None  # (inode, mtime ns, size) of the index file, None when absent
+_cache: OrderedDict[str, tuple[_Stamp, CutIndex]] = OrderedDict()
+
+
+def _stamp(path: Path) -> _Stamp:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
 
 
 def _cached_load(path: Path) -> CutIndex | None:
-    stamp = gitfiles.file_stamp(path)
+    stamp = _stamp(path)
     with _locks_guard:
         hit = _cache.get(str(path))
     if hit is not None and hit[0] == stamp and stamp is not None:
@@ -131,7 +139,7 @@ def _cached_load(path: Path) -> CutIndex | None:
 
 
 def _remember(path: Path, index: CutIndex) -> None:
-    stamp = gitfiles.file_stamp(path)
+    stamp = _stamp(path)
     with _locks_guard:
         _cache[str(path)] = (stamp, index)
         _cache.move_to_end(str(path))

@@ -323,7 +323,12 @@ def count_from(lines: Lines | MarkedSource, state: CountState, first_line: int
 
 
 def fork_point_of(found: IndexedMessage | None, count: int, k: int, session_id: str, prefill: str) -> ForkPoint:
-    """The rule of `find_fork_point` applied to an indexed message (None: k out of range)."""
+    """The fork rule (SPEC 5), the one place it is written: where a fork of `session_id` at
+    user message `k` cuts its log, given that message with the checkpoint before it
+    (`found`, None when `k` is out of range) and the number of user messages seen
+    (`count`). Raises CairnError `fork_out_of_range` (k < 0 or k >= the number of user
+    messages) or `fork_in_sub_session` (the k-th message was typed by an agent to a
+    sub-agent)."""
     if found is None or k < 0:
         raise CairnError("fork_out_of_range", f"user_message_index {k}: session {session_id} has {_plural(count)}")
     event = found.message
@@ -342,12 +347,9 @@ def _plural(count: int) -> str:
 
 
 def find_fork_point(lines: Lines | MarkedSource, k: int, session_id: str) -> ForkPoint:
-    """Where a fork of `session_id` at user message `k` cuts its log (SPEC 5).
-
-    Reads only up to the cut when `k` is in range. Raises CairnError
-    `fork_out_of_range` (k < 0 or k >= the number of user messages) or
-    `fork_in_sub_session` (the k-th message was typed by an agent to a sub-agent).
-    """
+    """`fork_point_of` by reading the log from its start (the daemon answers from the
+    log's cut index, `cutindex.find_cut`, which gives the same answer). Reads only up to
+    the cut when `k` is in range."""
     checkpoint: dict[str, Any] | None = None
     count = 0
     for event in _events(lines):
@@ -355,16 +357,6 @@ def find_fork_point(lines: Lines | MarkedSource, k: int, session_id: str) -> For
             checkpoint = event.params
         elif isinstance(event, UserMessage):
             if event.ordinal == k:
-                if not event.top_level:
-                    raise CairnError(
-                        "fork_in_sub_session",
-                        f"user_message_index {k}: message {k} of session {session_id} "
-                        f"is in sub-session {event.sub_session!r} (an agent prompting "
-                        "a sub-agent); fork at a top-level user message",
-                    )
-                return ForkPoint(k, event.line_index, event.offset, checkpoint, event.text)
+                return fork_point_of(IndexedMessage(event, checkpoint), count, k, session_id, event.text)
             count = event.ordinal + 1
-    raise CairnError(
-        "fork_out_of_range",
-        f"user_message_index {k}: session {session_id} has {_plural(count)}",
-    )
+    return fork_point_of(None, count, k, session_id, "")

@@ -17,6 +17,8 @@ holding a later checkpoint's is going back (`branch_exists` unless `force`).
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 from cairnd.git import run as git
@@ -83,7 +85,7 @@ def land(layout: StateLayout, row: SessionRow, branch: str, *, turn: int | None 
     """Land session `row`'s checkpoint (latest, or the one after `turn` turns) on `branch`.
     Synchronous: run it in a worker thread."""
     repo = row.repo
-    ref = git.check_branch_name(repo, branch)
+    ref = check_branch_name(repo, branch)
     found = read_checkpoints(layout, row)
     checkpoint = pick_checkpoint(found, row.id, turn)
     head = checkpoint.get("headSha")
@@ -91,7 +93,7 @@ def land(layout: StateLayout, row: SessionRow, branch: str, *, turn: int | None 
     if not git.is_object_id(head) or state is None:
         raise CairnError("commit_missing", f"session {row.id}: its checkpoint has no headSha to land")
     # Checked out anywhere: moving it would change that worktree's state under its feet.
-    holder = git.checked_out_branches(repo).get(ref)
+    holder = checked_out_branches(repo).get(ref)
     if holder is not None:
         raise CairnError("branch_checked_out", f"branch {branch!r} is checked out in {holder}: land onto "
                                                "another branch, or switch that worktree to a different one")
@@ -103,7 +105,7 @@ def land(layout: StateLayout, row: SessionRow, branch: str, *, turn: int | None 
         raise CairnError("branch_exists", f"branch {branch!r} holds a later checkpoint of session {row.id} than "
                                           f"turn {checkpoint.get('turns')}: landing it would go back (use force "
                                           "to move the branch back anyway)")
-    if again != "earlier" and git.tree_id(repo, state) == git.tree_id(repo, head):
+    if again != "earlier" and git.tree_of(repo, state) == git.tree_of(repo, head):
         commit = head
     else:
         if message is None:
@@ -113,12 +115,12 @@ def land(layout: StateLayout, row: SessionRow, branch: str, *, turn: int | None 
         if again == "earlier":
             # On top of the tip, like new commits pushed to a pull request: a fast-forward.
             assert previous is not None
-            contained = head == previous or git.is_ancestor(repo, head, previous)
-            commit = git.commit_tree_of(repo, state, previous, message, second_parent=None if contained else head)
+            contained = head == previous or is_ancestor(repo, head, previous)
+            commit = commit_tree_of(repo, state, previous, message, second_parent=None if contained else head)
         else:
-            commit = git.commit_tree_of(repo, state, head, message)
-    how = decide(previous, commit, previous is not None and git.is_ancestor(repo, previous, commit), force, branch)
-    if how != "same" and not git.set_ref(repo, ref, commit, previous, f"cairnd land {row.id}"):
+            commit = commit_tree_of(repo, state, head, message)
+    how = decide(previous, commit, previous is not None and is_ancestor(repo, previous, commit), force, branch)
+    if how != "same" and not set_ref(repo, ref, commit, previous, f"cairnd land {row.id}"):
         raise CairnError("branch_exists", f"branch {branch!r} moved while landing onto it: try again")
     files = gitdiff.diff_files(repo, previous or head, commit)
     result = _result(row, branch, commit, head, previous, checkpoint, how, [change.path for change in files],
@@ -132,11 +134,11 @@ def _lands_again(repo: Any, checkpoints: list[dict[str, Any]], checkpoint: dict[
     whose history holds the matching checkpoint's headSha (one a land of it made)."""
     at = max(i for i, c in enumerate(checkpoints) if c is checkpoint)
     trees = _trees(repo, checkpoints)
-    how = landed_from(git.tree_id(repo, tip), trees, at)
+    how = landed_from(git.tree_of(repo, tip), trees, at)
     if how == "earlier":
-        tip_tree = git.tree_id(repo, tip)
+        tip_tree = git.tree_of(repo, tip)
         heads = {c.get("headSha") for c, tree in zip(checkpoints[:at], trees) if tree == tip_tree}
-        if not any(git.is_object_id(h) and (h == tip or git.is_ancestor(repo, h, tip)) for h in heads):
+        if not any(git.is_object_id(h) and (h == tip or is_ancestor(repo, h, tip)) for h in heads):
             return "other"
     return how
 
@@ -172,3 +174,81 @@ def _publish_submodules(layout: StateLayout, row: SessionRow, checkpoint: dict[s
         moved = inner.publish_commit(store, ref, entry["headSha"])
         done.append({"path": entry["path"], "commit": entry["headSha"], "moved": moved})
     return done
+
+
+# -- git, as only land uses it ------------------------------------------------------------
+
+
+def check_branch_name(repo: Path, name: str) -> str:
+    """`refs/heads/<name>`, or bad_ref for a name git refuses as a branch."""
+    if (not isinstance(name, str) or not name or name.startswith("-") or name == "HEAD"
+            or any(ord(ch) < 32 for ch in name)):
+        raise CairnError("bad_ref", f"branch {name!r} is not a valid branch name")
+    ref = f"refs/heads/{name}"
+    if git.run(repo, ["check-ref-format", ref]).returncode != 0:
+        raise CairnError("bad_ref", f"branch {name!r} is not a valid branch name (git check-ref-format refuses it)")
+    return ref
+
+
+def is_ancestor(repo: Path, ancestor: str, descendant: str) -> bool:
+    proc = git.run(repo, ["merge-base", "--is-ancestor", ancestor, descendant])
+    if proc.returncode not in (0, 1):
+        raise git.failure(repo, ["merge-base"], proc)
+    return proc.returncode == 0
+
+
+def checked_out_branches(repo: Path) -> dict[str, Path]:
+    """refs/heads/... -> the worktree that has it checked out, for every worktree."""
+    with git.worktree_records_lock(repo):
+        out = git.output(repo, "worktree", "list", "--porcelain", "-z")
+    found: dict[str, Path] = {}
+    for block in out.split(b"\0\0"):
+        fields = [f for f in block.split(b"\0") if f]
+        where = next((f[len(b"worktree "):] for f in fields if f.startswith(b"worktree ")), None)
+        for f in fields:
+            if f.startswith(b"branch ") and where is not None:
+                found[os.fsdecode(f[len(b"branch "):])] = Path(os.fsdecode(where))
+    return found
+
+
+def _user_identity(repo: Path) -> dict[str, str]:
+    """The repository's configured user.name/user.email for a commit meant for people
+    (land), else cairnd's fixed identity (git_env's)."""
+    # The user's global files as git would read them (the XDG one, then ~/.gitconfig),
+    # then the repository's: each read as settings by `git config`, which runs nothing.
+    xdg = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "git" / "config"
+    values: dict[str, str] = {}
+    for source in (["--file", str(xdg)], ["--file", str(Path.home() / ".gitconfig")], []):
+        if source and not Path(source[1]).is_file():
+            continue
+        proc = git.run(repo, ["config", *source, "--get-regexp", r"^user\.(name|email)$"])
+        if proc.returncode == 0:
+            values.update(line.split(" ", 1) for line in git.first_line(proc.stdout).splitlines() if " " in line)
+    if not values.get("user.name") or not values.get("user.email"):
+        return {}
+    name, email = values["user.name"], values["user.email"]
+    return {"GIT_AUTHOR_NAME": name, "GIT_AUTHOR_EMAIL": email,
+            "GIT_COMMITTER_NAME": name, "GIT_COMMITTER_EMAIL": email}
+
+
+def commit_tree_of(repo: Path, source: str, parent: str, message: str, *, second_parent: str | None = None) -> str:
+    """A commit with the tree of commit `source`, parent `parent` (and `second_parent`)
+    and `message`, dated as `source` is: the same checkpoint and message give the same
+    commit, so landing twice (a retry after a crash) is a no-op rather than a diverging
+    branch."""
+    date = git.first_line(git.output(repo, "show", "-s", "--format=%ct", source))
+    env = {**_user_identity(repo), "GIT_AUTHOR_DATE": f"@{date} +0000", "GIT_COMMITTER_DATE": f"@{date} +0000"}
+    parents = ["-p", parent] + (["-p", second_parent] if second_parent else [])
+    return git.first_line(git.output(repo, "commit-tree", "--no-gpg-sign", f"{source}^{{tree}}", *parents, "-F", "-",
+                                     env=env, input=message.encode("utf-8")))
+
+
+def set_ref(repo: Path, ref: str, new: str, old: str | None, reason: str) -> bool:
+    """Move `ref` to `new` only if it still points at `old` (None: only if it does not
+    exist); False when someone moved it in between."""
+    proc = git.run(repo, ["update-ref", "-m", reason, ref, new, old or "0" * len(new)])
+    if proc.returncode != 0:
+        if b"but expected" in proc.stderr or b"already exists" in proc.stderr or b"unable to resolve" in proc.stderr:
+            return False
+        raise git.failure(repo, ["update-ref"], proc)
+    return True
