@@ -16,13 +16,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cairnd.git import run as git
 from cairnd.git import refs as gitrefs
 from cairnd.git import worktree as gitworktree
 from cairnd.checkpoints.checkpointer import Checkpointer
 from cairnd.errors import CairnError
 from cairnd.checkpoints.watch import IN_Q_OVERFLOW, WatchSet
 from cairnd.checkpoints.checkpoint import (
-    checkpoint_is_full,
     checkpoint_ref,
     session_ref_prefix,
     take_checkpoint,
@@ -84,7 +84,7 @@ def test_params_are_exactly_the_spec_fields(repo: Path) -> None:
     assert params["branch"] == "main"
     assert params["ref"] == "refs/cairnd/s1/0"
     assert params["skipped"] == []
-    assert checkpoint_is_full(params)
+    assert git.is_object_id(params["worktreeSha"]) and git.is_object_id(params["indexTree"])
 
 
 def test_clean_tree_is_not_dirty_and_its_snapshot_is_heads_tree(repo: Path) -> None:
@@ -250,12 +250,6 @@ def test_unborn_head_is_bad_ref(tmp_path: Path) -> None:
     assert caught.value.code == "bad_ref"
     assert "no commit" in caught.value.message
 
-
-def test_headsha_only_checkpoints_are_not_full() -> None:
-    sha = "a" * 40
-    assert not checkpoint_is_full({"headSha": sha})
-    assert not checkpoint_is_full({"headSha": sha, "worktreeSha": sha, "indexTree": None})
-    assert checkpoint_is_full({"headSha": sha, "worktreeSha": sha, "indexTree": "b" * 40})
 
 
 def test_turns_must_be_a_count(repo: Path) -> None:

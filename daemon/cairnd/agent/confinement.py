@@ -142,6 +142,3 @@ class Confinement:
         for path in self.writable_paths(Path(home) if home else None):
             argv += ["--write", str(path)]
         return [*argv, "--", *command], env
-
-    def remove_tmpdir(self) -> None:
-        shutil.rmtree(self.tmpdir, ignore_errors=True)

@@ -164,8 +164,3 @@ def taker_for(layout: StateLayout) -> Callable[[str, Path, int, int], dict[str, 
                                inner_map=layout.inner_map(session_id) if made else None)
     return take
 
-
-def checkpoint_is_full(params: dict[str, Any]) -> bool:
-    """Whether a checkpoint records the whole state (cairnd's) or only HEAD (PostHog Code's,
-    which has headSha alone: restoring it gives HEAD's files and index)."""
-    return git.is_object_id(params.get("worktreeSha")) and git.is_object_id(params.get("indexTree"))

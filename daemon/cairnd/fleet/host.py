@@ -40,7 +40,7 @@ from cairnd.errors import CairnError
 from cairnd.fleet import remote
 from cairnd.fleet.bus import (
     ANY_CONSUMER, H_RECEIVED, H_REQUEST, SUBJECT_ANY, Bus, ensure_consumer, get_json, host_consumer,
-    host_subject, request_key,
+    host_subject, request_id_of_key, request_key,
 )
 from cairnd.fleet.leases import Leases, beat, hosts
 from cairnd.fleet.logstore import LogStore, StoreConflict, make_store
@@ -172,8 +172,7 @@ class FleetHost(SessionOwnership, LogMirror):
                     async for entry in watcher:
                         if entry is None or entry.value is None:
                             continue
-                        key = entry.key
-                        rid = key[2:] if key.startswith("r.") else bytes.fromhex(key[2:]).decode()
+                        rid = request_id_of_key(entry.key)
                         if rid in self.door_pending:
                             await self._to_spool(rid, entry.value)
                 except Exception as exc:

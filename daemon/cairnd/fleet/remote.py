@@ -163,15 +163,3 @@ def fetch_refs(repo: Path, remote: str, refs: list[str]) -> None:
     if len(missing) == len(wanted):
         raise CairnError("commit_missing", f"the checkpoint repository {remote} has no {', '.join(wanted)}")
 
-
-def remote_refs(remote: str, prefix: str) -> dict[str, str]:
-    """Refs of the checkpoint repository under `prefix`. Blocking."""
-    proc = git.run(Path("/"), ["ls-remote", "--refs", remote, f"{prefix.rstrip('/')}/*"])
-    if proc.returncode != 0:
-        raise CairnError("checkpoints_unavailable",
-                         f"cannot list {remote}: {proc.stderr.decode('utf-8', 'replace').strip()}")
-    refs = {}
-    for line in proc.stdout.decode().splitlines():
-        sha, _, name = line.partition("\t")
-        refs[name] = sha
-    return refs

@@ -62,16 +62,6 @@ def _record_git_wrote(path: Path) -> Path:
     return record if record.is_absolute() else Path(os.path.normpath(path / record))
 
 
-def restore(worktree: Path, worktree_sha: str, index_tree: str | None) -> None:
-    """Make the files of `worktree` equal to the tree of commit `worktree_sha` and its index
-    equal to tree `index_tree` (None: HEAD's tree, for checkpoints that record only HEAD).
-
-    Meant for a worktree made by `add_worktree_detached`: files the index does not know
-    of are left where they are. HEAD is not moved."""
-    trees = trees_of(worktree, "HEAD", worktree_sha, index_tree)
-    _restore(worktree, worktree_sha, trees.worktree, trees.index)
-
-
 class Trees(NamedTuple):
     """The trees of a restored state: its files, its index and its HEAD."""
 

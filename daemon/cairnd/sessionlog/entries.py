@@ -31,7 +31,6 @@ from typing import Any
 
 import orjson
 
-ENVELOPE_TYPE = "notification"
 
 # -- who sent a line (the envelope's `from`) ------------------------------------------------
 

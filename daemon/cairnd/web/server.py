@@ -111,10 +111,6 @@ class EmbeddedWeb:
         self.server: uvicorn.Server | None = None
         self.done = anyio.Event()
 
-    @classmethod
-    def from_config(cls, config: Config) -> EmbeddedWeb | None:
-        return cls(config) if config.web.listen is not None else None
-
     async def run(self, *, task_status: TaskStatus[str] = anyio.TASK_STATUS_IGNORED) -> None:
         sock = bind(self.host, self.port)
         try:
