@@ -1,8 +1,9 @@
 """The daemon (`cairnd serve`): intake from the spool, scheduling (per-session queues,
 limits), life cycle, signals, sd_notify, the watchdog and status, in one anyio task group.
 
-Data flows one way: spool (claim) -> requests.admit -> sessions (runner, forker) ->
-spool (result_body, publish). Service never reads request bytes or writes a file format
+Data flows one way: spool (claim) -> requests.admit -> lanes (how a session's requests
+wait for each other) -> sessions (runner, forker) -> the request's origin (spool
+result_body, publish; or the door it came through). Service never reads request bytes or writes a file format
 itself: it schedules. Every claimed request ends in exactly one `Spool.publish`,
 whatever happens to it.
 """
@@ -13,10 +14,8 @@ import logging
 import os
 import signal
 import time
-from collections import deque
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import orjson
@@ -32,18 +31,8 @@ from cairnd.state.durable import write_atomic
 from cairnd.sessionlog.entries import now_timestamp
 from cairnd.errors import CairnError, internal_error_text
 from cairnd.journal import event
-from cairnd.spool.requests import (
-    Admitted,
-    CancelRequest,
-    DeleteRequest,
-    ForkRequest,
-    LandRequest,
-    NewRequest,
-    Origin,
-    Request,
-    RewindRequest,
-    admit,
-)
+from cairnd.spool.requests import Admitted, Origin, Request, RewindRequest, admit
+from cairnd.serve.lanes import SessionQueue, Work, lane_of
 from cairnd.serve.sdnotify import Notifier, watchdog_interval
 from cairnd.sessions.handlers import Sessions
 from cairnd.spool.protocol import Claimed, Spool, SpoolFile, result_body
@@ -51,45 +40,6 @@ from cairnd.state.statelock import AlreadyRunning
 
 if TYPE_CHECKING:
     from cairnd.fleet.host import FleetHost  # imported when [fleet] is set: NATS and S3 load only then
-
-Lane = Literal["now", "beside", "queue", "exclusive"]
-
-
-def lane_of(request: Request) -> Lane:
-    """How a request is scheduled against the other requests of its session:
-
-    now        at once (cancel acts on the turn in flight; new has no session yet)
-    beside     at once, beside the session's turns: it only reads the session (its log,
-               its checkpoints' objects): fork, land
-    queue      one at a time per session, in arrival order: prompt
-    exclusive  queued like a prompt, and first waits for the requests running beside
-               the session, which still see it as it was: delete, rewind
-    """
-    if isinstance(request, (CancelRequest, NewRequest)):
-        return "now"
-    if isinstance(request, (ForkRequest, LandRequest)):
-        return "beside"
-    if isinstance(request, (DeleteRequest, RewindRequest)):
-        return "exclusive"
-    return "queue"
-
-
-@dataclass
-class Work:
-    claimed: Claimed
-    request: Request
-    echo: Any  # the request's JSON for its result (see requests.Admitted)
-
-
-@dataclass
-class SessionQueue:
-    """Requests that change one session run one at a time, in arrival order."""
-
-    items: deque[Work] = field(default_factory=deque)
-    running: bool = False
-    forks_in_flight: int = 0
-    forks_done: anyio.Event = field(default_factory=anyio.Event)
-    rewinds_ahead: int = 0  # rewinds queued or running: forks and lands after them wait their turn
 
 
 class Daemon:
@@ -321,9 +271,9 @@ class Daemon:
                 queue.running = True
                 self._work.start_soon(self._drain_session, session, queue)
 
-    def _handler(self, request: Request) -> Callable[..., Awaitable[dict[str, Any]]]:
+    def _handler(self, request: Request) -> Callable[..., Awaitable[Mapping[str, Any]]]:
         sessions = self.sessions
-        handlers: dict[str, Callable[..., Awaitable[dict[str, Any]]]] = {
+        handlers: dict[str, Callable[..., Awaitable[Mapping[str, Any]]]] = {
             "new": sessions.new, "prompt": sessions.prompt, "fork": sessions.fork, "rewind": sessions.rewind,
             "land": sessions.land, "cancel": sessions.cancel, "delete": sessions.delete, "check": sessions.check,
         }
@@ -406,7 +356,7 @@ class Daemon:
             self._end()
 
     async def _publish(self, claimed: Claimed, echo: Any, kind: str | None, *,
-                       result: dict[str, Any] | None = None, error: CairnError | None = None) -> None:
+                       result: Mapping[str, Any] | None = None, error: CairnError | None = None) -> None:
         """Answer a request by the way it came in."""
         body = result_body(claimed, echo, kind, finished_at=now_timestamp(), result=result, error=error)
         if isinstance(claimed.origin, SpoolFile):
