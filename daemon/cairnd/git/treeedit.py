@@ -22,36 +22,26 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import stat
-import subprocess
-import threading
-from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Self
 
 from cairnd.git import run as git
 from cairnd.git import files as gitfiles
 from cairnd.git import places
+from cairnd.git.trees import (  # noqa: F401 (TreeReader, parse_tree: this module's surface too)
+    GITLINK, TREE, Entry, GitJob, Tree, TreeReader, Unsupported, parent_dir, parse_tree, tree_body,
+)
 
-Entry = tuple[bytes, bytes]  # (mode as git writes it in a tree, binary object id)
-Tree = dict[bytes, Entry]  # name -> entry
-TREE, GITLINK = b"40000", b"160000"
 MAX_FILES = 20_000  # past this many files to read, git's full scan is as cheap
 WHOLE_TREE_FILES = 5_000  # a tree this small is read whole into memory on first need
 PACK_AT = 16  # new objects of one checkpoint written as one pack from this many
 PACK_BYTES = 64 << 20  # bodies held for one pack at most
-_CACHE_ENTRIES = 100_000  # tree entries kept in memory, all sessions together (about 15 MB)
 # Settings under which git stores something other than the bytes on disk, trusts the
 # index's mode over the disk's, or writes objects another way (spaces removed, lower case).
 _CONVERTING = (b"autocrlf", b"eol=", b"filter", b"attributesfile", b"filemode=false", b"symlinks=false",
                b"sparsecheckout", b"ignorecase=true", b"precomposeunicode", b"[include", b"worktreeconfig",
                b"sharedrepository")
-
-
-class Unsupported(Exception):
-    """The change is not one this module writes: the caller asks git."""
 
 
 def plain_content(dirs: gitfiles.GitDirs, index_files: Iterable[Path]) -> bool:
@@ -86,190 +76,6 @@ def plain_content(dirs: gitfiles.GitDirs, index_files: Iterable[Path]) -> bool:
         if b"attributes\0" in data:
             return False
     return True
-
-
-class TreeReader:
-    """Tree objects by id, parsed, from memory or one `git cat-file --batch` per call.
-    Trees are named by their content, so one cache serves every repository. Thread-safe."""
-
-    def __init__(self, max_entries: int = _CACHE_ENTRIES) -> None:
-        self._trees: OrderedDict[bytes, Tree] = OrderedDict()
-        self._entries = 0
-        self._max = max_entries
-        self._lock = threading.Lock()
-
-    def get(self, sha: bytes) -> Tree | None:
-        with self._lock:
-            tree = self._trees.get(sha)
-            if tree is not None:
-                self._trees.move_to_end(sha)
-            return tree
-
-    def put(self, sha: bytes, tree: Tree) -> None:
-        with self._lock:
-            if sha not in self._trees:
-                self._entries += len(tree)
-            self._trees[sha] = tree
-            while self._entries > self._max and len(self._trees) > 1:
-                _, dropped = self._trees.popitem(last=False)
-                self._entries -= len(dropped)
-
-    def load(self, worktree: Path, root: bytes, dirs: Iterable[bytes]) -> dict[bytes, Tree | None]:
-        """The trees at directories `dirs` (b"" is the top) of tree `root`: None where
-        there is no directory. A submodule on the way raises Unsupported."""
-        return self.start(worktree, root, dirs).finish()
-
-    def start(self, worktree: Path, root: bytes, dirs: Iterable[bytes], whole: bool = False) -> Loading:
-        """`load`, begun: what memory holds is there at once, the rest is on its way."""
-        return Loading(self, worktree, root, dirs, whole)
-
-    def resolve(self, root: bytes, directory: bytes, found: dict[bytes, Tree | None]) -> bool:
-        """Resolve `directory` from memory into `found`, going down from `root`; False
-        when a tree on the way is not in memory."""
-        if directory in found:
-            return True
-        if not directory:
-            tree = self.get(root)
-            if tree is None:
-                return False
-            found[directory] = tree
-            return True
-        parent, _, name = directory.rpartition(b"/")
-        if not self.resolve(root, parent, found):
-            return False
-        above = found[parent]
-        entry = above.get(name) if above is not None else None
-        if entry is not None and entry[0] == GITLINK:
-            raise Unsupported(f"submodule {directory!r}")
-        if entry is None or entry[0] != TREE:
-            found[directory] = None
-            return True
-        tree = self.get(entry[1])
-        if tree is None:
-            return False
-        found[directory] = tree
-        return True
-
-
-class _GitJob:
-    """A git process begun early; leaving the `with` block kills it if not finished."""
-
-    proc: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.kill()
-            git.reap(self.proc)
-
-
-class Loading(_GitJob):
-    """Trees being read (`TreeReader.start`): `found` holds what memory had; `finish`
-    reads the rest from one `git cat-file --batch`, a level of directories at a time,
-    each tree by its id (by path, git would walk down from the top for every one), or
-    with `whole`, from one `git ls-tree -r` of every tree of `root` (for a small tree,
-    whose later checkpoints then find all they need in memory)."""
-
-    ASK_AT_ONCE = 500  # ids written before their answers are read: well inside a pipe's buffer
-
-    def __init__(self, reader: TreeReader, worktree: Path, root: bytes, dirs: Iterable[bytes],
-                 whole: bool = False) -> None:
-        self.reader, self.worktree, self.root = reader, worktree, root
-        self.found: dict[bytes, Tree | None] = {}
-        every = {b""}
-        for directory in dirs:
-            parts = directory.split(b"/")
-            every.update(b"/".join(parts[:i]) for i in range(1, len(parts) + 1))
-        wanted = sorted(every, key=lambda d: (d.count(b"/"), d))  # parents first
-        self.missing = [d for d in wanted if not reader.resolve(root, d, self.found)]
-        self.whole = whole and bool(self.missing)
-        if self.whole:
-            self.proc = git.spawn(worktree, ["ls-tree", "-r", "-t", "-z", "--full-tree", root.hex()])
-        elif self.missing:
-            self.proc = git.spawn(worktree, ["cat-file", "--batch"], takes_input=True)
-
-    def finish(self) -> dict[bytes, Tree | None]:
-        if self.proc is None:
-            return self.found
-        if self.whole:
-            proc = git.reap(self.proc)
-            if proc.returncode != 0:
-                raise git.failure(self.worktree, ["ls-tree"], proc)
-            self._parse_listing(proc.stdout)
-        else:
-            self._ask_by_level()
-            proc = git.reap(self.proc)
-            if proc.returncode != 0:
-                raise git.failure(self.worktree, ["cat-file"], proc)
-        for d in self.missing:
-            if not self.reader.resolve(self.root, d, self.found):
-                raise Unsupported(f"tree of {d!r} not read")
-        return self.found
-
-    def _ask_by_level(self) -> None:
-        assert self.proc is not None and self.proc.stdin is not None and self.proc.stdout is not None
-        pending = self.missing
-        while pending:
-            ids: set[bytes] = set()
-            for directory in pending:
-                if directory == b"":
-                    ids.add(self.root)
-                else:  # once its parent is read, the parent's entry names its id
-                    entry = (self.found.get(_parent(directory)) or {}).get(directory.rpartition(b"/")[2])
-                    if entry is not None:
-                        ids.add(entry[1])
-            if not ids:
-                raise Unsupported("trees not found")
-            asked = sorted(ids)
-            for at in range(0, len(asked), self.ASK_AT_ONCE):
-                chunk = asked[at:at + self.ASK_AT_ONCE]
-                self.proc.stdin.write(b"".join(sha.hex().encode() + b"\n" for sha in chunk))
-                self.proc.stdin.flush()
-                for _ in chunk:
-                    header = self.proc.stdout.readline().rstrip(b"\n").split(b" ")
-                    if len(header) != 3:
-                        raise Unsupported(f"cat-file answered {b' '.join(header)!r}")
-                    body = self.proc.stdout.read(int(header[2]) + 1)[:-1]
-                    if header[1] == b"tree":
-                        self.reader.put(bytes.fromhex(header[0].decode()), parse_tree(body))
-            pending = [d for d in pending if not self.reader.resolve(self.root, d, self.found)]
-
-    def _parse_listing(self, out: bytes) -> None:
-        """`git ls-tree -r -t -z` of the whole tree: every tree of it, into memory."""
-        trees: dict[bytes, Tree] = {b"": {}}
-        ids = {b"": self.root}
-        for record in out.split(b"\0"):
-            if not record:
-                continue
-            info, _, path = record.partition(b"\t")
-            mode, kind, sha = info.split(b" ")
-            if kind == b"tree":
-                mode = TREE  # ls-tree pads it to 040000; a tree object says 40000
-            parent, _, name = path.rpartition(b"/")
-            trees.setdefault(parent, {})[name] = (mode, bytes.fromhex(sha.decode()))
-            if kind == b"tree":
-                ids[path] = bytes.fromhex(sha.decode())
-                trees.setdefault(path, {})
-        for directory, tree in trees.items():
-            self.reader.put(ids[directory], tree)
-
-
-_TREE_ENTRY = re.compile(rb"(\d+) ([^\0]*)\0(.{20})", re.S)  # mode, name, binary id
-
-
-def parse_tree(body: bytes) -> Tree:
-    """A tree object's body as name -> entry, in the body's (git's) order."""
-    return {name: (mode, sha) for mode, name, sha in _TREE_ENTRY.findall(body)}
-
-
-def tree_body(tree: Tree, ordered: bool = False) -> bytes:
-    """A tree object's body: entries in git's order (a tree's name sorts as if it ended
-    in /). `ordered`: the dict is in that order already (read from git, names since
-    replaced or removed but none added)."""
-    names = tree if ordered else sorted(tree, key=lambda n: n + b"/" if tree[n][0] == TREE else n)
-    return b"".join(tree[n][0] + b" " + n + b"\0" + tree[n][1] for n in names)
 
 
 def _file_entry(path: bytes, st: os.stat_result) -> tuple[bytes, bytes]:
@@ -309,11 +115,7 @@ def under(path: bytes, directories: set[bytes]) -> bool:
     return any(b"/".join(parts[:i]) in directories for i in range(1, len(parts)))
 
 
-def _parent(path: bytes) -> bytes:
-    return path.rpartition(b"/")[0]
-
-
-class IgnoreCheck(_GitJob):
+class IgnoreCheck(GitJob):
     """Which of `paths` (none of them in the last snapshot) git's ignore rules leave
     out: one `git check-ignore`, begun at once, answered by `finish`."""
 
@@ -346,9 +148,30 @@ def edit_tree(worktree: Path, reader: TreeReader, last_tree: str, index_tree: st
     if dirs is None:
         raise Unsupported("not a plain worktree")
     root = os.fsencode(worktree)
+    disk, walked = _read_changed(root, changed, skipped)
+    old, dropped = _trees_and_ignored(worktree, reader, last_tree, index_tree, disk, walked, files)
+    objects = ObjectWriter(dirs)
+    changes, big = _changes(root, objects, disk, dropped, max_file_bytes)
+    below: dict[bytes, set[bytes]] = {}  # directory -> names of its directories with changes below
+    for directory in changes:
+        while directory:
+            parent, _, name = directory.rpartition(b"/")
+            below.setdefault(parent, set()).add(name)
+            directory = parent
+    top = _write_tree(objects, reader, *_rebuild(b"", old[b""], old, changes, below, objects, reader)).hex()
+    objects.finish()  # before the caller's commit names the tree
+    return (None if top == last_tree else top), big
+
+
+Stats = dict[bytes, "os.stat_result | None"]  # path -> its state on disk now, None: gone
+
+
+def _read_changed(root: bytes, changed: Iterable[bytes], skipped: Iterable[bytes]) -> tuple[Stats, Stats]:
+    """The changed paths as they are on disk, and of them the files of new directories
+    (read whole: what was below such a path before is replaced)."""
     left_out = set(skipped)
-    disk: dict[bytes, os.stat_result | None] = {}  # path -> its state now, None: gone
-    walked: dict[bytes, os.stat_result | None] = {}  # files of new directories
+    disk: Stats = {}
+    walked: Stats = {}
     every = set(changed)
     for path in sorted(p for p in every if not under(p, every)):
         if under(path, left_out):
@@ -358,7 +181,7 @@ def edit_tree(worktree: Path, reader: TreeReader, last_tree: str, index_tree: st
         except (FileNotFoundError, NotADirectoryError):
             disk[path] = None
             continue
-        if stat.S_ISDIR(st.st_mode):  # read whole: what was below it before is replaced
+        if stat.S_ISDIR(st.st_mode):
             disk[path] = None
             _walk_new_directory(root, path, walked)
             disk.update(walked)
@@ -368,16 +191,22 @@ def edit_tree(worktree: Path, reader: TreeReader, last_tree: str, index_tree: st
             raise Unsupported(f"special file {path!r}")
         if len(disk) > MAX_FILES:
             raise Unsupported("too many files")
+    return disk, walked
 
+
+def _trees_and_ignored(worktree: Path, reader: TreeReader, last_tree: str, index_tree: str, disk: Stats,
+                       walked: Stats, files: int | None) -> tuple[dict[bytes, Tree | None], set[bytes]]:
+    """The trees of `last_tree` along the changed paths, and the new paths git ignores
+    (those the session's index tracks are kept, as git keeps them)."""
     # The trees along the way, and the ignore rules for what is new, are asked of git
     # at the same time where both are needed: what is surely new is known before the
     # trees are read (files of a new directory, names absent from a tree in memory).
     if any(p.startswith(b":") for p in disk):  # pathspec magic, which check-ignore cannot turn off
         raise Unsupported("a name beginning with a colon")
     whole = files is not None and files <= WHOLE_TREE_FILES
-    with reader.start(worktree, bytes.fromhex(last_tree), {b"", *(_parent(p) for p in disk)}, whole) as loading:
+    with reader.start(worktree, bytes.fromhex(last_tree), {b"", *(parent_dir(p) for p in disk)}, whole) as loading:
         surely_new = [p for p, st in disk.items() if st is not None and (
-            p in walked or _parent(p) in loading.found and _entry(loading.found, p) is None)]
+            p in walked or parent_dir(p) in loading.found and _entry(loading.found, p) is None)]
         with IgnoreCheck(worktree, surely_new) as ignoring:
             old = loading.finish()
             ignored = ignoring.finish()
@@ -386,12 +215,17 @@ def edit_tree(worktree: Path, reader: TreeReader, last_tree: str, index_tree: st
     with IgnoreCheck(worktree, [p for p in new if p not in asked]) as late:
         dropped = (ignored | late.finish()) & set(new)
     if dropped:  # ignored, unless the session's index tracks it
-        in_index = reader.load(worktree, bytes.fromhex(index_tree), {_parent(p) for p in dropped})
+        in_index = reader.load(worktree, bytes.fromhex(index_tree), {parent_dir(p) for p in dropped})
         dropped = {p for p in dropped if _entry(in_index, p) is None}
+    return old, dropped
 
-    changes: dict[bytes, dict[bytes, Entry | None]] = {}  # directory -> name -> entry, None: removed
+
+def _changes(root: bytes, objects: ObjectWriter, disk: Stats, dropped: set[bytes], max_file_bytes: int
+             ) -> tuple[dict[bytes, dict[bytes, Entry | None]], list[bytes]]:
+    """directory -> name -> its new entry (None: removed), the files' blobs written; and
+    the files over `max_file_bytes`, whose entries stay as they were."""
+    changes: dict[bytes, dict[bytes, Entry | None]] = {}
     big: list[bytes] = []
-    objects = ObjectWriter(dirs)
     for path, st in disk.items():
         if path in dropped:
             continue
@@ -402,49 +236,44 @@ def edit_tree(worktree: Path, reader: TreeReader, last_tree: str, index_tree: st
                 continue
             mode, data = _file_entry(os.path.join(root, path), st)
             entry = (mode, objects.add(b"blob", data))
-        changes.setdefault(_parent(path), {})[path.rpartition(b"/")[2]] = entry
-    below: dict[bytes, set[bytes]] = {}  # directory -> names of its directories with changes below
-    for directory in changes:
-        while directory:
-            parent, _, name = directory.rpartition(b"/")
-            below.setdefault(parent, set()).add(name)
-            directory = parent
+        changes.setdefault(parent_dir(path), {})[path.rpartition(b"/")[2]] = entry
+    return changes, big
 
-    def rebuild(directory: bytes, before: Tree | None) -> tuple[Tree, bool]:
-        """The new tree at `directory`, and whether its dict is still in git's order
-        (no name added, none turned from a file into a directory or back)."""
-        tree = dict(before or {})
-        ordered = before is not None
 
-        def put(name: bytes, entry: Entry) -> None:
-            nonlocal ordered
-            was = tree.get(name)
-            ordered = ordered and was is not None and (was[0] == TREE) == (entry[0] == TREE)
-            tree[name] = entry
+def _rebuild(directory: bytes, before: Tree | None, old: dict[bytes, Tree | None],
+             changes: dict[bytes, dict[bytes, Entry | None]], below: dict[bytes, set[bytes]],
+             objects: ObjectWriter, reader: TreeReader) -> tuple[Tree, bool]:
+    """The new tree at `directory`, its subtrees written, and whether its dict is still
+    in git's order (no name added, none turned from a file into a directory or back)."""
+    tree = dict(before or {})
+    ordered = before is not None
 
-        for name, entry in changes.get(directory, {}).items():
-            if entry is None:
-                tree.pop(name, None)
-            else:
-                put(name, entry)
-        for name in below.get(directory, ()):
-            path = directory + b"/" + name if directory else name
-            current = tree.get(name)
-            sub, sub_ordered = rebuild(path, old.get(path) if current is not None and current[0] == TREE else None)
-            if sub:
-                put(name, (TREE, _write_tree(objects, reader, sub, sub_ordered)))
-            elif current is not None and current[0] == TREE:
-                tree.pop(name)  # git keeps no empty directory
-        return tree, ordered
+    def put(name: bytes, entry: Entry) -> None:
+        nonlocal ordered
+        was = tree.get(name)
+        ordered = ordered and was is not None and (was[0] == TREE) == (entry[0] == TREE)
+        tree[name] = entry
 
-    top = _write_tree(objects, reader, *rebuild(b"", old[b""])).hex()
-    objects.finish()  # before the caller's commit names the tree
-    return (None if top == last_tree else top), big
+    for name, entry in changes.get(directory, {}).items():
+        if entry is None:
+            tree.pop(name, None)
+        else:
+            put(name, entry)
+    for name in below.get(directory, ()):
+        path = directory + b"/" + name if directory else name
+        current = tree.get(name)
+        sub, sub_ordered = _rebuild(path, old.get(path) if current is not None and current[0] == TREE else None,
+                                    old, changes, below, objects, reader)
+        if sub:
+            put(name, (TREE, _write_tree(objects, reader, sub, sub_ordered)))
+        elif current is not None and current[0] == TREE:
+            tree.pop(name)  # git keeps no empty directory
+    return tree, ordered
 
 
 def _entry(trees: dict[bytes, Tree | None], path: bytes) -> Entry | None:
     """The entry at `path` among loaded `trees` (its directory must be among them)."""
-    tree = trees[_parent(path)]
+    tree = trees[parent_dir(path)]
     entry = tree.get(path.rpartition(b"/")[2]) if tree is not None else None
     if entry is not None and entry[0] == GITLINK:
         raise Unsupported(f"submodule {path!r}")

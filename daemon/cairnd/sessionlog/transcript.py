@@ -8,6 +8,7 @@ spool request's turn. Input is an iterable of `(offset, line)` pairs as
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,14 +108,7 @@ def session_state(lines: Lines, agent_text: bool = True) -> SessionState:
     sdk_session entries before it (the parent's) are forgotten and a turn the parent had
     open is not the fork's to interrupt.
     """
-    turns = 0
-    open_turn = False
-    sdk_session: dict[str, Any] | None = None
-    last_checkpoint: dict[str, Any] | None = None
-    forks = 0
-    conversation: list[_TurnBuilder] = []
-    agent_requests: set[tuple[str, Any]] = set()  # pending agent-to-client request ids
-
+    reading = _Reading(agent_text)
     for _offset, line in lines:
         if not (
             PROMPT_MARK in line
@@ -126,89 +120,138 @@ def session_state(lines: Lines, agent_text: bool = True) -> SessionState:
         ):
             continue
         message = parse_message(line)
-        if message is None:
-            continue
-        current = conversation[-1] if conversation else None
-        method = method_of(message)
+        if message is not None:
+            reading.feed(message)
+    return reading.state()
 
+
+class _Reading:
+    """`session_state` part way through a log: what the lines read so far say, and one
+    handler per kind of line (`_ON_METHOD` for the notifications, keyed by method)."""
+
+    def __init__(self, agent_text: bool) -> None:
+        self.agent_text = agent_text
+        self.turns = 0
+        self.open_turn = False
+        self.sdk_session: dict[str, Any] | None = None
+        self.last_checkpoint: dict[str, Any] | None = None
+        self.forks = 0
+        self.conversation: list[_TurnBuilder] = []
+        self.agent_requests: set[tuple[str, Any]] = set()  # pending agent-to-client request ids
+
+    @property
+    def current(self) -> _TurnBuilder | None:
+        return self.conversation[-1] if self.conversation else None
+
+    def feed(self, message: dict[str, Any]) -> None:
         if is_prompt_request(message):
-            if current is not None:
-                current.closed = True
-            conversation.append(_TurnBuilder(prompt_text(message.get("params")), message["id"],
-                                             last_checkpoint, forks))
-            open_turn = True
-            continue
+            self.prompt(message)
+            return
+        method = method_of(message)
         if method is None:
             if "id" in message and ("result" in message or "error" in message):
-                key = _id_key(message["id"])
-                if key is None:
-                    continue
-                if key in agent_requests:
-                    agent_requests.discard(key)
-                elif current is not None and not current.closed and key == _id_key(current.prompt_id):
-                    stop = as_dict(message.get("result")).get("stopReason")
-                    if isinstance(stop, str) and current.stop_reason is None:
-                        current.stop_reason = stop
-                    current.closed = True
-            continue
-        if "id" in message and method.startswith(_AGENT_TO_CLIENT_PREFIXES):
+                self.response(message)
+        elif "id" in message and method.startswith(_AGENT_TO_CLIENT_PREFIXES):
             key = _id_key(message["id"])
             if key is not None:
-                agent_requests.add(key)
-            continue
+                self.agent_requests.add(key)
+        elif (handler := _ON_METHOD.get(method)) is not None:
+            handler(self, message)
 
-        if method == UPDATE_METHOD:
-            text = top_level_agent_text(message) if agent_text else None
-            if text is not None and current is not None and not current.closed:
-                current.agent_parts.append(text)
-        elif method == TURN_COMPLETE_METHOD:
-            turns += 1
-            open_turn = False
-            if current is not None and not current.completed:
-                # cairnd's own record wins over the agent's response: it also knows
-                # `interrupted` and `agent_exited`.
-                stop = params_of(message).get("stopReason")
-                if isinstance(stop, str):
-                    current.stop_reason = stop
-                current.completed = current.closed = True
-        elif method == CHECKPOINT_METHOD:
-            params = message.get("params")
-            if isinstance(params, dict):
-                last_checkpoint = params
-                if current is not None and current.owns_checkpoints:
-                    current.checkpoint = params
-        elif method == SDK_SESSION_METHOD:
-            sdk_session = params_of(message)
-        elif method == TURN_START_METHOD:
-            # cairnd begins a turn here, just before it sends the prompt: a crash in
-            # between leaves a turn that never reached the agent, still to be ended.
-            open_turn = True
-        elif method == REWIND_METHOD:
-            # The agent session before a rewind knows what came after the cut: the
-            # rewound session's agent starts afresh with the kept history; the baseline
-            # that follows belongs to no kept turn.
-            sdk_session = None
-            open_turn = False
-            if current is not None:
-                current.closed = current.completed = True
-                current.owns_checkpoints = False
-        elif method == FORK_META_METHOD:
-            forks += 1
-            sdk_session = None
-            open_turn = False
-            if current is not None:
-                current.closed = current.completed = True
-                current.owns_checkpoints = False
+    def prompt(self, message: dict[str, Any]) -> None:
+        if self.current is not None:
+            self.current.closed = True
+        self.conversation.append(_TurnBuilder(prompt_text(message.get("params")), message["id"],
+                                              self.last_checkpoint, self.forks))
+        self.open_turn = True
 
-    sdk_session_id = sdk_session.get("sdkSessionId") if sdk_session else None
-    adapter = sdk_session.get("adapter") if sdk_session else None
-    return SessionState(
-        turns=turns,
-        open_turn=open_turn,
-        sdk_session_id=sdk_session_id if isinstance(sdk_session_id, str) else None,
-        adapter=adapter if isinstance(adapter, str) else None,
-        conversation=[turn.build(forks) for turn in conversation],
-    )
+    def response(self, message: dict[str, Any]) -> None:
+        """A response: to an agent's request, or the agent's to the pending prompt."""
+        key = _id_key(message["id"])
+        current = self.current
+        if key is None:
+            return
+        if key in self.agent_requests:
+            self.agent_requests.discard(key)
+        elif current is not None and not current.closed and key == _id_key(current.prompt_id):
+            stop = as_dict(message.get("result")).get("stopReason")
+            if isinstance(stop, str) and current.stop_reason is None:
+                current.stop_reason = stop
+            current.closed = True
+
+    def update(self, message: dict[str, Any]) -> None:
+        text = top_level_agent_text(message) if self.agent_text else None
+        current = self.current
+        if text is not None and current is not None and not current.closed:
+            current.agent_parts.append(text)
+
+    def turn_complete(self, message: dict[str, Any]) -> None:
+        self.turns += 1
+        self.open_turn = False
+        current = self.current
+        if current is not None and not current.completed:
+            # cairnd's own record wins over the agent's response: it also knows
+            # `interrupted` and `agent_exited`.
+            stop = params_of(message).get("stopReason")
+            if isinstance(stop, str):
+                current.stop_reason = stop
+            current.completed = current.closed = True
+
+    def checkpoint(self, message: dict[str, Any]) -> None:
+        params = message.get("params")
+        if isinstance(params, dict):
+            self.last_checkpoint = params
+            if self.current is not None and self.current.owns_checkpoints:
+                self.current.checkpoint = params
+
+    def sdk_session_entry(self, message: dict[str, Any]) -> None:
+        self.sdk_session = params_of(message)
+
+    def turn_start(self, message: dict[str, Any]) -> None:
+        # cairnd begins a turn here, just before it sends the prompt: a crash in
+        # between leaves a turn that never reached the agent, still to be ended.
+        self.open_turn = True
+
+    def rewind(self, message: dict[str, Any]) -> None:
+        # The agent session before a rewind knows what came after the cut: the
+        # rewound session's agent starts afresh with the kept history; the baseline
+        # that follows belongs to no kept turn.
+        self._cut()
+
+    def fork_meta(self, message: dict[str, Any]) -> None:
+        self.forks += 1
+        self._cut()
+
+    def _cut(self) -> None:
+        """A fork's or a rewind's line: a new identity starts; the turn before is over
+        and owns no later checkpoint."""
+        self.sdk_session = None
+        self.open_turn = False
+        if self.current is not None:
+            self.current.closed = self.current.completed = True
+            self.current.owns_checkpoints = False
+
+    def state(self) -> SessionState:
+        sdk_session_id = self.sdk_session.get("sdkSessionId") if self.sdk_session else None
+        adapter = self.sdk_session.get("adapter") if self.sdk_session else None
+        return SessionState(
+            turns=self.turns,
+            open_turn=self.open_turn,
+            sdk_session_id=sdk_session_id if isinstance(sdk_session_id, str) else None,
+            adapter=adapter if isinstance(adapter, str) else None,
+            conversation=[turn.build(self.forks) for turn in self.conversation],
+        )
+
+
+_ON_METHOD: dict[str, Callable[[_Reading, dict[str, Any]], None]] = {
+    UPDATE_METHOD: _Reading.update,
+    TURN_COMPLETE_METHOD: _Reading.turn_complete,
+    CHECKPOINT_METHOD: _Reading.checkpoint,
+    SDK_SESSION_METHOD: _Reading.sdk_session_entry,
+    TURN_START_METHOD: _Reading.turn_start,
+    REWIND_METHOD: _Reading.rewind,
+    FORK_META_METHOD: _Reading.fork_meta,
+}
 
 
 def render_replay(conversation: list[Turn]) -> str:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -41,7 +41,7 @@ class Creation:
         self.row = row
         self.committed = False
 
-    def commit(self, result: dict[str, Any], fork: ForkRow | None = None, **extra: Any) -> None:
+    def commit(self, result: Mapping[str, Any], fork: ForkRow | None = None, **extra: Any) -> None:
         """The session turns `ready` with `result` (what its request answers), and its
         lineage row when it is a fork, in one registry transaction. Where its git state
         is was recorded as its worktree was made (`places`): the registry keeps it."""

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 from cairnd.git import run as git
 from cairnd.git import snapshot as gitsnapshot
@@ -145,8 +145,24 @@ def find_fork_cut(layout: StateLayout, parent: SessionRow, k: int,
                history(parent_log, point.offset) if history is not None else None)
 
 
+class ForkResult(TypedDict):
+    """A fork's result (SPEC 7: fork)."""
+
+    session: str
+    parent: str
+    user_message_index: int
+    title: str
+    worktree: str
+    headSha: str
+    worktreeSha: str | None
+    state: str  # what the fork starts from (ForkState.state): "checkpoint" or "current_head"
+    prefill: str
+    log: str
+    history: NotRequired[str]  # how the fork's agent will get the kept conversation (SPEC 12)
+
+
 def build_fork(layout: StateLayout, cut: Cut, row: SessionRow, *, max_file_bytes: int,
-               building: AbstractContextManager[Any] = nullcontext()) -> tuple[dict[str, Any], ForkRow]:
+               building: AbstractContextManager[Any] = nullcontext()) -> tuple[ForkResult, ForkRow]:
     """Make the fork `row` (its `creating` row begun) at `cut`: its worktree, its baseline
     and its log. Returns its result and lineage row, for the caller to commit."""
     parent, start = cut.parent, cut.start
@@ -164,18 +180,9 @@ def build_fork(layout: StateLayout, cut: Cut, row: SessionRow, *, max_file_bytes
         fork_meta_entry(row.id, parent.id, cut.k, start.head_sha, start.worktree_sha),
         checkpoint_entry(baseline),
     ])
-    result = {
-        "session": row.id,
-        "parent": parent.id,
-        "user_message_index": cut.k,
-        "title": row.title,
-        "worktree": str(row.worktree),
-        "headSha": start.head_sha,
-        "worktreeSha": start.worktree_sha,
-        "state": start.state,
-        "prefill": cut.point.prefill,
-        "log": str(log_path),
-    }
+    result = ForkResult(session=row.id, parent=parent.id, user_message_index=cut.k, title=row.title,
+                        worktree=str(row.worktree), headSha=start.head_sha, worktreeSha=start.worktree_sha,
+                        state=start.state, prefill=cut.point.prefill, log=str(log_path))
     if cut.history is not None:
         result["history"] = cut.history
     return result, ForkRow(
@@ -188,7 +195,7 @@ def build_fork(layout: StateLayout, cut: Cut, row: SessionRow, *, max_file_bytes
 def fork_session(layout: StateLayout, registry: Registry, parent: SessionRow, k: int, *,
                  title: str | None, request_id: str | None, max_file_bytes: int,
                  history: Callable[[Path, int], str] | None = None,
-                 building: AbstractContextManager[Any] = nullcontext(), tip: bool = False) -> dict[str, Any]:
+                 building: AbstractContextManager[Any] = nullcontext(), tip: bool = False) -> ForkResult:
     """Fork `parent` at user message k. Synchronous: run it in a worker thread.
 
     `building`: held while the fork's worktree is made (its files written), the part

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypedDict
 
 import anyio
 
@@ -66,6 +66,26 @@ from cairnd.sessionlog.transcript import turn_of_request
 def _shown_turn(turn: object) -> object:
     """A logged turn index as people count turns: from 1 (turn N is `SESSION@N`)."""
     return turn + 1 if isinstance(turn, int) and not isinstance(turn, bool) else turn
+
+
+class CreatedResult(TypedDict):
+    """What `new` made (SPEC 7), before its first turn's fields (the runner's) join it."""
+
+    session: str
+    title: str
+    worktree: str
+    headSha: str
+    log: str
+
+
+class CancelResult(TypedDict):
+    session: str
+    cancelled: bool  # a turn was running and was asked to stop
+
+
+class DeleteResult(TypedDict):
+    session: str
+    worktree_kept: bool
 
 
 class Sessions:
@@ -280,13 +300,8 @@ class Sessions:
             # Through the checkpointer: its full scan begins the watch, so turn 1 costs what it changes.
             baseline = self.checkpoints.take(row.id, row.worktree, 0, self.config.snapshot_max_file_bytes)
             log_path = write_initial_log(self.layout, row.id, None, 0, [checkpoint_entry(baseline)])
-            made.commit({
-                "session": row.id,
-                "title": row.title,
-                "worktree": str(row.worktree),
-                "headSha": baseline["headSha"],
-                "log": str(log_path),
-            })
+            made.commit(CreatedResult(session=row.id, title=row.title, worktree=str(row.worktree),
+                                      headSha=baseline["headSha"], log=str(log_path)))
 
     async def fork(self, request: ForkRequest, origin: Origin, tip: bool = False) -> dict[str, Any]:
         """`tip`: the index may also be the number of user messages (an editor's fork of
@@ -339,10 +354,10 @@ class Sessions:
         return await self._with_turn(row, request.prompt, origin, base=result)
 
     async def _rewind(self, request: RewindRequest, origin: Origin) -> dict[str, Any]:
-        journal = None
+        record = None
         if origin.request_id:
-            journal = await self._thread(self.registry.rewind_by_request, origin.request_id)
-        if journal is None:
+            record = await self._thread(self.registry.rewind_by_request, origin.request_id)
+        if record is None:
             row = await self.live(request.session)
             await self._finish_rewinds(row)
             # Out of range or in a sub-session: said before the agent is stopped for nothing.
@@ -352,19 +367,19 @@ class Sessions:
             if runner is not None:
                 await runner.close()
             async with self.fork_limiter:
-                journal = await anyio.to_thread.run_sync(lambda: self._abandon(row, request, origin))
-        if journal.state == "done" and journal.result is not None:
-            result = journal.result
+                record = await anyio.to_thread.run_sync(lambda: self._abandon(row, request, origin))
+        if record.state == "done" and record.result is not None:
+            result = record.result
         else:
-            row = await self._thread(self.registry.get, journal.session_id)
+            row = await self._thread(self.registry.get, record.session_id)
             assert row is not None
             try:
                 with anyio.CancelScope(shield=True):  # past the commit point: finish it
-                    result = await self._thread(rewinding.finish, self.layout, self.registry, row, journal,
+                    result = await self._thread(rewinding.finish, self.layout, self.registry, row, record,
                                                 max_file_bytes=self.config.snapshot_max_file_bytes)
             except CairnError as exc:
                 raise CairnError(exc.code, f"{exc.message} (the rewind is recorded, and session "
-                                           f"{journal.abandoned_id} holds what it left: it is finished before "
+                                           f"{record.abandoned_id} holds what it left: it is finished before "
                                            f"the session's next request)") from None
             finally:
                 # What the checkpointer last saw of the session is no longer so.
@@ -426,10 +441,10 @@ class Sessions:
     async def _finish_rewinds(self, row: SessionRow) -> None:
         """A rewind whose finish failed after its commit point (git or the disk refused) is
         finished before the session runs anything else."""
-        for journal in await self._thread(self.registry.rewinds_of, row.id):
-            if journal.state == "pending":
+        for record in await self._thread(self.registry.rewinds_of, row.id):
+            if record.state == "pending":
                 with anyio.CancelScope(shield=True):
-                    await self._thread(rewinding.finish, self.layout, self.registry, row, journal,
+                    await self._thread(rewinding.finish, self.layout, self.registry, row, record,
                                        max_file_bytes=self.config.snapshot_max_file_bytes)
                 self.checkpoints.forget(row.id)
 
@@ -464,20 +479,20 @@ class Sessions:
     def _turn_record(self, session_id: str, request_id: str) -> dict[str, Any] | None:
         return turn_of_request(iter_lines(self.layout.log_path(session_id)), request_id)
 
-    async def cancel(self, request: CancelRequest, origin: Origin) -> dict[str, Any]:
+    async def cancel(self, request: CancelRequest, origin: Origin) -> CancelResult:
         row = await self.live(request.session)
         runner = self.runners.get(row.id)
         cancelled = await runner.cancel() if runner is not None else False
-        return {"session": row.id, "cancelled": cancelled}
+        return CancelResult(session=row.id, cancelled=cancelled)
 
-    async def delete(self, request: DeleteRequest, origin: Origin) -> dict[str, Any]:
+    async def delete(self, request: DeleteRequest, origin: Origin) -> DeleteResult:
         row = await self.live(request.session)
         async with self.writing(row.id):
             runner = self.runners.pop(row.id, None)
             if runner is not None:
                 await runner.close()
             await self._thread(self._delete, row, request.keep_worktree)
-        return {"session": row.id, "worktree_kept": request.keep_worktree or row.in_place}
+        return DeleteResult(session=row.id, worktree_kept=request.keep_worktree or row.in_place)
 
     def _delete(self, row: SessionRow, keep_worktree: bool) -> None:
         # The log stays in sessions/<id>/: nothing is ever lost, and lineage keeps the title.

@@ -12,7 +12,7 @@ import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import orjson
 
@@ -29,6 +29,78 @@ from cairnd.spool.protocol import count_entries
 from cairnd.state.registry import ForkRow, Registry, RewindRow, SessionRow
 from cairnd.state.statelock import daemon_pid
 from cairnd.sessionlog.transcript import session_state
+
+
+# --------------------------------------------------------------------------- what is shown
+
+
+class SessionSummary(TypedDict):
+    """A session as `ls --json` and the web list it (SPEC 15)."""
+
+    id: str
+    title: str
+    turns: int
+    state: str
+    parent: str | None
+    agent: str
+    repo: str
+    worktree: str
+    in_place: bool
+    created_at: str
+    deleted_at: str | None
+
+
+class ListedSession(SessionSummary):
+    running: bool  # a request about it waits in the spool or is being worked on
+
+
+class ForkOf(TypedDict):
+    parent: str
+    parent_title: str
+    parent_exists: bool
+    user_message_index: int
+    headSha: str
+    worktreeSha: str | None
+
+
+class RewindShown(TypedDict):
+    abandoned: str  # the session that keeps what the rewind left
+    user_message_index: Any
+    headSha: Any
+    detached: Any
+    finished: bool
+    in_log: bool  # its _cairnd/rewind line is still in the log
+    prefill: Any
+
+
+class ShownSummary(SessionSummary):
+    worktree_exists: bool
+    log: str
+    fork_of: ForkOf | None
+    rewinds: list[RewindShown]
+
+
+class ChangeShown(TypedDict):
+    status: str  # git's status letter
+    path: str
+
+
+class TurnShown(TypedDict):
+    turn: int  # counted from 1: turn N is the one @N and `land --turn N` name (SPEC 13)
+    prompt: str
+    stopReason: str | None
+    headSha: str | None
+    worktreeSha: str | None
+    dirty: bool | None
+    inherited: bool
+    changes: list[ChangeShown] | None  # None where git cannot tell
+
+
+class ShownSession(TypedDict):
+    """`cairnd show --json` and /api/sessions/<id>."""
+
+    session: ShownSummary
+    turns: list[TurnShown]
 
 
 # --------------------------------------------------------------------------- the daemon
@@ -131,7 +203,7 @@ def busy_sessions(spool: Path) -> set[str]:
     return busy
 
 
-def session_summary(row: SessionRow) -> dict[str, Any]:
+def session_summary(row: SessionRow) -> SessionSummary:
     return {
         "id": row.id,
         "title": row.title,
@@ -147,7 +219,7 @@ def session_summary(row: SessionRow) -> dict[str, Any]:
     }
 
 
-def session_listing(layout: StateLayout, rows: list[SessionRow]) -> list[dict[str, Any]]:
+def session_listing(layout: StateLayout, rows: list[SessionRow]) -> list[ListedSession]:
     """`ls --json` and `/api/sessions`: each session's summary, and whether it is running."""
     busy = busy_sessions(layout.spool)
     return [{**session_summary(row), "running": row.id in busy} for row in rows]
@@ -184,7 +256,7 @@ def agent_answer(layout: StateLayout, session_id: str, turn: int) -> str | None:
     return chosen.agent_text
 
 
-def show_session(layout: StateLayout, session_id: str) -> dict[str, Any]:
+def show_session(layout: StateLayout, session_id: str) -> ShownSession:
     """A session and its turns with their checkpoints and the files each turn changed."""
     registry = open_registry(layout)
     row = registry.get(session_id) if registry else None
@@ -194,7 +266,7 @@ def show_session(layout: StateLayout, session_id: str) -> dict[str, Any]:
     turns = session_state(iter_lines(log), agent_text=False).conversation if log.exists() else []
     fork = registry.fork_of(row.id) if registry else None
     cwd = row.worktree if row.worktree.is_dir() else row.repo
-    shown = []
+    shown: list[TurnShown] = []
     sides = [((turn.previous_checkpoint or {}).get("worktreeSha"), (turn.checkpoint or {}).get("worktreeSha"))
              for turn in turns]
     for index, (turn, changes) in enumerate(zip(turns, changed_paths(cwd, sides))):
@@ -209,10 +281,7 @@ def show_session(layout: StateLayout, session_id: str) -> dict[str, Any]:
             "inherited": turn.inherited,
             "changes": None if changes is None else [{"status": s, "path": p} for s, p in changes],
         })
-    summary = session_summary(row)
-    summary["worktree_exists"] = row.worktree.is_dir()
-    summary["log"] = str(log)
-    summary["fork_of"] = None if fork is None else {
+    fork_of: ForkOf | None = None if fork is None else {
         "parent": fork.parent_id,
         "parent_title": fork.parent_title,
         "parent_exists": _exists(registry, fork.parent_id),
@@ -220,7 +289,8 @@ def show_session(layout: StateLayout, session_id: str) -> dict[str, Any]:
         "headSha": fork.head_sha,
         "worktreeSha": fork.worktree_sha,
     }
-    summary["rewinds"] = rewinds_shown(registry, row.id, log)
+    summary: ShownSummary = {**session_summary(row), "worktree_exists": row.worktree.is_dir(), "log": str(log),
+                             "fork_of": fork_of, "rewinds": rewinds_shown(registry, row.id, log)}
     return {"session": summary, "turns": shown}
 
 
@@ -228,10 +298,10 @@ def left_behind_by(registry: Registry | None, session_id: str) -> RewindRow | No
     """The rewind that left this session behind (it holds what its session was), if any."""
     if registry is None:
         return None
-    return next((j for j in registry.rewinds(("pending", "done")) if j.abandoned_id == session_id), None)
+    return next((record for record in registry.rewinds(("pending", "done")) if record.abandoned_id == session_id), None)
 
 
-def rewinds_shown(registry: Registry | None, session_id: str, log: Path) -> list[dict[str, Any]]:
+def rewinds_shown(registry: Registry | None, session_id: str, log: Path) -> list[RewindShown]:
     """The session's rewinds, oldest first: where each went back to, the session that keeps
     what it left, and whether its `_cairnd/rewind` line is still in the log (a later
     rewind to an earlier message cuts it away)."""
@@ -240,12 +310,12 @@ def rewinds_shown(registry: Registry | None, session_id: str, log: Path) -> list
         for _offset, line in iter_lines(log):
             if REWIND_MARK in line and (message := parse_message(line)) and method_of(message) == REWIND_METHOD:
                 in_log.add(params_of(message).get("abandoned"))
-    shown = []
-    for journal in registry.rewinds_of(session_id) if registry else []:
-        result = journal.result or {}
-        shown.append({"abandoned": journal.abandoned_id, "user_message_index": journal.plan.get("k"),
-                      "headSha": journal.plan.get("headSha"), "detached": journal.plan.get("detached"),
-                      "finished": journal.state == "done", "in_log": journal.abandoned_id in in_log,
+    shown: list[RewindShown] = []
+    for record in registry.rewinds_of(session_id) if registry else []:
+        result = record.result or {}
+        shown.append({"abandoned": record.abandoned_id, "user_message_index": record.plan.get("k"),
+                      "headSha": record.plan.get("headSha"), "detached": record.plan.get("detached"),
+                      "finished": record.state == "done", "in_log": record.abandoned_id in in_log,
                       "prefill": result.get("prefill")})
     return shown
 
@@ -327,7 +397,7 @@ def read_forest(layout: StateLayout) -> list[LineageNode]:
     if registry is None:
         return []
     forest = lineage_forest(registry.sessions(("ready", "deleted")), registry.forks())
-    rewound = {journal.abandoned_id: journal.plan.get("k") for journal in registry.rewinds(("pending", "done"))}
+    rewound = {record.abandoned_id: record.plan.get("k") for record in registry.rewinds(("pending", "done"))}
 
     def mark(node: LineageNode) -> None:
         node.rewound_at = rewound.get(node.id)

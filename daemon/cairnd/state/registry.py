@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -202,7 +202,7 @@ class Registry:
                  turns, request_id, now, now),
             )
 
-    def commit_session(self, id: str, result: dict[str, Any], fork: ForkRow | None = None,
+    def commit_session(self, id: str, result: Mapping[str, Any], fork: ForkRow | None = None,
                        rewind: RewindRow | None = None) -> None:
         """The commit point of creation: the row turns `ready` (and the lineage row
         appears) in one transaction. For the abandoned session of a rewind, the rewind's

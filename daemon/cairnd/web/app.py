@@ -20,7 +20,7 @@ import orjson
 from markupsafe import Markup
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.responses import HTMLResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -184,202 +184,7 @@ def session_list(view: WebView, text: str, state: str) -> list[dict[str, Any]]:
 
 def build_app(config: Config, token: str, csrf_token: str | None = None) -> Guard:
     """The ASGI application for `config`'s state directory, behind its guard (every
-    request needs `token`)."""
-    guard_holder: dict[str, Guard] = {}
-    view: WebView
-
-    async def sessions_page(request: Request) -> Response:
-        text = request.query_params.get("q", "")
-        state = request.query_params.get("state", "all")
-        if state not in STATES:
-            state = "all"
-        shown = await anyio.to_thread.run_sync(session_list, view, text, state)
-        return view.page("sessions.html", sessions=shown, q=text, state=state, states=STATES)
-
-    async def session_page(request: Request) -> Response:
-        session_id = request.path_params["session"]
-        try:
-            row, fork, _registry = await anyio.to_thread.run_sync(view.session_row, session_id)
-        except CairnError as exc:
-            return view.page("error.html", status=_STATUS_OF_CODE.get(exc.code, 400), error=exc)
-        parent = None
-        if fork is not None:
-            parent_row = await anyio.to_thread.run_sync(lambda: _registry.get(fork.parent_id) if _registry else None)
-            rewind = await anyio.to_thread.run_sync(left_behind_by, _registry, row.id)
-            parent = {"id": fork.parent_id, "title": fork.parent_title,
-                      "exists": parent_row is not None and parent_row.state == "ready",
-                      "at": fork.user_message_index,
-                      "rewound_at": rewind.plan.get("k") if rewind is not None else None}
-        log = view.layout.log_path(row.id)
-        page = await anyio.to_thread.run_sync(read_page, log)
-        await anyio.to_thread.run_sync(view.add_changes, page.items, row.repo)
-        return view.page("session.html", session=session_summary(row), row=row, parent=parent, page=page,
-                         cursor=encode_cursor(page.state), render_item=view.render_item)
-
-    async def session_more(request: Request) -> Response:
-        session_id = request.path_params["session"]
-        try:
-            row, _fork, _registry = await anyio.to_thread.run_sync(view.session_row, session_id)
-            state = decode_cursor(request.query_params.get("cursor", ""))
-            page = await anyio.to_thread.run_sync(read_page, view.layout.log_path(row.id), state)
-        except CairnError as exc:
-            return _error(exc.code, exc.message, _STATUS_OF_CODE.get(exc.code, 400))
-        await anyio.to_thread.run_sync(view.add_changes, page.items, row.repo)
-        return _json({
-            "html": "".join(str(view.render_item(item, row.id)) for item in page.items),
-            "ops": [_op_for_client(view, op, row.id) for op in page.leftover],
-            "cursor": encode_cursor(page.state), "at_end": page.at_end, "inode": page.inode,
-            "running": page.state["running"],
-        })
-
-    async def session_events(request: Request) -> Response:
-        session_id = request.path_params["session"]
-        try:
-            row, _fork, _registry = await anyio.to_thread.run_sync(view.session_row, session_id)
-            state = decode_cursor(request.query_params.get("cursor", ""))
-        except CairnError as exc:
-            return _error(exc.code, exc.message, _STATUS_OF_CODE.get(exc.code, 400))
-        inode_text = request.query_params.get("inode", "")
-        inode = int(inode_text) if inode_text.isdigit() else None
-
-        async def stream() -> AsyncIterator[bytes]:
-            yield b"retry: 2000\n\n"
-            shown = request.query_params.get("state")  # the state the page shows
-            shown = shown if shown in ("ready", "deleted") else row.state
-            async for kind, value in follow(view.layout.log_path(row.id), state, inode,
-                                            (shown, lambda: view.current_state(row.id))):
-                if kind == "ops":
-                    items = [op["item"] for op in value if op["op"] == "add"]
-                    await anyio.to_thread.run_sync(view.add_changes, items, row.repo)
-                    data = {"ops": [_op_for_client(view, op, row.id) for op in value]}
-                else:
-                    data = {"value": value}
-                yield b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
-                if kind == "replaced":
-                    return
-
-        return StreamingResponse(stream(), media_type="text/event-stream",
-                                 headers={"cache-control": "no-store", "x-accel-buffering": "no"})
-
-    async def diff_page(request: Request) -> Response:
-        session_id = request.path_params["session"]
-        old = request.query_params.get("from") or None
-        new = request.query_params.get("to", "")
-        try:
-            row, _fork, _registry = await anyio.to_thread.run_sync(view.session_row, session_id)
-            files = await anyio.to_thread.run_sync(file_diffs, row.repo, old, new)
-        except CairnError as exc:
-            return view.page("error.html", status=_STATUS_OF_CODE.get(exc.code, 400), error=exc)
-        split = request.query_params.get("view") == "split"
-        return view.page("diff.html", session=session_summary(row), files=files, old=old, new=new, split=split)
-
-    async def compare_page(request: Request) -> Response:
-        """SPEC 19: tries side by side, a diff a click away, Land and Delete per row."""
-        try:
-            compared = await anyio.to_thread.run_sync(lambda: view.attempts(request, commits=True))
-        except CairnError as exc:
-            return view.page("error.html", status=_STATUS_OF_CODE.get(exc.code, 400), error=exc)
-        return view.page("compare.html", compared=compared)
-
-    async def api_attempts(request: Request) -> Response:
-        """`cairnd compare --json`: ?siblings=S, or ?session=A&session=B..."""
-        try:
-            compared = await anyio.to_thread.run_sync(lambda: view.attempts(request))
-        except CairnError as exc:
-            return _error(exc.code, exc.message, _STATUS_OF_CODE.get(exc.code, 400))
-        return _json(compared)
-
-    async def lineage_page(request: Request) -> Response:
-        session_id = request.path_params["session"]
-        try:
-            await anyio.to_thread.run_sync(view.session_row, session_id)
-            tree = await anyio.to_thread.run_sync(lineage_view.drawn_tree, view.layout, session_id)
-        except CairnError as exc:
-            return view.page("error.html", status=_STATUS_OF_CODE.get(exc.code, 400), error=exc)
-        return view.page("lineage.html", tree=tree, marked=session_id)
-
-    # ------------------------------------------------------------------ the API
-
-    async def api_sessions(request: Request) -> Response:
-        registry = await anyio.to_thread.run_sync(open_registry, view.layout)
-        states = ("ready", "deleted") if request.query_params.get("all") in ("1", "true") else ("ready",)
-        rows = await anyio.to_thread.run_sync(lambda: registry.sessions(states) if registry else [])
-        return _json(await anyio.to_thread.run_sync(session_listing, view.layout, rows))
-
-    async def api_session(request: Request) -> Response:
-        try:
-            shown = await anyio.to_thread.run_sync(show_session, view.layout, request.path_params["session"])
-        except CairnError as exc:
-            return _error(exc.code, exc.message, _STATUS_OF_CODE.get(exc.code, 400))
-        return _json(shown)
-
-    async def api_tree(request: Request) -> Response:
-        forest = await anyio.to_thread.run_sync(read_forest, view.layout)
-        marked = request.query_params.get("session")
-        if marked:
-            root = find_root(forest, marked)
-            if root is None:
-                return _error("unknown_session", f"session {marked!r} does not exist in {view.layout.root}", 404)
-            forest = [root]
-        elif request.query_params.get("all") not in ("1", "true"):
-            forest = [root for root in forest if root.alive()]
-        return _json([root.as_dict() for root in forest])
-
-    async def api_status(request: Request) -> Response:
-        return _json(await anyio.to_thread.run_sync(daemon_status, view.config))
-
-    async def api_diff(request: Request) -> Response:
-        try:
-            row, _fork, _registry = await anyio.to_thread.run_sync(view.session_row, request.path_params["session"])
-            files = await anyio.to_thread.run_sync(diff_files, row.repo, request.query_params.get("from") or None,
-                                                   request.query_params.get("to", ""))
-        except CairnError as exc:
-            return _error(exc.code, exc.message, _STATUS_OF_CODE.get(exc.code, 400))
-        return _json([change.as_dict() for change in files])
-
-    async def api_compare(request: Request) -> Response:
-        """`cairnd diff A [B] --json`: checkpoints by name (SESSION or SESSION@N)."""
-        from cairnd.sessions.diffs import compare
-        try:
-            found = await anyio.to_thread.run_sync(compare, view.layout, request.query_params.get("a", ""),
-                                                   request.query_params.get("b") or None)
-        except CairnError as exc:
-            return _error(exc.code, exc.message, _STATUS_OF_CODE.get(exc.code, 400))
-        return _json(found["files"])
-
-    async def api_submit(request: Request) -> Response:
-        body = await request.body()
-        if len(body) > MAX_REQUEST_BYTES:
-            return _error("too_large", f"the request has {len(body)} bytes, over the 1 MiB limit", 413)
-        try:
-            parsed = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            return _error("bad_json", f"the request is not JSON: {exc}", 400)
-        if not isinstance(parsed, dict) or not isinstance(parsed.get("kind"), str):
-            return _error("bad_request", "a request is a JSON object with a \"kind\"", 400)
-        request_id = new_request_id("web")
-        await anyio.to_thread.run_sync(submit, view.layout.spool, parsed, request_id)
-        return _json({"id": request_id, "status": "queued",
-                      "path": str(view.layout.spool / "new" / f"{request_id}.json")}, 202)
-
-    async def api_request(request: Request) -> Response:
-        request_id = request.path_params["request"]
-        if not is_request_id(request_id):
-            return _error("bad_request", f"{request_id!r} is not a request id", 400)
-        try:
-            wait = min(REQUEST_WAIT_MAX, max(0.0, float(request.query_params.get("wait", "0"))))
-        except ValueError:
-            return _error("bad_request", "wait must be a number of seconds", 400)
-        deadline = time.monotonic() + wait
-        while True:
-            where = await anyio.to_thread.run_sync(locate, view.layout.spool, request_id)
-            if where.result is not None:
-                return _json(where.result)
-            if time.monotonic() >= deadline or await request.is_disconnected():
-                status = {"new": "queued", "cur": "working"}.get(where.place, where.place)
-                return _json({"id": request_id, "status": status}, 202)
-            await anyio.sleep(0.05)
-
+    request needs `token`). The routes below find the view in `request.app.state`."""
     routes = [
         Route("/", sessions_page),
         Route("/sessions/{session}", session_page),
@@ -401,9 +206,240 @@ def build_app(config: Config, token: str, csrf_token: str | None = None) -> Guar
     ]
     starlette = Starlette(routes=routes)
     guard = Guard(starlette, token=token, csrf_token=csrf_token)
-    view = WebView(config, guard.csrf_token)
-    guard_holder["guard"] = guard
+    starlette.state.view = WebView(config, guard.csrf_token)
     return guard
+
+
+def _view(request: Request) -> WebView:
+    return request.app.state.view
+
+
+# -- the pages -------------------------------------------------------------------------------
+
+
+async def sessions_page(request: Request) -> Response:
+    view = _view(request)
+    text = request.query_params.get("q", "")
+    state = request.query_params.get("state", "all")
+    if state not in STATES:
+        state = "all"
+    shown = await anyio.to_thread.run_sync(session_list, view, text, state)
+    return view.page("sessions.html", sessions=shown, q=text, state=state, states=STATES)
+
+
+async def session_page(request: Request) -> Response:
+    view = _view(request)
+    session_id = request.path_params["session"]
+    try:
+        row, fork, _registry = await anyio.to_thread.run_sync(view.session_row, session_id)
+    except CairnError as exc:
+        return view.page("error.html", status=_STATUS_OF_CODE.get(exc.code, 400), error=exc)
+    parent = None
+    if fork is not None:
+        parent_row = await anyio.to_thread.run_sync(lambda: _registry.get(fork.parent_id) if _registry else None)
+        rewind = await anyio.to_thread.run_sync(left_behind_by, _registry, row.id)
+        parent = {"id": fork.parent_id, "title": fork.parent_title,
+                  "exists": parent_row is not None and parent_row.state == "ready",
+                  "at": fork.user_message_index,
+                  "rewound_at": rewind.plan.get("k") if rewind is not None else None}
+    log = view.layout.log_path(row.id)
+    page = await anyio.to_thread.run_sync(read_page, log)
+    await anyio.to_thread.run_sync(view.add_changes, page.items, row.repo)
+    return view.page("session.html", session=session_summary(row), row=row, parent=parent, page=page,
+                     cursor=encode_cursor(page.state), render_item=view.render_item)
+
+
+async def session_more(request: Request) -> Response:
+    view = _view(request)
+    session_id = request.path_params["session"]
+    try:
+        row, _fork, _registry = await anyio.to_thread.run_sync(view.session_row, session_id)
+        state = decode_cursor(request.query_params.get("cursor", ""))
+        page = await anyio.to_thread.run_sync(read_page, view.layout.log_path(row.id), state)
+    except CairnError as exc:
+        return _error(exc.code, exc.message, _STATUS_OF_CODE.get(exc.code, 400))
+    await anyio.to_thread.run_sync(view.add_changes, page.items, row.repo)
+    return _json({
+        "html": "".join(str(view.render_item(item, row.id)) for item in page.items),
+        "ops": [_op_for_client(view, op, row.id) for op in page.leftover],
+        "cursor": encode_cursor(page.state), "at_end": page.at_end, "inode": page.inode,
+        "running": page.state["running"],
+    })
+
+
+async def session_events(request: Request) -> Response:
+    view = _view(request)
+    session_id = request.path_params["session"]
+    try:
+        row, _fork, _registry = await anyio.to_thread.run_sync(view.session_row, session_id)
+        state = decode_cursor(request.query_params.get("cursor", ""))
+    except CairnError as exc:
+        return _error(exc.code, exc.message, _STATUS_OF_CODE.get(exc.code, 400))
+    inode_text = request.query_params.get("inode", "")
+    inode = int(inode_text) if inode_text.isdigit() else None
+
+    async def stream() -> AsyncIterator[bytes]:
+        yield b"retry: 2000\n\n"
+        shown = request.query_params.get("state")  # the state the page shows
+        shown = shown if shown in ("ready", "deleted") else row.state
+        async for kind, value in follow(view.layout.log_path(row.id), state, inode,
+                                        (shown, lambda: view.current_state(row.id))):
+            if kind == "ops":
+                items = [op["item"] for op in value if op["op"] == "add"]
+                await anyio.to_thread.run_sync(view.add_changes, items, row.repo)
+                data = {"ops": [_op_for_client(view, op, row.id) for op in value]}
+            else:
+                data = {"value": value}
+            yield b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+            if kind == "replaced":
+                return
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"cache-control": "no-store", "x-accel-buffering": "no"})
+
+
+async def diff_page(request: Request) -> Response:
+    view = _view(request)
+    session_id = request.path_params["session"]
+    old = request.query_params.get("from") or None
+    new = request.query_params.get("to", "")
+    try:
+        row, _fork, _registry = await anyio.to_thread.run_sync(view.session_row, session_id)
+        files = await anyio.to_thread.run_sync(file_diffs, row.repo, old, new)
+    except CairnError as exc:
+        return view.page("error.html", status=_STATUS_OF_CODE.get(exc.code, 400), error=exc)
+    split = request.query_params.get("view") == "split"
+    return view.page("diff.html", session=session_summary(row), files=files, old=old, new=new, split=split)
+
+
+async def compare_page(request: Request) -> Response:
+    """SPEC 19: tries side by side, a diff a click away, Land and Delete per row."""
+    view = _view(request)
+    try:
+        compared = await anyio.to_thread.run_sync(lambda: view.attempts(request, commits=True))
+    except CairnError as exc:
+        return view.page("error.html", status=_STATUS_OF_CODE.get(exc.code, 400), error=exc)
+    return view.page("compare.html", compared=compared)
+
+
+async def api_attempts(request: Request) -> Response:
+    """`cairnd compare --json`: ?siblings=S, or ?session=A&session=B..."""
+    view = _view(request)
+    try:
+        compared = await anyio.to_thread.run_sync(lambda: view.attempts(request))
+    except CairnError as exc:
+        return _error(exc.code, exc.message, _STATUS_OF_CODE.get(exc.code, 400))
+    return _json(compared)
+
+
+async def lineage_page(request: Request) -> Response:
+    view = _view(request)
+    session_id = request.path_params["session"]
+    try:
+        await anyio.to_thread.run_sync(view.session_row, session_id)
+        tree = await anyio.to_thread.run_sync(lineage_view.drawn_tree, view.layout, session_id)
+    except CairnError as exc:
+        return view.page("error.html", status=_STATUS_OF_CODE.get(exc.code, 400), error=exc)
+    return view.page("lineage.html", tree=tree, marked=session_id)
+
+
+# -- the API ---------------------------------------------------------------------------------
+
+
+async def api_sessions(request: Request) -> Response:
+    view = _view(request)
+    registry = await anyio.to_thread.run_sync(open_registry, view.layout)
+    states = ("ready", "deleted") if request.query_params.get("all") in ("1", "true") else ("ready",)
+    rows = await anyio.to_thread.run_sync(lambda: registry.sessions(states) if registry else [])
+    return _json(await anyio.to_thread.run_sync(session_listing, view.layout, rows))
+
+
+async def api_session(request: Request) -> Response:
+    view = _view(request)
+    try:
+        shown = await anyio.to_thread.run_sync(show_session, view.layout, request.path_params["session"])
+    except CairnError as exc:
+        return _error(exc.code, exc.message, _STATUS_OF_CODE.get(exc.code, 400))
+    return _json(shown)
+
+
+async def api_tree(request: Request) -> Response:
+    view = _view(request)
+    forest = await anyio.to_thread.run_sync(read_forest, view.layout)
+    marked = request.query_params.get("session")
+    if marked:
+        root = find_root(forest, marked)
+        if root is None:
+            return _error("unknown_session", f"session {marked!r} does not exist in {view.layout.root}", 404)
+        forest = [root]
+    elif request.query_params.get("all") not in ("1", "true"):
+        forest = [root for root in forest if root.alive()]
+    return _json([root.as_dict() for root in forest])
+
+
+async def api_status(request: Request) -> Response:
+    view = _view(request)
+    return _json(await anyio.to_thread.run_sync(daemon_status, view.config))
+
+
+async def api_diff(request: Request) -> Response:
+    view = _view(request)
+    try:
+        row, _fork, _registry = await anyio.to_thread.run_sync(view.session_row, request.path_params["session"])
+        files = await anyio.to_thread.run_sync(diff_files, row.repo, request.query_params.get("from") or None,
+                                               request.query_params.get("to", ""))
+    except CairnError as exc:
+        return _error(exc.code, exc.message, _STATUS_OF_CODE.get(exc.code, 400))
+    return _json([change.as_dict() for change in files])
+
+
+async def api_compare(request: Request) -> Response:
+    """`cairnd diff A [B] --json`: checkpoints by name (SESSION or SESSION@N)."""
+    view = _view(request)
+    from cairnd.sessions.diffs import compare
+    try:
+        found = await anyio.to_thread.run_sync(compare, view.layout, request.query_params.get("a", ""),
+                                               request.query_params.get("b") or None)
+    except CairnError as exc:
+        return _error(exc.code, exc.message, _STATUS_OF_CODE.get(exc.code, 400))
+    return _json(found["files"])
+
+
+async def api_submit(request: Request) -> Response:
+    view = _view(request)
+    body = await request.body()
+    if len(body) > MAX_REQUEST_BYTES:
+        return _error("too_large", f"the request has {len(body)} bytes, over the 1 MiB limit", 413)
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        return _error("bad_json", f"the request is not JSON: {exc}", 400)
+    if not isinstance(parsed, dict) or not isinstance(parsed.get("kind"), str):
+        return _error("bad_request", "a request is a JSON object with a \"kind\"", 400)
+    request_id = new_request_id("web")
+    await anyio.to_thread.run_sync(submit, view.layout.spool, parsed, request_id)
+    return _json({"id": request_id, "status": "queued",
+                  "path": str(view.layout.spool / "new" / f"{request_id}.json")}, 202)
+
+
+async def api_request(request: Request) -> Response:
+    view = _view(request)
+    request_id = request.path_params["request"]
+    if not is_request_id(request_id):
+        return _error("bad_request", f"{request_id!r} is not a request id", 400)
+    try:
+        wait = min(REQUEST_WAIT_MAX, max(0.0, float(request.query_params.get("wait", "0"))))
+    except ValueError:
+        return _error("bad_request", "wait must be a number of seconds", 400)
+    deadline = time.monotonic() + wait
+    while True:
+        where = await anyio.to_thread.run_sync(locate, view.layout.spool, request_id)
+        if where.result is not None:
+            return _json(where.result)
+        if time.monotonic() >= deadline or await request.is_disconnected():
+            status = {"new": "queued", "cur": "working"}.get(where.place, where.place)
+            return _json({"id": request_id, "status": status}, 202)
+        await anyio.sleep(0.05)
 
 
 def _op_for_client(view: WebView, op: dict[str, Any], session: str) -> dict[str, Any]:
