@@ -239,7 +239,7 @@ class Daemon:
     def dispatch(self, claimed: Claimed) -> None:
         """Schedule a claimed request (from the spool, or the fleet's stream)."""
         assert self._work is not None
-        self._begin()
+        self._request_in()
         admitted = admit(claimed.data, claimed.problem)
         if admitted.request is None:
             self._work.start_soon(self._publish_refusal, claimed, admitted)
@@ -283,7 +283,7 @@ class Daemon:
         try:
             await self.fleet.door(claimed, request)
         finally:
-            self._end()
+            self._request_out()
 
     @property
     def sessions(self) -> Sessions:
@@ -346,14 +346,14 @@ class Daemon:
             with anyio.CancelScope(shield=True):
                 await self._publish(claimed, work.echo, work.request.kind, result=result)
         finally:
-            self._end()
+            self._request_out()
 
     async def _publish_refusal(self, claimed: Claimed, admitted: Admitted) -> None:
         try:
             assert admitted.error is not None
             await self._publish(claimed, admitted.echo, admitted.kind, error=admitted.error)
         finally:
-            self._end()
+            self._request_out()
 
     async def _publish(self, claimed: Claimed, echo: Any, kind: str | None, *,
                        result: Mapping[str, Any] | None = None, error: CairnError | None = None) -> None:
@@ -393,12 +393,14 @@ class Daemon:
                 await anyio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    def _begin(self) -> None:
+    def _request_in(self) -> None:
+        """A request is in flight (claimed, not yet answered)."""
         self.in_flight += 1
         if self.idle.is_set():
             self.idle = anyio.Event()
 
-    def _end(self) -> None:
+    def _request_out(self) -> None:
+        """A request is answered (or left for the next start): one fewer in flight."""
         self.in_flight -= 1
         if self.in_flight == 0:
             self.idle.set()
