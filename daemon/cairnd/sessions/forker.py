@@ -18,13 +18,14 @@ from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NotRequired, TypedDict
+from typing import Any
 
 from cairnd.git import run as git
 from cairnd.git import snapshot as gitsnapshot
 from cairnd.git import worktree as gitworktree
 from cairnd.git import places
 from cairnd.checkpoints.checkpoint import checkpoint_params, pin_checkpoint, take_checkpoint
+from cairnd.sessions.results import ForkResult
 from cairnd.sessions.creation import creating, write_initial_log
 from cairnd.sessionlog.cutindex import find_cut
 from cairnd.state.layout import StateLayout
@@ -143,22 +144,6 @@ def find_fork_cut(layout: StateLayout, parent: SessionRow, k: int,
                                  start.index_tree)
     return Cut(parent, k, parent_log, point, start, turns, trees,
                history(parent_log, point.offset) if history is not None else None)
-
-
-class ForkResult(TypedDict):
-    """A fork's result (SPEC 7: fork)."""
-
-    session: str
-    parent: str
-    user_message_index: int
-    title: str
-    worktree: str
-    headSha: str
-    worktreeSha: str | None
-    state: str  # what the fork starts from (ForkState.state): "checkpoint" or "current_head"
-    prefill: str
-    log: str
-    history: NotRequired[str]  # how the fork's agent will get the kept conversation (SPEC 12)
 
 
 def build_fork(layout: StateLayout, cut: Cut, row: SessionRow, *, max_file_bytes: int,

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypedDict
+from typing import Any
 
 import anyio
 
@@ -60,32 +60,13 @@ from cairnd.spool.requests import (
     is_git_url,
 )
 from cairnd.agent.runner import AgentRunner, Front
+from cairnd.sessions.results import CancelResult, CreatedResult, DeleteResult
 from cairnd.sessionlog.transcript import turn_of_request
 
 
 def _shown_turn(turn: object) -> object:
     """A logged turn index as people count turns: from 1 (turn N is `SESSION@N`)."""
     return turn + 1 if isinstance(turn, int) and not isinstance(turn, bool) else turn
-
-
-class CreatedResult(TypedDict):
-    """What `new` made (SPEC 7), before its first turn's fields (the runner's) join it."""
-
-    session: str
-    title: str
-    worktree: str
-    headSha: str
-    log: str
-
-
-class CancelResult(TypedDict):
-    session: str
-    cancelled: bool  # a turn was running and was asked to stop
-
-
-class DeleteResult(TypedDict):
-    session: str
-    worktree_kept: bool
 
 
 class Sessions:
