@@ -487,3 +487,12 @@ def _copy_readwrite(src_fd: int, dst_fd: int, done: int, length: int) -> int:
         write_all(dst_fd, block)
         done += len(block)
     return done
+
+
+def log_mark(path: Path) -> tuple[int, int]:
+    """(inode, size) of a log: another writer's append or a rewind's rename changes it."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (0, 0)
+    return (st.st_ino, st.st_size)

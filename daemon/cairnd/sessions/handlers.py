@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import shutil
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -41,7 +40,7 @@ from cairnd.agent.history import predict as predict_history
 from cairnd.ids import new_session_id
 from cairnd.journal import event
 from cairnd.sessionlog.entries import checkpoint_entry
-from cairnd.sessionlog.file import iter_lines
+from cairnd.sessionlog.file import iter_lines, log_mark
 from cairnd.state.registry import Registry, RewindRow, SessionRow
 from cairnd.state.sessionlock import SessionLocks
 from cairnd.sessions import rewind as rewinding
@@ -60,13 +59,8 @@ from cairnd.spool.requests import (
     is_git_url,
 )
 from cairnd.agent.runner import AgentRunner, Front
-from cairnd.sessions.results import CancelResult, CreatedResult, DeleteResult
+from cairnd.sessions.results import CancelResult, CreatedResult, DeleteResult, shown_turn
 from cairnd.sessionlog.transcript import turn_of_request
-
-
-def _shown_turn(turn: object) -> object:
-    """A logged turn index as people count turns: from 1 (turn N is `SESSION@N`)."""
-    return turn + 1 if isinstance(turn, int) and not isinstance(turn, bool) else turn
 
 
 class Sessions:
@@ -234,11 +228,11 @@ class Sessions:
         try:
             path = self.layout.log_path(session_id)
             mark = self._log_marks.get(session_id)
-            if fresh and mark is not None and mark != _log_mark(path) and session_id in self.runners:
+            if fresh and mark is not None and mark != log_mark(path) and session_id in self.runners:
                 await self.runners.pop(session_id).close()
             yield
         finally:
-            self._log_marks[session_id] = _log_mark(self.layout.log_path(session_id))
+            self._log_marks[session_id] = log_mark(self.layout.log_path(session_id))
             if not self.hold_locks:
                 self.locks.release(session_id)
 
@@ -437,7 +431,7 @@ class Sessions:
             if record is not None:
                 if record.get("stopReason") == "interrupted" or record.get("open"):
                     raise CairnError("turn_interrupted",
-                                     f"turn {_shown_turn(record.get('turn'))} of session {row.id} was cut by a stop of cairnd")
+                                     f"turn {shown_turn(record.get('turn'))} of session {row.id} was cut by a stop of cairnd")
                 return record["result"]
         async with self.turn_limiter, self.writing(row.id):
             self.turns_in_flight += 1
@@ -495,12 +489,3 @@ class Sessions:
                 tg.start_soon(runner.close)
         await anyio.to_thread.run_sync(gitobjects.close_all)  # the kept `git cat-file` processes
         self.locks.release_all()
-
-
-def _log_mark(path: Path) -> tuple[int, int]:
-    """(inode, size) of a log: another writer's append or a rewind's rename changes it."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return (0, 0)
-    return (st.st_ino, st.st_size)

@@ -7,6 +7,11 @@ from __future__ import annotations
 from typing import NotRequired, TypedDict
 
 
+def shown_turn(turn: object) -> object:
+    """A logged turn index as people count turns: from 1 (turn N is `SESSION@N`)."""
+    return turn + 1 if isinstance(turn, int) and not isinstance(turn, bool) else turn
+
+
 class CreatedResult(TypedDict):
     """What `new` made (SPEC 7), before its first turn's fields (the runner's) join it."""
 
