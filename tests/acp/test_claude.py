@@ -23,11 +23,6 @@ from realagents.harness import RecordingClient, ensure_agents_installed, make_gi
 pytestmark = [pytest.mark.anyio, pytest.mark.realagent, pytest.mark.slow]
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 PROMPTS = ["Write refused.txt.", "Write kept.txt.", "What is left?"]
 
 

@@ -24,11 +24,6 @@ from realagents.harness import RecordingClient  # noqa: E402
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 class Editor:
     """One `cairnd acp` process and the client talking to it."""
 

@@ -17,11 +17,6 @@ from test_client import Editor, editor, opened
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 async def test_a_daemon_leaves_the_editors_session_to_it_then_takes_it_over(tmp_path):
     repo = repo_at(tmp_path)
     client, spawned = editor(tmp_path, repo)
