@@ -59,6 +59,7 @@ async def opened(conn) -> dict:
     return init.model_dump(by_alias=True, exclude_none=True)
 
 
+@pytest.mark.slow
 async def test_commands_list_load_and_fork_from_a_python_client(tmp_path):
     repo = repo_at(tmp_path)
     client, spawned = editor(tmp_path, repo)
@@ -138,6 +139,7 @@ async def test_commands_list_load_and_fork_from_a_python_client(tmp_path):
         assert "history=3" in text, text
 
 
+@pytest.mark.slow
 async def test_an_agent_that_cannot_start_and_a_session_open_elsewhere(tmp_path):
     from daemonproc import write_config
     repo = repo_at(tmp_path)

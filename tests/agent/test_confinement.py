@@ -118,6 +118,7 @@ def run_lines(daemon: Daemon, session: str, *commands: str) -> list[tuple[str, s
 
 
 @landlock
+@pytest.mark.slow
 def test_run_writes_in_its_worktree_and_nowhere_else(daemon: Daemon, place: dict[str, Path]) -> None:
     repo, state, home = place["repo"], place["state"], place["home"]
     first = daemon.ok({"kind": "new", "repo": str(repo), "agent": "own_home"})
@@ -167,6 +168,7 @@ def test_run_writes_in_its_worktree_and_nowhere_else(daemon: Daemon, place: dict
 
 
 @landlock
+@pytest.mark.slow
 def test_a_fork_is_confined_to_its_own_worktree(daemon: Daemon, place: dict[str, Path]) -> None:
     # The built-in profile: it keeps its transcripts in <state>/agents/reference.
     parent = daemon.ok({"kind": "new", "repo": str(place["repo"]), "prompt": "write a.txt: parent"})
@@ -180,6 +182,7 @@ def test_a_fork_is_confined_to_its_own_worktree(daemon: Daemon, place: dict[str,
 
 
 @landlock
+@pytest.mark.slow
 def test_an_agent_whose_home_holds_the_state_dir_and_the_checkout(place: dict[str, Path], start: Callable[..., Daemon]) -> None:
     # The reference profile's HOME is cairnd's own: all of it is the agent's, less the
     # state directory and the source checkout that lie inside it.
@@ -196,6 +199,7 @@ def test_an_agent_whose_home_holds_the_state_dir_and_the_checkout(place: dict[st
         assert daemon.stop() == 0
 
 
+@pytest.mark.slow
 def test_sandbox_off_lets_the_same_write_through(place: dict[str, Path], start: Callable[..., Daemon]) -> None:
     daemon = start(agents={"loose": {"command": [sys.executable, "-m", "cairnd.agents.reference"],
                                             "sandbox": "off"}})
@@ -208,6 +212,7 @@ def test_sandbox_off_lets_the_same_write_through(place: dict[str, Path], start: 
         assert daemon.stop() == 0
 
 
+@pytest.mark.slow
 def test_without_landlock_cairnd_says_so_once_and_runs_agents_unconfined(place: dict[str, Path], start: Callable[..., Daemon]) -> None:
     daemon = start(env={sandbox.FORCE_UNAVAILABLE_ENV: "1"})
     try:

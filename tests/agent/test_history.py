@@ -157,6 +157,7 @@ def history_n(daemon: Daemon, session: str) -> int:
     return int(re.findall(r"history=(\d+)", log)[-1])
 
 
+@pytest.mark.slow
 def test_forks_at_every_k_hold_exactly_the_parents_messages_before_the_cut(daemon: Daemon, repo: Path):
     parent = four_turns(daemon, repo)
     prompts = ["write a.txt: one", "run: echo two > b.txt", "commit: three", "say four"]
@@ -175,6 +176,7 @@ def test_forks_at_every_k_hold_exactly_the_parents_messages_before_the_cut(daemo
     assert user_texts(read_transcript(parent_sdk, store(daemon))) == prompts  # the parent is untouched
 
 
+@pytest.mark.slow
 def test_a_fork_of_a_fork_holds_the_grandparents_prefix_and_its_own_turns(daemon: Daemon, repo: Path):
     parent = four_turns(daemon, repo)
     child = daemon.ok({"kind": "fork", "session": parent, "user_message_index": 3, "prompt": "child one"})
@@ -194,6 +196,7 @@ def test_a_fork_without_a_prompt_says_how_its_agent_will_get_the_history(daemon:
     assert daemon.ok({"kind": "fork", "session": parent, "user_message_index": 0})["history"] == "none"
 
 
+@pytest.mark.slow
 def test_a_removed_parent_transcript_falls_back_to_replay_and_says_why(daemon: Daemon, repo: Path):
     parent = four_turns(daemon, repo)
     parent_sdk = sdk_entries(daemon, parent)[-1]["sdkSessionId"]
@@ -205,6 +208,7 @@ def test_a_removed_parent_transcript_falls_back_to_replay_and_says_why(daemon: D
     assert "by replay" in line and "session/fork of " + parent_sdk in line and "-32002" in line
 
 
+@pytest.mark.slow
 def test_native_insists_a_removed_transcript_is_agent_failed(start_daemon: Callable[..., Daemon], repo: Path):
     daemon = start_daemon(reference_with("native"))
     parent = four_turns(daemon, repo)
@@ -214,6 +218,7 @@ def test_native_insists_a_removed_transcript_is_agent_failed(start_daemon: Calla
     assert "session/fork of" in failed["error"]["message"] and "history = native" in failed["error"]["message"]
 
 
+@pytest.mark.slow
 def test_replay_mode_replays_forks_and_restarts(start_daemon: Callable[..., Daemon], repo: Path):
     daemon = start_daemon(reference_with("replay"))
     parent = four_turns(daemon, repo)
@@ -223,6 +228,7 @@ def test_replay_mode_replays_forks_and_restarts(start_daemon: Callable[..., Daem
     assert user_texts(held) == ["after"] and held[0] == {"kind": "replay", "userMessages": 3}
 
 
+@pytest.mark.slow
 def test_a_restart_after_a_crash_resumes_the_same_agent_session(daemon: Daemon, repo: Path):
     session = daemon.ok({"kind": "new", "repo": str(repo), "prompt": "write a.txt: one"})["session"]
     crashed = daemon.request({"kind": "prompt", "session": session, "text": "crash"})
@@ -246,6 +252,7 @@ def test_the_marked_read_of_a_log_file_gives_the_same_facts(tmp_path: Path):
     assert (kept.source_session, kept.message_id, kept.user_messages, kept.cut) == ("p1", "m1", 2, True)
 
 
+@pytest.mark.slow
 def test_native_refuses_to_make_a_fork_its_agent_cannot_take_and_auto_loads_restarts(tmp_path: Path, repo: Path):
     """An agent with loadSession but no session/fork (tests/agent/agents/plain_agent.py): under
     history = native a fork is agent_failed and leaves no session; under auto it replays,

@@ -174,6 +174,7 @@ async def test_delegate_runs_marked_sub_sessions_and_nests(repo: Path) -> None:
     assert (repo / "n.txt").read_text() == "deep\n"
 
 
+@pytest.mark.slow
 async def test_sleep_honours_cancel(repo: Path) -> None:
     async with reference_agent(repo) as (conn, client, _, sid):
         started = time.monotonic()
@@ -192,6 +193,7 @@ async def test_sleep_honours_cancel(repo: Path) -> None:
     assert not (repo / "late").exists()
 
 
+@pytest.mark.slow
 async def test_crash_exits_at_once_with_status_1(repo: Path) -> None:
     async with reference_agent(repo) as (conn, client, proc, sid):
         with pytest.raises(ConnectionError):
@@ -201,6 +203,7 @@ async def test_crash_exits_at_once_with_status_1(repo: Path) -> None:
     assert not (repo / "after").exists()
 
 
+@pytest.mark.slow
 async def test_history_counts_prompts_and_replayed_messages(repo: Path) -> None:
     replay = acp.resource_block(acp.embedded_text_resource("cairnd://replay/s1", "earlier conversation"))
     replay.field_meta = {"cairnd": {"userMessages": 3}}
@@ -230,6 +233,7 @@ async def test_it_advertises_fork_and_resume_and_keeps_a_transcript(repo: Path, 
     assert [r["messageId"] for r in records if r["text"].startswith("history=")] == agent_message_ids(client)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("k", [1, 2, 3])
 async def test_a_fork_at_a_message_id_holds_the_transcript_up_to_it_in_a_new_process(repo: Path, store: Path,
                                                                                     k: int) -> None:
@@ -249,6 +253,7 @@ async def test_a_fork_at_a_message_id_holds_the_transcript_up_to_it_in_a_new_pro
     assert read_transcript(parent, store)[-1]["text"] == "history=2"  # the parent is untouched
 
 
+@pytest.mark.slow
 async def test_fork_and_resume_errors_name_what_is_missing(repo: Path, store: Path) -> None:
     async with reference_agent(repo) as (conn, _client, _, sid):
         await conn.prompt(session_id=sid, prompt=[acp.text_block("one")])
@@ -263,6 +268,7 @@ async def test_fork_and_resume_errors_name_what_is_missing(repo: Path, store: Pa
             assert gone.value.code == -32002 and sid in str(gone.value)
 
 
+@pytest.mark.slow
 async def test_resume_in_a_new_process_knows_the_earlier_messages(repo: Path) -> None:
     async with reference_agent(repo) as (conn, _client, _, sid):
         await conn.prompt(session_id=sid, prompt=[acp.text_block("one")])

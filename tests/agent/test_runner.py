@@ -224,6 +224,7 @@ async def test_three_turns_are_logged_frame_by_frame_and_checkpointed(repo: Path
     assert history_in(last_reply(log_path)) == 2
 
 
+@pytest.mark.slow
 async def test_frames_larger_than_a_pipe_buffer_cross_whole(repo: Path, log_path: Path) -> None:
     big = "x" * 300_000
     async with runner_for(repo, log_path) as runner:
@@ -233,6 +234,7 @@ async def test_frames_larger_than_a_pipe_buffer_cross_whole(repo: Path, log_path
     assert [len(m["result"]["content"]) for m in reads] == [len(big) + 1]
 
 
+@pytest.mark.slow
 async def test_a_cancel_the_moment_a_turn_takes_its_lock_is_not_lost(repo: Path, log_path: Path) -> None:
     """Taking the turn lock is a scheduling point: a cancel that comes inside it (busy,
     the turn's body not begun) once got reset by the turn's start and the turn ran on
@@ -251,6 +253,7 @@ async def test_a_cancel_the_moment_a_turn_takes_its_lock_is_not_lost(repo: Path,
     assert [o["stopReason"] for o in outcomes] == ["cancelled"]
 
 
+@pytest.mark.slow
 async def test_cancel_ends_a_sleeping_turn_cancelled_and_checkpointed(repo: Path, log_path: Path) -> None:
     outcomes: list[dict[str, Any]] = []
     async with runner_for(repo, log_path) as runner:
@@ -275,6 +278,7 @@ async def test_cancel_ends_a_sleeping_turn_cancelled_and_checkpointed(repo: Path
     assert [t["stopReason"] for t in entries(log_path, "_posthog/turn_complete")] == ["cancelled"] * 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("history", ["auto", "replay"])
 async def test_a_crash_mid_turn_fails_the_turn_and_the_next_one_gets_the_history(repo: Path, log_path: Path,
                                                                                  history: str) -> None:
@@ -325,6 +329,7 @@ async def test_an_agent_that_cannot_start_is_agent_failed(repo: Path, log_path: 
     assert entries(log_path, "_posthog/turn_complete") == []  # no turn began
 
 
+@pytest.mark.slow
 async def test_agent_writes_and_reads_are_confined_to_the_worktree(repo: Path, log_path: Path,
                                                                    tmp_path: Path) -> None:
     outside = tmp_path / "outside"
@@ -444,6 +449,7 @@ async def test_the_agent_gets_our_environment_plus_its_profile_env(repo: Path, l
 # -- lifetime -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_an_idle_agent_is_stopped_and_restarted_with_its_history(repo: Path, log_path: Path) -> None:
     async with runner_for(repo, log_path, idle_seconds=0.2) as runner:
         await runner.prompt("write a.txt: one")
@@ -454,6 +460,7 @@ async def test_an_idle_agent_is_stopped_and_restarted_with_its_history(repo: Pat
     assert history_in(last_reply(log_path)) == 1
 
 
+@pytest.mark.slow
 async def test_close_mid_turn_interrupts_it_and_reaps_the_agent(repo: Path, log_path: Path) -> None:
     raised: list[CairnError] = []
     async with runner_for(repo, log_path) as runner:
@@ -474,6 +481,7 @@ async def test_close_mid_turn_interrupts_it_and_reaps_the_agent(repo: Path, log_
         await runner.prompt("too late")
 
 
+@pytest.mark.slow
 async def test_a_cancelled_caller_leaves_the_turn_recorded_as_interrupted(repo: Path, log_path: Path) -> None:
     async with runner_for(repo, log_path) as runner:
         with anyio.move_on_after(60) as scope:
@@ -488,6 +496,7 @@ async def test_a_cancelled_caller_leaves_the_turn_recorded_as_interrupted(repo: 
     assert result["turn"] == 1
 
 
+@pytest.mark.slow
 async def test_a_turn_left_open_by_a_crash_of_cairnd_is_closed_as_interrupted(repo: Path, log_path: Path) -> None:
     async with runner_for(repo, log_path) as runner:
         await runner.prompt("write a.txt: one")

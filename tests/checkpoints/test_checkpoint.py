@@ -409,6 +409,7 @@ def check_every_step_restores_exactly(data: st.DataObject) -> None:
 KINDS_SEEN: set[str] = set()
 
 
+@pytest.mark.slow
 def test_fidelity_every_step_restores_exactly() -> None:
     STEPS_SEEN.clear()
     KINDS_SEEN.clear()

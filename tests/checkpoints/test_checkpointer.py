@@ -187,6 +187,7 @@ def test_a_tree_with_attributes_goes_to_git(tmp_path: Path) -> None:
         checkpoints.close()
 
 
+@pytest.mark.slow
 def test_a_real_queue_overflow_falls_back_to_the_full_scan(repo: Path, checkpoints: Checkpointer) -> None:
     same_as_full_scan(checkpoints, repo)
     limit = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
@@ -255,6 +256,7 @@ def check_random_changes_give_the_full_scans_snapshot(data: st.DataObject) -> No
 RANDOM_COUNTS: list[dict[str, int]] = []
 
 
+@pytest.mark.slow
 def test_random_changes_give_the_full_scans_snapshot() -> None:
     RANDOM_COUNTS.clear()
     check_random_changes_give_the_full_scans_snapshot()

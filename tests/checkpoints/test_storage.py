@@ -24,6 +24,7 @@ from gitrepos import commit_exists, git_text, write
 pytestmark = pytest.mark.repo(files={"a.txt": "a\n"})
 
 
+@pytest.mark.slow
 def test_checkpoint_refs_never_pile_up_past_the_hard_limit(repo: Path, tmp_path: Path) -> None:
     checkpoints = Checkpointer(WatchSet(), tmp_path / "indexes")
     try:
@@ -41,6 +42,7 @@ def test_checkpoint_refs_never_pile_up_past_the_hard_limit(repo: Path, tmp_path:
         checkpoints.close()
 
 
+@pytest.mark.slow
 def test_background_upkeep_packs_refs_and_objects(repo: Path, tmp_path: Path) -> None:
     checkpoints = Checkpointer(WatchSet(), tmp_path / "indexes")
     try:
@@ -165,6 +167,7 @@ def test_status_figures_per_repository(repo: Path, tmp_path: Path, capsys) -> No
     assert f"repo       {repo}: 1 session(s), 2 checkpoint ref(s) (2 loose), objects" in out
 
 
+@pytest.mark.slow
 def test_the_daemon_collects_at_start_and_packs_refs_in_the_background(repo: Path, tmp_path: Path) -> None:
     """keep_deleted_days = 0: a deleted session's log goes at the daemon's next start
     (its daily collection runs at start); and turns past the pack threshold leave the

@@ -76,6 +76,7 @@ def shared(tmp_path_factory: pytest.TempPathFactory):
 # --------------------------------------------------------------------------- help and usage
 
 
+@pytest.mark.slow
 def test_help_says_what_each_command_does_and_shows_an_example():
     top = cairnd("--help")
     assert top.returncode == 0
@@ -115,6 +116,7 @@ def test_usage_errors_exit_2(args: list[str], tmp_path: Path):
     assert proc.stderr and proc.stdout == ""
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", [["ls"], ["serve"], ["prompt", "s1", "x", "--no-wait"]])
 def test_a_bad_configuration_is_a_usage_error(command: list[str], tmp_path: Path):
     missing = cairnd(*command, config=tmp_path / "missing.toml")
@@ -137,6 +139,7 @@ def test_common_options_go_before_or_after_the_command(shared: Daemon):
 # --------------------------------------------------------------------------- request commands
 
 
+@pytest.mark.slow
 def test_new_prompt_fork_cancel_rm_with_json(shared: Daemon, repo: Path, tmp_path: Path):
     config = shared.config
     # A relative REPO is made absolute: the spool only takes absolute paths.
@@ -171,6 +174,7 @@ def test_new_prompt_fork_cancel_rm_with_json(shared: Daemon, repo: Path, tmp_pat
     assert kept["request"]["keep_worktree"] is True and Path(fork["worktree"]).is_dir()
 
 
+@pytest.mark.slow
 def test_rewind_diff_land_show_tree(shared: Daemon, repo: Path):
     config = shared.config
     session = ok_json("new", str(repo), "--title", "plan", "-m", "write a.txt: one", config=config)["result"]["session"]
@@ -203,6 +207,7 @@ def test_rewind_diff_land_show_tree(shared: Daemon, repo: Path):
     assert ok_json("show", rewound["abandoned"], config=config)["session"]["turns"] == 2
 
 
+@pytest.mark.slow
 def test_human_summaries(shared: Daemon, repo: Path):
     config = shared.config
     new = cairnd("new", str(repo), "-m", "write a.txt: one", config=config)
@@ -290,6 +295,7 @@ def test_timeout_while_the_daemon_runs_says_so(shared: Daemon, repo: Path):
     assert shared.ok({"kind": "cancel", "session": session})["session"] == session
 
 
+@pytest.mark.slow
 def test_no_wait_with_the_daemon_stopped_then_picked_up(tmp_path: Path, repo: Path):
     daemon = Daemon(tmp_path / "state")
     queued = cairnd("new", str(repo), "-m", "write later.txt: queued", "--no-wait", config=daemon.config)
@@ -311,6 +317,7 @@ def test_no_wait_with_the_daemon_stopped_then_picked_up(tmp_path: Path, repo: Pa
         assert daemon.stop() == 0
 
 
+@pytest.mark.slow
 def test_progress_is_drawn_on_a_terminal(shared: Daemon, repo: Path):
     session = shared.ok({"kind": "new", "repo": str(repo)})["session"]
     leader, follower = pty.openpty()
@@ -419,6 +426,7 @@ def test_tree_draws_lineage_with_cut_ordinals(shared: Daemon, lineage: dict[str,
     ]
 
 
+@pytest.mark.slow
 def test_ls_and_tree_after_the_parent_is_deleted(shared: Daemon, repo: Path):
     root = shared.ok({"kind": "new", "repo": str(repo), "title": "gone", "prompt": "write a: 1"})["session"]
     shared.ok({"kind": "prompt", "session": root, "text": "write a: 2"})
@@ -442,6 +450,7 @@ def test_ls_and_tree_after_the_parent_is_deleted(shared: Daemon, repo: Path):
     assert shown["parent_exists"] is False and shown["parent_title"] == "gone"
 
 
+@pytest.mark.slow
 def test_status(daemon: Daemon, repo: Path):
     daemon.ok({"kind": "new", "repo": str(repo)})
     daemon.request({"kind": "new", "repo": "/nonexistent"})

@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 import orjson
 
 from gitrepos import git_text, status
@@ -39,6 +41,7 @@ def run_demo(*args: str) -> subprocess.CompletedProcess[str]:
                           timeout=WALL_LIMIT_SECONDS)
 
 
+@pytest.mark.slow
 def test_demo_tours_a_fork_and_names_its_worktree(tmp_path: Path):
     started = time.monotonic()
     proc = run_demo("--dir", str(tmp_path / "tour"))
@@ -87,6 +90,7 @@ def test_demo_refuses_a_directory_in_use(tmp_path: Path):
     assert os.listdir(tmp_path / "tour") == ["precious.txt"]
 
 
+@pytest.mark.slow
 def test_the_hints_run_as_printed(tmp_path: Path):
     """Right after the README's install, cairnd is `.venv/bin/cairnd`, not on PATH: the
     hints name what runs, from the directory the demo ran in."""

@@ -56,6 +56,7 @@ def shared(tmp_path_factory: pytest.TempPathFactory):
     assert d.stop() == 0
 
 
+@pytest.mark.slow
 def test_turn_n_is_what_at_n_and_land_turn_n_name(shared: Daemon, repo: Path):
     out = ok(shared, "new", str(repo), "-m", "write a.txt: one")
     session = re.search(r"^session (\w+)", out, re.M).group(1)
@@ -91,6 +92,7 @@ def test_prompt_json_has_the_answer(shared: Daemon, repo: Path):
     assert "hello there" in result["result"]["answer"] and "history=0" in result["result"]["answer"]
 
 
+@pytest.mark.slow
 def test_ls_and_status_see_a_running_turn(tmp_path: Path, repo: Path):
     d = Daemon(tmp_path / "state").start()
     d.close_socket()
@@ -177,6 +179,7 @@ def test_bash_completion_honours_c(shared: Daemon, repo: Path, tmp_path: Path):
     assert session in out
 
 
+@pytest.mark.slow
 def test_fish_completion(shared: Daemon, repo: Path, tmp_path: Path):
     if shutil.which("fish") is None:
         pytest.skip("no fish")

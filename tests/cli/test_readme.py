@@ -106,6 +106,7 @@ def test_the_demo_command_works_in_a_fresh_clone(tmp_path: Path):
     shutil.rmtree(re.search(r"^To clean up: rm -rf (/.+)$", proc.stdout, re.M).group(1))
 
 
+@pytest.mark.slow
 def test_the_spool_example_runs_as_written(tmp_path: Path):
     repo = make_repo(tmp_path / "project", {"README.md": "hello\n"})
     daemon = Daemon(tmp_path / "state").start()
@@ -166,6 +167,7 @@ def run_as_printed(blocks: list[str], cwd: Path, env: dict[str, str]) -> subproc
     return subprocess.run(["bash", "-c", script], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_the_tour_runs_as_printed(tmp_path: Path):
     blocks = sh_blocks(section("## A tour on your own repository"))
     assert len(blocks) >= 3
@@ -184,6 +186,7 @@ def test_the_tour_runs_as_printed(tmp_path: Path):
     assert status.stdout == ""
 
 
+@pytest.mark.slow
 def test_the_web_view_block_runs_as_printed(tmp_path: Path):
     import socket
     with socket.socket() as probe:

@@ -21,6 +21,8 @@ from daemonproc import Daemon, write_config
 from fleetservers import S3_KEYS, Nats, Store, checkpoint_repo, fleet_table
 from gitrepos import git_text, make_repo
 
+pytestmark = pytest.mark.slow
+
 LEASE = 3.0
 
 

@@ -22,6 +22,8 @@ from cairnd.config.fleet import parse_fleet
 from fleetservers import S3_KEYS, Nats, Store, checkpoint_repo, fleet_table
 from gitrepos import git, git_text, make_repo
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):

@@ -376,6 +376,7 @@ def test_the_corpus_is_large_and_covers_every_input_code(running):
         "fork_out_of_range", "repo_not_found", "not_a_git_repo", "bad_ref", "agent_unknown"}
 
 
+@pytest.mark.slow
 def test_a_burst_of_bad_requests(running):
     daemon, ctx = running
     passwd_before = fingerprint(PASSWD)
@@ -395,6 +396,7 @@ def test_a_burst_of_bad_requests(running):
     assert_untouched(daemon, ctx, passwd_before)
 
 
+@pytest.mark.slow
 def test_bad_requests_one_by_one(running):
     daemon, ctx = running
     passwd_before = fingerprint(PASSWD)
@@ -413,6 +415,7 @@ def test_bad_requests_one_by_one(running):
     assert_untouched(daemon, ctx, passwd_before)
 
 
+@pytest.mark.slow
 def test_bad_requests_left_in_new_while_down_are_answered_at_start(tmp_path: Path):
     """The scan at start meets the same corpus the watch does."""
     repo = make_repo(tmp_path / "project", {"README.md": "hello\n"})

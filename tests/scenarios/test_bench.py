@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 # The first words of each benchmark's rows.
@@ -43,6 +45,7 @@ EXPECTED_ROWS = (
 )
 
 
+@pytest.mark.slow
 def test_the_quick_benchmark_run_prints_every_row_and_succeeds(tmp_path: Path) -> None:
     out = tmp_path / "results.md"
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--out", str(out)],

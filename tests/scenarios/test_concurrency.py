@@ -16,12 +16,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from cairnd.sessionlog.entries import method_of, parse_message
 from cairnd.sessionlog.file import iter_lines
 from daemonproc import Daemon
 from gitrepos import env as git_env
 from gitrepos import make_repo, tree_state
 from test_crash import CHECKPOINT, audit, wait_all
+
+pytestmark = pytest.mark.slow
 
 PROMPT_METHOD = "session/prompt"
 

@@ -497,6 +497,7 @@ def torture_repo(path: Path) -> Path:
     return make_repo(path, {"README.md": "hello\n", "src/app.py": "print('hi')\n", "log.txt": "start\n"})
 
 
+@pytest.mark.slow
 def test_kill_9_at_random_moments_loses_nothing(tmp_path: Path):
     repo = torture_repo(tmp_path / "project")
     daemon = Daemon(tmp_path / "state", {"max_parallel_turns": 4, "stop_timeout_seconds": 20})
@@ -518,6 +519,7 @@ def test_kill_9_at_random_moments_loses_nothing(tmp_path: Path):
     assert report.requests >= 30 and report.turns > 0
 
 
+@pytest.mark.slow
 def test_a_crash_after_the_result_of_a_bad_request_keeps_its_bytes(tmp_path: Path):
     """The crash window between writing a result that cannot carry the request and
     moving the entry beside it: on restart the entry moves to <name>.raw."""
@@ -544,6 +546,7 @@ def test_a_crash_after_the_result_of_a_bad_request_keeps_its_bytes(tmp_path: Pat
         assert daemon.stop() == 0
 
 
+@pytest.mark.slow
 def test_a_request_claimed_but_not_started_is_run_after_a_crash(tmp_path: Path):
     repo = torture_repo(tmp_path / "project")
     daemon = Daemon(tmp_path / "state")
@@ -559,6 +562,7 @@ def test_a_request_claimed_but_not_started_is_run_after_a_crash(tmp_path: Path):
         assert daemon.stop() == 0
 
 
+@pytest.mark.slow
 def test_a_half_made_fork_left_by_a_crash_is_removed(tmp_path: Path):
     """What a crash in the middle of a fork leaves (a `creating` row, its worktree, its
     log directory, a pinned ref) is gone after the restart, and the parent is intact."""
@@ -592,6 +596,7 @@ def test_a_half_made_fork_left_by_a_crash_is_removed(tmp_path: Path):
     assert not worktree.parent.exists()
 
 
+@pytest.mark.slow
 def test_a_turn_cut_by_kill_9_ends_interrupted_and_is_not_run_again(tmp_path: Path):
     repo = torture_repo(tmp_path / "project")
     daemon = Daemon(tmp_path / "state").start()
@@ -619,6 +624,7 @@ def test_a_turn_cut_by_kill_9_ends_interrupted_and_is_not_run_again(tmp_path: Pa
     assert "next" in (worktree / "log.txt").read_text()
 
 
+@pytest.mark.slow
 def test_the_audit_sees_what_it_must(tmp_path: Path):
     """The audit is the test's eyes: a lost request, a duplicate, a stray result, a stray
     worktree, a ref of no session, a turn run twice, an open turn and a rewind left
@@ -654,6 +660,7 @@ def test_the_audit_sees_what_it_must(tmp_path: Path):
         assert needle in text, text
 
 
+@pytest.mark.slow
 def test_a_crash_right_after_turn_start_still_ends_the_turn(tmp_path: Path):
     """The runner writes `_cairnd/turn_start` just before sending the prompt. A crash
     between the two leaves a turn_start with no prompt: the request is answered
@@ -680,6 +687,7 @@ def test_a_crash_right_after_turn_start_still_ends_the_turn(tmp_path: Path):
     assert not report.problems, report.problems
 
 
+@pytest.mark.slow
 def test_temporary_files_a_crash_left_are_removed_at_start(tmp_path: Path):
     """A kill between writing a result (or status.json) under its temporary name and
     renaming it leaves `.<name>.<pid>.<n>.tmp` behind; the next start removes them."""
@@ -714,6 +722,7 @@ def worktree_files(worktree: Path) -> dict[str, bytes]:
             if p.is_file() and ".git" not in p.relative_to(worktree).parts}
 
 
+@pytest.mark.slow
 def test_a_kill_between_a_change_and_its_checkpoint_loses_no_change(tmp_path: Path):
     """With the worktree watched: a turn's change made, then kill -9 before its checkpoint,
     and a change made by hand while cairnd is down (no watch saw either). Recovery's
@@ -751,6 +760,7 @@ def test_a_kill_between_a_change_and_its_checkpoint_loses_no_change(tmp_path: Pa
     assert not report.problems, report.problems
 
 
+@pytest.mark.slow
 def test_kill_9_during_rewinds_leaves_each_whole_or_undone(tmp_path: Path):
     """Rewinds alone, each cut by kill -9 at a random moment (making the abandoned
     session, at the commit point, resetting the files, replacing the log, running the
@@ -808,6 +818,7 @@ def test_kill_9_during_rewinds_leaves_each_whole_or_undone(tmp_path: Path):
     assert report.rewinds >= 1
 
 
+@pytest.mark.slow
 def test_the_audit_follows_a_turn_through_rewinds_of_rewinds(tmp_path: Path):
     """A rewind copies the old log whole into the abandoned session's; a rewind of that
     abandoned session copies it again, into a second abandoned session's. The first

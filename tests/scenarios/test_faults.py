@@ -132,6 +132,7 @@ def test_a_read_only_done_folder_delays_the_result_and_loses_nothing(daemon: Dae
     assert (worktree / "log.txt").read_text() == "start\nonce\n"  # the turn ran once
 
 
+@pytest.mark.slow
 def test_stopping_while_a_result_cannot_be_written_leaves_it_for_the_next_start(daemon: Daemon, repo: Path):
     with replaced_by_a_file(daemon.spool / "failed"):
         rid = daemon.drop({"kind": "cancel", "session": "nosuchsession"})
@@ -159,6 +160,7 @@ def fill(directory: Path) -> Path:
     return filler
 
 
+@pytest.mark.slow
 def test_a_full_disk_loses_no_request_and_makes_no_half_session(tmp_path: Path, repo: Path):
     reason = mounting_allowed(tmp_path)
     if reason:
@@ -259,6 +261,7 @@ def test_a_fork_whose_worktree_cannot_be_made_leaves_no_trace(daemon: Daemon, re
     assert (Path(fork["worktree"]) / "log.txt").read_text() == "start\none\n"
 
 
+@pytest.mark.slow
 def test_a_fork_whose_log_cannot_be_written_removes_its_worktree(daemon: Daemon, repo: Path):
     """The failure comes after git made the worktree: it is removed again, with its
     git record and its refs."""

@@ -99,6 +99,7 @@ def test_the_web_view_shows_no_forged_message(forged: Any) -> None:
         web.stop()
 
 
+@pytest.mark.slow
 def test_a_fork_counts_only_real_messages_and_restores_the_real_checkpoint(forged: Any) -> None:
     daemon, session = forged["daemon"], forged["session"]
     result = daemon.request({"kind": "fork", "session": session, "user_message_index": 3})

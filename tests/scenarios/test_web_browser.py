@@ -16,8 +16,9 @@ import pytest
 from gitrepos import git_text, make_repo
 from webkit import CHROMIUM, CHROMIUM_ARGS, start_pair
 
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists() or shutil.which("chromium") is None,
-                                reason="Debian's chromium is not installed (apt-get install -y chromium)")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not Path(CHROMIUM).exists() or shutil.which("chromium") is None,
+                                 reason="Debian's chromium is not installed (apt-get install -y chromium)")]
 
 TIMEOUT_MS = 60_000
 

@@ -97,6 +97,7 @@ def stop(daemon: Daemon) -> None:
         assert daemon.stop() == 0
 
 
+@pytest.mark.slow
 def test_ready_comes_once_the_spool_is_scanned_and_watched(tmp_path: Path):
     # Requests dropped while it was down are all claimed before READY=1; with the
     # rescan timer out of the way, a request dropped right after READY=1 is answered
@@ -119,6 +120,7 @@ def test_ready_comes_once_the_spool_is_scanned_and_watched(tmp_path: Path):
         stop(daemon)
 
 
+@pytest.mark.slow
 def test_ready_carries_a_status_line_with_the_queue(tmp_path: Path):
     daemon = Daemon(tmp_path / "state").start()
     try:
@@ -129,6 +131,7 @@ def test_ready_carries_a_status_line_with_the_queue(tmp_path: Path):
         stop(daemon)
 
 
+@pytest.mark.slow
 def test_status_says_when_a_turn_is_running(tmp_path: Path):
     repo = make_repo(tmp_path / "project")
     daemon = Daemon(tmp_path / "state", {"rescan_seconds": 0.2}).start()
@@ -147,6 +150,7 @@ def test_status_says_when_a_turn_is_running(tmp_path: Path):
         stop(daemon)
 
 
+@pytest.mark.slow
 def test_watchdog_pings_at_the_configured_interval(tmp_path: Path):
     daemon = Daemon(tmp_path / "state", {"watchdog_seconds": 0.1}).start()
     try:
@@ -155,6 +159,7 @@ def test_watchdog_pings_at_the_configured_interval(tmp_path: Path):
         stop(daemon)
 
 
+@pytest.mark.slow
 def test_watchdog_follows_WATCHDOG_USEC_from_systemd(tmp_path: Path):
     daemon = Daemon(tmp_path / "state", env={"WATCHDOG_USEC": "200000"}).start()
     try:
@@ -163,6 +168,7 @@ def test_watchdog_follows_WATCHDOG_USEC_from_systemd(tmp_path: Path):
         stop(daemon)
 
 
+@pytest.mark.slow
 def test_no_watchdog_pings_unless_asked(tmp_path: Path):
     # The watchdog's first ping would go out right after READY=1; two rescans later
     # (at least a second), pings every 0.1 s would have been many.
@@ -187,6 +193,7 @@ def test_sigterm_says_stopping_then_exits_zero(tmp_path: Path):
     daemon.close_socket()
 
 
+@pytest.mark.slow
 def test_an_abstract_notify_socket_works_for_the_daemon(tmp_path: Path):
     name = f"cairnd-test-{os.getpid()}-{time.monotonic_ns()}"
     with receiver("\0" + name) as sock:

@@ -16,6 +16,7 @@ from gitrepos import git_text
 pytestmark = pytest.mark.repo(files={"README.md": "hello\n", "src/app.py": "print('hi')\n"})
 
 
+@pytest.mark.slow
 def test_new_prompt_fork_cancel_delete(daemon: Daemon, repo: Path):
     new = daemon.ok({"kind": "new", "repo": str(repo), "title": "demo"})
     session, worktree = new["session"], Path(new["worktree"])
@@ -115,6 +116,7 @@ def test_new_errors(daemon: Daemon, repo: Path, tmp_path: Path):
         assert result["status"] == "error" and result["error"]["code"] == code, (request, result)
 
 
+@pytest.mark.slow
 def test_crashing_agent_is_agent_failed_and_the_session_goes_on(daemon: Daemon, repo: Path):
     session = daemon.ok({"kind": "new", "repo": str(repo), "prompt": "write a: 1"})["session"]
     result = daemon.request({"kind": "prompt", "session": session, "text": "write b: 2\ncrash"})
@@ -174,6 +176,7 @@ def _agent_pids(state: Path) -> set[int]:
     return pids
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
 def test_stop_signals_at_any_moment_of_a_stop_exit_zero_leaving_no_agent(
         tmp_path: Path, repo: Path, signame: str):
@@ -207,6 +210,7 @@ def test_stop_signals_at_any_moment_of_a_stop_exit_zero_leaving_no_agent(
     assert not alive, f"agents left running: {alive}"
 
 
+@pytest.mark.slow
 def test_sighup_reloads_agent_profiles(tmp_path: Path, repo: Path):
     import signal as signals
     import sys

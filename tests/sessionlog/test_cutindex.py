@@ -9,6 +9,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -31,6 +32,7 @@ def agrees(path: Path) -> None:
         assert cut_or_error(path, k) == fork_point_or_error(list(iter_lines(path)), k), k
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None)
 @given(log_entries(), st.lists(st.integers(1, 6), max_size=12))
 def test_the_index_answers_as_the_log_does_however_the_log_grew(entries, steps) -> None:

@@ -480,6 +480,7 @@ def test_fork_point_properties(entries: list[tuple[str, bytes]], data: st.DataOb
 
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(st.lists(malformed_lines(), max_size=20), st.integers(-2, 22))
 def test_malformed_entries_never_raise_anything_but_the_two_errors(entries: list[bytes], k: int) -> None:
@@ -507,6 +508,7 @@ ESCAPED_SUB_CHUNK = (
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 @given(
     log_entries(),

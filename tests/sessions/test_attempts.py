@@ -72,6 +72,7 @@ def test_try_titles_go_on_from_the_tries_already_made_at_the_cut():
 # ------------------------------------------------------------------------------- through the daemon
 
 
+@pytest.mark.slow
 def test_three_tries_from_message_1_each_exact_at_the_cut_plus_its_own_change(daemon, tmp_path: Path):
     session, _repo = two_turns(daemon, tmp_path)
     oracle = daemon.ok({"kind": "fork", "session": session, "user_message_index": 1})  # the cut, as one fork
@@ -97,6 +98,7 @@ def test_three_tries_from_message_1_each_exact_at_the_cut_plus_its_own_change(da
     assert [t["title"] for t in more["sessions"]] == ["Plan (try 4)"] and "turn" not in more["sessions"][0]
 
 
+@pytest.mark.slow
 def test_tries_with_two_agent_profiles_and_a_check_that_passes_in_one_and_fails_in_the_other(daemon, tmp_path):
     session, _repo = two_turns(daemon, tmp_path)
     result = daemon.ok({"kind": "fork", "session": session, "user_message_index": 1,
@@ -128,6 +130,7 @@ def test_tries_with_two_agent_profiles_and_a_check_that_passes_in_one_and_fails_
     assert rows[second["session"]]["agent"] == "second" and rows[second["session"]]["check"]["exit"] == 1
 
 
+@pytest.mark.slow
 def test_check_records_exit_output_tail_and_a_timeout(daemon, tmp_path: Path):
     session, _repo = two_turns(daemon, tmp_path)
     big = daemon.ok({"kind": "check", "session": session,

@@ -131,6 +131,7 @@ def test_decide_and_message_rules():
     assert default_message("T", ["  ", "x" * 100]).splitlines()[2:] == ["- (empty message)", "- " + "x" * 69 + "..."]
 
 
+@pytest.mark.slow
 def test_land_through_the_daemon(tmp_path: Path):
     from daemonproc import Daemon
     from gitrepos import make_repo

@@ -247,6 +247,7 @@ def test_a_crash_at_any_step_leaves_the_session_as_it_was_or_the_rewind_whole(an
 # --------------------------------------------------------------------------- through the daemon
 
 
+@pytest.mark.slow
 def test_rewind_with_prompt_queued_behind_a_turn_restarts_the_agent_with_the_kept_history(daemon, tmp_path: Path):
     from gitrepos import make_repo
     repo = make_repo(tmp_path / "project", {"README.md": "hello\n"})
@@ -303,6 +304,7 @@ def test_the_kept_lines_end_before_the_turn_start_of_the_cut_turn():
     assert rewinding.kept_length(numbered[:1] + numbered[2:], offsets[2]) == offsets[2]  # no turn_start: the cut
 
 
+@pytest.mark.slow
 def test_a_rewind_whose_finish_fails_is_finished_before_the_next_turn(daemon, tmp_path: Path):
     """Past its commit point a rewind is never undone: when git refuses its finish (here a
     stale HEAD.lock in the session's worktree record, which moves with the present to the

@@ -158,6 +158,7 @@ json_values = st.recursive(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(st.fixed_dictionaries({"kind": st.sampled_from(["new", "prompt", "fork", "rewind", "land", "cancel",
                                                                     "delete", "x"])},

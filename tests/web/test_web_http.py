@@ -296,6 +296,7 @@ def test_web_settings_are_checked_by_name(tmp_path: Path) -> None:
             parse_config(bad)
 
 
+@pytest.mark.slow
 def test_the_sessions_list_filters_by_text_and_state(site: Any) -> None:
     web, daemon, session = site["web"], site["daemon"], site["session"]
     _s, _h, html = web.http("GET", "/?q=" + "http")

@@ -24,7 +24,7 @@ from gitrepos import git_text, head, tree_state
 from . import daemonkit
 from .anthropic_stub import AnthropicStub, bash, edit_file, prompt_texts, stall, text, write_file
 
-pytestmark = pytest.mark.realagent
+pytestmark = [pytest.mark.realagent, pytest.mark.slow]
 
 TURN_TIMEOUT = 120.0  # a bound against hangs, not an expectation: turns take about a second
 

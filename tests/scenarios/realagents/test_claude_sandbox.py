@@ -21,7 +21,7 @@ from daemonproc import Daemon
 from . import daemonkit
 from .anthropic_stub import AnthropicStub, bash, text, tool_results
 
-pytestmark = [pytest.mark.realagent,
+pytestmark = [pytest.mark.realagent, pytest.mark.slow,
               pytest.mark.skipif(sandbox.abi_version() < 1, reason="this kernel offers no Landlock")]
 
 TURN_TIMEOUT = 120.0  # a bound against hangs, not an expectation

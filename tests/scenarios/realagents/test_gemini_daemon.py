@@ -19,7 +19,7 @@ from gitrepos import git_text, head, tree_state
 from . import daemonkit
 from .gemini_stub import GeminiStub, edit_file, prompt_texts, run_shell_command, stall, text, write_file
 
-pytestmark = pytest.mark.realagent
+pytestmark = [pytest.mark.realagent, pytest.mark.slow]
 
 TURN_TIMEOUT = 120.0  # a bound against hangs, not an expectation
 

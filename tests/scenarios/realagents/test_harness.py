@@ -103,6 +103,7 @@ def write_and_answer(stub: ScriptedModelStub, repo: Path) -> list[anthropic_stub
     return [module.write_file(str(repo / "a.txt"), "made by a real agent\n"), module.text("Done.")]
 
 
+@pytest.mark.slow
 def test_claude_agent_acp_writes_a_file_with_its_own_tool(tmp_path: Path, agents_installed: None) -> None:
     stub = anthropic_stub.AnthropicStub()
     repo, client, stop_reason = run_write_turn(
@@ -121,6 +122,7 @@ def test_claude_agent_acp_writes_a_file_with_its_own_tool(tmp_path: Path, agents
     assert "Done." in client.agent_text()
 
 
+@pytest.mark.slow
 def test_gemini_cli_writes_a_file_with_its_own_tool(tmp_path: Path, agents_installed: None) -> None:
     stub = gemini_stub.GeminiStub()
     repo, client, stop_reason = run_write_turn(
@@ -143,6 +145,7 @@ def test_agent_env_drops_is_sandbox_and_keeps_the_rest() -> None:
     assert env == {"PATH": "/bin", "HOME": "/h"}
 
 
+@pytest.mark.slow
 def test_codex_acp_writes_a_file_with_apply_patch(tmp_path: Path, agents_installed: None) -> None:
     stub = responses_stub.ResponsesStub()
     repo, client, stop_reason = run_write_turn(

@@ -37,7 +37,7 @@ from .harness import codex_agent_bin
 from .responses_stub import ResponsesStub
 from .scripted import ScriptedModelStub
 
-pytestmark = pytest.mark.realagent
+pytestmark = [pytest.mark.realagent, pytest.mark.slow]
 
 TURN_TIMEOUT = 120.0  # a bound against hangs, not an expectation
 PROMPTS = ["Create notes.txt.", "Build it.", "Say hi.", "Say bye."]
