@@ -129,3 +129,46 @@ def test_cairnds_git_runs_nothing_the_agent_wrote(daemon: Daemon, place: dict[st
                            capture_output=True, text=True, env={**os.environ, "HOME": str(home)}, check=True)
     assert "+four" in shown.stdout
     assert not (marks / "in_place").exists()
+
+
+def tool_texts(daemon: Daemon, session: str) -> list[str]:
+    import orjson
+    texts = []
+    for line in (daemon.state / "sessions" / session / "log.ndjson").read_bytes().splitlines():
+        update = (orjson.loads(line)["notification"].get("params") or {}).get("update") or {}
+        if update.get("sessionUpdate") == "tool_call_update" and update.get("status") in ("completed", "failed"):
+            texts.append("".join(c["content"]["text"] for c in update.get("content") or []))
+    return texts
+
+
+def test_each_session_has_a_private_home_and_the_real_one_is_read_only(daemon: Daemon,
+                                                                       place: dict[str, Path]) -> None:
+    """Attack 3: the agent's HOME is its session's own, seeded with the profile's settings;
+    the user's real HOME is not its to write, nor is a sibling's."""
+    home = place["home"]
+    (home / ".claude").mkdir()
+    (home / ".claude/settings.json").write_text('{"seeded": true}\n')
+    (home / ".bashrc").write_text("# the user's\n")
+    first = daemon.ok({"kind": "new", "repo": str(place["repo"])})
+    second = daemon.ok({"kind": "new", "repo": str(place["repo"])})
+    prompt(daemon, first["session"], 'echo "$HOME" > home.txt', "cat ~/.claude/settings.json > seeded.txt",
+           "echo 'echo planted' >> ~/.bashrc", f"echo evil >> {home}/.bashrc", f"mkdir -p {home}/.ssh",
+           "git config --global core.fsmonitor evil", "echo mine > ~/planted.txt")
+    prompt(daemon, second["session"], 'echo "$HOME" > home.txt', "ls -a ~ > listing.txt")
+    first_home = Path((Path(first["worktree"]) / "home.txt").read_text().strip())
+    second_home = Path((Path(second["worktree"]) / "home.txt").read_text().strip())
+    assert first_home != second_home and first_home != home and second_home != home
+    assert daemon.state in first_home.parents and daemon.state in second_home.parents
+    assert (Path(first["worktree"]) / "seeded.txt").read_text() == '{"seeded": true}\n'
+    # The real HOME: untouched (the writes aimed at it were refused).
+    assert (home / ".bashrc").read_text() == "# the user's\n"
+    assert not (home / ".ssh").exists() and not (home / ".gitconfig").exists()
+    # The sibling's HOME holds nothing the first agent planted.
+    assert "planted.txt" not in (Path(second["worktree"]) / "listing.txt").read_text()
+    assert (first_home / "planted.txt").exists() and not (second_home / "planted.txt").exists()
+    # A fork gets a copy of its parent's agent state, not the parent's HOME itself.
+    fork = daemon.ok({"kind": "fork", "session": first["session"], "user_message_index": 0,
+                      "prompt": 'run: echo "$HOME" > home.txt && cat ~/planted.txt > planted.txt'})
+    fork_home = Path((Path(fork["worktree"]) / "home.txt").read_text().strip())
+    assert fork_home not in (first_home, second_home, home)
+    assert (Path(fork["worktree"]) / "planted.txt").read_text() == "mine\n"

@@ -27,6 +27,7 @@ from typing import Any
 import acp
 import anyio
 
+from cairnd.agent.home import PrivateHome
 from cairnd.agent.confinement import Confinement
 from cairnd.errors import CairnError
 from cairnd.state.privacy import child_umask
@@ -61,6 +62,7 @@ class Launch:
     stderr_path: Path
     stop_timeout: float  # how long a stopped agent may take to exit on its own
     confinement: Confinement | None = None  # None: the agent runs unconfined
+    home: PrivateHome | None = None  # the session's own HOME (None: the profile's or cairnd's)
 
 
 def describe_exit(name: str, returncode: int | None, stderr_tail: str) -> str:
@@ -82,6 +84,9 @@ async def spawn_agent(launch: Launch) -> asyncio.subprocess.Process:
     try:
         await anyio.to_thread.run_sync(_note_start, launch.stderr_path, command)
         argv, env = command, {**os.environ, **launch.env}
+        if launch.home is not None:
+            await anyio.to_thread.run_sync(launch.home.prepare)
+            env = {**os.environ, **launch.home.env(launch.env)}
         if launch.confinement is not None:
             argv, env = await anyio.to_thread.run_sync(launch.confinement.wrap, command, env)
         return await asyncio.create_subprocess_exec(

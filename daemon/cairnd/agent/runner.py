@@ -42,6 +42,7 @@ from acp.schema import ClientCapabilities, EmbeddedResourceContentBlock, FileSys
 from pydantic import ValidationError
 
 from cairnd import __version__
+from cairnd.agent.home import PrivateHome
 from cairnd.agent.acpclient import WorktreeClient
 from cairnd.agent.process import AgentProcess, Launch, host_agent
 from cairnd.checkpoints.checkpoint import take_checkpoint
@@ -108,8 +109,10 @@ class AgentRunner:
                  task_group: anyio.abc.TaskGroup, max_file_bytes: int, idle_seconds: float | None = None,
                  limiter: anyio.CapacityLimiter | None = None, stop_timeout: float = 10.0,
                  start_timeout: float = 60.0, checkpoint: TakeCheckpoint | None = None,
-                 confinement: Confinement | None = None, front: Front | None = None) -> None:
+                 confinement: Confinement | None = None, front: Front | None = None,
+                 home: PrivateHome | None = None) -> None:
         self.session_id = session_id
+        self.home = home  # the session's private HOME (SPEC 16)
         self.front = front  # None: cairnd answers the agent itself (WorktreeClient)
         self.confinement = confinement  # None: the agent runs unconfined
         # The daemon gives its Checkpointer's, whose cost follows what the turn changed.
@@ -374,7 +377,7 @@ class AgentRunner:
     def _launch(self) -> Launch:
         return Launch(session_id=self.session_id, name=self.profile.name, command=tuple(self.profile.command),
                       cwd=self.worktree, env=dict(self.profile.env), stderr_path=self.log_path.parent / STDERR_NAME,
-                      stop_timeout=self.stop_timeout, confinement=self.confinement)
+                      stop_timeout=self.stop_timeout, confinement=self.confinement, home=self.home)
 
     async def _open_session(self, agent: AgentProcess, state: SessionState) -> None:
         """Initialize the agent and open the agent session this session's turns run in,

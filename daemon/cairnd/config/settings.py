@@ -47,6 +47,7 @@ class AgentProfile:
     fs: bool = True
     history: str = "auto"  # how a fork's or restarted agent gets its history (cairnd.history)
     sandbox: str = "worktree"  # confine its writes (cairnd.confinement): worktree | off
+    home_seed: tuple[str, ...] | None = None  # what a session's private HOME is seeded with (None: agent/home's)
 
 
 def reference_profile(state_dir: Path | None = None) -> AgentProfile:
@@ -187,7 +188,7 @@ def parse_config(data: dict[str, Any], source: Path | None = None,
 def _parse_agent(name: str, table: Any, base: AgentProfile | None, where: str) -> AgentProfile:
     if not isinstance(table, dict):
         raise ConfigError(f"{where}: [agents.{name}] must be a table")
-    unknown = set(table) - {"command", "env", "permission", "fs", "history", "sandbox"}
+    unknown = set(table) - {"command", "env", "permission", "fs", "history", "sandbox", "home_seed"}
     if unknown:
         raise ConfigError(f"{where}: [agents.{name}] unknown key {sorted(unknown)[0]!r}")
     command = table.get("command", list(base.command) if base else None)
@@ -210,7 +211,13 @@ def _parse_agent(name: str, table: Any, base: AgentProfile | None, where: str) -
     sandbox = table.get("sandbox", base.sandbox if base else "worktree")
     if sandbox not in SANDBOX_MODES:
         raise ConfigError(f"{where}: [agents.{name}] sandbox = {sandbox!r} is not one of {SANDBOX_MODES}")
-    return AgentProfile(name, tuple(command), dict(env), permission, fs, history, sandbox)
+    home_seed = table.get("home_seed", list(base.home_seed) if base and base.home_seed is not None else None)
+    if home_seed is not None and (not isinstance(home_seed, list)
+                                  or not all(isinstance(p, str) and p for p in home_seed)):
+        raise ConfigError(f"{where}: [agents.{name}] home_seed = {home_seed!r} must be a list of paths "
+                          "(relative to the profile's HOME, or absolute)")
+    return AgentProfile(name, tuple(command), dict(env), permission, fs, history, sandbox,
+                        tuple(home_seed) if home_seed is not None else None)
 
 
 def is_web_token(token: str) -> bool:

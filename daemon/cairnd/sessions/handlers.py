@@ -32,6 +32,7 @@ from cairnd.checkpoints.checkpoint import session_ref_prefix
 from cairnd.checkpoints.checkpointer import checkpointer_for
 from cairnd.sessionlog.cutindex import find_cut
 from cairnd.config.settings import AgentProfile, Config
+from cairnd.agent.home import private_home
 from cairnd.agent.confinement import Confinement, detect
 from cairnd.errors import CairnError
 from cairnd.sessions.creation import creating, write_initial_log
@@ -204,6 +205,8 @@ class Sessions:
                 task_group=self._tg, stop_timeout=min(10.0, self.config.stop_timeout_seconds),
                 checkpoint=self.checkpoints.take,
                 confinement=self.confinement(row, profile), front=self.fronts.get(row.id),
+                home=private_home(self.layout.home(row.id), profile.env, profile.home_seed,
+                                  self.layout.home(row.parent_id) if row.parent_id else None),
             )
             self.runners[row.id] = runner
         return runner
@@ -214,8 +217,7 @@ class Sessions:
         if profile.sandbox == "off" or not self.sandbox.available:
             return None
         return Confinement(worktree=row.worktree, source=row.repo, state_dir=self.layout.root,
-                           tmpdir=self.layout.agent_tmp(row.id), agent_dir=self.layout.agent_dir(profile.name),
-                           git_dir=row.git_dir, common_dir=row.common_dir)
+                           tmpdir=self.layout.agent_tmp(row.id), git_dir=row.git_dir, common_dir=row.common_dir)
 
     @asynccontextmanager
     async def writing(self, session_id: str) -> AsyncIterator[None]:
@@ -478,6 +480,7 @@ class Sessions:
         self.checkpoints.forget(row.id)
         gitrefs.delete_refs(row.repo, session_ref_prefix(row.id))
         shutil.rmtree(self.layout.agent_tmp(row.id), ignore_errors=True)
+        shutil.rmtree(self.layout.home(row.id), ignore_errors=True)  # its copies of the profile's credentials
         self.registry.mark_deleted(row.id)
 
     # -- life cycle ------------------------------------------------------------------------

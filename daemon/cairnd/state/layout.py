@@ -98,6 +98,11 @@ class StateLayout:
         transcripts); writable by its agents when confined."""
         return self.root / "agents" / profile
 
+    def home(self, session_id: str) -> Path:
+        """A session's agent's private HOME (SPEC 16): seeded from its profile, or copied
+        from its parent's; writable by its own agent alone; removed with the session."""
+        return self.root / "homes" / session_id
+
     def agent_tmp(self, session_id: str) -> Path:
         """The TMPDIR of a session's confined agent: made at its start, removed with it."""
         return self.root / "tmp" / session_id

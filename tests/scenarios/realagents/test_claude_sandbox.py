@@ -56,14 +56,54 @@ def test_claudes_bash_writes_inside_its_worktree_only(tmp_path: Path, anthropic_
         assert (worktree / "inside.txt").read_text() == "inside\n"
         assert daemonkit.commit_files(worktree, turn["checkpoint"]["worktreeSha"])[b"inside.txt"][1] == b"inside\n"
 
-        # Claude kept its own state under its HOME, sandbox or not: the session transcript.
-        written = [p for p in (home / ".claude").rglob("*.jsonl") if p.stat().st_mtime >= started - 1]
-        assert written, sorted(str(p) for p in (home / ".claude").rglob("*"))
+        # Claude kept its own state under its HOME, sandbox or not: the session's private
+        # HOME (SPEC 16), seeded from the profile's; the transcript is there, not in the profile's.
+        private = daemon.state / "homes" / new["session"]
+        written = [p for p in (private / ".claude").rglob("*.jsonl") if p.stat().st_mtime >= started - 1]
+        assert written, sorted(str(p) for p in (private / ".claude").rglob("*"))
+        assert not list((home / ".claude").rglob("*.jsonl"))
         assert any(b"inside.txt" in p.read_bytes() for p in written)
         # And the daemon ran it through the launcher.
         log = daemon.state / "sessions" / new["session"] / "agent.stderr"
         assert "starting" in log.read_text()
         status = orjson.loads((daemon.state / "status.json").read_bytes())
         assert status["sandbox"].startswith("landlock")
+    finally:
+        assert daemon.stop() == 0, daemon.stderr()[-3000:]
+
+
+def test_claudes_bash_neither_runs_code_in_cairnds_git_nor_writes_the_real_home(
+        tmp_path: Path, anthropic_api: AnthropicStub, repo: Path, claude_daemon: Callable[..., Daemon]) -> None:
+    """Attacks 1 and 3 of issue 22 through Claude's own Bash tool: a `.git` file pointed
+    at a git dir whose config names a fsmonitor program, a fsmonitor in the global git
+    config, and writes to the real HOME. cairnd's checkpoint runs nothing of it; the
+    real HOME is untouched; Claude's HOME is its session's own."""
+    home, marks = tmp_path / "home", tmp_path / "marks"
+    marks.mkdir()
+    daemon = claude_daemon()  # the profile's HOME: tmp_path/home
+    (home / ".bashrc").write_text("# the user's\n")
+    try:
+        new = daemon.ok({"kind": "new", "repo": str(repo)})
+        worktree = Path(new["worktree"])
+        evil = (f"printf '#!/bin/sh\\necho ran >> {marks}/ran\\nexit 1\\n' > \"$TMPDIR/evil.sh\" "
+                "&& chmod +x \"$TMPDIR/evil.sh\"")
+        fake = ('F="$TMPDIR/fake" && git init -q --bare "$F" && git rev-parse HEAD > "$F/HEAD"'
+                ' && echo "$(git rev-parse --path-format=absolute --git-common-dir)/objects"'
+                ' > "$F/objects/info/alternates"'
+                ' && cp "$(git rev-parse --path-format=absolute --git-dir)/index" "$F/index"'
+                ' && git --git-dir="$F" config core.bare false'
+                ' && git --git-dir="$F" config core.fsmonitor "$TMPDIR/evil.sh" && echo "gitdir: $F" > .git')
+        anthropic_api.push(bash(evil), bash(fake), bash('git config --global core.fsmonitor "$TMPDIR/evil.sh"'),
+                  bash(f"echo evil >> {home}/.bashrc; echo planted >> ~/.bashrc; echo \"$HOME\" > home.txt"),
+                  bash("echo one > one.txt"), text("Done."))
+        turn = daemon.ok({"kind": "prompt", "session": new["session"], "text": "Do it."}, TURN_TIMEOUT)
+        assert turn["stopReason"] == "end_turn"
+        assert not (marks / "ran").exists()
+        assert (home / ".bashrc").read_text() == "# the user's\n"
+        assert not (home / ".gitconfig").exists()
+        private = Path((worktree / "home.txt").read_text().strip())
+        assert private == daemon.state / "homes" / new["session"]
+        assert "planted" in (private / ".bashrc").read_text()
+        assert daemonkit.commit_files(worktree, turn["checkpoint"]["worktreeSha"])[b"one.txt"][1] == b"one\n"
     finally:
         assert daemon.stop() == 0, daemon.stderr()[-3000:]

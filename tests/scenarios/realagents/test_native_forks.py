@@ -254,7 +254,8 @@ def test_a_parent_transcript_gone_falls_back_to_replay_or_fails_native(tmp_path:
             daemon = daemons(agent, history, name=f"state-{history}")
             run = Run(daemon, agent)
             parent, _ = run.parent(repo)
-            agent.removes_transcript(tmp_path / "home", run.sdk_session(parent)["sdkSessionId"])
+            # The parent's agent keeps its transcript in the session's private HOME (SPEC 16).
+            agent.removes_transcript(daemon.state / "homes" / parent, run.sdk_session(parent)["sdkSessionId"])
             if history == "auto":
                 result, first = run.fork(parent, 2, "after the loss")
                 assert result["history"] == "replay" and "cairnd://replay" in repr(first)
