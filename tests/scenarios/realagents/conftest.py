@@ -73,5 +73,6 @@ def claude_daemon(agent_daemon: Callable[..., Daemon], anthropic_api: AnthropicS
 @pytest.fixture
 def gemini_daemon(agent_daemon: Callable[..., Daemon], gemini_api: GeminiStub, tmp_path: Path) -> Daemon:
     home = tmp_path / "home"
-    # The wiretap runs inside the agent sandbox: its captures go in the agent's HOME.
-    return agent_daemon("gemini", daemonkit.gemini_profile(gemini_api.agent_env(str(home)), home, wiretap=home / "wire"))
+    # The wiretap runs inside the agent sandbox: its captures go in the session's own HOME.
+    return agent_daemon("gemini", daemonkit.gemini_profile(gemini_api.agent_env(str(home)), home,
+                                                           wiretap=Path("~/wire")))

@@ -42,8 +42,8 @@ PROMPTS = [
 
 def test_three_turns_write_bash_edit_then_forks_at_1_and_2(tmp_path: Path, anthropic_api: AnthropicStub,
                                                            repo: Path, claude_daemon: Callable[..., Daemon]) -> None:
-    wiretap = tmp_path / "home" / "wire"  # inside the agent's HOME: the sandbox lets the tap write there
-    daemon = claude_daemon(wiretap)
+    # Inside the agent's HOME (the session's own, SPEC 16): the sandbox lets the tap write there.
+    daemon = claude_daemon(Path("~/wire"))
     new = daemon.ok({"kind": "new", "repo": str(repo), "title": "claude"})
     session, worktree = new["session"], Path(new["worktree"])
     notes = worktree / "notes.txt"
@@ -74,7 +74,7 @@ def test_three_turns_write_bash_edit_then_forks_at_1_and_2(tmp_path: Path, anthr
 
     # The log holds every frame as it crossed the pipes, byte for byte, in order.
     frames = daemonkit.log_frames(log_path(daemon, session))
-    [(sent, received)] = daemonkit.captures_for(wiretap, worktree)
+    [(sent, received)] = daemonkit.captures_for(daemon.state / "homes" / session / "wire", worktree)
     to_agent, from_agent = daemonkit.split_by_direction(frames, sent, received)
     assert daemonkit.unpaired_requests(to_agent, from_agent) == []
     assert daemonkit.unpaired_requests(from_agent, to_agent) == []

@@ -56,7 +56,7 @@ def test_gemini_turns_checkpoints_forks_and_a_cancel(tmp_path: Path, gemini_api:
 
     # The log is the wire, both ways; no fs/* was offered, so none was used.
     log = daemon.state / "sessions" / session / "log.ndjson"
-    [(sent, received)] = daemonkit.captures_for(tmp_path / "home" / "wire", worktree)
+    [(sent, received)] = daemonkit.captures_for(daemon.state / "homes" / session / "wire", worktree)
     to_agent, from_agent = daemonkit.split_by_direction(daemonkit.log_frames(log), sent, received)
     assert daemonkit.unpaired_requests(to_agent, from_agent) == []
     assert daemonkit.unpaired_requests(from_agent, to_agent) == []

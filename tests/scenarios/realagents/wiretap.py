@@ -50,7 +50,7 @@ def main(argv: list[str]) -> int:
     if len(argv) < 3 or argv[1] != "--":
         print(__doc__, file=sys.stderr)
         return 2
-    out_dir = Path(argv[0])
+    out_dir = Path(os.path.expanduser(argv[0]))  # "~/wire": in the session's own HOME
     command = argv[2:]
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = out_dir / str(os.getpid())
