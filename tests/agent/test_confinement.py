@@ -147,7 +147,9 @@ def test_run_writes_in_its_worktree_and_nowhere_else(daemon: Daemon, place: dict
             command, text)
     assert [status for status, _ in outcomes[1 + len(refused):]] == ["completed"] * 3, outcomes
     assert (worktree / "inside.txt").read_text() == "in\n"
-    assert (place["agent_home"] / "agent-home.txt").read_text() == "h\n"
+    # $HOME is the session's own (SPEC 16), not the profile's, which is only read from.
+    assert (state / "homes" / first["session"] / "agent-home.txt").read_text() == "h\n"
+    assert not (place["agent_home"] / "agent-home.txt").exists()
     for path, content in guarded.items():
         assert path.read_bytes() == content, path
     assert not (sibling_tree / "evil.txt").exists() and not (repo / "evil.txt").exists()
@@ -184,16 +186,17 @@ def test_a_fork_is_confined_to_its_own_worktree(daemon: Daemon, place: dict[str,
 @landlock
 @pytest.mark.slow
 def test_an_agent_whose_home_holds_the_state_dir_and_the_checkout(place: dict[str, Path], start: Callable[..., Daemon]) -> None:
-    # The reference profile's HOME is cairnd's own: all of it is the agent's, less the
-    # state directory and the source checkout that lie inside it.
+    # The reference profile's HOME is cairnd's own: since SPEC 16's private HOME, none of
+    # it is the agent's to write (its $HOME is the session's own, under the state dir).
     daemon = start(agents={"reference": {}})
     try:
         home, state, repo = place["home"], place["state"], place["repo"]
         session = daemon.ok({"kind": "new", "repo": str(repo)})["session"]
-        outcomes = run_lines(daemon, session, f"echo c > {home}/.cache/c.txt", f"echo x > {home}/.bashrc",
-                             f"echo x > {state}/evil.txt", f"echo x > {repo}/evil.txt")
-        assert [status for status, _ in outcomes] == ["completed", "failed", "failed", "failed"], outcomes
-        assert (home / ".cache/c.txt").read_text() == "c\n"
+        outcomes = run_lines(daemon, session, "echo c > ~/.cache/c.txt", f"echo c > {home}/.cache/c.txt",
+                             f"echo x > {home}/.bashrc", f"echo x > {state}/evil.txt", f"echo x > {repo}/evil.txt")
+        assert [status for status, _ in outcomes] == ["completed", "failed", "failed", "failed", "failed"], outcomes
+        assert (state / "homes" / session / ".cache/c.txt").read_text() == "c\n"
+        assert not (home / ".cache/c.txt").exists()
         assert not (state / "evil.txt").exists() and not (repo / "evil.txt").exists()
     finally:
         assert daemon.stop() == 0
