@@ -9,7 +9,7 @@ submodules costs a checkpoint and a fork.
   (git's status has no such flag: it recurses by default, and this spells it out).
   Target: at most 1.0x.
 - **fork**: a fork's worktree made at that checkpoint, submodules and all (files,
-  index, HEAD of each, and the fork's baseline), against doing it by hand: `git
+  index, HEAD of each, and the fork's baseline pinned: forker.build_fork's work), against doing it by hand: `git
   worktree add` then `git submodule update --init` (which clones each submodule from
   the source's own repositories, offline). Target: at most 1.0x.
 """
@@ -21,7 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from cairnd.checkpoints.checkpoint import take_checkpoint
+from cairnd.checkpoints.checkpoint import pin_checkpoint
+from cairnd.git import inner
 from cairnd.checkpoints.checkpointer import Checkpointer
 from cairnd.checkpoints.watch import WatchSet
 from cairnd.git import worktree as gitworktree
@@ -104,9 +105,15 @@ def run(quick: bool) -> list[Row]:
             git(hand, "-c", "protocol.file.allow=always", "submodule", "update", "--init", "-q")
             took_hand = time.perf_counter() - started
             started = time.perf_counter()
-            gitworktree.add_worktree(source, fork, params["headSha"], params["worktreeSha"], params["indexTree"],
-                                     inner_map=layout.inner_map(f"fork{attempt}"), checkpoint=params)
-            take_checkpoint(f"fork{attempt}", fork, 0, _MAX_FILE, inner_map=layout.inner_map(f"fork{attempt}"))
+            # What forker.build_fork does: the worktree made at the checkpoint, inner
+            # repositories and all; its baseline is that checkpoint, pinned for the fork.
+            trees = gitworktree.add_worktree(source, fork, params["headSha"], params["worktreeSha"],
+                                             params["indexTree"], inner_map=layout.inner_map(f"fork{attempt}"),
+                                             checkpoint=params)
+            baseline = {**params, "sessionId": f"fork{attempt}", "turns": 0, "ref": f"refs/cairnd/fork{attempt}/0"}
+            pin_checkpoint(source, baseline, (trees.worktree, trees.head))
+            inner.pin_checkpoints(inner.stores(layout.inner_map(f"fork{attempt}"), source / ".git"),
+                                  f"fork{attempt}", [baseline])
             took = time.perf_counter() - started
             if attempt:
                 fork_times.append(took)

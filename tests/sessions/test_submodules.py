@@ -178,6 +178,9 @@ def test_a_fork_at_every_message_is_exact_inside_and_outside_the_submodules(sess
     # And the fork's own baseline records the same inner states.
     baseline = [line for _, line in iter_lines(Path(result["log"]))][-1]
     assert b'"submodules"' in baseline
+    # ... pinned under the fork's own refs in the submodule's store (the parent may go).
+    store = session.source / ".git" / "modules" / "lib"
+    assert git(store, "for-each-ref", f"refs/cairnd/{result['session']}/")
 
 
 def test_a_fork_survives_the_parent_agent_deleting_its_submodule_objects(session: Session):

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from cairnd.git import run as git
+from cairnd.git import inner
 from cairnd.git import snapshot as gitsnapshot
 from cairnd.git import worktree as gitworktree
 from cairnd.git import places
@@ -98,12 +99,15 @@ def baseline_at_cut(point: ForkPoint, start: ForkState, fork_id: str, turns: int
     checkpoint = point.checkpoint or {}
     if (start.state != "checkpoint" or start.worktree_sha is None or start.index_tree is None
             or checkpoint.get("worktreeSha") != start.worktree_sha or checkpoint.get("skipped") != []
-            or not isinstance(checkpoint.get("dirty"), bool)
-            or checkpoint.get("submodules") or checkpoint.get("nested")):
-        return None  # repositories inside it: snapshotted afresh, which pins them for the fork
+            or not isinstance(checkpoint.get("dirty"), bool)):
+        return None
     snap = gitsnapshot.Snapshot(head_sha=start.head_sha, branch=None, index_tree=start.index_tree,
                         worktree_sha=start.worktree_sha, dirty=checkpoint["dirty"], skipped=())
-    return checkpoint_params(fork_id, turns, snap)
+    params = checkpoint_params(fork_id, turns, snap)
+    for key in ("submodules", "nested"):  # restored exactly too (`gitworktree.make_inner`)
+        if checkpoint.get(key):
+            params[key] = checkpoint[key]
+    return params
 
 
 def kept_turns(point: ForkPoint, log_path: Path) -> int:
@@ -161,6 +165,9 @@ def build_fork(layout: StateLayout, cut: Cut, row: SessionRow, *, max_file_bytes
                                        inner_map=layout.inner_map(row.id))
         else:
             pin_checkpoint(parent.repo, baseline, (cut.trees.worktree, cut.trees.head))
+            if baseline.get("submodules") or baseline.get("nested"):
+                inner.pin_checkpoints(inner.stores(layout.inner_map(row.id), git.common_dir(parent.repo)),
+                                      row.id, [baseline])
     log_path = write_initial_log(layout, row.id, cut.log, cut.point.offset, [
         fork_meta_entry(row.id, parent.id, cut.k, start.head_sha, start.worktree_sha),
         checkpoint_entry(baseline),

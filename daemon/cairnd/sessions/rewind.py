@@ -233,7 +233,8 @@ def abandon(layout: StateLayout, registry: Registry, row: SessionRow, k: int, *,
     }
     # A worktree made anew at the cut is exactly its checkpoint: the baseline needs no scan.
     cut_baseline = baseline_at_cut(point, start, row.id, turns) if moving else None
-    plan["cutDirty"] = cut_baseline["dirty"] if cut_baseline is not None else None
+    # (repositories inside it: the baseline is taken, which pins them for the session)
+    plan["cutDirty"] = cut_baseline["dirty"] if cut_baseline is not None and not plan["inner"] else None
     abandoned_id = new_session_id()
     plan["abandoned"] = abandoned_id
     title = abandoned_title(row.title, registry.titles_in_root(row.root_id))
