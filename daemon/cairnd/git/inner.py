@@ -223,16 +223,19 @@ def _safe_relative(path: str) -> bool:
     return bool(path) and not path.startswith("/") and all(p not in ("", ".", "..", ".git") for p in parts)
 
 
-def submodules_of(store: Path, work_tree: Path, tree: str) -> list[tuple[str, str, Path]]:
+def submodules_of(store: Path, work_tree: Path, tree: str, head: str | None = None) -> list[tuple[str, str, Path]]:
     """(path, commit, store) of each submodule of `tree`, whose files are in `work_tree`:
     the paths and names `.gitmodules` gives (only a name whose repository is under the
     store's `modules/` counts), the commits `tree` records."""
     gitmodules = work_tree / ".gitmodules"
-    if not gitmodules.is_file() or gitmodules.is_symlink():
-        return []
     env = {"GIT_DIR": str(store)}
-    proc = git.run(work_tree, ["config", "--file", str(gitmodules), "-z", "--get-regexp", r"^submodule\..*\.path$"],
-                   env=env)
+    if gitmodules.is_file() and not gitmodules.is_symlink():
+        source = ["--file", str(gitmodules)]
+    elif head is not None:  # deleted from the files (not yet committed): HEAD's says where they are
+        source = ["--blob", f"{head}:.gitmodules"]
+    else:
+        return []
+    proc = git.run(work_tree, ["config", *source, "-z", "--get-regexp", r"^submodule\..*\.path$"], env=env)
     if proc.returncode != 0:
         return []
     names: dict[str, str] = {}
@@ -262,13 +265,13 @@ def submodules_of(store: Path, work_tree: Path, tree: str) -> list[tuple[str, st
 
 
 def checkout(work_tree: Path, git_dir: Path, store: Path, tree: str, states: Mapping[str, Mapping[str, Any]],
-             prefix: str = "") -> list[InnerRepo]:
+             prefix: str = "", head: str | None = None) -> list[InnerRepo]:
     """Check out every submodule of `tree` (just written into `work_tree`, whose git
     directory is `git_dir` and whose objects are in `store`), recursively: at the state
     `states` records for its path (headSha, worktreeSha, indexTree, branch), else at the
     commit `tree` records. Returns what was made, parents first."""
     made: list[InnerRepo] = []
-    for path, gitlink, sub_store in submodules_of(store, work_tree, tree):
+    for path, gitlink, sub_store in submodules_of(store, work_tree, tree, head):
         full = prefix + path
         state = states.get(full) or {}
         head = state.get("headSha") or gitlink
@@ -284,7 +287,7 @@ def checkout(work_tree: Path, git_dir: Path, store: Path, tree: str, states: Map
         (sub_tree / ".git").write_text(f"gitdir: {sub_dir}\n")
         fill(sub_dir, sub_tree, worktree_sha, wtree, itree)
         made.append(InnerRepo(full, SUBMODULE, sub_dir, sub_store))
-        made += checkout(sub_tree, sub_dir, sub_store, wtree, states, prefix=f"{full}/")
+        made += checkout(sub_tree, sub_dir, sub_store, wtree, states, prefix=f"{full}/", head=head)
     return made
 
 

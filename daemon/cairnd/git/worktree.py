@@ -140,7 +140,7 @@ def add_worktree(repo: Path, path: Path, head_sha: str, worktree_sha: str | None
     try:
         _restore(path, worktree_sha, trees.worktree, trees.index)
         if inner_map is not None:
-            make_inner(path, trees.worktree, checkpoint or {}, inner_map)
+            make_inner(path, trees.worktree, checkpoint or {}, inner_map, head=head_sha)
     except BaseException:
         try:
             remove_worktree(repo, path)
@@ -150,14 +150,15 @@ def add_worktree(repo: Path, path: Path, head_sha: str, worktree_sha: str | None
     return trees
 
 
-def make_inner(path: Path, worktree_tree: str, checkpoint: Mapping[str, Any], inner_map: Path) -> list[inner.InnerRepo]:
+def make_inner(path: Path, worktree_tree: str, checkpoint: Mapping[str, Any], inner_map: Path,
+               head: str | None = None) -> list[inner.InnerRepo]:
     """The submodules (recursively) and nested repositories of a worktree cairnd has just
     filled with `worktree_tree`, at the states `checkpoint` records (`submodules`,
     `nested`); the submodules made are listed in `inner_map`."""
     dirs = places.discover(path)  # the record cairnd has just written (its place), not yet the agent's
     git_dir, common = dirs.git_dir, dirs.common_dir
     submodules = {s["path"]: s for s in checkpoint.get("submodules") or () if isinstance(s, Mapping)}
-    made = inner.checkout(path, git_dir, common, worktree_tree, submodules)
+    made = inner.checkout(path, git_dir, common, worktree_tree, submodules, head=head)
     nested = [n for n in checkpoint.get("nested") or () if isinstance(n, Mapping)]
     if nested:
         made += inner.restore_nested(path, nested, inner.ensure_nested_store(common))
