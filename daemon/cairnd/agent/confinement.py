@@ -7,11 +7,11 @@ these paths writable, and no others:
 - the session's worktree;
 - the repository's git directory, as much of it as a commit needs: `objects/`, `refs/`,
   `logs/` and the worktree's own record `worktrees/<name>/` (its HEAD, index and their
-  locks); for a session in the repository's own working tree, the whole git directory;
-- the agent's HOME (its profile's `HOME`, else cairnd's), less the state directory and
-  the source checkout when they lie inside it (see `carve`);
-- the profile's own directory in the state directory, `<state>/agents/<profile>` (where
-  the reference agent keeps the transcripts it resumes and forks);
+  locks); for a session in the repository's own working tree, the whole git directory.
+  Which directories these are comes from cairnd's registry (`git_dir`, `common_dir`),
+  never from the worktree's `.git`, which the agent can rewrite;
+- the agent's HOME: the session's own (`cairnd.agent.home`, under the state directory),
+  never the user's real one;
 - a temporary directory of the session's own, `<state>/tmp/<session>`, given as TMPDIR,
   made at the agent's start and removed with the session;
 - `/dev/null`-like devices, terminals and `/dev/shm`.
