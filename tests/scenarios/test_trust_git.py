@@ -172,3 +172,21 @@ def test_each_session_has_a_private_home_and_the_real_one_is_read_only(daemon: D
     fork_home = Path((Path(fork["worktree"]) / "home.txt").read_text().strip())
     assert fork_home not in (first_home, second_home, home)
     assert (Path(fork["worktree"]) / "planted.txt").read_text() == "mine\n"
+
+
+@pytest.mark.skipif(__import__("cairnd.agent.sandbox", fromlist=["abi_version"]).abi_version() < 1,
+                    reason="this kernel offers no Landlock")
+def test_a_rewritten_git_file_widens_no_grant_on_restart(daemon: Daemon, place: dict[str, Path]) -> None:
+    """Attack 2: the agent writes `gitdir: /` in its `.git` file and crashes; restarted,
+    it may write no more than before (grants come from the registry)."""
+    sibling = daemon.ok({"kind": "new", "repo": str(place["repo"])})
+    session = daemon.ok({"kind": "new", "repo": str(place["repo"])})
+    sid = session["session"]
+    crashed = daemon.request({"kind": "prompt", "session": sid, "text": 'run: echo "gitdir: /" > .git\ncrash'})
+    assert crashed["status"] == "error"
+    targets = [Path(sibling["worktree"]) / "evil.txt", place["repo"] / "evil.txt",
+               daemon.state / "spool" / "new" / "evil.json", place["home"] / "evil.txt"]
+    daemon.request({"kind": "prompt", "session": sid, "text": "\n".join(f"run: echo x > {t}" for t in targets)})
+    assert [target for target in targets if target.exists()] == []
+    texts = tool_texts(daemon, sid)[-len(targets):]
+    assert all("Permission denied" in text or "Operation not permitted" in text for text in texts), texts
