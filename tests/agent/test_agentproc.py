@@ -83,6 +83,7 @@ def test_the_stderr_file_keeps_the_latest_output_within_its_bound(tmp_path: Path
 # -- real processes ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_an_agent_that_ignores_eof_and_sigterm_is_killed_with_its_children(tmp_path: Path) -> None:
     script = (
         "import os, signal, subprocess, sys, time\n"

@@ -64,6 +64,7 @@ def last_checkpoint(daemon: Daemon, session: str) -> dict[str, Any]:
     return found
 
 
+@pytest.mark.slow
 def test_cairnds_git_runs_nothing_the_agent_wrote(daemon: Daemon, place: dict[str, Path]) -> None:
     """Attack 1: the worktree's `.git` file, its worktree record's `commondir`, the git
     config in HOME (both places) and, in an `in_place` session, the repository's own

@@ -50,6 +50,7 @@ def test_new_prompt_fork_cancel_delete(daemon: Daemon, repo: Path):
     assert daemon.ok({"kind": "prompt", "session": fork["session"], "text": "still here"})["turn"] == 3
 
 
+@pytest.mark.slow
 def test_fork_with_prompt_runs_the_first_turn(daemon: Daemon, repo: Path):
     session = daemon.ok({"kind": "new", "repo": str(repo), "prompt": "write x.txt: 1"})["session"]
     daemon.ok({"kind": "prompt", "session": session, "text": "write x.txt: 2"})

@@ -155,6 +155,7 @@ def test_check_is_confined_as_the_agent_is(daemon, tmp_path: Path):
     assert (worktree / "inside.txt").read_text() == "inside\n"
 
 
+@pytest.mark.slow
 def test_check_on_a_deleted_session_and_bad_attempts_fail_naming_the_value(daemon, tmp_path: Path):
     session, _repo = two_turns(daemon, tmp_path)
     unknown = daemon.request({"kind": "fork", "session": session, "user_message_index": 1,
@@ -249,6 +250,7 @@ def test_land_prompt_land_again_is_a_fast_forward_through_the_daemon(daemon, tmp
     assert back["error"]["code"] == "branch_exists"
 
 
+@pytest.mark.slow
 def test_the_command_line_forks_tries_checks_and_compares(daemon, tmp_path: Path):
     session, _repo = two_turns(daemon, tmp_path)
 

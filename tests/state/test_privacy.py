@@ -96,6 +96,7 @@ def test_a_fresh_state_dir_is_private_whatever_the_umask(tmp_path: Path, mask: i
         assert daemon.stop() == 0
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to become another user")
 def test_another_user_can_read_nothing_of_it(open_dir: Path) -> None:
     tmp_path = open_dir  # the way in is open: only the state dir's own modes stand between
@@ -159,6 +160,7 @@ def as_another_user(paths: list[Path]) -> list[str]:
     return out.split("\n") if out else []
 
 
+@pytest.mark.slow
 def test_a_group_accessible_state_dir_gives_its_group_read_and_nothing_to_others(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "project", {"README.md": "hello\n"})
     state = tmp_path / "state"
@@ -179,6 +181,7 @@ def test_a_group_accessible_state_dir_gives_its_group_read_and_nothing_to_others
         assert daemon.stop() == 0
 
 
+@pytest.mark.slow
 def test_a_state_dir_found_open_to_others_is_warned_of_and_left_as_found(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "project", {"README.md": "hello\n"})
     state = tmp_path / "state"

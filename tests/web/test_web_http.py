@@ -106,6 +106,7 @@ def test_an_action_is_a_spool_request_and_its_result_file_comes_back(site: Any) 
     assert status in (400, 404)
 
 
+@pytest.mark.slow
 def test_the_api_mirrors_the_cli_json_shapes(site: Any) -> None:
     daemon = site["daemon"]
     assert orjson.loads(site["web"].http("GET", "/api/sessions")[2]) == cli_json(daemon, "ls")
@@ -258,6 +259,7 @@ def test_a_configured_token_is_the_token(tmp_path: Path) -> None:
         web.stop()
 
 
+@pytest.mark.slow
 def test_a_non_loopback_address_without_a_token_refuses_to_start(tmp_path: Path) -> None:
     config = write_config(tmp_path / "open.toml", {"state_dir": str(tmp_path / "state")})
     env = {**os.environ, "CAIRND_CONFIG": str(config)}
