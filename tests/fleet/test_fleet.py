@@ -18,7 +18,7 @@ from cairnd.fleet.bus import Bus
 from cairnd.fleet.logstore import LogStore, make_store
 from cairnd.config.fleet import parse_fleet
 from daemonproc import Daemon, write_config
-from fleetservers import S3_KEYS, Nats, Store, checkpoint_repo, fleet_table
+from fleetservers import NATS_PASSWORD, S3_KEYS, Nats, Store, checkpoint_repo, fleet_table
 from gitrepos import git_text, make_repo
 
 pytestmark = pytest.mark.slow
@@ -50,7 +50,7 @@ class Fleet:
         state = self.root / name
         state.mkdir()
         table = {**self.table(name), "lease_seconds": lease}
-        daemon = Daemon(state, {"fleet": table, **settings}, env=S3_KEYS)
+        daemon = Daemon(state, {"fleet": table, **settings})  # credentials from the files [fleet] names
         self.hosts[name] = daemon
         return daemon.start()
 
@@ -94,8 +94,8 @@ class Fleet:
 
 @pytest.fixture
 def fleet(tmp_path, store, monkeypatch):
-    for key, value in S3_KEYS.items():
-        monkeypatch.setenv(key, value)
+    for key in S3_KEYS:  # the store's keys come from fleet.store_credentials, nowhere else
+        monkeypatch.delenv(key, raising=False)
     f = Fleet(tmp_path, store)
     yield f
     f.close()
@@ -156,7 +156,7 @@ def test_two_hosts_spread_route_to_the_owner_and_fork_across(fleet, tmp_path):
 
     # `cairnd` with [fleet] puts a request straight on the stream (no spool involved) and
     # reads its result from the bucket; `cairnd status` shows the hosts and their sessions.
-    env = {**__import__("os").environ, **S3_KEYS}
+    env = {k: v for k, v in __import__("os").environ.items() if k not in S3_KEYS}
     cli = subprocess.run([__import__("sys").executable, "-m", "cairnd", "prompt", "-c", str(b.config), "--json",
                           first["session"], "append f0.txt: from the command line"],
                          capture_output=True, text=True, env=env, timeout=120)
@@ -190,6 +190,19 @@ def test_two_hosts_spread_route_to_the_owner_and_fork_across(fleet, tmp_path):
     for d in (a, b):
         for path in (d.spool / "done").glob("*.json"):
             assert orjson.loads(path.read_bytes()) == stored[path.stem]
+
+    # No credential anywhere: not in a log, a result, a status file or stderr on either
+    # host, nor in any object of the store, nor in a result in the bucket (SPEC 17).
+    secrets = [NATS_PASSWORD.encode(), S3_KEYS["AWS_SECRET_ACCESS_KEY"].encode()]
+    for d in (a, b):
+        for path in [*d.state.rglob("*"), d.stderr_path]:
+            if path.is_file() and not path.is_symlink():
+                data = path.read_bytes()
+                assert not any(secret in data for secret in secrets), path
+    for body in [*stored.values()]:
+        assert not any(secret in orjson.dumps(body) for secret in secrets)
+    for session in [r["session"] for r in made] + [fork["session"], abandoned]:
+        assert not any(secret in fleet.stored_log(session) for secret in secrets)
 
 
 def wait_until(predicate, timeout: float, what: str, step: float = 0.1):

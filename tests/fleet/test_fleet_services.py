@@ -41,8 +41,8 @@ def nats(tmp_path):
 
 @pytest.fixture(autouse=True)
 def s3_credentials(monkeypatch):
-    for key, value in S3_KEYS.items():
-        monkeypatch.setenv(key, value)
+    for key in S3_KEYS:  # the store's keys come from fleet.store_credentials, nowhere else
+        monkeypatch.delenv(key, raising=False)
 
 
 def fleet_for(nats, store, tmp_path, host="h1"):
@@ -227,8 +227,54 @@ def test_a_lease_has_one_owner_and_lapses(nats, store, tmp_path):
     anyio.run(main)
 
 
+def test_the_servers_let_in_only_the_fleets_credentials(nats, store, tmp_path):
+    """Attack 7: the fleet is closed. A stranger on the machine (no credentials, or wrong
+    ones) can neither join NATS, nor read or write the store; the fleet's own keys can."""
+    table = fleet_table(nats, store, tmp_path / "cp.git", "h1", "closed")
+    loopback = {k: v for k, v in table.items() if k not in ("nats_user", "nats_password", "store_credentials")}
+    for stranger in ({}, {"nats_user": "cairnd-fleet", "nats_password": "guessed"}, {"nats_token": "guessed"}):
+        with pytest.raises(CairnError) as err:  # loopback lets the config through; the server does not
+            anyio.run(lambda: Bus.connect(parse_fleet({**loopback, **stranger}), attempts=1))
+        assert err.value.code == "fleet_unavailable"
+    from obstore.store import S3Store
+    import obstore
+    quick = {"client_options": {"allow_http": True, "timeout": "10s"}, "virtual_hosted_style_request": False,
+             "retry_config": {"max_retries": 0, "retry_timeout": __import__("datetime").timedelta(seconds=5)}}
+    anonymous = S3Store(store.bucket, endpoint=store.endpoint, region="us-east-1", skip_signature=True, **quick)
+    with pytest.raises(Exception):
+        obstore.put(anonymous, "closed/intruder", b"x")
+    wrong = S3Store(store.bucket, endpoint=store.endpoint, region="us-east-1", access_key_id=S3_KEYS["AWS_ACCESS_KEY_ID"],
+                    secret_access_key="guessed", **quick)
+    with pytest.raises(Exception):
+        list(obstore.list(wrong, prefix="closed/"))
+    fleet = parse_fleet(table)  # and the fleet's own keys get in
+    async def joins() -> None:
+        bus = await Bus.connect(fleet, attempts=3)
+        await bus.close()
+    anyio.run(joins)
+    obstore.put(make_store(fleet), "closed/probe", b"ok")
+    assert bytes(obstore.get(make_store(fleet), "closed/probe").bytes()) == b"ok"
+
+
+def test_a_token_is_a_way_in_too(tmp_path, store):
+    token = "nats-token-" + uuid.uuid4().hex
+    server = Nats(tmp_path / "tok", user=None, password=None, token=token).start()
+    try:
+        table = fleet_table(server, store, tmp_path / "cp.git", "h1", "tok")
+        assert table["nats_token"] == token and "nats_user" not in table
+        async def joins() -> None:
+            bus = await Bus.connect(parse_fleet(table), attempts=3)
+            await bus.close()
+        anyio.run(joins)
+        with pytest.raises(CairnError):
+            anyio.run(lambda: Bus.connect(parse_fleet({**table, "nats_token": "wrong"}), attempts=1))
+    finally:
+        server.stop()
+
+
 def test_unreachable_nats_is_a_clear_error(tmp_path, store):
-    fleet = parse_fleet({"nats": "nats://127.0.0.1:1", "store": "s3://cairnd/x", "checkpoints": "/x"})
+    fleet = parse_fleet({"nats": "nats://127.0.0.1:1", "store": "s3://cairnd/x", "checkpoints": "/x",
+                         "store_endpoint": store.endpoint})
     with pytest.raises(CairnError) as err:
         anyio.run(lambda: Bus.connect(fleet, attempts=2))
     assert err.value.code == "fleet_unavailable" and "fleet.nats" in err.value.message
@@ -236,7 +282,8 @@ def test_unreachable_nats_is_a_clear_error(tmp_path, store):
 
 # -- [fleet] validation ------------------------------------------------------------------------
 
-GOOD = {"nats": "nats://127.0.0.1:4222", "store": "s3://cairnd/prod", "checkpoints": "/srv/cp.git"}
+GOOD = {"nats": "nats://127.0.0.1:4222", "store": "s3://cairnd/prod", "checkpoints": "/srv/cp.git",
+        "store_endpoint": "http://127.0.0.1:8333"}
 
 
 def test_fleet_table_parses_with_defaults():
@@ -277,6 +324,64 @@ def test_required_fleet_keys(missing):
     with pytest.raises(FleetConfigError) as err:
         parse_fleet({k: v for k, v in GOOD.items() if k != missing})
     assert f"fleet.{missing} is missing" in str(err.value)
+
+
+def _refused(table, environ=None) -> str:
+    from cairnd.config.fleet import FleetConfigError
+    with pytest.raises(FleetConfigError) as err:
+        parse_fleet(table, environ or {})
+    return str(err.value)
+
+
+def test_an_open_or_plain_text_fleet_off_loopback_is_refused_by_key(tmp_path):
+    keys = tmp_path / "s3.env"
+    keys.write_text("# the fleet's store\nexport AWS_ACCESS_KEY_ID=AKIA1\nAWS_SECRET_ACCESS_KEY='very secret'\n")
+    keys.chmod(0o600)
+    remote = {"nats": "tls://nats.example:4222", "store": "s3://cairnd/prod", "checkpoints": "ssh://git@cp/cairnd.git",
+              "store_endpoint": "https://s3.example", "nats_user": "u", "nats_password": "nats-pass",
+              "store_credentials": str(keys)}
+    fleet = parse_fleet(remote, {})  # closed: credentials, TLS
+    assert (fleet.store_keys.access_key_id, fleet.store_keys.secret_access_key) == ("AKIA1", "very secret")
+    assert "very secret" not in repr(fleet) and "nats-pass" not in repr(fleet)  # no secret in a traceback
+    no_nats_auth = {k: v for k, v in remote.items() if k not in ("nats_user", "nats_password")}
+    assert "fleet.nats_credentials" in _refused(no_nats_auth) and "fleet.nats_token" in _refused(no_nats_auth)
+    assert "fleet.nats" in _refused({**remote, "nats": "nats://nats.example:4222"})
+    assert "tls://nats.example:4222" in _refused({**remote, "nats": "nats://nats.example:4222"})
+    assert "fleet.store_endpoint" in _refused({**remote, "store_endpoint": "http://s3.example"})
+    assert "fleet.store_credentials" in _refused({k: v for k, v in remote.items() if k != "store_credentials"})
+    assert "fleet.store_credentials" in _refused({k: v for k, v in remote.items() if k != "store_endpoint"
+                                                  and k != "store_credentials"})  # AWS itself
+    assert "fleet.checkpoints" in _refused({**remote, "checkpoints": "http://cp.example/cairnd.git"})
+    assert "fleet.nats" in _refused({**remote, "nats": "tls://u:p@nats.example:4222"})  # no secret in a URL
+    assert "fleet.nats" in _refused({**remote, "nats": "tls://TOKEN@nats.example:4222"})
+    assert "fleet.nats_password" in _refused({**remote, "nats_password": None} | {"nats_password": None}
+                                             if False else {k: v for k, v in remote.items() if k != "nats_password"})
+    assert "fleet.nats_token" in _refused({**remote, "nats_token": "t"})  # one way in, not two
+    assert "fleet.insecure" in _refused({**remote, "insecure": "yes"})
+    # the usual AWS_* variables are credentials too; insecure = true is the operator's choice
+    env_keys = {"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b"}
+    assert parse_fleet({k: v for k, v in remote.items() if k != "store_credentials"}, env_keys).store_keys is None
+    assert parse_fleet({**no_nats_auth, "nats": "nats://nats.example:4222", "insecure": True}, {}).insecure
+    # on loopback, nothing is asked
+    assert parse_fleet({"nats": "nats://127.0.0.1:4222", "store": "s3://cairnd/x", "checkpoints": "/x",
+                        "store_endpoint": "http://localhost:8333"}, {}).nats_auth.given is False
+
+
+def test_a_credentials_file_is_checked_by_key(tmp_path):
+    base = {"nats": "nats://127.0.0.1:4222", "store": "s3://cairnd/x", "checkpoints": "/x",
+            "store_endpoint": "http://127.0.0.1:8333"}
+    keys = tmp_path / "s3.env"
+    keys.write_text("AWS_ACCESS_KEY_ID=AKIA1\n")
+    keys.chmod(0o600)
+    said = _refused({**base, "store_credentials": str(keys)})
+    assert "fleet.store_credentials" in said and "AWS_SECRET_ACCESS_KEY" in said
+    keys.write_text("AWS_ACCESS_KEY_ID=AKIA1\nAWS_SECRET_ACCESS_KEY=leak-me\n")
+    keys.chmod(0o644)
+    said = _refused({**base, "store_credentials": str(keys)})
+    assert "readable by every user" in said and "leak-me" not in said
+    assert "fleet.store_credentials" in _refused({**base, "store_credentials": str(tmp_path / "none")})
+    assert "fleet.nats_tls_ca" in _refused({**base, "nats_tls_ca": str(tmp_path / "none.pem")})
+    assert "fleet.nats_credentials" in _refused({**base, "nats_credentials": str(tmp_path / "none.creds")})
 
 
 def test_config_without_fleet_is_one_host():

@@ -169,7 +169,7 @@ def parse_config(data: dict[str, Any], source: Path | None = None,
     for name, table in data.get("agents", {}).items():
         agents[name] = _parse_agent(name, table, agents.get(name), where)
     try:
-        fleet = parse_fleet(data["fleet"]) if "fleet" in data else None
+        fleet = parse_fleet(data["fleet"], environ) if "fleet" in data else None
     except FleetConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
     config = Config(

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import re
+import ssl
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,10 +35,26 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFound
 from nats.js.kv import KeyValue
 
 from cairnd.errors import CairnError
-from cairnd.config.fleet import FleetConfig
+from cairnd.config.fleet import FleetConfig, NatsAuth
 from cairnd.journal import event
 
 STREAM = "CAIRND_REQUESTS"
+
+
+def connect_options(auth: NatsAuth, servers: tuple[str, ...]) -> dict[str, Any]:
+    """nats-py's connect options for this host's credentials (SPEC 17): a creds file, a
+    user and password, or a token; TLS checked against `nats_tls_ca` when given (else the
+    system's CAs), for `tls://` and `wss://` servers."""
+    options: dict[str, Any] = {}
+    if auth.credentials:
+        options["user_credentials"] = auth.credentials
+    elif auth.user:
+        options["user"], options["password"] = auth.user, auth.password
+    elif auth.token:
+        options["token"] = auth.token
+    if auth.tls_ca or any(server.startswith(("tls://", "wss://")) for server in servers):
+        options["tls"] = ssl.create_default_context(cafile=auth.tls_ca)
+    return options
 SUBJECT_ANY = "cairnd.req.any"
 SUBJECT_PREFIX = "cairnd.req."
 RESULTS, OWNERS, HOSTS, SESSIONS, CLAIMS = (
@@ -94,6 +111,7 @@ class Bus:
                     servers=list(fleet.nats), name=name, connect_timeout=2,
                     max_reconnect_attempts=1, reconnect_time_wait=0.5, allow_reconnect=True,
                     error_cb=_quiet, disconnected_cb=_disconnected, reconnected_cb=_reconnected,
+                    **connect_options(fleet.nats_auth, fleet.nats),
                 )
                 # Once connected, reconnect for ever: a NATS restart must not end the host.
                 # (Asked for at connect, nats-py would also retry the first connect for ever.)

@@ -13,8 +13,8 @@ replaced, so two hosts that both believe they own a session cannot overwrite eac
 other; the second finds the part taken (`StoreConflict`) and knows it lost the lease.
 
 Speaks plain S3 through obstore (object_store, the Rust crate behind Arrow/DataFusion):
-conditional puts built in, one small wheel with no botocore, credentials from the
-usual AWS_* variables, so production may be AWS S3, R2, Ceph, MinIO or SeaweedFS.
+conditional puts built in, one small wheel with no botocore, credentials from
+`fleet.store_credentials` or the usual AWS_* variables, so production may be AWS S3, R2, Ceph, MinIO or SeaweedFS.
 Its blocking calls run in worker threads: its own async calls leave a Tokio runtime
 that aborts the interpreter at exit (SIGABRT), which a daemon cannot have.
 """
@@ -85,7 +85,9 @@ def tile(parts: list[tuple[int, int]]) -> int:
 
 
 def make_store(fleet: FleetConfig) -> S3Store:
-    region = fleet.store_region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    keys = fleet.store_keys
+    region = (fleet.store_region or (keys.region if keys else None) or os.environ.get("AWS_REGION")
+              or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1")
     # obstore retries a failed call for up to 3 minutes by default: too long to hold a
     # turn's result; cairnd retries on its own, up to fleet.wait_seconds.
     kwargs: dict = {"region": region, "retry_config": {
@@ -96,7 +98,11 @@ def make_store(fleet: FleetConfig) -> S3Store:
         kwargs["virtual_hosted_style_request"] = False
         if fleet.store_endpoint.startswith("http://"):
             kwargs["client_options"] = {"allow_http": True, "timeout": "30s", "connect_timeout": "5s"}
-    # obstore reads AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN ... itself.
+    if keys is not None:  # fleet.store_credentials: the file's keys, not the environment's
+        kwargs["access_key_id"], kwargs["secret_access_key"] = keys.access_key_id, keys.secret_access_key
+        if keys.session_token:
+            kwargs["session_token"] = keys.session_token
+    # Else obstore reads AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN ... itself.
     return S3Store(fleet.bucket, prefix=fleet.prefix or None, **kwargs)
 
 
