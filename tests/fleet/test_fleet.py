@@ -452,6 +452,9 @@ def test_bad_fleet_configuration_is_refused_at_start_naming_the_key(tmp_path):
          "fleet.lease_seconds"),
         ({"nats": "nats://127.0.0.1:4222", "store": "s3://cairnd/x", "checkpoints": "/x", "hots": "a"}, "fleet.hots"),
         ({"nats": "nats://127.0.0.1:4222", "store": "s3://cairnd/x", "checkpoints": "/x", "host": "a b"}, "fleet.host"),
+        # a closed fleet (SPEC 17): an open NATS off loopback, an open store
+        ({"nats": "tls://192.0.2.1:4222", "store": "s3://cairnd/x", "checkpoints": "/x"}, "fleet.nats_credentials"),
+        ({"nats": "nats://127.0.0.1:4222", "store": "s3://cairnd/x", "checkpoints": "/x"}, "fleet.store_credentials"),
     ):
         state = tmp_path / f"s{len(list(tmp_path.iterdir()))}"
         state.mkdir()

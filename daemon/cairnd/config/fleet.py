@@ -270,6 +270,8 @@ def parse_fleet(table: Any, environ: Mapping[str, str] | None = None) -> FleetCo
     accept_new = table.get("accept_new", True)
     if not isinstance(accept_new, bool):
         raise FleetConfigError(f"fleet.accept_new = {accept_new!r} must be true or false")
+    lease_seconds = _seconds(table, "lease_seconds", 15.0)
+    wait_seconds = _seconds(table, "wait_seconds", 120.0)
     insecure = table.get("insecure", False)
     if not isinstance(insecure, bool):
         raise FleetConfigError(f"fleet.insecure = {insecure!r} must be true or false")
@@ -282,8 +284,7 @@ def parse_fleet(table: Any, environ: Mapping[str, str] | None = None) -> FleetCo
     return FleetConfig(
         host=host, nats=servers, bucket=parts.netloc, prefix=prefix, store_endpoint=endpoint,
         store_region=region, checkpoints=checkpoints,
-        lease_seconds=_seconds(table, "lease_seconds", 15.0),
-        wait_seconds=_seconds(table, "wait_seconds", 120.0),
+        lease_seconds=lease_seconds, wait_seconds=wait_seconds,
         accept_new=accept_new,
         nats_auth=nats_auth, store_keys=store_keys, insecure=insecure,
     )
