@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -74,10 +75,24 @@ class PrivateHome:
         for rel in [*XDG.values(), ".local/state/cairnd-reference"]:
             (aside / rel).mkdir(parents=True, exist_ok=True, mode=0o700)
         (aside / SEEDED_MARK).write_text("seeded by cairnd\n")
-        os.chmod(aside, 0o700)
+        _private(aside)
         shutil.rmtree(self.path, ignore_errors=True)  # one a stop cut short
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.rename(aside, self.path)
+
+
+def _private(root: Path) -> None:
+    """Copies of credentials are the state directory's: readable by cairnd's user alone
+    (a copy keeps its source's mode, often 0644)."""
+    for directory, dirs, files in os.walk(root):
+        for name in [*dirs, *files, ""]:
+            path = os.path.join(directory, name) if name else directory
+            try:
+                mode = os.lstat(path).st_mode
+                if not stat.S_ISLNK(mode) and mode & 0o077:
+                    os.chmod(path, stat.S_IMODE(mode) & ~0o077)
+            except OSError:
+                continue
 
 
 def _quoted(name: str) -> str:
