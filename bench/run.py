@@ -27,7 +27,7 @@ from measure import BENCH, CACHE, ROOT, Row, command_of, markdown
 
 LOGS = CACHE / "logs"
 BENCHMARKS = ("forkpoint", "pickup", "fork", "checkpoint", "storage", "burst", "idle", "watchrss", "turn", "web",
-              "sandbox", "history", "rewind", "attempts", "fleet", "acp")
+              "sandbox", "history", "rewind", "attempts", "fleet", "acpfront")
 
 
 def run_one(name: str, quick: bool) -> tuple[list[Row], bool]:

@@ -18,16 +18,21 @@ registry transaction; a failure rolls every one back, and after a crash recovery
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import anyio
 
 from cairnd.agent.check import run_check
+from cairnd.agent.confinement import Confinement
+from cairnd.agent.runner import AgentRunner
+from cairnd.checkpoints.checkpointer import Checkpointer
+from cairnd.config.settings import AgentProfile, Config
 from cairnd.errors import CairnError
 from cairnd.git import diff as gitdiff
 from cairnd.ids import new_session_id
@@ -40,8 +45,27 @@ from cairnd.spool.requests import DEFAULT_CHECK_SECONDS, CheckRequest, ForkReque
 from cairnd.state.layout import StateLayout
 from cairnd.state.registry import Registry, SessionRow
 
-if TYPE_CHECKING:
-    from cairnd.sessions.handlers import Sessions
+
+class TryHost(Protocol):
+    """What attempts needs of the daemon's sessions (handlers.Sessions is one): a port,
+    so this module does not import the handlers that call it."""
+
+    registry: Registry
+    layout: StateLayout
+    config: Config
+    fork_limiter: anyio.CapacityLimiter
+    fork_builders: threading.BoundedSemaphore
+    checkpoints: Checkpointer
+
+    def profile(self, name: str | None) -> AgentProfile: ...
+    async def live(self, session_id: str) -> SessionRow: ...
+    async def in_thread(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any: ...
+    async def run_turn(self, row: SessionRow, text: str, origin: Origin,
+                       content: list[Any] | None = None) -> dict[str, Any]: ...
+    def predicted_history(self, row: SessionRow, log: Path, end: int) -> str: ...
+    def runner(self, row: SessionRow) -> AgentRunner: ...
+    def confinement(self, row: SessionRow, profile: AgentProfile) -> Confinement | None: ...
+
 
 _TRY_SUFFIX = re.compile(r"\s*\(try (\d+)\)\s*$")
 _CHECK_MARK = CHECK_METHOD.encode()
@@ -141,7 +165,7 @@ def make_tries(layout: StateLayout, registry: Registry, parent: SessionRow, k: i
 # -- the requests (async, on the daemon's Sessions) -------------------------------------------
 
 
-async def fork_tries(sessions: Sessions, request: ForkRequest, origin: Origin) -> dict[str, Any]:
+async def fork_tries(sessions: TryHost, request: ForkRequest, origin: Origin) -> dict[str, Any]:
     """An attempts fork: the tries made all or none, then every try's first turn and
     check at once. A try whose turn or check failed says so in its entry (`error`);
     the request itself succeeds once the tries exist."""
@@ -151,7 +175,7 @@ async def fork_tries(sessions: Sessions, request: ForkRequest, origin: Origin) -
             sessions.profile(attempt.agent)
     rows = []
     if origin.request_id:  # made before a crash stopped us publishing: not made twice
-        rows = await sessions._thread(sessions.registry.all_by_request, origin.request_id)
+        rows = await sessions.in_thread(sessions.registry.all_by_request, origin.request_id)
     if rows:
         parent_id = rows[0].parent_id
     else:
@@ -170,7 +194,7 @@ async def fork_tries(sessions: Sessions, request: ForkRequest, origin: Origin) -
         entry = dict(row.result or {})
         try:
             if attempt.prompt is not None:
-                entry.update(await sessions._turn(row, attempt.prompt, origin))
+                entry.update(await sessions.run_turn(row, attempt.prompt, origin))
             if request.check is not None:
                 entry["check"] = await check_session(sessions, row, request.check, None)
         except CairnError as exc:
@@ -184,24 +208,24 @@ async def fork_tries(sessions: Sessions, request: ForkRequest, origin: Origin) -
     return {"parent": parent_id, "user_message_index": request.user_message_index, "sessions": entries}
 
 
-async def check(sessions: Sessions, request: CheckRequest, origin: Origin) -> dict[str, Any]:
+async def check(sessions: TryHost, request: CheckRequest, origin: Origin) -> dict[str, Any]:
     row = await sessions.live(request.session)
     return await check_session(sessions, row, request.command, request.timeout)
 
 
-async def check_session(sessions: Sessions, row: SessionRow, command: tuple[str, ...],
+async def check_session(sessions: TryHost, row: SessionRow, command: tuple[str, ...],
                         timeout: float | None) -> dict[str, Any]:
     """Run `command` in the session's worktree after its running turn, confined as its
     agent, and record it in its log. The result is ok whatever the command's exit."""
     profile = sessions.profile(row.agent)
     runner = sessions.runner(row)
     async with runner.between_turns() as log:
-        latest = await sessions._thread(_latest_checkpoint, log.path)
+        latest = await sessions.in_thread(_latest_checkpoint, log.path)
         outcome = await run_check(command, row.worktree, dict(profile.env),
                                   confinement=sessions.confinement(row, profile),
                                   timeout=timeout or DEFAULT_CHECK_SECONDS)
         turns, worktree_sha = latest.get("turns"), latest.get("worktreeSha")
-        await sessions._thread(_record, log, check_entry(row.id, list(command), outcome.exit, outcome.output,
+        await sessions.in_thread(_record, log, check_entry(row.id, list(command), outcome.exit, outcome.output,
                                                          turns, worktree_sha, outcome.timed_out))
     return {"session": row.id, "command": list(command), "exit": outcome.exit, "timed_out": outcome.timed_out,
             "output": outcome.output, "turns": turns, "worktreeSha": worktree_sha}

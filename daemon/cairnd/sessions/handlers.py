@@ -122,7 +122,7 @@ class Sessions:
         with self._upkeep_scope():
             while True:
                 try:
-                    removed = await self._thread(self.collect, dry_run=False)
+                    removed = await self.in_thread(self.collect, dry_run=False)
                 except Exception as exc:  # noqa: BLE001  storage upkeep never stops the daemon
                     event(logging.WARNING, f"gc of deleted sessions failed: {exc!r}")
                 else:
@@ -149,7 +149,7 @@ class Sessions:
             with scope:
                 for common in self.checkpoints.refs.due():
                     try:
-                        await self._thread(self.checkpoints.refs.maintain, common)
+                        await self.in_thread(self.checkpoints.refs.maintain, common)
                     except CairnError as exc:
                         event(logging.WARNING, f"packing checkpoints in {common} failed: {exc.message}")
         finally:
@@ -175,13 +175,13 @@ class Sessions:
     def profile(self, name: str | None) -> AgentProfile:
         return self.config.agent(name)
 
-    async def _thread(self, fn, *args, **kwargs):
+    async def in_thread(self, fn, *args, **kwargs):
         return await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs), limiter=self.io_limiter)
 
     # -- lookups ----------------------------------------------------------------------
 
     async def live(self, session_id: str) -> SessionRow:
-        return await self._thread(self._live_row, session_id)
+        return await self.in_thread(self._live_row, session_id)
 
     def _live_row(self, session_id: str) -> SessionRow:
         row = self.registry.get(session_id)
@@ -241,7 +241,7 @@ class Sessions:
     # -- requests -----------------------------------------------------------------------
 
     async def new(self, request: NewRequest, origin: Origin) -> dict[str, Any]:
-        if origin.request_id and (done := await self._thread(self.registry.by_request, origin.request_id)):
+        if origin.request_id and (done := await self.in_thread(self.registry.by_request, origin.request_id)):
             # Created before a crash stopped us publishing: answer, don't create twice.
             return await self._with_turn(done, request.prompt, origin)
         profile = self.profile(request.agent)
@@ -250,19 +250,19 @@ class Sessions:
             if self.url_repos is None:
                 raise CairnError("bad_request", f"repo {request.repo!r} is a git URL: only a fleet host "
                                                 "([fleet] in the configuration) clones one; give a path")
-            repo, commit = await self._thread(self.url_repos, request.repo, request.ref)
+            repo, commit = await self.in_thread(self.url_repos, request.repo, request.ref)
         else:
-            repo = await self._thread(git.resolve_repo, request.repo)
-            commit = await self._thread(git.resolve_commit, repo, request.ref)
+            repo = await self.in_thread(git.resolve_repo, request.repo)
+            commit = await self.in_thread(git.resolve_commit, repo, request.ref)
         session_id = new_session_id()
         worktree = repo if request.in_place else self.layout.worktree_parent(session_id) / repo.name
         # One worker thread for the whole transaction: a cancelled caller does not stop
         # it half-way, and its rollback runs there too.
-        await self._thread(lambda: self._create(
+        await self.in_thread(lambda: self._create(
             commit, id=session_id, title=request.title or repo.name, repo=repo, worktree=worktree,
             in_place=request.in_place, agent=profile.name, parent_id=None, root_id=session_id, turns=0,
             request_id=origin.request_id))
-        row = await self._thread(self.registry.get, session_id)
+        row = await self.in_thread(self.registry.get, session_id)
         return await self._with_turn(row, request.prompt, origin)
 
     def _create(self, commit: str, **fields: Any) -> None:
@@ -287,7 +287,7 @@ class Sessions:
             result = await attempts.fork_tries(self, request, origin)
             self._maintain_soon()
             return result
-        done, parent = await self._thread(self._fork_lookup, request.session, origin.request_id)
+        done, parent = await self.in_thread(self._fork_lookup, request.session, origin.request_id)
         if done is None:
             # The limit covers making the fork, not its first turn (that is a turn like any).
             async with self.fork_limiter:
@@ -327,18 +327,18 @@ class Sessions:
         """SPEC 13. Runs in the session's queue, so no turn of it is in flight."""
         async with self.writing(request.session):
             result = await self._rewind(request, origin)
-        row = await self._thread(self.registry.get, result["session"])
+        row = await self.in_thread(self.registry.get, result["session"])
         return await self._with_turn(row, request.prompt, origin, base=result)
 
     async def _rewind(self, request: RewindRequest, origin: Origin) -> dict[str, Any]:
         record = None
         if origin.request_id:
-            record = await self._thread(self.registry.rewind_by_request, origin.request_id)
+            record = await self.in_thread(self.registry.rewind_by_request, origin.request_id)
         if record is None:
             row = await self.live(request.session)
             await self._finish_rewinds(row)
             # Out of range or in a sub-session: said before the agent is stopped for nothing.
-            await self._thread(find_cut, self.layout.log_path(row.id), request.user_message_index, row.id)
+            await self.in_thread(find_cut, self.layout.log_path(row.id), request.user_message_index, row.id)
             # Its agent knows the conversation past the cut, and writes to the old log.
             runner = self.runners.pop(row.id, None)
             if runner is not None:
@@ -348,11 +348,11 @@ class Sessions:
         if record.state == "done" and record.result is not None:
             result = record.result
         else:
-            row = await self._thread(self.registry.get, record.session_id)
+            row = await self.in_thread(self.registry.get, record.session_id)
             assert row is not None
             try:
                 with anyio.CancelScope(shield=True):  # past the commit point: finish it
-                    result = await self._thread(rewinding.finish, self.layout, self.registry, row, record,
+                    result = await self.in_thread(rewinding.finish, self.layout, self.registry, row, record,
                                                 max_file_bytes=self.config.snapshot_max_file_bytes)
             except CairnError as exc:
                 raise CairnError(exc.code, f"{exc.message} (the rewind is recorded, and session "
@@ -382,7 +382,7 @@ class Sessions:
 
     async def land(self, request: LandRequest, origin: Origin) -> dict[str, Any]:
         row = await self.live(request.session)
-        return await self._thread(land, self.layout, row, request.branch, turn=request.turn,
+        return await self.in_thread(land, self.layout, row, request.branch, turn=request.turn,
                                   message=request.message, force=request.force)
 
     async def _with_turn(self, row: SessionRow, prompt: str | None, origin: Origin,
@@ -393,7 +393,7 @@ class Sessions:
         if row.state != "ready":
             raise CairnError("session_deleted", f"session {row.id!r} was deleted before its first turn")
         try:
-            result.update(await self._turn(row, prompt, origin))
+            result.update(await self.run_turn(row, prompt, origin))
         except CairnError as exc:
             # The session exists (or was rewound): say so, or the writer cannot find what it made.
             done = (f"the rewind is done; session {base['abandoned']} holds what it left"
@@ -407,29 +407,29 @@ class Sessions:
         place of `request.text` alone."""
         row = await self.live(request.session)
         await self._finish_rewinds(row)
-        return await self._turn(row, request.text, origin, content)
+        return await self.run_turn(row, request.text, origin, content)
 
     async def turn_of(self, row: SessionRow, text: str, content: list[Any] | None = None) -> dict[str, Any]:
         """A turn of a session this process already holds (cairnd acp, SPEC 18): no
         lookup of its row nor of unfinished rewinds (it holds the session's lock, so no
         other process rewound or deleted it since it looked)."""
-        return await self._turn(row, text, Origin(None), content)
+        return await self.run_turn(row, text, Origin(None), content)
 
     async def _finish_rewinds(self, row: SessionRow) -> None:
         """A rewind whose finish failed after its commit point (git or the disk refused) is
         finished before the session runs anything else."""
-        for record in await self._thread(self.registry.rewinds_of, row.id):
+        for record in await self.in_thread(self.registry.rewinds_of, row.id):
             if record.state == "pending":
                 with anyio.CancelScope(shield=True):
-                    await self._thread(rewinding.finish, self.layout, self.registry, row, record,
+                    await self.in_thread(rewinding.finish, self.layout, self.registry, row, record,
                                        max_file_bytes=self.config.snapshot_max_file_bytes)
                 self.checkpoints.forget(row.id)
 
-    async def _turn(self, row: SessionRow, text: str, origin: Origin, content: list[Any] | None = None
+    async def run_turn(self, row: SessionRow, text: str, origin: Origin, content: list[Any] | None = None
                     ) -> dict[str, Any]:
         if origin.recovered and origin.request_id:
             # Did this request's turn start before the crash? Then it is not run again.
-            record = await self._thread(self._turn_record, row.id, origin.request_id)
+            record = await self.in_thread(self._turn_record, row.id, origin.request_id)
             if record is not None:
                 if record.get("stopReason") == "interrupted" or record.get("open"):
                     raise CairnError("turn_interrupted",
@@ -447,7 +447,7 @@ class Sessions:
                 # the registry's count follows the log whatever the outcome.
                 if runner.turns is not None:
                     with anyio.CancelScope(shield=True):
-                        await self._thread(self.registry.set_turns, row.id, runner.turns)
+                        await self.in_thread(self.registry.set_turns, row.id, runner.turns)
         self._maintain_soon()
         if self._tg is not None:  # the offsets index beside the log follows it, off the turn path
             self._tg.start_soon(self._thread, cutindex.current, self.layout.log_path(row.id))
@@ -468,7 +468,7 @@ class Sessions:
             runner = self.runners.pop(row.id, None)
             if runner is not None:
                 await runner.close()
-            await self._thread(self._delete, row, request.keep_worktree)
+            await self.in_thread(self._delete, row, request.keep_worktree)
         return DeleteResult(session=row.id, worktree_kept=request.keep_worktree or row.in_place)
 
     def _delete(self, row: SessionRow, keep_worktree: bool) -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import orjson
 
-# This file is bench/acp.py: with bench/ first on the path it would hide the ACP SDK's `acp`.
+# This file is bench/acpfront.py: with bench/ first on the path it would hide the ACP SDK's `acp`.
 _BENCH = sys.path.pop(0) if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent else None
 from acp import PROTOCOL_VERSION, spawn_agent_process, text_block  # noqa: E402
 from acp.schema import ClientCapabilities, FileSystemCapabilities  # noqa: E402
