@@ -450,7 +450,7 @@ class Sessions:
                         await self.in_thread(self.registry.set_turns, row.id, runner.turns)
         self._maintain_soon()
         if self._tg is not None:  # the offsets index beside the log follows it, off the turn path
-            self._tg.start_soon(self._thread, cutindex.current, self.layout.log_path(row.id))
+            self._tg.start_soon(self.in_thread, cutindex.current, self.layout.log_path(row.id))
         return result
 
     def _turn_record(self, session_id: str, request_id: str) -> dict[str, Any] | None:

@@ -56,14 +56,14 @@ def gemini_agent_command() -> list[str]:
     return [str(agent_bin("gemini")), "--acp"]
 
 
-def npm_ci(timeout: float = 300.0) -> subprocess.CompletedProcess[str]:
+def npm_install(timeout: float = 300.0) -> subprocess.CompletedProcess[str]:
     """Install the pinned agents from package-lock.json (a few seconds with a warm cache)."""
     npm = shutil.which("npm")
     if npm is None:
         raise FileNotFoundError("npm is not on PATH")
     return subprocess.run(
         # no install scripts: node-pty/keytar would try node-gyp, and the agents don't need them
-        [npm, "ci", "--no-audit", "--no-fund", "--ignore-scripts"],
+        [npm, "install", "--no-audit", "--no-fund", "--ignore-scripts"],
         cwd=REALAGENTS_DIR,
         capture_output=True,
         text=True,
@@ -89,9 +89,9 @@ def ensure_agents_installed() -> str | None:
         return None
     if shutil.which("node") is None or shutil.which("npm") is None:
         return "node/npm not installed"
-    result = npm_ci()
+    result = npm_install()
     if result.returncode != 0 or not _installed():
-        return f"npm ci failed: {result.stderr.strip()[-500:]}"
+        return f"npm install failed: {result.stderr.strip()[-500:]}"
     return None
 
 
