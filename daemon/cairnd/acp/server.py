@@ -14,10 +14,7 @@ go (forks, diffs and reads go on).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import os
-import signal
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,7 +22,6 @@ from typing import Any
 
 import acp
 import anyio
-import orjson
 from acp.schema import (
     ClientCapabilities,
     ForkSessionResponse,
@@ -42,10 +38,10 @@ from acp.schema import (
 
 from cairnd import __version__
 from cairnd.acp.commands import COMMANDS, Commands, parse
+from cairnd.acp.probe import initialize_answer, probe, read_cached_init, write_cached_init
 from cairnd.acp.replay import conversation_updates, fork_index
 from cairnd.acp.relay import EditorClient, Outbox, Relay, offered_capabilities
 from cairnd.agent.acpclient import WorktreeClient
-from cairnd.agent.process import Launch, spawn_agent
 from cairnd.agent.runner import Front
 from cairnd.config.settings import Config
 from cairnd.errors import CairnError
@@ -55,7 +51,6 @@ from cairnd.sessions.handlers import Sessions
 from cairnd.spool.requests import ForkRequest, NewRequest, Origin, PromptRequest
 from cairnd.state.registry import SessionRow
 
-PROBE_SECONDS = 60.0  # an agent's `initialize` may wait on its own start (npm, a model's auth)
 # cairnd serves these itself, whatever the agent advertises (SPEC 18).
 SERVED = {"list": {}, "resume": {}, "fork": {}}
 
@@ -103,7 +98,8 @@ class CairnAgent:
         else:
             try:
                 self.agent_init = await probe(self.sessions.config, self.profile.name,
-                                              offered_capabilities(client_capabilities, self.profile.fs))
+                                              offered_capabilities(client_capabilities, self.profile.fs),
+                                              self.sessions.sandbox)
                 self._remember_init(self.agent_init)
             except CairnError as exc:
                 self.start_failure = exc.message
@@ -303,7 +299,9 @@ class CairnAgent:
 
 
 def advertised(agent_init: dict[str, Any], protocol_version: int) -> dict[str, Any]:
-    """The initialize answer: the real agent's, with what cairnd serves itself added."""
+    """The initialize answer: the real agent's (what `initialize_answer` keeps of it),
+    with what cairnd serves itself added."""
+    agent_init = initialize_answer(agent_init)
     caps = dict(agent_init.get("agentCapabilities") or {})
     caps["loadSession"] = True
     # Only what cairnd answers: the agent's own (close, ...) would reach a cairnd acp that
@@ -315,24 +313,6 @@ def advertised(agent_init: dict[str, Any], protocol_version: int) -> dict[str, A
                   (agent_init.get("agentInfo") or {}).get("title") or (agent_init.get("agentInfo") or {}).get("name")
                   or "agent"), "version": __version__}}
     return answer
-
-
-def read_cached_init(path: Path, command: tuple[str, ...]) -> dict[str, Any] | None:
-    """The cached initialize answer of the agent started by `command`, if any."""
-    try:
-        cached = orjson.loads(path.read_bytes())
-    except (OSError, orjson.JSONDecodeError):
-        return None
-    if not isinstance(cached, dict) or cached.get("command") != list(command):
-        return None
-    answer = cached.get("initialize")
-    return answer if isinstance(answer, dict) else None
-
-
-def write_cached_init(path: Path, command: tuple[str, ...], answer: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(orjson.dumps({"command": list(command), "initialize": answer}))
-    os.replace(tmp, path)
 
 
 def _fork_message_id(meta: dict[str, Any]) -> str | None:
@@ -349,46 +329,6 @@ def _iso(timestamp: float) -> str:
 
 
 # -- the imperative shell ------------------------------------------------------------------
-
-
-async def probe(config: Config, profile: str, capabilities: ClientCapabilities) -> dict[str, Any]:
-    """The real agent's `initialize` answer: it is started, asked, and stopped (a session's
-    own agent starts in its worktree, confined). Raises CairnError agent_failed."""
-    agent = config.agent(profile)
-    stderr = config.layout.root / "acp" / f"{profile}.stderr"
-    launch = Launch(session_id="(initialize)", name=agent.name, command=tuple(agent.command),
-                    cwd=config.layout.root, env=dict(agent.env), stderr_path=stderr, stop_timeout=2.0)
-    proc = await spawn_agent(launch)
-    try:
-        conn = acp.connect_to_agent(WorktreeClient(config.layout.root, "reject_once", None), proc.stdin, proc.stdout,
-                                    use_unstable_protocol=True)
-        try:
-            with anyio.fail_after(PROBE_SECONDS):
-                answer = await conn.initialize(protocol_version=acp.PROTOCOL_VERSION, client_capabilities=capabilities,
-                                               client_info=Implementation(name="cairnd", version=__version__))
-        except (TimeoutError, ConnectionError, OSError, acp.RequestError, ValueError) as exc:
-            raise CairnError("agent_failed", f"agent {profile!r} ({' '.join(agent.command)}) did not answer "
-                                             f"initialize: {exc or type(exc).__name__}") from None
-        return answer.model_dump(by_alias=True, exclude_none=True)
-    finally:
-        with anyio.CancelScope(shield=True):
-            await _stop(proc)
-
-
-async def _stop(proc: asyncio.subprocess.Process) -> None:
-    if proc.stdin is not None:
-        proc.stdin.close()
-    try:
-        with anyio.fail_after(2.0):
-            await proc.wait()
-            return
-    except TimeoutError:
-        pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    await proc.wait()
 
 
 async def serve_editor(config: Config, profile: str | None) -> None:
