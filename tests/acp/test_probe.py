@@ -40,11 +40,12 @@ os.execv(sys.executable, [sys.executable, "-m", "cairnd.agents.reference"])
 """
 
 
-async def _initialize(tmp_path: Path, profile: str | None, config: Path | None) -> dict:
+async def _initialize(tmp_path: Path, profile: str | None, config: Path | None, **extra: str) -> dict:
     repo = repo_at(tmp_path)
     client = RecordingClient(root=repo)
     command = cairnd_acp(profile)
-    async with spawn_agent_process(client, command[0], *command[1:], env=acp_env(tmp_path, config), cwd=repo,
+    env = {**acp_env(tmp_path, config), **extra}
+    async with spawn_agent_process(client, command[0], *command[1:], env=env, cwd=repo,
                                    observers=[client.observe], use_unstable_protocol=True) as (conn, _proc):
         init = await conn.initialize(protocol_version=1, client_capabilities=ClientCapabilities())
         return init.model_dump(by_alias=True, exclude_none=True)
@@ -72,6 +73,20 @@ async def test_the_probe_cannot_write_into_the_state_directory(tmp_path: Path) -
     assert not cwd.parent.exists()  # ... and removed after
     cached = orjson.loads((state / "acp" / "planter.initialize.json").read_bytes())  # cairnd's, not the agent's
     assert cached["initialize"]["agentCapabilities"]["promptCapabilities"]["embeddedContext"] is True
+
+
+@pytest.mark.anyio
+async def test_without_landlock_the_probe_still_runs_in_a_scratch_of_its_own(tmp_path: Path) -> None:
+    from daemonproc import write_config
+    state = tmp_path / "state"
+    (tmp_path / "planter.py").write_text(PLANTER)
+    config = write_config(tmp_path / "cairnd.toml", {"agents": {"planter": {
+        "command": [sys.executable, str(tmp_path / "planter.py"), str(state)]}}})
+    await _initialize(tmp_path, "planter", config, CAIRND_SANDBOX_UNAVAILABLE="1")
+    stderr = (state / "acp" / "planter.stderr").read_text()
+    cwd = Path(stderr.split("cwd ", 1)[1].split("\n", 1)[0])
+    assert cwd.parent.parent == state / "tmp" and cwd.parent.name.startswith("acp-probe-"), cwd
+    assert not cwd.parent.exists()  # not the state directory, and gone after
 
 
 @pytest.mark.anyio
