@@ -19,7 +19,7 @@ from cairnd.fleet.logstore import LogStore, make_store
 from cairnd.config.fleet import parse_fleet
 from daemonproc import Daemon, write_config
 from fleetservers import NATS_PASSWORD, S3_KEYS, Nats, Store, checkpoint_repo, fleet_table
-from gitrepos import git_text, make_repo
+from gitrepos import commit_all, git, git_text, index_state, make_repo, tree_state
 
 pytestmark = pytest.mark.slow
 
@@ -290,6 +290,42 @@ def test_kill9_of_a_host_mid_turn_its_session_is_taken_over(fleet, tmp_path):
             if (d.state / "sessions" / sid / "log.ndjson").exists())
         assert starts <= 2, (rid, starts)   # its turn_start (and result entry) once, on one host
     assert fleet.stored_log(sid) == final
+
+
+def submodule_state(worktree: Path) -> tuple:
+    """A submodule checkout, exactly: its files, its index, its HEAD (and whether detached)."""
+    return (tree_state(worktree), index_state(worktree), git_text(worktree, "rev-parse", "HEAD"),
+            git_text(worktree, "rev-parse", "--symbolic-full-name", "HEAD"))
+
+
+def test_a_session_with_a_submodule_is_taken_over_with_it_exact(fleet, tmp_path):
+    lib = make_repo(tmp_path / "lib", {"l.txt": "lib\n"})
+    repo = make_repo(tmp_path / "repo", {"README.md": "hello\n"})
+    git(repo, "-c", "protocol.file.allow=always", "submodule", "add", "-q", str(lib), "lib")
+    commit_all(repo, "lib")
+    hosts = {name: fleet.host(name) for name in ("alpha", "beta")}
+    made = hosts["alpha"].ok({"kind": "new", "repo": str(repo), "prompt": "write a.txt: top"})
+    sid, owner_name = made["session"], fleet.host_of(made["worktree"])
+    owner = hosts[owner_name]
+    door = next(d for name, d in hosts.items() if name != owner_name)
+    # The agent commits inside the submodule, stages a change, changes it again, leaves a file untracked.
+    door.ok({"kind": "prompt", "session": sid, "text": "\n".join([
+        "write lib/n.txt: new", "run: git -C lib add n.txt && git -C lib -c user.name=a -c user.email=a@x commit -qm agent",
+        "write lib/l.txt: staged", "run: git -C lib add l.txt", "write lib/l.txt: changed",
+        "write lib/u.txt: untracked"])})
+    before = submodule_state(Path(made["worktree"]) / "lib")
+    assert git_text(Path(made["worktree"]) / "lib", "log", "-1", "--format=%s") == "agent"
+    owner.kill9()
+    new_owner = wait_until(lambda: (o := owners(fleet).get(sid)) and o[1] and o[0] != owner_name and o[0],
+                           6 * LEASE + 30, "takeover", step=0.2)
+    door.ok({"kind": "prompt", "session": sid, "text": "write b.txt: after"})
+    worktree = next((hosts[new_owner].state / "worktrees" / sid).iterdir())
+    assert (worktree / "b.txt").read_text() == "after\n"
+    assert submodule_state(worktree / "lib") == before
+    # Its own checkpoint there captures the submodule as it found it.
+    last = [line for line in (hosts[new_owner].state / "sessions" / sid / "log.ndjson").read_bytes().splitlines()
+            if b"agent_checkpoint" in line][-1]
+    assert before[2].encode() in last
 
 
 def stored_logs_equal_owners(fleet: Fleet, sessions: list[str]) -> None:

@@ -1,6 +1,8 @@
 """A session made on another host, rebuilt on this one (SPEC 17): its log from the
 object store, byte for byte, and its worktree at its last checkpoint from the
-checkpoint repository, in this host's own repository for the session's origin.
+checkpoint repository, in this host's own repository for the session's origin, with
+its submodules and nested repositories at the states its checkpoint records (their
+objects fetched into this host's stores for them: `fetch_inner`).
 
 Used for a takeover (the owner died: this host carries the session on) and, without
 a worktree, for a fork of a session another host owns (the fork needs the log and
@@ -10,13 +12,14 @@ the checkpoint objects, not the parent's files).
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cairnd.git import run as git
 from cairnd.git import worktree as gitworktree
-from cairnd.git import places
+from cairnd.git import inner, places
 from cairnd.state.layout import StateLayout
 from cairnd.state.durable import write_atomic
 from cairnd.sessionlog.entries import CHECKPOINT_METHOD, method_of, parse_message, params_of
@@ -78,6 +81,115 @@ def refs_of(checkpoints: list[dict[str, Any]]) -> dict[str, str]:
     return refs
 
 
+INNER_NAMESPACE = "refs/cairnd-inner/"  # in the checkpoint repository: the inner repositories' pins
+
+
+def inner_remote_ref(pin: str) -> str:
+    """An inner repository's pin (`refs/cairnd/<session>/<turns>/<path>`, in its store)
+    -> its name in the checkpoint repository, beside the superproject's refs."""
+    return INNER_NAMESPACE + pin[len(git.REF_NAMESPACE):]
+
+
+def _inner_entries(checkpoints: list[dict[str, Any]], kind: str) -> Iterator[tuple[dict[str, Any], Mapping[str, Any]]]:
+    """(checkpoint, entry) for each well-formed entry of `kind` (submodules, nested)."""
+    for params in checkpoints:
+        if not isinstance(params.get("sessionId"), str) or not isinstance(params.get("turns"), int):
+            continue
+        for entry in params.get(kind) or ():
+            if (isinstance(entry, Mapping) and isinstance(entry.get("path"), str)
+                    and git.is_object_id(entry.get("worktreeSha"))):
+                yield params, entry
+
+
+def _pins(params: dict[str, Any], entry: Mapping[str, Any]) -> dict[str, str]:
+    return inner.pins_of(params["sessionId"], params["turns"], entry, None)
+
+
+def inner_refs_of(checkpoints: list[dict[str, Any]], stores: Mapping[str, Path]) -> dict[Path, dict[str, str]]:
+    """What to push for the inner repositories of `checkpoints`: store -> remote ref ->
+    object, each store found in `stores` (`inner.stores`: cairnd's map, never a `.git`
+    file), its state the checkpoint entry's (`submodules`, `nested`)."""
+    out: dict[Path, dict[str, str]] = {}
+    for kind in ("submodules", "nested"):
+        for params, entry in _inner_entries(checkpoints, kind):
+            store = stores.get(entry["path"] if kind == "submodules" else "")
+            if store is None or not (store / "objects").is_dir():
+                continue
+            out.setdefault(store, {}).update({inner_remote_ref(n): sha for n, sha in _pins(params, entry).items()})
+    return out
+
+
+def fetch_inner(common: Path, remote_url: str, checkpoints: list[dict[str, Any]]) -> None:
+    """Bring the inner repositories' states of `checkpoints` into this host's stores for
+    them, as a local checkpoint would have left them: each submodule's into
+    `<common>/modules/<name>` (recursively `.../modules/<name>/modules/<name>`, the names
+    from the `.gitmodules` of the parent's checkpoint), each nested repository's into
+    `<common>/cairnd-nested`, pinned under the same refs. A state the checkpoint
+    repository lacks (pushed by an older cairnd) is left out: the submodule stays an
+    empty directory, as before. Blocking."""
+    nested = {inner_remote_ref(n): n for params, entry in _inner_entries(checkpoints, "nested")
+              for n in _pins(params, entry)}
+    if nested:
+        _fetch_into(inner.ensure_nested_store(common), remote_url, nested, made=False)
+    listed = list(_inner_entries(checkpoints, "submodules"))
+    paths = sorted({entry["path"] for _, entry in listed}, key=lambda p: (p.count("/"), p))
+    stores: dict[str, Path] = {}
+    for path in paths:
+        holders = [p for p in paths if path.startswith(p + "/")]
+        parent = max(holders, key=len) if holders else None
+        parent_store = common if parent is None else stores.get(parent)
+        if parent_store is None:
+            continue
+        mine = [(params, entry) for params, entry in listed if entry["path"] == path]
+        name = None
+        for params, _entry in reversed(mine):
+            tree = params.get("worktreeSha") if parent is None else next(
+                (e["worktreeSha"] for p, e in listed if p is params and e["path"] == parent), None)
+            name = _module_name(parent_store, tree, path if parent is None else path[len(parent) + 1:])
+            if name is not None:
+                break
+        if name is None:
+            continue
+        store = parent_store / "modules" / name
+        made = not (store / "objects").is_dir()
+        if made:
+            store.mkdir(parents=True, exist_ok=True)
+            git.output(store, "init", "--bare", "--quiet", env={"GIT_DIR": str(store)})
+        if _fetch_into(store, remote_url, {inner_remote_ref(n): n for p, e in mine for n in _pins(p, e)}, made):
+            stores[path] = store
+
+
+def _fetch_into(store: Path, remote_url: str, refs: dict[str, str], made: bool) -> bool:
+    try:
+        remote.fetch_refs(store, remote_url, refs, git_dir=store)
+        return True
+    except CairnError as exc:
+        if exc.code != "commit_missing":
+            raise
+        if made:  # nothing to check out from: left out, as git leaves an uninitialised submodule
+            shutil.rmtree(store, ignore_errors=True)
+        return False
+
+
+def _module_name(store: Path, tree: object, path: str) -> str | None:
+    """The name `.gitmodules` in `tree` (objects in `store`) gives the submodule at `path`;
+    None when it names none, or one that is not a plain relative name (it comes from
+    the agent's files: never a way out of `modules/`)."""
+    if not git.is_object_id(tree):
+        return None
+    proc = git.run(store, ["config", "--blob", f"{tree}:.gitmodules", "-z", "--get-regexp", r"^submodule\..*\.path$"],
+                   env={"GIT_DIR": str(store)})
+    if proc.returncode != 0:
+        return None
+    for record in proc.stdout.decode("utf-8", "surrogateescape").split("\0"):
+        key, _, value = record.partition("\n")
+        if key.startswith("submodule.") and key.endswith(".path") and value.rstrip("/") == path:
+            name = key[len("submodule."):-len(".path")]
+            if name and not name.startswith("/") and all(p not in ("", ".", "..") for p in name.split("/")):
+                return name
+    return None
+
+
 def origin_of(repo: Path) -> str:
     """The origin a host repository was made for (recorded in its config), else the path."""
     proc = git.run(repo, ["config", "--get", "cairnd.origin"])
@@ -98,6 +210,7 @@ def materialise(layout: StateLayout, registry: Registry, descriptor: Descriptor,
     old = registry.get(sid)
     repo = old.repo if old is not None and old.repo.exists() else remote.ensure_host_repo(layout.root, descriptor.origin)
     remote.fetch_refs(repo, checkpoints_remote, sorted(refs_of(checkpoints)))
+    fetch_inner(git.common_dir(repo), checkpoints_remote, checkpoints)
     name = old.worktree.name if old is not None else remote.repo_name(descriptor.origin)
     worktree = layout.worktree_parent(sid) / name
     if with_worktree or (old is not None and old.worktree.exists()):
@@ -107,6 +220,7 @@ def materialise(layout: StateLayout, registry: Registry, descriptor: Descriptor,
         shutil.rmtree(layout.worktree_parent(sid), ignore_errors=True)
         if with_worktree:
             gitworktree.add_worktree(repo, worktree, last["headSha"], last.get("worktreeSha"), last.get("indexTree"),
+                                     inner_map=layout.inner_map(sid), checkpoint=last,
                                      views=places.root_of(layout.root))
     layout.session_dir(sid).mkdir(parents=True, exist_ok=True)
     write_atomic(layout.log_path(sid), log_bytes)

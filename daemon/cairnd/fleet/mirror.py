@@ -17,7 +17,9 @@ import orjson
 from cairnd.errors import CairnError
 from cairnd.fleet import remote
 from cairnd.fleet.logstore import StoreConflict
-from cairnd.fleet.materialise import Descriptor, checkpoints_in, origin_of, refs_of
+from cairnd.fleet.materialise import Descriptor, checkpoints_in, inner_refs_of, origin_of, refs_of
+from cairnd.git import inner
+from cairnd.git import run as git
 from cairnd.fleet.hostparts import HostParts
 from cairnd.journal import event
 
@@ -67,6 +69,12 @@ class LogMirror(HostParts):
             data = f.read()
         end = data.rfind(b"\n") + 1
         own = [p for p in checkpoints_in(data[:end]) if p.get("sessionId") == session]
+        # The inner repositories' states first: a reader of a superproject checkpoint
+        # always finds its submodules' and nested repositories' too.
+        if any(p.get("submodules") or p.get("nested") for p in own):
+            stores = inner.stores(self.layout.inner_map(session), git.common_dir(repo))
+            for store, refs in inner_refs_of(own, stores).items():
+                remote.push_refs(repo, self.fleet.checkpoints, refs, git_dir=store)
         remote.push_refs(repo, self.fleet.checkpoints, refs_of(own))
         self.pushed[session] = start + end
 

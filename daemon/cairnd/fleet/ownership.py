@@ -31,9 +31,10 @@ class SessionOwnership(HostParts):
         """Who owns `session` now; if nobody (its lease lapsed, or it never had one
         because it is unknown), this host takes it over when the fleet knows it."""
         lease = await self._leases.current(session)
-        if lease is not None and lease.alive(time.time()):
-            if lease.host != self.me or session in self._leases.held:
-                return lease.host
+        if lease is not None and lease.alive(time.time()) and lease.host != self.me:
+            return lease.host
+        # Ours, or nobody's: through take_over even when this host holds the lease, so a
+        # request that comes while a takeover is rebuilding the session waits for it.
         if await self.take_over(session):
             return self.me
         lease = await self._leases.current(session)

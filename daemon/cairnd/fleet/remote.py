@@ -10,6 +10,10 @@ there are create-only:
 - on the remote, `GUARD_HOOK` (an `update` hook; `install_guard`) refuses any push
   that would move or delete a ref under refs/cairnd/, whoever pushes and however.
 
+The inner repositories' states (SPEC 3: each submodule's and nested repository's
+checkpoint) go to the same repository, create-only too, under
+`refs/cairnd-inner/<session>/<turns>/<path>` (`fleet.materialise.inner_refs_of`).
+
 Each host keeps its own repositories under `<state>/fleet/repos/`: a clone of a git
 URL given to `new`, or, for a session made elsewhere, a repository that holds only
 what it fetched from the checkpoint repository (a checkpoint's worktree commit has
@@ -30,10 +34,10 @@ from cairnd.git import run as git
 from cairnd.errors import CairnError
 
 GUARD_HOOK = """#!/bin/sh
-# cairnd checkpoint repository: refs under refs/cairnd/ are create-only.
+# cairnd checkpoint repository: refs under refs/cairnd/ and refs/cairnd-*/ are create-only.
 # git runs this once per ref: update <ref> <old> <new>.
 case "$1" in
-refs/cairnd/*)
+refs/cairnd/*|refs/cairnd-*/*)
     if [ -n "$(printf %s "$2" | tr -d 0)" ]; then
         echo "cairnd: $1 exists: checkpoint refs never move and are never deleted" >&2
         exit 1
@@ -53,7 +57,7 @@ def _repo_lock(path: Path) -> threading.Lock:
 
 
 def install_guard(bare_repo: Path) -> Path:
-    """Make `bare_repo` refuse moving or deleting refs/cairnd/* (its `update` hook)."""
+    """Make `bare_repo` refuse moving or deleting refs/cairnd/* and refs/cairnd-*/* (its `update` hook)."""
     hook = bare_repo / "hooks" / "update"
     hook.parent.mkdir(parents=True, exist_ok=True)
     hook.write_text(GUARD_HOOK)
@@ -122,15 +126,17 @@ def ensure_host_repo(state_dir: Path, origin: str) -> Path:
         return target
 
 
-def push_refs(repo: Path, remote: str, refs: dict[str, str]) -> None:
+def push_refs(repo: Path, remote: str, refs: dict[str, str], *, git_dir: Path | None = None) -> None:
     """Push checkpoint refs (name -> sha) create-only; a ref already there with the
-    same value is fine, any other value is `checkpoint_conflict`. Blocking."""
+    same value is fine, any other value is `checkpoint_conflict`. Blocking. `git_dir`:
+    push from that git directory (an inner repository's store) instead of `repo`'s."""
     if not refs:
         return
+    env = {"GIT_DIR": str(git_dir)} if git_dir is not None else None
     args = ["push", "--porcelain", "--quiet", remote]
     args += [f"--force-with-lease={name}:" for name in sorted(refs)]
     args += [f"{sha}:{name}" for name, sha in sorted(refs.items())]
-    proc = git.run(repo, args)
+    proc = git.run(repo, args, env=env)
     if proc.returncode == 0:
         return
     text = (proc.stdout + proc.stderr).decode("utf-8", "replace")
@@ -141,15 +147,19 @@ def push_refs(repo: Path, remote: str, refs: dict[str, str]) -> None:
     raise CairnError("checkpoints_unavailable", f"cannot push checkpoints to {remote}: {text.strip()}")
 
 
-def fetch_refs(repo: Path, remote: str, refs: list[str]) -> None:
+def fetch_refs(repo: Path, remote: str, refs: list[str] | dict[str, str], *, git_dir: Path | None = None) -> list[str]:
     """Fetch checkpoint refs from the checkpoint repository into `repo` under the same
-    names (create-only locally too: never forced). Blocking."""
-    wanted = [ref for ref in refs if git.run(repo, ["rev-parse", "--verify", "--quiet", ref]).returncode != 0]
+    names, or (a dict) remote name -> local name, into `git_dir` when given (create-only
+    locally too: never forced). Returns the remote names it could not find. Blocking."""
+    names = dict(refs) if isinstance(refs, dict) else {ref: ref for ref in refs}
+    env = {"GIT_DIR": str(git_dir)} if git_dir is not None else None
+    wanted = [ref for ref, local in names.items()
+              if git.run(repo, ["rev-parse", "--verify", "--quiet", local], env=env).returncode != 0]
     if not wanted:
-        return
-    proc = git.run(repo, ["fetch", "--quiet", "--no-tags", remote, *[f"{ref}:{ref}" for ref in wanted]])
+        return []
+    proc = git.run(repo, ["fetch", "--quiet", "--no-tags", remote, *[f"{ref}:{names[ref]}" for ref in wanted]], env=env)
     if proc.returncode == 0:
-        return
+        return []
     text = proc.stderr.decode("utf-8", "replace").strip()
     if "couldn't find remote ref" not in text:
         raise CairnError("checkpoints_unavailable", f"cannot fetch checkpoints from {remote}: {text}")
@@ -158,8 +168,9 @@ def fetch_refs(repo: Path, remote: str, refs: list[str]) -> None:
     # whoever needs it (commit_missing), and here only when none could be had.
     missing = []
     for ref in wanted:
-        if git.run(repo, ["fetch", "--quiet", "--no-tags", remote, f"{ref}:{ref}"]).returncode != 0:
+        if git.run(repo, ["fetch", "--quiet", "--no-tags", remote, f"{ref}:{names[ref]}"], env=env).returncode != 0:
             missing.append(ref)
     if len(missing) == len(wanted):
         raise CairnError("commit_missing", f"the checkpoint repository {remote} has no {', '.join(wanted)}")
+    return missing
 
