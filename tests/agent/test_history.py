@@ -127,8 +127,10 @@ def daemon(start_daemon: Callable[..., Daemon]) -> Daemon:
     return start_daemon(reference_with("auto"))
 
 
-def store(daemon: Daemon) -> Path:
-    return daemon.state / "agents" / "reference"
+def store(daemon: Daemon, session: str) -> Path:
+    """Where the reference agent keeps a session's transcripts: in that session's own
+    private HOME (SPEC 16), which a fork gets a copy of."""
+    return daemon.state / "homes" / session / ".local" / "state" / "cairnd-reference"
 
 
 def sdk_entries(daemon: Daemon, session: str) -> list[dict[str, Any]]:
@@ -167,13 +169,13 @@ def test_forks_at_every_k_hold_exactly_the_parents_messages_before_the_cut(daemo
         assert fork["history"] == ("none" if k == 0 else "native")
         own = sdk_entries(daemon, fork["session"])[-1]
         assert own["history"] == fork["history"] and own["sdkSessionId"] == fork["sdkSessionId"] != parent_sdk
-        held = read_transcript(own["sdkSessionId"], store(daemon))
+        held = read_transcript(own["sdkSessionId"], store(daemon, fork["session"]))
         assert user_texts(held) == prompts[:k] + ["after the fork"]
         assert history_n(daemon, fork["session"]) == k
         # the fork's first prompt carries no replay: the agent has the conversation itself
         log = (daemon.state / "sessions" / fork["session"] / "log.ndjson").read_text()
         assert "cairnd://replay" not in log.rsplit("_posthog/fork_session_meta", 1)[1]
-    assert user_texts(read_transcript(parent_sdk, store(daemon))) == prompts  # the parent is untouched
+    assert user_texts(read_transcript(parent_sdk, store(daemon, parent))) == prompts  # the parent is untouched
 
 
 @pytest.mark.slow
@@ -186,7 +188,8 @@ def test_a_fork_of_a_fork_holds_the_grandparents_prefix_and_its_own_turns(daemon
         grandchild = daemon.ok({"kind": "fork", "session": child["session"], "user_message_index": k,
                                 "prompt": "grandchild"})
         assert grandchild["history"] == "native"
-        held = read_transcript(sdk_entries(daemon, grandchild["session"])[-1]["sdkSessionId"], store(daemon))
+        held = read_transcript(sdk_entries(daemon, grandchild["session"])[-1]["sdkSessionId"],
+                               store(daemon, grandchild["session"]))
         assert user_texts(held) == expected + ["grandchild"]
 
 
@@ -200,7 +203,7 @@ def test_a_fork_without_a_prompt_says_how_its_agent_will_get_the_history(daemon:
 def test_a_removed_parent_transcript_falls_back_to_replay_and_says_why(daemon: Daemon, repo: Path):
     parent = four_turns(daemon, repo)
     parent_sdk = sdk_entries(daemon, parent)[-1]["sdkSessionId"]
-    (store(daemon) / f"{parent_sdk}.jsonl").unlink()
+    (store(daemon, parent) / f"{parent_sdk}.jsonl").unlink()
     fork = daemon.ok({"kind": "fork", "session": parent, "user_message_index": 2, "prompt": "after"})
     assert fork["history"] == "replay" and history_n(daemon, fork["session"]) == 2
     assert sdk_entries(daemon, fork["session"])[-1]["history"] == "replay"
@@ -212,7 +215,7 @@ def test_a_removed_parent_transcript_falls_back_to_replay_and_says_why(daemon: D
 def test_native_insists_a_removed_transcript_is_agent_failed(start_daemon: Callable[..., Daemon], repo: Path):
     daemon = start_daemon(reference_with("native"))
     parent = four_turns(daemon, repo)
-    (store(daemon) / f"{sdk_entries(daemon, parent)[-1]['sdkSessionId']}.jsonl").unlink()
+    (store(daemon, parent) / f"{sdk_entries(daemon, parent)[-1]['sdkSessionId']}.jsonl").unlink()
     failed = daemon.request({"kind": "fork", "session": parent, "user_message_index": 2, "prompt": "after"})
     assert failed["status"] == "error" and failed["error"]["code"] == "agent_failed"
     assert "session/fork of" in failed["error"]["message"] and "history = native" in failed["error"]["message"]
@@ -224,7 +227,7 @@ def test_replay_mode_replays_forks_and_restarts(start_daemon: Callable[..., Daem
     parent = four_turns(daemon, repo)
     fork = daemon.ok({"kind": "fork", "session": parent, "user_message_index": 3, "prompt": "after"})
     assert fork["history"] == "replay" and history_n(daemon, fork["session"]) == 3
-    held = read_transcript(sdk_entries(daemon, fork["session"])[-1]["sdkSessionId"], store(daemon))
+    held = read_transcript(sdk_entries(daemon, fork["session"])[-1]["sdkSessionId"], store(daemon, fork["session"]))
     assert user_texts(held) == ["after"] and held[0] == {"kind": "replay", "userMessages": 3}
 
 
@@ -257,9 +260,9 @@ def test_native_refuses_to_make_a_fork_its_agent_cannot_take_and_auto_loads_rest
     """An agent with loadSession but no session/fork (tests/agent/agents/plain_agent.py): under
     history = native a fork is agent_failed and leaves no session; under auto it replays,
     and the agent's restart is a session/load."""
-    def plain(name: str) -> list[str]:  # its sessions where the sandbox lets a profile write
-        return [sys.executable, str(Path(__file__).parent / "agents" / "plain_agent.py"),
-                "--sessions", str(tmp_path / "state" / "agents" / name)]
+    def plain(name: str) -> list[str]:  # its sessions in the session's own HOME, which the sandbox lets it write
+        agent = Path(__file__).parent / "agents" / "plain_agent.py"
+        return ["sh", "-c", f'exec "{sys.executable}" "{agent}" --sessions "$HOME/plain-{name}"']
     daemon = Daemon(tmp_path / "state", {"agents": {"strict": {"command": plain("strict"), "history": "native"},
                                                     "loose": {"command": plain("loose")}}}).start()
     try:
