@@ -286,3 +286,28 @@ def test_deleting_a_session_removes_its_pins_from_the_submodule_stores(session: 
     assert git(store, "for-each-ref", f"refs/cairnd/{session.id}/")
     inner.forget_session(session.layout.inner_map(session.id), session.source, session.id)
     assert git(store, "for-each-ref", f"refs/cairnd/{session.id}/") == b""
+
+
+def test_an_in_place_session_captures_its_submodules_and_a_fork_restores_them(tmp_path):
+    lib = make_repo(tmp_path / "lib", {"l.txt": "lib\n"})
+    source = make_repo(tmp_path / "super", {"a.txt": "a\n"})
+    add_submodule(source, lib, "lib")
+    commit_all(source, "lib")
+    sub = source / "lib"  # the user's own checkout: its git directory is .git/modules/lib
+    write(sub, "n.txt", "new\n")
+    git(sub, "add", "n.txt")
+    git(sub, "commit", "-qm", "agent")
+    write(sub, "l.txt", "staged\n")
+    git(sub, "add", "l.txt")
+    write(sub, "l.txt", "changed\n")
+    write(sub, "u.txt", "untracked\n")
+    params = take_checkpoint("inplace1", source, 1, CAP, in_place=True)
+    assert [(s["path"], s["headSha"]) for s in params["submodules"]] == [("lib", git_text(sub, "rev-parse", "HEAD"))]
+    assert b"lib/n.txt" not in git(source, "ls-tree", "-r", "--name-only", params["worktreeSha"])
+    layout = StateLayout(tmp_path / "state")
+    layout.create()
+    fork = layout.worktree_parent("fork1") / "super"
+    gitworktree.add_worktree(source, fork, params["headSha"], params["worktreeSha"], params.get("indexTree"),
+                             inner_map=layout.inner_map("fork1"), checkpoint=params)
+    assert files(fork) == files(source)
+    assert repo_state(fork / "lib") == repo_state(sub)

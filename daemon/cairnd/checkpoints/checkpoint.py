@@ -18,6 +18,7 @@ from typing import Any
 from cairnd.git import run as git
 from cairnd.git import refs as gitrefs
 from cairnd.git import inner
+from cairnd.git import places
 from cairnd.git import snapshot as gitsnapshot
 from cairnd.checkpoints import innercheckpoint
 from cairnd.state.layout import StateLayout
@@ -105,19 +106,21 @@ def checkpoint_message(session_id: str, turns: int) -> str:
 
 def capture(session_id: str, worktree: Path, turns: int, max_file_bytes: int,
             snapshot: Snapshotter | None = None, *, inner_map: Path | None = None,
-            changed: set[bytes] | None = None, inner_cache: innercheckpoint.InnerCache | None = None
+            changed: set[bytes] | None = None, inner_cache: innercheckpoint.InnerCache | None = None,
+            repos: list[inner.InnerRepo] | None = None
             ) -> tuple[gitsnapshot.Snapshot, innercheckpoint.InnerState | None]:
     """The first half of a checkpoint: snapshot `worktree` and the repositories inside it
     (the submodules `inner_map` lists, the nested repositories found), with `snapshot`
     for the worktree itself (gitsnapshot.snapshot's full scan when None). `changed`/
     `inner_cache`: what the watch saw change since the last checkpoint, and what that one
-    saw of the inner repositories (None: look at them all). Returns the snapshot, and the
+    saw of the inner repositories (None: look at them all); `repos`: the submodules when
+    known already (an in-place session's: `in_place_repos`). Returns the snapshot, and the
     inner repositories' state (None when there are none). Synchronous."""
     if isinstance(turns, bool) or not isinstance(turns, int) or turns < 0:
         raise ValueError(f"turns must be a non-negative integer, not {turns!r}")
     message = checkpoint_message(session_id, turns)
     take = snapshot or gitsnapshot.snapshot
-    repos = inner.read_map(inner_map)
+    repos = inner.read_map(inner_map) if repos is None else repos
 
     def common_dir() -> Path:
         return git.common_dir(Path(worktree))  # from cairnd's records (places), else asked of git
@@ -144,14 +147,22 @@ def record(session_id: str, worktree: Path, turns: int, snap: gitsnapshot.Snapsh
     return params, pins
 
 
+def in_place_repos(worktree: Path) -> list[inner.InnerRepo]:
+    """The submodules of an in-place session's checkout (the user's own), from its
+    directories as cairnd's records (places) or git give them."""
+    return inner.in_place(Path(worktree), places.discover(Path(worktree)))
+
+
 def take_checkpoint(session_id: str, worktree: Path, turns: int, max_file_bytes: int, *,
                     inner_map: Path | None = None, changed: set[bytes] | None = None,
-                    inner_cache: innercheckpoint.InnerCache | None = None) -> dict[str, Any]:
+                    inner_cache: innercheckpoint.InnerCache | None = None, in_place: bool = False) -> dict[str, Any]:
     """A checkpoint by a full scan of the worktree: `capture`, then `record`; the
     agent_checkpoint params. (The daemon's Checkpointer.take does the same with a
-    snapshot of what its watch saw change.) Synchronous: run it in a worker thread."""
+    snapshot of what its watch saw change.) `in_place`: the worktree is the user's own
+    checkout (no map: its submodules are found). Synchronous: run it in a worker thread."""
     snap, inner_state = capture(session_id, worktree, turns, max_file_bytes, inner_map=inner_map,
-                                changed=changed, inner_cache=inner_cache)
+                                changed=changed, inner_cache=inner_cache,
+                                repos=in_place_repos(worktree) if in_place else None)
     return record(session_id, worktree, turns, snap, inner_state)[0]
 
 
@@ -161,6 +172,6 @@ def taker_for(layout: StateLayout) -> Callable[[str, Path, int, int], dict[str, 
     def take(session_id: str, worktree: Path, turns: int, max_file_bytes: int) -> dict[str, Any]:
         made = Path(worktree).parent == layout.worktree_parent(session_id)
         return take_checkpoint(session_id, worktree, turns, max_file_bytes,
-                               inner_map=layout.inner_map(session_id) if made else None)
+                               inner_map=layout.inner_map(session_id) if made else None, in_place=not made)
     return take
 

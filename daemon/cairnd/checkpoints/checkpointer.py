@@ -37,7 +37,7 @@ from cairnd.git import places
 from cairnd.git import snapshot as gitsnapshot
 from cairnd.state import privacy
 from cairnd.git import treeedit
-from cairnd.checkpoints.checkpoint import capture, record
+from cairnd.checkpoints.checkpoint import capture, in_place_repos, record
 from cairnd.checkpoints import innercheckpoint
 from cairnd.state.layout import StateLayout
 from cairnd.errors import CairnError
@@ -104,23 +104,26 @@ class Checkpointer:
     def take(self, session_id: str, worktree: Path, turns: int, max_file_bytes: int) -> dict[str, Any]:
         """A checkpoint whose cost follows the change: `checkpoint.capture` with this
         snapshot, then `checkpoint.record`; its refs are counted for packing."""
-        inner_map = None
+        inner_map, repos = None, None
         if self.layout is not None and Path(worktree).parent == self.layout.worktree_parent(session_id):
             inner_map = self.layout.inner_map(session_id)  # a worktree cairnd made: its submodules are listed
+        elif self.layout is not None:
+            repos = in_place_repos(worktree)  # the user's own checkout (in place): its submodules are found
         with self._lock(session_id):
             try:
                 changed = self.watches.take(session_id, Path(worktree)) if self.watches is not None else None
             except OSError:
                 changed = None
             cache = self._inner.setdefault(session_id, innercheckpoint.InnerCache())
-            own = innercheckpoint.outside(changed, [*(r.path for r in inner.read_map(inner_map)), *cache.nested])
+            repos = inner.read_map(inner_map) if repos is None else repos
+            own = innercheckpoint.outside(changed, [*(r.path for r in repos), *cache.nested])
 
             def snapshot(tree: Path, cap: int, message: str,
                          gitlinks: dict[bytes, str] | None = None) -> gitsnapshot.Snapshot:
                 return self._snapshot(session_id, tree, cap, message, own, gitlinks)
 
             snap, inner_state = capture(session_id, worktree, turns, max_file_bytes, snapshot,
-                                        inner_map=inner_map, changed=changed, inner_cache=cache)
+                                        changed=changed, inner_cache=cache, repos=repos)
         params, pins = record(session_id, worktree, turns, snap, inner_state)
         self.refs.wrote(Path(worktree), len(pins))
         return params

@@ -264,6 +264,23 @@ def submodules_of(store: Path, work_tree: Path, tree: str, head: str | None = No
     return found
 
 
+def in_place(work_tree: Path, dirs: gitfiles.GitDirs, prefix: str = "") -> list[InnerRepo]:
+    """The initialised submodules of a checkout cairnd did not make (an in-place
+    session), recursively, parents first: each one's git directory is its store,
+    `<common>/modules/<name>` (`.../modules/<name>/modules/<name>` below), found from
+    `.gitmodules` and the gitlinks HEAD records, never from a `.git` file. No git
+    process when there is no `.gitmodules`."""
+    if not (work_tree / ".gitmodules").is_file():
+        return []
+    head = gitfiles.read_head(dirs)
+    tree = head[0] if head is not None else "HEAD"
+    found: list[InnerRepo] = []
+    for path, _gitlink, store in submodules_of(dirs.common_dir, work_tree, tree):
+        found.append(InnerRepo(prefix + path, SUBMODULE, store, store))
+        found += in_place(work_tree / path, gitfiles.GitDirs(store, store), f"{prefix}{path}/")
+    return found
+
+
 def checkout(work_tree: Path, git_dir: Path, store: Path, tree: str, states: Mapping[str, Mapping[str, Any]],
              prefix: str = "", head: str | None = None) -> list[InnerRepo]:
     """Check out every submodule of `tree` (just written into `work_tree`, whose git
