@@ -150,6 +150,8 @@ def record(session_id: str, worktree: Path, turns: int, snap: gitsnapshot.Snapsh
 def in_place_repos(worktree: Path) -> list[inner.InnerRepo]:
     """The submodules of an in-place session's checkout (the user's own), from its
     directories as cairnd's records (places) or git give them."""
+    if not (Path(worktree) / ".gitmodules").is_file():
+        return []  # the common case costs one stat, no git
     return inner.in_place(Path(worktree), places.discover(Path(worktree)))
 
 
