@@ -13,6 +13,7 @@ import pytest
 
 from cairnd.agent.history import predict
 from cairnd.checkpoints.checkpoint import take_checkpoint
+from cairnd.checkpoints.checkpointer import Checkpointer
 from cairnd.git import worktree as gitworktree
 from cairnd.sessionlog.entries import cairnd_entry, envelope_line
 from cairnd.sessionlog.file import iter_lines
@@ -311,3 +312,9 @@ def test_an_in_place_session_captures_its_submodules_and_a_fork_restores_them(tm
                              inner_map=layout.inner_map("fork1"), checkpoint=params)
     assert files(fork) == files(source)
     assert repo_state(fork / "lib") == repo_state(sub)
+    # The daemon's checkpointer finds them the same way (no map beside an in-place checkout).
+    write(sub, "later.txt", "later\n")
+    later = Checkpointer(None, tmp_path / "indexes", layout).take("inplace1", source, 2, CAP)
+    assert [s["path"] for s in later["submodules"]] == ["lib"]
+    assert later["submodules"][0]["worktreeSha"] != params["submodules"][0]["worktreeSha"]
+    assert b"lib/later.txt" not in git(source, "ls-tree", "-r", "--name-only", later["worktreeSha"])
