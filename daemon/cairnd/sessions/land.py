@@ -171,7 +171,7 @@ def _publish_submodules(layout: StateLayout, row: SessionRow, checkpoint: dict[s
         store = stores.get(entry.get("path", ""))
         if store is None or not entry.get("path"):
             continue
-        moved = inner.publish_commit(store, ref, entry["headSha"])
+        moved = publish_commit(store, ref, entry["headSha"])
         done.append({"path": entry["path"], "commit": entry["headSha"], "moved": moved})
     return done
 
@@ -252,3 +252,25 @@ def set_ref(repo: Path, ref: str, new: str, old: str | None, reason: str) -> boo
             return False
         raise git.failure(repo, ["update-ref"], proc)
     return True
+
+
+def publish_commit(store: Path, branch_ref: str, commit: str) -> str:
+    """Make a commit that exists only in cairnd's pins reachable from a branch of the
+    user's own submodule repository (land): `refs/heads/<branch>` there is created, or
+    moved as a fast-forward. Returns what happened: "reachable" (a branch or remote-
+    tracking ref already holds it), "created", "fast-forward", "same", or "left" (the
+    branch is elsewhere and does not lead to it: not moved)."""
+    proc = git.run(store, ["--git-dir", str(store), "for-each-ref", "--count=1", "--contains", commit,
+                           "--format=%(refname)", "refs/heads", "refs/remotes", "refs/tags"])
+    if proc.returncode == 0 and proc.stdout.strip():
+        return "reachable"
+    proc = git.run(store, ["--git-dir", str(store), "rev-parse", "--verify", "--quiet", f"{branch_ref}^{{commit}}"])
+    previous = proc.stdout.decode().strip() if proc.returncode == 0 else None
+    if previous == commit:
+        return "same"
+    if previous is not None and git.run(store, ["--git-dir", str(store), "merge-base", "--is-ancestor",
+                                                previous, commit]).returncode != 0:
+        return "left"
+    git.output(store, "--git-dir", str(store), "update-ref", "-m", "cairnd land", branch_ref, commit,
+               previous or "0" * len(commit))
+    return "fast-forward" if previous else "created"
