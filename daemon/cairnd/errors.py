@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -60,13 +61,16 @@ class CairnError(Exception):
 
 def internal_error_text(exc: BaseException, state_dir: Path) -> str:
     """An unexpected failure in words, for an `internal` result: SQLite and git say only
-    "disk I/O error" when the state directory's disk is full, so say that too when it is."""
+    "disk I/O error" when the state directory's disk is full, so say that too when it is.
+    A write the disk refused (ENOSPC) says it too, though room may have been made since."""
     text = f"{type(exc).__name__}: {exc}"
     try:
         st = os.statvfs(state_dir)
+        free: int | None = st.f_bavail * st.f_frsize
     except OSError:
-        return text
-    free = st.f_bavail * st.f_frsize
-    if free < FULL_DISK_BYTES:
+        free = None
+    if free is not None and free < FULL_DISK_BYTES:
         text += f" (the disk holding {state_dir} is full: {free} bytes free)"
+    elif isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        text += " (the disk it was written to is full)"
     return text

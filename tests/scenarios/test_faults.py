@@ -10,6 +10,7 @@ CAP_SYS_ADMIN; those tests skip, saying so, where it is not allowed.
 
 from __future__ import annotations
 
+import errno
 import os
 import sqlite3
 import subprocess
@@ -21,6 +22,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from cairnd.errors import internal_error_text
 from daemonproc import Daemon
 from gitrepos import git_text
 from test_crash import audit, eventually, restart
@@ -205,6 +207,15 @@ def test_a_full_disk_loses_no_request_and_makes_no_half_session(tmp_path: Path, 
         if daemon.proc is not None and daemon.proc.poll() is None:
             daemon.kill9()
         umount(disk)
+
+
+def test_a_write_the_disk_refused_is_worded_as_a_full_disk_once_room_is_made(tmp_path: Path):
+    # The daemon words a failure after it has logged it: room may have been made by then.
+    with pytest.raises(OSError) as refused, open("/dev/full", "wb", buffering=0) as full:
+        full.write(b"x")
+    assert refused.value.errno == errno.ENOSPC
+    assert "is full" in internal_error_text(refused.value, tmp_path)  # tmp_path's disk has room
+    assert "is full" not in internal_error_text(OSError(errno.EIO, os.strerror(errno.EIO)), tmp_path)
 
 
 # -- forks that fail part-way --------------------------------------------------------------
