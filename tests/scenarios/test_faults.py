@@ -209,6 +209,43 @@ def test_a_full_disk_loses_no_request_and_makes_no_half_session(tmp_path: Path, 
         umount(disk)
 
 
+@pytest.mark.slow
+def test_a_turn_whose_end_finds_the_disk_full_is_closed_before_the_next_one(tmp_path: Path, repo: Path):
+    reason = mounting_allowed(tmp_path)
+    if reason:
+        pytest.skip(reason)
+    disk = tmp_path / "state"
+    disk.mkdir()
+    assert mount("-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)).returncode == 0
+    daemon = Daemon(disk)
+    try:
+        daemon.start()
+        session = daemon.ok({"kind": "new", "repo": str(repo), "prompt": "append log.txt: before"})["session"]
+        # The turn fills the disk itself (from its worktree, the one place its agent may
+        # write), once its turn_start and prompt are in the log. Its frames then use up
+        # the room left in the log's last page (each is smaller than turn_complete and
+        # the checkpoint), so the turn's end cannot be written.
+        filler = daemon.state / "worktrees" / session / repo.name / "filler"
+        chatter = "\n".join(f"filling {n}" for n in range(40))
+        rid = daemon.drop({"kind": "prompt", "session": session, "text": f"run: cat /dev/zero > filler\n{chatter}"})
+        wait_error_line(daemon, f"[request={rid} ")
+        assert daemon.proc is not None and daemon.proc.poll() is None, daemon.stderr()[-3000:]
+        filler.unlink()
+        failed = daemon.wait(rid, timeout=60)
+        assert failed["status"] == "error" and "is full" in failed["error"]["message"], failed
+        # The turn that began is recorded as interrupted; the next one has the next number.
+        after = daemon.ok({"kind": "prompt", "session": session, "text": "append log.txt: after"})
+        stop(daemon)
+        report = audit(daemon.state, repo, None)
+        assert not report.problems, report.problems
+        assert report.turns == 3 and report.interrupted == 1, report
+        assert after["turn"] == 2, after
+    finally:
+        if daemon.proc is not None and daemon.proc.poll() is None:
+            daemon.kill9()
+        umount(disk)
+
+
 def test_a_write_the_disk_refused_is_worded_as_a_full_disk_once_room_is_made(tmp_path: Path):
     # The daemon words a failure after it has logged it: room may have been made by then.
     with pytest.raises(OSError) as refused, open("/dev/full", "wb", buffering=0) as full:

@@ -147,7 +147,8 @@ class AgentRunner:
     @property
     def turns(self) -> int | None:
         """Turns the log holds (ended ones), once the runner has read it; it is the log's
-        writer, so it counts them from there on."""
+        writer, so it counts them from there on. None again while a turn is open, and
+        after one whose end could not be written."""
         return self._turns
 
     @property
@@ -260,6 +261,11 @@ class AgentRunner:
         # An editor's own blocks (files, images, resources) as it sent them; else the text.
         blocks.extend(content if content is not None else [acp.text_block(text)])
         log.append(turn_start_entry(self.session_id, turn, request_id))
+        # The log holds an open turn from here: until its end is written (`_end_turn`)
+        # the count is the log's again, so a turn that ends any other way (its end
+        # refused by a full disk, a cancel before the prompt went out) is closed
+        # `interrupted` by the next one, never started again under its number.
+        self._turns = None
         try:
             response = await self._request_prompt(agent, tap, blocks)
         except anyio.get_cancelled_exc_class():
