@@ -47,3 +47,26 @@ def test_a_session_held_by_another_process_is_busy_until_it_exits(tmp_path):
     mine.claim("s1")  # taking it again is a no-op
     mine.release("s1")
     assert not mine.holds("s1")
+
+
+def test_a_lock_whose_pid_the_full_disk_refuses_is_held_and_let_go_all_the_same(tmp_path):
+    disk = tmp_path / "state"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode(errors='replace').strip()}")
+    try:
+        layout = StateLayout(disk)
+        layout.session_dir("s1").mkdir(parents=True)
+        with open(disk / "filler", "wb", buffering=0) as filler:
+            with pytest.raises(OSError):
+                while True:
+                    filler.write(b"\0" * 4096)
+        mine = SessionLocks(layout)
+        mine.claim("s1")  # the lock file is created, but its pid finds no room
+        assert mine.holds("s1")
+        mine.release("s1")
+        mine.claim("s1")  # it was let go, not kept by a file descriptor nobody knew of
+        mine.release("s1")
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)

@@ -69,8 +69,14 @@ class SessionLocks:
             raise CairnError("session_busy", f"session {session_id} is being written by another cairnd process "
                                              f"(pid {holder or 'unknown'}: a daemon's request, or an editor's "
                                              "`cairnd acp`); try again when it lets go") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError:
+            # A full disk: the pid only names the holder to whoever finds the lock held
+            # ("pid unknown" without it). Raising here would leave the flock on an fd
+            # nobody knows of, the session busy to this very process until it exits.
+            pass
         self._held[session_id] = fd
 
     def release(self, session_id: str) -> None:
