@@ -246,6 +246,47 @@ def test_a_turn_whose_end_finds_the_disk_full_is_closed_before_the_next_one(tmp_
         umount(disk)
 
 
+@pytest.mark.slow
+def test_a_prompt_the_full_log_refuses_is_answered_and_the_session_goes_on(tmp_path: Path, repo: Path):
+    reason = mounting_allowed(tmp_path)
+    if reason:
+        pytest.skip(reason)
+    disk = tmp_path / "state"
+    disk.mkdir()
+    assert mount("-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)).returncode == 0
+    daemon = Daemon(disk)
+    try:
+        daemon.start()
+        session = daemon.ok({"kind": "new", "repo": str(repo), "prompt": "hello"})["session"]
+        log = daemon.state / "sessions" / session / "log.ndjson"
+        page = os.sysconf("SC_PAGE_SIZE")
+        # Turns until the room left in the log's last page takes a turn_start (a few
+        # hundred bytes), which a full disk then leaves it, but not a prompt of two pages.
+        last = daemon.ok({"kind": "prompt", "session": session, "text": "x"})
+        while -log.stat().st_size % page < 512:
+            last = daemon.ok({"kind": "prompt", "session": session, "text": "x" * 37 * (last["turn"] + 1)})
+        rid = "refused-prompt"
+        (daemon.spool / "tmp" / f"{rid}.json").write_bytes(
+            orjson.dumps({"kind": "prompt", "session": session, "text": "y" * 2 * page}))
+        filler = fill(disk)
+        os.rename(daemon.spool / "tmp" / f"{rid}.json", daemon.spool / "new" / f"{rid}.json")
+        # The turn begins in the log, its prompt cannot be logged, so it must not reach
+        # the agent, and the SDK cannot send anything more: the agent is stopped.
+        wait_error_line(daemon, f"[request={rid}")
+        filler.unlink()
+        refused = daemon.wait(rid, timeout=60)
+        assert refused["status"] == "error", refused
+        after = daemon.ok({"kind": "prompt", "session": session, "text": "append log.txt: after"})
+        stop(daemon)
+        report = audit(daemon.state, repo, None)
+        assert not report.problems, report.problems
+        assert after["turn"] == last["turn"] + 2, after  # the refused turn has its number
+    finally:
+        if daemon.proc is not None and daemon.proc.poll() is None:
+            daemon.kill9()
+        umount(disk)
+
+
 def test_a_write_the_disk_refused_is_worded_as_a_full_disk_once_room_is_made(tmp_path: Path):
     # The daemon words a failure after it has logged it: room may have been made by then.
     with pytest.raises(OSError) as refused, open("/dev/full", "wb", buffering=0) as full:

@@ -170,7 +170,7 @@ class AgentProcess:
         self.stderr_tail = b""
         self.stop_requested = False
         self.between_turns = False  # stopped owing no work: SIGTERM follows EOF quickly
-        self.wake = anyio.Event()  # for the host: stop asked, stdout closed, or exited
+        self.wake = anyio.Event()  # for the host: stop asked, stdout closed, exited, a frame unloggable
         self.stdout_closed = anyio.Event()
         self.stderr_closed = anyio.Event()
         self.exited = anyio.Event()  # reaped; all it said is logged
@@ -248,12 +248,13 @@ class AgentProcess:
 async def host_agent(launch: Launch, client: Any, tap: Tap, *,
                      task_status: anyio.abc.TaskStatus[AgentProcess] = anyio.TASK_STATUS_IGNORED) -> None:
     """Owns one agent process: spawns it, pumps its output, and reaps it when it is told
-    to stop, exits, or closes its stdout. Run it with `task_group.start`, which returns
-    the AgentProcess once it is up."""
+    to stop, exits, closes its stdout, or the log refuses a frame to or from it. Run it
+    with `task_group.start`, which returns the AgentProcess once it is up."""
     process = await spawn_agent(launch)
     assert process.stdin is not None
     reader = tap.reader()
-    agent = AgentProcess(launch, process, acp.connect_to_agent(client, tap.writer(process.stdin), reader))
+    agent = AgentProcess(launch, process, None)
+    agent.conn = acp.connect_to_agent(client, tap.writer(process.stdin, agent.wake.set), reader)
     try:
         async with anyio.create_task_group() as pumps:
             pumps.start_soon(agent.pump_stdout, tap, reader)

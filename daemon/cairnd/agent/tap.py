@@ -92,10 +92,13 @@ class Tap:
         """The stream the SDK reads the agent from (fed by `pump`)."""
         return asyncio.StreamReader(limit=SDK_READER_LIMIT)
 
-    def writer(self, stdin: asyncio.StreamWriter) -> asyncio.StreamWriter:
-        """The stream the SDK writes the agent through: logged, then to `stdin`."""
+    def writer(self, stdin: asyncio.StreamWriter, refused: Callable[[], None]) -> asyncio.StreamWriter:
+        """The stream the SDK writes the agent through: logged, then to `stdin`. A frame
+        the log refuses (a full disk) is not sent and calls `refused`: the SDK's sender
+        dies with the error, so nothing more can reach the agent, which must be stopped
+        as when its stdout cannot be logged (`pump`)."""
         loop = asyncio.get_running_loop()
-        return asyncio.StreamWriter(_TapTransport(stdin, self), _TapProtocol(stdin), None, loop)
+        return asyncio.StreamWriter(_TapTransport(stdin, self, refused), _TapProtocol(stdin), None, loop)
 
     async def pump(self, stdout: asyncio.StreamReader, reader: asyncio.StreamReader) -> None:
         """Log each line of the agent's stdout, handing the SDK those it needs, until
@@ -122,10 +125,11 @@ class Tap:
 class _TapTransport(asyncio.WriteTransport):
     """What the SDK writes to: each line is logged, then written to the agent's stdin."""
 
-    def __init__(self, stdin: asyncio.StreamWriter, tap: Tap) -> None:
+    def __init__(self, stdin: asyncio.StreamWriter, tap: Tap, refused: Callable[[], None]) -> None:
         super().__init__()
         self._stdin = stdin
         self._tap = tap
+        self._refused = refused
         self._pending = bytearray()
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
@@ -133,7 +137,11 @@ class _TapTransport(asyncio.WriteTransport):
         while (end := self._pending.find(b"\n")) >= 0:
             line = bytes(self._pending[:end + 1])
             del self._pending[:end + 1]
-            self._tap.outgoing(line)
+            try:
+                self._tap.outgoing(line)
+            except OSError:
+                self._refused()
+                raise
             self._stdin.write(line)
 
     def is_closing(self) -> bool:
