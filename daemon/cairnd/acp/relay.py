@@ -2,26 +2,32 @@
 session updates out to the editor as they come, its requests to the client (permission,
 `fs/*`, `terminal/*`) to the editor and the answers back.
 
-    agent stdout -> tap (logged) -> Relay.observe -> Outbox -> editor's stdin
+    agent stdout -> tap (logged, parsed once) -> Relay.observe -> Outbox -> editor's stdin
     agent request -> SDK client side -> EditorClient -> editor -> answer -> agent
 
-`Outbox` is the one way cairnd acp writes notifications to the editor: in order, off the
-agent's read path (the tap calls `observe` synchronously), and `flush`able, so every
-update of a turn is out before the turn's answer.
+`Outbox` is the one way cairnd acp writes notifications to the editor, in order. An
+update of a turn is written to the editor's stream at once, in the tap's callback, when
+nothing is queued ahead of it: that is the editor's "it started answering", and a task
+hop or the SDK's re-encoding of it would be time the editor waits for (docs/benchmarks.md).
+The rest goes through one task (`run`) and the SDK, behind the answer to the request
+that made it (a session's commands come after its `session/new` answer). `flush` waits
+for both, so every update of a turn is out before the turn's answer.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Callable
 from typing import Any
 
 import acp
 import anyio
+import orjson
 from acp.schema import ClientCapabilities, FileSystemCapabilities
 
 from cairnd.agent.acpclient import WorktreeClient
-from cairnd.sessionlog.entries import UPDATE_MARK, UPDATE_METHOD, as_dict, json_object
+from cairnd.sessionlog.entries import UPDATE_METHOD, as_dict
 
 # Updates an agent sends outside a turn that the editor still wants (the rest, such as a
 # session/load's replayed history, were for cairnd: the editor has the conversation).
@@ -33,7 +39,7 @@ _SETUP_MARKS = tuple(f'"{key}"'.encode() for key in SETUP_KEYS) + (b'"agentCapab
 
 
 class Outbox:
-    """Notifications to the editor, sent in order by one task (`run`)."""
+    """Notifications to the editor, in order (see the module docstring)."""
 
     def __init__(self) -> None:
         self._send, self._receive = anyio.create_memory_object_stream[tuple[str, dict[str, Any]]](math.inf)
@@ -41,6 +47,22 @@ class Outbox:
         self._sent = 0
         self._drained = anyio.Event()
         self.conn: Any = None  # the SDK's connection to the editor (acp.connection.Connection)
+        # The editor's stdin (our stdout), the stream the SDK writes its frames to: bytes
+        # written here go out in order with the SDK's.
+        self.wire: asyncio.StreamWriter | None = None
+
+    def forward(self, params: dict[str, Any]) -> None:
+        """An agent's update in a turn, to the editor now: written to its stream when
+        everything put before it is out, else queued behind that. (A request of the
+        agent's, which goes through the SDK's client side to the editor, may be overtaken
+        by updates the agent sent after it, as it always could: the editor answers it.)"""
+        if self.wire is None or self._sent < self._queued:
+            self.put(UPDATE_METHOD, params)
+            return
+        try:
+            self.wire.write(orjson.dumps({"jsonrpc": "2.0", "method": UPDATE_METHOD, "params": params}) + b"\n")
+        except (ConnectionError, OSError, RuntimeError):
+            pass  # the editor went away: nothing left to tell it
 
     def put(self, method: str, params: dict[str, Any]) -> None:
         self._queued += 1
@@ -88,10 +110,12 @@ class Relay:
         self.agent_commands: list[dict[str, Any]] = []
         self.setup: dict[str, Any] = {}
 
-    def observe(self, frame: bytes) -> None:
-        if UPDATE_MARK in frame:
-            message = json_object(frame)
-            if message is None or message.get("method") != UPDATE_METHOD or "id" in message:
+    def observe(self, frame: bytes, message: dict[str, Any] | None) -> None:
+        """A frame from the agent, once logged, and its parse (None: not one JSON object)."""
+        if message is None:
+            return
+        if message.get("method") == UPDATE_METHOD:
+            if "id" in message:
                 return
             update = as_dict(as_dict(message.get("params")).get("update"))
             kind = update.get("sessionUpdate")
@@ -102,10 +126,12 @@ class Relay:
             elif self.in_turn or kind in BETWEEN_TURNS:
                 params = dict(message["params"])
                 params["sessionId"] = self.session_id
-                self.outbox.put(UPDATE_METHOD, params)
-        elif any(mark in frame for mark in _SETUP_MARKS):
-            message = json_object(frame)
-            result = as_dict(message.get("result")) if message is not None and "method" not in message else {}
+                if self.in_turn:
+                    self.outbox.forward(params)
+                else:
+                    self.outbox.put(UPDATE_METHOD, params)
+        elif "method" not in message and any(mark in frame for mark in _SETUP_MARKS):
+            result = as_dict(message.get("result"))
             self.setup.update({key: result[key] for key in SETUP_KEYS if key in result})
             if "agentCapabilities" in result and self.on_initialize is not None:
                 self.on_initialize(result)

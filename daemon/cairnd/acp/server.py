@@ -22,6 +22,7 @@ from typing import Any
 
 import acp
 import anyio
+from acp.core import DEFAULT_STDIO_BUFFER_LIMIT_BYTES
 from acp.schema import (
     ClientCapabilities,
     ForkSessionResponse,
@@ -341,5 +342,7 @@ async def serve_editor(config: Config, profile: str | None) -> None:
         outbox = Outbox()
         tg.start_soon(outbox.run)
         agent = CairnAgent(sessions, profile or config.default_agent, tg, outbox)
-        await acp.run_agent(agent, use_unstable_protocol=True)
+        # The SDK's own stdio streams, made here so the outbox writes to the one it writes to.
+        reader, outbox.wire = await acp.stdio_streams(limit=DEFAULT_STDIO_BUFFER_LIMIT_BYTES)
+        await acp.run_agent(agent, input_stream=outbox.wire, output_stream=reader, use_unstable_protocol=True)
         tg.cancel_scope.cancel()

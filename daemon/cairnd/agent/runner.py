@@ -63,11 +63,12 @@ from cairnd.sessionlog.turns import TakeCheckpoint, close_open_turn, end_turn, r
 class Front:
     """An editor in front of the session (`cairnd acp`, SPEC 18): the agent's requests to
     its client go to `client` (an `acp.Client`), the agent is offered the editor's
-    `capabilities`, and `observe` sees every frame the agent sends, once it is logged."""
+    `capabilities`, and `observe` sees every frame the agent sends, once it is logged (its
+    bytes, and their parse or None: `Tap.incoming`)."""
 
     client: Any
     capabilities: ClientCapabilities
-    observe: Callable[[bytes], None]
+    observe: Callable[[bytes, dict[str, Any] | None], None]
     mcp_servers: list[Any] = field(default_factory=list)  # the editor's, for the agent's sessions
 
 

@@ -24,16 +24,7 @@ from typing import Any
 
 import anyio
 
-from cairnd.sessionlog.entries import (
-    FROM_AGENT,
-    FROM_CLIENT,
-    ID_MARK,
-    PROMPT_MARK,
-    PROMPT_METHOD,
-    UPDATE_MARK,
-    UPDATE_METHOD,
-    json_object,
-)
+from cairnd.sessionlog.entries import FROM_AGENT, FROM_CLIENT, PROMPT_METHOD, UPDATE_METHOD
 from cairnd.sessionlog.file import SessionLog
 
 READ_CHUNK = 1 << 16
@@ -44,10 +35,12 @@ class Tap:
     """Logs every frame as it crosses, and keeps the raw response to the prompt in
     flight (its stop reason is taken from there, whatever the SDK makes of it)."""
 
-    def __init__(self, log: SessionLog, observe: Callable[[bytes], None] | None = None) -> None:
+    def __init__(self, log: SessionLog, observe: Callable[[bytes, dict[str, Any] | None], None] | None = None
+                 ) -> None:
         self.log = log
         # An editor in front of the session (cairnd acp) sees each frame from the agent
-        # once it is in the log, before the SDK acts on it.
+        # once it is in the log, before the SDK acts on it: its bytes and their parse
+        # (None when they are not one JSON object), made once, for the log.
         self.observe = observe
         self.prompt_id: Any = None
         self.prompt_response: dict[str, Any] | None = None
@@ -61,12 +54,10 @@ class Tap:
     def outgoing(self, frame: bytes) -> None:
         if not frame.strip():
             return
-        self.log.append_raw(frame, sender=FROM_CLIENT)
-        if PROMPT_MARK in frame:
-            message = json_object(frame)
-            if message and message.get("method") == PROMPT_METHOD and "id" in message:
-                self.prompt_id = message["id"]
-                self.prompt_sent.set()
+        message = self.log.append_raw(frame, sender=FROM_CLIENT)
+        if message is not None and message.get("method") == PROMPT_METHOD and "id" in message:
+            self.prompt_id = message["id"]
+            self.prompt_sent.set()
 
     def incoming(self, frame: bytes) -> bool:
         """Log a frame from the agent; whether the SDK needs to see it. Session updates
@@ -75,17 +66,16 @@ class Tap:
         validate (claude-agent-acp's `usage_update` with `used: null`)."""
         if not frame.strip():
             return False
-        self.log.append_raw(frame, sender=FROM_AGENT)
+        message = self.log.append_raw(frame, sender=FROM_AGENT)
         if self.observe is not None:
-            self.observe(frame)
-        if UPDATE_MARK in frame:
-            message = json_object(frame)
-            if message and message.get("method") == UPDATE_METHOD and "id" not in message:
-                return False
-        if self.prompt_id is not None and self.prompt_response is None and ID_MARK in frame:
-            message = json_object(frame)
-            if message and "method" not in message and message.get("id") == self.prompt_id:
-                self.prompt_response = message
+            self.observe(frame, message)
+        if message is None:
+            return True  # the SDK says what it makes of garbage, as it would without the tap
+        if message.get("method") == UPDATE_METHOD and "id" not in message:
+            return False
+        if self.prompt_id is not None and self.prompt_response is None and "method" not in message \
+                and message.get("id") == self.prompt_id:
+            self.prompt_response = message
         return True
 
     def reader(self) -> asyncio.StreamReader:

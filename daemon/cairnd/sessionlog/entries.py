@@ -110,7 +110,16 @@ def envelope_line(message: dict[str, Any], timestamp: str | None = None, sender:
 
 
 def envelope_raw_line(raw: bytes, timestamp: str | None = None, *, sender: str) -> bytes:
-    """One log line holding a JSON-RPC frame exactly as it crossed the wire.
+    """One log line holding a JSON-RPC frame exactly as it crossed the wire (see
+    `envelope_frame`)."""
+    return envelope_frame(raw, timestamp, sender=sender)[0]
+
+
+def envelope_frame(raw: bytes, timestamp: str | None = None, *, sender: str
+                   ) -> tuple[bytes, dict[str, Any] | None]:
+    """One log line holding a JSON-RPC frame exactly as it crossed the wire, and the
+    frame parsed (None when it is not one JSON object), for callers that act on it too:
+    a frame is parsed once on its way through cairnd.
 
     The frame's bytes are spliced into the envelope, not re-serialised, so the log keeps
     what the agent really sent (key order, number spelling, unknown fields), under the
@@ -122,12 +131,12 @@ def envelope_raw_line(raw: bytes, timestamp: str | None = None, *, sender: str) 
     frame = raw.strip(b" \t\r\n")
     parsed = json_object(frame)
     if parsed is None:
-        return envelope_line(invalid_frame_entry(raw), timestamp, sender)
+        return envelope_line(invalid_frame_entry(raw), timestamp, sender), None
     if b"\n" in frame:
         # Pretty-printed JSON (newlines between tokens: a string cannot hold a raw
         # newline) would break the one-line-per-entry rule; only here is it re-serialised.
         frame = orjson.dumps(parsed)
-    return _envelope_head(timestamp, sender) + frame + b"}\n"
+    return _envelope_head(timestamp, sender) + frame + b"}\n", parsed
 
 
 def json_object(data: bytes) -> dict[str, Any] | None:

@@ -23,7 +23,7 @@ from types import TracebackType
 from typing import Any
 
 from cairnd.state.durable import fsync_dir, write_all
-from cairnd.sessionlog.entries import envelope_line, envelope_raw_line
+from cairnd.sessionlog.entries import envelope_frame, envelope_line
 
 _READ_CHUNK = 1 << 20  # bounded memory for readers, whatever the log's size
 _COPY_CHUNK = 1 << 24
@@ -336,10 +336,12 @@ class SessionLog:
         """Append `message`, an entry of cairnd's own, in a fresh envelope."""
         self.append_line(envelope_line(message, timestamp))
 
-    def append_raw(self, raw: bytes, timestamp: str | None = None, *, sender: str) -> None:
-        """Append a wire frame verbatim, under who sent it (`agent` or `client`: see
-        `envelope_raw_line`)."""
-        self.append_line(envelope_raw_line(raw, timestamp, sender=sender))
+    def append_raw(self, raw: bytes, timestamp: str | None = None, *, sender: str) -> dict[str, Any] | None:
+        """Append a wire frame verbatim, under who sent it (`agent` or `client`); returns
+        it parsed, or None (see `envelope_frame`), for the caller to act on."""
+        line, parsed = envelope_frame(raw, timestamp, sender=sender)
+        self.append_line(line)
+        return parsed
 
     def append_line(self, line: bytes) -> None:
         """Append one complete line: it must end with its only `\\n`."""
