@@ -202,7 +202,7 @@ class CairnAgent:
         client = EditorClient(self.editor, row.id, self.editor_caps, local)
         self.sessions.fronts[row.id] = Front(client, offered_capabilities(self.editor_caps, self.profile.fs),
                                              relay.observe, list(mcp_servers or []))
-        opened = Opened(row, relay, anyio.Lock())
+        opened = Opened(row, relay, anyio.Lock(fast_acquire=True))  # no yield to the loop on a turn's path
         self.opened[row.id] = opened
         try:
             await self.sessions.runner(row).start()

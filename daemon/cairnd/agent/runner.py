@@ -3,7 +3,7 @@
     AgentRunner.prompt(text)
         -> agent process (agentproc: spawned on demand in the worktree, stopped by the ladder)
         -> initialize, the agent session with its history (history: fork, resume, load or replay),
-           session/prompt   (the SDK's client side)
+           (the SDK's client side), session/prompt (cairnd's own frame: _request_prompt)
         -> every frame both ways into the session log (tap)
         -> turn_complete, agent_checkpoint, fsync -> the turn's result
 
@@ -30,6 +30,8 @@ always reaping it.
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -38,6 +40,7 @@ from typing import Any
 
 import acp
 import anyio
+import orjson
 from acp.schema import ClientCapabilities, EmbeddedResourceContentBlock, FileSystemCapabilities, Implementation
 from pydantic import ValidationError
 
@@ -48,7 +51,7 @@ from cairnd.agent.process import AgentProcess, Launch, host_agent
 from cairnd.checkpoints.checkpoint import take_checkpoint
 from cairnd.config.settings import AgentProfile
 from cairnd.agent.confinement import Confinement
-from cairnd.sessionlog.entries import sdk_session_entry, turn_start_entry
+from cairnd.sessionlog.entries import PROMPT_METHOD, sdk_session_entry, turn_start_entry
 from cairnd.errors import CairnError
 from cairnd.agent.history import HistoryFacts, marked_lines, open_history
 from cairnd.agent.history import scan as history_scan
@@ -134,10 +137,14 @@ class AgentRunner:
         self._turns: int | None = None  # turns completed, once read from the log
         self._agent: AgentProcess | None = None
         self._retiring: list[AgentProcess] = []
-        self._turn_lock = anyio.Lock()
+        # cairnd's own JSON-RPC ids for prompts (_request_prompt), far from those the SDK
+        # numbers its requests with from 0 on the same connection.
+        self._prompt_ids = itertools.count(1 << 40)
+        self._turn_lock = anyio.Lock(fast_acquire=True)  # no yield to the loop on a turn's path
         self._turn_agent: AgentProcess | None = None  # the agent of the turn in flight
         self._cancel_requested = False
-        self._idle_scope: anyio.CancelScope | None = None
+        self._idle_scope: anyio.CancelScope | None = None  # the idle timer: a deadline, pushed back by turns
+        self._idle_agent: AgentProcess | None = None
         self._closed = False
 
     @property
@@ -235,7 +242,7 @@ class AgentRunner:
             return False
         self._cancel_requested = True
         agent, tap = self._turn_agent, self._tap
-        if agent is not None and tap is not None and tap.prompt_sent.is_set():
+        if agent is not None and tap is not None and tap.prompt_sent:
             await self._send_cancel(agent)
         return True
 
@@ -251,16 +258,18 @@ class AgentRunner:
 
     async def _turn(self, text: str, request_id: str | None, content: list[Any] | None = None) -> dict[str, Any]:
         log, tap = await self._open_log()
+        tap.expect_prompt()
         turn = await self._completed_turns()
         agent = await self._ensure_agent()
         self._turn_agent = agent
         opened_as, agent.history = agent.history, None  # reported by the turn that opened it
-        blocks: list[Any] = []
+        blocks: list[dict[str, Any]] = []
         if agent.replay is not None:
-            blocks.append(EmbeddedResourceContentBlock.model_validate(agent.replay))
+            blocks.append(wire_block(EmbeddedResourceContentBlock.model_validate(agent.replay)))
             agent.replay = None  # sent once per agent session, even if this turn fails
         # An editor's own blocks (files, images, resources) as it sent them; else the text.
-        blocks.extend(content if content is not None else [acp.text_block(text)])
+        blocks.extend([wire_block(block) for block in content] if content is not None
+                      else [{"text": text, "type": "text"}])
         log.append(turn_start_entry(self.session_id, turn, request_id))
         # The log holds an open turn from here: until its end is written (`_end_turn`)
         # the count is the log's again, so a turn that ends any other way (its end
@@ -271,7 +280,7 @@ class AgentRunner:
             response = await self._request_prompt(agent, tap, blocks)
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
-                if tap.prompt_sent.is_set():  # the turn began: it must end in the log
+                if tap.prompt_sent:  # the turn began: it must end in the log
                     agent.stop()
                     await self._await_exit(agent)
                     await self._end_turn(turn, "interrupted")
@@ -321,27 +330,24 @@ class AgentRunner:
         if self._agent is agent:
             self._agent = None
 
-    async def _request_prompt(self, agent: AgentProcess, tap: Tap, blocks: list[Any]) -> dict[str, Any] | None:
-        """Send session/prompt and wait for the answer; the raw response as it crossed,
-        or None when the agent went away without one."""
-        tap.expect_prompt()
-        async with anyio.create_task_group() as helpers:
-            helpers.start_soon(self._cancel_once_sent, agent, tap)
-            try:
-                await agent.conn.prompt(session_id=agent.sdk_session_id, prompt=blocks)
-            except ValidationError:
-                pass  # the SDK could not model the response; the tap holds it as it came
-            except acp.RequestError:
-                pass  # an error response: the tap holds it
-            except (ConnectionError, OSError):
-                pass  # the agent went away; the tap may still hold its last answer
-            helpers.cancel_scope.cancel()
-        return tap.prompt_response
-
-    async def _cancel_once_sent(self, agent: AgentProcess, tap: Tap) -> None:
-        await tap.prompt_sent.wait()
-        if self._cancel_requested:
+    async def _request_prompt(self, agent: AgentProcess, tap: Tap, blocks: list[dict[str, Any]]
+                              ) -> dict[str, Any] | None:
+        """Send session/prompt (cairnd's own frame, to the agent before this yields to the
+        loop: the SDK's model, encoding and sender task would delay it) and wait for the
+        answer; the raw response as it crossed, or None when the agent went away without one."""
+        request_id = next(self._prompt_ids)
+        assert agent.process.stdin is not None
+        tap.send_prompt(agent.process.stdin, request_id, orjson.dumps(
+            {"jsonrpc": "2.0", "id": request_id, "method": PROMPT_METHOD,
+             "params": {"sessionId": agent.sdk_session_id, "prompt": blocks}}))
+        if self._cancel_requested:  # it came while the agent was starting, before there was a prompt to cancel
             await self._send_cancel(agent)
+        if tap.prompt_response is None and not agent.stdout_closed.is_set():
+            async with anyio.create_task_group() as waits:
+                waits.start_soon(_set_when, agent.stdout_closed, tap.prompt_answered)  # no answer will come
+                await tap.prompt_answered.wait()
+                waits.cancel_scope.cancel()
+        return tap.prompt_response
 
     async def _send_cancel(self, agent: AgentProcess) -> None:
         try:
@@ -426,19 +432,30 @@ class AgentRunner:
     def _arm_idle_timer(self, agent: AgentProcess) -> None:
         if self.idle_seconds is None:
             return
-        scope = anyio.CancelScope()
-        self._idle_scope = scope
-        self._tg.start_soon(self._stop_when_idle, agent, scope)
+        deadline = anyio.current_time() + self.idle_seconds
+        if self._idle_scope is not None and self._idle_agent is agent:
+            self._idle_scope.deadline = deadline
+            return
+        self._cancel_idle_timer()
+        self._idle_scope, self._idle_agent = anyio.CancelScope(deadline=deadline), agent
+        self._tg.start_soon(self._stop_when_idle, agent, self._idle_scope)
 
     def _disarm_idle_timer(self) -> None:
+        # Its deadline put off, not the timer cancelled: a cancelled timer's task would
+        # wake and end on the turn's path, before the prompt reaches the agent.
         if self._idle_scope is not None:
-            self._idle_scope.cancel()
-            self._idle_scope = None
+            self._idle_scope.deadline = math.inf
+
+    def _cancel_idle_timer(self) -> None:
+        scope, self._idle_scope = self._idle_scope, None
+        if scope is not None:
+            scope.cancel()
 
     async def _stop_when_idle(self, agent: AgentProcess, scope: anyio.CancelScope) -> None:
         with scope:
-            assert self.idle_seconds is not None
-            await anyio.sleep(self.idle_seconds)
+            await anyio.sleep_forever()
+        if self._idle_scope is scope:  # its deadline passed: not cancelled, not replaced
+            self._idle_scope = None
             if self._agent is agent and not self.busy:
                 self._retire(agent)
 
@@ -460,12 +477,22 @@ class AgentRunner:
         """Stop the agent and wait for it (a turn in flight ends `interrupted`), close the
         log. Idempotent; the runner is then done."""
         self._closed = True
-        self._disarm_idle_timer()
+        self._cancel_idle_timer()
         await self.interrupt()
         async with self._turn_lock:  # a turn cut short records itself before the log closes
             if self._log is not None:
                 self._log.close()
                 self._log = None
+
+
+def wire_block(block: Any) -> dict[str, Any]:
+    """A prompt content block (an SDK model) as the SDK puts it on the wire."""
+    return block.model_dump(mode="json", by_alias=True, exclude_none=True, exclude_defaults=True)
+
+
+async def _set_when(happened: anyio.Event, then: anyio.Event) -> None:
+    await happened.wait()
+    then.set()
 
 
 def _history_facts(log_path: Path) -> HistoryFacts:

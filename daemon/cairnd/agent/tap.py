@@ -8,8 +8,8 @@ line verbatim, then feeds it to the StreamReader the SDK reads; the SDK writes i
 `Tap.writer`, a transport that logs each line, then writes it to the agent's stdin. So
 the log holds what crossed the wire, including frames the SDK's schema rejects: session
 updates are not handed to the SDK at all (the log is all cairnd does with them), and
-the prompt's stop reason is read from the raw response, not from the SDK's model of
-it, so no frame an agent sends can break a turn.
+the prompt is cairnd's own frame and its answer is read raw, never given to the SDK, so
+no frame an agent sends can break a turn.
 
 Each frame is one `os.write` on the event loop: page-cache fast, and deliberate, since
 a frame must be in the log before the SDK or the agent sees it. Durability is the
@@ -24,7 +24,7 @@ from typing import Any
 
 import anyio
 
-from cairnd.sessionlog.entries import FROM_AGENT, FROM_CLIENT, PROMPT_METHOD, UPDATE_METHOD
+from cairnd.sessionlog.entries import FROM_AGENT, FROM_CLIENT, UPDATE_METHOD, envelope_encoded
 from cairnd.sessionlog.file import SessionLog
 
 READ_CHUNK = 1 << 16
@@ -42,22 +42,31 @@ class Tap:
         # once it is in the log, before the SDK acts on it: its bytes and their parse
         # (None when they are not one JSON object), made once, for the log.
         self.observe = observe
-        self.prompt_id: Any = None
+        self.prompt_id: Any = None  # of the prompt in flight, once sent
         self.prompt_response: dict[str, Any] | None = None
-        self.prompt_sent = anyio.Event()
+        self.prompt_answered = anyio.Event()
+
+    @property
+    def prompt_sent(self) -> bool:
+        return self.prompt_id is not None
 
     def expect_prompt(self) -> None:
+        """A turn begins: none of its prompt sent yet."""
         self.prompt_id = None
         self.prompt_response = None
-        self.prompt_sent = anyio.Event()
+
+    def send_prompt(self, stdin: asyncio.StreamWriter, request_id: int, frame: bytes) -> None:
+        """cairnd's own `session/prompt` (`frame`: one line of orjson, without its
+        newline), logged, then written to the agent's stdin, now; its answer is then
+        awaited on `prompt_answered` and kept from the SDK, which expects none."""
+        self.log.append_line(envelope_encoded(frame, sender=FROM_CLIENT))
+        self.prompt_id = request_id
+        stdin.write(frame + b"\n")
+        self.prompt_answered = anyio.Event()  # after: the agent is at work meanwhile; the answer is read after a yield
 
     def outgoing(self, frame: bytes) -> None:
-        if not frame.strip():
-            return
-        message = self.log.append_raw(frame, sender=FROM_CLIENT)
-        if message is not None and message.get("method") == PROMPT_METHOD and "id" in message:
-            self.prompt_id = message["id"]
-            self.prompt_sent.set()
+        if frame.strip():
+            self.log.append_raw(frame, sender=FROM_CLIENT)
 
     def incoming(self, frame: bytes) -> bool:
         """Log a frame from the agent; whether the SDK needs to see it. Session updates
@@ -76,6 +85,8 @@ class Tap:
         if self.prompt_id is not None and self.prompt_response is None and "method" not in message \
                 and message.get("id") == self.prompt_id:
             self.prompt_response = message
+            self.prompt_answered.set()
+            return False  # the answer to cairnd's own prompt (send_prompt): the SDK awaits none
         return True
 
     def reader(self) -> asyncio.StreamReader:

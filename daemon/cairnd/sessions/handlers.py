@@ -228,9 +228,8 @@ class Sessions:
         fresh = not self.locks.holds(session_id)
         self.locks.claim(session_id)
         try:
-            path = self.layout.log_path(session_id)
-            mark = self._log_marks.get(session_id)
-            if fresh and mark is not None and mark != log_mark(path) and session_id in self.runners:
+            mark = self._log_marks.get(session_id) if fresh else None  # a holder's log is its own
+            if mark is not None and mark != log_mark(self.layout.log_path(session_id)) and session_id in self.runners:
                 await self.runners.pop(session_id).close()
             yield
         finally:
