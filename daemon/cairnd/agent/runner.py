@@ -3,7 +3,7 @@
     AgentRunner.prompt(text)
         -> agent process (agentproc: spawned on demand in the worktree, stopped by the ladder)
         -> initialize, the agent session with its history (history: fork, resume, load or replay),
-           (the SDK's client side), session/prompt (cairnd's own frame: _request_prompt)
+           through the SDK's client side; session/prompt, cairnd's own frame (_request_prompt)
         -> every frame both ways into the session log (tap)
         -> turn_complete, agent_checkpoint, fsync -> the turn's result
 

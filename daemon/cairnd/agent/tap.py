@@ -32,8 +32,8 @@ SDK_READER_LIMIT = 50 * 1024 * 1024  # frames up to this size reach the SDK in o
 
 
 class Tap:
-    """Logs every frame as it crosses, and keeps the raw response to the prompt in
-    flight (its stop reason is taken from there, whatever the SDK makes of it)."""
+    """Logs every frame as it crosses, sends cairnd's prompt and keeps the raw response
+    to it (its stop reason is taken from there; the SDK never sees either)."""
 
     def __init__(self, log: SessionLog, observe: Callable[[bytes, dict[str, Any] | None], None] | None = None
                  ) -> None:
