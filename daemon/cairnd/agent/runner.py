@@ -30,7 +30,6 @@ always reaping it.
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -40,7 +39,6 @@ from typing import Any
 
 import acp
 import anyio
-import orjson
 from acp.schema import ClientCapabilities, EmbeddedResourceContentBlock, FileSystemCapabilities, Implementation
 from pydantic import ValidationError
 
@@ -51,13 +49,13 @@ from cairnd.agent.process import AgentProcess, Launch, host_agent
 from cairnd.checkpoints.checkpoint import take_checkpoint
 from cairnd.config.settings import AgentProfile
 from cairnd.agent.confinement import Confinement
-from cairnd.sessionlog.entries import PROMPT_METHOD, sdk_session_entry, turn_start_entry
+from cairnd.sessionlog.entries import sdk_session_entry, turn_start_entry
 from cairnd.errors import CairnError
 from cairnd.agent.history import HistoryFacts, marked_lines, open_history
 from cairnd.agent.history import scan as history_scan
 from cairnd.state.layout import STDERR_NAME
 from cairnd.sessionlog.file import SessionLog, iter_lines
-from cairnd.agent.tap import Tap
+from cairnd.agent.tap import Tap, wire_block
 from cairnd.sessionlog.transcript import SessionState, replay_prompt_block
 from cairnd.sessionlog.turns import TakeCheckpoint, close_open_turn, end_turn, read_session_state
 
@@ -137,9 +135,6 @@ class AgentRunner:
         self._turns: int | None = None  # turns completed, once read from the log
         self._agent: AgentProcess | None = None
         self._retiring: list[AgentProcess] = []
-        # cairnd's own JSON-RPC ids for prompts (_request_prompt), far from those the SDK
-        # numbers its requests with from 0 on the same connection.
-        self._prompt_ids = itertools.count(1 << 40)
         self._turn_lock = anyio.Lock(fast_acquire=True)  # no yield to the loop on a turn's path
         self._turn_agent: AgentProcess | None = None  # the agent of the turn in flight
         self._cancel_requested = False
@@ -334,20 +329,14 @@ class AgentRunner:
                               ) -> dict[str, Any] | None:
         """Send session/prompt (cairnd's own frame, to the agent before this yields to the
         loop: the SDK's model, encoding and sender task would delay it) and wait for the
-        answer; the raw response as it crossed, or None when the agent went away without one."""
-        request_id = next(self._prompt_ids)
+        answer; the raw response as it crossed, or None when the agent went away without one.
+        A prompt the log refuses (OSError: a full disk) is not sent, the agent untouched;
+        the turn is left for the next one to close, as one whose end the log refused."""
         assert agent.process.stdin is not None
-        tap.send_prompt(agent.process.stdin, request_id, orjson.dumps(
-            {"jsonrpc": "2.0", "id": request_id, "method": PROMPT_METHOD,
-             "params": {"sessionId": agent.sdk_session_id, "prompt": blocks}}))
+        tap.send_prompt(agent.process.stdin, agent.sdk_session_id, blocks)
         if self._cancel_requested:  # it came while the agent was starting, before there was a prompt to cancel
             await self._send_cancel(agent)
-        if tap.prompt_response is None and not agent.stdout_closed.is_set():
-            async with anyio.create_task_group() as waits:
-                waits.start_soon(_set_when, agent.stdout_closed, tap.prompt_answered)  # no answer will come
-                await tap.prompt_answered.wait()
-                waits.cancel_scope.cancel()
-        return tap.prompt_response
+        return await tap.answer(agent.stdout_closed)
 
     async def _send_cancel(self, agent: AgentProcess) -> None:
         try:
@@ -483,16 +472,6 @@ class AgentRunner:
             if self._log is not None:
                 self._log.close()
                 self._log = None
-
-
-def wire_block(block: Any) -> dict[str, Any]:
-    """A prompt content block (an SDK model) as the SDK puts it on the wire."""
-    return block.model_dump(mode="json", by_alias=True, exclude_none=True, exclude_defaults=True)
-
-
-async def _set_when(happened: anyio.Event, then: anyio.Event) -> None:
-    await happened.wait()
-    then.set()
 
 
 def _history_facts(log_path: Path) -> HistoryFacts:

@@ -19,12 +19,14 @@ turn's end (`fsync` in a worker thread), not each frame's.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Callable
 from typing import Any
 
 import anyio
+import orjson
 
-from cairnd.sessionlog.entries import FROM_AGENT, FROM_CLIENT, UPDATE_METHOD, envelope_encoded
+from cairnd.sessionlog.entries import FROM_AGENT, FROM_CLIENT, PROMPT_METHOD, UPDATE_METHOD, envelope_encoded
 from cairnd.sessionlog.file import SessionLog
 
 READ_CHUNK = 1 << 16
@@ -42,6 +44,9 @@ class Tap:
         # once it is in the log, before the SDK acts on it: its bytes and their parse
         # (None when they are not one JSON object), made once, for the log.
         self.observe = observe
+        # cairnd's own JSON-RPC ids for prompts, far from those the SDK numbers its
+        # requests with from 0 on the same connection.
+        self._prompt_ids = itertools.count(1 << 40)
         self.prompt_id: Any = None  # of the prompt in flight, once sent
         self.prompt_response: dict[str, Any] | None = None
         self.prompt_answered = anyio.Event()
@@ -55,14 +60,27 @@ class Tap:
         self.prompt_id = None
         self.prompt_response = None
 
-    def send_prompt(self, stdin: asyncio.StreamWriter, request_id: int, frame: bytes) -> None:
-        """cairnd's own `session/prompt` (`frame`: one line of orjson, without its
-        newline), logged, then written to the agent's stdin, now; its answer is then
-        awaited on `prompt_answered` and kept from the SDK, which expects none."""
+    def send_prompt(self, stdin: asyncio.StreamWriter, session_id: str, blocks: list[dict[str, Any]]) -> None:
+        """cairnd's own `session/prompt`, logged, then written to the agent's stdin, now
+        (OSError, and not sent, when the log refuses it); its answer is `answer()`'s, and
+        never the SDK's, which expects none."""
+        request_id = next(self._prompt_ids)
+        frame = orjson.dumps({"jsonrpc": "2.0", "id": request_id, "method": PROMPT_METHOD,
+                              "params": {"sessionId": session_id, "prompt": blocks}})
         self.log.append_line(envelope_encoded(frame, sender=FROM_CLIENT))
         self.prompt_id = request_id
         stdin.write(frame + b"\n")
         self.prompt_answered = anyio.Event()  # after: the agent is at work meanwhile; the answer is read after a yield
+
+    async def answer(self, gone: anyio.Event) -> dict[str, Any] | None:
+        """The raw answer to the prompt sent, or None once `gone` (the agent's stdout
+        closed) without one."""
+        if self.prompt_response is None and not gone.is_set():
+            async with anyio.create_task_group() as waits:
+                waits.start_soon(_set_when, gone, self.prompt_answered)
+                await self.prompt_answered.wait()
+                waits.cancel_scope.cancel()
+        return self.prompt_response
 
     def outgoing(self, frame: bytes) -> None:
         if frame.strip():
@@ -121,6 +139,16 @@ class Tap:
             pass  # the log could not be written: treat it as the end of the agent
         finally:
             reader.feed_eof()
+
+
+def wire_block(block: Any) -> dict[str, Any]:
+    """A prompt content block (an SDK model) as the SDK puts it on the wire."""
+    return block.model_dump(mode="json", by_alias=True, exclude_none=True, exclude_defaults=True)
+
+
+async def _set_when(happened: anyio.Event, then: anyio.Event) -> None:
+    await happened.wait()
+    then.set()
 
 
 class _TapTransport(asyncio.WriteTransport):
