@@ -10,6 +10,9 @@ tests/ on sys.path (pytest's default import mode), so the helpers beside it
   directory under tmp_path, ready (READY=1 read from its notify socket). Every daemon it
   started that is still running at the end is stopped and must exit 0.
 - `daemon`: one daemon with the default settings.
+- `shared_daemon`: one daemon with the default settings for all of a module's tests that
+  use it, for tests that only add sessions of their own and neither stop the daemon nor
+  break its state directory (a daemon's start and stop cost about a second of CPU).
 - `anyio_backend`: async tests run on asyncio.
 """
 
@@ -75,3 +78,12 @@ def start_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
 @pytest.fixture
 def daemon(start_daemon: Callable[..., Daemon]) -> Daemon:
     return start_daemon()
+
+
+@pytest.fixture(scope="module")
+def shared_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    made = Daemon(tmp_path_factory.mktemp("shared") / "state")
+    try:
+        yield made.start()
+    finally:
+        stop_all([made])

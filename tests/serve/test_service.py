@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,13 @@ from gitrepos import git_text
 
 
 pytestmark = pytest.mark.repo(files={"README.md": "hello\n", "src/app.py": "print('hi')\n"})
+
+
+@pytest.fixture(scope="module")
+def daemon(shared_daemon: Daemon) -> Daemon:
+    """The tests of this module that take `daemon` share one: each adds sessions of its
+    own and none stops it. Those that stop or restart a daemon start their own."""
+    return shared_daemon
 
 
 @pytest.mark.slow
@@ -156,7 +164,8 @@ def test_requests_dropped_while_down_are_picked_up(tmp_path: Path, repo: Path):
         assert daemon.stop() == 0
 
 
-def test_sigterm_exits_zero_and_says_stopping(daemon: Daemon):
+def test_sigterm_exits_zero_and_says_stopping(start_daemon: Callable[..., Daemon]):
+    daemon = start_daemon()
     assert daemon.proc is not None
     daemon.proc.terminate()
     daemon.wait_for("STOPPING=1")
@@ -236,7 +245,8 @@ def test_sighup_reloads_agent_profiles(tmp_path: Path, repo: Path):
         assert daemon.stop() == 0
 
 
-def test_daemon_log_lines_carry_priority_and_ids(daemon: Daemon, repo: Path):
+def test_daemon_log_lines_carry_priority_and_ids(start_daemon: Callable[..., Daemon], repo: Path):
+    daemon = start_daemon()  # its own: every line of its stderr is checked
     rid = daemon.drop({"kind": "new", "repo": str(repo)})
     session = daemon.wait(rid)["result"]["session"]
     # The line about a result is written just after the result file: wait for it.
