@@ -247,6 +247,12 @@ def test_a_crash_at_any_step_leaves_the_session_as_it_was_or_the_rewind_whole(an
 # --------------------------------------------------------------------------- through the daemon
 
 
+@pytest.fixture(scope="module")
+def daemon(shared_daemon):
+    """The tests below share one daemon: each makes a repository and sessions of its own."""
+    return shared_daemon
+
+
 @pytest.mark.slow
 def test_rewind_with_prompt_queued_behind_a_turn_restarts_the_agent_with_the_kept_history(daemon, tmp_path: Path):
     from gitrepos import make_repo

@@ -136,7 +136,15 @@ def history(s: Session) -> Session:
 
 @pytest.fixture
 def session(tmp_path: Path) -> Session:
+    """A session of its own, for the tests that change it or its stores."""
     return history(Session(tmp_path))
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Session:
+    """One session for the tests that only read it or fork it (a fork changes nothing
+    of its parent's): its four turns of submodule history take a second or two to build."""
+    return history(Session(tmp_path_factory.mktemp("submodules")))
 
 
 def test_a_new_worktree_has_its_submodules_checked_out_recursively(tmp_path: Path):
@@ -153,34 +161,34 @@ def test_a_new_worktree_has_its_submodules_checked_out_recursively(tmp_path: Pat
     assert s.params[0]["submodules"][0]["path"] == "lib" and s.params[0]["skipped"] == []
 
 
-def test_checkpoints_record_each_submodule_and_pin_it_in_its_store(session: Session):
-    last = session.params[-1]
+def test_checkpoints_record_each_submodule_and_pin_it_in_its_store(shared: Session):
+    last = shared.params[-1]
     assert [e["path"] for e in last["submodules"]] == ["lib", "lib/deep"]
     lib = last["submodules"][0]
-    assert lib["headSha"] == git_text(session.worktree / "lib", "rev-parse", "HEAD")
+    assert lib["headSha"] == git_text(shared.worktree / "lib", "rev-parse", "HEAD")
     # The agent's commit and the snapshot are in the source's submodule repository, pinned.
-    store = session.source / ".git" / "modules" / "lib"
-    pinned = git_text(store, "rev-parse", f"refs/cairnd/{session.id}/{session.turns}/lib")
+    store = shared.source / ".git" / "modules" / "lib"
+    pinned = git_text(store, "rev-parse", f"refs/cairnd/{shared.id}/{shared.turns}/lib")
     assert pinned == lib["worktreeSha"]
     assert git_text(store, "rev-parse", f"{pinned}^") == lib["headSha"]
     # The superproject's snapshot records the submodule's commit.
-    assert git_text(session.source, "rev-parse", f"{last['worktreeSha']}:lib") == lib["headSha"]
+    assert git_text(shared.source, "rev-parse", f"{last['worktreeSha']}:lib") == lib["headSha"]
     assert last["dirty"] is True and last["skipped"] == []
 
 
 @pytest.mark.parametrize("k", range(5))
-def test_a_fork_at_every_message_is_exact_inside_and_outside_the_submodules(session: Session, k: int):
-    result = session.fork(k) if k < 4 else None
+def test_a_fork_at_every_message_is_exact_inside_and_outside_the_submodules(shared: Session, k: int):
+    result = shared.fork(k) if k < 4 else None
     if result is None:
         return
     fork = Path(result["worktree"])
-    expected = session.states[k]
-    assert state(fork, session.inner) == expected
+    expected = shared.states[k]
+    assert state(fork, shared.inner) == expected
     # And the fork's own baseline records the same inner states.
     baseline = [line for _, line in iter_lines(Path(result["log"]))][-1]
     assert b'"submodules"' in baseline
     # ... pinned under the fork's own refs in the submodule's store (the parent may go).
-    store = session.source / ".git" / "modules" / "lib"
+    store = shared.source / ".git" / "modules" / "lib"
     assert git(store, "for-each-ref", f"refs/cairnd/{result['session']}/")
 
 
@@ -256,15 +264,15 @@ def test_a_turn_that_touched_no_submodule_costs_no_git_process_for_it(tmp_path: 
     assert calls == ["lib/deep"]  # lib itself: nothing of its own changed
 
 
-def test_diff_shows_the_files_changed_inside_each_submodule(session: Session):
+def test_diff_shows_the_files_changed_inside_each_submodule(shared: Session):
     from cairnd.sessions.diffs import compare, compare_text
 
-    result = compare(session.layout, f"{session.id}@3", f"{session.id}@4")
+    result = compare(shared.layout, f"{shared.id}@3", f"{shared.id}@4")
     paths = {f["path"] for f in result["files"]}
     assert {"lib/deep/d.txt", "lib/deep/more.txt"} <= paths
-    whole = {f["path"] for f in compare(session.layout, session.id)["files"]}
+    whole = {f["path"] for f in compare(shared.layout, shared.id)["files"]}
     assert {"a.txt", "lib", "lib/l.txt", "lib/keep.txt", "lib/new dir/u.txt", "lib/deep/d.txt"} <= whole
-    _old, _new, text = compare_text(session.layout, f"{session.id}@3", f"{session.id}@4")
+    _old, _new, text = compare_text(shared.layout, f"{shared.id}@3", f"{shared.id}@4")
     assert b"a/lib/deep/d.txt" in text and b"+deep 1" in text
 
 
