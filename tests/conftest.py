@@ -13,6 +13,9 @@ tests/ on sys.path (pytest's default import mode), so the helpers beside it
 - `shared_daemon`: one daemon with the default settings for all of a module's tests that
   use it, for tests that only add sessions of their own and neither stop the daemon nor
   break its state directory (a daemon's start and stop cost about a second of CPU).
+  `start_module_daemon(settings, env=..., state=...)` starts one with other settings for a
+  module-scoped fixture of a test module's own; both are stopped after the module's last
+  test and must exit 0.
 - `anyio_backend`: async tests run on asyncio.
 """
 
@@ -81,9 +84,20 @@ def daemon(start_daemon: Callable[..., Daemon]) -> Daemon:
 
 
 @pytest.fixture(scope="module")
-def shared_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    made = Daemon(tmp_path_factory.mktemp("shared") / "state")
-    try:
-        yield made.start()
-    finally:
-        stop_all([made])
+def start_module_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Daemon]]:
+    started: list[Daemon] = []
+    base = tmp_path_factory.mktemp("daemons")
+
+    def start(settings: dict[str, Any] | None = None, *, env: dict[str, str] | None = None,
+              state: str = "state") -> Daemon:
+        made = Daemon(base / state, settings, env)
+        started.append(made)
+        return made.start()
+
+    yield start
+    stop_all(started)
+
+
+@pytest.fixture(scope="module")
+def shared_daemon(start_module_daemon: Callable[..., Daemon]) -> Daemon:
+    return start_module_daemon(state="shared")

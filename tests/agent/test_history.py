@@ -122,9 +122,11 @@ def reference_with(history: str) -> dict[str, Any]:
     return {"agents": {"reference": {"history": history}}}
 
 
-@pytest.fixture
-def daemon(start_daemon: Callable[..., Daemon]) -> Daemon:
-    return start_daemon(reference_with("auto"))
+@pytest.fixture(scope="module")
+def daemon(start_module_daemon: Callable[..., Daemon]) -> Daemon:
+    """One daemon (history "auto") for the tests below that take it: each makes and
+    forks sessions of its own. The other modes start their own."""
+    return start_module_daemon(reference_with("auto"))
 
 
 def store(daemon: Daemon, session: str) -> Path:

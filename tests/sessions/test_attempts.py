@@ -25,9 +25,16 @@ from gitrepos import index_state, make_repo, tree_state
 SECOND = {"command": [sys.executable, "-m", "cairnd.agents.reference"]}
 
 
+@pytest.fixture(scope="module")
+def daemon(start_module_daemon: Callable[..., Daemon]) -> Daemon:
+    """A daemon with a second agent profile beside the reference one, shared by the tests
+    that take it: each makes a repository and sessions of its own."""
+    return start_module_daemon({"agents": {"second": SECOND}})
+
+
 @pytest.fixture
-def daemon(start_daemon: Callable[..., Daemon]) -> Daemon:
-    """A daemon with a second agent profile beside the reference one."""
+def own_daemon(start_daemon: Callable[..., Daemon]) -> Daemon:
+    """The same, for a test that counts every session the daemon has."""
     return start_daemon({"agents": {"second": SECOND}})
 
 
@@ -156,7 +163,8 @@ def test_check_is_confined_as_the_agent_is(daemon, tmp_path: Path):
 
 
 @pytest.mark.slow
-def test_check_on_a_deleted_session_and_bad_attempts_fail_naming_the_value(daemon, tmp_path: Path):
+def test_check_on_a_deleted_session_and_bad_attempts_fail_naming_the_value(own_daemon, tmp_path: Path):
+    daemon = own_daemon
     session, _repo = two_turns(daemon, tmp_path)
     unknown = daemon.request({"kind": "fork", "session": session, "user_message_index": 1,
                               "agents": ["reference", "nosuch"]})
