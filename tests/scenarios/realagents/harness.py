@@ -8,6 +8,7 @@ answers permission requests the way cairnd does by default (`allow_once`).
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
@@ -84,12 +85,20 @@ def _installed() -> bool:
 
 def ensure_agents_installed() -> str | None:
     """Install node_modules when missing or from older pins. Returns why real agents
-    can't run, or None."""
+    can't run, or None. One process at a time (a lock on this folder): the test
+    workers of a parallel run may all get here first."""
     if _installed():
         return None
     if shutil.which("node") is None or shutil.which("npm") is None:
         return "node/npm not installed"
-    result = npm_install()
+    folder = os.open(REALAGENTS_DIR, os.O_RDONLY)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
+        if _installed():  # another process installed them while this one waited
+            return None
+        result = npm_install()
+    finally:
+        os.close(folder)  # and the lock with it
     if result.returncode != 0 or not _installed():
         return f"npm install failed: {result.stderr.strip()[-500:]}"
     return None
