@@ -188,9 +188,12 @@ def test_cancel_and_kill_mid_turn_then_the_session_goes_on(tmp_path: Path, anthr
     texts = daemonkit.agent_text_by_turn(frames)
     assert "Wrote a.txt." in texts[0] and "Wrote b.txt." in texts[2] and "Wrote c.txt." in texts[4]
     assert "Wrote" not in texts[1] + texts[3]
-    # Three agent processes, one Claude session: restarts resume it natively.
+    # At least three agent processes (the first, one after the cancel, one after the kill;
+    # Claude Code's process has been seen to exit on its own between turns under load,
+    # and cairnd starts it again the same way), one Claude session: restarts resume it natively.
     sdk_sessions = daemonkit.entries(frames, "_posthog/sdk_session")
-    assert len(sdk_sessions) == 3 and len({s["sdkSessionId"] for s in sdk_sessions}) == 1
-    assert [s["history"] for s in sdk_sessions] == ["none", "resume", "resume"]
+    runs = len(sdk_sessions)
+    assert runs >= 3 and len({s["sdkSessionId"] for s in sdk_sessions}) == 1
+    assert [s["history"] for s in sdk_sessions] == ["none"] + ["resume"] * (runs - 1)
     assert [f.method for f in frames if f.method in ("session/new", "session/load", "session/resume")] == [
-        "session/new", "session/resume", "session/resume"]
+        "session/new"] + ["session/resume"] * (runs - 1)
