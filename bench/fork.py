@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from cairnd.git import worktree as gitworktree
 from cairnd.state.layout import StateLayout
 from cairnd.sessions.forker import fork_session
 from cairnd.git.run import CHECKOUT
@@ -31,27 +32,27 @@ from cairnd.sessionlog.file import iter_lines
 from cairnd.state.registry import Registry
 from daemonkit import SpoolClient, running_daemon
 from measure import Row, command_of, main, median, ms, ratio, target_text
-from synth import dirty, git, repo
+from synth import dirty, git, repo, vault_env
 
 _MAX_FILE = 64 << 20
 
 
 def _by_hand(repo_path: Path, target: Path, head: str, worktree_sha: str, index_tree: str,
-             log: Path, prefix: int, log_copy: Path) -> None:
-    git(repo_path, "worktree", "add", "-q", "--detach", target, head)
-    git(target, "read-tree", "-u", "-m", "HEAD", f"{worktree_sha}^{{tree}}")
-    git(target, "read-tree", "-m", index_tree)
+             log: Path, prefix: int, log_copy: Path, env: dict[str, str]) -> None:
+    git(repo_path, "worktree", "add", "-q", "--detach", target, head, env=env)
+    git(target, "read-tree", "-u", "-m", "HEAD", f"{worktree_sha}^{{tree}}", env=env)
+    git(target, "read-tree", "-m", index_tree, env=env)
     with open(log_copy, "wb") as out:
         subprocess.run(["head", "-c", str(prefix), str(log)], stdout=out, check=True)
 
 
 def _by_hand_best(repo_path: Path, target: Path, head: str, worktree_sha: str, index_tree: str,
-                  log: Path, prefix: int, log_copy: Path) -> None:
+                  log: Path, prefix: int, log_copy: Path, env: dict[str, str]) -> None:
     """The fastest way by hand known here (and cairnd's own): no checkout of HEAD first,
     the snapshot's files written once by git's parallel checkout, then the index."""
-    git(repo_path, "worktree", "add", "-q", "--no-checkout", "--detach", target, head)
-    git(target, *CHECKOUT, "read-tree", "--reset", "-u", worktree_sha)
-    git(target, "read-tree", "-m", index_tree)
+    git(repo_path, "worktree", "add", "-q", "--no-checkout", "--detach", target, head, env=env)
+    git(target, *CHECKOUT, "read-tree", "--reset", "-u", worktree_sha, env=env)
+    git(target, "read-tree", "-m", index_tree, env=env)
     with open(log_copy, "wb") as out:
         subprocess.run(["head", "-c", str(prefix), str(log)], stdout=out, check=True)
 
@@ -84,22 +85,25 @@ def _one_size(files: int, repeat: int, root: Path, command: str) -> list[Row]:
         assert parent is not None
         scratch = root / f"by-hand-{files}"
         scratch.mkdir()
+        objects = vault_env(root / f"state-{files}")  # by hand, git reads the checkpoints where cairnd keeps them
         for attempt in range(repeat + 1):  # the first round warms caches and is not counted
             target = scratch / f"wt{attempt}"
             started = time.perf_counter()
-            _by_hand(source, target, head, worktree_sha, index_tree, log, point.offset, scratch / f"log{attempt}")
+            _by_hand(source, target, head, worktree_sha, index_tree, log, point.offset, scratch / f"log{attempt}",
+                     objects)
             took_floor = time.perf_counter() - started
             _remove_worktree(source, target)
 
             started = time.perf_counter()
-            _by_hand_best(source, target, head, worktree_sha, index_tree, log, point.offset, scratch / f"log{attempt}")
+            _by_hand_best(source, target, head, worktree_sha, index_tree, log, point.offset,
+                          scratch / f"log{attempt}", objects)
             took_best = time.perf_counter() - started
             _remove_worktree(source, target)
 
             started = time.perf_counter()
             forked = fork_session(layout, registry, parent, 1, title=None, request_id=None, max_file_bytes=_MAX_FILE)
             took_library = time.perf_counter() - started
-            _remove_worktree(source, Path(forked["worktree"]))
+            gitworktree.remove_worktree(source, Path(forked["worktree"]))  # with its store
 
             result, took_daemon = client.request({"kind": "fork", "session": session, "user_message_index": 1},
                                                  timeout=600)

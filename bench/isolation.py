@@ -1,10 +1,13 @@
 """What cairnd's git isolation (SPEC 16) costs a turn and a fork: the same work on a
-worktree whose place cairnd recorded (its directories in git's environment, a view of
-cairnd's own with HEAD copied before each command, a conf directory of cairnd's) and on
-one git finds by itself (its `.git` file, the way before), interleaved in one run.
+session worktree as cairnd makes it (a linked worktree of a store of the session's own,
+borrowing from the repository's vault; its directories in git's environment, a view of
+cairnd's own with HEAD copied before each command, a conf directory of cairnd's; the
+store's new objects copied into the vault before cairnd reads the files) and on a
+linked worktree of the user's repository that git finds by itself (its `.git` file,
+the way before), interleaved in one run.
 
 - turn: a full snapshot (`git.snapshot`) after one file changed;
-- fork: a linked worktree made and filled (`worktree.add_worktree`), then removed.
+- fork: a worktree made and filled (`worktree.add_worktree`), then removed.
 """
 
 from __future__ import annotations

@@ -23,18 +23,19 @@ from pathlib import Path
 from cairnd.git.run import CHECKOUT
 from daemonkit import SpoolClient, running_daemon
 from measure import Row, command_of, main, median, ms, ratio, target_text
-from synth import dirty, git, git_text, repo
+from synth import dirty, git, git_text, repo, vault_env
 
 
-def _by_hand(source: Path, worktree: Path, target: Path, now_sha: str, checkpoint_sha: str) -> float:
+def _by_hand(source: Path, worktree: Path, target: Path, now_sha: str, checkpoint_sha: str,
+             objects: dict[str, str]) -> float:
     """A rewind's two worktree writes with git's own commands, timed: the current state
     into a new worktree, then the checkpoint's files into the session's own (through a
     scratch index that knows every current file, so files the checkpoint lacks go).
     Then, untimed, the session's files are put back and the worktree removed."""
-    scratch = {"GIT_INDEX_FILE": str(target.parent / "scratch.index")}
+    scratch = {"GIT_INDEX_FILE": str(target.parent / "scratch.index"), **objects}
     started = time.perf_counter()
     git(source, "worktree", "add", "-q", "--no-checkout", "--detach", target, "HEAD")
-    git(target, *CHECKOUT, "read-tree", "--reset", "-u", now_sha)
+    git(target, *CHECKOUT, "read-tree", "--reset", "-u", now_sha, env=objects)
     git(worktree, "read-tree", now_sha, env=scratch)
     git(worktree, *CHECKOUT, "read-tree", "--reset", "-u", checkpoint_sha,
         env=scratch)
@@ -65,7 +66,8 @@ def _one_size(files: int, repeat: int, root: Path, command: str) -> list[Row]:
                                timeout=600)
             now_sha = second["checkpoint"]["worktreeSha"]
 
-            took_hand = _by_hand(source, worktree, root / "by-hand" / "wt", now_sha, checkpoint_sha)
+            took_hand = _by_hand(source, worktree, root / "by-hand" / "wt", now_sha, checkpoint_sha,
+                                 vault_env(root / f"state-{files}"))  # git reads checkpoints where cairnd keeps them
 
             fork, took_fork = client.request({"kind": "fork", "session": session, "user_message_index": 1},
                                              timeout=600)

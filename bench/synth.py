@@ -148,3 +148,10 @@ def shaped_repo(files: int) -> Path:
 
 def shaped_paths(repo_path: Path) -> list[str]:
     return (repo_path / ".bench-paths").read_text().splitlines()
+
+
+def vault_env(state: Path) -> dict[str, str]:
+    """What lets plain git read checkpoints' objects, which live in the vaults cairnd keeps
+    under the state directory `state` (SPEC 16): their objects as alternates."""
+    dirs = sorted(str(p) for p in (Path(state) / "git" / "vaults").glob("*/objects"))
+    return {"GIT_ALTERNATE_OBJECT_DIRECTORIES": ":".join(dirs)} if dirs else {}

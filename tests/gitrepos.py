@@ -229,3 +229,57 @@ def list_worktrees(repo: Path) -> list[Path]:
             continue
         trees.append(Path(os.fsdecode(fields[0][len(b"worktree "):])))
     return trees
+
+
+def vault_of(state: Path, repo: Path) -> Path:
+    """The vault cairnd keeps for `repo` under the state directory `state` (SPEC 16),
+    found by the source it names: where its checkpoints' refs and objects are."""
+    common = Path(git_text(repo, "rev-parse", "--path-format=absolute", "--git-common-dir"))
+    for source in sorted((state / "git" / "vaults").glob("*/cairnd-source")):
+        if Path(source.read_text().strip()) == common.resolve():
+            return source.parent
+    raise AssertionError(f"no vault for {repo} under {state}")
+
+
+def checkpoint_refs(state: Path, repo: Path, prefix: str = "refs/cairnd/") -> dict[str, str]:
+    """Checkpoint refs under `prefix` (name -> object id), read from `repo`'s vault."""
+    out = git_text(vault_of(state, repo), "for-each-ref", "--format=%(refname) %(objectname)", prefix.rstrip("/"))
+    return dict(line.split(" ") for line in out.splitlines())
+
+
+def vault_or_none(state: Path, repo: Path) -> Path | None:
+    try:
+        return vault_of(state, repo)
+    except AssertionError:
+        return None
+
+
+def worktree_list(git_dir_or_repo: Path) -> list[tuple[Path, bool]]:
+    """(worktree, prunable) of every non-bare worktree `git worktree list` names."""
+    out = git_text(git_dir_or_repo, "worktree", "list", "--porcelain")
+    trees = []
+    for block in out.split("\n\n"):
+        lines = block.splitlines()
+        if not lines or not lines[0].startswith("worktree ") or "bare" in lines:
+            continue
+        trees.append((Path(lines[0][len("worktree "):]).resolve(), any(l.startswith("prunable") for l in lines)))
+    return trees
+
+
+def session_worktrees(state: Path, repo: Path) -> list[tuple[Path, bool]]:
+    """Every worktree git knows of for `repo`: its own and those of the sessions' stores
+    in its vault (each a linked worktree of a store of its own), (path, prunable) each."""
+    found = worktree_list(repo)
+    vault = vault_or_none(state, repo)
+    for store in sorted((vault / "stores").iterdir()) if vault is not None and (vault / "stores").is_dir() else []:
+        found += worktree_list(store)
+    return found
+
+
+def cairnd_refs(state: Path, repo: Path, prefix: str = "refs/cairnd/") -> list[str]:
+    """Names of checkpoint refs under `prefix`, in `repo`'s vault and (an older cairnd's) in `repo`."""
+    names = git_text(repo, "for-each-ref", "--format=%(refname)", prefix).split()
+    vault = vault_or_none(state, repo)
+    if vault is not None:
+        names += git_text(vault, "for-each-ref", "--format=%(refname)", prefix).split()
+    return sorted(set(names))

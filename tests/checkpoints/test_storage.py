@@ -173,21 +173,22 @@ def test_the_daemon_collects_at_start_and_packs_refs_in_the_background(repo: Pat
     (its daily collection runs at start); and turns past the pack threshold leave the
     refs packed without any turn waiting for it."""
     from daemonproc import Daemon
+    from gitrepos import checkpoint_refs, vault_of
 
     daemon = Daemon(tmp_path / "state", {"keep_deleted_days": 0}).start()
     try:
         gone = daemon.ok({"kind": "new", "repo": str(repo)})["session"]
         daemon.ok({"kind": "delete", "session": gone})
-        assert gitrefs.list_refs(repo, f"refs/cairnd/{gone}/") == {}  # at once
+        assert checkpoint_refs(daemon.state, repo, f"refs/cairnd/{gone}/") == {}  # at once
         assert (daemon.state / "sessions" / gone / "log.ndjson").exists()  # until gc
         live = daemon.ok({"kind": "new", "repo": str(repo)})["session"]
         for turn in range(55):
             daemon.ok({"kind": "prompt", "session": live, "text": f"write t.txt: {turn}"})
         deadline = time.monotonic() + 60
-        while count_loose_refs(repo / ".git") >= 50:
+        while count_loose_refs(vault_of(daemon.state, repo)) >= 50:
             assert time.monotonic() < deadline, "the background never packed the refs"
             time.sleep(0.1)
-        assert len(gitrefs.list_refs(repo, f"refs/cairnd/{live}/")) == 56
+        assert len(checkpoint_refs(daemon.state, repo, f"refs/cairnd/{live}/")) == 56
     finally:
         assert daemon.stop() == 0
     daemon.start()

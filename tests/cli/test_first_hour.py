@@ -19,7 +19,7 @@ import orjson
 import pytest
 
 from daemonproc import Daemon
-from gitrepos import git_text
+from gitrepos import git_text, vault_of
 
 CAIRND = Path(sys.executable).parent / "cairnd"
 if not CAIRND.exists():
@@ -65,10 +65,11 @@ def test_turn_n_is_what_at_n_and_land_turn_n_name(shared: Daemon, repo: Path):
     assert first is not None, out
     assert first.group(1) == "1"
     ref = f"refs/cairnd/{session}/1"
-    assert git_text(repo, "rev-parse", "--short=7", ref) == first.group(2)  # the checkpoint after turn 1
+    vault = vault_of(shared.state, repo)  # checkpoints live in the repository's vault
+    assert git_text(vault, "rev-parse", "--short=7", ref) == first.group(2)  # the checkpoint after turn 1
     assert git_text(repo, "rev-parse", "--short=7", "HEAD") == first.group(3)
-    assert git_text(repo, "log", "-1", "--format=%s", ref) == f"cairnd checkpoint {session} after turn 1"
-    assert git_text(repo, "log", "-1", "--format=%s", f"refs/cairnd/{session}/0") == \
+    assert git_text(vault, "log", "-1", "--format=%s", ref) == f"cairnd checkpoint {session} after turn 1"
+    assert git_text(vault, "log", "-1", "--format=%s", f"refs/cairnd/{session}/0") == \
         f"cairnd checkpoint {session} at the start"
     second = ok(shared, "prompt", session, "write b.txt: two\ncommit: add two")
     assert re.search(rf"^session {session} turn 2: end_turn; checkpoint \w{{7}}, HEAD \w{{7}} \(clean\)$", second,

@@ -19,7 +19,7 @@ import orjson
 import pytest
 
 from daemonproc import Daemon
-from gitrepos import git_text, make_repo
+from gitrepos import git_text, make_repo, session_worktrees
 
 PASSWD = Path("/etc/passwd")
 
@@ -339,8 +339,7 @@ def assert_untouched(daemon: Daemon, ctx: Context, passwd_before: tuple[bytes, i
     # No new request made anything: the one live session is all there is.
     assert sorted(os.listdir(daemon.state / "sessions")) == [ctx.session]
     assert sorted(os.listdir(daemon.state / "worktrees")) == [ctx.session]
-    worktrees = git_text(ctx.repo, "worktree", "list", "--porcelain").count("worktree ")
-    assert worktrees == 2
+    assert len(session_worktrees(daemon.state, ctx.repo)) == 2  # the repository's and the session's
     assert git_text(ctx.repo, "for-each-ref", "--format=%(refname)", "refs/heads").split() == ["refs/heads/main"]
     assert os.listdir(daemon.spool / "cur") == []
     assert "Traceback" not in daemon.stderr()

@@ -21,7 +21,7 @@ import pytest
 from cairnd.sessionlog.entries import method_of, parse_message
 from cairnd.sessionlog.file import iter_lines
 from daemonproc import Daemon
-from gitrepos import env as git_env
+from gitrepos import env as git_env, vault_of
 from gitrepos import make_repo, tree_state
 from test_crash import CHECKPOINT, audit, wait_all
 
@@ -189,7 +189,7 @@ class Load:
             problems.append(f"{where}: starts from {fork['worktreeSha']}, the cut's checkpoint is "
                             f"{checkpoint['worktreeSha']}")
         on_disk = tree_state(Path(fork["worktree"]))
-        in_checkpoint = commit_files(self.repo, checkpoint["worktreeSha"])
+        in_checkpoint = commit_files(vault_of(self.daemon.state, self.repo), checkpoint["worktreeSha"])
         if on_disk != in_checkpoint:
             differ = sorted(set(on_disk) ^ set(in_checkpoint) | {
                 p for p in set(on_disk) & set(in_checkpoint) if on_disk[p] != in_checkpoint[p]})

@@ -36,7 +36,7 @@ import pytest
 from cairnd.sessionlog.entries import method_of, parse_message
 from cairnd.sessionlog.file import iter_lines
 from daemonproc import Daemon
-from gitrepos import commit_all, git, git_text, make_repo
+from gitrepos import cairnd_refs, commit_all, git, git_text, make_repo, session_worktrees, vault_of, vault_or_none
 
 TURN_START = "_cairnd/turn_start"
 TURN_COMPLETE = "_posthog/turn_complete"
@@ -321,7 +321,7 @@ def audit(state: Path, repo: Path, requests: dict[str, dict[str, Any]] | None) -
     for sid in sorted(os.listdir(worktrees_dir) if worktrees_dir.exists() else []):
         if sid not in ready:
             problem(f"worktrees/{sid} belongs to no ready session")
-    listed = worktree_list(repo)
+    listed = session_worktrees(state, repo)
     linked = {path for path, _prunable in listed if path != repo.resolve()}
     for path, prunable in listed:
         if prunable:
@@ -331,12 +331,14 @@ def audit(state: Path, repo: Path, requests: dict[str, dict[str, Any]] | None) -
         problem(f"git worktree {path} belongs to no ready session")
     for path in sorted(wanted - linked):
         problem(f"ready session's worktree {path} is not in git worktree list")
-    refs = git_text(repo, "for-each-ref", "--format=%(refname)", "refs/cairnd/").split()
+    refs = cairnd_refs(state, repo)
     for ref in refs:
         owner = ref.split("/")[2]
         if owner not in ready:
             problem(f"{ref} belongs to no ready session")
-    lock_files = [p for p in (git_common_dir(repo) / "refs").rglob("*.lock")]
+    vault = vault_or_none(state, repo)
+    lock_files = [p for where in (git_common_dir(repo), vault) if where is not None
+                  for p in (where / "refs").rglob("*.lock")]
     if lock_files:
         problem(f"ref lock files left behind: {lock_files[:3]}")
 
@@ -475,17 +477,6 @@ def walk_turns(session: str, log: Path, problem) -> list[tuple[str | None, int, 
     return turns
 
 
-def worktree_list(repo: Path) -> list[tuple[Path, bool]]:
-    out = git_text(repo, "worktree", "list", "--porcelain")
-    trees = []
-    for block in out.split("\n\n"):
-        lines = block.splitlines()
-        if not lines or not lines[0].startswith("worktree "):
-            continue
-        trees.append((Path(lines[0][len("worktree "):]).resolve(), any(l.startswith("prunable") for l in lines)))
-    return trees
-
-
 def git_common_dir(repo: Path) -> Path:
     return Path(git_text(repo, "rev-parse", "--path-format=absolute", "--git-common-dir"))
 
@@ -577,7 +568,7 @@ def test_a_half_made_fork_left_by_a_crash_is_removed(tmp_path: Path):
     git(repo, "worktree", "add", "--detach", str(worktree), "HEAD")
     (daemon.state / "sessions" / half).mkdir()
     (daemon.state / "sessions" / half / ".log.ndjson.tmp").write_bytes(b'{"type":"notification"')
-    git(repo, "update-ref", f"refs/cairnd/{half}/0", parent["headSha"])
+    git(vault_of(daemon.state, repo), "update-ref", f"refs/cairnd/{half}/0", parent["headSha"])
     with sqlite3.connect(daemon.state / "cairnd.db") as db:
         db.execute(
             "INSERT INTO sessions (id, state, title, repo, worktree, in_place, agent, parent_id, root_id, turns,"
@@ -711,7 +702,7 @@ def test_temporary_files_a_crash_left_are_removed_at_start(tmp_path: Path):
 
 
 def checkpoint_files(repo: Path, params: dict[str, Any]) -> dict[str, bytes]:
-    """The files a checkpoint holds, read back from its worktreeSha."""
+    """The files a checkpoint holds, read back from its worktreeSha in `repo` (the vault)."""
     names = git(repo, "ls-tree", "-r", "-z", "--name-only", params["worktreeSha"]).split(b"\0")
     return {name.decode(): git(repo, "cat-file", "blob", f"{params['worktreeSha']}:{name.decode()}")
             for name in names if name}
@@ -743,15 +734,15 @@ def test_a_kill_between_a_change_and_its_checkpoint_loses_no_change(tmp_path: Pa
         log = daemon.state / "sessions" / session / "log.ndjson"
         entries = [parse_message(line) for _offset, line in iter_lines(log)]
         recovered = [e["params"] for e in entries if method_of(e) == CHECKPOINT][-1]
-        assert checkpoint_files(repo, recovered) == worktree_files(worktree)
-        assert {"a.txt", "b.txt", "c.txt"} <= set(checkpoint_files(repo, recovered))
+        assert checkpoint_files(vault_of(daemon.state, repo), recovered) == worktree_files(worktree)
+        assert {"a.txt", "b.txt", "c.txt"} <= set(checkpoint_files(vault_of(daemon.state, repo), recovered))
         third = daemon.ok({"kind": "prompt", "session": session, "text": "write d.txt: four"})["checkpoint"]
-        assert checkpoint_files(repo, third) == worktree_files(worktree)
+        assert checkpoint_files(vault_of(daemon.state, repo), third) == worktree_files(worktree)
         (worktree / "e.txt").write_text("by hand, while the watch is on\n")
         os.unlink(worktree / "a.txt")
         fourth = daemon.ok({"kind": "prompt", "session": session, "text": "append d.txt: more"})["checkpoint"]
-        assert checkpoint_files(repo, fourth) == worktree_files(worktree)
-        assert fourth["dirty"] is True and "a.txt" not in checkpoint_files(repo, fourth)
+        assert checkpoint_files(vault_of(daemon.state, repo), fourth) == worktree_files(worktree)
+        assert fourth["dirty"] is True and "a.txt" not in checkpoint_files(vault_of(daemon.state, repo), fourth)
         fifth = daemon.ok({"kind": "prompt", "session": session, "text": "nothing to do"})["checkpoint"]
         assert fifth["worktreeSha"] == fourth["worktreeSha"]  # nothing changed: the same snapshot
     finally:

@@ -24,7 +24,7 @@ import pytest
 
 from cairnd.errors import internal_error_text
 from daemonproc import Daemon
-from gitrepos import git_text
+from gitrepos import cairnd_refs, git_text, session_worktrees, vault_of
 from test_crash import audit, eventually, restart
 
 
@@ -78,11 +78,11 @@ def error_lines(daemon: Daemon) -> list[str]:
     return [line for line in daemon.stderr().splitlines() if line.startswith("<3>")]
 
 
-def wait_error_line(daemon: Daemon, needle: str, timeout: float = 30) -> str:
+def wait_error_line(daemon: Daemon, needle: str, timeout: float = 30, levels: tuple[str, ...] = ("<3>",)) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for line in error_lines(daemon):
-            if needle in line:
+        for line in daemon.stderr().splitlines():
+            if line.startswith(levels) and needle in line:
                 return line
         time.sleep(0.02)
     raise AssertionError(f"no error line with {needle!r}: {daemon.stderr()[-3000:]}")
@@ -228,11 +228,14 @@ def test_a_turn_whose_end_finds_the_disk_full_is_closed_before_the_next_one(tmp_
         filler = daemon.state / "worktrees" / session / repo.name / "filler"
         chatter = "\n".join(f"filling {n}" for n in range(40))
         rid = daemon.drop({"kind": "prompt", "session": session, "text": f"run: cat /dev/zero > filler\n{chatter}"})
-        wait_error_line(daemon, f"[request={rid} ")
+        # What refuses first: the turn's end in the log, or the checkpoint's objects in the
+        # vault (on the same full disk); either way the request fails saying so.
+        wait_error_line(daemon, f"[request={rid} ", levels=("<3>", "<4>"))
         assert daemon.proc is not None and daemon.proc.poll() is None, daemon.stderr()[-3000:]
         filler.unlink()
         failed = daemon.wait(rid, timeout=60)
-        assert failed["status"] == "error" and "is full" in failed["error"]["message"], failed
+        message = failed["error"]["message"] if failed["status"] == "error" else ""
+        assert "is full" in message or "No space left on device" in message, failed
         # The turn that began is recorded as interrupted; the next one has the next number.
         after = daemon.ok({"kind": "prompt", "session": session, "text": "append log.txt: after"})
         stop(daemon)
@@ -300,7 +303,8 @@ def test_a_write_the_disk_refused_is_worded_as_a_full_disk_once_room_is_made(tmp
 
 
 def assert_no_trace(daemon: Daemon, repo: Path, before: dict[str, set[str]]) -> None:
-    """Nothing new in sessions/, worktrees/, refs/cairnd/, git's worktree list or the database."""
+    """Nothing new in sessions/, worktrees/, refs/cairnd/, the sessions' stores, git's worktree
+    lists or the database."""
     assert now(daemon, repo) == before
 
 
@@ -312,8 +316,9 @@ def now(daemon: Daemon, repo: Path) -> dict[str, set[str]]:
     return {
         "sessions": set(os.listdir(daemon.state / "sessions")),
         "worktrees": set(os.listdir(worktrees)) if worktrees.is_dir() else {"<not a directory>"},
-        "refs": set(git_text(repo, "for-each-ref", "--format=%(refname)", "refs/cairnd/").split()),
-        "git worktrees": set(git_text(repo, "worktree", "list", "--porcelain").split("\n\n")),
+        "refs": set(cairnd_refs(daemon.state, repo)),
+        "git worktrees": {str(path) for path, _ in session_worktrees(daemon.state, repo)},
+        "stores": {str(p) for p in (daemon.state / "git" / "vaults").glob("*/stores/*")},
         "rows": rows,
         "forks": forks,
     }
@@ -324,9 +329,9 @@ def test_a_fork_whose_files_cannot_be_read_from_git_leaves_no_trace(daemon: Daem
     daemon.ok({"kind": "prompt", "session": session, "text": "hello"})
     proc = subprocess.run(["git", "hash-object", "--stdin"], cwd=repo, input=b"only here 8c1f\n", capture_output=True)
     blob = proc.stdout.decode().strip()
-    loose = Path(git_text(repo, "rev-parse", "--path-format=absolute", "--git-common-dir")) / "objects" / blob[:2] / blob[2:]
+    loose = vault_of(daemon.state, repo) / "objects" / blob[:2] / blob[2:]  # where checkpoints' objects are
     assert loose.exists()
-    loose.unlink()  # the checkpoint's tree names a blob the repository no longer has
+    loose.unlink()  # the checkpoint's tree names a blob the vault no longer has
     before = now(daemon, repo)
     result = daemon.request({"kind": "fork", "session": session, "user_message_index": 1})
     assert result["status"] == "error" and result["error"]["code"] in ("git_failed", "commit_missing"), result

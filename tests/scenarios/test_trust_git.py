@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from daemonproc import Daemon
-from gitrepos import git_text, make_repo
+from gitrepos import git_text, make_repo, vault_of
 
 REFERENCE = [sys.executable, "-m", "cairnd.agents.reference"]
 
@@ -86,7 +86,7 @@ def test_cairnds_git_runs_nothing_the_agent_wrote(daemon: Daemon, place: dict[st
     after = last_checkpoint(daemon, sid)
     assert not (marks / "gitfile").exists()
     assert after["headSha"] == head and after["dirty"]
-    files = git_text(place["repo"], "ls-tree", "-r", "--name-only", after["worktreeSha"]).split()
+    files = git_text(vault_of(daemon.state, place["repo"]), "ls-tree", "-r", "--name-only", after["worktreeSha"]).split()
     assert "one.txt" in files
 
     # 2. The worktree record's `commondir` pointed at a git dir of the agent's.
@@ -98,7 +98,7 @@ def test_cairnds_git_runs_nothing_the_agent_wrote(daemon: Daemon, place: dict[st
            ' && echo "$F" > "$(git rev-parse --path-format=absolute --git-dir)/commondir"',
            "echo two > two.txt")
     assert not (marks / "commondir").exists()
-    assert "two.txt" in git_text(place["repo"], "ls-tree", "-r", "--name-only",
+    assert "two.txt" in git_text(vault_of(daemon.state, place["repo"]), "ls-tree", "-r", "--name-only",
                                  last_checkpoint(daemon, other["session"])["worktreeSha"]).split()
 
     # 3. The user's global git config (both of its files), where the agent could write it.
@@ -124,7 +124,7 @@ def test_cairnds_git_runs_nothing_the_agent_wrote(daemon: Daemon, place: dict[st
            "echo '* filter=evil diff=evil' > .gitattributes", "echo four > four.txt")
     checkpoint = last_checkpoint(daemon, own["session"])
     assert not (marks / "in_place").exists()
-    assert "four.txt" in git_text(place["own"], "ls-tree", "-r", "--name-only", checkpoint["worktreeSha"]).split()
+    assert "four.txt" in git_text(vault_of(daemon.state, place["own"]), "ls-tree", "-r", "--name-only", checkpoint["worktreeSha"]).split()
     # cairnd diff, from the command line, of the files the filter names.
     shown = subprocess.run([sys.executable, "-m", "cairnd", "-c", str(daemon.config), "diff", own["session"]],
                            capture_output=True, text=True, env={**os.environ, "HOME": str(home)}, check=True)

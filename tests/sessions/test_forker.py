@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from cairnd.git import places
+
 from cairnd.git import run as cgit
 from cairnd.git import refs as gitrefs
 from cairnd.git import snapshot as gitsnapshot
@@ -24,7 +26,7 @@ from cairnd.sessionlog.forkpoint import find_fork_point
 from cairnd.sessionlog.entries import cairnd_entry, envelope_line, method_of, parse_message
 from cairnd.sessionlog.file import iter_lines
 from cairnd.state.registry import Registry
-from gitrepos import commit_all, git_text, index_state, list_worktrees, make_repo, tree_state, write
+from gitrepos import commit_all, git, git_text, index_state, list_worktrees, make_repo, tree_state, write
 from logsamples import agent_chunk, checkpoint, prompt_request, prompt_response, turn_complete, user_chunk
 
 CAP = 1 << 20
@@ -51,6 +53,11 @@ class Parent:
                                     in_place=not linked,
                                     agent="reference", parent_id=None, root_id=self.id, turns=0, request_id=None)
         self.registry.commit_session(self.id, {"session": self.id})
+        # As the daemon does when it makes a session: where its git state is, recorded
+        # before anything runs there (its checkpoints then go to the repository's vault).
+        dirs = places.discover(self.repo)
+        places.register(self.repo, dirs.git_dir, dirs.common_dir, places.root_of(self.layout.root))
+        self.registry.set_git_dirs(self.id, dirs.git_dir, dirs.common_dir)
         self.log = self.layout.log_path(self.id)
         self.log.parent.mkdir(parents=True)
         self.turns = 0
@@ -92,7 +99,7 @@ def parent(tmp_path: Path) -> Parent:
     p.turn("edit a", lambda: write(p.repo, "a.txt", "a1\n"))
     p.turn("commit and add untracked", lambda: (commit_all(p.repo, "c1"), write(p.repo, "new dir/ü.bin", b"\0\1\2"),
                                                 write(p.repo, "debug.log", "ignored\n")))
-    p.turn("stage and delete", lambda: (write(p.repo, "a.txt", "a2\n"), cgit.output(p.repo, "add", "a.txt"),
+    p.turn("stage and delete", lambda: (write(p.repo, "a.txt", "a2\n"), git(p.repo, "add", "a.txt"),
                                         write(p.repo, "a.txt", "a3\n"), os.remove(p.repo / "keep.txt")))
     return p
 
@@ -299,7 +306,7 @@ def test_a_checkpoints_staged_index_outlives_gc_and_forks_exactly(parent: Parent
     assert staged["indexTree"] not in (cgit.tree_of(parent.repo, staged["headSha"]),
                                        cgit.tree_of(parent.repo, staged["worktreeSha"]))
     # The next turn stages everything, so the live index no longer holds the staged blob.
-    parent.turn("stage the rest", lambda: (cgit.output(parent.repo, "add", "-A"), write(parent.repo, "b.txt", "b\n")))
+    parent.turn("stage the rest", lambda: (git(parent.repo, "add", "-A"), write(parent.repo, "b.txt", "b\n")))
     subprocess.run(["git", "gc", "--prune=now", "-q"], cwd=parent.repo, check=True)
     result = parent.fork(3)
     files, index = parent.states[3]

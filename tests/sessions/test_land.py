@@ -10,7 +10,7 @@ import pytest
 
 from cairnd.errors import CairnError
 from cairnd.sessions.land import decide, default_message, land
-from gitrepos import commit_all, git, git_dir, git_text, tree_of, write
+from gitrepos import commit_all, git, git_dir, git_text, tree_of, vault_of, write
 from test_forker import Parent
 
 
@@ -44,7 +44,7 @@ def test_new_branch_then_fast_forward_then_refusal_then_force(parent: Parent):
     first = land(parent.layout, parent.row, "try/one", turn=1)
     cp = checkpoint(parent, 1)
     assert first["previous"] is None and first["parent"] == cp["headSha"]
-    assert tree_of(parent.repo, first["commit"]) == tree_of(parent.repo, cp["worktreeSha"])
+    assert tree_of(parent.repo, first["commit"]) == tree_of(vault_of(parent.layout.root, parent.repo), cp["worktreeSha"])  # a checkpoint: in the vault
     assert git_text(parent.repo, "rev-parse", f"{first['commit']}^") == cp["headSha"]
     assert first["files"] == ["a.txt"]
     assert git_text(parent.repo, "log", "-1", "--format=%B", first["commit"]) == "Plan\n\n- edit a"
@@ -88,7 +88,7 @@ def test_land_again_is_a_fast_forward_on_top_of_the_earlier_land(parent: Parent)
     assert git_text(parent.repo, "rev-parse", f"{second['commit']}^1") == first["commit"]
     cp = checkpoint(parent, 3)
     assert git_text(parent.repo, "rev-parse", f"{second['commit']}^2") == cp["headSha"]  # not held by the tip
-    assert tree_of(parent.repo, second["commit"]) == tree_of(parent.repo, cp["worktreeSha"])
+    assert tree_of(parent.repo, second["commit"]) == tree_of(vault_of(parent.layout.root, parent.repo), cp["worktreeSha"])  # a checkpoint: in the vault
     assert second["files"] == ["b.txt"]  # what changed since the last land
     third = land(parent.layout, parent.row, "pr")
     assert third["unchanged"] is True and third["commit"] == second["commit"]

@@ -21,7 +21,7 @@ from cairnd.sessionlog.entries import method_of, parse_message
 from cairnd.sessionlog.file import iter_lines
 from cairnd.state.registry import Registry
 from cairnd.sessionlog.transcript import session_state
-from gitrepos import commit_all, git, git_text, index_state, symlink, tree_state, write
+from gitrepos import commit_all, git, git_text, index_state, symlink, tree_state, vault_of, write
 from test_forker import CAP, Parent
 
 STEPS = 4  # user messages in the history below
@@ -32,7 +32,7 @@ def history(p: Parent) -> Parent:
     p.turn("edit a", lambda: write(p.repo, "a.txt", "a1\n"))
     p.turn("commit and add untracked", lambda: (commit_all(p.repo, "c1"), write(p.repo, "new dir/ü.bin", b"\0\1\2"),
                                                 write(p.repo, "debug.log", "ignored\n")))
-    p.turn("stage and delete", lambda: (write(p.repo, "a.txt", "a2\n"), cgit.output(p.repo, "add", "a.txt"),
+    p.turn("stage and delete", lambda: (write(p.repo, "a.txt", "a2\n"), git(p.repo, "add", "a.txt"),
                                         write(p.repo, "a.txt", "a3\n"), os.remove(p.repo / "keep.txt"),
                                         symlink(p.repo, "link", "a.txt")))
     p.turn("commit again, binary and mode", lambda: (commit_all(p.repo, "c2"),
@@ -127,8 +127,10 @@ def test_checkpoints_of_the_abandoned_session_survive_gc(parent: Parent):
     baseline = [parse_message(line)["params"] for _, line in iter_lines(abandoned_log)
                 if b"agent_checkpoint" in line][-1]
     assert {baseline["worktreeSha"], baseline["indexTree"]} <= set(pinned.values())
+    vault = vault_of(parent.layout.root, parent.repo)  # where they are: no agent writes there
+    git(vault, "gc", "-q", "--prune=now")
     for sha in shas:
-        git(parent.repo, "cat-file", "-e", f"{sha}^{{tree}}")
+        git(vault, "cat-file", "-e", f"{sha}^{{tree}}")
     abandoned = parent.registry.get(result["abandoned"])
     for j in range(STEPS):
         fork_session(parent.layout, parent.registry, abandoned, j, title=None, request_id=None, max_file_bytes=CAP)
@@ -324,7 +326,7 @@ def test_a_rewind_whose_finish_fails_is_finished_before_the_next_turn(daemon, tm
     (git_dir(worktree) / "HEAD.lock").write_bytes(b"")
     failed = daemon.request({"kind": "rewind", "session": session, "user_message_index": 1})
     assert failed["status"] == "error" and "the rewind is recorded" in failed["error"]["message"], failed
-    (lock,) = (repo / ".git" / "worktrees").glob("*/HEAD.lock")  # moved with the record
+    (lock,) = (daemon.state / "git" / "vaults").glob("*/stores/*/worktrees/*/HEAD.lock")  # moved with the record
     lock.unlink()
     after = daemon.ok({"kind": "prompt", "session": session, "text": "append a.txt: 3"})
     assert after["turn"] == 1

@@ -63,8 +63,11 @@ def state_modes(state: Path) -> dict[Path, int]:
     modes = {state: stat.S_IMODE(state.stat().st_mode)}
     for root, dirs, files in os.walk(state):
         here = Path(root)
-        if here.parent == state / "worktrees":
-            dirs[:] = []  # worktrees/<session>/ is cairnd's; what is in it, the repository's
+        if here.parent in (state / "worktrees", state / "git" / "vaults"):
+            # worktrees/<session>/ and a vault (git/vaults/<key>/, with its sessions' stores)
+            # are cairnd's, made private: what is in them is git's, the agent's and the
+            # repository's, unreachable through them.
+            dirs[:] = []
         for name in dirs + files:
             try:
                 modes[here / name] = stat.S_IMODE((here / name).lstat().st_mode)

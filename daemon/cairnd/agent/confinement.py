@@ -5,11 +5,14 @@ agent is started through the launcher (`cairnd.sandbox`, a program of its own) w
 these paths writable, and no others:
 
 - the session's worktree;
-- the repository's git directory, as much of it as a commit needs: `objects/`, `refs/`,
-  `logs/` and the worktree's own record `worktrees/<name>/` (its HEAD, index and their
-  locks); for a session in the repository's own working tree, the whole git directory.
-  Which directories these are comes from cairnd's registry (`git_dir`, `common_dir`),
-  never from the worktree's `.git`, which the agent can rewrite;
+- its own git state, as much of it as a commit needs: `objects/`, `refs/`, `logs/` of
+  the session's store (`cairnd.git.vault`: a repository of the session's own, so the
+  user's repository, the vault holding the checkpoints and the siblings' stores are
+  out of reach) and the worktree's own record `worktrees/<name>/` there (its HEAD,
+  index and their locks); for a session in the repository's own working tree (in
+  place), the whole git directory. Which directories these are comes from cairnd's
+  registry (`git_dir`, `common_dir`), never from the worktree's `.git`, which the agent
+  can rewrite;
 - the agent's HOME: the session's own (`cairnd.agent.home`, under the state directory),
   never the user's real one;
 - a temporary directory of the session's own, `<state>/tmp/<session>`, given as TMPDIR,
@@ -34,7 +37,7 @@ from cairnd.agent import sandbox
 
 DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty", "/dev/ptmx",
            "/dev/pts", "/dev/shm")
-# The git directory's parts a commit in a linked worktree writes, besides the worktree's own
+# The parts of a session's store a commit in its worktree writes, besides the worktree's own
 # record: new objects, the branch ref (through `<ref>.lock`), and its reflog.
 GIT_SHARED_PARTS = ("objects", "refs", "logs")
 

@@ -119,6 +119,9 @@ def capture(session_id: str, worktree: Path, turns: int, max_file_bytes: int,
     if isinstance(turns, bool) or not isinstance(turns, int) or turns < 0:
         raise ValueError(f"turns must be a non-negative integer, not {turns!r}")
     message = checkpoint_message(session_id, turns)
+    place = places.lookup(Path(worktree))
+    if place is not None:  # the agent's new commits and staged files into the vault first
+        places.sync(place)
     take = snapshot or gitsnapshot.snapshot
     repos = inner.read_map(inner_map) if repos is None else repos
 

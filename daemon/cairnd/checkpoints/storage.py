@@ -51,10 +51,9 @@ class RefKeeper:
     def wrote(self, worktree: Path, refs: int = 1) -> None:
         """A checkpoint pinned `refs` refs in `worktree`'s repository: pack at once when the
         loose refs reach the hard limit (the background is behind)."""
-        dirs = places.dirs_or_none(Path(worktree))
-        if dirs is None:
+        common = gitrefs.home_dir(Path(worktree))  # the vault, where the refs are
+        if common is None:
             return
-        common = dirs.common_dir
         with self._lock:
             if common not in self._loose:
                 self._loose[common] = count_loose_refs(common)
@@ -178,9 +177,7 @@ def repository_figures(rows: list[SessionRow], log_bytes: Any) -> list[dict[str,
                 objects = gitrefs.object_sizes(repo)
                 entry["objects_bytes"] = objects["loose_bytes"] + objects["pack_bytes"]
                 entry["loose_objects"] = objects["loose"]
-                dirs = places.dirs_or_none(repo)
-                common = dirs.common_dir if dirs else repo
-                entry["loose_checkpoint_refs"] = count_loose_refs(common)
+                entry["loose_checkpoint_refs"] = count_loose_refs(gitrefs.home_dir(repo) or repo)
             except Exception as exc:  # noqa: BLE001  status shows what it can
                 entry["error"] = str(exc)
         figures.append(entry)

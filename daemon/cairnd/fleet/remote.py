@@ -31,6 +31,7 @@ import threading
 from pathlib import Path
 
 from cairnd.git import run as git
+from cairnd.git import places
 from cairnd.errors import CairnError
 
 GUARD_HOOK = """#!/bin/sh
@@ -132,6 +133,7 @@ def push_refs(repo: Path, remote: str, refs: dict[str, str], *, git_dir: Path | 
     push from that git directory (an inner repository's store) instead of `repo`'s."""
     if not refs:
         return
+    git_dir = git_dir or places.vault_for(repo)  # checkpoints are in the repository's vault
     env = {"GIT_DIR": str(git_dir)} if git_dir is not None else None
     args = ["push", "--porcelain", "--quiet", remote]
     args += [f"--force-with-lease={name}:" for name in sorted(refs)]
@@ -152,6 +154,7 @@ def fetch_refs(repo: Path, remote: str, refs: list[str] | dict[str, str], *, git
     names, or (a dict) remote name -> local name, into `git_dir` when given (create-only
     locally too: never forced). Returns the remote names it could not find. Blocking."""
     names = dict(refs) if isinstance(refs, dict) else {ref: ref for ref in refs}
+    git_dir = git_dir or places.vault_for(repo)  # into the repository's vault, where checkpoints live
     env = {"GIT_DIR": str(git_dir)} if git_dir is not None else None
     wanted = [ref for ref, local in names.items()
               if git.run(repo, ["rev-parse", "--verify", "--quiet", local], env=env).returncode != 0]

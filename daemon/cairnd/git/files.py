@@ -202,10 +202,10 @@ def write_loose_ref(dirs: GitDirs, name: str, sha: str) -> bool:
         except OSError:
             return False
         try:
-            os.write(fd, sha.encode() + b"\n")
-        finally:
-            os.close(fd)
-        try:
+            try:
+                write_all(fd, sha.encode() + b"\n")
+            finally:
+                os.close(fd)
             os.rename(lock, path)
         except OSError:
             lock.unlink(missing_ok=True)

@@ -24,13 +24,11 @@ a `.git` file in the worktree.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
 import tempfile
 import urllib.parse
-import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -41,8 +39,10 @@ import orjson
 from cairnd.errors import CairnError
 from cairnd.git import files as gitfiles
 from cairnd.git import objects as gitobjects
+from cairnd.git import places
 from cairnd.git import run as git
 from cairnd.git import snapshot as gitsnapshot
+from cairnd.git import vault as vaults
 
 NESTED_STORE = "cairnd-nested"  # under the superproject's common git directory
 SUBMODULE, NESTED = "submodule", "nested"
@@ -229,6 +229,9 @@ def submodules_of(store: Path, work_tree: Path, tree: str, head: str | None = No
     store's `modules/` counts), the commits `tree` records."""
     gitmodules = work_tree / ".gitmodules"
     env = {"GIT_DIR": str(store)}
+    vault = places.vault_of_common(store)  # the superproject's checkpoints are in its vault
+    if vault is not None:
+        env["GIT_ALTERNATE_OBJECT_DIRECTORIES"] = str(vault / "objects")
     if gitmodules.is_file() and not gitmodules.is_symlink():
         source = ["--file", str(gitmodules)]
     elif head is not None:  # deleted from the files (not yet committed): HEAD's says where they are
@@ -344,49 +347,8 @@ def restore_nested(top: Path, states: Sequence[Mapping[str, Any]], store: Path) 
 
 def copy_objects(source: Path, store: Path) -> int:
     """Copy into `store`'s objects what `source` (an objects directory the agent writes)
-    holds and the store lacks: loose objects, each checked against its id, and packs,
-    checked and indexed by `git index-pack`. Returns how many were copied."""
-    copied = 0
-    target = store / "objects"
-    try:
-        fans = [e for e in os.scandir(source) if len(e.name) == 2 and e.is_dir(follow_symlinks=False)]
-    except OSError:
-        return 0
-    for fan in fans:
-        try:
-            names = [e.name for e in os.scandir(fan.path) if len(e.name) == 38 and e.is_file(follow_symlinks=False)]
-        except OSError:
-            continue
-        for name in names:
-            final = target / fan.name / name
-            if final.exists():
-                continue
-            try:
-                data = Path(fan.path, name).read_bytes()
-                raw = zlib.decompress(data)
-            except (OSError, zlib.error):
-                continue  # half-written or not an object: what it would be is not copied
-            if hashlib.sha1(raw).hexdigest() != fan.name + name:
-                continue
-            final.parent.mkdir(parents=True, exist_ok=True)
-            tmp = final.with_name(f"tmp_obj_cairnd_{os.getpid()}_{name}")
-            tmp.write_bytes(data)
-            os.chmod(tmp, 0o444)
-            os.replace(tmp, final)
-            copied += 1
-    try:
-        packs = [e for e in os.scandir(source / "pack") if e.name.endswith(".pack") and e.is_file(follow_symlinks=False)]
-    except OSError:
-        packs = []
-    for pack in packs:
-        if (target / "pack" / pack.name.replace(".pack", ".idx")).exists():
-            continue
-        (target / "pack").mkdir(parents=True, exist_ok=True)
-        with open(pack.path, "rb") as f:
-            proc = git.run(store, ["--git-dir", str(store), "index-pack", "--stdin", "--fix-thin"], input=f.read())
-        if proc.returncode == 0:
-            copied += 1
-    return copied
+    holds and the store lacks, each object checked against its id (`vault.copy_objects`)."""
+    return vaults.copy_objects(source, store, git.git_env())
 
 
 # --------------------------------------------------------------------------- snapshots

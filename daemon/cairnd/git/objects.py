@@ -23,6 +23,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from cairnd.git import places
 from cairnd.git import run as git
 
 IDLE_SECONDS = 30.0  # a repository nobody asked about for this long loses its process
@@ -166,3 +167,19 @@ def _checker_for(repo: Path, stamp: tuple[int, int]) -> tuple[_Checker | None, l
 
 
 atexit.register(close_all)
+
+
+def bring_in(repo: Path, commits: Sequence[str]) -> None:
+    """Copy `commits`, with everything they reach that `repo` lacks, from the vault of
+    `repo`'s repository into the repository itself (before a branch of the user's is
+    moved to one: the user's repository must hold all it names). Nothing when there is
+    no vault. `git fetch` from the vault (cairnd's own repository: its config, no hook)."""
+    vault = places.vault_for(repo)
+    wanted = [c for c in dict.fromkeys(commits) if git.is_object_id(c)]
+    if vault is None or not wanted:
+        return
+    dirs = places.discover(Path(repo))
+    env = {"GIT_DIR": str(dirs.git_dir), "GIT_COMMON_DIR": str(dirs.common_dir)}  # no vault beside it
+    proc = git.run(repo, ["fetch", "--quiet", "--no-tags", "--no-write-fetch-head", str(vault), *wanted], env=env)
+    if proc.returncode != 0:
+        raise git.failure(repo, ["fetch"], proc)

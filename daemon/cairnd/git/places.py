@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from cairnd.git import vault as vaults
 from cairnd.git.files import GitDirs, read_head
 from cairnd.state.privacy import child_umask
 
@@ -116,10 +117,29 @@ class Place:
     common_dir: Path  # objects and refs
     view: Path  # cairnd's GIT_DIR for the tree scope: HEAD alone
     conf: Path  # cairnd's GIT_COMMON_DIR for the tree scope: config, info/, empty refs/
+    vault: Path | None = None  # where its checkpoints' refs and objects go (`vault`): no agent writes it
 
     @property
     def dirs(self) -> GitDirs:
         return GitDirs(self.git_dir, self.common_dir)
+
+    @property
+    def own_store(self) -> bool:
+        """Whether the session's repository is a store of its own (`vault.make_store`),
+        rather than the user's (an `in_place` session, or one an older cairnd made)."""
+        return self.vault is not None and self.common_dir.parent == self.vault / vaults.STORES
+
+    @property
+    def objects(self) -> GitDirs:
+        """Where cairnd writes the session's new objects: its vault, else its repository."""
+        return GitDirs(self.git_dir, self.vault if self.vault is not None else self.common_dir)
+
+    @property
+    def source_common(self) -> Path:
+        """The common git directory of the user's repository the session came from."""
+        if self.own_store and self.vault is not None:
+            return vaults.source_of(self.vault) or self.common_dir
+        return self.common_dir
 
     @property
     def index(self) -> Path:
@@ -136,6 +156,8 @@ _lock = threading.Lock()
 _places: dict[str, Place] = {}
 _sources: weakref.WeakSet[Any] = weakref.WeakSet()
 _discovered: dict[str, GitDirs] = {}
+_roots: list[Path] = []  # the state directories' git roots this process has seen, latest last
+_vaults: dict[str, Path] = {}  # a repository path -> its vault
 
 
 def root_of(state_dir: Path) -> Path:
@@ -147,6 +169,29 @@ def attach(source: PlaceSource) -> None:
     """Let `lookup` find the sessions a registry (`git_place`) knows of."""
     with _lock:
         _sources.add(source)
+    _use_root(root_of(source.path.parent))
+
+
+def use_state(state_dir: Path) -> None:
+    """Let this process find the vaults of a state directory (`vault_for`): every entry
+    point that works on a state directory's sessions calls it (or `attach`)."""
+    _use_root(root_of(Path(state_dir)))
+
+
+def roots() -> list[Path]:
+    """The git roots of the state directories this process has seen, latest first."""
+    with _lock:
+        return list(reversed(_roots))
+
+
+def _use_root(root: Path) -> None:
+    root = Path(root)
+    with _lock:
+        if root in _roots:
+            if _roots[-1] == root:
+                return
+            _roots.remove(root)
+        _roots.append(root)
 
 
 def _key(path: Path) -> str:
@@ -157,12 +202,17 @@ def register(work_tree: Path, git_dir: Path, common_dir: Path, root: Path) -> Pl
     """Record a session's git state (found when cairnd made it, before any agent ran
     there), with its view and conf directories under `root` made if missing."""
     work_tree, git_dir, common_dir = Path(work_tree), Path(git_dir), Path(common_dir)
-    conf = _conf_dir(common_dir, Path(root))
+    _use_root(Path(root))
+    # A store's vault is where cairnd put the store; a session in the user's own
+    # repository (in place, or made by an older cairnd) gets the repository's vault.
+    vault = vaults.vault_of_store(common_dir) or vaults.ensure_vault(Path(root), common_dir, git_env())
+    source = vaults.source_of(vault) if vault.parent.name == vaults.VAULTS and common_dir.parent.name == vaults.STORES else None
+    conf = _conf_dir(source or common_dir, Path(root))
     view = Path(root) / "views" / _key(work_tree)
     if not (view / "HEAD").exists():
         view.mkdir(parents=True, exist_ok=True, mode=0o700)
         _write_file(view / "HEAD", "ref: refs/heads/cairnd-unborn\n")
-    place = Place(work_tree, git_dir, common_dir, view, conf)
+    place = Place(work_tree, git_dir, common_dir, view, conf, vault)
     with _lock:
         _places[str(work_tree)] = place
         _places[os.path.realpath(work_tree)] = place
@@ -226,6 +276,82 @@ def discover(path: Path) -> GitDirs:
     return found
 
 
+def vault_for(path: Path | str) -> Path | None:
+    """The vault of the repository `path` is a session worktree of, or the top of (the
+    user's checkout, or its git directory when bare), when this process has one; None
+    where there is none (checkpoints then live in the repository itself, as before).
+    Costs no git process for a path that is not the top of a repository."""
+    place = lookup(path)
+    if place is not None:
+        return place.vault
+    if not _roots:
+        return None
+    key = os.path.realpath(path)
+    found = _vaults.get(key)
+    if found is not None:
+        return found
+    dot_git = os.path.join(key, ".git")
+    if os.path.isdir(dot_git) and not os.path.islink(dot_git):
+        common = Path(dot_git)  # a main checkout: its git directory is the common one, no git asked
+    elif os.path.lexists(dot_git) or os.path.isfile(os.path.join(key, "HEAD")):
+        dirs = dirs_or_none(Path(path))
+        if dirs is None:
+            return None
+        common = dirs.common_dir
+    else:
+        return None
+    found = vault_of_common(common)
+    if found is not None:
+        _vaults[key] = found
+    return found
+
+
+def vault_of_common(common_dir: Path) -> Path | None:
+    """The vault of the repository whose common git directory is `common_dir`, when this
+    process knows one."""
+    for root in roots():
+        candidate = vaults.vault_dir(root, common_dir)
+        if (candidate / "HEAD").exists():
+            return candidate
+    return None
+
+
+def objects_of(path: Path) -> GitDirs | None:
+    """Where cairnd writes new objects for the worktree at `path`: a session's vault,
+    else its repository's directories (`dirs_or_none`)."""
+    place = lookup(path)
+    if place is not None:
+        return place.objects
+    dirs = dirs_or_none(path)
+    vault = vault_for(path) if dirs is not None else None
+    return GitDirs(dirs.git_dir, vault) if dirs is not None and vault is not None else dirs
+
+
+def source_common(path: Path) -> Path:
+    """The common git directory of the user's repository `path` belongs to: for a
+    session with a store of its own, the repository it came from."""
+    place = lookup(path)
+    if place is not None:
+        return place.source_common
+    return discover(path).common_dir
+
+
+def sync(place: Place) -> None:
+    """Copy what the session's agent added to its store (or, in place, to the user's
+    repository) into the vault (checked, each
+    object against its id), so what cairnd reads or records next needs nothing the
+    agent can delete. Cheap when the store did not change (one directory read)."""
+    if place.vault is None:
+        return
+    if place.own_store:
+        vaults.copy_objects(place.common_dir / "objects", place.vault, git_env(), remember=True)
+    else:
+        # The user's own repository (an in-place session): what the agent added there is
+        # loose (`git add`, `git commit`); copied, so the user's `gc` cannot take what a
+        # checkpoint borrows. Its packs are its history, borrowed as they are.
+        vaults.copy_objects(place.common_dir / "objects", place.vault, git_env(), remember=True, packs=False)
+
+
 def dirs_or_none(path: Path) -> GitDirs | None:
     """`discover`, or None where `path` is not in a repository."""
     try:
@@ -257,11 +383,15 @@ def scoped_env(place: Place, args: Sequence[str | bytes]) -> dict[str, str]:
     """The variables that point a git command at a session's place (see the module
     docstring for the two scopes)."""
     if subcommand(args) in REPO_COMMANDS:
-        return {"GIT_DIR": str(place.git_dir), "GIT_COMMON_DIR": str(place.common_dir),
-                "GIT_WORK_TREE": str(place.work_tree)}
+        env = {"GIT_DIR": str(place.git_dir), "GIT_COMMON_DIR": str(place.common_dir),
+               "GIT_WORK_TREE": str(place.work_tree)}
+        if place.vault is not None and not place.own_store:  # a store borrows from its vault itself
+            env["GIT_ALTERNATE_OBJECT_DIRECTORIES"] = str(place.vault / "objects")
+        return env
+    sync(place)
     sync_head(place)
     return {"GIT_DIR": str(place.view), "GIT_COMMON_DIR": str(place.conf),
-            "GIT_OBJECT_DIRECTORY": str(place.common_dir / "objects"),
+            "GIT_OBJECT_DIRECTORY": str(place.objects.common_dir / "objects"),
             "GIT_WORK_TREE": str(place.work_tree), "GIT_INDEX_FILE": str(place.index)}
 
 
@@ -360,6 +490,36 @@ def conf_text(settings: Mapping[str, str]) -> str:
             continue
         sections.setdefault(section, []).append(f'\t{name} = "{value}"')
     return "".join(f"[{section}]\n" + "".join(f"{line}\n" for line in lines) for section, lines in sections.items())
+
+
+STORE_SETTINGS = COPIED_SETTINGS + ("user.name", "user.email")
+_store_configs: dict[str, tuple[int | None, str]] = {}  # common dir -> (its config's mtime, a store's config)
+
+
+def store_config(common_dir: Path) -> str:
+    """The config of a session's store (`vault.make_store`): a bare repository of the
+    user's format, with the user's repository's own settings that change how files are
+    read and who commits (`user.name`, `user.email`); no remote, hook or program. Read
+    as settings by `git config`, which runs nothing; again only when the file changed."""
+    try:
+        stamp = os.stat(Path(common_dir) / "config").st_mtime_ns
+    except OSError:
+        stamp = None
+    cached = _store_configs.get(str(common_dir))
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    env = git_env()
+    proc = subprocess.run(["git", "config", "--file", str(Path(common_dir) / "config"), "--includes", "--null",
+                           "--list"], env=env, cwd="/", capture_output=True, stdin=subprocess.DEVNULL, check=False)
+    found: dict[str, str] = {}
+    for item in proc.stdout.decode("utf-8", "replace").split("\0"):
+        key, _, value = item.partition("\n")
+        if key.lower() in STORE_SETTINGS:
+            found[key.lower()] = value
+    found.setdefault("core.logallrefupdates", "true")  # a bare repository's default is off: its worktrees keep reflogs
+    text = conf_text(found).replace("\tbare = false\n", "\tbare = true\n", 1)
+    _store_configs[str(common_dir)] = (stamp, text)
+    return text
 
 
 def user_settings(common_dir: Path) -> dict[str, str]:

@@ -52,8 +52,18 @@ _HEX_ID = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
 def env_for(cwd: Path | str, args: Sequence[str | bytes], extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment of a git command run in `cwd`: the fixed configuration, and, where
     `cwd` is a session's worktree, its directories from cairnd's records (`places`)."""
+    if extra and "GIT_DIR" in extra:  # the caller named its git directory itself
+        return git_env(extra)
     place = places.lookup(cwd)
-    if place is None or (extra and "GIT_DIR" in extra):  # the caller named its git directory itself
+    if place is None:
+        # The user's repository, with a vault: what cairnd writes goes there (checkpoints'
+        # refs are there too; `objects.bring_in` copies what a land needs into the
+        # repository), read beside the repository's own objects.
+        vault = places.vault_for(cwd)
+        if vault is not None:
+            own = places.discover(Path(cwd)).common_dir / "objects"
+            return git_env({"GIT_OBJECT_DIRECTORY": str(vault / "objects"),
+                            "GIT_ALTERNATE_OBJECT_DIRECTORIES": str(own), **(extra or {})})
         return git_env(extra)
     return git_env({**places.scoped_env(place, args), **(extra or {})})
 
@@ -281,9 +291,10 @@ def worktree_records_lock(repo: Path) -> Iterator[None]:
 
 
 def common_dir(path: Path) -> Path:
-    """The git directory a repository's worktrees share: tells whether two paths are
-    worktrees of one repository."""
-    return places.discover(path).common_dir
+    """The git directory a repository's worktrees share (for a session with a store of
+    its own, the user's repository's it came from): tells whether two paths are
+    sessions or worktrees of one repository."""
+    return places.source_common(path)
 
 
 # --------------------------------------------------------------------------- refs

@@ -216,7 +216,7 @@ def commit_tree(worktree: Path, tree: str, parent: str, message: str,
     hand where the repository is plain (no process), else by `git commit-tree`.
     `dirs`: where to write it (an inner repository's store), else `worktree`'s own."""
     store = dirs
-    dirs = dirs or places.dirs_or_none(worktree)
+    dirs = dirs or places.objects_of(worktree)
     if dirs is not None:
         sha = gitfiles.write_commit(dirs, tree, parent, message, git.IDENTITY_NAME, git.IDENTITY_EMAIL)
         if sha is not None:

@@ -144,7 +144,7 @@ def edit_tree(worktree: Path, reader: TreeReader, last_tree: str, index_tree: st
     is ignored but tracked there is kept, as git keeps it. `skipped`: what the last
     snapshot left out (nested repositories among them). `files`: about how many files
     the tree holds, when known: a small tree is read whole, once. Raises Unsupported."""
-    dirs = places.dirs_or_none(Path(worktree))
+    dirs = places.objects_of(Path(worktree))  # new objects go to the session's vault
     if dirs is None:
         raise Unsupported("not a plain worktree")
     root = os.fsencode(worktree)

@@ -20,6 +20,7 @@ from cairnd.git import files as gitfiles
 from cairnd.git import places
 from cairnd.git import objects as gitobjects
 from cairnd.git import inner
+from cairnd.git import vault as vaults
 from cairnd.errors import CairnError
 from cairnd.state.durable import fsync_dir, write_atomic
 
@@ -34,6 +35,9 @@ def add_worktree_detached(repo: Path, path: Path, head_sha: str, views: Path | N
     if not git.is_object_id(head_sha):
         raise CairnError("commit_missing", f"{head_sha!r} is not a commit id")
     path.parent.mkdir(parents=True, exist_ok=True)
+    if views is not None:
+        _add_with_store(repo, path, head_sha, views)
+        return
     dirs = places.dirs_or_none(repo)
     if dirs is not None and gitfiles.write_worktree_record(dirs, path, head_sha):
         if views is not None:
@@ -52,6 +56,30 @@ def add_worktree_detached(repo: Path, path: Path, head_sha: str, views: Path | N
         record = _record_git_wrote(path)
         common = dirs.common_dir if dirs is not None else places.discover(repo).common_dir
         places.register(path, record, common, views)
+
+
+def _add_with_store(repo: Path, path: Path, head_sha: str, views: Path) -> None:
+    """A worktree of a store of its own (`vault.make_store`), in the vault of `repo`'s
+    repository: what its agent writes to git stays there (SPEC 16)."""
+    source = places.source_common(repo)
+    vault = vaults.ensure_vault(views, source, git.git_env())
+    store = vaults.make_store(vault, gitfiles.record_name(path), places.store_config(source))
+    dirs = gitfiles.GitDirs(store, store)
+    try:
+        if gitfiles.write_worktree_record(dirs, path, head_sha):
+            record = store / "worktrees" / gitfiles.record_name(path)
+        else:  # another ref storage or object format: git writes the record
+            env = {"GIT_DIR": str(store)}
+            proc = git.run(store, ["worktree", "add", "--no-checkout", "--detach", str(path), head_sha], env=env)
+            if proc.returncode != 0:
+                if b"invalid reference" in proc.stderr:
+                    raise CairnError("commit_missing", f"commit {head_sha} is not in {repo}")
+                raise git.failure(repo, ["worktree"], proc)
+            record = _record_git_wrote(path)
+    except BaseException:
+        vaults.remove_store(store)
+        raise
+    places.register(path, record, store, views)
 
 
 def _record_git_wrote(path: Path) -> Path:
@@ -156,7 +184,7 @@ def make_inner(path: Path, worktree_tree: str, checkpoint: Mapping[str, Any], in
     filled with `worktree_tree`, at the states `checkpoint` records (`submodules`,
     `nested`); the submodules made are listed in `inner_map`."""
     dirs = places.discover(path)  # the record cairnd has just written (its place), not yet the agent's
-    git_dir, common = dirs.git_dir, dirs.common_dir
+    git_dir, common = dirs.git_dir, places.source_common(path)  # submodules' stores are the user's
     submodules = {s["path"]: s for s in checkpoint.get("submodules") or () if isinstance(s, Mapping)}
     made = inner.checkout(path, git_dir, common, worktree_tree, submodules, head=head)
     nested = [n for n in checkpoint.get("nested") or () if isinstance(n, Mapping)]
@@ -168,15 +196,53 @@ def make_inner(path: Path, worktree_tree: str, checkpoint: Mapping[str, Any], in
 
 def remove_worktree(repo: Path, path: Path) -> None:
     """Remove the linked worktree at `path` with everything in it, even if it has changes
-    or is locked; a worktree already gone is fine (git drops its record too).
+    or is locked; a worktree already gone is fine (git drops its record too). A worktree
+    of a store of its own goes with its store (its checkpoints are in the vault).
 
     No `git worktree prune`: that would also drop the records of the user's own
     worktrees whose directories are merely out of reach (an unmounted disk)."""
+    place = places.lookup(path)
+    store = place.common_dir if place is not None and place.own_store else _store_of(path)
+    if store is not None:
+        _remove_tree(path)
+        vaults.remove_store(store)
+        places.forget(path)
+        return
     with git.worktree_records_lock(repo):
         proc = git.run(repo, ["worktree", "remove", "--force", "--force", str(path)])
     if proc.returncode != 0 and b"is not a working tree" not in proc.stderr:
         raise git.failure(repo, ["worktree"], proc)
     places.forget(path)
+
+
+def _store_of(path: Path) -> Path | None:
+    """The store whose worktree record names `path` (one a stop left before cairnd's
+    registry knew of it), found from the vaults' side, never from the worktree."""
+    name = gitfiles.record_name(path)
+    wanted = f"{os.path.realpath(path)}/.git"
+    for root in places.roots():
+        for store in sorted((root / vaults.VAULTS).glob(f"*/{vaults.STORES}/{name}-*")):
+            try:
+                if (store / "worktrees" / name / "gitdir").read_text("utf-8", "surrogateescape").strip() == wanted:
+                    return store
+            except OSError:
+                continue
+    return None
+
+
+def _remove_tree(path: Path) -> None:
+    """Remove a worktree's files, those an agent made read-only too."""
+    def unprotect(function: Any, name: str, _exc: Any) -> None:
+        try:
+            os.chmod(os.path.dirname(name), 0o700)
+            os.chmod(name, 0o600) if not os.path.isdir(name) else os.chmod(name, 0o700)
+            function(name)
+        except OSError:
+            pass
+    if os.path.islink(path) or os.path.isfile(path):
+        os.unlink(path)
+    elif path.exists():
+        shutil.rmtree(path, onerror=unprotect)
 
 
 def reset_worktree(worktree: Path, current_sha: str, target_sha: str, index_tree: str | None,

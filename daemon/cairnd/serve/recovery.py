@@ -40,6 +40,7 @@ import anyio
 
 from cairnd.git import run as git
 from cairnd.git import places
+from cairnd.git import refs as gitrefs
 from cairnd.sessions import rewind as rewinding
 from cairnd.sessions.creation import roll_back
 from cairnd.state.durable import remove_stale_temps
@@ -116,13 +117,9 @@ def remove_stale_ref_locks(registry: Registry, done: Recovered) -> None:
     for row in registry.sessions(("creating", "ready", "deleted")):
         if held_elsewhere(StateLayout(registry.path.parent), row.id):
             continue  # its writer (an editor's cairnd acp) is alive: the locks may be its own
-        dirs = places.dirs_or_none(row.repo) or places.dirs_or_none(row.worktree)
-        if dirs is None:
-            continue
-        refs = dirs.common_dir / "refs" / "cairnd" / row.id
-        if not refs.is_dir():
-            continue
-        for lock in refs.rglob("*.lock"):
+        homes = {gitrefs.home_dir(path) for path in (row.repo, row.worktree) if path.exists()}
+        for lock in (lock for home in homes if home is not None
+                     for lock in (home / "refs" / "cairnd" / row.id).rglob("*.lock")):
             lock.unlink(missing_ok=True)
             event(logging.WARNING, f"removed {lock}, a checkpoint ref's lock a stop left", session=row.id)
             done.ref_locks.append(lock)

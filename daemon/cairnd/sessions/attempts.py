@@ -34,6 +34,7 @@ from cairnd.agent.runner import AgentRunner
 from cairnd.checkpoints.checkpointer import Checkpointer
 from cairnd.config.settings import AgentProfile, Config
 from cairnd.errors import CairnError
+from cairnd.git import places
 from cairnd.git import diff as gitdiff
 from cairnd.ids import new_session_id
 from cairnd.sessionlog.entries import CHECK_METHOD, check_entry, method_of, parse_message
@@ -133,6 +134,7 @@ def make_tries(layout: StateLayout, registry: Registry, parent: SessionRow, k: i
                building: AbstractContextManager[Any] = nullcontext()) -> list[SessionRow]:
     """Fork `parent` at message k once per try, all or none. The cut is found once; the
     worktrees are built side by side (`building` bounds how many write files at once)."""
+    places.use_state(layout.root)  # its vaults: where checkpoints are
     cut = find_fork_cut(layout, parent, k, history)
     siblings = [row.title for fork in registry.forks_at(parent.id, k) if (row := registry.get(fork.id))]
     titles = try_titles(parent.title, siblings, len(tries))

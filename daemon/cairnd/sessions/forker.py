@@ -139,6 +139,7 @@ def find_fork_cut(layout: StateLayout, parent: SessionRow, k: int,
     """The cut of `parent` at user message k and the state there; fork_out_of_range,
     fork_in_sub_session or commit_missing before anything is made. `tip`: k may be the
     number of user messages, a cut after the whole log (cutindex.find_cut)."""
+    places.use_state(layout.root)  # its vaults: where checkpoints are
     parent_log = layout.log_path(parent.id)
     point = find_cut(parent_log, k, parent.id, tip)  # from the offsets index beside the log
     start = state_at_cut(point, parent.repo, parent.worktree)
@@ -158,7 +159,8 @@ def build_fork(layout: StateLayout, cut: Cut, row: SessionRow, *, max_file_bytes
     with building:  # the part that makes files (max_parallel_forks at once)
         gitworktree.add_worktree(parent.repo, row.worktree, start.head_sha, start.worktree_sha, start.index_tree,
                                  trees=cut.trees, inner_map=layout.inner_map(row.id),
-                                 checkpoint=cut.point.checkpoint if start.state == "checkpoint" else None)
+                                 checkpoint=cut.point.checkpoint if start.state == "checkpoint" else None,
+                                 views=places.root_of(layout.root))
         baseline = baseline_at_cut(cut.point, start, row.id, cut.turns)
         if baseline is None:
             baseline = take_checkpoint(row.id, row.worktree, cut.turns, max_file_bytes,

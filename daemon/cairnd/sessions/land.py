@@ -21,6 +21,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from cairnd.git import places
 from cairnd.git import run as git
 from cairnd.git import diff as gitdiff
 from cairnd.git import objects as gitobjects
@@ -84,6 +85,7 @@ def land(layout: StateLayout, row: SessionRow, branch: str, *, turn: int | None 
          message: str | None = None, force: bool = False) -> dict[str, Any]:
     """Land session `row`'s checkpoint (latest, or the one after `turn` turns) on `branch`.
     Synchronous: run it in a worker thread."""
+    places.use_state(layout.root)  # its vaults: where checkpoints are
     repo = row.repo
     ref = check_branch_name(repo, branch)
     found = read_checkpoints(layout, row)
@@ -120,6 +122,8 @@ def land(layout: StateLayout, row: SessionRow, branch: str, *, turn: int | None 
         else:
             commit = commit_tree_of(repo, state, head, message)
     how = decide(previous, commit, previous is not None and is_ancestor(repo, previous, commit), force, branch)
+    if how != "same":  # what the branch will name must be in the user's repository, not only in the vault
+        gitobjects.bring_in(repo, [commit])
     if how != "same" and not set_ref(repo, ref, commit, previous, f"cairnd land {row.id}"):
         raise CairnError("branch_exists", f"branch {branch!r} moved while landing onto it: try again")
     files = gitdiff.diff_files(repo, previous or head, commit)

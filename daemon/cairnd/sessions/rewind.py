@@ -39,6 +39,7 @@ from typing import Any
 import orjson
 
 from cairnd.errors import CairnError
+from cairnd.git import objects as gitobjects
 from cairnd.git import files as gitfiles
 from cairnd.git import run as git
 from cairnd.git import inner
@@ -203,6 +204,7 @@ def abandon(layout: StateLayout, registry: Registry, row: SessionRow, k: int, *,
     """Phase 1: the abandoned session, and the plan, committed together. Synchronous.
     `snapshot`: how the present is seen (the checkpointer's, which knows what changed
     since the last checkpoint); default a full scan."""
+    places.use_state(layout.root)  # its vaults: where checkpoints are
     log_path = layout.log_path(row.id)
     point = find_cut(log_path, k, row.id)  # from the offsets index beside the log
     start = state_at_cut(point, row.repo, row.worktree)
@@ -309,6 +311,7 @@ def finish(layout: StateLayout, registry: Registry, row: SessionRow, journal: Re
            max_file_bytes: int) -> dict[str, Any]:
     """Phase 2: the session becomes the checkpoint's. Idempotent: recovery runs it again
     after a crash at any point of it. Synchronous."""
+    places.use_state(layout.root)  # its vaults: where checkpoints are
     plan = journal.plan
     head, target = plan["headSha"], plan["worktreeSha"] or plan["headSha"]
     baseline = None
@@ -320,6 +323,9 @@ def finish(layout: StateLayout, registry: Registry, row: SessionRow, journal: Re
                 dirty=plan["cutDirty"], skipped=()))
             pin_checkpoint(row.repo, baseline, (trees.worktree, trees.head))
     else:
+        # The user's own checkout: what its HEAD, index and files will name must be in the
+        # user's repository, not only in cairnd's vault.
+        gitobjects.bring_in(row.repo, [head, target, plan["indexTree"]])
         if plan["moveHead"]:
             gitworktree.detach_head(row.worktree, head)
         _reached("head")
@@ -384,6 +390,7 @@ def _turns_at_most(ref_name: str, turns: int) -> bool:
 
 def recover(layout: StateLayout, registry: Registry, *, max_file_bytes: int) -> list[str]:
     """Finish every rewind a stop cut after its commit point; the sessions finished."""
+    places.use_state(layout.root)  # its vaults: where checkpoints are
     finished = []
     for journal in registry.rewinds(("pending",)):
         row = registry.get(journal.session_id)
