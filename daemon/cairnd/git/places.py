@@ -45,7 +45,6 @@ from typing import Any, Protocol
 
 from cairnd.git import vault as vaults
 from cairnd.git.files import GitDirs, read_head
-from cairnd.state.privacy import child_umask
 
 IDENTITY_NAME = "cairnd"
 IDENTITY_EMAIL = "cairnd@localhost"
@@ -68,14 +67,6 @@ FIXED_SETTINGS: tuple[tuple[str, str], ...] = (
     ("gc.auto", "0"),
     ("maintenance.auto", "false"),
 )
-# The user's settings that change how files are read and written (copied into the conf
-# directory): none names a program.
-COPIED_SETTINGS = ("core.autocrlf", "core.eol", "core.filemode", "core.symlinks", "core.ignorecase",
-                   "core.precomposeunicode", "core.safecrlf", "core.checkroundtripencoding",
-                   "core.quotepath", "core.bigfilethreshold", "core.protectntfs",
-                   "core.protecthfs", "extensions.objectformat")
-GLOBAL_ONLY_SETTINGS = ("core.excludesfile",)  # a path: taken only from the user's global file
-_SETTING_VALUE = re.compile(r"^[^\n\\\"]*$")
 REPO_COMMANDS = frozenset({
     "update-ref", "for-each-ref", "pack-refs", "repack", "count-objects", "worktree", "check-ref-format",
     "config", "symbolic-ref", "show-ref", "rev-parse", "merge-base", "gc", "prune", "fsck", "reflog",
@@ -449,7 +440,7 @@ def _conf_dir(common_dir: Path, root: Path) -> Path:
     (aside / "info").mkdir(mode=0o700)
     (aside / "objects").mkdir(mode=0o700)
     _write_file(aside / "HEAD", "ref: refs/heads/cairnd-unborn\n")
-    _write_file(aside / "config", conf_text(user_settings(common_dir)))
+    _write_file(aside / "config", vaults.conf_text(vaults.user_settings(common_dir, git_env())))
     try:
         os.rename(aside, conf)
     except OSError:  # made meanwhile by another thread
@@ -476,64 +467,3 @@ def _copy_rules(common_dir: Path, conf: Path) -> None:
         tmp = target.with_name(f".{name}.{os.getpid()}.{threading.get_ident()}.tmp")
         tmp.write_bytes(text)
         os.replace(tmp, target)
-
-
-def conf_text(settings: Mapping[str, str]) -> str:
-    """The conf directory's config: a repository of the user's format, and the copied
-    settings (values with no newline, quote or backslash; others are left out)."""
-    sections: dict[str, list[str]] = {"core": ["\trepositoryformatversion = 0", "\tbare = false"]}
-    if "extensions.objectformat" in settings:
-        sections["core"][0] = "\trepositoryformatversion = 1"
-    for key, value in sorted(settings.items()):
-        section, _, name = key.partition(".")
-        if not _SETTING_VALUE.match(value) or not name.isalnum():
-            continue
-        sections.setdefault(section, []).append(f'\t{name} = "{value}"')
-    return "".join(f"[{section}]\n" + "".join(f"{line}\n" for line in lines) for section, lines in sections.items())
-
-
-STORE_SETTINGS = COPIED_SETTINGS + ("user.name", "user.email")
-_store_configs: dict[str, tuple[int | None, str]] = {}  # common dir -> (its config's mtime, a store's config)
-
-
-def store_config(common_dir: Path) -> str:
-    """The config of a session's store (`vault.make_store`): a bare repository of the
-    user's format, with the user's repository's own settings that change how files are
-    read and who commits (`user.name`, `user.email`); no remote, hook or program. Read
-    as settings by `git config`, which runs nothing; again only when the file changed."""
-    try:
-        stamp = os.stat(Path(common_dir) / "config").st_mtime_ns
-    except OSError:
-        stamp = None
-    cached = _store_configs.get(str(common_dir))
-    if cached is not None and cached[0] == stamp:
-        return cached[1]
-    env = git_env()
-    proc = subprocess.run(["git", "config", "--file", str(Path(common_dir) / "config"), "--includes", "--null",
-                           "--list"], env=env, cwd="/", capture_output=True, stdin=subprocess.DEVNULL, check=False)
-    found: dict[str, str] = {}
-    for item in proc.stdout.decode("utf-8", "replace").split("\0"):
-        key, _, value = item.partition("\n")
-        if key.lower() in STORE_SETTINGS:
-            found[key.lower()] = value
-    found.setdefault("core.logallrefupdates", "true")  # a bare repository's default is off: its worktrees keep reflogs
-    text = conf_text(found).replace("\tbare = false\n", "\tbare = true\n", 1)
-    _store_configs[str(common_dir)] = (stamp, text)
-    return text
-
-
-def user_settings(common_dir: Path) -> dict[str, str]:
-    """The values of `COPIED_SETTINGS` the user's repository config and the user's
-    global config give (read as text by `git config`, which runs nothing)."""
-    found: dict[str, str] = {}
-    for source, wanted in ((["--global"], COPIED_SETTINGS + GLOBAL_ONLY_SETTINGS),
-                           (["--file", str(common_dir / "config")], COPIED_SETTINGS)):
-        env = git_env()
-        env.pop("GIT_CONFIG_GLOBAL", None)  # the user's own global file, read here as settings only
-        proc = subprocess.run(["git", "config", *source, "--includes", "--null", "--list"], env=env, cwd="/",
-                              capture_output=True, stdin=subprocess.DEVNULL, check=False, umask=child_umask())
-        for item in proc.stdout.decode("utf-8", "replace").split("\0"):
-            key, _, value = item.partition("\n")
-            if key.lower() in wanted:
-                found[key.lower()] = value
-    return found

@@ -1,5 +1,6 @@
 """Where checkpoints live out of every agent's reach (SPEC 16): a *vault* per source
-repository, and a *store* per session.
+repository, and a *store* per session; and the few settings of the user's that cairnd's
+own git directories carry (`conf_text`, `store_config`: none names a program).
 
 - **The vault**, `<state>/git/vaults/<key>/`, is a bare repository of cairnd's own for
   one source repository (the user's checkout, by its common git directory). It holds
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -36,6 +38,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from cairnd.state.durable import write_all
+from cairnd.state.privacy import child_umask
 
 VAULTS = "vaults"
 STORES = "stores"
@@ -149,7 +152,7 @@ def vault_of_store(store: Path) -> Path | None:
 def make_store(vault: Path, name: str, config: str) -> Path:
     """A new store in `vault` for a session: a bare repository borrowing the vault's
     objects, with the source repository's branches and tags, its ignore rules, and
-    `config` (`places.store_config`: the settings that change how its files are read,
+    `config` (`store_config`: the settings that change how its files are read,
     and who commits; none names a program)."""
     source = source_of(vault)
     store = Path(vault) / STORES / f"{name}-{time.time_ns():x}"
@@ -322,3 +325,75 @@ def remove_store(store: Path) -> None:
     if vault_of_store(store) is not None:
         forget_seen(Path(store) / "objects")
         shutil.rmtree(store, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- settings cairnd copies
+
+
+# The user's settings that change how files are read and written (copied into the conf
+# directory): none names a program.
+COPIED_SETTINGS = ("core.autocrlf", "core.eol", "core.filemode", "core.symlinks", "core.ignorecase",
+                   "core.precomposeunicode", "core.safecrlf", "core.checkroundtripencoding",
+                   "core.quotepath", "core.bigfilethreshold", "core.protectntfs",
+                   "core.protecthfs", "extensions.objectformat")
+GLOBAL_ONLY_SETTINGS = ("core.excludesfile",)  # a path: taken only from the user's global file
+_SETTING_VALUE = re.compile(r"^[^\n\\\"]*$")
+
+
+def conf_text(settings: Mapping[str, str]) -> str:
+    """The conf directory's config: a repository of the user's format, and the copied
+    settings (values with no newline, quote or backslash; others are left out)."""
+    sections: dict[str, list[str]] = {"core": ["\trepositoryformatversion = 0", "\tbare = false"]}
+    if "extensions.objectformat" in settings:
+        sections["core"][0] = "\trepositoryformatversion = 1"
+    for key, value in sorted(settings.items()):
+        section, _, name = key.partition(".")
+        if not _SETTING_VALUE.match(value) or not name.isalnum():
+            continue
+        sections.setdefault(section, []).append(f'\t{name} = "{value}"')
+    return "".join(f"[{section}]\n" + "".join(f"{line}\n" for line in lines) for section, lines in sections.items())
+
+
+STORE_SETTINGS = COPIED_SETTINGS + ("user.name", "user.email")
+_store_configs: dict[str, tuple[int | None, str]] = {}  # common dir -> (its config's mtime, a store's config)
+
+
+def store_config(common_dir: Path, env: Mapping[str, str]) -> str:
+    """The config of a session's store (`vault.make_store`): a bare repository of the
+    user's format, with the user's repository's own settings that change how files are
+    read and who commits (`user.name`, `user.email`); no remote, hook or program. Read
+    as settings by `git config`, which runs nothing; again only when the file changed."""
+    try:
+        stamp = os.stat(Path(common_dir) / "config").st_mtime_ns
+    except OSError:
+        stamp = None
+    cached = _store_configs.get(str(common_dir))
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    proc = subprocess.run(["git", "config", "--file", str(Path(common_dir) / "config"), "--includes", "--null",
+                           "--list"], env=env, cwd="/", capture_output=True, stdin=subprocess.DEVNULL, check=False)
+    found: dict[str, str] = {}
+    for item in proc.stdout.decode("utf-8", "replace").split("\0"):
+        key, _, value = item.partition("\n")
+        if key.lower() in STORE_SETTINGS:
+            found[key.lower()] = value
+    found.setdefault("core.logallrefupdates", "true")  # a bare repository's default is off: its worktrees keep reflogs
+    text = conf_text(found).replace("\tbare = false\n", "\tbare = true\n", 1)
+    _store_configs[str(common_dir)] = (stamp, text)
+    return text
+
+
+def user_settings(common_dir: Path, env: Mapping[str, str]) -> dict[str, str]:
+    """The values of `COPIED_SETTINGS` the user's repository config and the user's
+    global config give (read as text by `git config`, which runs nothing)."""
+    found: dict[str, str] = {}
+    for source, wanted in ((["--global"], COPIED_SETTINGS + GLOBAL_ONLY_SETTINGS),
+                           (["--file", str(common_dir / "config")], COPIED_SETTINGS)):
+        env = {k: v for k, v in env.items() if k != "GIT_CONFIG_GLOBAL"}  # the user's own global file, as settings only
+        proc = subprocess.run(["git", "config", *source, "--includes", "--null", "--list"], env=env, cwd="/",
+                              capture_output=True, stdin=subprocess.DEVNULL, check=False, umask=child_umask())
+        for item in proc.stdout.decode("utf-8", "replace").split("\0"):
+            key, _, value = item.partition("\n")
+            if key.lower() in wanted:
+                found[key.lower()] = value
+    return found

@@ -63,7 +63,7 @@ def _add_with_store(repo: Path, path: Path, head_sha: str, views: Path) -> None:
     repository: what its agent writes to git stays there (SPEC 16)."""
     source = places.source_common(repo)
     vault = vaults.ensure_vault(views, source, git.git_env())
-    store = vaults.make_store(vault, gitfiles.record_name(path), places.store_config(source))
+    store = vaults.make_store(vault, gitfiles.record_name(path), vaults.store_config(source, git.git_env()))
     dirs = gitfiles.GitDirs(store, store)
     try:
         if gitfiles.write_worktree_record(dirs, path, head_sha):
