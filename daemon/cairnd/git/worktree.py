@@ -202,7 +202,10 @@ def remove_worktree(repo: Path, path: Path) -> None:
     No `git worktree prune`: that would also drop the records of the user's own
     worktrees whose directories are merely out of reach (an unmounted disk)."""
     place = places.lookup(path)
-    store = place.common_dir if place is not None and place.own_store else _store_of(path)
+    # A store goes only with the worktree its record names: mid-rewind (a moved worktree,
+    # a registry not yet told) the record cairnd has on file may be another's now.
+    store = (place.common_dir if place is not None and place.own_store and _names(place.git_dir, path)
+             else _store_of(path))
     if store is not None:
         _remove_tree(path)
         vaults.remove_store(store)
@@ -215,18 +218,25 @@ def remove_worktree(repo: Path, path: Path) -> None:
     places.forget(path)
 
 
+def _names(record: Path, path: Path) -> bool:
+    """Whether the worktree record `record` is the one of the worktree at `path`."""
+    try:
+        named = (record / "gitdir").read_text("utf-8", "surrogateescape").strip()
+    except OSError:
+        return False
+    return named == f"{os.path.realpath(path)}/.git"
+
+
 def _store_of(path: Path) -> Path | None:
     """The store whose worktree record names `path` (one a stop left before cairnd's
-    registry knew of it), found from the vaults' side, never from the worktree."""
+    registry knew of it, or whose record moved), found from the vaults' side, never
+    from the worktree: a store is named after the path its worktree was made at, and
+    its record after the path it is at now."""
     name = gitfiles.record_name(path)
-    wanted = f"{os.path.realpath(path)}/.git"
     for root in places.roots():
-        for store in sorted((root / vaults.VAULTS).glob(f"*/{vaults.STORES}/{name}-*")):
-            try:
-                if (store / "worktrees" / name / "gitdir").read_text("utf-8", "surrogateescape").strip() == wanted:
-                    return store
-            except OSError:
-                continue
+        for record in sorted((root / vaults.VAULTS).glob(f"*/{vaults.STORES}/*/worktrees/{name}")):
+            if _names(record, path):
+                return record.parent.parent
     return None
 
 
