@@ -155,14 +155,16 @@ def test_cancel_and_kill_mid_turn_then_the_session_goes_on(tmp_path: Path, anthr
     assert b"b.txt" in daemonkit.commit_files(worktree, after_cancel["checkpoint"]["worktreeSha"])
     # Claude's own history. A cancel that reaches Claude once it has read the first words
     # of the stalled answer leaves them in its transcript, then "[Request interrupted by
-    # user]"; one that reaches it before leaves neither (both seen: under load the cancel
-    # can come 20 ms after the model call began). Either way every prompt is there, in
-    # order, and this turn's is the last.
+    # user]"; one that reaches it while the answer is still unread leaves the marker alone
+    # (seen in a parallel full run: the aborted call's stub log, then the marker and no
+    # words); one that reaches it before leaves neither (under load the cancel can come
+    # 20 ms after the model call began). Either way every prompt is there, in order, and
+    # this turn's is the last; the first words are never there without the marker.
     sent = anthropic_api.main_requests()[-1]
     said = [t.strip() for t in prompt_texts(sent)]
     interrupted = "[Request interrupted by user]" in said
     assert said == [prompts[0], prompts[1], *(["[Request interrupted by user]"] * interrupted), prompts[2]], said
-    assert ("Let me think" in repr(sent["messages"])) == interrupted
+    assert interrupted or "Let me think" not in repr(sent["messages"])
 
     # Kill the agent while the model's answer is stalled: the turn fails, recorded.
     killed = daemon.drop({"kind": "prompt", "session": session, "text": prompts[3]})
