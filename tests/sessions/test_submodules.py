@@ -14,6 +14,7 @@ import pytest
 from cairnd.agent.history import predict
 from cairnd.checkpoints.checkpoint import take_checkpoint
 from cairnd.checkpoints.checkpointer import Checkpointer
+from cairnd.errors import CairnError
 from cairnd.git import worktree as gitworktree
 from cairnd.sessionlog.entries import cairnd_entry, envelope_line
 from cairnd.sessionlog.file import iter_lines
@@ -176,11 +177,9 @@ def test_checkpoints_record_each_submodule_and_pin_it_in_its_store(shared: Sessi
     assert last["dirty"] is True and last["skipped"] == []
 
 
-@pytest.mark.parametrize("k", range(5))
+@pytest.mark.parametrize("k", range(4))
 def test_a_fork_at_every_message_is_exact_inside_and_outside_the_submodules(shared: Session, k: int):
-    result = shared.fork(k) if k < 4 else None
-    if result is None:
-        return
+    result = shared.fork(k)
     fork = Path(result["worktree"])
     expected = shared.states[k]
     assert state(fork, shared.inner) == expected
@@ -190,6 +189,15 @@ def test_a_fork_at_every_message_is_exact_inside_and_outside_the_submodules(shar
     # ... pinned under the fork's own refs in the submodule's store (the parent may go).
     store = shared.source / ".git" / "modules" / "lib"
     assert git(store, "for-each-ref", f"refs/cairnd/{result['session']}/")
+
+
+def test_a_fork_past_the_last_message_is_refused_and_makes_nothing(shared: Session):
+    before = sorted(p.name for p in shared.layout.worktree_parent(shared.id).parent.iterdir())
+    with pytest.raises(CairnError) as refused:
+        shared.fork(4)
+    assert refused.value.code == "fork_out_of_range"
+    assert refused.value.message == f"user_message_index 4: session {shared.id} has 4 user messages"
+    assert sorted(p.name for p in shared.layout.worktree_parent(shared.id).parent.iterdir()) == before
 
 
 def test_a_fork_survives_the_parent_agent_deleting_its_submodule_objects(session: Session):
