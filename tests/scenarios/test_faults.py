@@ -162,18 +162,30 @@ def fill(directory: Path) -> Path:
     return filler
 
 
-@pytest.mark.slow
-def test_a_full_disk_loses_no_request_and_makes_no_half_session(tmp_path: Path, repo: Path):
+@contextmanager
+def daemon_on_a_small_disk(tmp_path: Path) -> Iterator[Daemon]:
+    """A started daemon whose state directory is an 8 MB tmpfs (its stderr stays
+    outside), killed if still up and the disk unmounted at the end; skips where
+    mounting is not allowed."""
     reason = mounting_allowed(tmp_path)
     if reason:
         pytest.skip(reason)
-    # The state directory is the small file system; the daemon's stderr stays outside.
     disk = tmp_path / "state"
     disk.mkdir()
     assert mount("-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)).returncode == 0
     daemon = Daemon(disk)
     try:
         daemon.start()
+        yield daemon
+    finally:
+        if daemon.proc is not None and daemon.proc.poll() is None:
+            daemon.kill9()
+        umount(disk)
+
+
+@pytest.mark.slow
+def test_a_full_disk_loses_no_request_and_makes_no_half_session(tmp_path: Path, repo: Path):
+    with daemon_on_a_small_disk(tmp_path) as daemon:
         session = daemon.ok({"kind": "new", "repo": str(repo), "prompt": "append log.txt: before"})["session"]
         requests = [
             {"kind": "cancel", "session": "nosuchsession"},
@@ -188,7 +200,7 @@ def test_a_full_disk_loses_no_request_and_makes_no_half_session(tmp_path: Path, 
         for rid, request in zip(ids, requests):
             (daemon.spool / "tmp" / f"{rid}.json").write_bytes(
                 request if isinstance(request, bytes) else orjson.dumps(request))
-        filler = fill(disk)
+        filler = fill(daemon.state)
         for rid in ids:
             os.rename(daemon.spool / "tmp" / f"{rid}.json", daemon.spool / "new" / f"{rid}.json")
         wait_error_line(daemon, "No space left on device")
@@ -203,23 +215,11 @@ def test_a_full_disk_loses_no_request_and_makes_no_half_session(tmp_path: Path, 
             # Whatever failed while the disk was full says so, in words a user can act on.
             if result["status"] == "error" and result["error"]["code"] == "internal":
                 assert "is full" in result["error"]["message"], result
-    finally:
-        if daemon.proc is not None and daemon.proc.poll() is None:
-            daemon.kill9()
-        umount(disk)
 
 
 @pytest.mark.slow
 def test_a_turn_whose_end_finds_the_disk_full_is_closed_before_the_next_one(tmp_path: Path, repo: Path):
-    reason = mounting_allowed(tmp_path)
-    if reason:
-        pytest.skip(reason)
-    disk = tmp_path / "state"
-    disk.mkdir()
-    assert mount("-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)).returncode == 0
-    daemon = Daemon(disk)
-    try:
-        daemon.start()
+    with daemon_on_a_small_disk(tmp_path) as daemon:
         session = daemon.ok({"kind": "new", "repo": str(repo), "prompt": "append log.txt: before"})["session"]
         # The turn fills the disk itself (from its worktree, the one place its agent may
         # write), once its turn_start and prompt are in the log. Its frames then use up
@@ -243,23 +243,11 @@ def test_a_turn_whose_end_finds_the_disk_full_is_closed_before_the_next_one(tmp_
         assert not report.problems, report.problems
         assert report.turns == 3 and report.interrupted == 1, report
         assert after["turn"] == 2, after
-    finally:
-        if daemon.proc is not None and daemon.proc.poll() is None:
-            daemon.kill9()
-        umount(disk)
 
 
 @pytest.mark.slow
 def test_a_prompt_the_full_log_refuses_is_answered_and_the_session_goes_on(tmp_path: Path, repo: Path):
-    reason = mounting_allowed(tmp_path)
-    if reason:
-        pytest.skip(reason)
-    disk = tmp_path / "state"
-    disk.mkdir()
-    assert mount("-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)).returncode == 0
-    daemon = Daemon(disk)
-    try:
-        daemon.start()
+    with daemon_on_a_small_disk(tmp_path) as daemon:
         session = daemon.ok({"kind": "new", "repo": str(repo), "prompt": "hello"})["session"]
         log = daemon.state / "sessions" / session / "log.ndjson"
         page = os.sysconf("SC_PAGE_SIZE")
@@ -271,7 +259,7 @@ def test_a_prompt_the_full_log_refuses_is_answered_and_the_session_goes_on(tmp_p
         rid = "refused-prompt"
         (daemon.spool / "tmp" / f"{rid}.json").write_bytes(
             orjson.dumps({"kind": "prompt", "session": session, "text": "y" * 2 * page}))
-        filler = fill(disk)
+        filler = fill(daemon.state)
         os.rename(daemon.spool / "tmp" / f"{rid}.json", daemon.spool / "new" / f"{rid}.json")
         # The turn begins in the log, its prompt cannot be logged, so it must not reach
         # the agent, and the SDK cannot send anything more: the agent is stopped.
@@ -284,10 +272,6 @@ def test_a_prompt_the_full_log_refuses_is_answered_and_the_session_goes_on(tmp_p
         report = audit(daemon.state, repo, None)
         assert not report.problems, report.problems
         assert after["turn"] == last["turn"] + 2, after  # the refused turn has its number
-    finally:
-        if daemon.proc is not None and daemon.proc.poll() is None:
-            daemon.kill9()
-        umount(disk)
 
 
 def test_a_write_the_disk_refused_is_worded_as_a_full_disk_once_room_is_made(tmp_path: Path):
