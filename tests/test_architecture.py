@@ -1,7 +1,9 @@
 """The house's shape, as a test: every import of cairnd (read with `ast`, lazy and
 type-only ones included) points down the floors, no modules import each other in a
-circle, no folder holds more than 12 modules and no module more than 500 lines; and the
-daemon implements the small port the fleet talks to it through (docs/architecture.md).
+circle, no folder holds more than 12 modules and no module more than 500 lines; only
+the few modules of `git/` that are meant to start git do (SPEC 16: its directories and
+its fixed configuration from one place); and the daemon implements the small port the
+fleet talks to it through (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -38,6 +40,12 @@ FLOOR_OF = {name: level for level, names in enumerate(FLOORS) for name in names}
 KNOWN_CIRCLES: list[list[str]] = []
 MAX_MODULES_PER_FOLDER = 12
 MAX_LINES_PER_MODULE = 500
+# The modules that start a git process themselves (cairnd.git.run's docstring says why
+# each); the reference agent is an agent, whose git is the agent's own.
+STARTS_GIT = {"cairnd.git.run", "cairnd.git.vault", "cairnd.git.places", "cairnd.git.objects",
+              "cairnd.agents.reference"}
+SPAWNERS = {"run", "Popen", "call", "check_call", "check_output", "create_subprocess_exec", "execvp", "execv",
+            "spawnvp", "run_process", "open_process"}
 
 
 def module_name(path: Path) -> str:
@@ -157,6 +165,26 @@ def test_no_module_is_over_five_hundred_lines() -> None:
     assert long == {}
 
 
+def git_starts(source: str) -> int:
+    """How many calls in `source` start a process whose program is the literal "git"."""
+    count = 0
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Call) or not node.args:
+            continue
+        name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+        first = node.args[0]
+        if isinstance(first, (ast.List, ast.Tuple)) and first.elts:
+            first = first.elts[0]
+        if name in SPAWNERS and isinstance(first, ast.Constant) and first.value == "git":
+            count += 1
+    return count
+
+
+def test_only_the_modules_meant_to_start_git_do() -> None:
+    starting = {name for name, path in MODULES.items() if git_starts(path.read_text())}
+    assert starting <= STARTS_GIT, sorted(starting - STARTS_GIT)
+
+
 def test_the_daemon_implements_the_fleets_port() -> None:
     from cairnd.fleet.port import DaemonPort
     from cairnd.serve.service import Daemon
@@ -169,6 +197,17 @@ def test_the_daemon_implements_the_fleets_port() -> None:
 
 
 # -- the checks themselves catch what they are meant to ----------------------------------
+
+
+@pytest.mark.parametrize("source, starts", [
+    ('subprocess.run(["git", "status"], cwd=w)', 1),
+    ('subprocess.Popen(("git", "cat-file"), env=e)', 1),
+    ('await asyncio.create_subprocess_exec("git", "log")', 1),
+    ('subprocess.run(["grep", "git"])', 0),
+    ('git.run(worktree, ["status"])', 0),
+])
+def test_a_git_process_started_directly_is_found(source: str, starts: int) -> None:
+    assert git_starts("async def f():\n    " + source) == starts
 
 
 def test_a_circle_is_found() -> None:

@@ -1,6 +1,10 @@
-"""Running git, and the repository operations that are not a concept of their own:
-the only module that starts git processes (`gitsnapshot`, `gitrefs`, `gitworktree` and
-`gitdiff` run git through `run`, `output` and `spawn`).
+"""Running git, and the repository operations that are not a concept of their own.
+Every git command cairnd runs in a place goes through `run`, `output` and `spawn`, which
+take its directories from cairnd's records (`places`). The few that start git
+themselves do so below this module or outside a place (`vault` building a vault or a
+store and copying objects into it, `places` finding a repository's directories, the
+long-lived `cat-file --batch-check` of `objects`, with `env_for`); each runs with `git_env`'s
+fixed configuration and directories it names itself.
 
 git runs as short-lived `git` processes with a clean environment: no inherited
 `GIT_*` variable (a `GIT_DIR` or `GIT_INDEX_FILE` leaking in from a hook would
