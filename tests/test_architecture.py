@@ -223,3 +223,26 @@ def test_a_circle_is_found() -> None:
 ])
 def test_an_import_up_or_sideways_is_found(source: str, target: str, bad: bool) -> None:
     assert bool(wrong_way({source: {target}})) is bad
+
+
+def counts() -> dict[str, object]:
+    """The figures docs/architecture.md's table gives: `python tests/test_architecture.py`."""
+    plain = [name for name, path in MODULES.items() if path.name != "__init__.py"]
+    per_folder: dict[str, int] = defaultdict(int)
+    for name in plain:
+        if MODULES[name].parent != PACKAGE:
+            per_folder[room(name)] += 1
+    return {
+        "modules": len(plain),
+        "arrows": sum(len(targets) for targets in GRAPH.values()),
+        "between folders": sum(1 for source, targets in GRAPH.items() for t in targets if room(source) != room(t)),
+        "pairs of folders": sum(len(targets) for targets in folder_graph(GRAPH).values()),
+        "imports up": len(wrong_way(GRAPH)),
+        "circles": circles(GRAPH) + circles(folder_graph(GRAPH)),
+        "per folder": dict(sorted(per_folder.items())),
+    }
+
+
+if __name__ == "__main__":
+    for key, value in counts().items():
+        print(f"{key}: {value}")
