@@ -20,7 +20,10 @@ own git directories carry (`conf_text`, `store_config`: none names a program).
 
 The user's repository is the agent's to read, never to write: its branches move only
 when `land` moves them. Everything here is plain files written whole (built aside,
-renamed into place); the only git process is `index-pack`, for a pack the agent made.
+renamed into place). The git processes started here run with the fixed configuration
+they are handed and the directory they name: `index-pack` (a pack the agent made, an
+older cairnd's checkpoints adopted), `for-each-ref` and `pack-objects` (that adoption),
+and `git config` reading settings as text.
 """
 
 from __future__ import annotations
@@ -306,9 +309,9 @@ def _copy_packs(source: Path, store: Path, env: Mapping[str, str]) -> int | None
         if not os.path.exists(pack.path[:-5] + ".idx"):
             continue  # still being written: its index comes last
         (store / "objects" / "pack").mkdir(parents=True, exist_ok=True)
-        with open(pack.path, "rb") as f:
+        with open(pack.path, "rb") as f:  # streamed: a pack may be larger than memory allows
             proc = subprocess.run(["git", "--git-dir", str(store), "index-pack", "--stdin", "--fix-thin"],
-                                  input=f.read(), env={**env, "GIT_DIR": str(store)}, cwd=store,
+                                  stdin=f, env={**env, "GIT_DIR": str(store)}, cwd=store,
                                   capture_output=True, check=False)
         if proc.returncode == 0:
             copied += 1
@@ -370,13 +373,7 @@ def store_config(common_dir: Path, env: Mapping[str, str]) -> str:
     cached = _store_configs.get(str(common_dir))
     if cached is not None and cached[0] == stamp:
         return cached[1]
-    proc = subprocess.run(["git", "config", "--file", str(Path(common_dir) / "config"), "--includes", "--null",
-                           "--list"], env=env, cwd="/", capture_output=True, stdin=subprocess.DEVNULL, check=False)
-    found: dict[str, str] = {}
-    for item in proc.stdout.decode("utf-8", "replace").split("\0"):
-        key, _, value = item.partition("\n")
-        if key.lower() in STORE_SETTINGS:
-            found[key.lower()] = value
+    found = _settings(["--file", str(Path(common_dir) / "config")], STORE_SETTINGS, env)
     found.setdefault("core.logallrefupdates", "true")  # a bare repository's default is off: its worktrees keep reflogs
     text = conf_text(found).replace("\tbare = false\n", "\tbare = true\n", 1)
     _store_configs[str(common_dir)] = (stamp, text)
@@ -386,14 +383,18 @@ def store_config(common_dir: Path, env: Mapping[str, str]) -> str:
 def user_settings(common_dir: Path, env: Mapping[str, str]) -> dict[str, str]:
     """The values of `COPIED_SETTINGS` the user's repository config and the user's
     global config give (read as text by `git config`, which runs nothing)."""
+    env = {k: v for k, v in env.items() if k != "GIT_CONFIG_GLOBAL"}  # the user's own global file, as settings only
+    return {**_settings(["--global"], COPIED_SETTINGS + GLOBAL_ONLY_SETTINGS, env),
+            **_settings(["--file", str(common_dir / "config")], COPIED_SETTINGS, env)}
+
+
+def _settings(source: list[str], wanted: tuple[str, ...], env: Mapping[str, str]) -> dict[str, str]:
+    """The `wanted` settings one config file gives (`git config --list`, which runs nothing)."""
+    proc = subprocess.run(["git", "config", *source, "--includes", "--null", "--list"], env=env, cwd="/",
+                          capture_output=True, stdin=subprocess.DEVNULL, check=False, umask=child_umask())
     found: dict[str, str] = {}
-    for source, wanted in ((["--global"], COPIED_SETTINGS + GLOBAL_ONLY_SETTINGS),
-                           (["--file", str(common_dir / "config")], COPIED_SETTINGS)):
-        env = {k: v for k, v in env.items() if k != "GIT_CONFIG_GLOBAL"}  # the user's own global file, as settings only
-        proc = subprocess.run(["git", "config", *source, "--includes", "--null", "--list"], env=env, cwd="/",
-                              capture_output=True, stdin=subprocess.DEVNULL, check=False, umask=child_umask())
-        for item in proc.stdout.decode("utf-8", "replace").split("\0"):
-            key, _, value = item.partition("\n")
-            if key.lower() in wanted:
-                found[key.lower()] = value
+    for item in proc.stdout.decode("utf-8", "replace").split("\0"):
+        key, _, value = item.partition("\n")
+        if key.lower() in wanted:
+            found[key.lower()] = value
     return found
