@@ -40,22 +40,19 @@ def add_worktree_detached(repo: Path, path: Path, head_sha: str, views: Path | N
         return
     dirs = places.dirs_or_none(repo)
     if dirs is not None and gitfiles.write_worktree_record(dirs, path, head_sha):
-        if views is not None:
-            record = Path(os.path.realpath(dirs.common_dir / "worktrees")) / gitfiles.record_name(path)
-            places.register(path, record, dirs.common_dir, views)
         return
     with git.worktree_records_lock(repo):
-        proc = git.run(repo, ["worktree", "add", "--no-checkout", "--detach", str(path), head_sha])
+        _git_worktree_add(repo, repo, path, head_sha)
+
+
+def _git_worktree_add(cwd: Path, repo: Path, path: Path, head_sha: str, env: dict[str, str] | None = None) -> None:
+    """`git worktree add --no-checkout --detach`, where cairnd cannot write the record
+    itself (another ref storage or object format)."""
+    proc = git.run(cwd, ["worktree", "add", "--no-checkout", "--detach", str(path), head_sha], env=env)
     if proc.returncode != 0:
         if b"invalid reference" in proc.stderr:
             raise CairnError("commit_missing", f"commit {head_sha} is not in {repo}")
         raise git.failure(repo, ["worktree"], proc)
-    if views is not None:
-        # git named the record: read it from the `.git` git has just written, before any
-        # agent has run in the worktree (the only time cairnd reads one).
-        record = _record_git_wrote(path)
-        common = dirs.common_dir if dirs is not None else places.discover(repo).common_dir
-        places.register(path, record, common, views)
 
 
 def _add_with_store(repo: Path, path: Path, head_sha: str, views: Path) -> None:
@@ -68,13 +65,8 @@ def _add_with_store(repo: Path, path: Path, head_sha: str, views: Path) -> None:
     try:
         if gitfiles.write_worktree_record(dirs, path, head_sha):
             record = store / "worktrees" / gitfiles.record_name(path)
-        else:  # another ref storage or object format: git writes the record
-            env = {"GIT_DIR": str(store)}
-            proc = git.run(store, ["worktree", "add", "--no-checkout", "--detach", str(path), head_sha], env=env)
-            if proc.returncode != 0:
-                if b"invalid reference" in proc.stderr:
-                    raise CairnError("commit_missing", f"commit {head_sha} is not in {repo}")
-                raise git.failure(repo, ["worktree"], proc)
+        else:  # git writes the record: read from the `.git` it has just written, before any agent ran
+            _git_worktree_add(store, repo, path, head_sha, env={"GIT_DIR": str(store)})
             record = _record_git_wrote(path)
     except BaseException:
         vaults.remove_store(store)
