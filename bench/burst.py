@@ -42,13 +42,14 @@ def _shell_floor(source: Path, scratch: Path, count: int) -> tuple[float, int]:
     (one reads the other's half-made .git/worktrees entry and dies, leaving its own
     half-made entry, which fails every later add and which prune leaves alone), so a
     failed add's own half-made record is removed and it is retried under a new name,
-    up to ten times."""
+    up to ten times, each after a longer pause (0.1 s, 0.2 s, ...): on a loaded machine
+    another add's half-made record can stay half-made for longer than ten quick tries."""
     # A failed add leaves its own record half-made and marked "initializing", which
     # `worktree prune` never removes and every later add then trips over: the retry
     # removes exactly that record (and the attempt's directory) before trying again.
     add = ('n=0; until git -C "$1" worktree add -q --detach "$2/wt$3-$n" HEAD 2>>"$2/errors.txt"; '
            'do rm -rf "$1/.git/worktrees/wt$3-$n" "$2/wt$3-$n"; git -C "$1" worktree prune 2>>"$2/errors.txt"; '
-           'n=$((n+1)); [ $n -ge 10 ] && exit 1; done; exit 0')  # until's own status is its body's last
+           'n=$((n+1)); [ $n -ge 10 ] && exit 1; sleep "0.$n"; done; exit 0')  # until's own status is its body's last
     script = f'seq {count} | xargs -P {_PARALLEL} -I{{}} sh -c \'{add}\' sh "$1" "$2" {{}}'
     started = time.perf_counter()
     proc = subprocess.run(["sh", "-c", script, "sh", str(source), str(scratch)], env=git_env())
